@@ -30,3 +30,39 @@ pub struct Response {
     /// The bare error shape name when this is an error; transports send it as `X-Amzn-ErrorType`.
     pub error_type: Option<String>,
 }
+
+use std::sync::Arc;
+
+use tern_core::{Clock, Config, Ids, Store};
+
+/// The API: one instance per process, shared by every request.
+pub struct Api {
+    #[allow(dead_code)] // used once dispatch lands
+    deps: Deps,
+}
+
+/// What the API needs from its host.
+#[derive(Clone)]
+pub struct Deps {
+    pub store: Arc<dyn Store>,
+    pub clock: Arc<dyn Clock>,
+    pub ids: Arc<dyn Ids>,
+    pub config: Config,
+}
+
+impl Api {
+    pub fn new(deps: Deps) -> Self {
+        Self { deps }
+    }
+
+    /// Handles one request. `target` is the `X-Amz-Target` header (None when absent); `body` the
+    /// raw request body (an empty body counts as `{}`). Never panics, never leaks internals.
+    pub async fn handle(&self, target: Option<&str>, body: &[u8], principal: &Principal) -> Response {
+        let _ = (target, body, principal);
+        Response {
+            status: 400,
+            body: br#"{"__type":"UnknownOperationException","message":"not implemented yet"}"#.to_vec(),
+            error_type: Some("UnknownOperationException".into()),
+        }
+    }
+}

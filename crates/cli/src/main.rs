@@ -5,7 +5,13 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+#[cfg(feature = "server")]
+mod connector;
 mod disk;
+#[cfg(feature = "server")]
+mod serve;
+#[cfg(feature = "client")]
+mod sms;
 mod states;
 
 #[derive(Parser)]
@@ -22,6 +28,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the local Tern server: the SMS-compatible API on one machine.
+    #[cfg(feature = "server")]
+    Serve(serve::ServeArgs),
+    /// Run the connector agent next to the hypervisor.
+    #[cfg(feature = "server")]
+    #[command(subcommand)]
+    Connector(connector::ConnectorCommand),
+    /// Call the SMS-compatible API (AWS CLI option names, JSON output).
+    #[cfg(feature = "client")]
+    #[command(subcommand)]
+    Sms(sms::SmsCommand),
     /// Inspect, convert and diff disk images (raw, qcow2, VMDK, VHD, VHDX).
     #[command(subcommand)]
     Disk(disk::DiskCommand),
@@ -33,6 +50,12 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        #[cfg(feature = "server")]
+        Command::Serve(args) => serve::run(args),
+        #[cfg(feature = "server")]
+        Command::Connector(cmd) => connector::run(cmd),
+        #[cfg(feature = "client")]
+        Command::Sms(cmd) => sms::run(cmd),
         Command::Disk(cmd) => disk::run(cmd),
         Command::States(cmd) => states::run(cmd),
     };

@@ -1,0 +1,8 @@
+use std::process::ExitCode;
+
+#[derive(clap::Args)]
+pub struct ServeArgs {}
+
+pub fn run(_args: ServeArgs) -> anyhow::Result<ExitCode> {
+    anyhow::bail!("tern serve is not wired yet")
+}
