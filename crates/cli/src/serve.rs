@@ -1,8 +1,221 @@
+//! `tern serve`: runs the local server until SIGINT or SIGTERM.
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-#[derive(clap::Args)]
-pub struct ServeArgs {}
+use anyhow::Context as _;
+use tern_local::{Credentials, ServeConfig};
 
-pub fn run(_args: ServeArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("tern serve is not wired yet")
+const ENV_ACCESS_KEY_ID: &str = "TERN_ACCESS_KEY_ID";
+const ENV_SECRET_ACCESS_KEY: &str = "TERN_SECRET_ACCESS_KEY";
+
+#[derive(clap::Args)]
+#[command(after_help = "\
+Every request must be signed with SigV4 (service `sms`, the region given with --region).
+Administrator keys come from TERN_ACCESS_KEY_ID and TERN_SECRET_ACCESS_KEY when both are set;
+otherwise they are generated on first start and kept in DIR/credentials (profile [default]),
+next to the connector keys (profile [connector]). Point any AWS client at the server with:
+
+  export AWS_SHARED_CREDENTIALS_FILE=DIR/credentials AWS_REGION=us-east-1
+  tern sms get-connectors --endpoint-url http://127.0.0.1:8080
+
+Logs go to stderr, one line per request; RUST_LOG tunes the level (default: info).")]
+pub struct ServeArgs {
+    /// Directory for Tern's data: the SQLite database `tern.db` and the `credentials` file.
+    /// Created when missing.
+    #[arg(long, value_name = "DIR", env = "TERN_DATA_DIR")]
+    data_dir: PathBuf,
+    /// Address and port to listen on. Use port 0 to pick a free port.
+    #[arg(
+        long,
+        value_name = "ADDR:PORT",
+        default_value = "127.0.0.1:8080",
+        env = "TERN_LISTEN"
+    )]
+    listen: SocketAddr,
+    /// Region that clients must sign their requests for.
+    #[arg(
+        long,
+        value_name = "REGION",
+        default_value = "us-east-1",
+        env = "TERN_REGION"
+    )]
+    region: String,
+    /// Log line format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Compact)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable key=value lines.
+    Compact,
+    /// One JSON object per line.
+    Json,
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    init_logging(args.log_format);
+    let credentials = admin_credentials(|name| std::env::var_os(name))?;
+    let from_env = credentials.is_some();
+    let cfg = ServeConfig {
+        region: args.region.clone(),
+        credentials,
+        ..ServeConfig::new(args.data_dir, args.listen)
+    };
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let mut signals = Signals::new()?;
+        let running = tern_local::start(cfg).await?;
+        println!("Tern is serving the SMS-compatible API at {} (region {})", running.endpoint(), args.region);
+        println!("Credentials file: {}", running.credentials_file().display());
+        if from_env {
+            println!("  administrator: the keys from {ENV_ACCESS_KEY_ID}/{ENV_SECRET_ACCESS_KEY}");
+        } else {
+            println!("  profile [default]: administrator");
+        }
+        println!("  profile [connector]: connector appliances");
+        println!(
+            "Try: AWS_SHARED_CREDENTIALS_FILE={} AWS_REGION={} tern sms get-connectors --endpoint-url {}",
+            running.credentials_file().display(),
+            args.region,
+            running.endpoint()
+        );
+        let signal = signals.recv().await?;
+        tracing::info!(signal, "shutting down");
+        running.shutdown().await;
+        anyhow::Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Administrator keys from the environment (`env` looks a variable up). Both variables or
+/// neither: half a key pair is a mistake worth stopping for.
+fn admin_credentials(
+    env: impl Fn(&str) -> Option<OsString>,
+) -> anyhow::Result<Option<Credentials>> {
+    let read = |name: &str| match env(name) {
+        Some(value) if value.is_empty() => Ok(None),
+        Some(value) => value
+            .into_string()
+            .map(Some)
+            .map_err(|_| anyhow::anyhow!("{name} is not valid UTF-8")),
+        None => Ok(None),
+    };
+    match (read(ENV_ACCESS_KEY_ID)?, read(ENV_SECRET_ACCESS_KEY)?) {
+        (Some(access_key_id), Some(secret_access_key)) => Ok(Some(Credentials {
+            access_key_id,
+            secret_access_key,
+        })),
+        (None, None) => Ok(None),
+        (Some(_), None) => anyhow::bail!(
+            "{ENV_ACCESS_KEY_ID} is set but {ENV_SECRET_ACCESS_KEY} is not; set both or neither"
+        ),
+        (None, Some(_)) => anyhow::bail!(
+            "{ENV_SECRET_ACCESS_KEY} is set but {ENV_ACCESS_KEY_ID} is not; set both or neither"
+        ),
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    // try_init: a subscriber may already be installed (tests running several commands).
+    let _ = match format {
+        LogFormat::Compact => builder.compact().try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+/// SIGINT and SIGTERM, listened for from creation on: set up before the server announces
+/// itself, so a signal sent right after the announcement is never missed.
+struct Signals {
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Self {
+                interrupt: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
+                terminate: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Self {})
+    }
+
+    async fn recv(&mut self) -> anyhow::Result<&'static str> {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.interrupt.recv() => Ok("SIGINT"),
+                _ = self.terminate.recv() => Ok("SIGTERM"),
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            tokio::signal::ctrl_c()
+                .await
+                .context("cannot listen for Ctrl-C")?;
+            Ok("Ctrl-C")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<OsString> + 'a {
+        move |name| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| OsString::from(v))
+        }
+    }
+
+    #[test]
+    fn admin_keys_need_both_variables() {
+        assert_eq!(admin_credentials(env(&[])).unwrap(), None);
+        let both = admin_credentials(env(&[
+            (ENV_ACCESS_KEY_ID, "AKID"),
+            (ENV_SECRET_ACCESS_KEY, "secret"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            both,
+            Some(Credentials {
+                access_key_id: "AKID".into(),
+                secret_access_key: "secret".into()
+            })
+        );
+        let err = admin_credentials(env(&[(ENV_ACCESS_KEY_ID, "AKID")])).unwrap_err();
+        assert!(
+            err.to_string().contains("TERN_SECRET_ACCESS_KEY is not"),
+            "{err}"
+        );
+        let err = admin_credentials(env(&[(ENV_SECRET_ACCESS_KEY, "s")])).unwrap_err();
+        assert!(
+            err.to_string().contains("TERN_ACCESS_KEY_ID is not"),
+            "{err}"
+        );
+        // An empty variable counts as unset, as in most shells' `VAR= cmd`.
+        assert_eq!(
+            admin_credentials(env(&[(ENV_ACCESS_KEY_ID, ""), (ENV_SECRET_ACCESS_KEY, "")]))
+                .unwrap(),
+            None
+        );
+    }
 }

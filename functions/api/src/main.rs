@@ -1,1 +1,31 @@
-fn main() {}
+//! The `api` Lambda: builds configuration, the DynamoDB store and the API once per execution
+//! environment, then serves API Gateway requests with [`tern_fn_api::Handler`].
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use tern_api::{Api, Deps};
+use tern_core::{RandomIds, SystemClock};
+use tern_fn_api::{Config, Handler};
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_http::Error> {
+    lambda_http::tracing::init_default_subscriber();
+    let config = Config::from_env()?;
+    let aws = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(config.region.clone()))
+        .load()
+        .await;
+    let store = tern_aws::DynamoStore::new(aws_sdk_dynamodb::Client::new(&aws), &config.table_name);
+    let api = Api::new(Deps {
+        store: Arc::new(store),
+        clock: Arc::new(SystemClock),
+        ids: Arc::new(RandomIds),
+        config: tern_core::Config::default(),
+    });
+    let handler = &Handler::new(api, config.connector_role_name);
+    lambda_http::run(lambda_http::service_fn(move |request| async move {
+        Ok::<_, Infallible>(handler.handle(request).await)
+    }))
+    .await
+}

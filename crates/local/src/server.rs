@@ -1,0 +1,444 @@
+//! `tern serve`: the SMS-compatible API over HTTP on one machine.
+//!
+//! Every request must be `POST /` and carry a valid SigV4 signature (service `sms`, the
+//! configured region) made with one of the local key pairs; the authenticated principal and the
+//! raw body then go to [`tern_api::Api::handle`], which owns everything protocol-level.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::Router;
+use tern_api::{Api, Deps, Principal, Response as ApiResponse, CONTENT_TYPE};
+use tern_core::{RandomIds, Store, SystemClock};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::credentials::{self, Credentials, CredentialsError};
+use crate::sigv4::{AuthError, Verifier};
+
+/// SigV4 signing name of the API (the SMS model's `signingName`).
+pub const SERVICE: &str = "sms";
+/// Largest request body accepted. Matches what the `api` Lambda can receive (6 MB invocation
+/// payload), so a request that works locally also fits the AWS deployment.
+pub const MAX_BODY_BYTES: usize = 6 * 1024 * 1024;
+/// File name of the SQLite database inside the data directory.
+pub const DATABASE_FILE: &str = "tern.db";
+/// How long [`Running::shutdown`] waits for in-flight requests before dropping them.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// What `tern serve` needs to start.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Holds `tern.db` and `credentials`; created when missing.
+    pub data_dir: PathBuf,
+    /// Address to listen on; port 0 picks a free port (see [`Running::addr`]).
+    pub listen: SocketAddr,
+    /// Region clients must sign for.
+    pub region: String,
+    /// Administrator keys to use instead of generated ones (not written to disk).
+    pub credentials: Option<Credentials>,
+    pub config: tern_core::Config,
+}
+
+impl ServeConfig {
+    /// Defaults for everything but the data directory and the address: region `us-east-1`,
+    /// generated administrator keys, default limits.
+    pub fn new(data_dir: impl Into<PathBuf>, listen: SocketAddr) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            listen,
+            region: "us-east-1".into(),
+            credentials: None,
+            config: tern_core::Config::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("invalid region {0:?}: expected a name like us-east-1")]
+    Region(String),
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Credentials(#[from] CredentialsError),
+    #[error("cannot open the database {path}: {source}")]
+    Store {
+        path: PathBuf,
+        #[source]
+        source: tern_core::store::StoreError,
+    },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A started server. Dropping it also starts a graceful shutdown, without waiting for it; call
+/// [`Running::shutdown`] to stop and wait until the listener is closed.
+pub struct Running {
+    addr: SocketAddr,
+    admin: Credentials,
+    connector: Credentials,
+    credentials_file: PathBuf,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl Running {
+    /// The address actually bound (useful with port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://ADDR`, ready for `--endpoint-url`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Administrator keys (profile `[default]` of the credentials file unless overridden).
+    pub fn admin(&self) -> &Credentials {
+        &self.admin
+    }
+
+    /// Connector keys (profile `[connector]`).
+    pub fn connector(&self) -> &Credentials {
+        &self.connector
+    }
+
+    /// `DIR/credentials`.
+    pub fn credentials_file(&self) -> &Path {
+        &self.credentials_file
+    }
+
+    /// Stops accepting connections, lets in-flight requests finish (at most
+    /// [`SHUTDOWN_GRACE`]), and returns once the listener is closed.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(());
+        let mut task = self.task;
+        match tokio::time::timeout(SHUTDOWN_GRACE, &mut task).await {
+            Ok(Ok(Ok(()))) => tracing::info!("server stopped"),
+            Ok(Ok(Err(err))) => tracing::error!(error = %err, "server stopped with an error"),
+            Ok(Err(err)) => tracing::error!(error = %err, "server task failed"),
+            Err(_) => {
+                tracing::warn!(
+                    grace_secs = SHUTDOWN_GRACE.as_secs(),
+                    "requests still running after the grace period; dropping them"
+                );
+                task.abort();
+            }
+        }
+    }
+}
+
+/// Opens the data directory, the credentials and the database, binds the listener and starts
+/// serving in the background.
+pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
+    if !valid_region(&cfg.region) {
+        return Err(ServeError::Region(cfg.region));
+    }
+    create_private_dir(&cfg.data_dir).map_err(|source| ServeError::DataDir {
+        path: cfg.data_dir.clone(),
+        source,
+    })?;
+    let keys = credentials::load_or_create(&cfg.data_dir, cfg.credentials)?;
+    let store = open_store(&cfg.data_dir.join(DATABASE_FILE))?;
+
+    let api = Api::new(Deps {
+        store,
+        clock: Arc::new(SystemClock),
+        ids: Arc::new(RandomIds),
+        config: cfg.config,
+    });
+    let verifier = Verifier::new(
+        cfg.region.clone(),
+        SERVICE,
+        [
+            (
+                keys.admin.clone(),
+                Principal::Admin {
+                    id: keys.admin.access_key_id.clone(),
+                },
+            ),
+            (
+                keys.connector.clone(),
+                Principal::Connector {
+                    id: keys.connector.access_key_id.clone(),
+                },
+            ),
+        ],
+    );
+    let app = router(Arc::new(AppState { api, verifier }));
+
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: cfg.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: cfg.listen,
+        source,
+    })?;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                // A dropped sender also means "stop": nobody can ask any more.
+                let _ = stopped.await;
+            })
+            .await
+    });
+    tracing::info!(endpoint = %format!("http://{addr}"), region = %cfg.region, data_dir = %cfg.data_dir.display(), "serving");
+    Ok(Running {
+        addr,
+        admin: keys.admin,
+        connector: keys.connector,
+        credentials_file: keys.file,
+        stop,
+        task,
+    })
+}
+
+fn open_store(path: &Path) -> Result<Arc<dyn Store>, ServeError> {
+    let store = crate::sqlite::SqliteStore::open(path).map_err(|source| ServeError::Store {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(Arc::new(store))
+}
+
+/// Creates the data directory (and parents) readable only by its owner: it holds secrets and
+/// the whole migration state. An existing directory is left as the user set it up.
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt as _;
+        builder.mode(0o700);
+    }
+    builder.create(dir)
+}
+
+fn valid_region(region: &str) -> bool {
+    !region.is_empty()
+        && region.len() <= 64
+        && region
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+struct AppState {
+    api: Api,
+    verifier: Verifier<Principal>,
+}
+
+fn router(state: Arc<AppState>) -> Router {
+    // One fallback handler instead of routes: every path and method must answer in the
+    // awsJson error shape, which axum's built-in 404/405 responses do not.
+    Router::new().fallback(handle).with_state(state)
+}
+
+async fn handle(State(state): State<Arc<AppState>>, request: Request) -> axum::response::Response {
+    let started = Instant::now();
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let target = request
+        .headers()
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let (response, principal) = process(&state, request, target.as_deref()).await;
+    tracing::info!(
+        request_id = %request_id,
+        // Not `target`: that key is tracing's own (the module path) in JSON output.
+        operation = target.as_deref().map(truncate_for_log).unwrap_or("-"),
+        principal = principal.unwrap_or("-"),
+        status = response.status,
+        error_type = response.error_type.as_deref().unwrap_or("-"),
+        latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "request"
+    );
+    to_http(response, &request_id)
+}
+
+/// Runs the request through the transport checks, authentication and the API. Returns the
+/// response and the kind of principal that made it (for the log line).
+async fn process(
+    state: &AppState,
+    request: Request,
+    target: Option<&str>,
+) -> (ApiResponse, Option<&'static str>) {
+    let (parts, body) = request.into_parts();
+    if parts.uri.path() != "/" {
+        let message = format!(
+            "No route for {} {}: the API is served at POST /",
+            parts.method,
+            parts.uri.path()
+        );
+        return (error(404, "NotFoundException", &message), None);
+    }
+    if parts.method != Method::POST {
+        let message = format!(
+            "Method {} is not allowed: the API accepts only POST /",
+            parts.method
+        );
+        return (error(405, "MethodNotAllowedException", &message), None);
+    }
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return (too_large(), None);
+    }
+    let body = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
+        Ok(bytes) => bytes,
+        Err(err) => {
+            // `to_bytes` reports both an over-long body and a broken connection the same way;
+            // the cause chain tells them apart.
+            if is_length_limit(&err) {
+                return (too_large(), None);
+            }
+            tracing::debug!(error = %err, "could not read request body");
+            return (
+                error(
+                    400,
+                    "SerializationException",
+                    "Could not read the request body",
+                ),
+                None,
+            );
+        }
+    };
+
+    let principal = match state.verifier.verify(
+        &parts.method,
+        &parts.uri,
+        &parts.headers,
+        &body,
+        SystemTime::now(),
+    ) {
+        Ok(principal) => principal,
+        Err(err) => return (auth_error(&err), None),
+    };
+    let kind = match principal {
+        Principal::Admin { .. } => "admin",
+        Principal::Connector { .. } => "connector",
+    };
+    (
+        state.api.handle(target, &body, &principal).await,
+        Some(kind),
+    )
+}
+
+fn is_length_limit(err: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+fn too_large() -> ApiResponse {
+    error(
+        413,
+        "RequestEntityTooLargeException",
+        &format!("Request body is larger than {MAX_BODY_BYTES} bytes"),
+    )
+}
+
+fn auth_error(err: &AuthError) -> ApiResponse {
+    error(err.status(), err.error_type(), &err.to_string())
+}
+
+/// An error produced by the transport itself, in the same `__type`/`message` shape as the API's.
+fn error(status: u16, error_type: &str, message: &str) -> ApiResponse {
+    let body = serde_json::json!({ "__type": error_type, "message": message });
+    ApiResponse {
+        status,
+        body: serde_json::to_vec(&body).unwrap_or_default(),
+        error_type: Some(error_type.to_owned()),
+    }
+}
+
+fn to_http(response: ApiResponse, request_id: &str) -> axum::response::Response {
+    let mut builder = axum::response::Response::builder()
+        .status(StatusCode::from_u16(response.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
+        .header(header::CONTENT_TYPE, CONTENT_TYPE)
+        .header("x-amzn-RequestId", request_id);
+    if let Some(error_type) = response
+        .error_type
+        .as_deref()
+        .and_then(|t| HeaderValue::from_str(t).ok())
+    {
+        builder = builder.header("X-Amzn-ErrorType", error_type);
+    }
+    if response.status == 405 {
+        builder = builder.header(header::ALLOW, "POST");
+    }
+    builder
+        .body(Body::from(response.body))
+        .unwrap_or_else(|err| {
+            tracing::error!(error = %err, "could not build the HTTP response");
+            let mut fallback = axum::response::Response::new(Body::empty());
+            *fallback.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+            fallback
+        })
+}
+
+/// Targets come from the client: keep log lines short whatever it sends.
+fn truncate_for_log(target: &str) -> &str {
+    match target.char_indices().nth(120) {
+        Some((i, _)) => &target[..i],
+        None => target,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_over_long_body_without_declared_length_is_recognised() {
+        // A chunked upload has no Content-Length; the limit is then found while reading.
+        let body = Body::from(vec![0u8; MAX_BODY_BYTES + 1]);
+        let err = axum::body::to_bytes(body, MAX_BODY_BYTES)
+            .await
+            .unwrap_err();
+        assert!(is_length_limit(&err));
+    }
+
+    #[test]
+    fn regions_are_checked() {
+        assert!(valid_region("us-east-1"));
+        assert!(valid_region("eu-central-2"));
+        assert!(!valid_region(""));
+        assert!(!valid_region("us east"));
+        assert!(!valid_region("us-east-1/sms"));
+    }
+
+    #[test]
+    fn transport_errors_carry_the_type_in_header_and_body() {
+        let response = to_http(error(404, "NotFoundException", "no route"), "rid");
+        assert_eq!(response.status(), 404);
+        assert_eq!(response.headers()["x-amzn-errortype"], "NotFoundException");
+        assert_eq!(response.headers()["x-amzn-requestid"], "rid");
+        assert_eq!(response.headers()["content-type"], CONTENT_TYPE);
+    }
+}
