@@ -4,6 +4,33 @@
 //! turn it into a [`Principal`], and call [`Api::handle`] with the `X-Amz-Target` header and the
 //! raw body. Everything else — parsing, validation, dispatch, and turning errors into wire
 //! responses — happens here, once.
+//!
+//! * SMS operations (`AWSServerMigrationService_V2016_10_24.<Op>`), administrators only:
+//!   GetConnectors, DisassociateConnector, ImportServerCatalog, GetServers, DeleteServerCatalog,
+//!   CreateReplicationJob, GetReplicationJobs, UpdateReplicationJob, DeleteReplicationJob,
+//!   StartOnDemandReplicationRun, GetReplicationRuns. The other 24 SMS operations answer
+//!   `OperationNotPermittedException` "… is not available yet in this Tern release".
+//! * Connector operations (`TernConnectorService_V1.<Op>`, see [`connector`]), connectors only.
+//!
+//! Request handling: the body must be a JSON object (an empty body counts as `{}`), unknown
+//! members are ignored, a member of the wrong JSON type is a `SerializationException`, an
+//! unknown enum string an `InvalidParameterException`. Listings page with `maxResults`
+//! (default `limits.default_page_size`, capped at `limits.max_page_size`, < 1 refused) and an
+//! opaque `nextToken` that is omitted on the last page. Errors: see [`error`].
+
+pub mod connector;
+pub mod error;
+pub mod wire;
+
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+use tern_core::service::{self as core, JobUpdate, NewConnector, NewJob};
+use tern_core::{Clock, Config, Ids, Service, Store};
+
+use crate::error::ApiError;
 
 /// Target prefix of the administrative (SMS) operations.
 pub const SMS_TARGET_PREFIX: &str = "AWSServerMigrationService_V2016_10_24";
@@ -11,6 +38,49 @@ pub const SMS_TARGET_PREFIX: &str = "AWSServerMigrationService_V2016_10_24";
 pub const CONNECTOR_TARGET_PREFIX: &str = "TernConnectorService_V1";
 /// Content type of every request and response body.
 pub const CONTENT_TYPE: &str = "application/x-amz-json-1.1";
+
+/// The SMS operations this release implements.
+pub const SMS_OPERATIONS: &[&str] = &[
+    "GetConnectors",
+    "DisassociateConnector",
+    "ImportServerCatalog",
+    "GetServers",
+    "DeleteServerCatalog",
+    "CreateReplicationJob",
+    "GetReplicationJobs",
+    "UpdateReplicationJob",
+    "DeleteReplicationJob",
+    "StartOnDemandReplicationRun",
+    "GetReplicationRuns",
+];
+
+/// The SMS operations a later release implements; they answer a well-formed error today.
+pub const SMS_OPERATIONS_NOT_YET_AVAILABLE: &[&str] = &[
+    "CreateApp",
+    "GetApp",
+    "ListApps",
+    "UpdateApp",
+    "DeleteApp",
+    "StartAppReplication",
+    "StartOnDemandAppReplication",
+    "StopAppReplication",
+    "LaunchApp",
+    "TerminateApp",
+    "PutAppReplicationConfiguration",
+    "GetAppReplicationConfiguration",
+    "DeleteAppReplicationConfiguration",
+    "PutAppLaunchConfiguration",
+    "GetAppLaunchConfiguration",
+    "DeleteAppLaunchConfiguration",
+    "PutAppValidationConfiguration",
+    "GetAppValidationConfiguration",
+    "DeleteAppValidationConfiguration",
+    "GetAppValidationOutput",
+    "NotifyAppValidationOutput",
+    "GenerateTemplate",
+    "GenerateChangeSet",
+    "ImportAppCatalog",
+];
 
 /// Who is calling, as established by the transport's authentication.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,14 +101,9 @@ pub struct Response {
     pub error_type: Option<String>,
 }
 
-use std::sync::Arc;
-
-use tern_core::{Clock, Config, Ids, Store};
-
 /// The API: one instance per process, shared by every request.
 pub struct Api {
-    #[allow(dead_code)] // used once dispatch lands
-    deps: Deps,
+    service: Service,
 }
 
 /// What the API needs from its host.
@@ -50,19 +115,415 @@ pub struct Deps {
     pub config: Config,
 }
 
+/// Which API an operation belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Family {
+    Sms,
+    Connector,
+}
+
+/// A successful response body, already serialised.
+type ApiResult = Result<Vec<u8>, ApiError>;
+
 impl Api {
     pub fn new(deps: Deps) -> Self {
-        Self { deps }
+        Self {
+            service: Service::new(deps.store, deps.clock, deps.ids, deps.config),
+        }
+    }
+
+    /// The domain service behind the API (for hosts that drive runs, and for tests).
+    pub fn service(&self) -> &Service {
+        &self.service
     }
 
     /// Handles one request. `target` is the `X-Amz-Target` header (None when absent); `body` the
     /// raw request body (an empty body counts as `{}`). Never panics, never leaks internals.
-    pub async fn handle(&self, target: Option<&str>, body: &[u8], principal: &Principal) -> Response {
-        let _ = (target, body, principal);
-        Response {
-            status: 400,
-            body: br#"{"__type":"UnknownOperationException","message":"not implemented yet"}"#.to_vec(),
-            error_type: Some("UnknownOperationException".into()),
+    pub async fn handle(
+        &self,
+        target: Option<&str>,
+        body: &[u8],
+        principal: &Principal,
+    ) -> Response {
+        match self.dispatch(target, body, principal).await {
+            Ok(body) => Response {
+                status: 200,
+                body,
+                error_type: None,
+            },
+            Err(e) => e.into_response(),
+        }
+    }
+
+    async fn dispatch(
+        &self,
+        target: Option<&str>,
+        body: &[u8],
+        principal: &Principal,
+    ) -> ApiResult {
+        let target = target
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                ApiError::UnknownOperation("the X-Amz-Target header is missing".into())
+            })?;
+        let unknown = || ApiError::UnknownOperation(format!("unknown operation {target}"));
+        let (prefix, op) = target.split_once('.').ok_or_else(unknown)?;
+        let family = match prefix {
+            SMS_TARGET_PREFIX
+                if SMS_OPERATIONS.contains(&op)
+                    || SMS_OPERATIONS_NOT_YET_AVAILABLE.contains(&op) =>
+            {
+                Family::Sms
+            }
+            CONNECTOR_TARGET_PREFIX if connector::op::ALL.contains(&op) => Family::Connector,
+            _ => return Err(unknown()),
+        };
+        match (family, principal) {
+            (Family::Sms, Principal::Admin { .. })
+            | (Family::Connector, Principal::Connector { .. }) => {}
+            (Family::Sms, Principal::Connector { id }) => {
+                return Err(ApiError::AccessDenied(format!(
+                    "connector credentials ({id}) cannot call {op}"
+                )))
+            }
+            (Family::Connector, Principal::Admin { id }) => {
+                return Err(ApiError::AccessDenied(format!(
+                    "administrator credentials ({id}) cannot call connector operation {op}"
+                )))
+            }
+        }
+        let input = parse_object(body)?;
+        tracing::debug!(operation = op, "dispatching");
+        match family {
+            Family::Sms => self.sms(op, input).await,
+            Family::Connector => self.connector(op, input).await,
+        }
+    }
+
+    async fn sms(&self, op: &str, input: Value) -> ApiResult {
+        use wire::*;
+        let svc = &self.service;
+        match op {
+            "GetConnectors" => {
+                let req: GetConnectorsRequest = decode(input)?;
+                let limit = svc.page_size(req.max_results)?;
+                let after = token::decode("connectors", req.next_token.as_deref())?;
+                let page = svc.list_connectors(after.as_deref(), limit).await?;
+                let connector_list = page
+                    .items
+                    .into_iter()
+                    .map(|c| {
+                        let status = svc.connector_status(&c);
+                        Connector::from_model(c, status)
+                    })
+                    .collect();
+                let next_token = token::encode("connectors", page.last);
+                encode(&GetConnectorsResponse {
+                    connector_list,
+                    next_token,
+                })
+            }
+            "DisassociateConnector" => {
+                let req: DisassociateConnectorRequest = decode(input)?;
+                svc.disassociate_connector(req.connector_id.as_deref().unwrap_or_default())
+                    .await?;
+                encode(&EmptyResponse {})
+            }
+            "ImportServerCatalog" => {
+                let _: EmptyRequest = decode(input)?;
+                svc.import_catalog().await?;
+                encode(&EmptyResponse {})
+            }
+            "GetServers" => {
+                let req: GetServersRequest = decode(input)?;
+                let limit = svc.page_size(req.max_results)?;
+                let scope = "servers";
+                let after = token::decode(scope, req.next_token.as_deref())?;
+                let filter = req.vm_server_address_list.map(|list| {
+                    list.into_iter()
+                        .map(|a| tern_core::model::VmServerAddress {
+                            vm_manager_id: a.vm_manager_id.unwrap_or_default(),
+                            vm_id: a.vm_id.unwrap_or_default(),
+                        })
+                        .collect()
+                });
+                let listing = svc.get_servers(filter, after.as_deref(), limit).await?;
+                encode(&GetServersResponse {
+                    last_modified_on: listing.last_modified_on,
+                    server_catalog_status: listing.status,
+                    server_list: listing.servers.items.into_iter().map(Into::into).collect(),
+                    next_token: token::encode(scope, listing.servers.last),
+                })
+            }
+            "DeleteServerCatalog" => {
+                let _: EmptyRequest = decode(input)?;
+                svc.delete_catalog().await?;
+                encode(&EmptyResponse {})
+            }
+            "CreateReplicationJob" => {
+                let req: CreateReplicationJobRequest = decode(input)?;
+                let id = svc
+                    .create_job(NewJob {
+                        server_id: req.server_id.unwrap_or_default(),
+                        seed_replication_time: req.seed_replication_time,
+                        frequency: req.frequency,
+                        run_once: req.run_once,
+                        license_type: req.license_type,
+                        role_name: req.role_name,
+                        description: req.description,
+                        number_of_recent_amis_to_keep: req.number_of_recent_amis_to_keep,
+                        encrypted: req.encrypted,
+                        kms_key_id: req.kms_key_id,
+                    })
+                    .await?;
+                encode(&CreateReplicationJobResponse {
+                    replication_job_id: id,
+                })
+            }
+            "GetReplicationJobs" => {
+                let req: GetReplicationJobsRequest = decode(input)?;
+                let limit = svc.page_size(req.max_results)?;
+                if let Some(id) = req.replication_job_id.filter(|i| !i.trim().is_empty()) {
+                    let job = svc.get_job(&id).await?;
+                    return encode(&GetReplicationJobsResponse {
+                        replication_job_list: vec![job.into()],
+                        next_token: None,
+                    });
+                }
+                let after = token::decode("jobs", req.next_token.as_deref())?;
+                let page = svc.list_jobs(after.as_deref(), limit).await?;
+                encode(&GetReplicationJobsResponse {
+                    replication_job_list: page.items.into_iter().map(Into::into).collect(),
+                    next_token: token::encode("jobs", page.last),
+                })
+            }
+            "UpdateReplicationJob" => {
+                let req: UpdateReplicationJobRequest = decode(input)?;
+                svc.update_job(JobUpdate {
+                    replication_job_id: req.replication_job_id.unwrap_or_default(),
+                    frequency: req.frequency,
+                    next_replication_run_start_time: req.next_replication_run_start_time,
+                    license_type: req.license_type,
+                    role_name: req.role_name,
+                    description: req.description,
+                    number_of_recent_amis_to_keep: req.number_of_recent_amis_to_keep,
+                    encrypted: req.encrypted,
+                    kms_key_id: req.kms_key_id,
+                })
+                .await?;
+                encode(&EmptyResponse {})
+            }
+            "DeleteReplicationJob" => {
+                let req: ReplicationJobIdRequest = decode(input)?;
+                svc.delete_job(req.replication_job_id.as_deref().unwrap_or_default())
+                    .await?;
+                encode(&EmptyResponse {})
+            }
+            "StartOnDemandReplicationRun" => {
+                let req: StartOnDemandReplicationRunRequest = decode(input)?;
+                let id = svc
+                    .start_on_demand_run(
+                        req.replication_job_id.as_deref().unwrap_or_default(),
+                        req.description,
+                    )
+                    .await?;
+                encode(&StartOnDemandReplicationRunResponse {
+                    replication_run_id: id,
+                })
+            }
+            "GetReplicationRuns" => {
+                let req: GetReplicationRunsRequest = decode(input)?;
+                let limit = svc.page_size(req.max_results)?;
+                let job_id = req.replication_job_id.unwrap_or_default();
+                if job_id.trim().is_empty() {
+                    return Err(ApiError::missing("replicationJobId is required"));
+                }
+                let scope = format!("runs:{job_id}");
+                let after = token::decode(&scope, req.next_token.as_deref())?;
+                let (job, page) = svc.list_runs(&job_id, after.as_deref(), limit).await?;
+                encode(&GetReplicationRunsResponse {
+                    replication_job: job.into(),
+                    replication_run_list: page.items.into_iter().map(Into::into).collect(),
+                    next_token: token::encode(&scope, page.last),
+                })
+            }
+            other => Err(ApiError::NotAvailableYet(other.to_string())),
+        }
+    }
+
+    async fn connector(&self, op: &str, input: Value) -> ApiResult {
+        use connector::*;
+        let svc = &self.service;
+        match op {
+            op::REGISTER_CONNECTOR => {
+                let req: RegisterConnectorRequest = decode(input)?;
+                let connector_id = svc
+                    .register_connector(NewConnector {
+                        connector_id: req.connector_id,
+                        name: req.name,
+                        version: req.version,
+                        vm_manager_name: req.vm_manager_name,
+                        vm_manager_type: req.vm_manager_type,
+                        vm_manager_id: req.vm_manager_id,
+                        ip_address: req.ip_address,
+                        mac_address: req.mac_address,
+                        capability_list: req.capability_list,
+                    })
+                    .await?;
+                encode(&RegisterConnectorResponse { connector_id })
+            }
+            op::SEND_HEARTBEAT => {
+                let req: SendHeartbeatRequest = decode(input)?;
+                svc.heartbeat(&req.connector_id).await?;
+                encode(&SendHeartbeatResponse {})
+            }
+            op::REPORT_INVENTORY => {
+                let req: ReportInventoryRequest = decode(input)?;
+                let vms = req
+                    .vm_list
+                    .into_iter()
+                    .map(|vm| core::InventoryVm {
+                        vm_id: vm.vm_id,
+                        vm_name: vm.vm_name,
+                        vm_path: vm.vm_path,
+                        vm_manager_id: vm.vm_manager_id,
+                        vm_manager_name: vm.vm_manager_name,
+                        vm_manager_type: vm.vm_manager_type,
+                        disks: vm
+                            .disks
+                            .into_iter()
+                            .map(|d| tern_core::model::Disk {
+                                path: d.path,
+                                format: d.format,
+                                size_bytes: d.size_bytes,
+                            })
+                            .collect(),
+                        os_type: vm.os_type,
+                        inspection: vm.inspection,
+                    })
+                    .collect();
+                let outcome = svc
+                    .report_inventory(&req.connector_id, req.request_id.as_deref(), vms)
+                    .await?;
+                encode(&ReportInventoryResponse {
+                    accepted_count: outcome.accepted,
+                    vanished_count: outcome.vanished,
+                    rejected_list: outcome
+                        .rejected
+                        .into_iter()
+                        .map(|(vm_id, message)| RejectedVm { vm_id, message })
+                        .collect(),
+                })
+            }
+            op::POLL_WORK => {
+                let req: PollWorkRequest = decode(input)?;
+                let limit = svc.page_size(req.max_results)?;
+                let work = svc.poll_work(&req.connector_id, limit).await?;
+                encode(&PollWorkResponse {
+                    work_items: work
+                        .into_iter()
+                        .map(|w| WorkItem {
+                            work_id: w.work_id,
+                            kind: w.kind.as_str().to_string(),
+                            payload: w.payload,
+                        })
+                        .collect(),
+                })
+            }
+            op::REPORT_ERROR => {
+                let req: ReportErrorRequest = decode(input)?;
+                svc.report_error(&req.connector_id, req.work_id.as_deref(), &req.message)
+                    .await?;
+                encode(&ReportErrorResponse {})
+            }
+            other => Err(ApiError::UnknownOperation(format!(
+                "unknown operation {other}"
+            ))),
+        }
+    }
+}
+
+/// The body as a JSON object; an empty body is `{}`.
+fn parse_object(body: &[u8]) -> Result<Value, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Value::Object(Default::default()));
+    }
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::Serialization(format!("the request body is not valid JSON: {e}")))?;
+    if !value.is_object() {
+        return Err(ApiError::Serialization(
+            "the request body must be a JSON object".into(),
+        ));
+    }
+    Ok(value)
+}
+
+/// Decodes an input shape. A missing required member (connector shapes) is
+/// MissingRequiredParameter; a well-typed value outside its domain (unknown enum string,
+/// timestamp or number out of range) InvalidParameter; any other mismatch (wrong JSON type) a
+/// SerializationException.
+fn decode<T: DeserializeOwned>(input: Value) -> Result<T, ApiError> {
+    serde_json::from_value(input).map_err(|e| {
+        let msg = e.to_string();
+        if msg.starts_with("missing field") {
+            ApiError::missing(msg)
+        } else if msg.starts_with("unknown variant") || msg.starts_with("invalid value") {
+            ApiError::invalid(msg)
+        } else {
+            ApiError::Serialization(msg)
+        }
+    })
+}
+
+fn encode<T: Serialize>(output: &T) -> ApiResult {
+    serde_json::to_vec(output).map_err(|e| {
+        ApiError::Domain(tern_core::DomainError::Corrupt {
+            key: "(response)".into(),
+            message: e.to_string(),
+        })
+    })
+}
+
+/// Opaque pagination tokens: the listing's scope and the key to continue after, hex-encoded.
+/// The scope binds a token to the listing it came from.
+mod token {
+    use super::ApiError;
+
+    const VERSION: &str = "t1";
+
+    pub fn encode(scope: &str, last: Option<String>) -> Option<String> {
+        last.map(|l| hex::encode(format!("{VERSION}\n{scope}\n{l}")))
+    }
+
+    pub fn decode(scope: &str, token: Option<&str>) -> Result<Option<String>, ApiError> {
+        let Some(token) = token.filter(|t| !t.is_empty()) else {
+            return Ok(None);
+        };
+        let bad = || ApiError::invalid("nextToken is not a token from this listing");
+        let bytes = hex::decode(token).map_err(|_| bad())?;
+        let text = String::from_utf8(bytes).map_err(|_| bad())?;
+        let mut parts = text.splitn(3, '\n');
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some(VERSION), Some(s), Some(last)) if s == scope && !last.is_empty() => {
+                Ok(Some(last.to_string()))
+            }
+            _ => Err(bad()),
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn tokens_round_trip_and_are_scoped() {
+            let t = super::encode("jobs", Some("sms-job-1".into())).unwrap();
+            assert_eq!(
+                super::decode("jobs", Some(&t)).unwrap().as_deref(),
+                Some("sms-job-1")
+            );
+            assert!(super::decode("servers", Some(&t)).is_err());
+            assert!(super::decode("jobs", Some("zz")).is_err());
+            assert_eq!(super::encode("jobs", None), None);
         }
     }
 }

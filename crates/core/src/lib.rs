@@ -1,10 +1,55 @@
 //! Tern's domain core: ids, entities, validation, state transitions, use cases and the port
 //! traits that adapters implement. Depends on no infrastructure crate.
+//!
+//! * [`store`]: the `Store` port; [`memory_store`]: a complete in-memory implementation.
+//! * [`keys`]: how entities are laid out in the single table.
+//! * [`model`]: stored entities; [`enums`]: SMS enums with their wire strings.
+//! * [`states`]: the job and run state machines.
+//! * [`service`]: the use cases (connectors, catalog, jobs and runs).
 
 pub mod config;
+pub mod enums;
+pub mod error;
+pub mod keys;
+pub mod memory_store;
+pub mod model;
 pub mod ports;
+pub mod service;
+pub mod states;
 pub mod store;
 
 pub use config::{Config, Limits};
-pub use ports::{Clock, IdKind, Ids, RandomIds, SystemClock};
+pub use error::DomainError;
+pub use memory_store::MemoryStore;
+pub use ports::{Clock, IdKind, Ids, ManualClock, RandomIds, SystemClock};
+pub use service::Service;
 pub use store::Store;
+
+#[cfg(test)]
+mod tests {
+    /// The domain stays free of infrastructure: adapters depend on it, never the reverse.
+    #[test]
+    fn depends_on_no_infrastructure_crate() {
+        let manifest = include_str!("../Cargo.toml");
+        let deps = manifest
+            .split("[dependencies]")
+            .nth(1)
+            .and_then(|rest| rest.split("\n[").next())
+            .expect("a [dependencies] section");
+        for line in deps
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        {
+            let name = line.split(['=', '.', ' ']).next().unwrap_or_default();
+            for forbidden in [
+                "aws-", "aws_", "lambda", "rusqlite", "axum", "hyper", "tokio", "reqwest",
+            ] {
+                assert!(
+                    !name.starts_with(forbidden),
+                    "tern-core must not depend on {name}"
+                );
+            }
+        }
+    }
+}

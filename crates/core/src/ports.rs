@@ -29,6 +29,8 @@ pub enum IdKind {
     Validation,
     Image,
     Snapshot,
+    /// A work item queued for a connector (inventory request, later replication work).
+    Work,
 }
 
 impl IdKind {
@@ -42,6 +44,7 @@ impl IdKind {
             IdKind::Validation => "val-",
             IdKind::Image => "ami-",
             IdKind::Snapshot => "snap-",
+            IdKind::Work => "work-",
         }
     }
 }
@@ -60,5 +63,30 @@ impl Ids for RandomIds {
         let n: u128 = rand::random();
         let hex = format!("{:032x}", n);
         format!("{}{}", kind.prefix(), &hex[..17])
+    }
+}
+
+/// A clock that only moves when told to: for tests and deterministic stepping.
+#[derive(Debug)]
+pub struct ManualClock(std::sync::Mutex<OffsetDateTime>);
+
+impl ManualClock {
+    pub fn new(start: OffsetDateTime) -> Self {
+        Self(std::sync::Mutex::new(start))
+    }
+
+    pub fn set(&self, t: OffsetDateTime) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = t;
+    }
+
+    pub fn advance(&self, by: std::time::Duration) {
+        let mut t = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        *t += by;
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> OffsetDateTime {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

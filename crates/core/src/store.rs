@@ -17,7 +17,10 @@ pub struct Key {
 
 impl Key {
     pub fn new(pk: impl Into<String>, sk: impl Into<String>) -> Self {
-        Self { pk: pk.into(), sk: sk.into() }
+        Self {
+            pk: pk.into(),
+            sk: sk.into(),
+        }
     }
 }
 
@@ -45,7 +48,11 @@ pub enum Expect {
 pub enum Write {
     /// Create or replace the item's body. The stored version becomes the previous version + 1
     /// (or 1 when the item did not exist).
-    Put { key: Key, body: Value, expect: Expect },
+    Put {
+        key: Key,
+        body: Value,
+        expect: Expect,
+    },
     /// Remove the item.
     Delete { key: Key, expect: Expect },
     /// Change nothing, but require the condition (e.g. "the server still has version 3").

@@ -1,0 +1,174 @@
+//! The API layer's error enum and **the one place** where errors become wire responses.
+//!
+//! | error | `__type` | HTTP |
+//! |---|---|---|
+//! | bad value, unknown id, bad `nextToken`, `maxResults` < 1 | `InvalidParameterException` | 400 |
+//! | required member absent or empty | `MissingRequiredParameterException` | 400 |
+//! | unknown job (Update/DeleteReplicationJob) | `ReplicationJobNotFoundException` | 400 |
+//! | server already has a live job | `ReplicationJobAlreadyExistsException` | 400 |
+//! | server vanished or without disks | `ServerCannotBeReplicatedException` | 400 |
+//! | no healthy/associated connector | `NoConnectorsAvailableException` | 400 |
+//! | on-demand run allowance used up | `ReplicationRunLimitExceededException` | 400 |
+//! | state conflict, configured limit reached, operation not in this release | `OperationNotPermittedException` | 400 |
+//! | malformed JSON, body not an object, member of the wrong JSON type | `SerializationException` | 400 |
+//! | unknown or missing `X-Amz-Target` | `UnknownOperationException` | 400 |
+//! | principal may not call the operation | `AccessDeniedException` | 400 |
+//! | write contention, store throttled or unreachable | `TemporarilyUnavailableException` | 503 |
+//! | anything else (corrupt data, bugs) | `InternalError` (message without internals) | 500 |
+//!
+//! Client errors use 400 as the SMS API Reference documents (spec §1.4, §8.1); flip a status in
+//! [`STATUS`] if a client ever needs the Smithy values.
+
+use serde_json::json;
+use tern_core::store::StoreError;
+use tern_core::DomainError;
+
+use crate::Response;
+
+/// HTTP status per error shape.
+pub const STATUS: &[(&str, u16)] = &[
+    ("InvalidParameterException", 400),
+    ("MissingRequiredParameterException", 400),
+    ("UnauthorizedOperationException", 400),
+    ("OperationNotPermittedException", 400),
+    ("ReplicationJobNotFoundException", 400),
+    ("ReplicationJobAlreadyExistsException", 400),
+    ("ServerCannotBeReplicatedException", 400),
+    ("NoConnectorsAvailableException", 400),
+    ("ReplicationRunLimitExceededException", 400),
+    ("DryRunOperationException", 400),
+    ("SerializationException", 400),
+    ("UnknownOperationException", 400),
+    ("AccessDeniedException", 400),
+    ("InternalError", 500),
+    ("TemporarilyUnavailableException", 503),
+];
+
+fn status_of(shape: &str) -> u16 {
+    STATUS
+        .iter()
+        .find(|(s, _)| *s == shape)
+        .map_or(500, |(_, code)| *code)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    Domain(#[from] DomainError),
+    #[error("{0}")]
+    Serialization(String),
+    #[error("{0}")]
+    UnknownOperation(String),
+    #[error("{0}")]
+    AccessDenied(String),
+    /// An SMS operation that a later Tern release implements.
+    #[error("{0} is not available yet in this Tern release")]
+    NotAvailableYet(String),
+}
+
+impl ApiError {
+    pub(crate) fn invalid(msg: impl Into<String>) -> Self {
+        ApiError::Domain(DomainError::InvalidParameter(msg.into()))
+    }
+
+    pub(crate) fn missing(msg: impl Into<String>) -> Self {
+        ApiError::Domain(DomainError::MissingParameter(msg.into()))
+    }
+
+    /// Error shape name and the message the client may see.
+    fn shape_and_message(&self) -> (&'static str, String) {
+        use DomainError as D;
+        let shown = self.to_string();
+        match self {
+            ApiError::Serialization(_) => ("SerializationException", shown),
+            ApiError::UnknownOperation(_) => ("UnknownOperationException", shown),
+            ApiError::AccessDenied(_) => ("AccessDeniedException", shown),
+            ApiError::NotAvailableYet(_) => ("OperationNotPermittedException", shown),
+            ApiError::Domain(d) => match d {
+                D::InvalidParameter(_) => ("InvalidParameterException", shown),
+                D::MissingParameter(_) => ("MissingRequiredParameterException", shown),
+                D::JobNotFound(_) => ("ReplicationJobNotFoundException", shown),
+                D::JobAlreadyExists(_) => ("ReplicationJobAlreadyExistsException", shown),
+                D::ServerCannotBeReplicated(_) => ("ServerCannotBeReplicatedException", shown),
+                D::NoConnectorsAvailable(_) => ("NoConnectorsAvailableException", shown),
+                D::RunLimitExceeded(_) => ("ReplicationRunLimitExceededException", shown),
+                D::LimitExceeded(_) | D::OperationNotPermitted(_) => {
+                    ("OperationNotPermittedException", shown)
+                }
+                D::Contention(_)
+                | D::Store(StoreError::Throttled(_))
+                | D::Store(StoreError::ConditionFailed { .. })
+                | D::Store(StoreError::Unavailable { .. }) => (
+                    "TemporarilyUnavailableException",
+                    "the service is temporarily unavailable; retry".into(),
+                ),
+                D::Corrupt { .. } | D::Store(StoreError::Invalid(_)) => {
+                    ("InternalError", "an internal error occurred".into())
+                }
+            },
+        }
+    }
+
+    /// The wire response for this error. Server-side failures are logged with their cause here,
+    /// and only here, since the client gets a message without internals.
+    pub fn into_response(self) -> Response {
+        let (shape, message) = self.shape_and_message();
+        let status = status_of(shape);
+        if status >= 500 {
+            tracing::error!(error = %self, error_type = shape, "request failed");
+        } else {
+            tracing::debug!(error = %self, error_type = shape, "request refused");
+        }
+        Response {
+            status,
+            body: json!({ "__type": shape, "message": message })
+                .to_string()
+                .into_bytes(),
+            error_type: Some(shape.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internals_never_reach_the_client() {
+        let e = ApiError::Domain(DomainError::Corrupt {
+            key: "JOB/x".into(),
+            message: "secret".into(),
+        });
+        let r = e.into_response();
+        assert_eq!(r.status, 500);
+        let body = String::from_utf8(r.body).unwrap();
+        assert!(
+            body.contains("\"InternalError\"") && !body.contains("secret"),
+            "{body}"
+        );
+
+        let e = ApiError::Domain(DomainError::Store(StoreError::Unavailable {
+            message: "disk /var/x failed".into(),
+            source: None,
+        }));
+        let r = e.into_response();
+        assert_eq!(r.status, 503);
+        assert_eq!(
+            r.error_type.as_deref(),
+            Some("TemporarilyUnavailableException")
+        );
+        assert!(!String::from_utf8(r.body).unwrap().contains("/var/x"));
+    }
+
+    #[test]
+    fn every_shape_has_a_status() {
+        for shape in [
+            "InvalidParameterException",
+            "AccessDeniedException",
+            "InternalError",
+        ] {
+            assert_ne!(status_of(shape), 0);
+        }
+        assert_eq!(status_of("TemporarilyUnavailableException"), 503);
+    }
+}

@@ -1,0 +1,310 @@
+//! Stored entities. Each carries every member of its SMS shape (spec §4) plus the few fields Tern
+//! needs internally (marked "Tern:"). They are the JSON bodies of store items; the API crate
+//! converts them to wire shapes and drops the internal fields. Timestamps are stored as RFC 3339
+//! strings (readable in the store, full precision).
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use time::OffsetDateTime;
+
+use crate::enums::*;
+
+/// A registered connector (SMS `Connector`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Connector {
+    pub connector_id: String,
+    pub version: String,
+    pub capability_list: Vec<ConnectorCapability>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm_manager_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm_manager_type: Option<VmManagerType>,
+    pub vm_manager_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_address: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac_address: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub associated_on: OffsetDateTime,
+    /// Tern: the name it registered with.
+    pub name: String,
+    /// Tern: last heartbeat (or registration); decides HEALTHY/UNHEALTHY.
+    #[serde(with = "time::serde::rfc3339")]
+    pub last_heartbeat_on: OffsetDateTime,
+    /// Tern: the last error the connector reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Tern: set once DisassociateConnector ran.
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub disassociated_on: Option<OffsetDateTime>,
+}
+
+impl Connector {
+    /// HEALTHY while the last heartbeat is at most `unhealthy_after` old.
+    pub fn status(
+        &self,
+        now: OffsetDateTime,
+        unhealthy_after: std::time::Duration,
+    ) -> ConnectorStatus {
+        if self.disassociated_on.is_none() && now - self.last_heartbeat_on <= unhealthy_after {
+            ConnectorStatus::Healthy
+        } else {
+            ConnectorStatus::Unhealthy
+        }
+    }
+}
+
+/// SMS `VmServerAddress`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VmServerAddress {
+    pub vm_manager_id: String,
+    pub vm_id: String,
+}
+
+/// SMS `VmServer`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VmServer {
+    pub vm_server_address: VmServerAddress,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm_manager_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm_manager_type: Option<VmManagerType>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm_path: Option<String>,
+}
+
+/// One disk of a catalog server, as the connector reported it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Disk {
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_bytes: Option<u64>,
+}
+
+/// A catalog server (SMS `Server`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Server {
+    pub server_id: String,
+    pub server_type: ServerType,
+    pub vm_server: VmServer,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication_job_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication_job_terminated: Option<bool>,
+    /// Tern: the connector that reported it last (and serves its replication).
+    pub connector_id: String,
+    /// Tern: catalog generation it belongs to (see `keys`).
+    pub generation: u64,
+    pub disks: Vec<Disk>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub os_type: Option<OsType>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inspection: Option<Value>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub first_seen_on: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub last_seen_on: OffsetDateTime,
+    /// Tern: set when the connector's latest inventory no longer lists the VM; cleared when it
+    /// reappears. Such a server stays in the catalog but cannot get a new replication job.
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub vanished_on: Option<OffsetDateTime>,
+}
+
+impl Server {
+    /// The server's job exists and is not terminated.
+    pub fn has_live_job(&self) -> bool {
+        self.replication_job_id.is_some() && self.replication_job_terminated != Some(true)
+    }
+}
+
+/// SMS `ReplicationRunStageDetails`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StageDetails {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage_progress: Option<String>,
+}
+
+/// A replication run (SMS `ReplicationRun`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicationRun {
+    pub replication_run_id: String,
+    pub state: ReplicationRunState,
+    #[serde(rename = "type")]
+    pub run_type: ReplicationRunType,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage_details: Option<StageDetails>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ami_id: Option<String>,
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub scheduled_start_time: Option<OffsetDateTime>,
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub completed_time: Option<OffsetDateTime>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encrypted: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kms_key_id: Option<String>,
+    /// Tern: position in the job's run list (1 = first run); part of the run's key.
+    pub seq: u64,
+}
+
+/// Reference from a job to its run in progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunRef {
+    pub replication_run_id: String,
+    pub seq: u64,
+}
+
+/// A replication job (SMS `ReplicationJob`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicationJob {
+    pub replication_job_id: String,
+    pub server_id: String,
+    pub server_type: ServerType,
+    pub vm_server: VmServer,
+    #[serde(with = "time::serde::rfc3339")]
+    pub seed_replication_time: OffsetDateTime,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frequency: Option<u32>,
+    pub run_once: bool,
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub next_replication_run_start_time: Option<OffsetDateTime>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub license_type: Option<LicenseType>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest_ami_id: Option<String>,
+    pub state: ReplicationJobState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    pub number_of_recent_amis_to_keep: u32,
+    pub encrypted: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kms_key_id: Option<String>,
+    /// The most recent runs (at most `limits.runs_embedded_in_job`), newest last; the full list
+    /// lives in the run partition.
+    pub replication_run_list: Vec<ReplicationRun>,
+    /// Tern: the server's OS when the job was created (license rules).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub os_type: Option<OsType>,
+    /// Tern: the connector serving the job.
+    pub connector_id: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_on: OffsetDateTime,
+    /// Tern: runs created so far; the next run gets `run_count + 1` as its `seq`.
+    pub run_count: u64,
+    /// Tern: the run in progress, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_run: Option<RunRef>,
+    /// Tern: start times (unix seconds) of on-demand runs inside the current limit window.
+    #[serde(default)]
+    pub on_demand_run_times: Vec<i64>,
+    /// Tern: failed runs since the last success.
+    #[serde(default)]
+    pub consecutive_failures: u32,
+}
+
+/// One inventory request the catalog waits for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingImport {
+    pub work_id: String,
+    pub connector_id: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub queued_on: OffsetDateTime,
+}
+
+/// The server catalog's own state (one item).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Catalog {
+    /// Servers of the current catalog live in partition `SERVER#<generation>`.
+    pub generation: u64,
+    /// At least one inventory report was applied in this generation.
+    pub imported: bool,
+    /// This generation started with DeleteServerCatalog.
+    pub deleted: bool,
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub last_modified_on: Option<OffsetDateTime>,
+    pub pending: Vec<PendingImport>,
+}
+
+impl Catalog {
+    /// `ServerCatalogStatus` as of `now`: IMPORTING while an inventory request younger than
+    /// `timeout` is unanswered, else AVAILABLE once imported, else DELETED or NOT_IMPORTED.
+    pub fn status(&self, now: OffsetDateTime, timeout: std::time::Duration) -> ServerCatalogStatus {
+        if self.pending.iter().any(|p| now - p.queued_on <= timeout) {
+            ServerCatalogStatus::Importing
+        } else if self.imported {
+            ServerCatalogStatus::Available
+        } else if self.deleted {
+            ServerCatalogStatus::Deleted
+        } else {
+            ServerCatalogStatus::NotImported
+        }
+    }
+}
+
+/// A work item queued for a connector.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Work {
+    pub work_id: String,
+    pub connector_id: String,
+    pub kind: WorkKind,
+    pub payload: Value,
+    #[serde(with = "time::serde::rfc3339")]
+    pub queued_on: OffsetDateTime,
+    /// Handed out by PollWork at this time; handed out again once `work_lease` has passed.
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub leased_on: Option<OffsetDateTime>,
+}

@@ -1,0 +1,524 @@
+//! The server catalog: ImportServerCatalog, ReportInventory, GetServers, DeleteServerCatalog.
+//!
+//! Catalog status (`ServerCatalogStatus`): NOT_IMPORTED until the first import; IMPORTING while
+//! an inventory request queued by ImportServerCatalog is unanswered (and younger than
+//! `config.inventory_request_timeout`); AVAILABLE once a report was applied; DELETED after
+//! DeleteServerCatalog until the next import. See [`Catalog::status`].
+//!
+//! Servers are upserted by `vmManagerId` + `vmId` (see [`crate::keys`]), so a VM keeps its
+//! `serverId` across re-imports. A server the reporting connector listed before but no longer
+//! lists is **marked, not dropped**: its `vanishedOn` is set, it stays in GetServers (and keeps
+//! its job reference), and CreateReplicationJob refuses it with ServerCannotBeReplicatedException
+//! until a later report lists the VM again, which clears the mark.
+
+use std::collections::HashSet;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{expect_of, put, required, retrying, Listing, Service, Versioned};
+use crate::enums::*;
+use crate::error::{DomainError, Result};
+use crate::keys;
+use crate::model::{Catalog, Connector, Disk, Server, VmServer, VmServerAddress, Work};
+use crate::store::{Expect, Write, MAX_TRANSACTION_WRITES};
+
+/// One VM of an inventory report (already decoded from the wire).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct InventoryVm {
+    pub vm_id: String,
+    pub vm_name: Option<String>,
+    pub vm_path: Option<String>,
+    pub vm_manager_id: Option<String>,
+    pub vm_manager_name: Option<String>,
+    pub vm_manager_type: Option<VmManagerType>,
+    pub disks: Vec<Disk>,
+    pub os_type: Option<OsType>,
+    pub inspection: Option<Value>,
+}
+
+/// What a ReportInventory did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct InventoryOutcome {
+    pub accepted: u32,
+    pub vanished: u32,
+    /// `(vmId, reason)` of entries that were skipped; the rest was applied.
+    pub rejected: Vec<(String, String)>,
+}
+
+/// GetServers' answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerListing {
+    pub status: ServerCatalogStatus,
+    pub last_modified_on: Option<time::OffsetDateTime>,
+    pub servers: Listing<Server>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AddressIndex {
+    server_id: String,
+}
+
+impl Service {
+    async fn catalog(&self) -> Result<Option<Versioned<Catalog>>> {
+        self.read(&keys::catalog()).await
+    }
+
+    /// ImportServerCatalog: queues an INVENTORY work item for every healthy connector that has
+    /// no unanswered one yet. No healthy connector → NoConnectorsAvailableException.
+    #[tracing::instrument(name = "import_catalog", skip_all)]
+    pub async fn import_catalog(&self) -> Result<()> {
+        let now = self.now();
+        let healthy: Vec<Connector> = self
+            .all_connectors()
+            .await?
+            .into_iter()
+            .filter(|c| self.connector_status(c) == ConnectorStatus::Healthy)
+            .collect();
+        if healthy.is_empty() {
+            return Err(DomainError::NoConnectorsAvailable(
+                "no healthy connector is registered; start a connector (tern connector run) and retry"
+                    .into(),
+            ));
+        }
+        let timeout = self.config.inventory_request_timeout;
+        retrying!(self, "the server catalog", async {
+            let current = self.catalog().await?;
+            let mut catalog = current
+                .as_ref()
+                .map(|c| c.value.clone())
+                .unwrap_or_default();
+            let mut writes = Vec::new();
+            // Requests nobody answered in time are dropped, and so is their work item.
+            for p in catalog
+                .pending
+                .iter()
+                .filter(|p| now - p.queued_on > timeout)
+            {
+                writes.push(Write::Delete {
+                    key: keys::work(&p.connector_id, &p.work_id),
+                    expect: Expect::Any,
+                });
+            }
+            catalog.pending.retain(|p| now - p.queued_on <= timeout);
+            for c in &healthy {
+                if catalog
+                    .pending
+                    .iter()
+                    .any(|p| p.connector_id == c.connector_id)
+                {
+                    continue;
+                }
+                let work = self.new_work(&c.connector_id, WorkKind::Inventory, now);
+                catalog.pending.push(crate::model::PendingImport {
+                    work_id: work.work_id.clone(),
+                    connector_id: c.connector_id.clone(),
+                    queued_on: now,
+                });
+                writes.push(put(
+                    keys::work(&c.connector_id, &work.work_id),
+                    &work,
+                    Expect::Absent,
+                )?);
+            }
+            if writes.len() + 1 > MAX_TRANSACTION_WRITES {
+                return Err(DomainError::LimitExceeded(format!(
+                    "one import can address at most {} connectors",
+                    MAX_TRANSACTION_WRITES - 1
+                )));
+            }
+            writes.push(put(keys::catalog(), &catalog, expect_of(&current))?);
+            self.store.transact(writes).await?;
+            Ok(())
+        })
+    }
+
+    /// ReportInventory: applies a connector's complete inventory to the catalog.
+    ///
+    /// Accepted when it answers a pending request of this connector, or when the catalog is
+    /// already imported (a refresh); otherwise OperationNotPermitted, because GetServers only has
+    /// content after an ImportServerCatalog (R20). Bad VM entries are rejected one by one, the
+    /// rest is applied.
+    #[tracing::instrument(name = "report_inventory", skip(self, vms), fields(vms = vms.len()))]
+    pub async fn report_inventory(
+        &self,
+        connector_id: &str,
+        request_id: Option<&str>,
+        vms: Vec<InventoryVm>,
+    ) -> Result<InventoryOutcome> {
+        let conn = self.associated_connector(connector_id).await?.value;
+        let request_id = request_id.map(str::trim).filter(|r| !r.is_empty());
+        let catalog = self.catalog().await?.map(|c| c.value).unwrap_or_default();
+        let answers = request_id.is_some_and(|r| {
+            catalog
+                .pending
+                .iter()
+                .any(|p| p.work_id == r && p.connector_id == conn.connector_id)
+        });
+        if !answers && !catalog.imported {
+            return Err(DomainError::OperationNotPermitted(match request_id {
+                Some(r) => format!("inventory request {r} is not pending (answered, expired or its catalog was deleted)"),
+                None => "no server catalog import is in progress; call ImportServerCatalog first".into(),
+            }));
+        }
+        let generation = catalog.generation;
+        let mut outcome = InventoryOutcome::default();
+        let mut seen = HashSet::new();
+        for vm in vms {
+            match self.validate_vm(&conn, vm) {
+                Err(reason) => outcome.rejected.push(reason),
+                Ok((address, vm)) => {
+                    if !seen.insert(address.clone()) {
+                        outcome.rejected.push((
+                            address.vm_id,
+                            "the report lists this VM more than once".into(),
+                        ));
+                        continue;
+                    }
+                    self.upsert_server(generation, &conn, &address, &vm).await?;
+                    outcome.accepted += 1;
+                }
+            }
+        }
+        outcome.vanished = self
+            .mark_vanished(generation, &conn.connector_id, &seen)
+            .await?;
+
+        let now = self.now();
+        retrying!(self, "the server catalog", async {
+            let current = self.catalog().await?;
+            let mut catalog = current
+                .as_ref()
+                .map(|c| c.value.clone())
+                .unwrap_or_default();
+            if let Some(r) = request_id {
+                catalog.pending.retain(|p| p.work_id != r);
+            }
+            catalog.imported = true;
+            catalog.last_modified_on = Some(now);
+            let mut writes = vec![put(keys::catalog(), &catalog, expect_of(&current))?];
+            if let Some(r) = request_id.filter(|_| answers) {
+                writes.push(Write::Delete {
+                    key: keys::work(&conn.connector_id, r),
+                    expect: Expect::Any,
+                });
+            }
+            self.store.transact(writes).await?;
+            Ok(())
+        })?;
+        tracing::info!(connector_id = %conn.connector_id, accepted = outcome.accepted,
+            vanished = outcome.vanished, rejected = outcome.rejected.len(), "inventory applied");
+        Ok(outcome)
+    }
+
+    fn validate_vm(
+        &self,
+        conn: &Connector,
+        vm: InventoryVm,
+    ) -> std::result::Result<(VmServerAddress, InventoryVm), (String, String)> {
+        let vm_id = vm.vm_id.trim().to_string();
+        if vm_id.is_empty() {
+            return Err((String::new(), "vmId is required".into()));
+        }
+        let manager = vm
+            .vm_manager_id
+            .as_deref()
+            .map(str::trim)
+            .filter(|m| !m.is_empty());
+        let vm_manager_id = manager.unwrap_or(&conn.vm_manager_id).to_string();
+        if let Some(bad) = vm.disks.iter().position(|d| d.path.trim().is_empty()) {
+            return Err((vm_id, format!("disk {bad} has no path")));
+        }
+        if vm.inspection.as_ref().is_some_and(|i| !i.is_object()) {
+            return Err((vm_id, "inspection must be a JSON object".into()));
+        }
+        Ok((
+            VmServerAddress {
+                vm_manager_id,
+                vm_id,
+            },
+            vm,
+        ))
+    }
+
+    /// Creates or refreshes the catalog server of one VM; returns its server id.
+    async fn upsert_server(
+        &self,
+        generation: u64,
+        conn: &Connector,
+        address: &VmServerAddress,
+        vm: &InventoryVm,
+    ) -> Result<String> {
+        let index_key = keys::vm_address(&address.vm_manager_id, &address.vm_id);
+        retrying!(self, address.vm_id, async {
+            let now = self.now();
+            let index: Option<Versioned<AddressIndex>> = self.read(&index_key).await?;
+            let vm_server = VmServer {
+                vm_server_address: address.clone(),
+                vm_name: vm.vm_name.clone(),
+                vm_manager_name: vm
+                    .vm_manager_name
+                    .clone()
+                    .or_else(|| conn.vm_manager_name.clone()),
+                vm_manager_type: vm.vm_manager_type.or(conn.vm_manager_type),
+                vm_path: vm.vm_path.clone(),
+            };
+            let fresh = |server_id: String| Server {
+                server_id,
+                server_type: ServerType::VirtualMachine,
+                vm_server: vm_server.clone(),
+                replication_job_id: None,
+                replication_job_terminated: None,
+                connector_id: conn.connector_id.clone(),
+                generation,
+                disks: vm.disks.clone(),
+                os_type: vm.os_type,
+                inspection: vm.inspection.clone(),
+                first_seen_on: now,
+                last_seen_on: now,
+                vanished_on: None,
+            };
+            let Some(index) = index else {
+                let server = fresh(self.ids.new_id(crate::IdKind::Server));
+                let id = server.server_id.clone();
+                let entry = AddressIndex {
+                    server_id: id.clone(),
+                };
+                self.store
+                    .transact(vec![
+                        put(index_key.clone(), &entry, Expect::Absent)?,
+                        put(keys::server(generation, &id), &server, Expect::Absent)?,
+                    ])
+                    .await?;
+                return Ok(id);
+            };
+            let id = index.value.server_id;
+            let key = keys::server(generation, &id);
+            let current: Option<Versioned<Server>> = self.read(&key).await?;
+            let server = match &current {
+                None => fresh(id.clone()),
+                Some(cur) => Server {
+                    vm_server: vm_server.clone(),
+                    connector_id: conn.connector_id.clone(),
+                    disks: vm.disks.clone(),
+                    os_type: vm.os_type.or(cur.value.os_type),
+                    inspection: vm
+                        .inspection
+                        .clone()
+                        .or_else(|| cur.value.inspection.clone()),
+                    last_seen_on: now,
+                    vanished_on: None,
+                    ..cur.value.clone()
+                },
+            };
+            self.store
+                .write(put(key, &server, expect_of(&current))?)
+                .await?;
+            Ok(id)
+        })
+    }
+
+    /// Marks the connector's servers that the report did not list; returns how many are newly marked.
+    async fn mark_vanished(
+        &self,
+        generation: u64,
+        connector_id: &str,
+        reported: &HashSet<VmServerAddress>,
+    ) -> Result<u32> {
+        let partition = keys::server_partition(generation);
+        let mut count = 0;
+        for s in self.list_all::<Server>(&partition).await? {
+            let gone = s.value.connector_id == connector_id
+                && s.value.vanished_on.is_none()
+                && !reported.contains(&s.value.vm_server.vm_server_address);
+            if !gone {
+                continue;
+            }
+            let key = keys::server(generation, &s.value.server_id);
+            let marked = retrying!(self, s.value.server_id, async {
+                let Some(mut cur) = self.read::<Server>(&key).await? else {
+                    return Ok(false);
+                };
+                if cur.value.vanished_on.is_some() || cur.value.connector_id != connector_id {
+                    return Ok(false);
+                }
+                cur.value.vanished_on = Some(self.now());
+                self.store
+                    .write(put(key.clone(), &cur.value, cur.expect())?)
+                    .await?;
+                Ok(true)
+            })?;
+            count += u32::from(marked);
+        }
+        Ok(count)
+    }
+
+    /// GetServers: the catalog status and one page of servers, optionally only those at the
+    /// given VM addresses.
+    pub async fn get_servers(
+        &self,
+        filter: Option<Vec<VmServerAddress>>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<ServerListing> {
+        let catalog = self.catalog().await?.map(|c| c.value).unwrap_or_default();
+        let status = catalog.status(self.now(), self.config.inventory_request_timeout);
+        let generation = catalog.generation;
+        let servers = match filter.filter(|f| !f.is_empty()) {
+            None => {
+                let (items, last) = self
+                    .list::<Server>(&keys::server_partition(generation), after, limit)
+                    .await?;
+                Listing {
+                    items: items.into_iter().map(|v| v.value).collect(),
+                    last,
+                }
+            }
+            Some(addresses) => {
+                let mut ids = Vec::new();
+                for a in &addresses {
+                    required("vmServerAddress.vmManagerId", &a.vm_manager_id)?;
+                    required("vmServerAddress.vmId", &a.vm_id)?;
+                    let idx: Option<Versioned<AddressIndex>> = self
+                        .read(&keys::vm_address(&a.vm_manager_id, &a.vm_id))
+                        .await?;
+                    if let Some(idx) = idx {
+                        ids.push(idx.value.server_id);
+                    }
+                }
+                ids.sort();
+                ids.dedup();
+                ids.retain(|id| after.is_none_or(|a| id.as_str() > a));
+                let mut items = Vec::new();
+                let mut rest = ids.into_iter();
+                for id in rest.by_ref() {
+                    if let Some(s) = self.read::<Server>(&keys::server(generation, &id)).await? {
+                        items.push(s.value);
+                        if items.len() == limit {
+                            break;
+                        }
+                    }
+                }
+                let more = rest.next().is_some();
+                let last = if more {
+                    items.last().map(|s| s.server_id.clone())
+                } else {
+                    None
+                };
+                Listing { items, last }
+            }
+        };
+        Ok(ServerListing {
+            status,
+            last_modified_on: catalog.last_modified_on,
+            servers,
+        })
+    }
+
+    /// DeleteServerCatalog: empties the catalog (status DELETED). Refused while replication jobs
+    /// are active, since their servers would vanish under them.
+    #[tracing::instrument(name = "delete_catalog", skip_all)]
+    pub async fn delete_catalog(&self) -> Result<()> {
+        let old_generation = retrying!(self, "the server catalog", async {
+            let counter = self
+                .read::<super::jobs::Counter>(&keys::active_jobs())
+                .await?;
+            let active = counter.as_ref().map_or(0, |c| c.value.count);
+            if active > 0 {
+                return Err(DomainError::OperationNotPermitted(format!(
+                    "{active} replication job(s) are active; delete them before deleting the server catalog"
+                )));
+            }
+            let current = self.catalog().await?;
+            let old = current
+                .as_ref()
+                .map(|c| c.value.clone())
+                .unwrap_or_default();
+            let catalog = Catalog {
+                generation: old.generation + 1,
+                imported: false,
+                deleted: true,
+                last_modified_on: Some(self.now()),
+                pending: Vec::new(),
+            };
+            let mut writes = vec![
+                put(keys::catalog(), &catalog, expect_of(&current))?,
+                Write::Check {
+                    key: keys::active_jobs(),
+                    expect: expect_of(&counter),
+                },
+            ];
+            for p in old
+                .pending
+                .iter()
+                .take(MAX_TRANSACTION_WRITES - writes.len())
+            {
+                writes.push(Write::Delete {
+                    key: keys::work(&p.connector_id, &p.work_id),
+                    expect: Expect::Any,
+                });
+            }
+            self.store.transact(writes).await?;
+            Ok(old.generation)
+        })?;
+        self.purge_generation(old_generation).await;
+        tracing::info!(generation = old_generation + 1, "server catalog deleted");
+        Ok(())
+    }
+
+    /// Removes the servers of a replaced generation. Best effort: readers never look at an old
+    /// generation, so leftovers after a failure only cost space; the failure is logged.
+    async fn purge_generation(&self, generation: u64) {
+        let partition = keys::server_partition(generation);
+        loop {
+            let page = match self
+                .store
+                .query(&partition, "", None, MAX_TRANSACTION_WRITES)
+                .await
+            {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(error = %e, generation, "could not purge old catalog generation");
+                    return;
+                }
+            };
+            if page.items.is_empty() {
+                return;
+            }
+            let writes = page
+                .items
+                .into_iter()
+                .map(|i| Write::Delete {
+                    key: i.key,
+                    expect: Expect::Any,
+                })
+                .collect();
+            if let Err(e) = self.store.transact(writes).await {
+                tracing::warn!(error = %e, generation, "could not purge old catalog generation");
+                return;
+            }
+        }
+    }
+
+    /// The server `id` of the current catalog.
+    pub(crate) async fn current_server(
+        &self,
+        id: &str,
+    ) -> Result<(Option<Versioned<Catalog>>, Option<Versioned<Server>>)> {
+        let catalog = self.catalog().await?;
+        let generation = catalog.as_ref().map_or(0, |c| c.value.generation);
+        let server = self.read(&keys::server(generation, id)).await?;
+        Ok((catalog, server))
+    }
+
+    /// Work queued for a connector (tests and diagnostics).
+    pub async fn queued_work(&self, connector_id: &str) -> Result<Vec<Work>> {
+        Ok(self
+            .list_all::<Work>(&keys::work_partition(connector_id))
+            .await?
+            .into_iter()
+            .map(|v| v.value)
+            .collect())
+    }
+}
