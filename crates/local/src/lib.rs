@@ -1,1 +1,31 @@
-//! placeholder
+//! Tern's embedded adapters and the `tern serve` runtime.
+//!
+//! [`start`] runs the SMS-compatible API on one machine: it opens (or creates) a data
+//! directory holding the SQLite database `tern.db` and the `credentials` file, binds an HTTP
+//! listener, verifies the SigV4 signature of every request against the local key pairs, and
+//! hands authenticated requests to [`tern_api::Api`]. The `tern serve` command and the
+//! acceptance tests both start the server through it.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), tern_local::ServeError> {
+//! let running = tern_local::start(tern_local::ServeConfig {
+//!     data_dir: "./tern-data".into(),
+//!     listen: "127.0.0.1:0".parse().unwrap(),
+//!     region: "us-east-1".into(),
+//!     credentials: None,
+//!     config: tern_core::Config::default(),
+//! })
+//! .await?;
+//! println!("{} {}", running.endpoint(), running.credentials_file().display());
+//! running.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+pub mod credentials;
+pub mod server;
+pub mod sigv4;
+pub mod sqlite;
+
+pub use credentials::Credentials;
+pub use server::{start, Running, ServeConfig, ServeError};
+pub use sqlite::SqliteStore;

@@ -1,0 +1,564 @@
+//! The embedded [`Store`]: one SQLite file (rusqlite, bundled SQLite), the default for
+//! `tern serve`.
+//!
+//! # Layout
+//!
+//! One table, shared with nothing else in the file (the States engine keeps its own `states_*`
+//! tables in the same database):
+//!
+//! ```sql
+//! CREATE TABLE tern_items (
+//!     pk      TEXT    NOT NULL,
+//!     sk      TEXT    NOT NULL,
+//!     version INTEGER NOT NULL,   -- 1 on creation, +1 per write
+//!     body    TEXT    NOT NULL,   -- the item's JSON, as text so `sqlite3` can read it
+//!     PRIMARY KEY (pk, sk)
+//! ) WITHOUT ROWID;
+//! ```
+//!
+//! `WITHOUT ROWID` clusters the rows by `(pk, sk)`, so a partition listing is one range scan of
+//! the table itself. SQLite's default `BINARY` collation compares text with `memcmp` over UTF-8,
+//! which is the order DynamoDB gives string sort keys, so both adapters list in the same order.
+//!
+//! # Consistency
+//!
+//! The database runs in WAL mode. Every `transact` is one `BEGIN IMMEDIATE` transaction: it takes
+//! SQLite's write lock before it reads the versions its conditions need, so the check and the
+//! writes are atomic even against other connections to the same file (another process, or the
+//! States engine). Reads see every transaction committed before they start (WAL readers never
+//! read a partial transaction). `synchronous = NORMAL` in WAL mode keeps the database consistent
+//! after a crash; a power loss may drop the last few committed transactions, an accepted trade
+//! for a local control plane: a commit then needs no `fsync`, only the periodic checkpoint does.
+//!
+//! # Threads
+//!
+//! SQLite calls block (on disk I/O, and for up to [`BUSY_TIMEOUT`] when another connection holds
+//! the write lock), so every call runs on tokio's blocking pool via `spawn_blocking`, never on an
+//! async worker. Connections live in two small pools, each guarded by an async semaphore that a
+//! call acquires *before* it takes a blocking thread: waiting callers queue as cheap futures, not
+//! as parked threads, and no connection is opened and closed per call.
+//!
+//! * Writes share one connection: SQLite admits one writer at a time anyway, and queueing in
+//!   process is cheaper and fairer than SQLite's busy-wait.
+//! * Reads use up to [`READERS`] read-only connections, so gets and listings run in parallel
+//!   with each other and with a write being committed (WAL lets readers proceed meanwhile).
+//!
+//! An in-memory store (tests) has a single connection for both: a private in-memory database
+//! cannot be opened twice.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+use tern_core::store::{Expect, Item, Key, Page, Store, StoreError, Write, MAX_TRANSACTION_WRITES};
+use tokio::sync::Semaphore;
+
+/// How long a write waits for another connection's write lock before giving up as `Throttled`.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Largest item accepted: partition key, sort key and JSON body together. DynamoDB refuses items
+/// over 400 KB (attribute names and the version number included), and the local store refuses
+/// the same items so that data written locally always fits the AWS deployment.
+pub const MAX_ITEM_BYTES: usize = 400 * 1024 - 64;
+
+/// Read-only connections per file: more than the cores that run them, so a read waiting on the
+/// disk does not stall the others, and few enough to keep memory (page cache per connection) small.
+pub const READERS: usize = 4;
+
+const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS tern_items (
+    pk      TEXT    NOT NULL,
+    sk      TEXT    NOT NULL,
+    version INTEGER NOT NULL,
+    body    TEXT    NOT NULL,
+    PRIMARY KEY (pk, sk)
+) WITHOUT ROWID";
+
+const GET: &str = "SELECT version, body FROM tern_items WHERE pk = ?1 AND sk = ?2";
+const VERSION: &str = "SELECT version FROM tern_items WHERE pk = ?1 AND sk = ?2";
+const UPSERT: &str = "INSERT INTO tern_items (pk, sk, version, body) VALUES (?1, ?2, ?3, ?4)
+    ON CONFLICT (pk, sk) DO UPDATE SET version = excluded.version, body = excluded.body";
+const DELETE: &str = "DELETE FROM tern_items WHERE pk = ?1 AND sk = ?2";
+// Listings: `pk` and a range of `sk`, so SQLite walks the primary key from the first row of the
+// answer and stops after it. The lower bound is either the prefix (inclusive) or `after`
+// (exclusive), whichever is greater, because SQLite uses only one lower bound per index range;
+// the upper bound is the end of the prefix range (none for an empty prefix).
+const QUERY_FROM_PREFIX: &str = "SELECT sk, version, body FROM tern_items
+    WHERE pk = ?1 AND sk >= ?2 ORDER BY sk LIMIT ?3";
+const QUERY_FROM_PREFIX_TO: &str = "SELECT sk, version, body FROM tern_items
+    WHERE pk = ?1 AND sk >= ?2 AND sk < ?4 ORDER BY sk LIMIT ?3";
+const QUERY_AFTER: &str = "SELECT sk, version, body FROM tern_items
+    WHERE pk = ?1 AND sk > ?2 ORDER BY sk LIMIT ?3";
+const QUERY_AFTER_TO: &str = "SELECT sk, version, body FROM tern_items
+    WHERE pk = ?1 AND sk > ?2 AND sk < ?4 ORDER BY sk LIMIT ?3";
+
+/// The SQLite store. Cheap to clone; clones share the connections.
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// Where the file is; `None` for an in-memory database.
+    path: Option<PathBuf>,
+    writer: Arc<Pool>,
+    /// The writer pool again for an in-memory database.
+    readers: Arc<Pool>,
+}
+
+/// A fixed number of connections; a semaphore permit entitles its holder to one of them.
+struct Pool {
+    permits: Arc<Semaphore>,
+    idle: Mutex<Vec<Connection>>,
+    /// Opens another connection when all idle ones are taken and a permit is still free;
+    /// `None` when the pool was filled up front.
+    open: Option<Box<dyn Fn() -> Result<Connection, StoreError> + Send + Sync>>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.inner.path)
+            .finish()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file at `path` and its `tern_items` table.
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        let writer = Connection::open(path)
+            .map_err(|e| unavailable(format!("cannot open {}", path.display()), e))?;
+        let mode: String = writer
+            .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+            .map_err(|e| sql_error("enable WAL", e))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Unavailable {
+                message: format!(
+                    "{} does not support WAL mode (journal_mode is {mode})",
+                    path.display()
+                ),
+                source: None,
+            });
+        }
+        writer
+            .pragma_update(None, "synchronous", "NORMAL")
+            .map_err(|e| sql_error("set synchronous", e))?;
+        let writer = Self::prepare(writer)?;
+        let reader_path = path.to_path_buf();
+        let readers = Pool {
+            permits: Arc::new(Semaphore::new(READERS)),
+            idle: Mutex::new(Vec::new()),
+            open: Some(Box::new(move || open_reader(&reader_path))),
+        };
+        Ok(SqliteStore {
+            inner: Arc::new(Inner {
+                path: Some(path.to_path_buf()),
+                writer,
+                readers: Arc::new(readers),
+            }),
+        })
+    }
+
+    /// A private in-memory database, for tests. It disappears with the store.
+    pub fn open_in_memory() -> Result<SqliteStore, StoreError> {
+        let conn =
+            Connection::open_in_memory().map_err(|e| sql_error("open in-memory database", e))?;
+        let writer = Self::prepare(conn)?;
+        Ok(SqliteStore {
+            inner: Arc::new(Inner {
+                path: None,
+                readers: writer.clone(),
+                writer,
+            }),
+        })
+    }
+
+    fn prepare(writer: Connection) -> Result<Arc<Pool>, StoreError> {
+        writer
+            .busy_timeout(BUSY_TIMEOUT)
+            .map_err(|e| sql_error("set busy timeout", e))?;
+        writer
+            .execute(SCHEMA, [])
+            .map_err(|e| sql_error("create table tern_items", e))?;
+        Ok(Arc::new(Pool {
+            permits: Arc::new(Semaphore::new(1)),
+            idle: Mutex::new(vec![writer]),
+            open: None,
+        }))
+    }
+}
+
+impl Pool {
+    /// Waits (asynchronously) for a connection, then runs `f` with it on a blocking thread.
+    async fn run<T, F>(self: &Arc<Self>, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let permit =
+            self.permits
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|e| StoreError::Unavailable {
+                    message: "SQLite connection pool closed".into(),
+                    source: Some(Box::new(e)),
+                })?;
+        let pool = self.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            // The permit is released only when the blocking work is over, even if the caller
+            // stopped waiting for it.
+            let _permit = permit;
+            let conn = match lock(&pool.idle).pop() {
+                Some(conn) => conn,
+                None => match &pool.open {
+                    Some(open) => open()?,
+                    None => {
+                        return Err(StoreError::Unavailable {
+                            message: "the SQLite connection was lost".into(),
+                            source: None,
+                        })
+                    }
+                },
+            };
+            let mut lease = Lease {
+                conn: Some(conn),
+                pool: &pool,
+            };
+            f(lease.conn.as_mut().expect("leased connection"))
+        });
+        task.await.map_err(|e| StoreError::Unavailable {
+            message: "SQLite task did not complete".into(),
+            source: Some(Box::new(e)),
+        })?
+    }
+}
+
+/// Gives the connection back to its pool when the call is over, also when it panicked (rusqlite
+/// rolls back an open transaction while unwinding, so the connection is clean).
+struct Lease<'a> {
+    conn: Option<Connection>,
+    pool: &'a Pool,
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            lock(&self.pool.idle).push(conn);
+        }
+    }
+}
+
+fn open_reader(path: &Path) -> Result<Connection, StoreError> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_URI;
+    let conn = Connection::open_with_flags(path, flags)
+        .map_err(|e| unavailable(format!("cannot open {} for reading", path.display()), e))?;
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(|e| sql_error("set busy timeout", e))?;
+    Ok(conn)
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn get(&self, key: &Key) -> Result<Option<Item>, StoreError> {
+        check_key(key)?;
+        let key = key.clone();
+        self.inner
+            .readers
+            .run(move |conn| {
+                let row = conn
+                    .prepare_cached(GET)
+                    .and_then(|mut stmt| {
+                        stmt.query_row(params![key.pk, key.sk], |row| {
+                            Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
+                        })
+                        .optional()
+                    })
+                    .map_err(|e| sql_error("get", e))?;
+                row.map(|(version, body)| to_item(key, version, &body))
+                    .transpose()
+            })
+            .await
+    }
+
+    async fn query(
+        &self,
+        pk: &str,
+        sk_prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
+        if pk.is_empty() {
+            return Err(StoreError::Invalid(
+                "query: the partition key is empty".into(),
+            ));
+        }
+        if limit == 0 {
+            return Err(StoreError::Invalid(
+                "query: limit must be at least 1".into(),
+            ));
+        }
+        // One more row than asked tells whether another page follows.
+        let fetch = i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX);
+        let upper = prefix_end(sk_prefix);
+        let (sql, lower) = match (after, &upper) {
+            (Some(after), None) if after >= sk_prefix => (QUERY_AFTER, after),
+            (Some(after), Some(_)) if after >= sk_prefix => (QUERY_AFTER_TO, after),
+            (_, None) => (QUERY_FROM_PREFIX, sk_prefix),
+            (_, Some(_)) => (QUERY_FROM_PREFIX_TO, sk_prefix),
+        };
+        let (pk, lower) = (pk.to_owned(), lower.to_owned());
+        self.inner
+            .readers
+            .run(move |conn| {
+                let mut rows = Vec::new();
+                conn.prepare_cached(sql)
+                    .and_then(|mut stmt| {
+                        let mut it = match &upper {
+                            Some(upper) => stmt.query(params![pk, lower, fetch, upper])?,
+                            None => stmt.query(params![pk, lower, fetch])?,
+                        };
+                        while let Some(row) = it.next()? {
+                            rows.push((
+                                row.get::<_, String>(0)?,
+                                row.get::<_, i64>(1)?,
+                                row.get::<_, String>(2)?,
+                            ));
+                        }
+                        Ok(())
+                    })
+                    .map_err(|e| sql_error("query", e))?;
+
+                let more = rows.len() > limit;
+                rows.truncate(limit);
+                let items = rows
+                    .into_iter()
+                    .map(|(sk, version, body)| to_item(Key { pk: pk.clone(), sk }, version, &body))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let last_sk = if more {
+                    items.last().map(|i| i.key.sk.clone())
+                } else {
+                    None
+                };
+                Ok(Page { items, last_sk })
+            })
+            .await
+    }
+
+    async fn transact(&self, writes: Vec<Write>) -> Result<(), StoreError> {
+        // Validate and serialise before taking the lock: nothing slow happens while holding it.
+        let writes = prepare_writes(writes)?;
+        if writes.is_empty() {
+            return Ok(());
+        }
+        self.inner
+            .writer
+            .run(move |conn| {
+                let tx = conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(|e| sql_error("begin transaction", e))?;
+                for (index, write) in writes.iter().enumerate() {
+                    let key = &write.key;
+                    let current: Option<i64> = tx
+                        .prepare_cached(VERSION)
+                        .and_then(|mut stmt| {
+                            stmt.query_row(params![key.pk, key.sk], |row| row.get(0))
+                                .optional()
+                        })
+                        .map_err(|e| sql_error("read version", e))?;
+                    let holds = match (write.expect, current) {
+                        (Expect::Any, _) | (Expect::Absent, None) => true,
+                        (Expect::Version(want), Some(have)) => {
+                            u64::try_from(have).is_ok_and(|have| have == want)
+                        }
+                        (Expect::Absent, Some(_)) | (Expect::Version(_), None) => false,
+                    };
+                    if !holds {
+                        // Dropping `tx` rolls back the writes already made in this transaction.
+                        return Err(StoreError::ConditionFailed {
+                            key: key.clone(),
+                            index: Some(index),
+                        });
+                    }
+                    match &write.op {
+                        Op::Put(body) => {
+                            let version = current.unwrap_or(0) + 1;
+                            tx.prepare_cached(UPSERT)
+                                .and_then(|mut stmt| {
+                                    stmt.execute(params![key.pk, key.sk, version, body])
+                                })
+                                .map_err(|e| sql_error("put", e))?;
+                        }
+                        Op::Delete => {
+                            if current.is_some() {
+                                tx.prepare_cached(DELETE)
+                                    .and_then(|mut stmt| stmt.execute(params![key.pk, key.sk]))
+                                    .map_err(|e| sql_error("delete", e))?;
+                            }
+                        }
+                        Op::Check => {}
+                    }
+                }
+                tx.commit().map_err(|e| sql_error("commit", e))
+            })
+            .await
+    }
+}
+
+/// A validated write with its body already serialised.
+struct Prepared {
+    key: Key,
+    expect: Expect,
+    op: Op,
+}
+
+enum Op {
+    Put(String),
+    Delete,
+    Check,
+}
+
+/// Applies the port's rules for a transaction (count, distinct keys, non-empty keys, item size)
+/// before any I/O, so an invalid transaction never touches the database.
+fn prepare_writes(writes: Vec<Write>) -> Result<Vec<Prepared>, StoreError> {
+    if writes.len() > MAX_TRANSACTION_WRITES {
+        return Err(StoreError::Invalid(format!(
+            "a transaction carries at most {MAX_TRANSACTION_WRITES} writes, got {}",
+            writes.len()
+        )));
+    }
+    let mut seen = HashSet::with_capacity(writes.len());
+    let mut prepared = Vec::with_capacity(writes.len());
+    for (index, write) in writes.into_iter().enumerate() {
+        check_key(write.key())?;
+        if !seen.insert(write.key().clone()) {
+            return Err(StoreError::Invalid(format!(
+                "write {index} repeats the key {:?} in one transaction",
+                write.key()
+            )));
+        }
+        prepared.push(match write {
+            Write::Put { key, body, expect } => {
+                let body = serde_json::to_string(&body).map_err(|e| {
+                    StoreError::Invalid(format!("body of {key:?} is not serialisable: {e}"))
+                })?;
+                let size = key.pk.len() + key.sk.len() + body.len();
+                if size > MAX_ITEM_BYTES {
+                    return Err(StoreError::Invalid(format!(
+                        "item {key:?} is {size} bytes, more than the {MAX_ITEM_BYTES} allowed"
+                    )));
+                }
+                Prepared {
+                    key,
+                    expect,
+                    op: Op::Put(body),
+                }
+            }
+            Write::Delete { key, expect } => Prepared {
+                key,
+                expect,
+                op: Op::Delete,
+            },
+            Write::Check { key, expect } => Prepared {
+                key,
+                expect,
+                op: Op::Check,
+            },
+        });
+    }
+    Ok(prepared)
+}
+
+fn check_key(key: &Key) -> Result<(), StoreError> {
+    if key.pk.is_empty() || key.sk.is_empty() {
+        return Err(StoreError::Invalid(format!(
+            "key {key:?} has an empty partition or sort key"
+        )));
+    }
+    Ok(())
+}
+
+/// The smallest string greater than every string that starts with `prefix`, or `None` when
+/// there is no such bound (empty prefix, or only `char::MAX`). UTF-8 byte order equals code
+/// point order, so bumping the last code point that can be bumped gives the bound.
+fn prefix_end(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        let next = match last as u32 {
+            0xD7FF => Some('\u{E000}'), // skip the surrogate range, which has no chars
+            n => char::from_u32(n + 1),
+        };
+        if let Some(next) = next {
+            chars.push(next);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
+}
+
+fn to_item(key: Key, version: i64, body: &str) -> Result<Item, StoreError> {
+    let version = u64::try_from(version).map_err(|_| StoreError::Unavailable {
+        message: format!("item {key:?} has a negative version {version}"),
+        source: None,
+    })?;
+    let body = serde_json::from_str(body).map_err(|e| StoreError::Unavailable {
+        message: format!("item {key:?} holds a body that is not JSON"),
+        source: Some(Box::new(e)),
+    })?;
+    Ok(Item { key, version, body })
+}
+
+/// The pools' mutexes are held only to push or pop a connection, which cannot leave the list
+/// half-changed, so a poisoned lock is safe to keep using.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn sql_error(what: &str, error: rusqlite::Error) -> StoreError {
+    use rusqlite::ErrorCode::{DatabaseBusy, DatabaseLocked};
+    match error.sqlite_error_code() {
+        Some(DatabaseBusy | DatabaseLocked) => StoreError::Throttled(format!(
+            "{what}: the database stayed locked by another connection for {BUSY_TIMEOUT:?}"
+        )),
+        _ => unavailable(format!("SQLite {what} failed"), error),
+    }
+}
+
+fn unavailable(message: String, error: rusqlite::Error) -> StoreError {
+    StoreError::Unavailable {
+        message,
+        source: Some(Box::new(error)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_end;
+
+    #[test]
+    fn prefix_end_bounds_exactly_the_strings_with_the_prefix() {
+        assert_eq!(prefix_end(""), None);
+        assert_eq!(prefix_end("job#").as_deref(), Some("job$"));
+        assert_eq!(prefix_end("a\u{D7FF}").as_deref(), Some("a\u{E000}"));
+        assert_eq!(prefix_end("a\u{10FFFF}").as_deref(), Some("b"));
+        assert_eq!(prefix_end("\u{10FFFF}\u{10FFFF}"), None);
+        for (prefix, inside, outside) in [
+            ("job#", "job#\u{10FFFF}x", "job$"),
+            ("é", "éz", "ê"),
+            ("a\u{10FFFF}", "a\u{10FFFF}\u{10FFFF}", "b"),
+        ] {
+            let end = prefix_end(prefix).unwrap();
+            assert!(
+                inside.starts_with(prefix) && inside < end.as_str(),
+                "{inside:?} < {end:?}"
+            );
+            assert!(outside >= end.as_str(), "{outside:?} >= {end:?}");
+        }
+    }
+}
