@@ -1,1 +1,58 @@
-//! placeholder
+//! Tern's connector agent: the process that runs next to the hypervisor.
+//!
+//! It registers with the control plane (keeping its `connectorId` in a state directory so that a
+//! restart is the same connector), sends heartbeats, polls for work and answers it. In this
+//! release the only source is `files` — an inventory file listing VMs and their disk images (see
+//! `README.md` in this crate for both file formats) — and the only work is `INVENTORY`: report
+//! the VMs so that `ImportServerCatalog` fills the server catalog.
+//!
+//! Requests use the same awsJson 1.1 protocol as the SMS API, under the target prefix
+//! `TernConnectorService_V1`, signed with SigV4 (service `sms`) using connector credentials.
+
+pub mod agent;
+pub mod client;
+pub mod config;
+pub mod inventory;
+pub mod signing;
+
+pub use agent::{Agent, CycleReport};
+pub use client::ApiClient;
+pub use config::ConnectorConfig;
+pub use inventory::Inventory;
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in the connector.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectorError {
+    #[error("config file {path}: {message}")]
+    Config { path: PathBuf, message: String },
+    #[error("inventory file {path}: {message}")]
+    Inventory { path: PathBuf, message: String },
+    #[error("credentials: {0}")]
+    Credentials(String),
+    #[error("state directory {path}: {source}")]
+    State {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("signing the request: {0}")]
+    Signing(String),
+    #[error("calling {operation}: {source}")]
+    Http {
+        operation: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The service answered with an error: `code` is the bare error shape name.
+    #[error("{operation} failed: {code}: {message}")]
+    Service {
+        operation: String,
+        status: u16,
+        code: String,
+        message: String,
+    },
+    #[error("{operation}: unexpected response: {message}")]
+    Protocol { operation: String, message: String },
+}

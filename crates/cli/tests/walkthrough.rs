@@ -1,0 +1,422 @@
+//! The CLI walk-through, end to end with the real `tern` binary: `tern connector run` answers
+//! the inventory request and `tern sms ...` drives the catalog and a replication job against an
+//! in-process `tern serve`, reading endpoint and keys the way any AWS client does.
+
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
+
+use serde_json::Value;
+use tern_acceptance::{inventory_toml, now_secs, TestServer, REGION};
+use tokio::process::Command;
+
+/// A `tern` command with the AWS settings a user would export, and nothing from this machine.
+fn tern(server: &TestServer) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tern"));
+    for var in [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+        "AWS_DEFAULT_PROFILE",
+        "AWS_DEFAULT_REGION",
+        "AWS_ENDPOINT_URL_SMS",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.env("AWS_SHARED_CREDENTIALS_FILE", server.credentials_file())
+        .env("AWS_CONFIG_FILE", server.scratch().join("no-aws-config"))
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_REGION", REGION)
+        .env("AWS_ENDPOINT_URL", server.endpoint())
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true);
+    cmd
+}
+
+async fn run(server: &TestServer, args: &[&str]) -> Output {
+    tokio::time::timeout(Duration::from_secs(60), tern(server).args(args).output())
+        .await
+        .unwrap_or_else(|_| panic!("tern {args:?} timed out"))
+        .expect("tern runs")
+}
+
+/// Runs `tern ARGS`, expects success, returns stdout as JSON (Null when empty).
+async fn ok(server: &TestServer, args: &[&str]) -> Value {
+    let out = run(server, args).await;
+    assert!(
+        out.status.success(),
+        "tern {args:?} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.stdout.iter().all(u8::is_ascii_whitespace) {
+        return Value::Null;
+    }
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "tern {args:?} printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+fn str_of<'a>(v: &'a Value, pointer: &str) -> &'a str {
+    v.pointer(pointer)
+        .and_then(Value::as_str)
+        .unwrap_or_else(|| panic!("{pointer} in {v}"))
+}
+
+fn config_arg(path: &Path) -> String {
+    path.display().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_walkthrough() {
+    let server = TestServer::start().await;
+    let config = server.write_connector_config("lab", &inventory_toml("vc-test", 2));
+    let config = config_arg(&config);
+
+    // The connector registers (nothing to do yet).
+    let first = ok(
+        &server,
+        &["connector", "run", "--config", &config, "--once"],
+    )
+    .await;
+    let connector_id = str_of(&first, "/connectorId").to_owned();
+    assert_eq!(first["workItems"], 0);
+
+    // get-connectors, with the endpoint given as an option instead of the environment.
+    let out = tern(&server)
+        .env_remove("AWS_ENDPOINT_URL")
+        .args([
+            "sms",
+            "get-connectors",
+            "--endpoint-url",
+            &server.endpoint(),
+            "--profile",
+            "default",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let connectors: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        str_of(&connectors, "/connectorList/0/connectorId"),
+        connector_id
+    );
+    assert_eq!(str_of(&connectors, "/connectorList/0/status"), "HEALTHY");
+    assert!(connectors["connectorList"][0]["associatedOn"].is_number());
+
+    // import-server-catalog prints nothing; the connector answers on its next poll.
+    assert_eq!(
+        ok(&server, &["sms", "import-server-catalog"]).await,
+        Value::Null
+    );
+    let answered = ok(
+        &server,
+        &["connector", "run", "--config", &config, "--once"],
+    )
+    .await;
+    assert_eq!(
+        answered["connectorId"],
+        connector_id.as_str(),
+        "same connector after a restart"
+    );
+    assert_eq!(answered["inventoriesReported"], 1);
+    assert_eq!(answered["vmsReported"], 2);
+
+    let servers = ok(&server, &["sms", "get-servers"]).await;
+    assert_eq!(servers["serverCatalogStatus"], "AVAILABLE");
+    assert!(servers["lastModifiedOn"].is_number());
+    assert_eq!(servers["serverList"].as_array().unwrap().len(), 2);
+    let filtered = ok(
+        &server,
+        &[
+            "sms",
+            "get-servers",
+            "--vm-server-address-list",
+            "vmManagerId=vc-test,vmId=vm-1",
+        ],
+    )
+    .await;
+    let [web1] = filtered["serverList"].as_array().unwrap().as_slice() else {
+        panic!("one server: {filtered}")
+    };
+    assert_eq!(str_of(web1, "/vmServer/vmName"), "web1");
+    let server_id = str_of(web1, "/serverId").to_owned();
+
+    // create-replication-job with an ISO 8601 seed time, read back as epoch seconds.
+    let seed = (now_secs() + 3600) / 60 * 60;
+    let seed_iso = time::OffsetDateTime::from_unix_timestamp(seed)
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let created = ok(
+        &server,
+        &[
+            "sms",
+            "create-replication-job",
+            "--server-id",
+            &server_id,
+            "--frequency",
+            "12",
+            "--seed-replication-time",
+            &seed_iso,
+            "--license-type",
+            "BYOL",
+            "--description",
+            "walk",
+            "--number-of-recent-amis-to-keep",
+            "2",
+            "--encrypted",
+        ],
+    )
+    .await;
+    let job_id = str_of(&created, "/replicationJobId").to_owned();
+
+    let jobs = ok(&server, &["sms", "get-replication-jobs"]).await;
+    let job = &jobs["replicationJobList"][0];
+    assert_eq!(job["replicationJobId"], job_id.as_str());
+    assert_eq!(job["seedReplicationTime"], seed);
+    assert_eq!(job["frequency"], 12);
+    assert_eq!(job["licenseType"], "BYOL");
+    assert_eq!(job["encrypted"], true);
+    assert_eq!(job["numberOfRecentAmisToKeep"], 2);
+
+    let runs = ok(
+        &server,
+        &[
+            "sms",
+            "get-replication-runs",
+            "--replication-job-id",
+            &job_id,
+        ],
+    )
+    .await;
+    assert_eq!(runs["replicationJob"]["replicationJobId"], job_id.as_str());
+    assert!(runs["replicationRunList"].is_array());
+
+    let next = (seed + 7200).to_string();
+    let updated = ok(
+        &server,
+        &[
+            "sms",
+            "update-replication-job",
+            "--replication-job-id",
+            &job_id,
+            "--frequency",
+            "6",
+            "--next-replication-run-start-time",
+            &next,
+            "--description",
+            "walk, updated",
+        ],
+    )
+    .await;
+    assert_eq!(updated, Value::Null);
+    let jobs = ok(
+        &server,
+        &[
+            "sms",
+            "get-replication-jobs",
+            "--replication-job-id",
+            &job_id,
+        ],
+    )
+    .await;
+    assert_eq!(jobs["replicationJobList"][0]["frequency"], 6);
+    assert_eq!(
+        jobs["replicationJobList"][0]["nextReplicationRunStartTime"],
+        seed + 7200
+    );
+    assert_eq!(
+        jobs["replicationJobList"][0]["description"],
+        "walk, updated"
+    );
+
+    let started = ok(
+        &server,
+        &[
+            "sms",
+            "start-on-demand-replication-run",
+            "--replication-job-id",
+            &job_id,
+            "--description",
+            "now",
+        ],
+    )
+    .await;
+    let run_id = str_of(&started, "/replicationRunId").to_owned();
+    let runs = ok(
+        &server,
+        &[
+            "sms",
+            "get-replication-runs",
+            "--replication-job-id",
+            &job_id,
+        ],
+    )
+    .await;
+    let listed = runs["replicationRunList"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["replicationRunId"] == run_id.as_str())
+        .unwrap_or_else(|| panic!("{run_id} in {runs}"));
+    assert_eq!(listed["type"], "ON_DEMAND");
+
+    // A service error: its SMS code and message on stderr, exit status 254.
+    let refused = run(
+        &server,
+        &[
+            "sms",
+            "start-on-demand-replication-run",
+            "--replication-job-id",
+            &job_id,
+        ],
+    )
+    .await;
+    assert_eq!(refused.status.code(), Some(254));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("(OperationNotPermittedException)")
+            && stderr.contains("StartOnDemandReplicationRun"),
+        "{stderr}"
+    );
+    assert!(refused.stdout.is_empty());
+
+    assert_eq!(
+        ok(
+            &server,
+            &[
+                "sms",
+                "delete-replication-job",
+                "--replication-job-id",
+                &job_id
+            ]
+        )
+        .await,
+        Value::Null
+    );
+    assert_eq!(
+        ok(&server, &["sms", "delete-server-catalog"]).await,
+        Value::Null
+    );
+    let servers = ok(&server, &["sms", "get-servers"]).await;
+    assert_eq!(servers["serverList"], serde_json::json!([]));
+    assert_eq!(servers["serverCatalogStatus"], "DELETED");
+    assert_eq!(
+        ok(
+            &server,
+            &[
+                "sms",
+                "disassociate-connector",
+                "--connector-id",
+                &connector_id
+            ]
+        )
+        .await,
+        Value::Null
+    );
+    let connectors = ok(&server, &["sms", "get-connectors"]).await;
+    assert_eq!(connectors["connectorList"], serde_json::json!([]));
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_reports_bad_input_and_unreachable_endpoints() {
+    let server = TestServer::start().await;
+    // Bad timestamp: rejected before any request, naming the accepted forms.
+    let out = run(
+        &server,
+        &[
+            "sms",
+            "create-replication-job",
+            "--server-id",
+            "s-1",
+            "--seed-replication-time",
+            "soon",
+        ],
+    )
+    .await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ISO 8601"));
+    // Unknown keys: the service's own code.
+    let out = tern(&server)
+        .env("AWS_ACCESS_KEY_ID", "AKIAUNKNOWNKEY000000")
+        .env("AWS_SECRET_ACCESS_KEY", "x".repeat(40))
+        .args(["sms", "get-connectors"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(254));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("(UnrecognizedClientException)"));
+    // Nothing listening: a clear error, not a panic.
+    let out = run(
+        &server,
+        &["sms", "get-servers", "--endpoint-url", "http://127.0.0.1:9"],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("GetServers") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connector_runs_until_sigterm() {
+    let server = TestServer::start().await;
+    let config = server.write_connector_config("lab", &inventory_toml("vc-test", 1));
+    let mut child = tern(&server)
+        .args(["connector", "run", "--config", &config_arg(&config)])
+        .spawn()
+        .expect("connector starts");
+    // It registers, then answers an import on its own within a few poll intervals (1 s).
+    let mut registered = false;
+    for _ in 0..50 {
+        let out = server.client.get_connectors().send().await.unwrap();
+        if !out.connector_list().is_empty() {
+            registered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(registered, "the connector registered");
+    server.client.import_server_catalog().send().await.unwrap();
+    let mut imported = false;
+    for _ in 0..50 {
+        let out = server.client.get_servers().send().await.unwrap();
+        if out.server_list().len() == 1 {
+            imported = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        imported,
+        "the running connector answered the inventory request"
+    );
+
+    let pid = child.id().expect("pid").to_string();
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("stops within 10 s of SIGTERM")
+        .unwrap();
+    assert!(status.success(), "clean exit on SIGTERM: {status}");
+    server.shutdown().await;
+}

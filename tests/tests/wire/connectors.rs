@@ -1,0 +1,212 @@
+//! GetConnectors, DisassociateConnector, and the separation of connector and admin principals.
+
+use std::time::Duration;
+
+use aws_sdk_sms::types::{ConnectorCapability, ConnectorStatus, VmManagerType};
+use tern_acceptance::{connector_target, inventory_toml, now_secs, Config, TestServer};
+
+use crate::code;
+
+#[tokio::test]
+async fn get_connectors_lists_a_registered_connector() {
+    let server = TestServer::start().await;
+    let empty = server.client.get_connectors().send().await.unwrap();
+    assert!(empty.connector_list().is_empty());
+    assert_eq!(empty.next_token(), None);
+
+    let mut agent = server
+        .connector_agent("lab", &inventory_toml("vc-test", 1))
+        .await;
+    let report = agent.run_once().await.unwrap();
+    let id = report.connector_id.clone();
+    assert!(id.starts_with("c-") && id.len() == 19, "connector id {id}");
+    assert_eq!(report.work_items, 0, "nothing queued before an import");
+
+    let out = server.client.get_connectors().send().await.unwrap();
+    let [c] = out.connector_list() else {
+        panic!("one connector: {out:?}")
+    };
+    assert_eq!(c.connector_id(), Some(id.as_str()));
+    assert_eq!(c.status(), Some(&ConnectorStatus::Healthy));
+    assert_eq!(c.version(), Some(env!("CARGO_PKG_VERSION")));
+    assert_eq!(c.vm_manager_id(), Some("vc-test"));
+    assert_eq!(c.vm_manager_name(), Some("vcenter.test"));
+    assert_eq!(c.vm_manager_type(), Some(&VmManagerType::VSphere));
+    assert_eq!(c.capability_list(), &[ConnectorCapability::VSphere]);
+    assert_eq!(c.ip_address(), Some("127.0.0.1"));
+    let associated = c.associated_on().expect("associatedOn").secs();
+    assert!(
+        (associated - now_secs()).abs() < 60,
+        "associatedOn {associated}"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_restarted_connector_keeps_its_id() {
+    let server = TestServer::start().await;
+    let mut first = server
+        .connector_agent("lab", &inventory_toml("vc-test", 1))
+        .await;
+    let id = first.run_once().await.unwrap().connector_id;
+    // A new agent over the same config and state directory is the same connector.
+    let mut again = server
+        .connector_agent("lab", &inventory_toml("vc-test", 1))
+        .await;
+    assert_eq!(again.run_once().await.unwrap().connector_id, id);
+    let out = server.client.get_connectors().send().await.unwrap();
+    assert_eq!(out.connector_list().len(), 1);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_connector_without_heartbeats_turns_unhealthy() {
+    let config = Config {
+        connector_unhealthy_after: Duration::from_millis(1500),
+        ..Config::default()
+    };
+    let server = TestServer::start_with(config).await;
+    let mut agent = server
+        .connector_agent("lab", &inventory_toml("vc-test", 1))
+        .await;
+    agent.run_once().await.unwrap();
+    let status = |out: aws_sdk_sms::operation::get_connectors::GetConnectorsOutput| {
+        out.connector_list()[0].status().cloned()
+    };
+    tokio::time::sleep(Duration::from_millis(1700)).await;
+    let out = server.client.get_connectors().send().await.unwrap();
+    assert_eq!(status(out), Some(ConnectorStatus::Unhealthy));
+    // No healthy connector: nothing can take an inventory request.
+    assert_eq!(
+        code(server.client.import_server_catalog().send().await),
+        "NoConnectorsAvailableException"
+    );
+    agent.heartbeat().await.unwrap();
+    let out = server.client.get_connectors().send().await.unwrap();
+    assert_eq!(status(out), Some(ConnectorStatus::Healthy));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn disassociate_connector() {
+    let server = TestServer::start().await;
+    let c = &server.client;
+    assert_eq!(
+        code(c.disassociate_connector().connector_id("").send().await),
+        "MissingRequiredParameterException"
+    );
+    assert_eq!(
+        code(
+            c.disassociate_connector()
+                .connector_id("c-00000000000000000")
+                .send()
+                .await
+        ),
+        "InvalidParameterException"
+    );
+    let mut agent = server
+        .connector_agent("lab", &inventory_toml("vc-test", 1))
+        .await;
+    let id = agent.run_once().await.unwrap().connector_id;
+    c.disassociate_connector()
+        .connector_id(&id)
+        .send()
+        .await
+        .unwrap();
+    assert!(c
+        .get_connectors()
+        .send()
+        .await
+        .unwrap()
+        .connector_list()
+        .is_empty());
+    assert_eq!(
+        code(c.disassociate_connector().connector_id(&id).send().await),
+        "OperationNotPermittedException",
+        "disassociating twice"
+    );
+    assert_eq!(
+        code(c.import_server_catalog().send().await),
+        "NoConnectorsAvailableException"
+    );
+    // The disassociated connector can no longer act as itself.
+    assert!(agent.heartbeat().await.is_err());
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_connector_serving_a_job_cannot_be_disassociated() {
+    let server = TestServer::start().await;
+    let (agent, servers) = server.import_catalog(1).await;
+    server
+        .client
+        .create_replication_job()
+        .server_id(&servers[0])
+        .seed_replication_time(aws_smithy_types::DateTime::from_secs(now_secs() + 3600))
+        .frequency(12)
+        .license_type(aws_sdk_sms::types::LicenseType::Byol)
+        .send()
+        .await
+        .unwrap();
+    let id = agent.connector_id().unwrap().to_owned();
+    assert_eq!(
+        code(
+            server
+                .client
+                .disassociate_connector()
+                .connector_id(&id)
+                .send()
+                .await
+        ),
+        "OperationNotPermittedException"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn connector_and_admin_credentials_are_separate() {
+    let server = TestServer::start().await;
+    // Connector keys cannot call the administrative API...
+    let as_connector = server.client_with(server.connector());
+    assert_eq!(
+        code(as_connector.get_connectors().send().await),
+        "AccessDeniedException"
+    );
+    // ...and admin keys cannot impersonate a connector.
+    let body = br#"{"name":"rogue","version":"1","vmManagerId":"x"}"#;
+    let response = server
+        .raw(
+            Some(&connector_target("RegisterConnector")),
+            body,
+            Some(&server.admin()),
+        )
+        .await;
+    assert!(
+        response.status >= 400,
+        "admin registered a connector: {response:?}"
+    );
+    assert_eq!(
+        response.error_type(),
+        "AccessDeniedException",
+        "{response:?}"
+    );
+    // The connector keys do work for connector operations.
+    let response = server
+        .raw(
+            Some(&connector_target("RegisterConnector")),
+            body,
+            Some(&server.connector()),
+        )
+        .await;
+    assert_eq!(
+        response.status,
+        200,
+        "{:?}",
+        String::from_utf8_lossy(&response.body)
+    );
+    assert!(response.json()["connectorId"]
+        .as_str()
+        .unwrap()
+        .starts_with("c-"));
+    server.shutdown().await;
+}

@@ -1,0 +1,237 @@
+//! StartOnDemandReplicationRun and GetReplicationRuns.
+
+use aws_sdk_sms::types::{ReplicationRunState, ReplicationRunType};
+use aws_smithy_types::DateTime;
+use tern_acceptance::{now_secs, Config, TestServer};
+
+use crate::code;
+
+async fn job(server: &TestServer, server_id: &str, run_once: bool) -> String {
+    let mut request = server
+        .client
+        .create_replication_job()
+        .server_id(server_id)
+        .seed_replication_time(DateTime::from_secs(now_secs() + 3600));
+    request = if run_once {
+        request.run_once(true)
+    } else {
+        request.frequency(12)
+    };
+    request
+        .send()
+        .await
+        .unwrap()
+        .replication_job_id()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn an_on_demand_run_is_listed_with_its_job() {
+    let server = TestServer::start().await;
+    let (_agent, ids) = server.import_catalog(1).await;
+    let job_id = job(&server, &ids[0], false).await;
+    let before = now_secs();
+    let run_id = server
+        .client
+        .start_on_demand_replication_run()
+        .replication_job_id(&job_id)
+        .description("before the cut-over")
+        .send()
+        .await
+        .unwrap()
+        .replication_run_id()
+        .expect("replicationRunId")
+        .to_owned();
+    assert!(run_id.starts_with("sms-run-"), "{run_id}");
+
+    let out = server
+        .client
+        .get_replication_runs()
+        .replication_job_id(&job_id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        out.replication_job().and_then(|j| j.replication_job_id()),
+        Some(job_id.as_str())
+    );
+    let run = out
+        .replication_run_list()
+        .iter()
+        .find(|r| r.replication_run_id() == Some(run_id.as_str()))
+        .unwrap_or_else(|| panic!("run {run_id} listed: {out:?}"));
+    assert_eq!(run.r#type(), Some(&ReplicationRunType::OnDemand));
+    assert!(
+        matches!(
+            run.state(),
+            Some(ReplicationRunState::Pending | ReplicationRunState::Active)
+        ),
+        "{:?}",
+        run.state()
+    );
+    assert_eq!(run.description(), Some("before the cut-over"));
+    let scheduled = run
+        .scheduled_start_time()
+        .expect("scheduledStartTime")
+        .secs();
+    assert!(
+        (scheduled - before).abs() < 60,
+        "scheduledStartTime {scheduled}"
+    );
+    assert_eq!(run.completed_time(), None);
+
+    // The job embeds its runs too.
+    let jobs = server
+        .client
+        .get_replication_jobs()
+        .replication_job_id(&job_id)
+        .send()
+        .await
+        .unwrap();
+    assert!(jobs.replication_job_list()[0]
+        .replication_run_list()
+        .iter()
+        .any(|r| r.replication_run_id() == Some(run_id.as_str())));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn no_second_on_demand_run_while_one_is_active() {
+    let server = TestServer::start().await;
+    let (_agent, ids) = server.import_catalog(1).await;
+    let job_id = job(&server, &ids[0], false).await;
+    let start = || {
+        server
+            .client
+            .start_on_demand_replication_run()
+            .replication_job_id(&job_id)
+            .send()
+    };
+    start().await.unwrap();
+    assert_eq!(code(start().await), "OperationNotPermittedException");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn on_demand_runs_are_limited_per_window() {
+    let mut config = Config::default();
+    config.limits.on_demand_runs_per_window = 0;
+    let server = TestServer::start_with(config).await;
+    let (_agent, ids) = server.import_catalog(1).await;
+    let job_id = job(&server, &ids[0], false).await;
+    let result = server
+        .client
+        .start_on_demand_replication_run()
+        .replication_job_id(&job_id)
+        .send()
+        .await;
+    assert_eq!(code(result), "ReplicationRunLimitExceededException");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn runs_of_unknown_or_deleted_jobs() {
+    let server = TestServer::start().await;
+    let (_agent, ids) = server.import_catalog(1).await;
+    let c = &server.client;
+    let unknown = "sms-job-00000000000000000";
+    assert_eq!(
+        code(
+            c.start_on_demand_replication_run()
+                .replication_job_id(unknown)
+                .send()
+                .await
+        ),
+        "InvalidParameterException"
+    );
+    assert_eq!(
+        code(
+            c.start_on_demand_replication_run()
+                .replication_job_id("")
+                .send()
+                .await
+        ),
+        "MissingRequiredParameterException"
+    );
+    assert_eq!(
+        code(
+            c.get_replication_runs()
+                .replication_job_id(unknown)
+                .send()
+                .await
+        ),
+        "InvalidParameterException"
+    );
+    assert_eq!(
+        code(c.get_replication_runs().replication_job_id("").send().await),
+        "MissingRequiredParameterException"
+    );
+    let job_id = job(&server, &ids[0], false).await;
+    c.delete_replication_job()
+        .replication_job_id(&job_id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        code(
+            c.start_on_demand_replication_run()
+                .replication_job_id(&job_id)
+                .send()
+                .await
+        ),
+        "OperationNotPermittedException"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_run_once_job_reads_back_as_such() {
+    let server = TestServer::start().await;
+    let (_agent, ids) = server.import_catalog(1).await;
+    let job_id = job(&server, &ids[0], true).await;
+    let out = server
+        .client
+        .get_replication_runs()
+        .replication_job_id(&job_id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.replication_job().and_then(|j| j.run_once()), Some(true));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn get_replication_runs_pages_repeat_the_job() {
+    let server = TestServer::start().await;
+    let (_agent, ids) = server.import_catalog(1).await;
+    let job_id = job(&server, &ids[0], false).await;
+    server
+        .client
+        .start_on_demand_replication_run()
+        .replication_job_id(&job_id)
+        .send()
+        .await
+        .unwrap();
+    let pages: Vec<_> = server
+        .client
+        .get_replication_runs()
+        .replication_job_id(&job_id)
+        .max_results(1)
+        .into_paginator()
+        .send()
+        .try_collect()
+        .await
+        .unwrap();
+    let runs: usize = pages.iter().map(|p| p.replication_run_list().len()).sum();
+    assert!(runs >= 1, "{pages:?}");
+    assert!(pages.iter().all(|p| p.replication_run_list().len() <= 1));
+    assert!(
+        pages
+            .iter()
+            .all(|p| p.replication_job().and_then(|j| j.replication_job_id())
+                == Some(job_id.as_str()))
+    );
+    assert_eq!(pages.last().unwrap().next_token(), None);
+    server.shutdown().await;
+}
