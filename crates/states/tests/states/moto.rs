@@ -1,0 +1,216 @@
+//! Runs the corpus machines that have no Task state in moto's Step Functions and checks that moto
+//! agrees with the corpus (and so with the engine). Places where moto is wrong are listed, with
+//! the reason, in `tests/corpus/moto-known-differences.json` instead of being copied.
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tern_states::StateMachine;
+
+use crate::common::{check, corpus_dir, load_corpus};
+use crate::corpus::machine_name;
+
+struct Moto {
+    child: Child,
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Moto {
+    async fn call(&self, op: &str, body: Value) -> anyhow::Result<Value> {
+        let resp = self
+            .http
+            .post(&self.base)
+            .header("X-Amz-Target", format!("AWSStepFunctions.{op}"))
+            .header("Content-Type", "application/x-amz-json-1.0")
+            // moto routes by the service in the credential scope; the signature is not checked.
+            .header(
+                "Authorization",
+                "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20240101/us-east-1/states/aws4_request, SignedHeaders=host, Signature=0",
+            )
+            .body(body.to_string())
+            .send()
+            .await?;
+        let status = resp.status();
+        let text = resp.text().await?;
+        anyhow::ensure!(status.is_success(), "{op}: HTTP {status}: {text}");
+        Ok(serde_json::from_str(&text)?)
+    }
+}
+
+fn on_path(cmd: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(cmd).is_file()))
+}
+
+async fn start_moto() -> anyhow::Result<Moto> {
+    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let child = Command::new("moto_server")
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let moto = Moto {
+        child,
+        base: format!("http://127.0.0.1:{port}/"),
+        http: reqwest::Client::new(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if moto
+            .http
+            .get(format!("{}moto-api/", moto.base))
+            .send()
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "moto_server did not start on port {port}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    moto.http
+        .post(format!("{}moto-api/config", moto.base))
+        .body(json!({"stepfunctions": {"execute_state_machine": true}}).to_string())
+        .send()
+        .await?
+        .error_for_status()?;
+    Ok(moto)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corpus_agrees_with_moto() {
+    if !on_path("moto_server") {
+        if std::env::var_os("CI").is_some() {
+            panic!("moto_server is not on PATH (install with: pip install 'moto[server]>=5,<6')");
+        }
+        // Written to the real stderr: the test harness would swallow eprintln! of a passing test.
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED corpus_agrees_with_moto: moto_server is not on PATH (pip install 'moto[server]>=5,<6')"
+        );
+        return;
+    }
+    let known: Value = serde_json::from_str(
+        &std::fs::read_to_string(corpus_dir().join("moto-known-differences.json")).unwrap(),
+    )
+    .unwrap();
+    let known: HashMap<String, String> = known["differences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["case"].as_str().unwrap().to_string(),
+                d["reason"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let moto = start_moto().await.expect("start moto_server");
+    let mut ran = 0;
+    let mut failures = Vec::new();
+    let mut now_agreeing = Vec::new();
+    for (name, case) in load_corpus() {
+        let def = case.definition.to_string();
+        if StateMachine::parse(&def)
+            .expect("corpus definitions are valid")
+            .has_task()
+        {
+            continue;
+        }
+        ran += 1;
+        // moto 5.2 deep-copies its whole backend when it starts an execution, which fails once
+        // any earlier execution exists (it holds a lock): reset before each case and run them
+        // one at a time.
+        moto.http
+            .post(format!("{}moto-api/reset", moto.base))
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .expect("reset moto");
+        let started = async {
+            let sm = moto
+                .call("CreateStateMachine", json!({"name": machine_name(&name), "definition": def, "roleArn": "arn:aws:iam::123456789012:role/tern-states"}))
+                .await?;
+            let arn = sm["stateMachineArn"].as_str().unwrap_or_default().to_string();
+            moto.call("StartExecution", json!({"stateMachineArn": arn, "name": "run", "input": case.input.to_string()})).await
+        }
+        .await;
+        let ex = match started {
+            Ok(ex) => ex,
+            Err(e) => {
+                if !known.contains_key(&name) {
+                    failures.push(format!("{name}: moto refused it: {e}"));
+                }
+                continue;
+            }
+        };
+        let arn = ex["executionArn"].as_str().unwrap().to_string();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let d = loop {
+            let d = moto
+                .call("DescribeExecution", json!({"executionArn": arn}))
+                .await
+                .unwrap();
+            if d["status"] != "RUNNING" || Instant::now() > deadline {
+                break d;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        // moto's DescribeExecution returns string outputs without JSON quoting; the history's
+        // ExecutionSucceeded event has them right.
+        let mut output = d["output"].as_str().map(str::to_string);
+        if d["status"] == "SUCCEEDED" {
+            let h = moto
+                .call("GetExecutionHistory", json!({"executionArn": arn}))
+                .await
+                .unwrap();
+            let events = h["events"].as_array().cloned().unwrap_or_default();
+            output = events
+                .iter()
+                .find(|e| e["type"] == "ExecutionSucceeded")
+                .and_then(|e| e["executionSucceededEventDetails"]["output"].as_str())
+                .map(str::to_string);
+        }
+        let res = check(
+            &case.expected,
+            d["status"].as_str().unwrap_or(""),
+            output.as_deref(),
+            d["error"].as_str(),
+            d["cause"].as_str(),
+        );
+        match (res, known.get(&name)) {
+            (Err(msg), None) => failures.push(format!("{name}: moto gives {msg}")),
+            (Ok(()), Some(_)) => now_agreeing.push(name.clone()),
+            _ => {}
+        }
+    }
+    assert!(ran >= 100, "too few corpus machines ran in moto: {ran}");
+    if !now_agreeing.is_empty() {
+        eprintln!("note: moto now agrees on cases listed as known differences: {now_agreeing:?}");
+    }
+    eprintln!(
+        "moto ran {ran} corpus machines ({} known differences)",
+        known.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "moto disagrees with the corpus on {} cases:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
