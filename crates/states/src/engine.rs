@@ -19,7 +19,7 @@ use crate::clock::{format_ms, Clock};
 use crate::definition::{
     error_matches, is_terminal, Count, Kind, Percentage, State, StateMachine, Transition, WaitFor,
 };
-use crate::error::{names, EngineError, StateError};
+use crate::error::{names, EngineError, StateError, StoreError};
 use crate::paths::{apply_filter, apply_result_path, ContextSource};
 use crate::store::{Batch, ExecutionRecord, ExecutionStatus, StateMachineRecord, Store};
 use crate::task::{resource_parts, split_resource, Pattern, TaskRegistry, TaskRequest};
@@ -113,12 +113,6 @@ enum Status {
         tolerated_count: Option<u64>,
         tolerated_pct: Option<f64>,
     },
-    Finished {
-        output: Value,
-    },
-    Failed {
-        error: StateError,
-    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -136,6 +130,26 @@ struct Thread {
     /// Children's inputs, stored once in a blob rather than in every write of this row.
     #[serde(skip)]
     items: Option<Arc<FanData>>,
+    /// Outputs of the finished children of a Parallel/Map, (index, output) in finishing order.
+    /// Stored in result chunks (one per commit) rather than one row per child.
+    #[serde(skip)]
+    results: Vec<(u64, Value)>,
+    /// A row for this thread has been handed to the store, so removing the thread must delete it.
+    /// Threads that start and end within one commit never cost a row.
+    #[serde(skip)]
+    stored: bool,
+    /// `input` as JSON text when the previous state's StateExited event already produced it.
+    #[serde(skip)]
+    input_text: Option<String>,
+}
+
+/// One execution's history events of the current commit, in the form `expand_page` reads.
+struct Page {
+    /// Id of the first event; the others follow one by one.
+    first: u64,
+    /// Timestamp of the last event (lines carry the difference to the one before).
+    last_ms: i64,
+    body: String,
 }
 
 /// What a Parallel or Map state hands to its children.
@@ -194,9 +208,11 @@ struct Core {
     completions: VecDeque<Completion>,
     in_flight: usize,
     batch: Batch,
-    /// History events of this commit, per execution: (id of the first, newline-separated JSON).
-    pages: HashMap<String, (u64, String)>,
+    /// History events of this commit, one page per execution (see `expand_page`).
+    pages: HashMap<String, Page>,
     spare_pages: Vec<String>,
+    /// Result chunks of this commit: (execution, parent thread) → (chunk key, JSON array body).
+    pending_results: HashMap<(String, u64), (u64, String)>,
     dirty_execs: HashSet<String>,
     invocations: Vec<(String, Invocation)>,
     finished_any: bool,
@@ -272,6 +288,10 @@ impl Engine {
             .into_iter()
             .map(|(a, i, b)| ((a, i), b))
             .collect();
+        let mut results: HashMap<(String, u64), Vec<String>> = HashMap::default();
+        for (a, i, b) in snap.results {
+            results.entry((a, i)).or_default().push(b);
+        }
         for rec in snap.executions {
             let Some(m) = core.machines.get(&rec.state_machine_arn) else {
                 tracing::warn!(execution = %rec.arn, "execution of an unknown state machine ignored");
@@ -302,6 +322,14 @@ impl Engine {
         for (arn, id, body) in snap.threads {
             let mut t: Thread = serde_json::from_str(&body)
                 .map_err(|e| crate::error::StoreError::Corrupt(e.to_string()))?;
+            t.stored = true;
+            if let Some(chunks) = results.remove(&(arn.clone(), id)) {
+                for chunk in chunks {
+                    let part: Vec<(u64, Value)> = serde_json::from_str(&chunk)
+                        .map_err(|e| crate::error::StoreError::Corrupt(e.to_string()))?;
+                    t.results.extend(part);
+                }
+            }
             if let Some(b) = blobs.remove(&(arn.clone(), id)) {
                 let items: FanData = serde_json::from_str(&b)
                     .map_err(|e| crate::error::StoreError::Corrupt(e.to_string()))?;
@@ -469,6 +497,9 @@ impl Engine {
             prev_event: 0,
             status: Status::Ready { entered: false },
             items: None,
+            results: Vec::new(),
+            stored: false,
+            input_text: None,
         };
         if let Some(t) = parsed.timeout_seconds {
             core.timers.push(Reverse((
@@ -534,14 +565,11 @@ impl Engine {
         if !self.lock().execs.contains_key(arn) {
             return Err(EngineError::ExecutionDoesNotExist(arn.to_string()));
         }
-        let raw = self.shared.store.events(arn)?;
-        raw.iter()
-            .map(|s| {
-                serde_json::from_str(s).map_err(|e| {
-                    EngineError::Store(crate::error::StoreError::Corrupt(e.to_string()))
-                })
-            })
-            .collect()
+        let mut out = Vec::new();
+        for (first, page) in self.shared.store.events(arn)? {
+            expand_page(first, &page, &mut out)?;
+        }
+        Ok(out)
     }
 
     pub fn stop_execution(
@@ -742,16 +770,21 @@ impl Engine {
                 continue;
             };
             for id in std::mem::take(&mut e.dirty) {
-                if let Some(t) = e.threads.get(&id) {
+                if let Some(t) = e.threads.get_mut(&id) {
                     let body = serde_json::to_string(t)
                         .map_err(|e| crate::error::StoreError::Corrupt(e.to_string()))?;
+                    t.stored = true;
                     core.batch.threads.push((arn.clone(), id, body));
                 }
             }
             core.batch.executions.push(e.rec.clone());
         }
-        for (arn, (first, body)) in core.pages.drain() {
-            core.batch.events.push((arn, first, body));
+        for ((arn, thread), (chunk, mut body)) in core.pending_results.drain() {
+            body.push(']');
+            core.batch.results.push((arn, thread, chunk, body));
+        }
+        for (arn, page) in core.pages.drain() {
+            core.batch.events.push((arn, page.first, page.body));
         }
         let batch = std::mem::take(&mut core.batch);
         if let Err(e) = self.shared.store.commit(&batch) {
@@ -1139,6 +1172,127 @@ fn push_u64(buf: &mut String, mut n: u64) {
     buf.push_str(std::str::from_utf8(&digits[i..]).unwrap_or("0"));
 }
 
+/// Turns a history page written by `Core::emit_with` into the API's events. Line n is event
+/// `first + n`: `<ms since the line before (the first: since the epoch)>,<id − previous id>,`
+/// then one of
+/// * `E|X<state type>,<name as a JSON string><input/output JSON>`: StateEntered / StateExited;
+/// * `D<type>,<details JSON>`: the details under `<type in lower camel case>EventDetails`;
+/// * `N<type>`: no details; `G<type>,<details key>,<details JSON>`: any other key.
+fn expand_page(first: u64, page: &str, out: &mut Vec<Value>) -> Result<(), StoreError> {
+    let corrupt = |line: &str| StoreError::Corrupt(format!("bad history line: {line}"));
+    let mut json = String::with_capacity(256);
+    let mut ms: i64 = 0;
+    // Split on '\n' only: `lines()` would also eat a '\r' (none is written, but be exact).
+    for (n, line) in page.split('\n').enumerate() {
+        let mut parts = line.splitn(3, ',');
+        let (Some(ms_delta), Some(back), Some(body)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(corrupt(line));
+        };
+        let (Some(id), Ok(dt), Ok(back)) = (
+            first.checked_add(n as u64),
+            ms_delta.parse::<i64>(),
+            back.parse::<u64>(),
+        ) else {
+            return Err(corrupt(line));
+        };
+        ms = ms.checked_add(dt).ok_or_else(|| corrupt(line))?;
+        let prev = id.checked_sub(back).ok_or_else(|| corrupt(line))?;
+        json.clear();
+        // Epoch seconds with milliseconds, as the API's timestamps.
+        json.push_str(r#"{"timestamp":"#);
+        push_u64(&mut json, ms.div_euclid(1000).max(0) as u64);
+        let frac = ms.rem_euclid(1000) as u64;
+        json.push('.');
+        if frac < 100 {
+            json.push('0');
+        }
+        if frac < 10 {
+            json.push('0');
+        }
+        push_u64(&mut json, frac);
+        json.push_str(r#","type":""#);
+        let mut details_key = String::new();
+        let mut details = String::new();
+        match body.as_bytes().first() {
+            Some(b'N') => json.push_str(&body[1..]),
+            Some(b'D') => {
+                let (ty, d) = body[1..].split_once(',').ok_or_else(|| corrupt(line))?;
+                json.push_str(ty);
+                let mut chars = ty.chars();
+                details_key.extend(chars.next().map(|c| c.to_ascii_lowercase()));
+                details_key.push_str(chars.as_str());
+                details_key.push_str("EventDetails");
+                details.push_str(d);
+            }
+            Some(b'G') => {
+                let mut parts = body[1..].splitn(3, ',');
+                let (Some(ty), Some(key), Some(d)) = (parts.next(), parts.next(), parts.next())
+                else {
+                    return Err(corrupt(line));
+                };
+                json.push_str(ty);
+                details_key.push_str(key);
+                details.push_str(d);
+            }
+            Some(&c @ (b'E' | b'X')) => {
+                let (ty, rest) = body[1..].split_once(',').ok_or_else(|| corrupt(line))?;
+                let name_len = json_string_len(rest).ok_or_else(|| corrupt(line))?;
+                let (name, data) = rest.split_at(name_len);
+                let (suffix, field) = if c == b'E' {
+                    details_key.push_str("stateEnteredEventDetails");
+                    ("StateEntered", "input")
+                } else {
+                    details_key.push_str("stateExitedEventDetails");
+                    ("StateExited", "output")
+                };
+                json.push_str(ty);
+                json.push_str(suffix);
+                details.push_str(r#"{"name":"#);
+                details.push_str(name);
+                details.push_str(",\"");
+                details.push_str(field);
+                details.push_str("\":");
+                push_json_string(&mut details, data);
+                details.push_str(",\"");
+                details.push_str(field);
+                details.push_str(r#"Details":{"truncated":false}}"#);
+            }
+            _ => return Err(corrupt(line)),
+        }
+        json.push_str(r#"","id":"#);
+        push_u64(&mut json, id);
+        json.push_str(r#","previousEventId":"#);
+        push_u64(&mut json, prev);
+        if !details_key.is_empty() {
+            json.push_str(",\"");
+            json.push_str(&details_key);
+            json.push_str("\":");
+            json.push_str(&details);
+        }
+        json.push('}');
+        out.push(serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(e.to_string()))?);
+    }
+    Ok(())
+}
+
+/// Length in bytes of the JSON string literal that `s` starts with (quotes included).
+fn json_string_len(s: &str) -> Option<usize> {
+    let bytes = s.as_bytes();
+    if bytes.first() != Some(&b'"') {
+        return None;
+    }
+    let mut i = 1;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' => i += 2,
+            b'"' => return Some(i + 1),
+            _ => i += 1,
+        }
+    }
+    None
+}
+
 /// `{"name": …, "index": …}` of the MapIteration* events.
 fn iteration_details(name: &str, index: u64) -> String {
     format!(
@@ -1200,7 +1354,8 @@ impl Core {
         self.emit_raw(arn, thread, now, &[ty], key, details);
     }
 
-    /// StateEntered / StateExited, the hot events, written straight into the page.
+    /// StateEntered / StateExited, the hot events, written straight into the page in the compact
+    /// form (see [`expand_page`]).
     fn emit_state(
         &mut self,
         arn: &str,
@@ -1210,29 +1365,13 @@ impl Core {
         entered: bool,
         data: &str,
     ) {
-        let (suffix, key, field) = if entered {
-            ("StateEntered", "stateEnteredEventDetails", "input")
-        } else {
-            ("StateExited", "stateExitedEventDetails", "output")
-        };
-        self.emit_with(
-            arn,
-            Some(tid),
-            now,
-            &[state.kind.type_name(), suffix],
-            key,
-            |buf| {
-                buf.push_str(r#"{"name":"#);
-                push_json_string(buf, &state.name);
-                buf.push_str(",\"");
-                buf.push_str(field);
-                buf.push_str("\":");
-                push_json_string(buf, data);
-                buf.push_str(",\"");
-                buf.push_str(field);
-                buf.push_str(r#"Details":{"truncated":false}}"#);
-            },
-        );
+        self.emit_with(arn, Some(tid), now, |buf| {
+            buf.push(if entered { 'E' } else { 'X' });
+            buf.push_str(state.kind.type_name());
+            buf.push(',');
+            push_json_string(buf, &state.name);
+            buf.push_str(data);
+        });
     }
 
     fn emit_raw(
@@ -1244,19 +1383,50 @@ impl Core {
         key: &str,
         details: &str,
     ) {
-        self.emit_with(arn, thread, now, ty, key, |buf| buf.push_str(details));
+        // Every details key is the type's name in lower camel case + "EventDetails": say so
+        // with one letter instead of spelling the key out.
+        let derived = {
+            let mut name = ty.iter().flat_map(|p| p.chars());
+            let first = name.next();
+            let mut key_chars = key.chars();
+            key_chars.next() == first.map(|c| c.to_ascii_lowercase())
+                && key_chars
+                    .as_str()
+                    .strip_suffix("EventDetails")
+                    .is_some_and(|rest| rest.chars().eq(name))
+        };
+        self.emit_with(arn, thread, now, |buf| {
+            buf.push(if key.is_empty() {
+                'N'
+            } else if derived {
+                'D'
+            } else {
+                'G'
+            });
+            for part in ty {
+                buf.push_str(part);
+            }
+            if !key.is_empty() {
+                buf.push(',');
+                if !derived {
+                    buf.push_str(key);
+                    buf.push(',');
+                }
+                buf.push_str(details);
+            }
+        });
     }
 
     /// Appends a history event to the execution's page of this commit; `thread` chains
-    /// `previousEventId` per thread. `details` writes the JSON of the details object.
+    /// `previousEventId` per thread. Pages hold one line per event in a compact form that
+    /// [`expand_page`] turns into the API's JSON on read (a fifth of the bytes of the JSON form,
+    /// which is what makes durable histories cheap).
     fn emit_with(
         &mut self,
         arn: &str,
         thread: Option<u64>,
         now: i64,
-        ty: &[&str],
-        key: &str,
-        details: impl FnOnce(&mut String),
+        body: impl FnOnce(&mut String),
     ) {
         let Some(exec) = self.execs.get_mut(arn) else {
             return;
@@ -1271,44 +1441,31 @@ impl Core {
             Some(p) => p,
             None => {
                 self.dirty_execs.insert(arn.to_string());
-                let buf = self
+                let body = self
                     .spare_pages
                     .pop()
                     .unwrap_or_else(|| String::with_capacity(64 * 1024));
-                self.pages.entry(arn.to_string()).or_insert((id, buf))
+                self.pages.entry(arn.to_string()).or_insert(Page {
+                    first: id,
+                    last_ms: 0,
+                    body,
+                })
             }
         };
-        let buf = &mut page.1;
+        let buf = &mut page.body;
         if !buf.is_empty() {
             buf.push('\n');
         }
-        // Epoch seconds with milliseconds, as the API's timestamps.
-        buf.push_str(r#"{"timestamp":"#);
-        push_u64(buf, now.div_euclid(1000).max(0) as u64);
-        let ms = now.rem_euclid(1000) as u64;
-        buf.push('.');
-        if ms < 100 {
-            buf.push('0');
+        let dt = now - std::mem::replace(&mut page.last_ms, now);
+        if dt < 0 {
+            buf.push('-');
         }
-        if ms < 10 {
-            buf.push('0');
-        }
-        push_u64(buf, ms);
-        buf.push_str(r#","type":""#);
-        for part in ty {
-            buf.push_str(part);
-        }
-        buf.push_str(r#"","id":"#);
-        push_u64(buf, id);
-        buf.push_str(r#","previousEventId":"#);
-        push_u64(buf, prev);
-        if !key.is_empty() {
-            buf.push_str(",\"");
-            buf.push_str(key);
-            buf.push_str("\":");
-            details(buf);
-        }
-        buf.push('}');
+        push_u64(buf, dt.unsigned_abs());
+        buf.push(',');
+        // A thread's previous event always comes before it.
+        push_u64(buf, id.saturating_sub(prev));
+        buf.push(',');
+        body(buf);
     }
 
     /// Steps one thread up to `slice` transitions; returns how many were made.
@@ -1343,12 +1500,13 @@ impl Core {
             used += 1;
             self.transitions += 1;
             if !entered {
-                let input = t.input.to_string();
+                let mut input = String::new();
                 if let Some(t) = self
                     .execs
                     .get_mut(arn)
                     .and_then(|e| e.threads.get_mut(&tid))
                 {
+                    input = t.input_text.take().unwrap_or_else(|| t.input.to_string());
                     t.status = Status::Ready { entered: true };
                     t.entered_ms = now;
                     if !state.retry.is_empty() || !t.retries.is_empty() {
@@ -1480,7 +1638,11 @@ impl Core {
     }
 
     fn goto(&mut self, arn: &str, tid: u64, state: &State, now: i64, next: String, out: Value) {
-        self.exit_event(arn, tid, state, now, &out);
+        // The output is the next state's input: serialize it once for both history events.
+        let text = out.to_string();
+        if !matches!(state.kind, Kind::Fail { .. }) {
+            self.emit_state(arn, tid, now, state, false, &text);
+        }
         if let Some(t) = self
             .execs
             .get_mut(arn)
@@ -1488,6 +1650,7 @@ impl Core {
         {
             t.state = next;
             t.input = out;
+            t.input_text = Some(text);
             t.status = Status::Ready { entered: false };
             self.dirty_thread(arn, tid);
         }
@@ -1977,6 +2140,9 @@ impl Core {
                     prev_event: parent_prev,
                     status: Status::Ready { entered: false },
                     items: None,
+                    results: Vec::new(),
+                    stored: false,
+                    input_text: None,
                 },
             );
             if let Some(Status::Fanout { next, running, .. }) =
@@ -2009,6 +2175,7 @@ impl Core {
         };
         let mut stack = vec![tid];
         let mut removed = Vec::new();
+        let mut fanouts = Vec::new();
         while let Some(p) = stack.pop() {
             let kids: Vec<u64> = exec
                 .threads
@@ -2024,23 +2191,30 @@ impl Core {
                     if t.items.is_some() {
                         self.batch.deleted_blobs.push((arn.to_string(), k));
                     }
-                    removed.push(k);
-                    // Only a Parallel/Map still waiting has children of its own.
+                    removed.push((k, t.stored));
+                    // Only a Parallel/Map still waiting has children (and results) of its own.
                     if matches!(t.status, Status::Fanout { .. }) {
                         stack.push(k);
+                        fanouts.push(k);
                     }
                 }
             }
         }
-        for k in removed {
+        for (k, stored) in removed {
             exec.dirty.remove(&k);
-            self.batch.deleted_threads.push((arn.to_string(), k));
+            if stored {
+                self.batch.deleted_threads.push((arn.to_string(), k));
+            }
+        }
+        for k in fanouts {
+            self.forget_results(arn, k);
         }
     }
 
     fn fail_fanout(&mut self, arn: &str, tid: u64, state: &State, now: i64, err: StateError) {
         self.drop_children(arn, tid);
         self.clear_items(arn, tid);
+        self.clear_results(arn, tid);
         let ty = if matches!(state.kind, Kind::Map(_)) {
             "MapStateFailed"
         } else {
@@ -2050,6 +2224,47 @@ impl Core {
         self.set_status(arn, tid, Status::Ready { entered: true });
         self.handle_error(arn, tid, state, now, err);
         self.requeue(arn, tid);
+    }
+
+    /// Forgets the children's results of a Parallel/Map that is done (or being dropped).
+    fn clear_results(&mut self, arn: &str, tid: u64) {
+        if let Some(t) = self
+            .execs
+            .get_mut(arn)
+            .and_then(|e| e.threads.get_mut(&tid))
+        {
+            t.results = Vec::new();
+        }
+        self.forget_results(arn, tid);
+    }
+
+    /// Drops the stored result chunks of a Parallel/Map: this commit's, those of a failed commit
+    /// being retried, and (by a delete that runs before this commit's inserts) earlier ones.
+    fn forget_results(&mut self, arn: &str, tid: u64) {
+        let key = (arn.to_string(), tid);
+        self.pending_results.remove(&key);
+        self.batch.results.retain(|r| r.0 != arn || r.1 != tid);
+        self.batch.deleted_results.push(key);
+    }
+
+    /// Records a finished child's output in its parent, in memory and in this commit's chunk.
+    fn add_result(&mut self, arn: &str, pid: u64, index: u64, value: Value) {
+        use std::fmt::Write as _;
+        let (_, body) = self
+            .pending_results
+            .entry((arn.to_string(), pid))
+            .or_insert_with(|| (index, String::from("[")));
+        if body.len() > 1 {
+            body.push(',');
+        }
+        let _ = write!(body, "[{index},{value}]");
+        if let Some(p) = self
+            .execs
+            .get_mut(arn)
+            .and_then(|e| e.threads.get_mut(&pid))
+        {
+            p.results.push((index, value));
+        }
     }
 
     fn clear_items(&mut self, arn: &str, tid: u64) {
@@ -2066,24 +2281,17 @@ impl Core {
 
     /// All children are done: gather their outputs in order and finish the parent state.
     fn collect(&mut self, arn: &str, tid: u64, state: &State, now: i64) {
-        let exec = &self.execs[arn];
-        let mut kids: Vec<(u64, Value)> = exec
-            .threads
-            .values()
-            .filter(|t| t.parent == Some(tid))
-            .map(|t| {
-                let v = match &t.status {
-                    Status::Finished { output } => output.clone(),
-                    Status::Failed { error } => error_output(error),
-                    _ => Value::Null,
-                };
-                (t.index, v)
-            })
-            .collect();
-        kids.sort_by_key(|k| k.0);
+        let mut kids = self
+            .execs
+            .get_mut(arn)
+            .and_then(|e| e.threads.get_mut(&tid))
+            .map(|t| std::mem::take(&mut t.results))
+            .unwrap_or_default();
+        kids.sort_unstable_by_key(|k| k.0);
         let result = Value::Array(kids.into_iter().map(|k| k.1).collect());
         self.drop_children(arn, tid);
         self.clear_items(arn, tid);
+        self.clear_results(arn, tid);
         let ty = if matches!(state.kind, Kind::Map(_)) {
             "MapStateSucceeded"
         } else {
@@ -2116,11 +2324,6 @@ impl Core {
         let index = self.execs[arn].threads[&tid].index;
         let failed = result.is_err();
         let err = result.as_ref().err().cloned();
-        let status = match result {
-            Ok(output) => Status::Finished { output },
-            Err(error) => Status::Failed { error },
-        };
-        self.set_status(arn, tid, status);
         let Some((machine, graph, name)) = self.state_of(arn, pid) else {
             return;
         };
@@ -2141,6 +2344,18 @@ impl Core {
                 &iteration_details(&state.name, index),
             );
         }
+        // The child is done: its output lives on in the parent's results, not as a thread.
+        if let Some(exec) = self.execs.get_mut(arn) {
+            exec.dirty.remove(&tid);
+            if exec.threads.remove(&tid).is_some_and(|t| t.stored) {
+                self.batch.deleted_threads.push((arn.to_string(), tid));
+            }
+        }
+        let output = match result {
+            Ok(output) => output,
+            Err(error) => error_output(&error),
+        };
+        self.add_result(arn, pid, index, output);
         let Some(p) = self
             .execs
             .get_mut(arn)
@@ -2203,6 +2418,7 @@ impl Core {
         let Some(exec) = self.execs.get_mut(arn) else {
             return;
         };
+        exec.dirty.remove(&0);
         if let Some(t) = exec.threads.remove(&0) {
             if let Status::Task { token, .. } = &t.status {
                 self.tokens.remove(token);
@@ -2210,9 +2426,16 @@ impl Core {
             if t.items.is_some() {
                 self.batch.deleted_blobs.push((arn.to_string(), 0));
             }
+            if t.stored {
+                self.batch.deleted_threads.push((arn.to_string(), 0));
+            }
+            if matches!(t.status, Status::Fanout { .. }) {
+                self.forget_results(arn, 0);
+            }
         }
-        exec.dirty.remove(&0);
-        self.batch.deleted_threads.push((arn.to_string(), 0));
+        let Some(exec) = self.execs.get_mut(arn) else {
+            return;
+        };
         exec.rec.status = status;
         exec.rec.stop_ms = Some(now);
         let (ty, key, details) = match (&status, &result) {
@@ -2254,7 +2477,49 @@ impl Core {
 
 #[cfg(test)]
 mod tests {
-    use super::{push_json_string, push_u64};
+    use super::{expand_page, push_json_string, push_u64};
+    use serde_json::json;
+
+    #[test]
+    fn history_pages_expand_every_line_form() {
+        let page = "1700000000123,1,NParallelStateStarted\n\
+                    0,1,GCustom,oddKey,{\"a\":[1,\",\"]}\n\
+                    -3,2,DTaskStarted,{\"resource\":\"r\"}\n\
+                    1000,1,XPass,\"a\\\"b,\"{\"v\":\"x,y\"}";
+        let mut out = Vec::new();
+        expand_page(5, page, &mut out).unwrap();
+        assert_eq!(
+            out,
+            [
+                json!({"timestamp": 1_700_000_000.123, "type": "ParallelStateStarted", "id": 5, "previousEventId": 4}),
+                json!({"timestamp": 1_700_000_000.123, "type": "Custom", "id": 6, "previousEventId": 5,
+                       "oddKey": {"a": [1, ","]}}),
+                json!({"timestamp": 1_700_000_000.12, "type": "TaskStarted", "id": 7, "previousEventId": 5,
+                       "taskStartedEventDetails": {"resource": "r"}}),
+                json!({"timestamp": 1_700_000_001.12, "type": "PassStateExited", "id": 8, "previousEventId": 7,
+                       "stateExitedEventDetails": {"name": "a\"b,", "output": "{\"v\":\"x,y\"}",
+                                                   "outputDetails": {"truncated": false}}}),
+            ]
+        );
+    }
+
+    #[test]
+    fn corrupt_history_lines_are_errors() {
+        for page in [
+            "garbage",
+            "1,1",
+            "x,1,NPass",
+            "1,9,NPass",
+            "1,1,Qwhat",
+            "1,1,EPass,\"unterminated",
+            "1,1,EPass,noquote{}",
+            "1,1,DTaskStarted",
+            "9223372036854775807,1,NA\n1,1,NB",
+        ] {
+            let mut out = Vec::new();
+            assert!(expand_page(5, page, &mut out).is_err(), "{page}");
+        }
+    }
 
     #[test]
     fn integers_are_written_in_decimal() {

@@ -67,6 +67,11 @@ pub struct Batch {
     pub deleted_threads: Vec<(String, u64)>,
     pub blobs: Vec<(String, u64, String)>,
     pub deleted_blobs: Vec<(String, u64)>,
+    /// Results of finished Map iterations / Parallel branches: (execution, parent thread, chunk
+    /// key, body). One chunk per parent per commit, so a finished child costs no row of its own.
+    pub results: Vec<(String, u64, u64, String)>,
+    /// Every result chunk of these (execution, parent thread)s; applied before `results`.
+    pub deleted_results: Vec<(String, u64)>,
     /// History pages: (execution, id of the first event, events as newline-separated JSON).
     /// One page per execution per commit keeps the write count independent of the event count.
     pub events: Vec<(String, u64, String)>,
@@ -80,6 +85,8 @@ impl Batch {
             && self.deleted_threads.is_empty()
             && self.blobs.is_empty()
             && self.deleted_blobs.is_empty()
+            && self.results.is_empty()
+            && self.deleted_results.is_empty()
             && self.events.is_empty()
     }
 }
@@ -91,14 +98,17 @@ pub struct Snapshot {
     pub executions: Vec<ExecutionRecord>,
     pub threads: Vec<(String, u64, String)>,
     pub blobs: Vec<(String, u64, String)>,
+    /// Result chunks: (execution, parent thread, body).
+    pub results: Vec<(String, u64, String)>,
 }
 
 pub trait Store: Send + Sync {
     /// Applies the batch atomically: all of it or none of it.
     fn commit(&self, batch: &Batch) -> Result<(), StoreError>;
     fn load(&self) -> Result<Snapshot, StoreError>;
-    /// History events of one execution (one JSON text per event), in id order.
-    fn events(&self, execution_arn: &str) -> Result<Vec<String>, StoreError>;
+    /// History pages of one execution, in id order: (id of the first event, page body as the
+    /// engine wrote it).
+    fn events(&self, execution_arn: &str) -> Result<Vec<(u64, String)>, StoreError>;
 }
 
 /// Keeps everything in memory. Sharing one `MemoryStore` between two engines (one after the
@@ -114,7 +124,8 @@ struct MemoryInner {
     executions: BTreeMap<String, ExecutionRecord>,
     threads: BTreeMap<(String, u64), String>,
     blobs: BTreeMap<(String, u64), String>,
-    events: BTreeMap<String, Vec<String>>,
+    results: BTreeMap<(String, u64, u64), String>,
+    events: BTreeMap<String, Vec<(u64, String)>>,
 }
 
 impl MemoryStore {
@@ -144,8 +155,22 @@ impl Store for MemoryStore {
         for (arn, id) in &b.deleted_blobs {
             m.blobs.remove(&(arn.clone(), *id));
         }
-        for (arn, _, body) in &b.events {
-            m.events.entry(arn.clone()).or_default().push(body.clone());
+        for (arn, thread) in &b.deleted_results {
+            let range = (arn.clone(), *thread, 0)..=(arn.clone(), *thread, u64::MAX);
+            let keys: Vec<_> = m.results.range(range).map(|(k, _)| k.clone()).collect();
+            for k in keys {
+                m.results.remove(&k);
+            }
+        }
+        for (arn, thread, chunk, body) in &b.results {
+            m.results
+                .insert((arn.clone(), *thread, *chunk), body.clone());
+        }
+        for (arn, first, body) in &b.events {
+            m.events
+                .entry(arn.clone())
+                .or_default()
+                .push((*first, body.clone()));
         }
         Ok(())
     }
@@ -165,20 +190,17 @@ impl Store for MemoryStore {
                 .iter()
                 .map(|((a, i), b)| (a.clone(), *i, b.clone()))
                 .collect(),
+            results: m
+                .results
+                .iter()
+                .map(|((a, t, _), b)| (a.clone(), *t, b.clone()))
+                .collect(),
         })
     }
 
-    fn events(&self, execution_arn: &str) -> Result<Vec<String>, StoreError> {
+    fn events(&self, execution_arn: &str) -> Result<Vec<(u64, String)>, StoreError> {
         let m = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(m.events
-            .get(execution_arn)
-            .map(|pages| {
-                pages
-                    .iter()
-                    .flat_map(|p| p.lines().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default())
+        Ok(m.events.get(execution_arn).cloned().unwrap_or_default())
     }
 }
 
@@ -213,6 +235,9 @@ CREATE TABLE IF NOT EXISTS states_threads (
 CREATE TABLE IF NOT EXISTS states_blobs (
     execution INTEGER NOT NULL, id INTEGER NOT NULL, body TEXT NOT NULL,
     PRIMARY KEY (execution, id));
+CREATE TABLE IF NOT EXISTS states_results (
+    execution INTEGER NOT NULL, thread INTEGER NOT NULL, chunk INTEGER NOT NULL, body TEXT NOT NULL,
+    PRIMARY KEY (execution, thread, chunk));
 CREATE TABLE IF NOT EXISTS states_events (
     execution INTEGER NOT NULL, id INTEGER NOT NULL, body TEXT NOT NULL,
     PRIMARY KEY (execution, id));
@@ -326,6 +351,17 @@ fn write_batch(
         st.execute(params![seq_of(tx, seqs, a)?, *i as i64])?;
     }
     let mut st =
+        tx.prepare_cached("DELETE FROM states_results WHERE execution = ?1 AND thread = ?2")?;
+    for (a, t) in &b.deleted_results {
+        st.execute(params![seq_of(tx, seqs, a)?, *t as i64])?;
+    }
+    let mut st = tx.prepare_cached(
+        "INSERT OR REPLACE INTO states_results (execution, thread, chunk, body) VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    for (a, t, c, body) in &b.results {
+        st.execute(params![seq_of(tx, seqs, a)?, *t as i64, *c as i64, body])?;
+    }
+    let mut st =
         tx.prepare_cached("INSERT INTO states_events (execution, id, body) VALUES (?1, ?2, ?3)")?;
     for (a, i, body) in &b.events {
         st.execute(params![seq_of(tx, seqs, a)?, *i as i64, body])?;
@@ -378,21 +414,32 @@ impl Store for SqliteStore {
                 out.push(row?);
             }
         }
+        let mut st = conn.prepare(
+            "SELECT e.arn, r.thread, r.body FROM states_results r
+             JOIN states_executions e ON e.seq = r.execution ORDER BY r.execution, r.thread, r.chunk",
+        )?;
+        for row in st.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)? as u64,
+                r.get::<_, String>(2)?,
+            ))
+        })? {
+            snap.results.push(row?);
+        }
         Ok(snap)
     }
 
-    fn events(&self, execution_arn: &str) -> Result<Vec<String>, StoreError> {
+    fn events(&self, execution_arn: &str) -> Result<Vec<(u64, String)>, StoreError> {
         let guard = self.lock();
         let mut st = guard.conn.prepare_cached(
-            "SELECT v.body FROM states_events v JOIN states_executions e ON e.seq = v.execution
+            "SELECT v.id, v.body FROM states_events v JOIN states_executions e ON e.seq = v.execution
              WHERE e.arn = ?1 ORDER BY v.id",
         )?;
-        let rows = st.query_map([execution_arn], |r| r.get::<_, String>(0))?;
-        let mut out = Vec::new();
-        for page in rows {
-            out.extend(page?.lines().map(str::to_string));
-        }
-        Ok(out)
+        let rows = st.query_map([execution_arn], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
+        })?;
+        rows.map(|r| r.map_err(StoreError::from)).collect()
     }
 }
 

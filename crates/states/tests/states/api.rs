@@ -313,3 +313,91 @@ async fn driver_runs_on_real_time() {
     assert!(started.elapsed() >= std::time::Duration::from_millis(900));
     driver.abort();
 }
+
+/// History pages are stored compactly and expanded on read: names and payloads with quotes,
+/// commas, backslashes and line breaks come back exactly, from memory and from SQLite.
+#[tokio::test]
+async fn history_keeps_awkward_names_and_payloads_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let stores: [Arc<dyn tern_states::Store>; 2] = [
+        Arc::new(MemoryStore::new()),
+        Arc::new(tern_states::SqliteStore::open(&dir.path().join("h.db")).unwrap()),
+    ];
+    let first = r#"Say "hi", \ now"#;
+    let def = json!({"StartAt": first, "States": {
+        first: {"Type": "Pass", "Result": {"text": "a,b\n\"c\"\\ é", "n": [1, 2]}, "ResultPath": "$.r", "Next": "M"},
+        "M": {"Type": "Map", "ItemsPath": "$.r.n", "ItemProcessor": {"StartAt": "I,1", "States": {
+            "I,1": {"Type": "Pass", "End": true}}}, "ResultPath": null, "End": true}}})
+    .to_string();
+    for store in stores {
+        let h = Harness::new(
+            store,
+            TaskRegistry::new(),
+            tern_states::ManualClock::new(EPOCH_MS),
+            Parked::default(),
+        );
+        let sm = h.engine.create_state_machine("awkward", &def).unwrap();
+        let input = json!({"x": "tab\there,\r\n"});
+        let e = h
+            .engine
+            .start_execution(&sm, Some("a"), &input.to_string())
+            .unwrap();
+        let d = h.finish(&e.execution_arn).await;
+        assert_eq!(d.status, ExecutionStatus::Succeeded, "{d:?}");
+        let events = h.engine.get_execution_history(&e.execution_arn).unwrap();
+        let after_first =
+            json!({"x": "tab\there,\r\n", "r": {"text": "a,b\n\"c\"\\ é", "n": [1, 2]}});
+        let ts = EPOCH_MS as f64 / 1000.0;
+        assert_eq!(
+            events[1],
+            json!({"timestamp": ts, "type": "PassStateEntered", "id": 2, "previousEventId": 1,
+                   "stateEnteredEventDetails": {"name": first, "input": input.to_string(),
+                                                "inputDetails": {"truncated": false}}})
+        );
+        assert_eq!(
+            events[2],
+            json!({"timestamp": ts, "type": "PassStateExited", "id": 3, "previousEventId": 2,
+                   "stateExitedEventDetails": {"name": first, "output": after_first.to_string(),
+                                               "outputDetails": {"truncated": false}}})
+        );
+        let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+        assert_eq!(
+            types,
+            [
+                "ExecutionStarted",
+                "PassStateEntered",
+                "PassStateExited",
+                "MapStateEntered",
+                "MapStateStarted",
+                "MapIterationStarted",
+                "MapIterationStarted",
+                "PassStateEntered",
+                "PassStateExited",
+                "MapIterationSucceeded",
+                "PassStateEntered",
+                "PassStateExited",
+                "MapIterationSucceeded",
+                "MapStateSucceeded",
+                "MapStateExited",
+                "ExecutionSucceeded"
+            ]
+        );
+        assert_eq!(
+            events[4]["mapStateStartedEventDetails"],
+            json!({"length": 2})
+        );
+        assert_eq!(
+            events[12]["mapIterationSucceededEventDetails"],
+            json!({"name": "M", "index": 1})
+        );
+        assert_eq!(events[10]["stateEnteredEventDetails"]["name"], "I,1");
+        assert_eq!(events[10]["stateEnteredEventDetails"]["input"], "2");
+        // Each iteration chains its own events: back to its MapIterationStarted (id 7).
+        assert_eq!(events[10]["previousEventId"], 7);
+        assert!(events[13].get("mapStateSucceededEventDetails").is_none());
+        assert_eq!(
+            events[15]["executionSucceededEventDetails"]["output"],
+            after_first.to_string()
+        );
+    }
+}

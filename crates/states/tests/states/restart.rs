@@ -189,3 +189,59 @@ fn killed_engine_resumes_waits_maps_tokens_and_tasks() {
     assert_eq!(counters.first.load(Ordering::SeqCst), 1);
     assert_eq!(counters.second.load(Ordering::SeqCst), 2);
 }
+
+/// Finished Map iterations cost no thread row of their own: their outputs go to one result chunk
+/// per commit, which a restart reads back, and a finished execution leaves no live rows at all.
+#[tokio::test]
+async fn map_results_are_stored_in_chunks_and_cleared_when_done() {
+    use tern_states::Store;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("tern.db");
+    let clock = ManualClock::new(EPOCH_MS);
+    let store = Arc::new(SqliteStore::open(&db).unwrap());
+    let engine = Engine::open(EngineConfig {
+        store: store.clone(),
+        tasks: TaskRegistry::new(),
+        clock: Arc::new(clock.clone()),
+        region: "local".into(),
+    })
+    .unwrap();
+    let sm = engine.create_state_machine("map", MAP).unwrap();
+    let arn = engine
+        .start_execution(&sm, Some("m"), r#"{"items": [1, 2, 3, 4, 5, 6, 7]}"#)
+        .unwrap()
+        .execution_arn;
+    engine.run_until_idle().await;
+    clock.advance_secs(10);
+    engine.run_until_idle().await;
+    // Three iterations finished, three are waiting: the root and the three waiting ones have rows.
+    let snap = store.load().unwrap();
+    let mut ids: Vec<u64> = snap.threads.iter().map(|t| t.1).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, [0, 4, 5, 6]);
+    assert_eq!(snap.results.len(), 1, "{:?}", snap.results);
+    let chunk: Value = serde_json::from_str(&snap.results[0].2).unwrap();
+    assert_eq!(chunk, json!([[0, 2], [1, 4], [2, 6]]));
+    drop(engine);
+
+    // A new engine on the same file picks the chunk up and finishes the Map.
+    let h = Harness::new(
+        store.clone(),
+        TaskRegistry::new(),
+        clock.clone(),
+        Parked::default(),
+    );
+    let d = h.finish(&arn).await;
+    assert_eq!(d.status, ExecutionStatus::Succeeded, "{d:?}");
+    assert_eq!(d.output.as_deref(), Some("[2,4,6,8,10,12,14]"));
+    let snap = store.load().unwrap();
+    assert!(snap.threads.is_empty(), "{:?}", snap.threads);
+    assert!(snap.results.is_empty(), "{:?}", snap.results);
+    assert!(snap.blobs.is_empty(), "{:?}", snap.blobs);
+    let history = h.engine.get_execution_history(&arn).unwrap();
+    let succeeded = history
+        .iter()
+        .filter(|e| e["type"] == "MapIterationSucceeded")
+        .count();
+    assert_eq!(succeeded, 7);
+}
