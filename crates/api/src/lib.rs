@@ -27,7 +27,7 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
-use tern_core::service::{self as core, JobUpdate, NewConnector, NewJob};
+use tern_core::service::{self as core, JobUpdate, NewConnector, NewJob, RenderCache};
 use tern_core::{Clock, Config, Ids, Service, Store};
 
 use crate::error::ApiError;
@@ -104,7 +104,13 @@ pub struct Response {
 /// The API: one instance per process, shared by every request.
 pub struct Api {
     service: Service,
+    /// Wire renderings of replication jobs for GetReplicationJobs listings.
+    jobs_rendered: RenderCache,
 }
+
+/// Most job renderings [`Api`] keeps (about 1 KB each): every job of a large deployment, and
+/// far more than the listing pages clients page through at any one time.
+pub const RENDERED_JOBS_CACHED: usize = 20_000;
 
 /// What the API needs from its host.
 #[derive(Clone)]
@@ -129,6 +135,7 @@ impl Api {
     pub fn new(deps: Deps) -> Self {
         Self {
             service: Service::new(deps.store, deps.clock, deps.ids, deps.config),
+            jobs_rendered: RenderCache::new(RENDERED_JOBS_CACHED),
         }
     }
 
@@ -292,11 +299,29 @@ impl Api {
                     });
                 }
                 let after = token::decode("jobs", req.next_token.as_deref())?;
-                let page = svc.list_jobs(after.as_deref(), limit).await?;
-                encode(&GetReplicationJobsResponse {
-                    replication_job_list: page.items.into_iter().map(Into::into).collect(),
-                    next_token: token::encode("jobs", page.last),
-                })
+                let page = svc
+                    .list_jobs_rendered(after.as_deref(), limit, &self.jobs_rendered, |job| {
+                        serde_json::to_vec(&ReplicationJob::from(job))
+                    })
+                    .await?;
+                // The shape of `GetReplicationJobsResponse`, assembled from the cached renderings.
+                let next_token = token::encode("jobs", page.last);
+                let size = page.items.iter().map(|j| j.len() + 1).sum::<usize>();
+                let mut out = Vec::with_capacity(size + 64);
+                out.extend_from_slice(b"{\"replicationJobList\":[");
+                for (i, job) in page.items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    out.extend_from_slice(job);
+                }
+                out.push(b']');
+                if let Some(token) = next_token {
+                    out.extend_from_slice(b",\"nextToken\":");
+                    out.extend_from_slice(&encode(&token)?);
+                }
+                out.push(b'}');
+                Ok(out)
             }
             "UpdateReplicationJob" => {
                 let req: UpdateReplicationJobRequest = decode(input)?;

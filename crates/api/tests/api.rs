@@ -1004,3 +1004,144 @@ async fn pagination_across_pages() {
     assert_eq!(listed, runs);
     let _ = e.clock.now();
 }
+
+/// Lists the jobs (one page) and checks that every listed job is exactly what
+/// GetReplicationJobs by id answers.
+async fn listed_as_by_id(e: &Env) -> Vec<Value> {
+    let listing = e.ok("GetReplicationJobs", json!({})).await;
+    let list = listing["replicationJobList"].as_array().unwrap().clone();
+    for job in &list {
+        let by_id = e
+            .ok(
+                "GetReplicationJobs",
+                json!({"replicationJobId": job["replicationJobId"]}),
+            )
+            .await;
+        assert_eq!(&by_id["replicationJobList"][0], job);
+    }
+    list
+}
+
+/// A store that keeps JSON text, as SQLite does: raw reads hand bodies out as text, so job
+/// listings go through the rendering cache.
+struct TextStore(MemoryStore);
+
+#[async_trait::async_trait]
+impl tern_core::Store for TextStore {
+    async fn get(
+        &self,
+        key: &tern_core::store::Key,
+    ) -> Result<Option<tern_core::store::Item>, tern_core::store::StoreError> {
+        self.0.get(key).await
+    }
+    async fn query(
+        &self,
+        pk: &str,
+        sk_prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<tern_core::store::Page, tern_core::store::StoreError> {
+        self.0.query(pk, sk_prefix, after, limit).await
+    }
+    async fn transact(
+        &self,
+        writes: Vec<tern_core::store::Write>,
+    ) -> Result<(), tern_core::store::StoreError> {
+        self.0.transact(writes).await
+    }
+    async fn query_raw(
+        &self,
+        pk: &str,
+        sk_prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<tern_core::store::RawPage, tern_core::store::StoreError> {
+        let page = self.0.query(pk, sk_prefix, after, limit).await?;
+        Ok(tern_core::store::RawPage {
+            items: page
+                .items
+                .into_iter()
+                .map(|i| tern_core::store::RawItem {
+                    key: i.key,
+                    version: i.version,
+                    body: tern_core::store::Body::Text(i.body.to_string()),
+                })
+                .collect(),
+            last_sk: page.last_sk,
+        })
+    }
+}
+
+#[tokio::test]
+async fn job_listings_follow_every_change_of_a_job() {
+    let clock = Arc::new(ManualClock::new(datetime!(2026-01-01 00:00 UTC)));
+    let e = Env {
+        api: Api::new(Deps {
+            store: Arc::new(TextStore(MemoryStore::new())),
+            clock: clock.clone(),
+            ids: Arc::new(RandomIds),
+            config: Config::default(),
+        }),
+        clock,
+        admin: Principal::Admin {
+            id: "AKIDADMIN".into(),
+        },
+        agent: Principal::Connector {
+            id: "AKIDCONNECTOR".into(),
+        },
+    };
+    let c = e.register("lab").await;
+    e.import(&c, json!([vm("a", "LINUX"), vm("b", "WINDOWS")]))
+        .await;
+    let servers = e.servers().await;
+    let mut ids = Vec::new();
+    for vm_id in ["a", "b"] {
+        let created = e
+            .ok(
+                "CreateReplicationJob",
+                json!({"serverId": server_id(&servers, vm_id), "seedReplicationTime": T0 + 3600,
+                       "frequency": 12, "description": "first"}),
+            )
+            .await;
+        ids.push(created["replicationJobId"].as_str().unwrap().to_string());
+    }
+    // Every listed job is exactly what GetReplicationJobs by id answers, before and after
+    // changes (the second listing of unchanged jobs comes from the cache).
+    let first = listed_as_by_id(&e).await;
+    assert_eq!(first.len(), 2);
+    assert_eq!(listed_as_by_id(&e).await, first);
+
+    e.ok(
+        "UpdateReplicationJob",
+        json!({"replicationJobId": ids[0], "description": "second", "frequency": 6}),
+    )
+    .await;
+    let after = listed_as_by_id(&e).await;
+    let changed = after
+        .iter()
+        .find(|j| j["replicationJobId"] == json!(ids[0]))
+        .unwrap();
+    assert_eq!(
+        (&changed["description"], &changed["frequency"]),
+        (&json!("second"), &json!(6))
+    );
+
+    // Pages of one carry a token; the last page none.
+    let page = e.ok("GetReplicationJobs", json!({"maxResults": 1})).await;
+    assert_eq!(page["replicationJobList"].as_array().unwrap().len(), 1);
+    let token = page["nextToken"].as_str().unwrap().to_string();
+    let last = e
+        .ok(
+            "GetReplicationJobs",
+            json!({"maxResults": 1, "nextToken": token}),
+        )
+        .await;
+    assert_eq!(last["replicationJobList"].as_array().unwrap().len(), 1);
+    assert!(last.get("nextToken").is_none());
+
+    e.ok("DeleteReplicationJob", json!({"replicationJobId": ids[1]}))
+        .await;
+    let left = listed_as_by_id(&e).await;
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0]["replicationJobId"], json!(ids[0]));
+}

@@ -6,6 +6,7 @@
 //! DynamoDB table with a composite primary key is. The body is opaque JSON owned by the domain.
 
 use async_trait::async_trait;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 /// Primary key of an item.
@@ -30,6 +31,68 @@ pub struct Item {
     pub key: Key,
     pub version: u64,
     pub body: Value,
+}
+
+/// An item's body in the form its adapter holds it.
+///
+/// Readers that decode straight into their own types (the domain) skip building a [`Value`] tree
+/// when the backend keeps JSON text: for a page of fifty jobs, parsing every body into a tree and
+/// then walking the tree again cost more than the rest of the request together.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Body {
+    /// Already a JSON tree (backends that do not store text).
+    Json(Value),
+    /// JSON text as stored, not parsed yet.
+    Text(String),
+}
+
+impl Body {
+    /// Decodes the body into `T`, parsing text directly into it.
+    pub fn decode<T: DeserializeOwned>(self) -> Result<T, serde_json::Error> {
+        match self {
+            Body::Json(value) => serde_json::from_value(value),
+            Body::Text(text) => serde_json::from_str(&text),
+        }
+    }
+
+    /// The body as a JSON tree.
+    pub fn into_value(self) -> Result<Value, serde_json::Error> {
+        self.decode()
+    }
+}
+
+/// A stored item with its body as the adapter holds it (see [`Store::get_raw`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawItem {
+    pub key: Key,
+    pub version: u64,
+    pub body: Body,
+}
+
+impl From<Item> for RawItem {
+    fn from(item: Item) -> Self {
+        RawItem {
+            key: item.key,
+            version: item.version,
+            body: Body::Json(item.body),
+        }
+    }
+}
+
+/// A page of [`RawItem`]s (see [`Store::query_raw`]).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RawPage {
+    pub items: Vec<RawItem>,
+    pub last_sk: Option<String>,
+}
+
+impl From<Page> for RawPage {
+    fn from(page: Page) -> Self {
+        RawPage {
+            items: page.items.into_iter().map(RawItem::from).collect(),
+            last_sk: page.last_sk,
+        }
+    }
 }
 
 /// The condition a write requires of the item's current state.
@@ -117,6 +180,23 @@ pub trait Store: Send + Sync {
     /// Applies all writes atomically or none of them. At most [`MAX_TRANSACTION_WRITES`] writes,
     /// each key at most once; otherwise `StoreError::Invalid`.
     async fn transact(&self, writes: Vec<Write>) -> Result<(), StoreError>;
+
+    /// [`Store::get`] with the body as the backend holds it. Adapters that store JSON text
+    /// override this to hand the text out unparsed; the default wraps `get`.
+    async fn get_raw(&self, key: &Key) -> Result<Option<RawItem>, StoreError> {
+        Ok(self.get(key).await?.map(RawItem::from))
+    }
+
+    /// [`Store::query`] with the bodies as the backend holds them (see [`Store::get_raw`]).
+    async fn query_raw(
+        &self,
+        pk: &str,
+        sk_prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<RawPage, StoreError> {
+        Ok(self.query(pk, sk_prefix, after, limit).await?.into())
+    }
 
     /// Convenience: one conditional write.
     async fn write(&self, write: Write) -> Result<(), StoreError> {

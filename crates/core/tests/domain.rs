@@ -615,3 +615,85 @@ async fn repeated_failures_pause_a_job_and_an_update_resumes_it() {
     assert_eq!((j.state, j.consecutive_failures), (Active, 0));
     w.svc.start_on_demand_run(&job, None).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_creates_of_one_process_never_race_on_the_counter() {
+    // One attempt each: a creation that lost a race on the counter would fail with Contention.
+    // Creations queue and are committed together instead.
+    let mut config = Config::default();
+    config.limits.max_active_jobs = 1000;
+    config.max_write_attempts = 1;
+    let w = world_with(config);
+    let c = w.connector("a").await;
+    w.import(
+        &c,
+        (0..40).map(|i| vm(&format!("vm-{i:02}"), None)).collect(),
+    )
+    .await;
+    let mut tasks = Vec::new();
+    for (_, server) in w.server_ids().await {
+        let svc = w.svc.clone();
+        let job = w.job(&server);
+        tasks.push(tokio::spawn(async move { svc.create_job(job).await }));
+    }
+    let mut ids = std::collections::HashSet::new();
+    for t in tasks {
+        ids.insert(t.await.unwrap().expect("created in one attempt"));
+    }
+    assert_eq!(ids.len(), 40);
+    let counter = w.store.get(&keys::active_jobs()).await.unwrap().unwrap();
+    assert_eq!(counter.body, json!({"count": 40}));
+    for (_, server) in w.server_ids().await {
+        let s = w.svc.get_servers(None, None, 100).await.unwrap();
+        let s = s
+            .servers
+            .items
+            .iter()
+            .find(|s| s.server_id == server)
+            .unwrap();
+        assert!(ids.contains(s.replication_job_id.as_deref().unwrap()));
+    }
+}
+
+#[tokio::test]
+async fn the_remembered_counter_follows_releases_and_other_processes() {
+    let mut config = Config::default();
+    config.limits.max_active_jobs = 2;
+    let w = world_with(config.clone());
+    // A second process on the same store.
+    let other = Service::new(
+        w.store.clone(),
+        w.clock.clone(),
+        Arc::new(RandomIds),
+        config,
+    );
+    let c = w.connector("a").await;
+    w.import(&c, (0..4).map(|i| vm(&format!("vm-{i}"), None)).collect())
+        .await;
+    let servers: Vec<String> = w.server_ids().await.into_iter().map(|(_, s)| s).collect();
+    let first = w.svc.create_job(w.job(&servers[0])).await.unwrap();
+    // The other process takes the second slot behind this one's remembered counter.
+    other.create_job(w.job(&servers[1])).await.unwrap();
+    assert!(matches!(
+        w.svc.create_job(w.job(&servers[2])).await,
+        Err(DomainError::LimitExceeded(_))
+    ));
+    // A release by the other process frees a slot this one must see.
+    let listed = other.list_jobs(None, 10).await.unwrap();
+    let theirs = listed
+        .items
+        .iter()
+        .find(|j| j.replication_job_id != first)
+        .unwrap();
+    other.delete_job(&theirs.replication_job_id).await.unwrap();
+    w.svc.create_job(w.job(&servers[2])).await.unwrap();
+    assert!(matches!(
+        w.svc.create_job(w.job(&servers[3])).await,
+        Err(DomainError::LimitExceeded(_))
+    ));
+    // And a release in this process too.
+    w.svc.delete_job(&first).await.unwrap();
+    w.svc.create_job(w.job(&servers[3])).await.unwrap();
+    let counter = w.store.get(&keys::active_jobs()).await.unwrap().unwrap();
+    assert_eq!(counter.body, json!({"count": 2}));
+}

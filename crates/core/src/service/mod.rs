@@ -6,6 +6,7 @@
 //! from the reads, at most `config.max_write_attempts` times, then answers
 //! [`DomainError::Contention`] (TemporarilyUnavailableException on the wire, which SDKs retry).
 
+mod cache;
 mod catalog;
 mod connectors;
 mod jobs;
@@ -21,9 +22,10 @@ use serde_json::Value;
 use time::OffsetDateTime;
 
 use crate::error::{DomainError, Result};
-use crate::store::{Expect, Item, Key, Store, Write};
+use crate::store::{Expect, Key, RawItem, Store, Write};
 use crate::{Clock, Config, Ids};
 
+pub use cache::RenderCache;
 pub use catalog::{InventoryOutcome, InventoryVm, ServerListing};
 pub use connectors::NewConnector;
 pub use jobs::{JobUpdate, NewJob, RunUpdate};
@@ -35,6 +37,11 @@ pub struct Service {
     clock: Arc<dyn Clock>,
     ids: Arc<dyn Ids>,
     config: Config,
+    /// Serialises this process's job creations at the active-job counter (see
+    /// [`Service::create_job`]), and remembers the counter as this process last wrote it.
+    slots: Arc<futures::lock::Mutex<Option<Versioned<jobs::Counter>>>>,
+    /// Job creations waiting for the holder of `slots` to commit them.
+    slot_queue: Arc<std::sync::Mutex<Vec<jobs::SlotRequest>>>,
 }
 
 /// One page of a listing. `last` is the sort key to continue after, when more may follow.
@@ -113,10 +120,11 @@ pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Value> {
     })
 }
 
-pub(crate) fn decode<T: DeserializeOwned>(item: Item) -> Result<Versioned<T>> {
+pub(crate) fn decode<T: DeserializeOwned>(item: RawItem) -> Result<Versioned<T>> {
     let version = item.version;
     let key = item.key;
-    serde_json::from_value(item.body)
+    item.body
+        .decode()
         .map(|value| Versioned { value, version })
         .map_err(|e| DomainError::Corrupt {
             key: format!("{}/{}", key.pk, key.sk),
@@ -154,6 +162,8 @@ impl Service {
             clock,
             ids,
             config,
+            slots: Arc::default(),
+            slot_queue: Arc::default(),
         }
     }
 
@@ -169,7 +179,8 @@ impl Service {
         &self,
         key: &Key,
     ) -> Result<Option<Versioned<T>>> {
-        match self.store.get(key).await? {
+        // Raw: a body stored as text is parsed straight into `T`, without a `Value` tree.
+        match self.store.get_raw(key).await? {
             Some(item) => decode(item).map(Some),
             None => Ok(None),
         }
@@ -182,7 +193,7 @@ impl Service {
         after: Option<&str>,
         limit: usize,
     ) -> Result<(Vec<Versioned<T>>, Option<String>)> {
-        let page = self.store.query(pk, "", after, limit.max(1)).await?;
+        let page = self.store.query_raw(pk, "", after, limit.max(1)).await?;
         let items = page
             .items
             .into_iter()
