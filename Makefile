@@ -4,7 +4,7 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/tern/target
 export CARGO_TERM_COLOR ?= never
 CARGO ?= cargo
 
-.PHONY: test ci fmt-check clippy unit build run bench
+.PHONY: test ci fmt-check clippy unit build run bench bench-api bench-states bench-disk
 
 test: fmt-check clippy unit
 
@@ -24,3 +24,15 @@ build:
 
 run: build
 	$(CARGO_TARGET_DIR)/debug/tern serve --data-dir ./tern-data --listen 127.0.0.1:8080
+
+# Benchmarks print numbers; they are not tests and CI does not run them (release builds).
+bench: bench-api bench-states bench-disk
+
+bench-api:
+	$(CARGO) run --release -p tern-acceptance --bin api-bench -- --concurrency 16
+
+bench-states:
+	bench/states/run.sh
+
+bench-disk:
+	$(CARGO) run --release -p tern-disk --example bench

@@ -1,0 +1,6 @@
+//! The integration tests of tern-disk, in one binary.
+
+mod delta;
+mod hostile;
+mod inspect;
+mod qemu;
