@@ -16,7 +16,9 @@ pub mod model;
 pub mod ports;
 pub mod service;
 pub mod states;
+pub mod staging;
 pub mod store;
+pub mod workflows;
 
 pub use config::{Config, Limits};
 pub use error::DomainError;

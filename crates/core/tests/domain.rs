@@ -297,6 +297,7 @@ async fn job_rules_and_run_lifecycle() {
         stage_details: None,
         status_message: None,
         ami_id: ami.map(Into::into),
+        snapshot_ids: Vec::new(),
     };
     assert!(w
         .svc
@@ -406,6 +407,7 @@ async fn run_once_jobs_complete_after_one_run_and_release_their_slot() {
         stage_details: None,
         status_message: None,
         ami_id: None,
+        snapshot_ids: Vec::new(),
     };
     w.svc.record_run(&job, &run, start).await.unwrap();
     let done = RunUpdate {
@@ -413,6 +415,7 @@ async fn run_once_jobs_complete_after_one_run_and_release_their_slot() {
         stage_details: None,
         status_message: None,
         ami_id: Some("ami-9".into()),
+        snapshot_ids: Vec::new(),
     };
     let j = w.svc.record_run(&job, &run, done).await.unwrap();
     assert_eq!(j.state, ReplicationJobState::Completed);
@@ -589,6 +592,7 @@ async fn repeated_failures_pause_a_job_and_an_update_resumes_it() {
         stage_details: None,
         status_message: Some("upload failed".into()),
         ami_id: None,
+        snapshot_ids: Vec::new(),
     };
     let mut states = Vec::new();
     for _ in 0..3 {
