@@ -10,6 +10,7 @@
 pub mod config;
 pub mod enums;
 pub mod error;
+pub mod images;
 pub mod keys;
 pub mod memory_store;
 pub mod model;
@@ -20,6 +21,7 @@ pub mod store;
 
 pub use config::{Config, Limits};
 pub use error::DomainError;
+pub use images::Images;
 pub use memory_store::MemoryStore;
 pub use ports::{Clock, IdKind, Ids, ManualClock, RandomIds, SystemClock};
 pub use service::Service;
