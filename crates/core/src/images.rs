@@ -182,9 +182,13 @@ impl BootMode {
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [BootMode::LegacyBios, BootMode::Uefi, BootMode::UefiPreferred]
-            .into_iter()
-            .find(|b| b.as_str() == s)
+        [
+            BootMode::LegacyBios,
+            BootMode::Uefi,
+            BootMode::UefiPreferred,
+        ]
+        .into_iter()
+        .find(|b| b.as_str() == s)
     }
 }
 

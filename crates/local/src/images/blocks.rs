@@ -130,7 +130,11 @@ impl BlockStore {
 
     /// Makes the renames into `dirs` (and the creation of new fan-out directories) durable.
     pub(crate) fn sync_dirs(&self, dirs: &HashSet<PathBuf>) -> std::io::Result<()> {
-        for d in dirs.iter().map(PathBuf::as_path).chain([self.dir.as_path()]) {
+        for d in dirs
+            .iter()
+            .map(PathBuf::as_path)
+            .chain([self.dir.as_path()])
+        {
             File::open(d)?.sync_all()?;
         }
         Ok(())

@@ -313,7 +313,10 @@ pub(crate) fn fail_task(
 }
 
 /// Active tasks that build on `snapshot_id`.
-pub(crate) fn active_children(conn: &Connection, snapshot_id: &str) -> rusqlite::Result<Vec<String>> {
+pub(crate) fn active_children(
+    conn: &Connection,
+    snapshot_id: &str,
+) -> rusqlite::Result<Vec<String>> {
     let mut st = conn.prepare(
         "SELECT task_id FROM tasks WHERE state = 'active' AND parent_snapshot_id = ?1 \
          ORDER BY task_id",
@@ -384,7 +387,10 @@ pub(crate) struct NewSnapshot<'a> {
 
 /// Records the snapshot, its block map, the block references and the task's completion in one
 /// transaction. Returns false (and changes nothing) when the task is no longer active.
-pub(crate) fn commit_snapshot(conn: &mut Connection, s: &NewSnapshot<'_>) -> rusqlite::Result<bool> {
+pub(crate) fn commit_snapshot(
+    conn: &mut Connection,
+    s: &NewSnapshot<'_>,
+) -> rusqlite::Result<bool> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let state: Option<String> = tx
         .query_row(
@@ -445,7 +451,10 @@ pub(crate) enum DeleteOutcome {
 
 /// Removes a snapshot and its references in one transaction; returns the digests whose last
 /// reference went with it.
-pub(crate) fn delete_snapshot(conn: &mut Connection, snapshot_id: &str) -> rusqlite::Result<DeleteOutcome> {
+pub(crate) fn delete_snapshot(
+    conn: &mut Connection,
+    snapshot_id: &str,
+) -> rusqlite::Result<DeleteOutcome> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     if snapshot(&tx, snapshot_id)?.is_none() {
         return Ok(DeleteOutcome::Absent);
@@ -476,7 +485,8 @@ pub(crate) fn delete_snapshot(conn: &mut Connection, snapshot_id: &str) -> rusql
     };
     let mut freed = Vec::new();
     {
-        let mut dec = tx.prepare("UPDATE blocks SET refs = refs - ?2 WHERE digest = ?1 RETURNING refs")?;
+        let mut dec =
+            tx.prepare("UPDATE blocks SET refs = refs - ?2 WHERE digest = ?1 RETURNING refs")?;
         let mut del = tx.prepare("DELETE FROM blocks WHERE digest = ?1")?;
         for (d, n) in &counts {
             let left: i64 = dec.query_row(params![&d[..], n], |r| r.get(0))?;
@@ -486,8 +496,14 @@ pub(crate) fn delete_snapshot(conn: &mut Connection, snapshot_id: &str) -> rusql
             }
         }
     }
-    tx.execute("DELETE FROM snapshot_blocks WHERE snapshot_id = ?1", [snapshot_id])?;
-    tx.execute("DELETE FROM snapshots WHERE snapshot_id = ?1", [snapshot_id])?;
+    tx.execute(
+        "DELETE FROM snapshot_blocks WHERE snapshot_id = ?1",
+        [snapshot_id],
+    )?;
+    tx.execute(
+        "DELETE FROM snapshots WHERE snapshot_id = ?1",
+        [snapshot_id],
+    )?;
     tx.commit()?;
     Ok(DeleteOutcome::Deleted { freed })
 }

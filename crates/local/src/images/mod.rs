@@ -176,9 +176,10 @@ impl LocalImages {
     /// Removes block files no snapshot references (left by a crash between a delete's commit
     /// and its unlinks, or by a task that never completed). Blocking.
     pub fn gc(&self) -> Result<GcReport, ImagesError> {
-        let removed_files = self.inner.blocks.sweep(|| {
-            db::referenced(&lock(&self.inner.db)).map_err(db_err)
-        })?;
+        let removed_files = self
+            .inner
+            .blocks
+            .sweep(|| db::referenced(&lock(&self.inner.db)).map_err(db_err))?;
         Ok(GcReport { removed_files })
     }
 }
@@ -262,9 +263,7 @@ fn run_task(inner: &Inner, task: &TaskRow, progress: &TaskProgress) {
     }
     // Only after the commit (or the failure) is recorded: until then a concurrent delete or
     // sweep must not remove the blocks this task relies on.
-    inner
-        .blocks
-        .unpin_all(lock(&ctx.pinned).iter());
+    inner.blocks.unpin_all(lock(&ctx.pinned).iter());
     lock(&inner.progress).remove(&task.task_id);
 }
 
@@ -293,7 +292,12 @@ fn build(inner: &Inner, task: &TaskRow, ctx: &TaskCtx<'_>) -> Result<Built, Task
     }
 }
 
-fn commit(inner: &Inner, task: &TaskRow, ctx: &TaskCtx<'_>, built: &Built) -> Result<(), TaskError> {
+fn commit(
+    inner: &Inner,
+    task: &TaskRow,
+    ctx: &TaskCtx<'_>,
+    built: &Built,
+) -> Result<(), TaskError> {
     ctx.progress.set_stage("saving the snapshot");
     let failed = |e: String| TaskError::Failed(TaskFailure::Internal, e);
     inner
@@ -358,7 +362,11 @@ impl Inner {
         }
         staging::resolve(&self.staging_root, source)?;
         let snapshot_id = self.ids.new_id(IdKind::Snapshot);
-        let prefix = if parent.is_some() { "delta-" } else { "import-" };
+        let prefix = if parent.is_some() {
+            "delta-"
+        } else {
+            "import-"
+        };
         let row = TaskRow {
             task_id: format!("{prefix}{snapshot_id}"),
             source: source.clone(),
@@ -402,12 +410,11 @@ impl Inner {
                     ),
                     None => (0, 0, "waiting to resume".to_string()),
                 };
-                let percent = if total == 0 {
-                    0
-                } else {
-                    // 100 only once the snapshot is committed.
-                    (done.saturating_mul(100) / total).min(99) as u8
-                };
+                // 100 only once the snapshot is committed.
+                let percent = done
+                    .saturating_mul(100)
+                    .checked_div(total)
+                    .map_or(0, |p| p.min(99) as u8);
                 TaskStatus::Active {
                     progress_percent: percent,
                     bytes_done: done,
@@ -527,7 +534,12 @@ impl Inner {
                 let removed = self.blocks.remove_freed(&freed, |candidates| {
                     db::unreferenced(&lock(&self.db), candidates).map_err(db_err)
                 })?;
-                tracing::info!(snapshot_id, freed = freed.len(), removed, "snapshot deleted");
+                tracing::info!(
+                    snapshot_id,
+                    freed = freed.len(),
+                    removed,
+                    "snapshot deleted"
+                );
                 Ok(())
             }
         }

@@ -126,7 +126,10 @@ mod tests {
         for key in ["link", "dir/secret"] {
             let err = resolve(&root, &obj("b", key)).expect_err(key);
             assert_eq!(err.error_type(), "Images.InvalidParameter");
-            assert!(err.to_string().contains("outside the staging root"), "{err}");
+            assert!(
+                err.to_string().contains("outside the staging root"),
+                "{err}"
+            );
         }
         std::fs::write(root.join("b/ok"), b"x").unwrap();
         assert!(resolve(&root, &obj("b", "ok")).is_ok());

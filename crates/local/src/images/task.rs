@@ -203,10 +203,7 @@ pub(crate) fn import(ctx: &TaskCtx<'_>, path: &Path, what: &str) -> Result<Built
                         ctx.progress.done.fetch_add(len as u64, Ordering::Relaxed);
                     }
                 }
-                found
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .extend(mine);
+                found.lock().unwrap_or_else(|p| p.into_inner()).extend(mine);
             });
         }
     });
@@ -227,14 +224,13 @@ pub(crate) fn apply_delta(
     parent_blocks: Vec<StoredBlock>,
 ) -> Result<Built, TaskError> {
     let file = File::open(path).map_err(|e| internal(format!("cannot open {what}: {e}")))?;
-    let mut reader = DeltaReader::new(BufReader::with_capacity(1 << 20, file)).map_err(|e| {
-        match e {
+    let mut reader =
+        DeltaReader::new(BufReader::with_capacity(1 << 20, file)).map_err(|e| match e {
             DiskError::Io { .. } | DiskError::Stream(_) => {
                 internal(format!("cannot read {what}: {e}"))
             }
             other => invalid(format!("{what} is not a valid Tern delta object: {other}")),
-        }
-    })?;
+        })?;
     let bs = BLOCK_SIZE as u64;
     if reader.block_size != BLOCK_SIZE {
         return Err(invalid(format!(
