@@ -10,6 +10,7 @@
 pub mod config;
 pub mod enums;
 pub mod error;
+pub mod images;
 pub mod keys;
 pub mod memory_store;
 pub mod model;
@@ -22,6 +23,7 @@ pub mod workflows;
 
 pub use config::{Config, Limits};
 pub use error::DomainError;
+pub use images::Images;
 pub use memory_store::MemoryStore;
 pub use ports::{Clock, IdKind, Ids, ManualClock, RandomIds, SystemClock};
 pub use service::Service;

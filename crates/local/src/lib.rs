@@ -22,6 +22,7 @@
 //! ```
 
 pub mod credentials;
+pub mod images;
 pub mod server;
 pub mod sigv4;
 pub mod sqlite;
