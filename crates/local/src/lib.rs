@@ -23,6 +23,7 @@
 
 pub mod credentials;
 pub mod images;
+pub mod replication;
 pub mod server;
 pub mod sigv4;
 pub mod sqlite;

@@ -620,7 +620,7 @@ impl Service {
                 let change = StateChange::of_job(j, j.state, self.now());
                 let key = keys::job(&j.replication_job_id);
                 let mut writes = vec![put(key, &job.value, job.expect())?];
-                for c in &change {
+                if let Some(c) = &change {
                     writes.push(c.write()?);
                 }
                 self.store.transact(writes).await?;

@@ -15,7 +15,7 @@
 mod blocks;
 mod db;
 mod export;
-mod staging;
+pub(crate) mod staging;
 mod task;
 
 use std::collections::{HashMap, HashSet};
