@@ -712,3 +712,52 @@ fn parse_and_from_value_agree() {
     assert!(a.matches(&json!({"detail": {"state": "initial"}})));
     assert!(!a.matches(&json!({"detail": {"state": "init"}})));
 }
+
+/// The greedy wildcard matcher agrees with a plain backtracking one on every pattern of up to
+/// five characters over `a`, `b`, `*` (without `**`) and every text of up to five characters.
+#[test]
+fn wildcard_agrees_with_backtracking_on_all_small_cases() {
+    fn backtrack(p: &[u8], t: &[u8]) -> bool {
+        match p.split_first() {
+            None => t.is_empty(),
+            Some((b'*', rest)) => (0..=t.len()).any(|i| backtrack(rest, &t[i..])),
+            Some((c, rest)) => t.first() == Some(c) && backtrack(rest, &t[1..]),
+        }
+    }
+    fn all(alphabet: &[u8], max: usize) -> Vec<Vec<u8>> {
+        let mut out = vec![Vec::new()];
+        let mut frontier = vec![Vec::new()];
+        for _ in 0..max {
+            let mut next = Vec::new();
+            for s in &frontier {
+                for &c in alphabet {
+                    let mut longer = s.clone();
+                    longer.push(c);
+                    next.push(longer);
+                }
+            }
+            out.extend(next.iter().cloned());
+            frontier = next;
+        }
+        out
+    }
+    let texts = all(b"ab", 5);
+    let mut checked = 0;
+    for p in all(b"ab*", 5)
+        .into_iter()
+        .filter(|p| !p.windows(2).any(|w| w == b"**"))
+    {
+        let text = String::from_utf8(p.clone()).unwrap();
+        let w = wildcard::Wildcard::parse(&text, &Path::root()).unwrap();
+        for t in &texts {
+            let s = std::str::from_utf8(t).unwrap();
+            assert_eq!(
+                w.matches(s),
+                backtrack(&p, t),
+                "pattern {text:?} text {s:?}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 10_000, "{checked}");
+}
