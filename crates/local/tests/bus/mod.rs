@@ -559,3 +559,40 @@ event_pattern = { source = ["y"] }
     let e = BusConfig::load(&d.join("missing.toml"), d).unwrap_err();
     assert!(matches!(e, RulesError::Read { .. }), "{e}");
 }
+
+/// The example in the README is a working rules file, and its patterns route as it says.
+#[tokio::test]
+async fn the_readme_example_loads_and_routes() {
+    let readme = include_str!("../../README.md");
+    let section = &readme[readme.find("## Event rules").expect("README section")..];
+    let start = section.find("```toml\n").expect("a toml block") + "```toml\n".len();
+    let example = &section[start..start + section[start..].find("```").unwrap()];
+    let dir = tempfile::tempdir().unwrap();
+    let config = BusConfig::parse(example, Path::new("README.md"), dir.path()).expect("loads");
+    let names: Vec<_> = config.rules.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["failed-jobs", "ami-log"]);
+    assert_eq!(
+        config.archive,
+        Some(dir.path().join("events-archive.ndjson"))
+    );
+
+    let completed = JobStateChange::new(JobEventState::Completed, "sms-job-7")
+        .with_run("sms-run-7")
+        .with_ami("ami-00000000000000007")
+        .into_event(
+            &EventOrigin::new("us-east-1", "123456789012"),
+            OffsetDateTime::now_utc(),
+            "2",
+        );
+    let json = serde_json::to_value(&completed).unwrap();
+    let matching: Vec<_> = config
+        .rules
+        .iter()
+        .filter(|r| r.pattern.matches(&json))
+        .map(|r| r.name.as_str())
+        .collect();
+    assert_eq!(matching, ["ami-log"]);
+    let paused = serde_json::to_value(event("sms-job-7", JobEventState::Paused)).unwrap();
+    assert!(config.rules[0].pattern.matches(&paused));
+    assert!(!config.rules[1].pattern.matches(&paused));
+}
