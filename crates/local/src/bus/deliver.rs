@@ -13,6 +13,10 @@ use tokio::io::AsyncWriteExt;
 use super::rules::{RetryPolicy, Target, TargetKind};
 use super::{Accepted, NdjsonFile};
 
+/// Attempts in flight per target. Deliveries are independent tasks; without a bound, a burst
+/// of events would open as many connections or processes at once.
+pub const MAX_CONCURRENT_ATTEMPTS: usize = 8;
+
 /// A target ready to send to.
 pub(super) struct TargetRuntime {
     /// `webhook http://…`, `file /path`, `command prog`: for logs and dead letters.
@@ -21,6 +25,7 @@ pub(super) struct TargetRuntime {
     index: usize,
     kind: Kind,
     retry: RetryPolicy,
+    permits: tokio::sync::Semaphore,
 }
 
 enum Kind {
@@ -82,6 +87,7 @@ impl TargetRuntime {
             index,
             kind,
             retry: target.retry,
+            permits: tokio::sync::Semaphore::new(MAX_CONCURRENT_ATTEMPTS),
         }
     }
 }
@@ -165,6 +171,9 @@ impl Delivery {
     }
 
     async fn attempt(&self) -> Result<(), DeliveryError> {
+        // Held for the attempt only, not across the backoff pause. The semaphore is never
+        // closed, so acquiring cannot fail; were it to, attempting anyway is the safe side.
+        let _permit = self.target.permits.acquire().await.ok();
         let body = &self.event.text;
         match &self.target.kind {
             Kind::Webhook {

@@ -31,6 +31,7 @@ use tern_core::events::{BusError, Event, EventBus, FailedEntry, PublishOutcome};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{broadcast, watch, Mutex};
 
+pub use deliver::MAX_CONCURRENT_ATTEMPTS;
 pub use rules::{
     BusConfig, RetryPolicy, Rule, RuleProblem, RulesError, Target, TargetKind, TargetProblem,
     DEFAULT_DEAD_LETTER,
@@ -69,7 +70,8 @@ struct RuleRuntime {
 }
 
 impl LocalBus {
-    /// Must be called inside a tokio runtime: deliveries are spawned onto it.
+    /// Builds the bus; nothing runs until the first publish. `publish` must be called inside
+    /// a tokio runtime: deliveries are spawned onto it.
     pub fn new(config: BusConfig) -> Result<Self, BusSetupError> {
         let http = reqwest::Client::builder()
             .build()
