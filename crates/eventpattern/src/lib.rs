@@ -91,10 +91,10 @@ pub struct Pattern {
 }
 
 impl Pattern {
-    /// Parses a pattern from its JSON text.
-    pub fn parse(text: &str) -> Result<Pattern, PatternError> {
-        let value: Value = serde_json::from_str(text)?;
-        Pattern::from_value(&value)
+    /// Parses a pattern from its JSON text (`&str`, `&String`) or from JSON already read
+    /// (`&serde_json::Value`).
+    pub fn parse(source: impl PatternSource) -> Result<Pattern, PatternError> {
+        source.to_pattern()
     }
 
     /// Parses a pattern already read as JSON (for instance an inline table of a config file).
@@ -112,6 +112,30 @@ impl Pattern {
             Value::Object(map) => self.root.matches(map),
             _ => false,
         }
+    }
+}
+
+/// What [`Pattern::parse`] accepts.
+pub trait PatternSource {
+    fn to_pattern(self) -> Result<Pattern, PatternError>;
+}
+
+impl PatternSource for &str {
+    fn to_pattern(self) -> Result<Pattern, PatternError> {
+        let value: Value = serde_json::from_str(self)?;
+        Pattern::from_value(&value)
+    }
+}
+
+impl PatternSource for &String {
+    fn to_pattern(self) -> Result<Pattern, PatternError> {
+        self.as_str().to_pattern()
+    }
+}
+
+impl PatternSource for &Value {
+    fn to_pattern(self) -> Result<Pattern, PatternError> {
+        Pattern::from_value(self)
     }
 }
 

@@ -707,8 +707,11 @@ fn text_that_is_not_json_is_refused() {
 fn parse_and_from_value_agree() {
     let text = r#"{"detail": {"state": [{"anything-but": {"prefix": "init"}}, "initial"]}}"#;
     let a: Pattern = text.parse().unwrap();
-    let b = Pattern::try_from(&serde_json::from_str::<Value>(text).unwrap()).unwrap();
+    let value = serde_json::from_str::<Value>(text).unwrap();
+    let b = Pattern::try_from(&value).unwrap();
     assert_eq!(a, b);
+    assert_eq!(Pattern::parse(&value).unwrap(), a);
+    assert_eq!(Pattern::parse(&text.to_owned()).unwrap(), a);
     assert!(a.matches(&json!({"detail": {"state": "initial"}})));
     assert!(!a.matches(&json!({"detail": {"state": "init"}})));
 }
