@@ -399,3 +399,22 @@ fn parse_header(
     let value = HeaderValue::from_str(text).map_err(|e| bad(Box::new(e)))?;
     Ok((header, value))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_the_base_up_to_the_cap() {
+        let policy = RetryPolicy {
+            max_attempts: 50,
+            backoff_base: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(1),
+        };
+        let delays: Vec<u64> = [1, 2, 3, 4, 5, 33, 40]
+            .into_iter()
+            .map(|n| policy.delay_after(n).as_millis() as u64)
+            .collect();
+        assert_eq!(delays, [100, 200, 400, 800, 1000, 1000, 1000]);
+    }
+}
