@@ -10,6 +10,7 @@
 pub mod config;
 pub mod enums;
 pub mod error;
+pub mod events;
 pub mod images;
 pub mod keys;
 pub mod memory_store;

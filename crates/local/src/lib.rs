@@ -21,6 +21,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod bus;
 pub mod credentials;
 pub mod images;
 pub mod replication;

@@ -12,6 +12,9 @@ use tern_local::{Credentials, Running, ServeConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+// The event bus tests share this binary: one integration-test binary per crate keeps link time down.
+mod bus;
+
 const SMS: &str = "AWSServerMigrationService_V2016_10_24";
 
 async fn start(dir: &Path) -> Running {
