@@ -31,7 +31,7 @@ pub use cache::RenderCache;
 pub use catalog::{InventoryOutcome, InventoryVm, ServerListing};
 pub use connectors::NewConnector;
 pub use jobs::{JobUpdate, NewJob, RunUpdate};
-pub use outbox::StateChange;
+pub use outbox::{BusAnnouncer, StateChange};
 
 /// The domain's entry point; cheap to clone.
 #[derive(Clone)]

@@ -1289,18 +1289,6 @@ impl Replication {
         })
     }
 
-    /// The connector finished a work item (uploaded a run, or kept a run's block maps).
-    pub async fn complete_work(&self, connector_id: &str, work_id: &str) -> Result<(), DomainError> {
-        self.service
-            .store
-            .write(Write::Delete {
-                key: keys::work(connector_id, work_id),
-                expect: Expect::Any,
-            })
-            .await?;
-        Ok(())
-    }
-
     // ---- scheduler -------------------------------------------------------------------------
 
     /// One pass of the scheduler: due runs are created (or recorded MISSED while a run is still
