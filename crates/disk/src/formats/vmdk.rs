@@ -412,10 +412,10 @@ pub fn open(src: Source) -> Result<Box<dyn VirtualDisk>> {
     let text =
         String::from_utf8(raw).map_err(|_| malformed(FMT, "descriptor", "not UTF-8 text"))?;
     let d = parse_descriptor(&text)?;
-    if src.is_memory() {
+    if src.is_embedded() {
         return Err(DiskError::PathRefused {
             path: src.path().to_path_buf(),
-            reason: "an in-memory VMDK descriptor cannot reference extent files".into(),
+            reason: "a VMDK descriptor held in memory or inside another file cannot reference extent files".into(),
         });
     }
     let dir = match src.path().parent() {
