@@ -428,10 +428,36 @@ async fn delta_over_the_limit_fails_with_advice() {
         std::fs::read(state.join("jobs").join(job).join("disk-0.map")).unwrap(),
         kept
     );
-    // Raising the limit lets the same run through.
+    // Raising the limit lets the same run through; interrupted after one part, the delta
+    // resumes like a seed does (the delta writer regenerates the same bytes).
     c.options.max_delta_bytes = 64 * MIB;
+    c.options.fail_after_parts = Some(1);
+    let e = run_collect(&w2, &c).await.0.unwrap_err();
+    assert!(
+        matches!(e, ReplicateError::Interrupted { parts_sent: 1 }),
+        "{e}"
+    );
+    c.options.fail_after_parts = None;
+    moto.log.take();
     let out = run_collect(&w2, &c).await.0.expect("within the limit");
-    assert_eq!(out.manifest.disks[0].changed_blocks, Some(24));
+    let d = &out.manifest.disks[0];
+    assert_eq!(d.changed_blocks, Some(24));
+    assert_eq!(out.disks[0].parts_skipped, 1);
+    let sent = moto
+        .log
+        .take()
+        .iter()
+        .filter(|r| r.is_upload_part())
+        .count() as u32;
+    assert_eq!(sent, d.parts - 1);
+    let base = tern_disk::open(&raw, &OpenOptions::default()).unwrap();
+    let mut local = Vec::new();
+    let old = tern_disk::blockmap::BlockMap::read_from(&kept[..]).unwrap();
+    delta::create(&old, &*base, &mut local, &tern_disk::no_progress).unwrap();
+    assert!(
+        get(&s3, "staging", &d.key).await == local,
+        "the resumed delta differs"
+    );
 }
 
 /// Bad work and options are refused before anything is uploaded.
@@ -477,4 +503,67 @@ async fn bad_work_is_refused_up_front() {
         "{e}"
     );
     assert_eq!(moto.log.take().len(), 1, "a permanent error is not retried");
+}
+
+/// A connection that fails during an UploadPart is retried with backoff; the object is still
+/// right, and only the failed part went out twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_connections_are_retried() {
+    let Some(moto) = Moto::start() else { return };
+    moto.bucket("staging").await;
+    let s3 = moto.client_with_broken_parts(&[2, 3]);
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("src.raw");
+    make_raw(&raw, 24 * MIB, 31);
+    let c = ctx(&moto, s3.clone(), &dir.path().join("state"));
+    let w = work(
+        "sms-job-0000000000000000f",
+        "sms-run-00000000000000001",
+        vec![file(&raw)],
+    );
+    let out = run_collect(&w, &c)
+        .await
+        .0
+        .expect("retried through the failures");
+    let d = &out.manifest.disks[0];
+    let log = moto.log.take();
+    let attempts = log.iter().filter(|r| r.is_upload_part()).count() as u32;
+    assert_eq!(
+        attempts,
+        d.parts + 2,
+        "two failed attempts, each retried once"
+    );
+    assert!(get(&s3, "staging", &d.key).await == local_vmdk(&raw));
+}
+
+/// The bandwidth cap holds the average rate: with a cap of R bytes/s an object of S bytes takes
+/// at least (S - R) / R seconds (the bucket starts full).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bandwidth_cap_limits_the_rate() {
+    let Some(moto) = Moto::start() else { return };
+    let s3 = moto.bucket("staging").await;
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("src.raw");
+    make_raw(&raw, 24 * MIB, 41);
+    let mut c = ctx(&moto, s3, &dir.path().join("state"));
+    let rate = 2 * MIB;
+    c.options.bandwidth_limit = Some(rate);
+    let w = work(
+        "sms-job-00000000000000010",
+        "sms-run-00000000000000001",
+        vec![file(&raw)],
+    );
+    let started = std::time::Instant::now();
+    let out = run_collect(&w, &c).await.0.expect("capped run");
+    let took = started.elapsed().as_secs_f64();
+    let size = out.manifest.disks[0].size;
+    let floor = (size - rate) as f64 / rate as f64;
+    assert!(
+        size > 2 * rate,
+        "the object ({size} bytes) must outlast the bucket"
+    );
+    assert!(
+        took >= floor * 0.95,
+        "{size} bytes in {took:.2} s at a {rate} B/s cap"
+    );
 }

@@ -7,7 +7,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aws_sdk_s3::config::interceptors::BeforeTransmitInterceptorContextRef;
+use aws_sdk_s3::config::interceptors::{
+    BeforeTransmitInterceptorContextMut, BeforeTransmitInterceptorContextRef,
+};
+use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::{
     BehaviorVersion, ConfigBag, Credentials, Intercept, Region, RuntimeComponents,
 };
@@ -113,6 +116,41 @@ impl Intercept for RequestLog {
     }
 }
 
+#[derive(Debug)]
+struct BreakParts {
+    broken: Vec<usize>,
+    seen: Arc<Mutex<usize>>,
+}
+
+impl Intercept for BreakParts {
+    fn name(&self) -> &'static str {
+        "BreakParts"
+    }
+
+    fn modify_before_transmit(
+        &self,
+        ctx: &mut BeforeTransmitInterceptorContextMut<'_>,
+        _rc: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let req = ctx.request_mut();
+        if req.method() == "PUT" && req.uri().contains("partNumber=") {
+            let mut seen = self.seen.lock().unwrap();
+            *seen += 1;
+            if self.broken.contains(&*seen) {
+                // Port 1 on loopback refuses connections.
+                let uri = req.uri().replacen(
+                    &req.uri()[..req.uri().find("/staging").unwrap()],
+                    "http://127.0.0.1:1",
+                    1,
+                );
+                req.set_uri(uri)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Moto {
     /// Starts moto on a free port. `None` (after a loud notice) when moto is not installed and
     /// `CI` is not set; under CI a missing moto fails the test.
@@ -168,6 +206,26 @@ impl Moto {
             .credentials_provider(Credentials::new("test", "test", None, None, "test"))
             .endpoint_url(&self.endpoint)
             .force_path_style(true)
+            .interceptor(self.log.clone())
+            .build();
+        Client::from_conf(conf)
+    }
+
+    /// A client that sends the UploadPart attempts numbered in `broken` (1-based, counting
+    /// every attempt) to a closed port: a real connection failure. The SDK's own retries are
+    /// off, so only Tern's retry policy can recover.
+    pub fn client_with_broken_parts(&self, broken: &[usize]) -> Client {
+        let conf = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .credentials_provider(Credentials::new("test", "test", None, None, "test"))
+            .endpoint_url(&self.endpoint)
+            .force_path_style(true)
+            .retry_config(RetryConfig::disabled())
+            .interceptor(BreakParts {
+                broken: broken.to_vec(),
+                seen: Arc::default(),
+            })
             .interceptor(self.log.clone())
             .build();
         Client::from_conf(conf)
