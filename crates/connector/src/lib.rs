@@ -6,6 +6,10 @@
 //! `README.md` in this crate for both file formats) — and the only work is `INVENTORY`: report
 //! the VMs so that `ImportServerCatalog` fills the server catalog.
 //!
+//! [`replicate`] runs replication work: seeds as stream-optimized VMDKs, incremental runs as
+//! block deltas, both streamed into resumable S3 multipart uploads, manifest last. [`ova`]
+//! lists and reads the disks of OVA archives in place.
+//!
 //! Requests use the same awsJson 1.1 protocol as the SMS API, under the target prefix
 //! `TernConnectorService_V1`, signed with SigV4 (service `sms`) using connector credentials.
 
@@ -13,6 +17,8 @@ pub mod agent;
 pub mod client;
 pub mod config;
 pub mod inventory;
+pub mod ova;
+pub mod replicate;
 pub mod signing;
 
 pub use agent::{Agent, CycleReport};

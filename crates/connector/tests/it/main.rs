@@ -1,0 +1,7 @@
+//! The integration tests of tern-connector, in one binary: replication runs against a real S3
+//! protocol server (moto, started per test on a free port) with disks made by `qemu-img`, and
+//! OVA archives built here.
+
+mod ova;
+mod replicate;
+mod support;
