@@ -184,7 +184,7 @@ impl Agent {
                     }
                 }
             }
-            None => {
+            Some(WorkKind::Replicate | WorkKind::CommitRun) | None => {
                 tracing::warn!(work_id = %item.work_id, kind = %item.kind, "skipping work of a kind this connector does not know");
                 report.skipped += 1;
             }
