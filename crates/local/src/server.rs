@@ -222,11 +222,11 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
             listener,
             app.into_make_service_with_connect_info::<SocketAddr>(),
         )
-            .with_graceful_shutdown(async move {
-                // A dropped sender also means "stop": nobody can ask any more.
-                let _ = stopped.await;
-            })
-            .await
+        .with_graceful_shutdown(async move {
+            // A dropped sender also means "stop": nobody can ask any more.
+            let _ = stopped.await;
+        })
+        .await
     });
     tracing::info!(endpoint = %format!("http://{addr}"), region = %cfg.region, data_dir = %cfg.data_dir.display(), "serving");
     Ok(Running {

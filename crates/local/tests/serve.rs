@@ -379,7 +379,11 @@ async fn post_slash_is_the_api_everything_else_s3_and_bodies_are_bounded() {
     let server = start(dir.path()).await;
 
     // Not `POST /`: the S3 staging store, which answers in S3's XML error shape.
-    for (method, path) in [("GET", "/"), ("POST", "/v1/things"), ("GET", "/tern-staging")] {
+    for (method, path) in [
+        ("GET", "/"),
+        ("PUT", "/tern-staging/things"),
+        ("GET", "/tern-staging"),
+    ] {
         let reply = exchange(server.addr(), &raw_request(method, path, &[], b"")).await;
         assert_eq!(reply.status, 403, "{method} {path}: {}", reply.text);
         assert!(

@@ -76,7 +76,11 @@ async fn upload_part(
         .build()
 }
 
-async fn list_parts(s3: &aws_sdk_s3::Client, key: &str, upload_id: &str) -> Vec<(i32, String, i64)> {
+async fn list_parts(
+    s3: &aws_sdk_s3::Client,
+    key: &str,
+    upload_id: &str,
+) -> Vec<(i32, String, i64)> {
     let out = s3
         .list_parts()
         .bucket(BUCKET)
@@ -143,7 +147,11 @@ async fn objects_round_trip_through_put_get_head_list_and_delete() {
     let buckets = s3.list_buckets().send().await.expect("ListBuckets");
     let names: Vec<_> = buckets.buckets().iter().filter_map(|b| b.name()).collect();
     assert_eq!(names, [BUCKET], "the staging bucket exists from the start");
-    s3.head_bucket().bucket(BUCKET).send().await.expect("HeadBucket");
+    s3.head_bucket()
+        .bucket(BUCKET)
+        .send()
+        .await
+        .expect("HeadBucket");
 
     let body = data(1, 1000);
     let etag = put(&s3, "runs/r1/disk-0.vmdk", &body).await;
@@ -200,7 +208,12 @@ async fn objects_round_trip_through_put_get_head_list_and_delete() {
     assert_eq!(unquote(head.e_tag()), etag);
 
     for i in 0..5 {
-        put(&s3, &format!("runs/r2/block-{i}"), &data(i, 10 + i as usize)).await;
+        put(
+            &s3,
+            &format!("runs/r2/block-{i}"),
+            &data(i, 10 + i as usize),
+        )
+        .await;
     }
     put(&s3, "manifests/r2.json", b"{}").await;
 
@@ -261,7 +274,10 @@ async fn objects_round_trip_through_put_get_head_list_and_delete() {
         .send()
         .await;
     assert!(
-        gone.as_ref().err().and_then(|e| e.as_service_error()).is_some_and(|e| e.is_not_found()),
+        gone.as_ref()
+            .err()
+            .and_then(|e| e.as_service_error())
+            .is_some_and(|e| e.is_not_found()),
         "{gone:?}"
     );
     let missing = s3
@@ -270,16 +286,35 @@ async fn objects_round_trip_through_put_get_head_list_and_delete() {
         .key("runs/r1/disk-0.vmdk")
         .send()
         .await;
-    assert_eq!(missing.err().and_then(|e| e.code().map(str::to_owned)).as_deref(), Some("NoSuchKey"));
-    assert!(!staged(&server, "runs/r1").exists(), "empty directories are pruned");
+    assert_eq!(
+        missing
+            .err()
+            .and_then(|e| e.code().map(str::to_owned))
+            .as_deref(),
+        Some("NoSuchKey")
+    );
+    assert!(
+        !staged(&server, "runs/r1").exists(),
+        "empty directories are pruned"
+    );
 
     let deleted = s3
         .delete_objects()
         .bucket(BUCKET)
         .delete(
             Delete::builder()
-                .objects(ObjectIdentifier::builder().key("runs/r2/block-0").build().unwrap())
-                .objects(ObjectIdentifier::builder().key("runs/r2/block-1").build().unwrap())
+                .objects(
+                    ObjectIdentifier::builder()
+                        .key("runs/r2/block-0")
+                        .build()
+                        .unwrap(),
+                )
+                .objects(
+                    ObjectIdentifier::builder()
+                        .key("runs/r2/block-1")
+                        .build()
+                        .unwrap(),
+                )
                 .build()
                 .unwrap(),
         )
@@ -295,15 +330,29 @@ async fn objects_round_trip_through_put_get_head_list_and_delete() {
         .await
         .expect("ListObjectsV2");
     let left: Vec<_> = left.contents().iter().filter_map(|o| o.key()).collect();
-    assert_eq!(left, ["runs/r2/block-2", "runs/r2/block-3", "runs/r2/block-4"]);
+    assert_eq!(
+        left,
+        ["runs/r2/block-2", "runs/r2/block-3", "runs/r2/block-4"]
+    );
 
     let no_bucket = s3.get_object().bucket("nope").key("k").send().await;
     assert_eq!(
-        no_bucket.err().and_then(|e| e.code().map(str::to_owned)).as_deref(),
+        no_bucket
+            .err()
+            .and_then(|e| e.code().map(str::to_owned))
+            .as_deref(),
         Some("NoSuchBucket")
     );
-    s3.create_bucket().bucket("other").send().await.expect("CreateBucket");
-    s3.head_bucket().bucket("other").send().await.expect("HeadBucket other");
+    s3.create_bucket()
+        .bucket("other")
+        .send()
+        .await
+        .expect("CreateBucket");
+    s3.head_bucket()
+        .bucket("other")
+        .send()
+        .await
+        .expect("HeadBucket other");
     server.shutdown().await;
 }
 
@@ -334,10 +383,18 @@ async fn a_multipart_upload_becomes_a_byte_identical_file_only_when_completed() 
     let listed: Vec<_> = uploads
         .uploads()
         .iter()
-        .map(|u| (u.key().unwrap_or_default(), u.upload_id().unwrap_or_default()))
+        .map(|u| {
+            (
+                u.key().unwrap_or_default(),
+                u.upload_id().unwrap_or_default(),
+            )
+        })
         .collect();
     assert_eq!(listed, [(key, upload_id.as_str())]);
-    assert!(!staged(&server, key).exists(), "nothing is staged before completion");
+    assert!(
+        !staged(&server, key).exists(),
+        "nothing is staged before completion"
+    );
 
     let p3 = upload_part(&s3, key, &upload_id, 3, &parts[2]).await;
     let etag = complete(&s3, key, &upload_id, vec![p1, p2, p3]).await;
@@ -345,8 +402,18 @@ async fn a_multipart_upload_becomes_a_byte_identical_file_only_when_completed() 
     assert_eq!(etag, multipart_etag(&refs));
 
     let staged_bytes = std::fs::read(staged(&server, key)).expect("staged file");
-    assert_eq!(staged_bytes, parts.concat(), "the staged file is byte-identical");
-    let head = s3.head_object().bucket(BUCKET).key(key).send().await.expect("HeadObject");
+    assert_eq!(
+        staged_bytes,
+        parts.concat(),
+        "the staged file is byte-identical"
+    );
+    let head = s3
+        .head_object()
+        .bucket(BUCKET)
+        .key(key)
+        .send()
+        .await
+        .expect("HeadObject");
     assert_eq!(unquote(head.e_tag()), etag);
     assert_eq!(head.content_length(), Some((10 * MIB + 1234) as i64));
     let uploads = s3
@@ -355,7 +422,10 @@ async fn a_multipart_upload_becomes_a_byte_identical_file_only_when_completed() 
         .send()
         .await
         .expect("ListMultipartUploads");
-    assert!(uploads.uploads().is_empty(), "a completed upload is no longer listed");
+    assert!(
+        uploads.uploads().is_empty(),
+        "a completed upload is no longer listed"
+    );
     let after = s3
         .list_parts()
         .bucket(BUCKET)
@@ -363,7 +433,13 @@ async fn a_multipart_upload_becomes_a_byte_identical_file_only_when_completed() 
         .upload_id(&upload_id)
         .send()
         .await;
-    assert_eq!(after.err().and_then(|e| e.code().map(str::to_owned)).as_deref(), Some("NoSuchUpload"));
+    assert_eq!(
+        after
+            .err()
+            .and_then(|e| e.code().map(str::to_owned))
+            .as_deref(),
+        Some("NoSuchUpload")
+    );
     server.shutdown().await;
 }
 
@@ -389,7 +465,13 @@ async fn completion_checks_parts_and_abort_discards_them() {
         )
         .send()
         .await;
-    assert_eq!(result.err().and_then(|e| e.code().map(str::to_owned)).as_deref(), Some("EntityTooSmall"));
+    assert_eq!(
+        result
+            .err()
+            .and_then(|e| e.code().map(str::to_owned))
+            .as_deref(),
+        Some("EntityTooSmall")
+    );
     let wrong_etag = CompletedPart::builder()
         .part_number(1)
         .e_tag("\"00000000000000000000000000000000\"")
@@ -399,19 +481,40 @@ async fn completion_checks_parts_and_abort_discards_them() {
         .bucket(BUCKET)
         .key(key)
         .upload_id(&upload_id)
-        .multipart_upload(CompletedMultipartUpload::builder().parts(wrong_etag).build())
+        .multipart_upload(
+            CompletedMultipartUpload::builder()
+                .parts(wrong_etag)
+                .build(),
+        )
         .send()
         .await;
-    assert_eq!(result.err().and_then(|e| e.code().map(str::to_owned)).as_deref(), Some("InvalidPart"));
+    assert_eq!(
+        result
+            .err()
+            .and_then(|e| e.code().map(str::to_owned))
+            .as_deref(),
+        Some("InvalidPart")
+    );
     let result = s3
         .complete_multipart_upload()
         .bucket(BUCKET)
         .key(key)
         .upload_id(&upload_id)
-        .multipart_upload(CompletedMultipartUpload::builder().parts(last).parts(small).build())
+        .multipart_upload(
+            CompletedMultipartUpload::builder()
+                .parts(last)
+                .parts(small)
+                .build(),
+        )
         .send()
         .await;
-    assert_eq!(result.err().and_then(|e| e.code().map(str::to_owned)).as_deref(), Some("InvalidPartOrder"));
+    assert_eq!(
+        result
+            .err()
+            .and_then(|e| e.code().map(str::to_owned))
+            .as_deref(),
+        Some("InvalidPartOrder")
+    );
 
     s3.abort_multipart_upload()
         .bucket(BUCKET)
@@ -429,7 +532,13 @@ async fn completion_checks_parts_and_abort_discards_them() {
         .body(ByteStream::from_static(b"x"))
         .send()
         .await;
-    assert_eq!(result.err().and_then(|e| e.code().map(str::to_owned)).as_deref(), Some("NoSuchUpload"));
+    assert_eq!(
+        result
+            .err()
+            .and_then(|e| e.code().map(str::to_owned))
+            .as_deref(),
+        Some("NoSuchUpload")
+    );
     assert!(!staged(&server, key).exists());
     assert!(created_events(&server).is_empty(), "nothing was created");
     server.shutdown().await;
@@ -478,7 +587,10 @@ async fn a_multipart_upload_survives_a_server_restart() {
     let etag = complete(&s3, key, &upload_id, completed.clone()).await;
     let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
     assert_eq!(etag, multipart_etag(&refs));
-    assert_eq!(std::fs::read(staged(&server, key)).expect("staged"), parts.concat());
+    assert_eq!(
+        std::fs::read(staged(&server, key)).expect("staged"),
+        parts.concat()
+    );
 
     // A retried Complete (its first response lost) answers the same, and creates nothing new.
     let again = complete(&s3, key, &upload_id, completed).await;
@@ -524,14 +636,20 @@ async fn every_created_object_is_announced_once_with_the_s3_event_shape() {
         assert_eq!(e["source"], "aws.s3");
         assert_eq!(e["region"], "us-east-1");
         assert_eq!(e["account"], "000000000000");
-        assert_eq!(e["resources"], serde_json::json!(["arn:aws:s3:::tern-staging"]));
+        assert_eq!(
+            e["resources"],
+            serde_json::json!(["arn:aws:s3:::tern-staging"])
+        );
         assert_eq!(e["detail"]["version"], "0");
         assert_eq!(e["detail"]["bucket"]["name"], BUCKET);
         assert_eq!(e["detail"]["source-ip-address"], "127.0.0.1");
         for field in ["request-id", "requester"] {
-            assert!(e["detail"][field].as_str().is_some_and(|s| !s.is_empty()), "{field}: {e}");
+            assert!(
+                e["detail"][field].as_str().is_some_and(|s| !s.is_empty()),
+                "{field}: {e}"
+            );
         }
-        assert!(e["id"].as_str().is_some_and(|s| uuid_like(s)), "{e}");
+        assert!(e["id"].as_str().is_some_and(uuid_like), "{e}");
         assert!(e["time"].as_str().is_some_and(|s| s.ends_with('Z')), "{e}");
     }
     assert_eq!(first["detail"]["object"]["key"], "manifests/run-1.json");
@@ -542,7 +660,12 @@ async fn every_created_object_is_announced_once_with_the_s3_event_shape() {
     assert_eq!(second["detail"]["object"]["size"], (5 * MIB + 10) as u64);
     assert_eq!(second["detail"]["object"]["etag"], mp_etag.as_str());
     assert_eq!(second["detail"]["reason"], "CompleteMultipartUpload");
-    let seq = |e: &Value| e["detail"]["object"]["sequencer"].as_str().unwrap_or_default().to_owned();
+    let seq = |e: &Value| {
+        e["detail"]["object"]["sequencer"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
     assert!(seq(first) < seq(second), "sequencers increase");
     server.shutdown().await;
 }
@@ -578,9 +701,15 @@ async fn unsigned_and_wrongly_signed_requests_are_refused() {
         None,
         "wrong",
     );
-    let result = s3_client(&server.endpoint(), wrong_secret).list_buckets().send().await;
+    let result = s3_client(&server.endpoint(), wrong_secret)
+        .list_buckets()
+        .send()
+        .await;
     assert_eq!(
-        result.err().and_then(|e| e.code().map(str::to_owned)).as_deref(),
+        result
+            .err()
+            .and_then(|e| e.code().map(str::to_owned))
+            .as_deref(),
         Some("SignatureDoesNotMatch")
     );
     let unknown = aws_sdk_s3::config::Credentials::new(
@@ -598,7 +727,10 @@ async fn unsigned_and_wrongly_signed_requests_are_refused() {
         .send()
         .await;
     assert_eq!(
-        result.err().and_then(|e| e.code().map(str::to_owned)).as_deref(),
+        result
+            .err()
+            .and_then(|e| e.code().map(str::to_owned))
+            .as_deref(),
         Some("InvalidAccessKeyId")
     );
     assert!(created_events(&server).is_empty());
@@ -613,7 +745,10 @@ async fn unsigned_and_wrongly_signed_requests_are_refused() {
         .send()
         .await
         .expect("connector PutObject");
-    assert_eq!(std::fs::read(staged(&server, "from-connector")).expect("staged"), b"hello");
+    assert_eq!(
+        std::fs::read(staged(&server, "from-connector")).expect("staged"),
+        b"hello"
+    );
     server.shutdown().await;
 }
 
@@ -629,7 +764,12 @@ async fn the_sms_api_and_s3_share_one_endpoint() {
     assert!(connectors.connector_list().is_empty());
     let s3 = server.s3();
     put(&s3, "k", b"v").await;
-    let listed = s3.list_objects_v2().bucket(BUCKET).send().await.expect("ListObjectsV2");
+    let listed = s3
+        .list_objects_v2()
+        .bucket(BUCKET)
+        .send()
+        .await
+        .expect("ListObjectsV2");
     assert_eq!(listed.key_count(), Some(1));
     server.shutdown().await;
 }

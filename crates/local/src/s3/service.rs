@@ -8,12 +8,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use axum::http;
 use base64::Engine as _;
 use bytes::Bytes;
 use futures::StreamExt as _;
 use md5::{Digest as _, Md5};
 use s3s::dto::*;
-use axum::http;
 use s3s::{s3_error, S3Error, S3Request, S3Response, S3Result, S3};
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
 
@@ -167,7 +167,10 @@ impl StagingStore {
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| {
                 tracing::debug!(error = %e, "request body ended early");
-                s3_error!(IncompleteBody, "The request body could not be read completely.")
+                s3_error!(
+                    IncompleteBody,
+                    "The request body could not be read completely."
+                )
             })?;
             size += chunk.len() as u64;
             if size > MAX_UPLOAD_BYTES {
@@ -219,19 +222,23 @@ impl StagingStore {
         let _guard = self.commit.lock().await;
         if let Some(parent) = dest.parent() {
             if let Err(e) = tokio::fs::create_dir_all(parent).await {
-                return Err(if e.kind() == io::ErrorKind::NotADirectory
-                    || e.kind() == io::ErrorKind::AlreadyExists
-                {
-                    key_conflict()
-                } else {
-                    internal(e, "creating an object's directory")
-                });
+                return Err(
+                    if e.kind() == io::ErrorKind::NotADirectory
+                        || e.kind() == io::ErrorKind::AlreadyExists
+                    {
+                        key_conflict()
+                    } else {
+                        internal(e, "creating an object's directory")
+                    },
+                );
             }
         }
         if tokio::fs::metadata(&dest).await.is_ok_and(|m| m.is_dir()) {
             return Err(key_conflict());
         }
-        let pending = self.record_notification(bucket, key, &meta, reason, origin).await?;
+        let pending = self
+            .record_notification(bucket, key, &meta, reason, origin)
+            .await?;
         store::write_json(&self.layout, &self.layout.meta_path(bucket, key), &meta)
             .await
             .map_err(|e| internal(e, "writing object metadata"))?;
@@ -242,7 +249,9 @@ impl StagingStore {
                 internal(e, "publishing an object")
             }
         })?;
-        after().await.map_err(|e| internal(e, "finishing an upload"))?;
+        after()
+            .await
+            .map_err(|e| internal(e, "finishing an upload"))?;
         drop(_guard);
         if let Some((path, event)) = pending {
             self.deliver(&path, event).await;
@@ -264,7 +273,10 @@ impl StagingStore {
             return Ok(None);
         }
         let now = SystemTime::now();
-        let nanos = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos();
+        let nanos = now
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
         let seq = self.sequence.fetch_add(1, Ordering::Relaxed);
         let event = ObjectCreated {
             id: uuid::Uuid::new_v4().to_string(),
@@ -360,8 +372,16 @@ impl StagingStore {
         }
     }
 
-    async fn upload(&self, upload_id: &str, bucket: &str, key: &str) -> S3Result<(PathBuf, Upload)> {
-        let dir = self.layout.upload_dir(upload_id).ok_or_else(no_such_upload)?;
+    async fn upload(
+        &self,
+        upload_id: &str,
+        bucket: &str,
+        key: &str,
+    ) -> S3Result<(PathBuf, Upload)> {
+        let dir = self
+            .layout
+            .upload_dir(upload_id)
+            .ok_or_else(no_such_upload)?;
         let upload = store::read_json::<Upload>(&dir.join("upload.json"))
             .await
             .map_err(|e| internal(e, "reading an upload"))?
@@ -438,10 +458,10 @@ impl Claimed {
                 .algorithm
                 .as_ref()
                 .is_some_and(|a| a.as_str().eq_ignore_ascii_case(name))
-            || self
-                .trailer
-                .as_deref()
-                .is_some_and(|t| t.to_ascii_lowercase().contains(&format!("x-amz-checksum-{}", name.to_ascii_lowercase())))
+            || self.trailer.as_deref().is_some_and(|t| {
+                t.to_ascii_lowercase()
+                    .contains(&format!("x-amz-checksum-{}", name.to_ascii_lowercase()))
+            })
     }
 
     fn hasher(&self) -> s3s::checksum::ChecksumHasher {
@@ -473,7 +493,9 @@ impl Claimed {
         if let Some(claimed) = &self.content_md5 {
             let decoded = base64::engine::general_purpose::STANDARD
                 .decode(claimed)
-                .map_err(|_| s3_error!(InvalidDigest, "The Content-MD5 you specified was invalid."))?;
+                .map_err(|_| {
+                    s3_error!(InvalidDigest, "The Content-MD5 you specified was invalid.")
+                })?;
             if decoded != md5 {
                 return Err(s3_error!(
                     BadDigest,
@@ -536,7 +558,10 @@ fn origin<T>(req: &S3Request<T>) -> Origin {
 fn internal(err: io::Error, doing: &str) -> S3Error {
     // The cause goes to the log only: a 5xx never echoes paths of the server.
     tracing::error!(error = %err, doing, "staging store I/O error");
-    s3_error!(InternalError, "We encountered an internal error. Please try again.")
+    s3_error!(
+        InternalError,
+        "We encountered an internal error. Please try again."
+    )
 }
 
 fn no_such_bucket() -> S3Error {
@@ -631,7 +656,10 @@ async fn walk(bucket_dir: &Path, prefix: &str) -> io::Result<Vec<(String, std::f
     };
     let mut start = bucket_dir.to_path_buf();
     if !start_rel.is_empty() {
-        if start_rel.split('/').any(|p| p.is_empty() || p == "." || p == "..") {
+        if start_rel
+            .split('/')
+            .any(|p| p.is_empty() || p == "." || p == "..")
+        {
             return Ok(Vec::new());
         }
         start.extend(start_rel.split('/'));
@@ -641,7 +669,12 @@ async fn walk(bucket_dir: &Path, prefix: &str) -> io::Result<Vec<(String, std::f
     while let Some((dir, rel)) = stack.pop() {
         let mut entries = match tokio::fs::read_dir(&dir).await {
             Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound || e.kind() == io::ErrorKind::NotADirectory => continue,
+            Err(e)
+                if e.kind() == io::ErrorKind::NotFound
+                    || e.kind() == io::ErrorKind::NotADirectory =>
+            {
+                continue
+            }
             Err(e) => return Err(e),
         };
         while let Some(entry) = entries.next_entry().await? {
@@ -682,7 +715,12 @@ fn decode_token(token: &str) -> S3Result<String> {
         .decode(token)
         .ok()
         .and_then(|b| String::from_utf8(b).ok())
-        .ok_or_else(|| s3_error!(InvalidArgument, "The continuation token provided is incorrect"))
+        .ok_or_else(|| {
+            s3_error!(
+                InvalidArgument,
+                "The continuation token provided is incorrect"
+            )
+        })
 }
 
 #[async_trait::async_trait]
@@ -704,7 +742,6 @@ impl S3 for StagingStore {
         }
         Ok(S3Response::new(CreateBucketOutput {
             location: Some(format!("/{}", req.input.bucket)),
-            ..Default::default()
         }))
     }
 
@@ -852,15 +889,23 @@ impl S3 for StagingStore {
         self.bucket(src_bucket).await?;
         self.bucket(&input.bucket).await?;
         self.object_path(&input.bucket, &input.key)?;
-        let src_path = self.object_path(src_bucket, src_key).map_err(|_| no_such_key())?;
+        let src_path = self
+            .object_path(src_bucket, src_key)
+            .map_err(|_| no_such_key())?;
         let mut src = match tokio::fs::File::open(&src_path).await {
             Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound || e.kind() == io::ErrorKind::NotADirectory => {
+            Err(e)
+                if e.kind() == io::ErrorKind::NotFound
+                    || e.kind() == io::ErrorKind::NotADirectory =>
+            {
                 return Err(no_such_key())
             }
             Err(e) => return Err(internal(e, "opening an object")),
         };
-        let src_file = src.metadata().await.map_err(|e| internal(e, "reading an object"))?;
+        let src_file = src
+            .metadata()
+            .await
+            .map_err(|e| internal(e, "reading an object"))?;
         if src_file.is_dir() {
             return Err(no_such_key());
         }
@@ -873,12 +918,17 @@ impl S3 for StagingStore {
         let mut md5 = Md5::new();
         let mut buf = vec![0u8; READ_CHUNK];
         loop {
-            let n = src.read(&mut buf).await.map_err(|e| internal(e, "copying"))?;
+            let n = src
+                .read(&mut buf)
+                .await
+                .map_err(|e| internal(e, "copying"))?;
             if n == 0 {
                 break;
             }
             md5.update(&buf[..n]);
-            tmp.write_all(&buf[..n]).await.map_err(|e| internal(e, "copying"))?;
+            tmp.write_all(&buf[..n])
+                .await
+                .map_err(|e| internal(e, "copying"))?;
         }
         let file = tmp.finish().await.map_err(|e| internal(e, "copying"))?;
         let etag = hex::encode(md5.finalize());
@@ -887,7 +937,10 @@ impl S3 for StagingStore {
             .as_ref()
             .is_some_and(|d| d.as_str() == MetadataDirective::REPLACE);
         let (content_type, metadata) = if replace {
-            (input.content_type.map(|c| c.to_string()), user_metadata(input.metadata))
+            (
+                input.content_type.map(|c| c.to_string()),
+                user_metadata(input.metadata),
+            )
         } else {
             (src_meta.content_type, src_meta.metadata)
         };
@@ -921,11 +974,16 @@ impl S3 for StagingStore {
     ) -> S3Result<S3Response<HeadObjectOutput>> {
         let input = req.input;
         self.bucket(&input.bucket).await?;
-        let path = self.object_path(&input.bucket, &input.key).map_err(|_| no_such_key())?;
+        let path = self
+            .object_path(&input.bucket, &input.key)
+            .map_err(|_| no_such_key())?;
         let file = match tokio::fs::metadata(&path).await {
             Ok(m) if m.is_file() => m,
             Ok(_) => return Err(no_such_key()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound || e.kind() == io::ErrorKind::NotADirectory => {
+            Err(e)
+                if e.kind() == io::ErrorKind::NotFound
+                    || e.kind() == io::ErrorKind::NotADirectory =>
+            {
                 return Err(no_such_key())
             }
             Err(e) => return Err(internal(e, "reading an object")),
@@ -948,17 +1006,25 @@ impl S3 for StagingStore {
     ) -> S3Result<S3Response<GetObjectOutput>> {
         let input = req.input;
         self.bucket(&input.bucket).await?;
-        let path = self.object_path(&input.bucket, &input.key).map_err(|_| no_such_key())?;
+        let path = self
+            .object_path(&input.bucket, &input.key)
+            .map_err(|_| no_such_key())?;
         let mut file = match tokio::fs::File::open(&path).await {
             Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound || e.kind() == io::ErrorKind::NotADirectory => {
+            Err(e)
+                if e.kind() == io::ErrorKind::NotFound
+                    || e.kind() == io::ErrorKind::NotADirectory =>
+            {
                 return Err(no_such_key())
             }
             Err(e) => return Err(internal(e, "opening an object")),
         };
         // The metadata of the open file, not of the path: a concurrent PUT renames a new
         // file into place, and this request must describe the bytes it sends.
-        let stat = file.metadata().await.map_err(|e| internal(e, "reading an object"))?;
+        let stat = file
+            .metadata()
+            .await
+            .map_err(|e| internal(e, "reading an object"))?;
         if !stat.is_file() {
             return Err(no_such_key());
         }
@@ -971,7 +1037,11 @@ impl S3 for StagingStore {
                 (
                     r.start,
                     r.end - r.start,
-                    Some(format!("bytes {}-{}/{total}", r.start, r.end.saturating_sub(1))),
+                    Some(format!(
+                        "bytes {}-{}/{total}",
+                        r.start,
+                        r.end.saturating_sub(1)
+                    )),
                 )
             }
         };
@@ -1048,7 +1118,11 @@ impl S3 for StagingStore {
         let prefix = input.prefix.clone().unwrap_or_default();
         let delimiter = input.delimiter.clone().filter(|d| !d.is_empty());
         let max = page_size(input.max_keys);
-        let token = input.continuation_token.as_deref().map(decode_token).transpose()?;
+        let token = input
+            .continuation_token
+            .as_deref()
+            .map(decode_token)
+            .transpose()?;
         let marker = match (token, input.start_after.clone()) {
             (Some(t), Some(s)) => Some(t.max(s)),
             (t, s) => t.or(s),
@@ -1064,7 +1138,8 @@ impl S3 for StagingStore {
         for (key, file) in keys {
             if let Some(m) = &marker {
                 // A marker that is a common prefix covers every key below it.
-                let covered = delimiter.as_deref().is_some_and(|d| m.ends_with(d)) && key.starts_with(m.as_str());
+                let covered = delimiter.as_deref().is_some_and(|d| m.ends_with(d))
+                    && key.starts_with(m.as_str());
                 if key.as_str() <= m.as_str() || covered {
                     continue;
                 }
@@ -1114,7 +1189,11 @@ impl S3 for StagingStore {
             key_count: Some(key_count),
             is_truncated: Some(truncated),
             continuation_token: input.continuation_token,
-            next_continuation_token: if truncated { last.as_deref().map(encode_token) } else { None },
+            next_continuation_token: if truncated {
+                last.as_deref().map(encode_token)
+            } else {
+                None
+            },
             start_after: input.start_after,
             contents: (!contents.is_empty()).then_some(contents),
             common_prefixes: (!common.is_empty()).then(|| {
@@ -1141,7 +1220,10 @@ impl S3 for StagingStore {
         self.bucket(&input.bucket).await?;
         self.object_path(&input.bucket, &input.key)?;
         let upload_id = uuid::Uuid::new_v4().simple().to_string();
-        let dir = self.layout.upload_dir(&upload_id).ok_or_else(no_such_upload)?;
+        let dir = self
+            .layout
+            .upload_dir(&upload_id)
+            .ok_or_else(no_such_upload)?;
         let upload = Upload {
             bucket: input.bucket.clone(),
             key: input.key.clone(),
@@ -1179,7 +1261,9 @@ impl S3 for StagingStore {
                 "Part number must be an integer between 1 and 10000, inclusive"
             ));
         }
-        let (dir, _) = self.upload(&input.upload_id, &input.bucket, &input.key).await?;
+        let (dir, _) = self
+            .upload(&input.upload_id, &input.bucket, &input.key)
+            .await?;
         let claimed = Claimed {
             content_md5: input.content_md5,
             crc32: input.checksum_crc32,
@@ -1197,7 +1281,8 @@ impl S3 for StagingStore {
         let name = format!("{:05}-{md5}.part", input.part_number);
         let _guard = self.commit.lock().await;
         // Aborted or completed while the body was arriving.
-        self.upload(&input.upload_id, &input.bucket, &input.key).await?;
+        self.upload(&input.upload_id, &input.bucket, &input.key)
+            .await?;
         tmp.persist(&dir.join(&name))
             .await
             .map_err(|e| internal(e, "storing a part"))?;
@@ -1222,7 +1307,9 @@ impl S3 for StagingStore {
         req: S3Request<ListPartsInput>,
     ) -> S3Result<S3Response<ListPartsOutput>> {
         let input = req.input;
-        let (dir, upload) = self.upload(&input.upload_id, &input.bucket, &input.key).await?;
+        let (dir, upload) = self
+            .upload(&input.upload_id, &input.bucket, &input.key)
+            .await?;
         let max = page_size(input.max_parts);
         let after = input.part_number_marker.unwrap_or(0);
         let all = self.parts(&dir).await?;
@@ -1290,7 +1377,9 @@ impl S3 for StagingStore {
             {
                 continue;
             }
-            let Ok(Some(upload)) = store::read_json::<Upload>(&entry.path().join("upload.json")).await else {
+            let Ok(Some(upload)) =
+                store::read_json::<Upload>(&entry.path().join("upload.json")).await
+            else {
                 continue;
             };
             if upload.bucket == input.bucket && upload.key.starts_with(&prefix) {
@@ -1298,27 +1387,39 @@ impl S3 for StagingStore {
             }
         }
         uploads.sort_by(|a, b| {
-            (a.1.key.as_str(), a.1.initiated_secs, a.0.as_str())
-                .cmp(&(b.1.key.as_str(), b.1.initiated_secs, b.0.as_str()))
+            (a.1.key.as_str(), a.1.initiated_secs, a.0.as_str()).cmp(&(
+                b.1.key.as_str(),
+                b.1.initiated_secs,
+                b.0.as_str(),
+            ))
         });
         if let Some(key_marker) = &input.key_marker {
             let id_marker = input.upload_id_marker.as_deref();
             uploads.retain(|(id, u)| match id_marker {
-                Some(m) => u.key.as_str() > key_marker.as_str() || (u.key == *key_marker && id.as_str() > m),
+                Some(m) => {
+                    u.key.as_str() > key_marker.as_str()
+                        || (u.key == *key_marker && id.as_str() > m)
+                }
                 None => u.key.as_str() > key_marker.as_str(),
             });
         }
         let max = page_size(input.max_uploads);
         let truncated = uploads.len() > max;
         uploads.truncate(max);
-        let next_key = truncated.then(|| uploads.last().map(|u| u.1.key.clone())).flatten();
-        let next_id = truncated.then(|| uploads.last().map(|u| u.0.clone())).flatten();
+        let next_key = truncated
+            .then(|| uploads.last().map(|u| u.1.key.clone()))
+            .flatten();
+        let next_id = truncated
+            .then(|| uploads.last().map(|u| u.0.clone()))
+            .flatten();
         let uploads: Vec<MultipartUpload> = uploads
             .into_iter()
             .map(|(id, u)| MultipartUpload {
                 key: Some(u.key),
                 upload_id: Some(id),
-                initiated: Some(timestamp(UNIX_EPOCH + Duration::from_secs(u.initiated_secs))),
+                initiated: Some(timestamp(
+                    UNIX_EPOCH + Duration::from_secs(u.initiated_secs),
+                )),
                 initiator: Some(Initiator {
                     id: Some(u.initiator.clone()),
                     display_name: Some(u.initiator),
@@ -1356,7 +1457,10 @@ impl S3 for StagingStore {
                 ..Default::default()
             }))
         };
-        let dir = self.layout.upload_dir(&input.upload_id).ok_or_else(no_such_upload)?;
+        let dir = self
+            .layout
+            .upload_dir(&input.upload_id)
+            .ok_or_else(no_such_upload)?;
         // A retry of a Complete that succeeded (its response lost) succeeds again, without
         // a second notification.
         if let Ok(Some(c)) = store::read_json::<Completed>(&dir.join("completed.json")).await {
@@ -1364,7 +1468,9 @@ impl S3 for StagingStore {
                 return done(&c.etag);
             }
         }
-        let (dir, upload) = self.upload(&input.upload_id, &input.bucket, &input.key).await?;
+        let (dir, upload) = self
+            .upload(&input.upload_id, &input.bucket, &input.key)
+            .await?;
         let requested = input
             .multipart_upload
             .as_ref()
@@ -1376,18 +1482,19 @@ impl S3 for StagingStore {
                     "You must specify at least one part in CompleteMultipartUpload."
                 )
             })?;
+        let numbers: Vec<i32> = requested
+            .iter()
+            .map(|p| p.part_number.unwrap_or(0))
+            .collect();
+        if numbers[0] < 1 || numbers.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(s3_error!(
+                InvalidPartOrder,
+                "The list of parts was not in ascending order. The parts list must be specified in order by part number."
+            ));
+        }
         let stored = self.parts(&dir).await?;
         let mut chosen = Vec::with_capacity(requested.len());
-        let mut previous = 0;
-        for (i, part) in requested.iter().enumerate() {
-            let number = part.part_number.unwrap_or(0);
-            if number <= previous {
-                return Err(s3_error!(
-                    InvalidPartOrder,
-                    "The list of parts was not in ascending order. The parts list must be specified in order by part number."
-                ));
-            }
-            previous = number;
+        for (i, (part, &number)) in requested.iter().zip(&numbers).enumerate() {
             let found = stored.get(&number).filter(|s| {
                 part.e_tag
                     .as_ref()
@@ -1425,7 +1532,10 @@ impl S3 for StagingStore {
             let md5 = hex::decode(&part.md5).unwrap_or_default();
             digests.update(&md5);
         }
-        let file = tmp.finish().await.map_err(|e| internal(e, "assembling an object"))?;
+        let file = tmp
+            .finish()
+            .await
+            .map_err(|e| internal(e, "assembling an object"))?;
         let etag = format!("{}-{}", hex::encode(digests.finalize()), chosen.len());
         let completed = Completed {
             bucket: input.bucket.clone(),
@@ -1459,7 +1569,9 @@ impl S3 for StagingStore {
         req: S3Request<AbortMultipartUploadInput>,
     ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
         let input = req.input;
-        let (dir, _) = self.upload(&input.upload_id, &input.bucket, &input.key).await?;
+        let (dir, _) = self
+            .upload(&input.upload_id, &input.bucket, &input.key)
+            .await?;
         let _guard = self.commit.lock().await;
         tokio::fs::remove_dir_all(&dir)
             .await

@@ -106,7 +106,9 @@ pub fn check_key(key: &str) -> Result<(), &'static str> {
         return Err("Your key is too long.");
     }
     if key.ends_with('/') {
-        return Err("Keys ending in '/' (folder markers) are not supported by the local staging store.");
+        return Err(
+            "Keys ending in '/' (folder markers) are not supported by the local staging store.",
+        );
     }
     for part in key.split('/') {
         if part.is_empty() || part == "." || part == ".." {
