@@ -773,3 +773,87 @@ async fn the_sms_api_and_s3_share_one_endpoint() {
     assert_eq!(listed.key_count(), Some(1));
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn corrupted_uploads_and_keys_that_cannot_be_files_are_refused() {
+    let server = TestServer::start().await;
+    let s3 = server.s3();
+    let code = |r: Result<_, aws_sdk_s3::error::SdkError<_, _>>| -> Option<String> {
+        r.err().and_then(
+            |e: aws_sdk_s3::error::SdkError<
+                aws_sdk_s3::operation::put_object::PutObjectError,
+                _,
+            >| { e.code().map(str::to_owned) },
+        )
+    };
+
+    // Content-MD5 of other bytes: the upload arrived damaged.
+    let wrong_md5 = s3
+        .put_object()
+        .bucket(BUCKET)
+        .key("damaged")
+        .content_md5("1B2M2Y8AsgTpgAmY7PhCfg==")
+        .body(ByteStream::from_static(b"hello world"))
+        .send()
+        .await;
+    assert_eq!(code(wrong_md5).as_deref(), Some("BadDigest"));
+    let wrong_crc = s3
+        .put_object()
+        .bucket(BUCKET)
+        .key("damaged")
+        .checksum_crc32("AAAAAA==")
+        .body(ByteStream::from_static(b"hello world"))
+        .send()
+        .await;
+    assert_eq!(code(wrong_crc).as_deref(), Some("BadDigest"));
+    assert!(!staged(&server, "damaged").exists());
+    let right_crc = s3
+        .put_object()
+        .bucket(BUCKET)
+        .key("checked")
+        .checksum_crc32("DUoRhQ==")
+        .body(ByteStream::from_static(b"hello world"))
+        .send()
+        .await;
+    assert!(right_crc.is_ok(), "{right_crc:?}");
+
+    // Objects are files: "a" and "a/b" cannot both exist, and "a//b" has no file name.
+    put(&s3, "disk", b"1").await;
+    let below_object = s3
+        .put_object()
+        .bucket(BUCKET)
+        .key("disk/part")
+        .body(ByteStream::from_static(b"2"))
+        .send()
+        .await;
+    assert_eq!(code(below_object).as_deref(), Some("InvalidArgument"));
+    put(&s3, "dir/leaf", b"3").await;
+    let over_prefix = s3
+        .put_object()
+        .bucket(BUCKET)
+        .key("dir")
+        .body(ByteStream::from_static(b"4"))
+        .send()
+        .await;
+    assert_eq!(code(over_prefix).as_deref(), Some("InvalidArgument"));
+    let empty_segment = s3
+        .put_object()
+        .bucket(BUCKET)
+        .key("a//b")
+        .body(ByteStream::from_static(b"5"))
+        .send()
+        .await;
+    assert_eq!(code(empty_segment).as_deref(), Some("InvalidArgument"));
+    let created: Vec<_> = server
+        .object_events()
+        .iter()
+        .map(|e| {
+            e["detail"]["object"]["key"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(created, ["checked", "disk", "dir/leaf"]);
+    server.shutdown().await;
+}

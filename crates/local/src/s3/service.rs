@@ -1603,3 +1603,92 @@ impl StagingStore {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<serde_json::Value>>);
+
+    impl ObjectCreatedSink for Recorder {
+        fn object_created(&self, event: serde_json::Value) {
+            self.0.lock().unwrap().push(event);
+        }
+    }
+
+    fn recorded(bucket: &str, key: &str, etag: &str, sequencer: &str) -> ObjectCreated {
+        ObjectCreated {
+            id: uuid::Uuid::new_v4().to_string(),
+            time: "2026-01-01T00:00:00Z".into(),
+            region: "us-east-1".into(),
+            account: LOCAL_ACCOUNT_ID.into(),
+            bucket: bucket.into(),
+            key: key.into(),
+            size: 5,
+            etag: etag.into(),
+            sequencer: sequencer.into(),
+            request_id: "R".into(),
+            requester: LOCAL_ACCOUNT_ID.into(),
+            source_ip_address: "127.0.0.1".into(),
+            reason: "PutObject".into(),
+        }
+    }
+
+    /// A crash after an event was recorded: delivered at the next start if its object was
+    /// published, dropped if the crash came before the rename (no object, or the old one).
+    #[tokio::test]
+    async fn events_left_by_a_crash_are_delivered_once_their_object_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path());
+        layout.prepare().await.unwrap();
+        let object = layout.object_path(STAGING_BUCKET, "runs/a").unwrap();
+        std::fs::create_dir_all(object.parent().unwrap()).unwrap();
+        std::fs::write(&object, b"hello").unwrap();
+        let etag = hex::encode(Md5::digest(b"hello"));
+        for (name, event) in [
+            ("1-a.json", recorded(STAGING_BUCKET, "runs/a", &etag, "1")),
+            (
+                "2-b.json",
+                recorded(STAGING_BUCKET, "runs/never-renamed", &etag, "2"),
+            ),
+            ("3-c.json", recorded(STAGING_BUCKET, "runs/a", "0123", "3")),
+        ] {
+            store::write_json(&layout, &layout.notifications.join(name), &event)
+                .await
+                .unwrap();
+        }
+
+        let sink = Arc::new(Recorder::default());
+        StagingStore::open(dir.path(), "us-east-1", Some(sink.clone()))
+            .await
+            .unwrap();
+        let events = sink.0.lock().unwrap().clone();
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0]["detail"]["object"]["key"], "runs/a");
+        assert_eq!(events[0]["detail"]["object"]["sequencer"], "1");
+        assert_eq!(
+            std::fs::read_dir(&layout.notifications).unwrap().count(),
+            0,
+            "delivered and dropped events are both gone"
+        );
+
+        // Nothing left: a second start delivers nothing again.
+        let again = Arc::new(Recorder::default());
+        StagingStore::open(dir.path(), "us-east-1", Some(again.clone()))
+            .await
+            .unwrap();
+        assert!(again.0.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn part_file_names_round_trip() {
+        let md5 = "0123456789abcdef0123456789abcdef";
+        let name = format!("{:05}-{md5}.part", 42);
+        assert_eq!(parse_part_name(&name), Some((42, md5)));
+        assert_eq!(parse_part_name("upload.json"), None);
+        assert_eq!(parse_part_name("00001-short.part"), None);
+    }
+}
