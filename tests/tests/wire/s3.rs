@@ -857,3 +857,33 @@ async fn corrupted_uploads_and_keys_that_cannot_be_files_are_refused() {
     assert_eq!(created, ["checked", "disk", "dir/leaf"]);
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn concurrent_completes_of_one_upload_create_the_object_once() {
+    let server = TestServer::start().await;
+    let s3 = server.s3();
+    let key = "runs/twice/disk.raw";
+    let parts = [data(10, 5 * MIB), data(11, 99)];
+    let upload_id = create_upload(&s3, key).await;
+    let p1 = upload_part(&s3, key, &upload_id, 1, &parts[0]).await;
+    let p2 = upload_part(&s3, key, &upload_id, 2, &parts[1]).await;
+    // A client that timed out and retried while the first Complete was still assembling.
+    let (a, b) = tokio::join!(
+        complete(&s3, key, &upload_id, vec![p1.clone(), p2.clone()]),
+        complete(&s3, key, &upload_id, vec![p1, p2]),
+    );
+    let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+    assert_eq!(a, multipart_etag(&refs));
+    assert_eq!(b, a);
+    assert_eq!(
+        std::fs::read(staged(&server, key)).expect("staged"),
+        parts.concat()
+    );
+    assert_eq!(
+        server.object_events().len(),
+        1,
+        "{:?}",
+        server.object_events()
+    );
+    server.shutdown().await;
+}

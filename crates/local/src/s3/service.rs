@@ -1,6 +1,6 @@
 //! The S3 operations of the staging store.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -33,7 +33,20 @@ const COMPLETED_KEPT: Duration = Duration::from_secs(24 * 60 * 60);
 const READ_CHUNK: usize = 256 * 1024;
 
 /// The staging store: buckets are directories of `DATA_DIR/staging`, objects plain files.
-pub struct StagingStore {
+///
+/// Cheap to clone: CompleteMultipartUpload assembles the object in a future that outlives the
+/// request handler (see [`StagingStore::complete_in_background`]).
+#[derive(Clone)]
+pub struct StagingStore(Arc<Inner>);
+
+impl std::ops::Deref for StagingStore {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+pub struct Inner {
     layout: Layout,
     region: String,
     sink: Option<Arc<dyn ObjectCreatedSink>>,
@@ -42,6 +55,9 @@ pub struct StagingStore {
     /// the lock is taken; only renames happen under it.
     commit: tokio::sync::Mutex<()>,
     sequence: AtomicU64,
+    /// One lock per upload being completed: a Complete retried while the first is still
+    /// assembling waits for it and then answers with its result.
+    completing: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -88,18 +104,21 @@ impl StagingStore {
         let layout = Layout::new(data_dir);
         layout.prepare().await?;
         tokio::fs::create_dir_all(layout.bucket_dir(STAGING_BUCKET)).await?;
-        let store = Self {
+        let store = Self(Arc::new(Inner {
             layout,
             region: region.to_owned(),
             sink,
             commit: tokio::sync::Mutex::new(()),
             sequence: AtomicU64::new(0),
-        };
+            completing: std::sync::Mutex::new(HashMap::new()),
+        }));
         store.forget_old_completions().await;
         store.redeliver().await?;
         Ok(store)
     }
+}
 
+impl Inner {
     async fn bucket(&self, bucket: &str) -> S3Result<PathBuf> {
         let dir = self.layout.bucket_dir(bucket);
         match tokio::fs::metadata(&dir).await {
@@ -1448,27 +1467,83 @@ impl S3 for StagingStore {
     ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
         let origin = origin(&req);
         let input = req.input;
-        let done = |etag: &str| {
-            Ok(S3Response::new(CompleteMultipartUploadOutput {
-                bucket: Some(input.bucket.clone()),
-                key: Some(input.key.clone()),
-                e_tag: Some(quoted(etag)),
-                location: Some(format!("/{}/{}", input.bucket, input.key)),
-                ..Default::default()
-            }))
+        // What needs no data moved is checked here, so that its errors get their own status.
+        let parts = match self.plan_completion(&input).await? {
+            Plan::Done(etag) => {
+                return Ok(S3Response::new(completed_output(
+                    &input.bucket,
+                    &input.key,
+                    &etag,
+                )))
+            }
+            Plan::Assemble(parts) => parts,
         };
-        let dir = self
-            .layout
-            .upload_dir(&input.upload_id)
-            .ok_or_else(no_such_upload)?;
+        // Assembling a disk image can take minutes: like S3, answer 200 at once and keep the
+        // connection alive with whitespace until the result (or an error document) follows.
+        let store = self.clone();
+        let future = async move {
+            store
+                .complete_in_background(input.bucket, input.key, input.upload_id, parts, origin)
+                .await
+        };
+        Ok(S3Response::new(CompleteMultipartUploadOutput {
+            future: Some(Box::pin(future)),
+            ..Default::default()
+        }))
+    }
+
+    async fn abort_multipart_upload(
+        &self,
+        req: S3Request<AbortMultipartUploadInput>,
+    ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
+        let input = req.input;
+        let (dir, _) = self
+            .upload(&input.upload_id, &input.bucket, &input.key)
+            .await?;
+        let _guard = self.commit.lock().await;
+        tokio::fs::remove_dir_all(&dir)
+            .await
+            .map_err(|e| internal(e, "aborting an upload"))?;
+        Ok(S3Response::new(AbortMultipartUploadOutput::default()))
+    }
+}
+
+enum Plan {
+    /// Completed before (a retry): its ETag.
+    Done(String),
+    /// The stored parts, in order, that make up the object.
+    Assemble(Vec<StoredPart>),
+}
+
+fn completed_output(bucket: &str, key: &str, etag: &str) -> CompleteMultipartUploadOutput {
+    CompleteMultipartUploadOutput {
+        bucket: Some(bucket.to_owned()),
+        key: Some(key.to_owned()),
+        e_tag: Some(quoted(etag)),
+        location: Some(format!("/{bucket}/{key}")),
+        ..Default::default()
+    }
+}
+
+impl Inner {
+    async fn completed(&self, upload_id: &str, bucket: &str, key: &str) -> Option<String> {
+        let dir = self.layout.upload_dir(upload_id)?;
+        match store::read_json::<Completed>(&dir.join("completed.json")).await {
+            Ok(Some(c)) if c.bucket == bucket && c.key == key => Some(c.etag),
+            _ => None,
+        }
+    }
+
+    async fn plan_completion(&self, input: &CompleteMultipartUploadInput) -> S3Result<Plan> {
         // A retry of a Complete that succeeded (its response lost) succeeds again, without
         // a second notification.
-        if let Ok(Some(c)) = store::read_json::<Completed>(&dir.join("completed.json")).await {
-            if c.bucket == input.bucket && c.key == input.key {
-                return done(&c.etag);
-            }
+        if let Some(etag) = self
+            .completed(&input.upload_id, &input.bucket, &input.key)
+            .await
+        {
+            return Ok(Plan::Done(etag));
         }
-        let (dir, upload) = self
+        let (dir, _) = self
             .upload(&input.upload_id, &input.bucket, &input.key)
             .await?;
         let requested = input
@@ -1492,15 +1567,15 @@ impl S3 for StagingStore {
                 "The list of parts was not in ascending order. The parts list must be specified in order by part number."
             ));
         }
-        let stored = self.parts(&dir).await?;
+        let mut stored = self.parts(&dir).await?;
         let mut chosen = Vec::with_capacity(requested.len());
-        for (i, (part, &number)) in requested.iter().zip(&numbers).enumerate() {
-            let found = stored.get(&number).filter(|s| {
+        for (i, (part, number)) in requested.iter().zip(&numbers).enumerate() {
+            let matches = stored.get(number).is_some_and(|s| {
                 part.e_tag
                     .as_ref()
                     .is_some_and(|e| e.value().trim_matches('"').eq_ignore_ascii_case(&s.md5))
             });
-            let Some(found) = found else {
+            let Some(found) = stored.remove(number).filter(|_| matches) else {
                 return Err(s3_error!(
                     InvalidPart,
                     "One or more of the specified parts could not be found. The part may not have been uploaded, or the specified entity tag may not match the part's entity tag."
@@ -1514,32 +1589,75 @@ impl S3 for StagingStore {
             }
             chosen.push(found);
         }
+        Ok(Plan::Assemble(chosen))
+    }
+}
 
+impl StagingStore {
+    async fn complete_in_background(
+        self,
+        bucket: String,
+        key: String,
+        upload_id: String,
+        parts: Vec<StoredPart>,
+        origin: Origin,
+    ) -> S3Result<CompleteMultipartUploadOutput> {
+        let lock = self
+            .completing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(upload_id.clone())
+            .or_default()
+            .clone();
+        let held = lock.lock().await;
+        let result = self
+            .assemble(&bucket, &key, &upload_id, parts, &origin)
+            .await;
+        drop(held);
+        self.completing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&upload_id);
+        result.map(|etag| completed_output(&bucket, &key, &etag))
+    }
+}
+
+impl Inner {
+    async fn assemble(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        parts: Vec<StoredPart>,
+        origin: &Origin,
+    ) -> S3Result<String> {
+        // Another Complete of this upload may have finished while this one waited.
+        if let Some(etag) = self.completed(upload_id, bucket, key).await {
+            return Ok(etag);
+        }
+        let (dir, upload) = self.upload(upload_id, bucket, key).await?;
+        let mut digests = Md5::new();
+        for part in &parts {
+            digests.update(hex::decode(&part.md5).unwrap_or_default());
+        }
+        let etag = format!("{}-{}", hex::encode(digests.finalize()), parts.len());
         let mut tmp = self
             .layout
             .temp_file()
             .await
             .map_err(|e| internal(e, "creating a temporary file"))?;
-        let mut digests = Md5::new();
-        for part in &chosen {
-            let mut src = tokio::fs::File::open(&part.path)
-                .await
-                .map_err(|e| internal(e, "reading a part"))?;
-            let out = tmp.file_mut().map_err(|e| internal(e, "assembling"))?;
-            tokio::io::copy(&mut src, out)
-                .await
-                .map_err(|e| internal(e, "assembling an object"))?;
-            let md5 = hex::decode(&part.md5).unwrap_or_default();
-            digests.update(&md5);
-        }
-        let file = tmp
-            .finish()
-            .await
-            .map_err(|e| internal(e, "assembling an object"))?;
-        let etag = format!("{}-{}", hex::encode(digests.finalize()), chosen.len());
+        let sources: Vec<PathBuf> = parts.iter().map(|p| p.path.clone()).collect();
+        let file = tmp.fill_from(sources).await.map_err(|e| {
+            if e.kind() == io::ErrorKind::NotFound {
+                // Aborted, or a part replaced, while waiting.
+                no_such_upload()
+            } else {
+                internal(e, "assembling an object")
+            }
+        })?;
         let completed = Completed {
-            bucket: input.bucket.clone(),
-            key: input.key.clone(),
+            bucket: bucket.to_owned(),
+            key: key.to_owned(),
             etag: etag.clone(),
         };
         let marker = dir.join("completed.json");
@@ -1547,40 +1665,29 @@ impl S3 for StagingStore {
         self.publish(
             tmp,
             &file,
-            &input.bucket,
-            &input.key,
+            bucket,
+            key,
             etag.clone(),
             upload.content_type,
             upload.metadata,
             "CompleteMultipartUpload",
-            &origin,
+            origin,
             async || store::write_json(layout, &marker, &completed).await,
         )
         .await?;
         // The parts are no longer needed once the marker says the upload is complete.
-        for part in stored.values() {
-            let _ = tokio::fs::remove_file(&part.path).await;
+        if let Ok(mut entries) = tokio::fs::read_dir(&dir).await {
+            while let Ok(Some(entry)) = entries.next_entry().await {
+                if entry.file_name().to_string_lossy().ends_with(".part") {
+                    let _ = tokio::fs::remove_file(entry.path()).await;
+                }
+            }
         }
-        done(&etag)
-    }
-
-    async fn abort_multipart_upload(
-        &self,
-        req: S3Request<AbortMultipartUploadInput>,
-    ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
-        let input = req.input;
-        let (dir, _) = self
-            .upload(&input.upload_id, &input.bucket, &input.key)
-            .await?;
-        let _guard = self.commit.lock().await;
-        tokio::fs::remove_dir_all(&dir)
-            .await
-            .map_err(|e| internal(e, "aborting an upload"))?;
-        Ok(S3Response::new(AbortMultipartUploadOutput::default()))
+        Ok(etag)
     }
 }
 
-impl StagingStore {
+impl Inner {
     /// Deletes an object if it exists (S3 answers a delete of a missing key with success).
     async fn remove(&self, bucket_dir: &Path, bucket: &str, key: &str) -> S3Result<()> {
         let Ok(path) = self.layout.object_path(bucket, key) else {

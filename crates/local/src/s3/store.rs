@@ -170,12 +170,6 @@ impl TempFile {
         }
     }
 
-    pub fn file_mut(&mut self) -> io::Result<&mut tokio::fs::File> {
-        self.file
-            .as_mut()
-            .ok_or_else(|| io::Error::other("temporary file already closed"))
-    }
-
     /// Flushes to disk (a renamed file must be complete even after a power cut) and closes it.
     pub async fn finish(&mut self) -> io::Result<std::fs::Metadata> {
         let mut file = self
@@ -187,6 +181,27 @@ impl TempFile {
         let meta = file.metadata().await?;
         drop(file);
         Ok(meta)
+    }
+
+    /// Appends the files at `sources` and flushes to disk, as [`TempFile::finish`] does. The
+    /// copy runs on a blocking thread with `std::io::copy`, which on Linux copies inside the
+    /// kernel (`copy_file_range`, a reflink where the file system supports it).
+    pub async fn fill_from(&mut self, sources: Vec<PathBuf>) -> io::Result<std::fs::Metadata> {
+        let file = self
+            .file
+            .take()
+            .ok_or_else(|| io::Error::other("temporary file already closed"))?;
+        let mut file = file.into_std().await;
+        tokio::task::spawn_blocking(move || {
+            for source in sources {
+                let mut source = std::fs::File::open(source)?;
+                io::copy(&mut source, &mut file)?;
+            }
+            file.sync_all()?;
+            file.metadata()
+        })
+        .await
+        .map_err(io::Error::other)?
     }
 
     /// Moves the finished file to `dest`, creating its parent directories.
