@@ -1128,6 +1128,32 @@ impl S3 for StagingStore {
         }))
     }
 
+    async fn list_objects(
+        &self,
+        req: S3Request<ListObjectsInput>,
+    ) -> S3Result<S3Response<ListObjectsOutput>> {
+        let marker = req.input.marker.clone();
+        let v2 = self.list_objects_v2(req.map_input(Into::into)).await?;
+        let v2 = v2.output;
+        let next_marker = v2
+            .next_continuation_token
+            .as_deref()
+            .map(decode_token)
+            .transpose()?;
+        Ok(S3Response::new(ListObjectsOutput {
+            name: v2.name,
+            prefix: v2.prefix,
+            marker,
+            delimiter: v2.delimiter,
+            max_keys: v2.max_keys,
+            is_truncated: v2.is_truncated,
+            next_marker,
+            contents: v2.contents,
+            common_prefixes: v2.common_prefixes,
+            ..Default::default()
+        }))
+    }
+
     async fn list_objects_v2(
         &self,
         req: S3Request<ListObjectsV2Input>,
@@ -1221,7 +1247,10 @@ impl S3 for StagingStore {
                     .map(|p| CommonPrefix { prefix: Some(p) })
                     .collect()
             }),
-            encoding_type: input.encoding_type,
+            // Keys are returned as they are: echoing `url` would make clients (the AWS CLI
+            // asks for it) URL-decode keys that were never encoded, corrupting any with '+'
+            // or '%'.
+            encoding_type: None,
             ..Default::default()
         }))
     }
