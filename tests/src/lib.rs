@@ -3,7 +3,9 @@
 //! [`TestServer::start`] runs the real `tern serve` runtime (`tern_local::start`) on
 //! `127.0.0.1:0` over a fresh temporary data directory and hands out what a client needs: an
 //! `aws_sdk_sms::Client` signed with the administrator keys, the endpoint, both key pairs, a
-//! raw-HTTP caller for requests no SDK would send, and a connector agent fed by an inventory file.
+//! raw-HTTP caller for requests no SDK would send, a connector agent fed by an inventory file, and
+//! for the S3 staging store on the same endpoint an `aws_sdk_s3::Client` and the Object Created
+//! events the server emitted.
 //! Set `TEST_LOG=1` to see the server's logs.
 
 use std::path::{Path, PathBuf};
