@@ -343,6 +343,13 @@ async fn objects_round_trip_through_put_get_head_list_and_delete() {
             .as_deref(),
         Some("NoSuchBucket")
     );
+    let empty = put(&s3, "empty", b"").await;
+    assert_eq!(empty, md5_hex(b""));
+    assert_eq!(
+        std::fs::read(staged(&server, "empty")).expect("staged"),
+        b""
+    );
+
     // Keys come back exactly as stored, whatever characters they hold; ListObjects (v1)
     // pages with markers.
     let odd = "odd/a+b%20c d=e&f";

@@ -174,7 +174,8 @@ impl Inner {
         claimed: Claimed,
         trailers: Option<s3s::TrailingHeaders>,
     ) -> S3Result<(TempFile, std::fs::Metadata, [u8; 16])> {
-        let mut body = body.ok_or_else(|| s3_error!(IncompleteBody, "The request has no body."))?;
+        // No body at all is an empty object (a zero-length PUT).
+        let mut body = body;
         let mut tmp = self
             .layout
             .temp_file()
@@ -183,7 +184,10 @@ impl Inner {
         let mut md5 = Md5::new();
         let mut checksums = claimed.hasher();
         let mut size: u64 = 0;
-        while let Some(chunk) = body.next().await {
+        while let Some(chunk) = match body.as_mut() {
+            Some(b) => b.next().await,
+            None => None,
+        } {
             let chunk = chunk.map_err(|e| {
                 tracing::debug!(error = %e, "request body ended early");
                 s3_error!(
@@ -1526,6 +1530,9 @@ impl S3 for StagingStore {
         req: S3Request<AbortMultipartUploadInput>,
     ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
         let input = req.input;
+        // Not in the middle of a Complete of the same upload: wait for it to finish.
+        let lock = self.upload_lock(&input.upload_id);
+        let _held = lock.lock().await;
         let (dir, _) = self
             .upload(&input.upload_id, &input.bucket, &input.key)
             .await?;
@@ -1533,6 +1540,10 @@ impl S3 for StagingStore {
         tokio::fs::remove_dir_all(&dir)
             .await
             .map_err(|e| internal(e, "aborting an upload"))?;
+        self.completing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&input.upload_id);
         Ok(S3Response::new(AbortMultipartUploadOutput::default()))
     }
 }
@@ -1555,6 +1566,15 @@ fn completed_output(bucket: &str, key: &str, etag: &str) -> CompleteMultipartUpl
 }
 
 impl Inner {
+    fn upload_lock(&self, upload_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.completing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(upload_id.to_owned())
+            .or_default()
+            .clone()
+    }
+
     async fn completed(&self, upload_id: &str, bucket: &str, key: &str) -> Option<String> {
         let dir = self.layout.upload_dir(upload_id)?;
         match store::read_json::<Completed>(&dir.join("completed.json")).await {
@@ -1631,13 +1651,7 @@ impl StagingStore {
         parts: Vec<StoredPart>,
         origin: Origin,
     ) -> S3Result<CompleteMultipartUploadOutput> {
-        let lock = self
-            .completing
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(upload_id.clone())
-            .or_default()
-            .clone();
+        let lock = self.upload_lock(&upload_id);
         let held = lock.lock().await;
         let result = self
             .assemble(&bucket, &key, &upload_id, parts, &origin)
