@@ -70,6 +70,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let mut signals = Signals::new()?;
         let running = tern_local::start(cfg).await?;
         println!("Tern is serving the SMS-compatible API at {} (region {})", running.endpoint(), args.region);
+        println!(
+            "  and the S3 staging store (bucket {}) at the same URL, path-style",
+            tern_local::s3::STAGING_BUCKET
+        );
         println!("Credentials file: {}", running.credentials_file().display());
         if from_env {
             println!("  administrator: the keys from {ENV_ACCESS_KEY_ID}/{ENV_SECRET_ACCESS_KEY}");
@@ -120,7 +124,10 @@ fn admin_credentials(
 
 fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // s3s logs every S3 error answer (a 404 included) at level error; the request line says
+    // what matters, so its own logs are off unless RUST_LOG asks for them.
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,s3s=off"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

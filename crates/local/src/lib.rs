@@ -3,7 +3,8 @@
 //! [`start`] runs the SMS-compatible API on one machine: it opens (or creates) a data
 //! directory holding the SQLite database `tern.db` and the `credentials` file, binds an HTTP
 //! listener, verifies the SigV4 signature of every request against the local key pairs, and
-//! hands authenticated requests to [`tern_api::Api`]. The `tern serve` command and the
+//! hands authenticated requests to [`tern_api::Api`]. The same listener serves the S3
+//! staging store ([`s3`]) for every request that is not `POST /`. The `tern serve` command and the
 //! acceptance tests both start the server through it.
 //!
 //! ```no_run
@@ -14,6 +15,7 @@
 //!     region: "us-east-1".into(),
 //!     credentials: None,
 //!     config: tern_core::Config::default(),
+//!     object_created: None,
 //! })
 //! .await?;
 //! println!("{} {}", running.endpoint(), running.credentials_file().display());
@@ -25,6 +27,7 @@ pub mod bus;
 pub mod credentials;
 pub mod images;
 pub mod replication;
+pub mod s3;
 pub mod server;
 pub mod sigv4;
 pub mod sqlite;

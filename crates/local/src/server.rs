@@ -1,8 +1,11 @@
-//! `tern serve`: the SMS-compatible API over HTTP on one machine.
+//! `tern serve`: the SMS-compatible API and the S3 staging store over HTTP on one machine.
 //!
-//! Every request must be `POST /` and carry a valid SigV4 signature (service `sms`, the
-//! configured region) made with one of the local key pairs; the authenticated principal and the
-//! raw body then go to [`tern_api::Api::handle`], which owns everything protocol-level.
+//! One listener serves both, told apart by the request line: `POST /` is the SMS API (awsJson
+//! always posts to `/`, and S3 has no operation there, since path-style S3 requests name a
+//! bucket in the path); everything else is S3 ([`crate::s3`]). An SMS request must carry a
+//! valid SigV4 signature (service `sms`, the configured region) made with one of the local key
+//! pairs; the authenticated principal and the raw body then go to [`tern_api::Api::handle`],
+//! which owns everything protocol-level.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -19,6 +22,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::credentials::{self, Credentials, CredentialsError};
+use crate::s3::ObjectCreatedSink;
 use crate::sigv4::{AuthError, Verifier};
 
 /// SigV4 signing name of the API (the SMS model's `signingName`).
@@ -43,6 +47,8 @@ pub struct ServeConfig {
     /// Administrator keys to use instead of generated ones (not written to disk).
     pub credentials: Option<Credentials>,
     pub config: tern_core::Config,
+    /// Receives an S3 "Object Created" event for every object the staging store creates.
+    pub object_created: Option<Arc<dyn ObjectCreatedSink>>,
 }
 
 impl ServeConfig {
@@ -55,6 +61,7 @@ impl ServeConfig {
             region: "us-east-1".into(),
             credentials: None,
             config: tern_core::Config::default(),
+            object_created: None,
         }
     }
 }
@@ -76,6 +83,12 @@ pub enum ServeError {
         path: PathBuf,
         #[source]
         source: tern_core::store::StoreError,
+    },
+    #[error("cannot open the staging store in {path}: {source}")]
+    Staging {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
     },
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -179,7 +192,18 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
             ),
         ],
     );
-    let app = router(Arc::new(AppState { api, verifier }));
+    let s3 = crate::s3::build(crate::s3::StagingConfig {
+        data_dir: &cfg.data_dir,
+        region: &cfg.region,
+        keys: vec![keys.admin.clone(), keys.connector.clone()],
+        sink: cfg.object_created,
+    })
+    .await
+    .map_err(|source| ServeError::Staging {
+        path: cfg.data_dir.join(crate::s3::STAGING_DIR),
+        source,
+    })?;
+    let app = router(Arc::new(AppState { api, verifier, s3 }));
 
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
@@ -193,12 +217,16 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
     })?;
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                // A dropped sender also means "stop": nobody can ask any more.
-                let _ = stopped.await;
-            })
-            .await
+        // Connection info gives the staging store's events their source-ip-address.
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            // A dropped sender also means "stop": nobody can ask any more.
+            let _ = stopped.await;
+        })
+        .await
     });
     tracing::info!(endpoint = %format!("http://{addr}"), region = %cfg.region, data_dir = %cfg.data_dir.display(), "serving");
     Ok(Running {
@@ -243,12 +271,44 @@ fn valid_region(region: &str) -> bool {
 struct AppState {
     api: Api,
     verifier: Verifier<Principal>,
+    s3: s3s::service::S3Service,
 }
 
 fn router(state: Arc<AppState>) -> Router {
-    // One fallback handler instead of routes: every path and method must answer in the
-    // awsJson error shape, which axum's built-in 404/405 responses do not.
-    Router::new().fallback(handle).with_state(state)
+    // One fallback handler instead of routes: both protocols answer every path and method
+    // in their own error shapes, which axum's built-in 404/405 responses are not.
+    Router::new().fallback(dispatch).with_state(state)
+}
+
+async fn dispatch(state: State<Arc<AppState>>, request: Request) -> axum::response::Response {
+    if request.method() == Method::POST && request.uri().path() == "/" {
+        handle(state, request).await
+    } else {
+        handle_s3(&state.s3, request).await
+    }
+}
+
+async fn handle_s3(s3: &s3s::service::S3Service, request: Request) -> axum::response::Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let request = request.map(s3s::Body::http_body_unsync);
+    let response = match s3.call(request).await {
+        Ok(response) => response.map(Body::new),
+        Err(err) => {
+            // s3s answers S3 errors itself; this is a failure to even build a response.
+            tracing::error!(error = ?err, "S3 request failed");
+            let mut fallback = axum::response::Response::new(Body::empty());
+            *fallback.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+            fallback
+        }
+    };
+    tracing::info!(
+        operation = %format!("S3 {method}"),
+        status = response.status().as_u16(),
+        latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "request"
+    );
+    response
 }
 
 async fn handle(State(state): State<Arc<AppState>>, request: Request) -> axum::response::Response {

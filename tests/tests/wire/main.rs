@@ -7,6 +7,7 @@ mod connectors;
 mod jobs;
 mod raw;
 mod runs;
+mod s3;
 
 use aws_sdk_sms::error::{ProvideErrorMetadata, SdkError};
 
