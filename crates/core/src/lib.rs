@@ -17,8 +17,8 @@ pub mod memory_store;
 pub mod model;
 pub mod ports;
 pub mod service;
-pub mod states;
 pub mod staging;
+pub mod states;
 pub mod store;
 pub mod workflows;
 

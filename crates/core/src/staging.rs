@@ -35,8 +35,11 @@ pub enum StagingError {
 #[async_trait]
 pub trait Staging: Send + Sync {
     /// The whole object, refused with `TooLarge` above `max_bytes`.
-    async fn get_object(&self, object: &StagedObject, max_bytes: u64)
-        -> Result<Vec<u8>, StagingError>;
+    async fn get_object(
+        &self,
+        object: &StagedObject,
+        max_bytes: u64,
+    ) -> Result<Vec<u8>, StagingError>;
 
     /// The object's size, or `None` when it does not exist.
     async fn object_size(&self, object: &StagedObject) -> Result<Option<u64>, StagingError>;

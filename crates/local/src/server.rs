@@ -32,6 +32,8 @@ pub const SERVICE: &str = "sms";
 pub const MAX_BODY_BYTES: usize = 6 * 1024 * 1024;
 /// File name of the SQLite database inside the data directory.
 pub const DATABASE_FILE: &str = "tern.db";
+/// Every published event is appended here (NDJSON) unless the rules file names an archive.
+pub const EVENTS_FILE: &str = "events.ndjson";
 /// How long [`Running::shutdown`] waits for in-flight requests before dropping them.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -49,6 +51,29 @@ pub struct ServeConfig {
     pub config: tern_core::Config,
     /// Receives an S3 "Object Created" event for every object the staging store creates.
     pub object_created: Option<Arc<dyn ObjectCreatedSink>>,
+    /// Event rules file (EventBridge patterns and targets, see the README); without one,
+    /// events are still archived to `DIR/events.ndjson` and seen by in-process subscribers.
+    pub rules: Option<PathBuf>,
+    /// Replication: the workflow engine, the image service and the scheduler. `None` serves
+    /// only the API and the staging store.
+    pub replication: Option<ReplicationOptions>,
+}
+
+/// How `tern serve` replicates.
+#[derive(Debug, Clone)]
+pub struct ReplicationOptions {
+    pub settings: tern_core::service::replication::ReplicationSettings,
+    /// How often the scheduler looks for due runs.
+    pub tick_interval: Duration,
+}
+
+impl Default for ReplicationOptions {
+    fn default() -> Self {
+        Self {
+            settings: Default::default(),
+            tick_interval: Duration::from_secs(1),
+        }
+    }
 }
 
 impl ServeConfig {
@@ -62,6 +87,8 @@ impl ServeConfig {
             credentials: None,
             config: tern_core::Config::default(),
             object_created: None,
+            rules: None,
+            replication: Some(ReplicationOptions::default()),
         }
     }
 }
@@ -90,6 +117,12 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
+    #[error("bad event rules: {0}")]
+    Rules(#[from] crate::bus::RulesError),
+    #[error("cannot start the event bus: {0}")]
+    Bus(#[from] crate::bus::BusSetupError),
+    #[error(transparent)]
+    Replication(#[from] crate::replication::RuntimeError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -107,6 +140,8 @@ pub struct Running {
     credentials_file: PathBuf,
     stop: oneshot::Sender<()>,
     task: JoinHandle<std::io::Result<()>>,
+    bus: crate::bus::LocalBus,
+    replication: Option<(crate::replication::ReplicationRuntime, JoinHandle<()>)>,
 }
 
 impl Running {
@@ -135,9 +170,23 @@ impl Running {
         &self.credentials_file
     }
 
+    /// The local event bus: subscribe to see every event as it is published.
+    pub fn events(&self) -> &crate::bus::LocalBus {
+        &self.bus
+    }
+
+    /// The replication side, when it runs.
+    pub fn replication(&self) -> Option<&crate::replication::ReplicationRuntime> {
+        self.replication.as_ref().map(|(r, _)| r)
+    }
+
     /// Stops accepting connections, lets in-flight requests finish (at most
     /// [`SHUTDOWN_GRACE`]), and returns once the listener is closed.
     pub async fn shutdown(self) {
+        if let Some((runtime, listener)) = self.replication {
+            listener.abort();
+            runtime.shutdown();
+        }
         let _ = self.stop.send(());
         let mut task = self.task;
         match tokio::time::timeout(SHUTDOWN_GRACE, &mut task).await {
@@ -152,6 +201,7 @@ impl Running {
                 task.abort();
             }
         }
+        self.bus.flush().await;
     }
 }
 
@@ -168,12 +218,57 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
     let keys = credentials::load_or_create(&cfg.data_dir, cfg.credentials)?;
     let store = open_store(&cfg.data_dir.join(DATABASE_FILE))?;
 
+    let clock: Arc<dyn tern_core::Clock> = Arc::new(SystemClock);
+    let ids: Arc<dyn tern_core::Ids> = Arc::new(RandomIds);
     let api = Api::new(Deps {
         store,
-        clock: Arc::new(SystemClock),
-        ids: Arc::new(RandomIds),
+        clock: clock.clone(),
+        ids: ids.clone(),
         config: cfg.config,
     });
+    let mut bus_config = match &cfg.rules {
+        Some(path) => crate::bus::BusConfig::load(path, &cfg.data_dir)?,
+        None => crate::bus::BusConfig::new(&cfg.data_dir),
+    };
+    if bus_config.archive.is_none() {
+        bus_config.archive = Some(cfg.data_dir.join(EVENTS_FILE));
+    }
+    let bus = crate::bus::LocalBus::new(bus_config)?;
+    let replication = match &cfg.replication {
+        Some(options) => {
+            let origin = tern_core::events::EventOrigin::new(
+                cfg.region.clone(),
+                crate::s3::LOCAL_ACCOUNT_ID,
+            );
+            let runtime = crate::replication::ReplicationRuntime::start(
+                api.service().clone(),
+                ids.clone(),
+                clock.clone(),
+                Arc::new(tern_core::service::BusAnnouncer::new(
+                    Arc::new(bus.clone()),
+                    origin,
+                )),
+                crate::replication::RuntimeConfig {
+                    data_dir: cfg.data_dir.clone(),
+                    staging_root: cfg.data_dir.join(crate::s3::STAGING_DIR),
+                    region: cfg.region.clone(),
+                    tick_interval: options.tick_interval,
+                    settings: options.settings.clone(),
+                },
+            )?;
+            api.attach_replication(runtime.replication().clone());
+            let listener = crate::replication::spawn_upload_listener(
+                bus.subscribe(),
+                runtime.replication().clone(),
+            );
+            Some((runtime, listener))
+        }
+        None => None,
+    };
+    let sink: Arc<dyn ObjectCreatedSink> = Arc::new(crate::replication::BusSink::new(
+        bus.clone(),
+        cfg.object_created.clone(),
+    ));
     let verifier = Verifier::new(
         cfg.region.clone(),
         SERVICE,
@@ -196,7 +291,7 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
         data_dir: &cfg.data_dir,
         region: &cfg.region,
         keys: vec![keys.admin.clone(), keys.connector.clone()],
-        sink: cfg.object_created,
+        sink: Some(sink),
     })
     .await
     .map_err(|source| ServeError::Staging {
@@ -236,6 +331,8 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
         credentials_file: keys.file,
         stop,
         task,
+        bus,
+        replication,
     })
 }
 

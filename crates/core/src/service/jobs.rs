@@ -814,7 +814,12 @@ impl Service {
             });
             j.on_demand_run_times.push(now.unix_timestamp());
             Self::embed_run(&mut j, &run, limits.runs_embedded_in_job as usize);
-            changes.extend(StateChange::of_run(&j.replication_job_id, &j.server_id, &run, now));
+            changes.extend(StateChange::of_run(
+                &j.replication_job_id,
+                &j.server_id,
+                &run,
+                now,
+            ));
             let mut writes = vec![
                 put(keys::run(&j.replication_job_id, seq), &run, Expect::Absent)?,
                 put(keys::job(&j.replication_job_id), &j, job.expect())?,

@@ -226,8 +226,8 @@ pub struct WorkDisk {
 #[serde(rename_all = "camelCase")]
 pub struct StagingLocation {
     pub bucket: String,
-    /// Every object of the run goes under this prefix (it ends with `/`); the manifest is
-    /// `<prefix>manifest.json` and is written last.
+    /// Every object of the run goes under `<prefix>/<jobId>/<runId>/`; the manifest is
+    /// `<prefix>/<jobId>/<runId>/manifest.json` and is written last.
     pub prefix: String,
 }
 
@@ -254,11 +254,16 @@ pub struct ManifestDisk {
     pub index: usize,
     /// `seed-vmdk` (a stream-optimized VMDK of the whole disk) or `delta` (a Tern delta).
     pub kind: String,
+    /// The object's key in the staging bucket.
+    #[serde(rename = "key")]
     pub object_key: String,
-    #[serde(default)]
+    #[serde(default, rename = "size")]
     pub object_size: u64,
     #[serde(default)]
     pub virtual_size: u64,
+    /// Deltas: the run whose image the delta applies onto.
+    #[serde(default)]
+    pub base_run_id: Option<String>,
 }
 
 pub const KIND_SEED: &str = "seed-vmdk";
@@ -564,13 +569,18 @@ impl Replication {
             disks,
             staging: StagingLocation {
                 bucket: self.settings.staging_bucket.clone(),
-                prefix: self.staging_prefix(job_id, run_id),
+                prefix: self.settings.staging_prefix.clone(),
             },
             seed,
             parent_run_id: (!seed).then(|| j.latest_run_id.clone()).flatten(),
         };
-        self.queue_work(&j.connector_id, &format!("work-{run_id}"), WorkKind::Replicate, &work)
-            .await?;
+        self.queue_work(
+            &j.connector_id,
+            &format!("work-{run_id}"),
+            WorkKind::Replicate,
+            &work,
+        )
+        .await?;
         self.update_run(job_id, run_id, |r| {
             if r.workflow.seed == Some(seed) {
                 return Ok(None);
@@ -582,7 +592,7 @@ impl Replication {
         Ok(json!({
             "seed": seed,
             "stagingBucket": work.staging.bucket,
-            "stagingPrefix": work.staging.prefix,
+            "stagingPrefix": self.staging_prefix(job_id, run_id),
             "uploadHeartbeatSeconds": self.settings.upload_heartbeat.as_secs(),
             "uploadTimeoutSeconds": self.settings.upload_timeout.as_secs(),
         }))
@@ -610,7 +620,11 @@ impl Replication {
         match self
             .service
             .store
-            .write(put(keys::work(connector_id, work_id), &work, Expect::Absent)?)
+            .write(put(
+                keys::work(connector_id, work_id),
+                &work,
+                Expect::Absent,
+            )?)
             .await
         {
             Ok(()) | Err(StoreError::ConditionFailed { .. }) => Ok(()),
@@ -697,6 +711,17 @@ impl Replication {
             let task_id = match disk.kind.as_str() {
                 KIND_SEED => self.images.start_import(&source, &description).await?,
                 KIND_DELTA => {
+                    if disk.base_run_id.is_some() && disk.base_run_id != job.value.latest_run_id {
+                        return Err(TaskError::new(
+                            task_errors::INVALID_MANIFEST,
+                            format!(
+                                "disk {}'s delta applies onto run {}, but the job's latest image is from run {}; the connector must upload that disk in full",
+                                disk.index,
+                                disk.base_run_id.as_deref().unwrap_or("?"),
+                                job.value.latest_run_id.as_deref().unwrap_or("(none)")
+                            ),
+                        ));
+                    }
                     let parent = job.value.latest_snapshot_ids.get(disk.index).ok_or_else(|| {
                         TaskError::new(
                             task_errors::INVALID_MANIFEST,
@@ -787,7 +812,10 @@ impl Replication {
             .await?;
             return Err(TaskError::new(
                 task_errors::SNAPSHOTS_PENDING,
-                format!("{pending} of {} snapshot task(s) still running", tasks.len()),
+                format!(
+                    "{pending} of {} snapshot task(s) still running",
+                    tasks.len()
+                ),
             ));
         }
         Ok(Value::Array(snapshots))
@@ -813,7 +841,10 @@ impl Replication {
         let uefi = server
             .as_ref()
             .and_then(|s| s.value.inspection.as_ref())
-            .and_then(|i| i.pointer("/disks/0/efi_system_partition").or(i.get("efiSystemPartition")))
+            .and_then(|i| {
+                i.pointer("/disks/0/efi_system_partition")
+                    .or(i.get("efiSystemPartition"))
+            })
             .and_then(Value::as_bool)
             .unwrap_or(false);
         let request = RegisterImage {
@@ -896,10 +927,12 @@ impl Replication {
     }
 
     async fn delete_image(&self, image: &JobImage) -> Result<(), DomainError> {
-        let fail = |e: ImagesError| DomainError::Store(StoreError::Unavailable {
-            message: format!("retiring image {}: {e}", image.ami_id),
-            source: None,
-        });
+        let fail = |e: ImagesError| {
+            DomainError::Store(StoreError::Unavailable {
+                message: format!("retiring image {}: {e}", image.ami_id),
+                source: None,
+            })
+        };
         self.images
             .deregister_image(&image.ami_id)
             .await
@@ -1002,7 +1035,11 @@ impl Replication {
         // Lambda errors arrive as {"errorMessage", "errorType"} JSON in Cause.
         let cause = serde_json::from_str::<Value>(cause)
             .ok()
-            .and_then(|v| v.get("errorMessage").and_then(Value::as_str).map(String::from))
+            .and_then(|v| {
+                v.get("errorMessage")
+                    .and_then(Value::as_str)
+                    .map(String::from)
+            })
             .unwrap_or_else(|| cause.to_string());
         let reason = match name {
             "States.HeartbeatTimeout" => "the connector stopped reporting progress".to_string(),
@@ -1024,11 +1061,7 @@ impl Replication {
         let j = &job.value;
         let max = self.service.config.limits.max_consecutive_run_failures;
         let left = max.saturating_sub(j.consecutive_failures + 1);
-        let then = if j.run_once {
-            "failed"
-        } else {
-            "paused"
-        };
+        let then = if j.run_once { "failed" } else { "paused" };
         let message = format!(
             "Run failed: {reason}. {left} re-try run(s) remaining before the job will be {then}"
         );
@@ -1070,13 +1103,19 @@ impl Replication {
     /// first notification records the manifest and answers the waiting task; repeats change
     /// nothing.
     #[tracing::instrument(name = "upload_complete", skip(self))]
-    pub async fn upload_complete(&self, bucket: &str, key: &str) -> Result<UploadOutcome, TaskError> {
+    pub async fn upload_complete(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> Result<UploadOutcome, TaskError> {
         let rest = key
             .strip_prefix(&format!("{}/", self.settings.staging_prefix))
             .filter(|_| bucket == self.settings.staging_bucket);
         let parts: Vec<&str> = rest.map(|r| r.split('/').collect()).unwrap_or_default();
         let [job_id, run_id, "manifest.json"] = parts[..] else {
-            return Ok(UploadOutcome::Ignored(format!("{bucket}/{key} is not a run manifest")));
+            return Ok(UploadOutcome::Ignored(format!(
+                "{bucket}/{key} is not a run manifest"
+            )));
         };
         let run = match self.active_run(job_id, run_id).await {
             Ok((_, run)) => run,
@@ -1305,7 +1344,9 @@ impl Replication {
             let id = j.replication_job_id.clone();
             let outcome: Result<(), DomainError> = async {
                 if j.state == ReplicationJobState::PausedOnFailure {
-                    if j.paused_on.is_some_and(|t| now - t >= self.settings.paused_job_lifetime) {
+                    if j.paused_on
+                        .is_some_and(|t| now - t >= self.settings.paused_job_lifetime)
+                    {
                         self.service.delete_job(&id).await?;
                         report.jobs_ended.push(id.clone());
                     }
@@ -1391,6 +1432,21 @@ impl Replication {
         } else if w.manifest.is_some() && w.upload_token.is_some() && !w.upload_signalled {
             self.signal_upload(job_id, run_id).await?;
             report.uploads_resignalled += 1;
+        } else if w.upload_token.is_some() && w.manifest.is_none() {
+            // A notification lost to a crash or a slow listener: look for the manifest itself.
+            let manifest = StagedObject {
+                bucket: self.settings.staging_bucket.clone(),
+                key: format!("{}manifest.json", self.staging_prefix(job_id, run_id)),
+            };
+            if matches!(self.staging.object_size(&manifest).await, Ok(Some(_))) {
+                match self.upload_complete(&manifest.bucket, &manifest.key).await {
+                    Ok(UploadOutcome::Accepted) => report.uploads_resignalled += 1,
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(job_id, run_id, error = %e, "could not take the run's manifest")
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -1456,7 +1512,11 @@ impl Replication {
                 }
                 _ => None,
             };
-            Service::embed_run(&mut j, &run, svc.config.limits.runs_embedded_in_job as usize);
+            Service::embed_run(
+                &mut j,
+                &run,
+                svc.config.limits.runs_embedded_in_job as usize,
+            );
             let mut writes = vec![
                 put(keys::run(job_id, seq), &run, Expect::Absent)?,
                 put(keys::job(job_id), &j, job.expect())?,

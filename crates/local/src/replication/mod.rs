@@ -3,6 +3,7 @@
 //! and the scheduler's tick loop — all driving the same [`Replication`] use cases the AWS
 //! deployment runs.
 
+mod notify;
 mod staging;
 mod workflows;
 
@@ -15,6 +16,7 @@ use tern_core::service::replication::{Announcer, Replication, ReplicationSetting
 use tern_core::{Clock, Ids, Service};
 use tern_states::{Engine, EngineConfig};
 
+pub use notify::{spawn_upload_listener, BusSink};
 pub use staging::LocalStaging;
 pub use workflows::{
     function_resource, substituted_definition, LocalWorkflows, ReplicationTasks,
@@ -69,12 +71,11 @@ impl ReplicationRuntime {
         config: RuntimeConfig,
     ) -> Result<Self, RuntimeError> {
         let states_db = config.data_dir.join("states.db");
-        let store = tern_states::SqliteStore::open(&states_db).map_err(|source| {
-            RuntimeError::States {
+        let store =
+            tern_states::SqliteStore::open(&states_db).map_err(|source| RuntimeError::States {
                 path: states_db.clone(),
                 source,
-            }
-        })?;
+            })?;
         let tasks = ReplicationTasks::default();
         let engine = Engine::open(EngineConfig {
             store: Arc::new(store),

@@ -83,7 +83,9 @@ impl Staging for LocalStaging {
         let mut count = 0u64;
         let mut stack = vec![dir.clone()];
         while let Some(d) = stack.pop() {
-            for entry in std::fs::read_dir(&d).map_err(io(format!("cannot list {}", d.display())))? {
+            for entry in
+                std::fs::read_dir(&d).map_err(io(format!("cannot list {}", d.display())))?
+            {
                 let entry = entry.map_err(io(format!("cannot list {}", d.display())))?;
                 let kind = entry
                     .file_type()

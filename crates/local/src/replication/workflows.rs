@@ -178,7 +178,9 @@ impl Workflows for LocalWorkflows {
         error: &str,
         cause: &str,
     ) -> Result<(), WorkflowError> {
-        self.engine.send_task_failure(token, error, cause).map_err(map)
+        self.engine
+            .send_task_failure(token, error, cause)
+            .map_err(map)
     }
 
     async fn send_task_heartbeat(&self, token: &str) -> Result<(), WorkflowError> {
