@@ -114,6 +114,12 @@ impl TestServer {
         serve.config = config;
         let events = Arc::new(RecordingSink::default());
         serve.object_created = Some(events.clone());
+        // The scheduler only moves when a test calls `tick`, so runs stay where a test put
+        // them; the workflow engine and the image service run in real time.
+        serve.replication = Some(tern_local::ReplicationOptions {
+            tick_interval: std::time::Duration::from_secs(24 * 3600),
+            ..Default::default()
+        });
         let running = tern_local::start(serve.clone())
             .await
             .expect("tern serve starts");
@@ -138,6 +144,24 @@ impl TestServer {
             .expect("tern serve starts again");
         self.client = sms_client(&running.endpoint(), admin_of(&running));
         self.running = Some(running);
+    }
+
+    /// One pass of the scheduler (due runs, pending executions, lost hand-overs, events).
+    pub async fn tick(&self) -> tern_core::service::replication::TickReport {
+        self.replication().tick().await.expect("scheduler tick")
+    }
+
+    /// The replication use cases of the running server.
+    pub fn replication(&self) -> &tern_core::service::replication::Replication {
+        self.running()
+            .replication()
+            .expect("replication runs")
+            .replication()
+    }
+
+    /// The running server (its event bus, replication runtime, keys).
+    pub fn running_server(&self) -> &Running {
+        self.running()
     }
 
     /// The server's data directory.

@@ -605,10 +605,6 @@ async fn repeated_failures_pause_a_job_and_an_update_resumes_it() {
         w.svc.get_job(&job).await.unwrap().status_message.as_deref(),
         Some("upload failed")
     );
-    assert!(matches!(
-        w.svc.start_on_demand_run(&job, None).await,
-        Err(DomainError::OperationNotPermitted(_))
-    ));
     let resume = JobUpdate {
         replication_job_id: job.clone(),
         description: Some("fixed the network".into()),
@@ -617,7 +613,20 @@ async fn repeated_failures_pause_a_job_and_an_update_resumes_it() {
     w.svc.update_job(resume).await.unwrap();
     let j = w.svc.get_job(&job).await.unwrap();
     assert_eq!((j.state, j.consecutive_failures), (Active, 0));
+
+    // Paused again: an on-demand run is the other way to resume (the console's "Resume").
+    for _ in 0..3 {
+        let run = w.svc.start_on_demand_run(&job, None).await.unwrap();
+        w.svc.record_run(&job, &run, fail()).await.unwrap();
+    }
+    assert_eq!(w.svc.get_job(&job).await.unwrap().state, PausedOnFailure);
+    assert!(w.svc.get_job(&job).await.unwrap().paused_on.is_some());
     w.svc.start_on_demand_run(&job, None).await.unwrap();
+    let j = w.svc.get_job(&job).await.unwrap();
+    assert_eq!(
+        (j.state, j.consecutive_failures, j.paused_on),
+        (Active, 0, None)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

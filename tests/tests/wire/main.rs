@@ -6,6 +6,7 @@ mod catalog;
 mod connectors;
 mod jobs;
 mod raw;
+mod replication;
 mod runs;
 mod s3;
 

@@ -319,6 +319,9 @@ pub struct Replication {
     staging: Arc<dyn Staging>,
     announcer: Arc<dyn Announcer>,
     settings: ReplicationSettings,
+    /// One outbox publication at a time in this process, so that concurrent tasks and ticks do
+    /// not announce the same change twice (across processes the event id tells repeats apart).
+    publishing: Arc<futures::lock::Mutex<()>>,
 }
 
 fn gib(bytes: u64) -> String {
@@ -373,6 +376,7 @@ impl Replication {
             staging,
             announcer,
             settings,
+            publishing: Arc::default(),
         }
     }
 
@@ -1532,6 +1536,7 @@ impl Replication {
 
     /// Publishes the outbox and deletes what the bus accepted. Failures stay for the next try.
     pub async fn publish_outbox(&self) {
+        let _one_at_a_time = self.publishing.lock().await;
         let pending = match self.service.list_all::<StateChange>(keys::OUTBOX).await {
             Ok(p) => p,
             Err(e) => {
@@ -1555,5 +1560,98 @@ impl Replication {
                 })
                 .await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ASL: &str = include_str!("../../../../statemachines/replication-run.asl.json");
+
+    fn error_names(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(map) => {
+                for (k, v) in map {
+                    if k == "ErrorEquals" {
+                        out.extend(
+                            v.as_array()
+                                .into_iter()
+                                .flatten()
+                                .filter_map(|e| e.as_str().map(String::from)),
+                        );
+                    } else if k == "Error" {
+                        out.extend(v.as_str().map(String::from));
+                    } else {
+                        error_names(v, out);
+                    }
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|v| error_names(v, out)),
+            _ => {}
+        }
+    }
+
+    /// Every error name the state machine matches or raises (other than the States.* names
+    /// the runtime produces) is one a task of ours can fail with: a typo in the ASL would
+    /// otherwise silently never match.
+    #[test]
+    fn every_error_name_in_the_state_machine_is_produced_by_a_task() {
+        let asl: Value = serde_json::from_str(ASL).expect("the state machine is JSON");
+        let mut names = Vec::new();
+        error_names(&asl, &mut names);
+        assert!(names.len() > 10, "found {names:?}");
+        let images = [
+            ImagesError::NOT_FOUND,
+            ImagesError::INVALID_IMAGE,
+            ImagesError::INVALID_PARAMETER,
+            ImagesError::IN_USE,
+            ImagesError::TRANSIENT,
+            ImagesError::INTERNAL,
+        ];
+        for name in names.iter().filter(|n| !n.starts_with("States.")) {
+            assert!(
+                task_errors::ALL.contains(&name.as_str()) || images.contains(&name.as_str()),
+                "{name} appears in replication-run.asl.json but no task produces it"
+            );
+        }
+    }
+
+    /// Each `${…FunctionArn}` of the state machine names a function `handle_task` knows, and
+    /// every function is used.
+    #[test]
+    fn substitutions_and_functions_match_the_state_machine() {
+        let mut used = Vec::new();
+        let mut rest = ASL;
+        while let Some(start) = rest.find("${") {
+            let end = rest[start..].find('}').expect("closed substitution") + start;
+            used.push(&rest[start + 2..end]);
+            rest = &rest[end..];
+        }
+        used.sort();
+        used.dedup();
+        let mut known: Vec<&str> = functions::SUBSTITUTIONS.iter().map(|(n, _)| *n).collect();
+        known.sort();
+        assert_eq!(used, known);
+    }
+
+    #[test]
+    fn task_errors_from_domain_errors_keep_their_meaning() {
+        let e: TaskError = DomainError::Contention("job".into()).into();
+        assert_eq!(e.error, task_errors::TRANSIENT);
+        let e: TaskError = DomainError::JobNotFound("gone".into()).into();
+        assert_eq!(e.error, task_errors::RUN_NOT_ACTIVE);
+        let e: TaskError = ImagesError::InvalidImage("not a vmdk".into()).into();
+        assert_eq!(
+            (e.error.as_str(), e.cause.as_str()),
+            ("Images.InvalidImage", "not a vmdk")
+        );
+    }
+
+    #[test]
+    fn device_names_put_the_root_disk_first() {
+        assert_eq!(device_name(0), "/dev/sda1");
+        assert_eq!(device_name(1), "/dev/sdb");
+        assert_eq!(device_name(2), "/dev/sdc");
     }
 }

@@ -184,11 +184,20 @@ impl LocalImages {
     }
 }
 
-impl Drop for LocalImages {
-    fn drop(&mut self) {
+impl LocalImages {
+    /// Stops running tasks (they stay active and resume on the next open) and waits for their
+    /// threads; what dropping the service does, for hosts that share it and must release the
+    /// data directory before reopening it (a restart in the same process).
+    pub fn stop(&self) {
         self.inner.shutdown.store(true, Ordering::Relaxed);
         self.inner.slot_freed.notify_all();
         self.wait_for_tasks();
+    }
+}
+
+impl Drop for LocalImages {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 

@@ -140,6 +140,9 @@ impl ReplicationRuntime {
         for t in &self.tasks {
             t.abort();
         }
+        // Other holders of the image service (the API's use cases) may outlive this call; the
+        // data directory must be free for the next open all the same.
+        self.images.stop();
     }
 }
 
