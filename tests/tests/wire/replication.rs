@@ -41,7 +41,7 @@ fn make_disk(path: &Path, seed: u64) {
     let mut rng = Rng(seed);
     let mut data = vec![0u8; DISK_BYTES as usize];
     for block in data.chunks_mut(BLOCK_SIZE as usize) {
-        if rng.next() % 3 != 0 {
+        if !rng.next().is_multiple_of(3) {
             rng.fill(block);
         }
     }
