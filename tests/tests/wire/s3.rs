@@ -135,10 +135,6 @@ async fn create_upload(s3: &aws_sdk_s3::Client, key: &str) -> String {
         .to_owned()
 }
 
-fn created_events(server: &TestServer) -> Vec<Value> {
-    server.object_events()
-}
-
 #[tokio::test]
 async fn objects_round_trip_through_put_get_head_list_and_delete() {
     let server = TestServer::start().await;
@@ -597,7 +593,7 @@ async fn completion_checks_parts_and_abort_discards_them() {
         Some("NoSuchUpload")
     );
     assert!(!staged(&server, key).exists());
-    assert!(created_events(&server).is_empty(), "nothing was created");
+    assert!(server.object_events().is_empty(), "nothing was created");
     server.shutdown().await;
 }
 
@@ -652,7 +648,8 @@ async fn a_multipart_upload_survives_a_server_restart() {
     // A retried Complete (its first response lost) answers the same, and creates nothing new.
     let again = complete(&s3, key, &upload_id, completed).await;
     assert_eq!(again, etag);
-    let events: Vec<_> = created_events(&server)
+    let events: Vec<_> = server
+        .object_events()
         .into_iter()
         .filter(|e| e["detail"]["object"]["key"] == key)
         .collect();
@@ -684,7 +681,7 @@ async fn every_created_object_is_announced_once_with_the_s3_event_shape() {
         .await;
     assert!(refused.is_err());
 
-    let events = created_events(&server);
+    let events = server.object_events();
     assert_eq!(events.len(), 2, "{events:#?}");
     let (first, second) = (&events[0], &events[1]);
     for e in &events {
@@ -790,7 +787,7 @@ async fn unsigned_and_wrongly_signed_requests_are_refused() {
             .as_deref(),
         Some("InvalidAccessKeyId")
     );
-    assert!(created_events(&server).is_empty());
+    assert!(server.object_events().is_empty());
 
     // The connector's keys may use S3 (it is the one that uploads).
     let connector = s3_client(&server.endpoint(), server.connector());

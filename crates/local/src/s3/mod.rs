@@ -43,7 +43,7 @@ use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 
-pub use event::object_created_event;
+pub use event::{object_created_event, ObjectCreated};
 pub use service::StagingStore;
 
 /// The bucket that exists from the start: the connector's uploads go here.
