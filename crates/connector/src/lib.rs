@@ -20,6 +20,7 @@ pub mod inventory;
 pub mod ova;
 pub mod replicate;
 pub mod signing;
+pub mod work;
 
 pub use agent::{Agent, CycleReport};
 pub use client::ApiClient;
