@@ -238,27 +238,30 @@ impl Agent {
                 let connector_id = self.id()?;
                 let work_id = item.work_id.clone();
                 let worker = self.worker.clone();
-                let task: std::pin::Pin<Box<dyn Future<Output = WorkOutcome> + Send>> =
-                    match (kind, item.replication(), item.commit_run()) {
-                        (WorkKind::Replicate, Some(work), _) => {
-                            Box::pin(worker.replicate(connector_id, work_id.clone(), work))
-                        }
-                        (WorkKind::CommitRun, _, Some(work)) => {
-                            Box::pin(worker.commit(connector_id, work_id.clone(), work))
-                        }
-                        _ => {
-                            tracing::warn!(work_id, kind = %item.kind, "malformed work item");
-                            report.failed += 1;
-                            let message = format!(
+                let task: std::pin::Pin<Box<dyn Future<Output = WorkOutcome> + Send>> = match (
+                    kind,
+                    item.replication(),
+                    item.commit_run(),
+                ) {
+                    (WorkKind::Replicate, Some(work), _) => {
+                        Box::pin(worker.replicate(connector_id, work_id.clone(), work))
+                    }
+                    (WorkKind::CommitRun, _, Some(work)) => {
+                        Box::pin(worker.commit(connector_id, work_id.clone(), work))
+                    }
+                    _ => {
+                        tracing::warn!(work_id, kind = %item.kind, "malformed work item");
+                        report.failed += 1;
+                        let message = format!(
                                 "{} work item {work_id} has a payload this connector (version {}) cannot read: {}; upgrade the connector to the control plane's version",
                                 item.kind,
                                 env!("CARGO_PKG_VERSION"),
                                 item.payload
                             );
-                            self.report_error(Some(work_id), message).await?;
-                            return Ok(());
-                        }
-                    };
+                        self.report_error(Some(work_id), message).await?;
+                        return Ok(());
+                    }
+                };
                 let Some(claim) = self.worker.claim(&work_id) else {
                     tracing::debug!(work_id, "work item already running; skipped");
                     report.already_in_flight += 1;
@@ -284,7 +287,18 @@ impl Agent {
         &self,
         request_id: Option<String>,
     ) -> Result<usize, ConnectorError> {
-        let inventory = self.load_inventory()?;
+        let mut inventory = self.load_inventory()?;
+        // Disks are read here, not in the poll loop's hot path of every cycle: only an
+        // inventory request pays for opening them.
+        let inventory = tokio::task::spawn_blocking(move || {
+            inventory.inspect();
+            inventory
+        })
+        .await
+        .map_err(|e| ConnectorError::Protocol {
+            operation: op::REPORT_INVENTORY.into(),
+            message: format!("inspecting the disks: {e}"),
+        })?;
         let count = inventory.vms.len();
         let request = ReportInventoryRequest {
             connector_id: self.id()?,

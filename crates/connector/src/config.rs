@@ -345,7 +345,8 @@ inventory = "inv.toml"
     #[test]
     fn staging_section() {
         let dir = tempfile::tempdir().unwrap();
-        let base = "endpoint = \"http://api:8080\"\nstate_dir = \"s\"\n[files]\ninventory = \"i\"\n";
+        let base =
+            "endpoint = \"http://api:8080\"\nstate_dir = \"s\"\n[files]\ninventory = \"i\"\n";
         let p = write(
             dir.path(),
             "c.toml",

@@ -5,14 +5,21 @@
 //! Relative disk paths are relative to the inventory file's directory. The file is read again
 //! for every inventory request, so editing it and running `ImportServerCatalog` updates the
 //! catalog.
+//!
+//! A VM lists its disk image files (`disks`), or names an OVA archive (`ova`) whose disks are
+//! reported in DiskSection order as `<archive>#disk=<n>` with format `ova`.
+//! [`Inventory::inspect`] opens every disk and puts what `tern_disk::inspect` finds into the
+//! VM's `inspection` member: `{"disks": [<report or {"error": …}>, …]}`.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use serde_json::{json, Value};
 use tern_api::connector::{InventoryDisk, InventoryVm, OsType, VmManagerType};
 
 use crate::config::is_json;
+use crate::work::{ova_disk_path, OVA_FORMAT};
 use crate::ConnectorError;
 
 /// A parsed inventory file.
@@ -23,6 +30,9 @@ pub struct Inventory {
     pub vm_manager_type: Option<VmManagerType>,
     /// VMs in file order, in the wire shape of `ReportInventory`.
     pub vms: Vec<InventoryVm>,
+    /// Per VM and disk: whether the file stated the format (else it is a guess from the
+    /// extension, which inspection replaces with what the content says).
+    stated_formats: Vec<Vec<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -57,6 +67,9 @@ struct VmEntry {
     vm_manager_type: Option<VmManagerType>,
     #[serde(default)]
     disks: Vec<DiskEntry>,
+    /// An OVA archive holding the VM's disks (instead of `disks`).
+    #[serde(default)]
+    ova: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -96,6 +109,7 @@ impl Inventory {
             .unwrap_or_else(|| default_manager_id.to_owned());
         let mut seen = HashSet::new();
         let mut vms = Vec::with_capacity(file.vms.len());
+        let mut stated_formats = Vec::with_capacity(file.vms.len());
         for (index, vm) in file.vms.into_iter().enumerate() {
             if vm.id.trim().is_empty() {
                 return Err(format!("vms[{index}]: id must not be empty"));
@@ -107,22 +121,60 @@ impl Inventory {
             if !seen.insert((manager, vm.id.clone())) {
                 return Err(format!("vms[{index}]: VM id {:?} is listed twice", vm.id));
             }
-            let disks = vm
-                .disks
-                .into_iter()
-                .map(|d| disk(d, base))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| format!("vms[{index}] ({}): {e}", vm.id))?;
+            let mut vm_name = vm.name;
+            let mut inspection = None;
+            let mut stated = Vec::new();
+            let disks = match vm.ova {
+                Some(_) if !vm.disks.is_empty() => {
+                    return Err(format!(
+                        "vms[{index}] ({}): give either disks or ova, not both",
+                        vm.id
+                    ))
+                }
+                Some(ova) if ova.trim().is_empty() => {
+                    return Err(format!(
+                        "vms[{index}] ({}): the ova path must not be empty",
+                        vm.id
+                    ))
+                }
+                Some(ova) => match ova_disks(&base.join(ova)) {
+                    Ok((disks, name)) => {
+                        vm_name = vm_name.or(name);
+                        disks
+                    }
+                    Err(error) => {
+                        inspection = Some(json!({ "disks": [], "error": error }));
+                        Vec::new()
+                    }
+                },
+                None => vm
+                    .disks
+                    .into_iter()
+                    .map(|d| {
+                        stated.push(matches!(
+                            d,
+                            DiskEntry::Detailed {
+                                format: Some(_),
+                                ..
+                            }
+                        ));
+                        disk(d, base)
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| format!("vms[{index}] ({}): {e}", vm.id))?,
+            };
+            stated.resize(disks.len(), false);
+            stated_formats.push(stated);
             vms.push(InventoryVm {
                 vm_id: vm.id,
-                vm_name: vm.name,
+                vm_name,
                 vm_path: vm.folder,
                 vm_manager_id: vm.vm_manager_id,
                 vm_manager_name: vm.vm_manager_name,
                 vm_manager_type: vm.vm_manager_type,
                 disks,
                 os_type: vm.os_type,
-                inspection: None,
+                inspection,
             });
         }
         Ok(Self {
@@ -130,7 +182,87 @@ impl Inventory {
             vm_manager_name: file.vm_manager_name,
             vm_manager_type: file.vm_manager_type,
             vms,
+            stated_formats,
         })
+    }
+}
+
+impl Inventory {
+    /// Opens every disk of every VM and records what it holds in the VM's `inspection`:
+    /// `{"disks": [<tern_disk InspectionReport>, …]}` in disk order (the control plane reads
+    /// `/disks/0/efi_system_partition` to pick the image's boot mode). A disk that cannot be
+    /// opened or read gets `{"error": "…"}` in its slot; the inventory is still reported.
+    /// A disk opened this way also reports its virtual size and, unless the inventory file
+    /// stated one, the format found in its content.
+    pub fn inspect(&mut self) {
+        for (vm, stated) in self.vms.iter_mut().zip(&self.stated_formats) {
+            if vm.disks.is_empty() {
+                continue;
+            }
+            let reports: Vec<Value> = vm
+                .disks
+                .iter_mut()
+                .zip(stated)
+                .map(|(d, &stated)| inspect_disk(d, stated))
+                .collect();
+            let mut inspection = match vm.inspection.take() {
+                Some(Value::Object(m)) => m,
+                _ => serde_json::Map::new(),
+            };
+            inspection.insert("disks".into(), Value::Array(reports));
+            vm.inspection = Some(Value::Object(inspection));
+        }
+    }
+}
+
+fn inspect_disk(d: &mut InventoryDisk, format_stated: bool) -> Value {
+    let source = match crate::work::translate_disk(&d.path, d.format.as_deref()) {
+        Ok(s) => s,
+        Err(e) => return json!({ "error": e }),
+    };
+    let opened = match crate::replicate::open_disk(&source) {
+        Ok(disk) => disk,
+        Err(e) => {
+            tracing::warn!(disk = %d.path, error = %e, "cannot open disk for inspection");
+            return json!({ "error": e.to_string() });
+        }
+    };
+    d.size_bytes = Some(opened.size());
+    if !matches!(source, crate::replicate::DiskSource::Ova { .. }) && !format_stated {
+        d.format = Some(opened.format().name().to_string());
+    }
+    match tern_disk::inspect::inspect(&*opened) {
+        Ok(report) => serde_json::to_value(report)
+            .unwrap_or_else(|e| json!({ "error": format!("cannot encode the report: {e}") })),
+        Err(e) => {
+            tracing::warn!(disk = %d.path, error = %e, "cannot inspect disk");
+            json!({ "error": format!("cannot read {}: {e}", d.path) })
+        }
+    }
+}
+
+/// The disks of an OVA archive as inventory disks, and the VM name its descriptor gives. An
+/// unreadable archive is reported as a VM without disks and the reason in its inspection (and
+/// logged): the catalog still shows the VM.
+fn ova_disks(path: &Path) -> Result<(Vec<InventoryDisk>, Option<String>), String> {
+    match crate::ova::read(path) {
+        Ok(vm) => {
+            let disks = vm
+                .disks
+                .iter()
+                .enumerate()
+                .map(|(i, d)| InventoryDisk {
+                    path: ova_disk_path(path, i),
+                    format: Some(OVA_FORMAT.into()),
+                    size_bytes: Some(d.capacity),
+                })
+                .collect();
+            Ok((disks, (!vm.name.is_empty()).then_some(vm.name)))
+        }
+        Err(e) => {
+            tracing::warn!(ova = %path.display(), error = %e, "cannot read the OVA archive listed in the inventory");
+            Err(e.to_string())
+        }
     }
 }
 

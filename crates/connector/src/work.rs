@@ -468,7 +468,7 @@ pub fn translate(work: &ApiWork) -> Result<replicate::ReplicationWork, Replicate
                     d.index
                 )));
             }
-            disk_source(&d.path, d.format.as_deref())
+            translate_disk(&d.path, d.format.as_deref())
                 .map_err(|e| ReplicateError::InvalidWork(format!("disk {i}: {e}")))
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -485,14 +485,15 @@ pub fn translate(work: &ApiWork) -> Result<replicate::ReplicationWork, Replicate
     })
 }
 
-fn disk_source(path: &str, format: Option<&str>) -> Result<DiskSource, String> {
+/// One disk as the inventory reported it (`path`, `format`) in `replicate`'s terms.
+pub fn translate_disk(path: &str, format: Option<&str>) -> Result<DiskSource, String> {
     if path.trim().is_empty() {
         return Err("the disk has no path; re-import the server catalog".into());
     }
     if format.is_some_and(|f| f.eq_ignore_ascii_case(OVA_FORMAT)) {
-        let (archive, n) = path.rsplit_once(OVA_DISK_MARK).ok_or_else(|| {
-            format!("OVA disk path {path:?} does not end in {OVA_DISK_MARK}<n>")
-        })?;
+        let (archive, n) = path
+            .rsplit_once(OVA_DISK_MARK)
+            .ok_or_else(|| format!("OVA disk path {path:?} does not end in {OVA_DISK_MARK}<n>"))?;
         let disk = n
             .parse::<usize>()
             .map_err(|_| format!("OVA disk path {path:?}: {n:?} is not a disk number"))?;
@@ -514,7 +515,11 @@ fn disk_source(path: &str, format: Option<&str>) -> Result<DiskSource, String> {
 }
 
 /// A failed upload, in words for the run's status message: what went wrong and what to do.
-fn advise_run(e: &ReplicateError, work: Option<&replicate::ReplicationWork>, original: &ApiWork) -> String {
+fn advise_run(
+    e: &ReplicateError,
+    work: Option<&replicate::ReplicationWork>,
+    original: &ApiWork,
+) -> String {
     let bucket = work.map_or(&original.staging.bucket, |w| &w.staging.bucket);
     let what = match e {
         ReplicateError::Disk { .. } | ReplicateError::Ova { .. } => {

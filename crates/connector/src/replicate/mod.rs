@@ -357,6 +357,11 @@ fn open_source(index: usize, src: &DiskSource) -> Result<OpenedDisk, ReplicateEr
     })
 }
 
+/// Opens one disk source the way a run reads it (for inspection).
+pub fn open_disk(src: &DiskSource) -> Result<Arc<dyn VirtualDisk>, ReplicateError> {
+    open_source(0, src).map(|o| o.disk)
+}
+
 /// Runs one replication run: uploads every disk's object, then the manifest. Calling it again
 /// for the same run resumes where the last call stopped.
 #[tracing::instrument(skip_all, fields(job = %work.job_id, run = %work.run_id))]
