@@ -226,8 +226,8 @@ impl Worker {
             r = replicate::run(&work, &self.ctx, &on_progress) => Some(r),
             _ = cancelled.notified() => None,
         };
-        // The callback (and with it the sender) went with `run`'s future: the reporter sends
-        // what is queued and stops.
+        // Dropping the callback drops the sender: the reporter sends what is queued and stops,
+        // so the last report goes out before CompleteWork or ReportError.
         drop(on_progress);
         let _ = reporter.await;
         match result {
@@ -687,6 +687,44 @@ mod tests {
             (r.connector_id.as_str(), r.work_id.as_str()),
             ("c-1", "w-1")
         );
+    }
+
+    #[test]
+    fn an_item_in_flight_is_claimed_once_until_its_task_ends() {
+        let creds = aws_credential_types::Credentials::new("a", "b", None, None, "t");
+        let client = ApiClient::new(
+            "http://127.0.0.1:1",
+            "us-east-1",
+            creds.clone(),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        let s3 = aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::Config::builder()
+                .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+                .region(aws_sdk_s3::config::Region::new("us-east-1"))
+                .credentials_provider(creds)
+                .build(),
+        );
+        let worker = Arc::new(Worker::new(
+            client,
+            ReplicateContext {
+                s3,
+                state_dir: "/nonexistent".into(),
+                options: Default::default(),
+            },
+        ));
+        let claim = worker.claim("work-1").expect("first claim");
+        assert!(
+            worker.claim("work-1").is_none(),
+            "handed out again while running"
+        );
+        let other = worker.claim("work-2").expect("another item");
+        assert_eq!(worker.in_flight(), 2);
+        drop(claim);
+        assert_eq!(worker.in_flight(), 1);
+        assert!(worker.claim("work-1").is_some(), "free once its task ended");
+        drop(other);
     }
 
     #[test]
