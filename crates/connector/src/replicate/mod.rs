@@ -169,6 +169,9 @@ pub struct Progress {
     pub bytes_done: u64,
     /// Total object bytes of the run, once every disk's object is complete.
     pub bytes_total: Option<u64>,
+    /// Virtual bytes of all the server's disks (0 until the disks are opened): the
+    /// denominator of `percent`.
+    pub virtual_total: u64,
 }
 
 /// What one disk's upload did in this call.
@@ -354,6 +357,11 @@ fn open_source(index: usize, src: &DiskSource) -> Result<OpenedDisk, ReplicateEr
     })
 }
 
+/// Opens one disk source the way a run reads it (for inspection).
+pub fn open_disk(src: &DiskSource) -> Result<Arc<dyn VirtualDisk>, ReplicateError> {
+    open_source(0, src).map(|o| o.disk)
+}
+
 /// Runs one replication run: uploads every disk's object, then the manifest. Calling it again
 /// for the same run resumes where the last call stopped.
 #[tracing::instrument(skip_all, fields(job = %work.job_id, run = %work.run_id))]
@@ -376,6 +384,7 @@ pub async fn run(
         percent: 0.0,
         bytes_done: 0,
         bytes_total: None,
+        virtual_total: 0,
     });
     // Every source is opened before anything is uploaded, so a missing or unreadable disk
     // fails the run at once instead of after the disks before it.
@@ -385,7 +394,8 @@ pub async fn run(
         .enumerate()
         .map(|(i, s)| open_source(i, s))
         .collect::<Result<Vec<_>, _>>()?;
-    let total_virtual: u64 = disks.iter().map(|d| d.disk.size()).sum::<u64>().max(1);
+    let virtual_total: u64 = disks.iter().map(|d| d.disk.size()).sum();
+    let total_virtual = virtual_total.max(1);
 
     let limiter = Mutex::new(Limiter::new(ctx.options.bandwidth_limit));
     let mut entries = Vec::new();
@@ -411,6 +421,7 @@ pub async fn run(
                 percent: 100.0 * (virtual_before + virtual_done) as f64 / total_virtual as f64,
                 bytes_done: bytes_before + done,
                 bytes_total: None,
+                virtual_total,
             })
         };
         let (entry, counts) =
@@ -458,6 +469,7 @@ pub async fn run(
         percent: 100.0,
         bytes_done: bytes_before,
         bytes_total: Some(bytes_before),
+        virtual_total,
     });
     Ok(RunOutcome {
         manifest_key,
@@ -716,6 +728,23 @@ fn produce(
         map,
         delta,
     })
+}
+
+/// The run whose block maps are kept for `job_id` (the base of the next delta), if any run of
+/// the job was ever confirmed on this connector.
+pub fn committed_run(state_dir: &Path, job_id: &str) -> Result<Option<String>, ReplicateError> {
+    check_id("jobId", job_id)?;
+    JobState::new(state_dir, job_id).committed_run()
+}
+
+/// Whether `run_id` of `job_id` uploaded its manifest and waits for confirmation (its pending
+/// block maps exist): then [`commit_run`] can promote them.
+pub fn has_pending_run(state_dir: &Path, job_id: &str, run_id: &str) -> bool {
+    check_id("jobId", job_id).is_ok()
+        && check_id("runId", run_id).is_ok()
+        && JobState::new(state_dir, job_id)
+            .manifest_copy_path(run_id)
+            .is_file()
 }
 
 /// Confirms a run: its block maps become the kept ones, the base of the next run's deltas.

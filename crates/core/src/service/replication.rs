@@ -1242,6 +1242,7 @@ impl Replication {
         progress: Progress,
     ) -> Result<(), DomainError> {
         let work = self.replicate_work(connector_id, &progress.work_id).await?;
+        self.renew_lease(connector_id, &progress.work_id).await?;
         let percent = progress.percent.min(100);
         let message = format!(
             "{} {percent}% ({} of {})",
@@ -1305,6 +1306,28 @@ impl Replication {
             }
         }
         Ok(())
+    }
+
+    /// A connector still reporting progress is still working on the item: its lease starts
+    /// again, so PollWork does not hand a long upload out a second time while it runs. A lost
+    /// race (a poll or another report wrote the item meanwhile) leaves the lease as fresh as
+    /// that write made it, so it is not retried.
+    async fn renew_lease(&self, connector_id: &str, work_id: &str) -> Result<(), DomainError> {
+        let key = keys::work(connector_id, work_id);
+        let Some(current) = self.service.read::<Work>(&key).await? else {
+            return Ok(());
+        };
+        let mut work = current.value.clone();
+        work.leased_on = Some(self.service.now());
+        match self
+            .service
+            .store
+            .write(put(key, &work, current.expect())?)
+            .await
+        {
+            Ok(()) | Err(StoreError::ConditionFailed { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     async fn replicate_work(
