@@ -104,6 +104,15 @@ impl TestServer {
     }
 
     pub async fn start_with(config: Config) -> Self {
+        Self::start_with_clock(config, None).await
+    }
+
+    /// Like [`TestServer::start_with`], deciding schedules and limits by `clock` (a
+    /// `ManualClock` the test moves) instead of the system clock.
+    pub async fn start_with_clock(
+        config: Config,
+        clock: Option<std::sync::Arc<dyn tern_core::Clock>>,
+    ) -> Self {
         init_logging();
         let dir = tempfile::tempdir().expect("temp dir");
         let mut serve = ServeConfig::new(
@@ -112,6 +121,7 @@ impl TestServer {
         );
         serve.region = REGION.into();
         serve.config = config;
+        serve.clock = clock.map(tern_local::DomainClock);
         let events = Arc::new(RecordingSink::default());
         serve.object_created = Some(events.clone());
         // The scheduler only moves when a test calls `tick`, so runs stay where a test put

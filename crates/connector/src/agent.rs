@@ -91,6 +91,12 @@ impl Agent {
         })
     }
 
+    /// Calls `observer` with every progress update of the replication runs this agent uploads
+    /// (the CLI draws progress bars with it on a terminal).
+    pub fn observe_progress(&self, observer: std::sync::Arc<crate::work::ProgressObserver>) {
+        self.worker.observe(observer);
+    }
+
     /// Replication items whose tasks are running now.
     pub fn work_in_flight(&self) -> usize {
         self.worker.in_flight()

@@ -93,7 +93,12 @@ pub(crate) struct Worker {
     pub ctx: ReplicateContext,
     in_flight: Mutex<HashSet<String>>,
     job_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    observer: Mutex<Option<Arc<ProgressObserver>>>,
 }
+
+/// Sees every progress update of every run (unthrottled), e.g. to draw progress bars: the
+/// replication run id and the update.
+pub type ProgressObserver = dyn Fn(&str, &Progress) + Send + Sync;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -118,7 +123,12 @@ impl Worker {
             ctx,
             in_flight: Mutex::default(),
             job_locks: Mutex::default(),
+            observer: Mutex::default(),
         }
+    }
+
+    pub fn observe(&self, observer: Arc<ProgressObserver>) {
+        *lock(&self.observer) = Some(observer);
     }
 
     /// Marks `work_id` as in flight; `None` when it already is (PollWork handed it out again
@@ -209,7 +219,12 @@ impl Worker {
             .map_err(|e| advise_run(&e, Some(&work), original))?;
         let (tx, rx) = mpsc::unbounded_channel();
         let throttle = Mutex::new(Throttle::default());
+        let observer = lock(&self.observer).clone();
+        let run_id = original.run_id.clone();
         let on_progress = move |p: Progress| {
+            if let Some(o) = &observer {
+                o(&run_id, &p);
+            }
             if lock(&throttle).due(&p) {
                 let _ = tx.send(p);
             }

@@ -31,5 +31,5 @@ pub mod sigv4;
 pub mod sqlite;
 
 pub use credentials::Credentials;
-pub use server::{start, ReplicationOptions, Running, ServeConfig, ServeError};
+pub use server::{start, DomainClock, ReplicationOptions, Running, ServeConfig, ServeError};
 pub use sqlite::SqliteStore;

@@ -57,6 +57,19 @@ pub struct ServeConfig {
     /// Replication: the workflow engine, the image service and the scheduler. `None` serves
     /// only the API and the staging store.
     pub replication: Option<ReplicationOptions>,
+    /// The clock the domain decides by (schedules, connector health, limit windows); `None`
+    /// is the system clock. Tests and demos move a [`tern_core::ManualClock`] instead of waiting.
+    pub clock: Option<DomainClock>,
+}
+
+/// A clock shared with the server (see [`ServeConfig::clock`]).
+#[derive(Clone)]
+pub struct DomainClock(pub Arc<dyn tern_core::Clock>);
+
+impl std::fmt::Debug for DomainClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DomainClock({})", self.0.now())
+    }
 }
 
 /// How `tern serve` replicates.
@@ -89,6 +102,7 @@ impl ServeConfig {
             object_created: None,
             rules: None,
             replication: Some(ReplicationOptions::default()),
+            clock: None,
         }
     }
 }
@@ -218,7 +232,10 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
     let keys = credentials::load_or_create(&cfg.data_dir, cfg.credentials)?;
     let store = open_store(&cfg.data_dir.join(DATABASE_FILE))?;
 
-    let clock: Arc<dyn tern_core::Clock> = Arc::new(SystemClock);
+    let clock: Arc<dyn tern_core::Clock> = match &cfg.clock {
+        Some(c) => c.0.clone(),
+        None => Arc::new(SystemClock),
+    };
     let ids: Arc<dyn tern_core::Ids> = Arc::new(RandomIds);
     let api = Api::new(Deps {
         store,

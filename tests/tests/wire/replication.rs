@@ -301,14 +301,17 @@ fn state_changes(server: &TestServer, run_id: &str, state: &str) -> usize {
 
 struct Lab {
     server: TestServer,
-    _agent: tern_connector::Agent,
+    agent: tern_connector::Agent,
     connector_id: String,
     disk: PathBuf,
     server_id: String,
 }
 
 async fn lab(config: Config) -> Lab {
-    let server = TestServer::start_with(config).await;
+    lab_on(TestServer::start_with(config).await).await
+}
+
+async fn lab_on(server: TestServer) -> Lab {
     let disk = server.scratch().join("app-disk0.raw");
     make_disk(&disk, 7);
     let mut agent = server.connector_agent("lab", &inventory(&disk)).await;
@@ -320,7 +323,7 @@ async fn lab(config: Config) -> Lab {
     let server_id = servers.server_list()[0].server_id().unwrap().to_string();
     Lab {
         server,
-        _agent: agent,
+        agent,
         connector_id,
         disk,
         server_id,
@@ -328,11 +331,15 @@ async fn lab(config: Config) -> Lab {
 }
 
 async fn create_job(lab: &Lab, keep: i32) -> String {
+    create_job_at(lab, keep, now_secs()).await
+}
+
+async fn create_job_at(lab: &Lab, keep: i32, seed_secs: i64) -> String {
     lab.server
         .client
         .create_replication_job()
         .server_id(&lab.server_id)
-        .seed_replication_time(DateTime::from_secs(now_secs()))
+        .seed_replication_time(DateTime::from_secs(seed_secs))
         .frequency(12)
         .number_of_recent_amis_to_keep(keep)
         .send()
@@ -664,4 +671,184 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+fn manual_clock() -> std::sync::Arc<tern_core::ManualClock> {
+    std::sync::Arc::new(tern_core::ManualClock::new(time::OffsetDateTime::now_utc()))
+}
+
+async fn runs_of(server: &TestServer, job_id: &str) -> Vec<aws_sdk_sms::types::ReplicationRun> {
+    server
+        .client
+        .get_replication_runs()
+        .replication_job_id(job_id)
+        .send()
+        .await
+        .unwrap()
+        .replication_run_list()
+        .to_vec()
+}
+
+#[tokio::test]
+async fn a_scheduled_run_due_while_the_previous_one_runs_is_recorded_missed() {
+    let clock = manual_clock();
+    let lab =
+        lab_on(TestServer::start_with_clock(Config::default(), Some(clock.clone())).await).await;
+    let s = &lab.server;
+    let job_id = lab
+        .server
+        .client
+        .create_replication_job()
+        .server_id(&lab.server_id)
+        .seed_replication_time(DateTime::from_secs(clock_secs(&clock)))
+        .frequency(1)
+        .send()
+        .await
+        .unwrap()
+        .replication_job_id()
+        .unwrap()
+        .to_owned();
+    let first = s.tick().await;
+    assert_eq!(first.runs_created.len(), 1, "{first:?}");
+    // The seed is still uploading an hour later: that interval's run is skipped, on record.
+    clock.advance(Duration::from_secs(3601));
+    let second = s.tick().await;
+    assert_eq!(second.runs_missed.len(), 1, "{second:?}");
+    let runs = runs_of(s, &job_id).await;
+    let missed = runs
+        .iter()
+        .find(|r| r.replication_run_id() == Some(second.runs_missed[0].as_str()))
+        .unwrap();
+    assert_eq!(missed.state(), Some(&ReplicationRunState::Missed));
+    assert_eq!(
+        missed.r#type(),
+        Some(&aws_sdk_sms::types::ReplicationRunType::Automatic)
+    );
+    let job = &s
+        .client
+        .get_replication_jobs()
+        .replication_job_id(&job_id)
+        .send()
+        .await
+        .unwrap()
+        .replication_job_list()[0]
+        .clone();
+    let next = job.next_replication_run_start_time().unwrap().secs();
+    assert!(
+        next > clock_secs(&clock),
+        "the next run moved past now: {next}"
+    );
+    // Still one run in progress, and the same next start: ticking again changes nothing.
+    let third = s.tick().await;
+    assert!(
+        third.runs_created.is_empty() && third.runs_missed.is_empty(),
+        "{third:?}"
+    );
+}
+
+fn clock_secs(clock: &tern_core::ManualClock) -> i64 {
+    use tern_core::Clock;
+    clock.now().unix_timestamp()
+}
+
+#[tokio::test]
+async fn a_run_once_job_completes_after_its_run() {
+    let lab = lab(Config::default()).await;
+    let s = &lab.server;
+    let job_id = s
+        .client
+        .create_replication_job()
+        .server_id(&lab.server_id)
+        .seed_replication_time(DateTime::from_secs(now_secs()))
+        .run_once(true)
+        .send()
+        .await
+        .unwrap()
+        .replication_job_id()
+        .unwrap()
+        .to_owned();
+    let up = poll_replicate(s, &lab.connector_id).await;
+    upload(s, &up, &lab.disk, None, None).await;
+    let (state, message, _) = wait_done(s, &job_id, &up.run_id).await;
+    assert_eq!(state, ReplicationRunState::Completed, "{message:?}");
+    assert_eq!(
+        job_state(s, &job_id).await.0,
+        ReplicationJobState::Completed
+    );
+    // Nothing more is scheduled for it.
+    let report = s.tick().await;
+    assert!(report.runs_created.is_empty(), "{report:?}");
+}
+
+#[tokio::test]
+async fn jobs_end_after_ninety_days_and_paused_jobs_are_deleted_after_four() {
+    let clock = manual_clock();
+    let mut config = Config::default();
+    config.limits.on_demand_runs_per_window = 10;
+    let lab = lab_on(TestServer::start_with_clock(config, Some(clock.clone())).await).await;
+    let s = &lab.server;
+    let job_id = create_job_at(&lab, 0, clock_secs(&clock)).await;
+    let up = poll_replicate(s, &lab.connector_id).await;
+    upload(s, &up, &lab.disk, None, None).await;
+    assert_eq!(
+        wait_done(s, &job_id, &up.run_id).await.0,
+        ReplicationRunState::Completed
+    );
+
+    clock.advance(Duration::from_secs(91 * 24 * 3600));
+    let report = s.tick().await;
+    assert_eq!(report.jobs_ended, vec![job_id.clone()]);
+    assert_eq!(job_state(s, &job_id).await.0, ReplicationJobState::Deleted);
+    let servers = s.client.get_servers().send().await.unwrap();
+    assert_eq!(
+        servers.server_list()[0].replication_job_terminated(),
+        Some(true)
+    );
+
+    // A new job on the same server, paused after three failures, then left alone. The
+    // connector heartbeats at the new time so that it counts as healthy.
+    lab.agent.heartbeat().await.unwrap();
+    let job2 = s
+        .client
+        .create_replication_job()
+        .server_id(&lab.server_id)
+        .seed_replication_time(DateTime::from_secs(clock_secs(&clock)))
+        .frequency(12)
+        .send()
+        .await
+        .unwrap()
+        .replication_job_id()
+        .unwrap()
+        .to_owned();
+    for i in 0..3 {
+        if i > 0 {
+            on_demand(&lab, &job2).await;
+        }
+        let up = poll_replicate(s, &lab.connector_id).await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while run_state(s, &job2, &up.run_id).await.1.as_deref()
+            != Some("Waiting for the connector to upload")
+        {
+            assert!(Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        s.raw(
+            Some(&connector_target("ReportError")),
+            json!({ "connectorId": lab.connector_id, "workId": up.work_id, "message": "network down" })
+                .to_string()
+                .as_bytes(),
+            Some(&s.connector()),
+        )
+        .await;
+        wait_done(s, &job2, &up.run_id).await;
+    }
+    assert_eq!(
+        job_state(s, &job2).await.0,
+        ReplicationJobState::PausedOnFailure
+    );
+    clock.advance(Duration::from_secs(4 * 24 * 3600 - 60));
+    assert!(s.tick().await.jobs_ended.is_empty(), "still resumable");
+    clock.advance(Duration::from_secs(120));
+    assert_eq!(s.tick().await.jobs_ended, vec![job2.clone()]);
+    assert_eq!(job_state(s, &job2).await.0, ReplicationJobState::Deleted);
 }
