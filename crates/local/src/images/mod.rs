@@ -285,8 +285,20 @@ fn build(inner: &Inner, task: &TaskRow, ctx: &TaskCtx<'_>) -> Result<Built, Task
         Some(parent) => {
             ctx.progress
                 .set_stage(format!("applying {} onto {parent}", task.source));
-            let blocks = db::snapshot_blocks(&lock(&inner.db), parent)
-                .map_err(|e| TaskError::Failed(TaskFailure::Internal, e.to_string()))?;
+            let blocks = {
+                let conn = lock(&inner.db);
+                let internal = |e: rusqlite::Error| {
+                    TaskError::Failed(TaskFailure::Internal, format!("image database: {e}"))
+                };
+                // Without its parent a delta would silently build on zeros.
+                if db::snapshot(&conn, parent).map_err(internal)?.is_none() {
+                    return Err(TaskError::Failed(
+                        TaskFailure::NotFound,
+                        format!("parent snapshot {parent} does not exist any more"),
+                    ));
+                }
+                db::snapshot_blocks(&conn, parent).map_err(internal)?
+            };
             task::apply_delta(ctx, &path, &what, parent, blocks)
         }
     }
@@ -354,6 +366,13 @@ impl Inner {
             let retry = existing.state == TaskState::Failed
                 && matches!(existing.failure, Some((TaskFailure::Internal, _)));
             if retry {
+                if let Some(p) = parent {
+                    if db::snapshot(&conn, p).map_err(db_err)?.is_none() {
+                        return Err(ImagesError::NotFound(format!(
+                            "parent snapshot {p} does not exist"
+                        )));
+                    }
+                }
                 db::reactivate_task(&conn, &existing.task_id, self.clock.now()).map_err(db_err)?;
                 drop(conn);
                 spawn_task(self, existing.clone());
