@@ -197,7 +197,8 @@ fn spawn_task(inner: &Arc<Inner>, task: TaskRow) {
     progress.set_stage("queued");
     lock(&inner.progress).insert(task.task_id.clone(), progress.clone());
     let me = inner.clone();
-    let name = format!("tern-{}", task.task_id);
+    let task_id = task.task_id.clone();
+    let name = format!("tern-{task_id}");
     let spawned = std::thread::Builder::new()
         .name(name)
         .spawn(move || run_task(&me, &task, &progress));
@@ -205,6 +206,18 @@ fn spawn_task(inner: &Arc<Inner>, task: TaskRow) {
         Ok(h) => lock(&inner.threads).push(h),
         Err(e) => {
             tracing::error!(error = %e, "cannot start an image task thread");
+            lock(&inner.progress).remove(&task_id);
+            let message = format!("cannot start a thread for the task: {e}");
+            let now = inner.clock.now();
+            if let Err(e) = db::fail_task(
+                &lock(&inner.db),
+                &task_id,
+                TaskFailure::Internal,
+                &message,
+                now,
+            ) {
+                tracing::error!(error = %e, "cannot record the failure of an image task");
+            }
         }
     }
 }
