@@ -691,3 +691,35 @@ async fn an_internal_failure_is_retried_by_starting_again() {
     let snap = completed(&images, &task).await;
     assert!(export_raw(&images, &snap.snapshot_id, &env.work.join("o.raw")) == data);
 }
+
+/// A running import that finds its blocks already stored keeps them even when the snapshot that
+/// stored them is deleted meanwhile: the task pins the blocks, it does not just look them up.
+#[tokio::test]
+async fn deleting_a_snapshot_during_an_import_of_the_same_blocks_loses_nothing() {
+    let env = Env::new();
+    let raw = env.work.join("d.raw");
+    let data = make_disk(&raw, &"r".repeat(32), 0, 13);
+    let vmdk = stream_vmdk_by_tern(&raw);
+    let images = env.open();
+    for round in 0..4 {
+        let held = images
+            .start_import(&env.stage(&format!("a{round}.vmdk"), &vmdk), "")
+            .await
+            .unwrap();
+        let held = completed(&images, &held).await;
+        let racing = images
+            .start_import(&env.stage(&format!("b{round}.vmdk"), &vmdk), "")
+            .await
+            .unwrap();
+        images.delete_snapshot(&held.snapshot_id).await.unwrap();
+        let snap = completed(&images, &racing).await;
+        let out = env.work.join("o.raw");
+        assert!(
+            export_raw(&images, &snap.snapshot_id, &out) == data,
+            "round {round}"
+        );
+        assert_eq!(env.block_files(), digests(&data), "round {round}");
+        images.delete_snapshot(&snap.snapshot_id).await.unwrap();
+        assert!(env.block_files().is_empty(), "round {round}");
+    }
+}
