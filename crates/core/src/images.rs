@@ -342,6 +342,8 @@ pub trait Images: Send + Sync {
         description: &str,
     ) -> Result<String, ImagesError>;
 
+    /// [`ImagesError::NotFound`] for an unknown task, and for a completed one whose snapshot
+    /// has been deleted since.
     async fn describe_task(&self, task_id: &str) -> Result<TaskStatus, ImagesError>;
 
     async fn describe_snapshot(&self, snapshot_id: &str) -> Result<Snapshot, ImagesError>;

@@ -206,7 +206,8 @@ fn spawn_task(inner: &Arc<Inner>, task: TaskRow) {
     progress.set_stage("queued");
     lock(&inner.progress).insert(task.task_id.clone(), progress.clone());
     let me = inner.clone();
-    let name = format!("tern-{}", task.task_id);
+    let task_id = task.task_id.clone();
+    let name = format!("tern-{task_id}");
     let spawned = std::thread::Builder::new()
         .name(name)
         .spawn(move || run_task(&me, &task, &progress));
@@ -214,6 +215,18 @@ fn spawn_task(inner: &Arc<Inner>, task: TaskRow) {
         Ok(h) => lock(&inner.threads).push(h),
         Err(e) => {
             tracing::error!(error = %e, "cannot start an image task thread");
+            lock(&inner.progress).remove(&task_id);
+            let message = format!("cannot start a thread for the task: {e}");
+            let now = inner.clock.now();
+            if let Err(e) = db::fail_task(
+                &lock(&inner.db),
+                &task_id,
+                TaskFailure::Internal,
+                &message,
+                now,
+            ) {
+                tracing::error!(error = %e, "cannot record the failure of an image task");
+            }
         }
     }
 }
@@ -294,8 +307,20 @@ fn build(inner: &Inner, task: &TaskRow, ctx: &TaskCtx<'_>) -> Result<Built, Task
         Some(parent) => {
             ctx.progress
                 .set_stage(format!("applying {} onto {parent}", task.source));
-            let blocks = db::snapshot_blocks(&lock(&inner.db), parent)
-                .map_err(|e| TaskError::Failed(TaskFailure::Internal, e.to_string()))?;
+            let blocks = {
+                let conn = lock(&inner.db);
+                let internal = |e: rusqlite::Error| {
+                    TaskError::Failed(TaskFailure::Internal, format!("image database: {e}"))
+                };
+                // Without its parent a delta would silently build on zeros.
+                if db::snapshot(&conn, parent).map_err(internal)?.is_none() {
+                    return Err(TaskError::Failed(
+                        TaskFailure::NotFound,
+                        format!("parent snapshot {parent} does not exist any more"),
+                    ));
+                }
+                db::snapshot_blocks(&conn, parent).map_err(internal)?
+            };
             task::apply_delta(ctx, &path, &what, parent, blocks)
         }
     }
@@ -363,6 +388,13 @@ impl Inner {
             let retry = existing.state == TaskState::Failed
                 && matches!(existing.failure, Some((TaskFailure::Internal, _)));
             if retry {
+                if let Some(p) = parent {
+                    if db::snapshot(&conn, p).map_err(db_err)?.is_none() {
+                        return Err(ImagesError::NotFound(format!(
+                            "parent snapshot {p} does not exist"
+                        )));
+                    }
+                }
                 db::reactivate_task(&conn, &existing.task_id, self.clock.now()).map_err(db_err)?;
                 drop(conn);
                 spawn_task(self, existing.clone());

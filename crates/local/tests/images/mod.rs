@@ -624,3 +624,102 @@ async fn gc_removes_orphan_block_files_only() {
     assert_eq!(env.block_files(), digests(&data));
     assert!(export_raw(&images, &snap.snapshot_id, &env.work.join("o.raw")) == data);
 }
+
+#[tokio::test]
+async fn progress_is_reported_in_true_bytes_while_an_import_runs() {
+    let env = Env::new();
+    let raw = env.work.join("d.raw");
+    let data = make_disk(&raw, &"rz".repeat(48), 0, 11);
+    let staged = env.stage("d.vmdk", &stream_vmdk_by_qemu(&raw));
+    let images = env.open();
+    let task = images.start_import(&staged, "").await.unwrap();
+    let (mut last, mut midway) = (0u64, false);
+    let snap = loop {
+        match images.describe_task(&task).await.unwrap() {
+            TaskStatus::Active {
+                progress_percent,
+                bytes_done,
+                bytes_total,
+                message,
+            } => {
+                assert!(bytes_done >= last, "progress went back");
+                assert!(progress_percent < 100);
+                if bytes_total > 0 {
+                    assert_eq!(bytes_total, data.len() as u64);
+                    assert_eq!(
+                        progress_percent as u64,
+                        (bytes_done * 100 / bytes_total).min(99)
+                    );
+                }
+                midway |= bytes_done > 0 && bytes_done < bytes_total;
+                if bytes_done > 0 {
+                    assert!(
+                        message.starts_with("importing s3://tern-staging/d.vmdk")
+                            || message == "saving the snapshot",
+                        "{message}"
+                    );
+                }
+                last = bytes_done;
+            }
+            TaskStatus::Completed { snapshot } => break snapshot,
+            other => panic!("{other:?}"),
+        }
+    };
+    // Every block is fsynced before the commit, so 48 blocks take far longer than one poll.
+    assert!(midway, "never saw the import midway");
+    assert_eq!(snap.stored_bytes, 48 * BS as u64);
+}
+
+#[tokio::test]
+async fn an_internal_failure_is_retried_by_starting_again() {
+    let env = Env::new();
+    let raw = env.work.join("d.raw");
+    let data = make_disk(&raw, "rr", 0, 12);
+    let staged = env.stage("d.vmdk", &stream_vmdk_by_tern(&raw));
+    let images = env.open();
+    // Block files cannot be written while their temporary directory is a file.
+    let tmp = env.data.join("images/tmp");
+    std::fs::remove_dir(&tmp).unwrap();
+    std::fs::write(&tmp, b"").unwrap();
+    let task = images.start_import(&staged, "").await.unwrap();
+    let (kind, message) = failure(&images, &task).await;
+    assert_eq!(kind, TaskFailure::Internal);
+    assert!(message.contains("cannot write block file"), "{message}");
+    std::fs::remove_file(&tmp).unwrap();
+    std::fs::create_dir(&tmp).unwrap();
+    assert_eq!(images.start_import(&staged, "").await.unwrap(), task);
+    let snap = completed(&images, &task).await;
+    assert!(export_raw(&images, &snap.snapshot_id, &env.work.join("o.raw")) == data);
+}
+
+/// A running import that finds its blocks already stored keeps them even when the snapshot that
+/// stored them is deleted meanwhile: the task pins the blocks, it does not just look them up.
+#[tokio::test]
+async fn deleting_a_snapshot_during_an_import_of_the_same_blocks_loses_nothing() {
+    let env = Env::new();
+    let raw = env.work.join("d.raw");
+    let data = make_disk(&raw, &"r".repeat(32), 0, 13);
+    let vmdk = stream_vmdk_by_tern(&raw);
+    let images = env.open();
+    for round in 0..4 {
+        let held = images
+            .start_import(&env.stage(&format!("a{round}.vmdk"), &vmdk), "")
+            .await
+            .unwrap();
+        let held = completed(&images, &held).await;
+        let racing = images
+            .start_import(&env.stage(&format!("b{round}.vmdk"), &vmdk), "")
+            .await
+            .unwrap();
+        images.delete_snapshot(&held.snapshot_id).await.unwrap();
+        let snap = completed(&images, &racing).await;
+        let out = env.work.join("o.raw");
+        assert!(
+            export_raw(&images, &snap.snapshot_id, &out) == data,
+            "round {round}"
+        );
+        assert_eq!(env.block_files(), digests(&data), "round {round}");
+        images.delete_snapshot(&snap.snapshot_id).await.unwrap();
+        assert!(env.block_files().is_empty(), "round {round}");
+    }
+}
