@@ -3,11 +3,13 @@
 //! [`TestServer::start`] runs the real `tern serve` runtime (`tern_local::start`) on
 //! `127.0.0.1:0` over a fresh temporary data directory and hands out what a client needs: an
 //! `aws_sdk_sms::Client` signed with the administrator keys, the endpoint, both key pairs, a
-//! raw-HTTP caller for requests no SDK would send, and a connector agent fed by an inventory file.
+//! raw-HTTP caller for requests no SDK would send, a connector agent fed by an inventory file, and
+//! for the S3 staging store on the same endpoint an `aws_sdk_s3::Client` and the Object Created
+//! events the server emitted.
 //! Set `TEST_LOG=1` to see the server's logs.
 
 use std::path::{Path, PathBuf};
-use std::sync::Once;
+use std::sync::{Arc, Mutex, Once};
 use std::time::SystemTime;
 
 use aws_sdk_sms::config::{BehaviorVersion, Credentials, Region};
@@ -15,6 +17,7 @@ use serde_json::Value;
 use tern_connector::{Agent, ConnectorConfig};
 use tern_local::{Running, ServeConfig};
 
+pub use aws_sdk_s3;
 pub use aws_sdk_sms;
 pub use tern_core::Config;
 
@@ -48,7 +51,19 @@ fn init_logging() {
 pub struct TestServer {
     running: Option<Running>,
     dir: tempfile::TempDir,
+    serve: ServeConfig,
+    events: Arc<RecordingSink>,
     pub client: aws_sdk_sms::Client,
+}
+
+/// Keeps every S3 "Object Created" event the staging store emits.
+#[derive(Default)]
+pub struct RecordingSink(Mutex<Vec<Value>>);
+
+impl tern_local::s3::ObjectCreatedSink for RecordingSink {
+    fn object_created(&self, event: Value) {
+        self.0.lock().expect("sink lock").push(event);
+    }
 }
 
 /// A response as it came off the wire.
@@ -89,6 +104,15 @@ impl TestServer {
     }
 
     pub async fn start_with(config: Config) -> Self {
+        Self::start_with_clock(config, None).await
+    }
+
+    /// Like [`TestServer::start_with`], deciding schedules and limits by `clock` (a
+    /// `ManualClock` the test moves) instead of the system clock.
+    pub async fn start_with_clock(
+        config: Config,
+        clock: Option<std::sync::Arc<dyn tern_core::Clock>>,
+    ) -> Self {
         init_logging();
         let dir = tempfile::tempdir().expect("temp dir");
         let mut serve = ServeConfig::new(
@@ -97,13 +121,72 @@ impl TestServer {
         );
         serve.region = REGION.into();
         serve.config = config;
-        let running = tern_local::start(serve).await.expect("tern serve starts");
+        serve.clock = clock.map(tern_local::DomainClock);
+        let events = Arc::new(RecordingSink::default());
+        serve.object_created = Some(events.clone());
+        // The scheduler only moves when a test calls `tick`, so runs stay where a test put
+        // them; the workflow engine and the image service run in real time.
+        serve.replication = Some(tern_local::ReplicationOptions {
+            tick_interval: std::time::Duration::from_secs(24 * 3600),
+            ..Default::default()
+        });
+        let running = tern_local::start(serve.clone())
+            .await
+            .expect("tern serve starts");
         let client = sms_client(&running.endpoint(), admin_of(&running));
         Self {
             running: Some(running),
             dir,
+            serve,
+            events,
             client,
         }
+    }
+
+    /// Stops the server and starts it again on the same data directory (on a new port:
+    /// clients made before the restart must be made again).
+    pub async fn restart(&mut self) {
+        if let Some(running) = self.running.take() {
+            running.shutdown().await;
+        }
+        let running = tern_local::start(self.serve.clone())
+            .await
+            .expect("tern serve starts again");
+        self.client = sms_client(&running.endpoint(), admin_of(&running));
+        self.running = Some(running);
+    }
+
+    /// One pass of the scheduler (due runs, pending executions, lost hand-overs, events).
+    pub async fn tick(&self) -> tern_core::service::replication::TickReport {
+        self.replication().tick().await.expect("scheduler tick")
+    }
+
+    /// The replication use cases of the running server.
+    pub fn replication(&self) -> &tern_core::service::replication::Replication {
+        self.running()
+            .replication()
+            .expect("replication runs")
+            .replication()
+    }
+
+    /// The running server (its event bus, replication runtime, keys).
+    pub fn running_server(&self) -> &Running {
+        self.running()
+    }
+
+    /// The server's data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.serve.data_dir
+    }
+
+    /// The S3 "Object Created" events emitted so far, oldest first.
+    pub fn object_events(&self) -> Vec<Value> {
+        self.events.0.lock().expect("sink lock").clone()
+    }
+
+    /// An S3 client for the staging store, signed with the administrator keys.
+    pub fn s3(&self) -> aws_sdk_s3::Client {
+        s3_client(&self.endpoint(), self.admin())
     }
 
     fn running(&self) -> &Running {
@@ -287,6 +370,20 @@ pub fn sms_client(endpoint: &str, credentials: Credentials) -> aws_sdk_sms::Clie
         .retry_config(aws_sdk_sms::config::retry::RetryConfig::disabled())
         .build();
     aws_sdk_sms::Client::from_conf(config)
+}
+
+/// An S3 client for `endpoint` (path-style, as the local endpoint needs). Retries are off so
+/// that every error surfaces as sent.
+pub fn s3_client(endpoint: &str, credentials: Credentials) -> aws_sdk_s3::Client {
+    let config = aws_sdk_s3::Config::builder()
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .region(aws_sdk_s3::config::Region::new(REGION))
+        .endpoint_url(endpoint)
+        .force_path_style(true)
+        .credentials_provider(credentials)
+        .retry_config(aws_sdk_s3::config::retry::RetryConfig::disabled())
+        .build();
+    aws_sdk_s3::Client::from_conf(config)
 }
 
 /// An inventory file of `count` Linux VMs named `web0…`, ids `vm-0…`, under `manager`.

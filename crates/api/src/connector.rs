@@ -13,17 +13,29 @@
 //! | `ReportInventory` | [`ReportInventoryRequest`] | [`ReportInventoryResponse`] |
 //! | `PollWork` | [`PollWorkRequest`] | [`PollWorkResponse`] |
 //! | `ReportError` | [`ReportErrorRequest`] | [`ReportErrorResponse`] |
+//! | `ReportProgress` | [`ReportProgressRequest`] | [`ReportProgressResponse`] |
+//! | `CompleteWork` | [`CompleteWorkRequest`] | [`CompleteWorkResponse`] |
 //!
 //! The agent's loop: register once (keep the returned `connectorId` and pass it back on the next
 //! registration to keep the same id), heartbeat every minute or so (a connector whose last
 //! heartbeat is older than the server's `connector_unhealthy_after` reads as `UNHEALTHY` and gets
 //! no new work), poll for work, answer each `INVENTORY` item with a `ReportInventory` carrying its
 //! `requestId`, and report failures of a work item with `ReportError`.
+//!
+//! A `REPLICATE` item ([`ReplicationWork`]) asks for one replication run: upload each disk (a
+//! stream-optimized VMDK for a seed, a delta otherwise) under `staging.prefix`, write the manifest
+//! last, report progress with `ReportProgress` on the way, and `CompleteWork` once the manifest
+//! is written (or `ReportError`, which fails the run). A `COMMIT_RUN` item ([`CommitRunWork`])
+//! says the run succeeded: keep its block maps as the base of the next delta, then
+//! `CompleteWork`.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use tern_core::enums::{ConnectorCapability, OsType, VmManagerType, WorkKind};
+pub use tern_core::service::replication::{
+    CommitRunWork, ReplicationWork, StagingLocation, WorkDisk,
+};
 
 /// Operation names (the part after `TernConnectorService_V1.`).
 pub mod op {
@@ -32,6 +44,8 @@ pub mod op {
     pub const REPORT_INVENTORY: &str = "ReportInventory";
     pub const POLL_WORK: &str = "PollWork";
     pub const REPORT_ERROR: &str = "ReportError";
+    pub const REPORT_PROGRESS: &str = "ReportProgress";
+    pub const COMPLETE_WORK: &str = "CompleteWork";
     /// Every connector operation.
     pub const ALL: &[&str] = &[
         REGISTER_CONNECTOR,
@@ -39,6 +53,8 @@ pub mod op {
         REPORT_INVENTORY,
         POLL_WORK,
         REPORT_ERROR,
+        REPORT_PROGRESS,
+        COMPLETE_WORK,
     ];
 }
 
@@ -207,6 +223,22 @@ impl WorkItem {
         self.kind.parse().ok()
     }
 
+    /// The replication run to upload, when this is a `REPLICATE` item with a well-formed payload.
+    pub fn replication(&self) -> Option<ReplicationWork> {
+        match self.known_kind() {
+            Some(WorkKind::Replicate) => serde_json::from_value(self.payload.clone()).ok(),
+            _ => None,
+        }
+    }
+
+    /// The run whose block maps to keep, when this is a `COMMIT_RUN` item.
+    pub fn commit_run(&self) -> Option<CommitRunWork> {
+        match self.known_kind() {
+            Some(WorkKind::CommitRun) => serde_json::from_value(self.payload.clone()).ok(),
+            _ => None,
+        }
+    }
+
     /// The inventory request, when this is an `INVENTORY` item with a well-formed payload.
     pub fn inventory(&self) -> Option<InventoryWork> {
         match self.known_kind() {
@@ -238,6 +270,44 @@ pub struct ReportErrorRequest {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ReportErrorResponse {}
+
+/// Progress of a `REPLICATE` work item; it becomes the run's stageDetails and statusMessage
+/// ("Uploading 42% (3.1 GiB of 7.4 GiB)") and keeps the run's upload from timing out.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReportProgressRequest {
+    #[serde(default)]
+    pub connector_id: String,
+    #[serde(default)]
+    pub work_id: String,
+    /// e.g. `Preparing`, `Uploading`.
+    #[serde(default)]
+    pub stage: String,
+    #[serde(default)]
+    pub percent: u8,
+    #[serde(default)]
+    pub bytes_done: u64,
+    #[serde(default)]
+    pub bytes_total: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReportProgressResponse {}
+
+/// The connector is done with a work item.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CompleteWorkRequest {
+    #[serde(default)]
+    pub connector_id: String,
+    #[serde(default)]
+    pub work_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CompleteWorkResponse {}
 
 #[cfg(test)]
 mod tests {

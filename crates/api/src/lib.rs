@@ -104,6 +104,9 @@ pub struct Response {
 /// The API: one instance per process, shared by every request.
 pub struct Api {
     service: Service,
+    /// The replication workflow, where the host runs one (connector progress and results go
+    /// there).
+    replication: std::sync::OnceLock<tern_core::service::replication::Replication>,
     /// Wire renderings of replication jobs for GetReplicationJobs listings.
     jobs_rendered: RenderCache,
 }
@@ -135,8 +138,21 @@ impl Api {
     pub fn new(deps: Deps) -> Self {
         Self {
             service: Service::new(deps.store, deps.clock, deps.ids, deps.config),
+            replication: std::sync::OnceLock::new(),
             jobs_rendered: RenderCache::new(RENDERED_JOBS_CACHED),
         }
+    }
+
+    /// Connects the replication workflow; until then the replication operations of the
+    /// connector API answer that replication is not available. Only the first call counts.
+    pub fn attach_replication(&self, replication: tern_core::service::replication::Replication) {
+        let _ = self.replication.set(replication);
+    }
+
+    fn replication(&self) -> Result<&tern_core::service::replication::Replication, ApiError> {
+        self.replication
+            .get()
+            .ok_or_else(|| ApiError::NotAvailableYet("replication".into()))
     }
 
     /// The domain service behind the API (for hosts that drive runs, and for tests).
@@ -458,9 +474,38 @@ impl Api {
             }
             op::REPORT_ERROR => {
                 let req: ReportErrorRequest = decode(input)?;
+                if let (Some(work_id), Some(replication)) =
+                    (req.work_id.as_deref(), self.replication.get())
+                {
+                    // Before the item is closed: the failure ends the run it belongs to.
+                    replication
+                        .work_failed(&req.connector_id, work_id, &req.message)
+                        .await?;
+                }
                 svc.report_error(&req.connector_id, req.work_id.as_deref(), &req.message)
                     .await?;
                 encode(&ReportErrorResponse {})
+            }
+            op::REPORT_PROGRESS => {
+                let req: ReportProgressRequest = decode(input)?;
+                self.replication()?
+                    .report_progress(
+                        &req.connector_id,
+                        tern_core::service::replication::Progress {
+                            work_id: req.work_id,
+                            stage: req.stage,
+                            percent: req.percent,
+                            bytes_done: req.bytes_done,
+                            bytes_total: req.bytes_total,
+                        },
+                    )
+                    .await?;
+                encode(&ReportProgressResponse {})
+            }
+            op::COMPLETE_WORK => {
+                let req: CompleteWorkRequest = decode(input)?;
+                svc.complete_work(&req.connector_id, &req.work_id).await?;
+                encode(&CompleteWorkResponse {})
             }
             other => Err(ApiError::UnknownOperation(format!(
                 "unknown operation {other}"

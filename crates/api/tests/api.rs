@@ -672,6 +672,7 @@ async fn replication_jobs_and_runs_end_to_end() {
         }),
         status_message: None,
         ami_id: ami.map(Into::into),
+        snapshot_ids: Vec::new(),
     };
     svc.record_run(&job, &run1, upd(RunEvent::Start, None))
         .await
@@ -981,6 +982,7 @@ async fn pagination_across_pages() {
             stage_details: None,
             status_message: None,
             ami_id: None,
+            snapshot_ids: Vec::new(),
         };
         svc.record_run(job, &r, ev(RunEvent::Start)).await.unwrap();
         let done = RunUpdate {

@@ -112,7 +112,7 @@ impl OpenArgs {
 }
 
 /// A progress bar on a terminal, nothing when stderr is piped or redirected.
-fn progress_bar(len: u64, what: &str) -> ProgressBar {
+pub(crate) fn progress_bar(len: u64, what: &str) -> ProgressBar {
     if !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }
@@ -258,7 +258,7 @@ pub fn run(cmd: DiskCommand) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn create(path: &Path) -> anyhow::Result<File> {
+pub(crate) fn create(path: &Path) -> anyhow::Result<File> {
     File::create(path).with_context(|| format!("cannot create {}", path.display()))
 }
 

@@ -9,6 +9,8 @@ use clap::{Parser, Subcommand};
 mod connector;
 mod disk;
 #[cfg(feature = "server")]
+mod images;
+#[cfg(feature = "server")]
 mod serve;
 #[cfg(feature = "client")]
 mod sms;
@@ -42,6 +44,10 @@ enum Command {
     /// Inspect, convert and diff disk images (raw, qcow2, VMDK, VHD, VHDX).
     #[command(subcommand)]
     Disk(disk::DiskCommand),
+    /// List the local image service's machine images and export their disks.
+    #[cfg(feature = "server")]
+    #[command(subcommand)]
+    Images(images::ImagesCommand),
     /// Validate and run Amazon States Language state machines offline.
     #[command(subcommand)]
     States(states::StatesCommand),
@@ -57,6 +63,8 @@ fn main() -> ExitCode {
         #[cfg(feature = "client")]
         Command::Sms(cmd) => sms::run(cmd),
         Command::Disk(cmd) => disk::run(cmd),
+        #[cfg(feature = "server")]
+        Command::Images(cmd) => images::run(cmd),
         Command::States(cmd) => states::run(cmd),
     };
     match result {

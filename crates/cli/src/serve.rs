@@ -23,8 +23,9 @@ next to the connector keys (profile [connector]). Point any AWS client at the se
 
 Logs go to stderr, one line per request; RUST_LOG tunes the level (default: info).")]
 pub struct ServeArgs {
-    /// Directory for Tern's data: the SQLite database `tern.db` and the `credentials` file.
-    /// Created when missing.
+    /// Directory for Tern's data: the SQLite databases (`tern.db`, `states.db`, `images.db`),
+    /// the `credentials` file, the staging bucket's objects, the image block store and the
+    /// event archive `events.ndjson`. Created when missing.
     #[arg(long, value_name = "DIR", env = "TERN_DATA_DIR")]
     data_dir: PathBuf,
     /// Address and port to listen on. Use port 0 to pick a free port.
@@ -43,6 +44,10 @@ pub struct ServeArgs {
         env = "TERN_REGION"
     )]
     region: String,
+    /// Event rules: EventBridge patterns and their targets (webhook, NDJSON file, command).
+    /// See the README section "Events" for the file format.
+    #[arg(long, value_name = "FILE", env = "TERN_RULES")]
+    rules: Option<PathBuf>,
     /// Log line format.
     #[arg(long, value_enum, default_value_t = LogFormat::Compact)]
     log_format: LogFormat,
@@ -63,6 +68,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let cfg = ServeConfig {
         region: args.region.clone(),
         credentials,
+        rules: args.rules.clone(),
         ..ServeConfig::new(args.data_dir, args.listen)
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
@@ -70,6 +76,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let mut signals = Signals::new()?;
         let running = tern_local::start(cfg).await?;
         println!("Tern is serving the SMS-compatible API at {} (region {})", running.endpoint(), args.region);
+        println!(
+            "  and the S3 staging store (bucket {}) at the same URL, path-style",
+            tern_local::s3::STAGING_BUCKET
+        );
         println!("Credentials file: {}", running.credentials_file().display());
         if from_env {
             println!("  administrator: the keys from {ENV_ACCESS_KEY_ID}/{ENV_SECRET_ACCESS_KEY}");
@@ -120,7 +130,10 @@ fn admin_credentials(
 
 fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // s3s logs every S3 error answer (a 404 included) at level error; the request line says
+    // what matters, so its own logs are off unless RUST_LOG asks for them.
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,s3s=off"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

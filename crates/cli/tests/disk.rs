@@ -1,4 +1,8 @@
-//! `tern disk` end to end: the binary on real images made by qemu-img and mkfs.
+//! `tern disk` end to end: the binary on real images made by qemu-img and mkfs, and
+//! `tern images`, which exports snapshots through the same writers.
+
+#[cfg(feature = "server")]
+mod images;
 
 use std::path::Path;
 use std::process::{Command, Output};

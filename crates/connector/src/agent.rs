@@ -1,7 +1,13 @@
 //! The agent loop: register, heartbeat, poll for work, answer it.
+//!
+//! Inventory requests are answered inside the poll. Replication work (`REPLICATE`,
+//! `COMMIT_RUN`) runs in background tasks ([`crate::work`]), so heartbeats and polls go on
+//! while a long upload runs; an item PollWork hands out again while its task still runs is
+//! skipped.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use tern_api::connector::{
@@ -10,8 +16,11 @@ use tern_api::connector::{
     ReportInventoryResponse, SendHeartbeatRequest, SendHeartbeatResponse, VmManagerType, WorkItem,
     WorkKind,
 };
+use tokio::task::JoinSet;
 use tokio::time::{interval, MissedTickBehavior};
 
+use crate::replicate::ReplicateContext;
+use crate::work::{WorkCounts, WorkOutcome, Worker};
 use crate::{ApiClient, ConnectorConfig, ConnectorError, Inventory};
 
 /// What one poll cycle did; `--once` prints it, tests check it.
@@ -28,6 +37,13 @@ pub struct CycleReport {
     pub failed: usize,
     /// Work items of kinds this connector does not know (left alone).
     pub skipped: usize,
+    /// Replication items (REPLICATE and COMMIT_RUN) started by this poll.
+    pub replication_items_started: usize,
+    /// Items handed out again while their task still runs (left to that task).
+    pub already_in_flight: usize,
+    /// How the replication items that finished went (`--once` waits for those it started).
+    #[serde(flatten)]
+    pub replication: WorkCounts,
 }
 
 /// Registration kept across restarts.
@@ -43,23 +59,47 @@ pub struct Agent {
     config: ConnectorConfig,
     client: ApiClient,
     connector_id: Option<String>,
+    worker: Arc<Worker>,
 }
 
 impl Agent {
     /// Resolves credentials and builds the client; makes no request yet.
     pub async fn new(config: ConnectorConfig) -> Result<Self, ConnectorError> {
         let credentials = config.resolve_credentials().await?;
+        // Uploads are signed with the same keys as the API calls: `tern serve` accepts the
+        // connector keys on its staging store, and one identity is simpler to grant on S3.
+        let s3 = config.s3_client(credentials.clone());
         let client = ApiClient::new(
             &config.endpoint,
             &config.region,
             credentials,
             config.request_timeout(),
         )?;
+        let worker = Arc::new(Worker::new(
+            client.clone(),
+            ReplicateContext {
+                s3,
+                state_dir: config.state_dir.clone(),
+                options: config.replicate_options(),
+            },
+        ));
         Ok(Self {
             config,
             client,
             connector_id: None,
+            worker,
         })
+    }
+
+    /// Calls `observer` with every progress update of the replication runs this agent uploads
+    /// (the CLI draws progress bars with it on a terminal).
+    pub fn observe_progress(&self, observer: std::sync::Arc<crate::work::ProgressObserver>) {
+        self.worker.observe(observer);
+    }
+
+    /// Replication items whose tasks are running now.
+    pub fn work_in_flight(&self) -> usize {
+        self.worker.in_flight()
     }
 
     pub fn connector_id(&self) -> Option<&str> {
@@ -127,8 +167,23 @@ impl Agent {
         Ok(())
     }
 
-    /// Polls once and answers every work item received.
+    /// Polls once and answers every work item received, waiting for the replication work it
+    /// started to finish.
     pub async fn poll_once(&self) -> Result<CycleReport, ConnectorError> {
+        let mut tasks = JoinSet::new();
+        let mut report = self.poll_into(&mut tasks).await?;
+        while let Some(done) = tasks.join_next().await {
+            record(&mut report.replication, done);
+        }
+        Ok(report)
+    }
+
+    /// Polls once: answers inventory requests, and starts a task in `tasks` for each
+    /// replication item that is not already running.
+    async fn poll_into(
+        &self,
+        tasks: &mut JoinSet<WorkOutcome>,
+    ) -> Result<CycleReport, ConnectorError> {
         let connector_id = self.id()?;
         let response: PollWorkResponse = self
             .client
@@ -146,7 +201,7 @@ impl Agent {
             ..CycleReport::default()
         };
         for item in &response.work_items {
-            self.handle(item, &mut report).await?;
+            self.handle(item, &mut report, tasks).await?;
         }
         Ok(report)
     }
@@ -158,6 +213,7 @@ impl Agent {
         &self,
         item: &WorkItem,
         report: &mut CycleReport,
+        tasks: &mut JoinSet<WorkOutcome>,
     ) -> Result<(), ConnectorError> {
         match item.known_kind() {
             Some(WorkKind::Inventory) => {
@@ -184,6 +240,46 @@ impl Agent {
                     }
                 }
             }
+            Some(kind @ (WorkKind::Replicate | WorkKind::CommitRun)) => {
+                let connector_id = self.id()?;
+                let work_id = item.work_id.clone();
+                let worker = self.worker.clone();
+                let task: std::pin::Pin<Box<dyn Future<Output = WorkOutcome> + Send>> = match (
+                    kind,
+                    item.replication(),
+                    item.commit_run(),
+                ) {
+                    (WorkKind::Replicate, Some(work), _) => {
+                        Box::pin(worker.replicate(connector_id, work_id.clone(), work))
+                    }
+                    (WorkKind::CommitRun, _, Some(work)) => {
+                        Box::pin(worker.commit(connector_id, work_id.clone(), work))
+                    }
+                    _ => {
+                        tracing::warn!(work_id, kind = %item.kind, "malformed work item");
+                        report.failed += 1;
+                        let message = format!(
+                                "{} work item {work_id} has a payload this connector (version {}) cannot read: {}; upgrade the connector to the control plane's version",
+                                item.kind,
+                                env!("CARGO_PKG_VERSION"),
+                                item.payload
+                            );
+                        self.report_error(Some(work_id), message).await?;
+                        return Ok(());
+                    }
+                };
+                let Some(claim) = self.worker.claim(&work_id) else {
+                    tracing::debug!(work_id, "work item already running; skipped");
+                    report.already_in_flight += 1;
+                    return Ok(());
+                };
+                report.replication_items_started += 1;
+                tasks.spawn(async move {
+                    // Released when the task ends, or is dropped with an aborted task.
+                    let _claim = claim;
+                    task.await
+                });
+            }
             None => {
                 tracing::warn!(work_id = %item.work_id, kind = %item.kind, "skipping work of a kind this connector does not know");
                 report.skipped += 1;
@@ -197,7 +293,18 @@ impl Agent {
         &self,
         request_id: Option<String>,
     ) -> Result<usize, ConnectorError> {
-        let inventory = self.load_inventory()?;
+        let mut inventory = self.load_inventory()?;
+        // Opening and inspecting disks is blocking file I/O: off the async threads, so that
+        // running uploads and the heartbeat are not held up.
+        let inventory = tokio::task::spawn_blocking(move || {
+            inventory.inspect();
+            inventory
+        })
+        .await
+        .map_err(|e| ConnectorError::Protocol {
+            operation: op::REPORT_INVENTORY.into(),
+            message: format!("inspecting the disks: {e}"),
+        })?;
         let count = inventory.vms.len();
         let request = ReportInventoryRequest {
             connector_id: self.id()?,
@@ -232,7 +339,8 @@ impl Agent {
         Ok(())
     }
 
-    /// Register, heartbeat, one poll cycle: for scripts and tests.
+    /// Register, heartbeat, one poll cycle (waiting for the replication work it started): for
+    /// scripts and tests.
     pub async fn run_once(&mut self) -> Result<CycleReport, ConnectorError> {
         self.register().await?;
         self.heartbeat().await?;
@@ -268,10 +376,13 @@ impl Agent {
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut poll = interval(self.config.poll_interval());
         poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // Replication tasks: they run on their own while this loop heartbeats and polls.
+        // Dropping the set at shutdown aborts them; their uploads resume on the next run.
+        let mut tasks = JoinSet::new();
         loop {
             tokio::select! {
                 _ = &mut shutdown => {
-                    tracing::info!("shutting down");
+                    tracing::info!(abandoned = tasks.len(), "shutting down");
                     return Ok(());
                 }
                 _ = heartbeat.tick() => {
@@ -280,13 +391,29 @@ impl Agent {
                     }
                 }
                 _ = poll.tick() => {
-                    match self.poll_once().await {
+                    match self.poll_into(&mut tasks).await {
                         Ok(report) if report.work_items > 0 => tracing::info!(?report, "work answered"),
                         Ok(_) => {}
                         Err(err) => tracing::warn!(error = %err, "polling for work failed"),
                     }
                 }
+                Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                    let mut counts = WorkCounts::default();
+                    record(&mut counts, done);
+                    tracing::debug!(?counts, "replication work finished");
+                }
             }
+        }
+    }
+}
+
+fn record(counts: &mut WorkCounts, done: Result<WorkOutcome, tokio::task::JoinError>) {
+    match done {
+        Ok(outcome) => counts.record(outcome),
+        // A panic in a task is a bug; the item comes back after its lease.
+        Err(e) => {
+            tracing::error!(error = %e, "replication task failed");
+            counts.replications_failed += 1;
         }
     }
 }

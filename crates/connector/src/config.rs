@@ -45,6 +45,47 @@ pub struct ConnectorConfig {
     pub request_timeout_secs: u64,
     /// The `files` source: VMs listed in an inventory file.
     pub files: FilesSource,
+    /// Where and how replication runs upload (the S3 staging bucket).
+    #[serde(default)]
+    pub staging: StagingConfig,
+}
+
+/// `[staging]`: the S3 endpoint replication uploads go to, and the upload tunables.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StagingConfig {
+    /// S3 endpoint (path-style). Default: the API `endpoint`, since `tern serve` serves its
+    /// staging store on the same URL.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Multipart part size in MiB (5 to 5120).
+    #[serde(default = "default_part_size_mib")]
+    pub part_size_mib: u64,
+    /// Average upload rate cap in megabits per second; absent for no cap.
+    #[serde(default)]
+    pub bandwidth_limit_mbps: Option<f64>,
+    /// Largest delta an incremental run may upload, GiB; past it the run fails and asks for a
+    /// new seed.
+    #[serde(default = "default_max_delta_gib")]
+    pub max_delta_gib: u64,
+}
+
+impl Default for StagingConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: None,
+            part_size_mib: default_part_size_mib(),
+            bandwidth_limit_mbps: None,
+            max_delta_gib: default_max_delta_gib(),
+        }
+    }
+}
+
+fn default_part_size_mib() -> u64 {
+    25
+}
+fn default_max_delta_gib() -> u64 {
+    1024
 }
 
 #[derive(Clone, Deserialize)]
@@ -127,7 +168,70 @@ impl ConnectorConfig {
         if self.request_timeout_secs == 0 {
             return Err("request_timeout_secs must be at least 1".into());
         }
+        let st = &self.staging;
+        if let Some(e) = &st.endpoint {
+            if !(e.starts_with("http://") || e.starts_with("https://")) {
+                return Err(format!(
+                    "staging.endpoint {e:?} must be an http:// or https:// URL"
+                ));
+            }
+        }
+        if !(5..=5120).contains(&st.part_size_mib) {
+            return Err(format!(
+                "staging.part_size_mib {} is outside S3's part sizes (5 to 5120 MiB)",
+                st.part_size_mib
+            ));
+        }
+        if let Some(mbps) = st.bandwidth_limit_mbps {
+            // Below ~8 kbit/s not even one byte a millisecond goes out: surely a typo.
+            if !mbps.is_finite() || mbps < 0.01 {
+                return Err(format!(
+                    "staging.bandwidth_limit_mbps {mbps} must be at least 0.01 (leave it out for no limit)"
+                ));
+            }
+        }
+        if st.max_delta_gib == 0 {
+            return Err("staging.max_delta_gib must be at least 1".into());
+        }
         Ok(())
+    }
+
+    /// The S3 endpoint replication uploads go to.
+    pub fn staging_endpoint(&self) -> &str {
+        self.staging.endpoint.as_deref().unwrap_or(&self.endpoint)
+    }
+
+    /// The upload options of `[staging]`, in the units `replicate` takes.
+    pub fn replicate_options(&self) -> crate::replicate::ReplicateOptions {
+        let st = &self.staging;
+        crate::replicate::ReplicateOptions {
+            part_size: st.part_size_mib << 20,
+            bandwidth_limit: st
+                .bandwidth_limit_mbps
+                .map(|mbps| ((mbps * 1_000_000.0 / 8.0) as u64).max(1)),
+            max_delta_bytes: st.max_delta_gib << 30,
+            ..Default::default()
+        }
+    }
+
+    /// The S3 client of replication uploads: path-style (what `tern serve` and most
+    /// S3-compatible stores need), the config's region, and the same credentials the API
+    /// calls are signed with. The SDK's own retries stay on; `replicate` adds its own around
+    /// whole calls.
+    pub fn s3_client(&self, credentials: Credentials) -> aws_sdk_s3::Client {
+        let conf = aws_sdk_s3::Config::builder()
+            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+            .region(aws_sdk_s3::config::Region::new(self.region.clone()))
+            .endpoint_url(self.staging_endpoint().trim_end_matches('/'))
+            .force_path_style(true)
+            .credentials_provider(credentials)
+            .timeout_config(
+                aws_sdk_s3::config::timeout::TimeoutConfig::builder()
+                    .connect_timeout(self.request_timeout())
+                    .build(),
+            )
+            .build();
+        aws_sdk_s3::Client::from_conf(conf)
     }
 
     pub fn heartbeat_interval(&self) -> Duration {
@@ -229,6 +333,42 @@ inventory = "inv.toml"
             c.credentials_file,
             Some(dir.path().join("data/credentials"))
         );
+        // Without [staging]: uploads go to the API endpoint with the documented defaults.
+        assert_eq!(c.staging, StagingConfig::default());
+        assert_eq!(c.staging_endpoint(), "http://127.0.0.1:8080");
+        let o = c.replicate_options();
+        assert_eq!(o.part_size, 25 << 20);
+        assert_eq!(o.bandwidth_limit, None);
+        assert_eq!(o.max_delta_bytes, 1024 << 30);
+    }
+
+    #[test]
+    fn staging_section() {
+        let dir = tempfile::tempdir().unwrap();
+        let base =
+            "endpoint = \"http://api:8080\"\nstate_dir = \"s\"\n[files]\ninventory = \"i\"\n";
+        let p = write(
+            dir.path(),
+            "c.toml",
+            &format!("{base}[staging]\nendpoint = \"https://s3.lab:9000/\"\npart_size_mib = 64\nbandwidth_limit_mbps = 80\nmax_delta_gib = 2\n"),
+        );
+        let c = ConnectorConfig::load(&p).unwrap();
+        assert_eq!(c.staging_endpoint(), "https://s3.lab:9000/");
+        let o = c.replicate_options();
+        assert_eq!(o.part_size, 64 << 20);
+        assert_eq!(o.bandwidth_limit, Some(10_000_000), "80 Mbit/s is 10 MB/s");
+        assert_eq!(o.max_delta_bytes, 2 << 30);
+        for (bad, needle) in [
+            ("part_size_mib = 4", "part_size_mib"),
+            ("bandwidth_limit_mbps = 0", "bandwidth_limit_mbps"),
+            ("max_delta_gib = 0", "max_delta_gib"),
+            ("endpoint = \"s3.lab\"", "staging.endpoint"),
+            ("part_sise_mib = 30", "part_sise_mib"),
+        ] {
+            let p = write(dir.path(), "d.toml", &format!("{base}[staging]\n{bad}\n"));
+            let err = ConnectorConfig::load(&p).unwrap_err().to_string();
+            assert!(err.contains(needle), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -5,14 +5,21 @@
 //! Relative disk paths are relative to the inventory file's directory. The file is read again
 //! for every inventory request, so editing it and running `ImportServerCatalog` updates the
 //! catalog.
+//!
+//! A VM lists its disk image files (`disks`), or names an OVA archive (`ova`) whose disks are
+//! reported in DiskSection order as `<archive>#disk=<n>` with format `ova`.
+//! [`Inventory::inspect`] opens every disk and puts what `tern_disk::inspect` finds into the
+//! VM's `inspection` member: `{"disks": [<report or {"error": …}>, …]}`.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use serde_json::{json, Value};
 use tern_api::connector::{InventoryDisk, InventoryVm, OsType, VmManagerType};
 
 use crate::config::is_json;
+use crate::work::{ova_disk_path, OVA_FORMAT};
 use crate::ConnectorError;
 
 /// A parsed inventory file.
@@ -23,6 +30,9 @@ pub struct Inventory {
     pub vm_manager_type: Option<VmManagerType>,
     /// VMs in file order, in the wire shape of `ReportInventory`.
     pub vms: Vec<InventoryVm>,
+    /// Per VM and disk: whether the file stated the format (else it is a guess from the
+    /// extension, which inspection replaces with what the content says).
+    stated_formats: Vec<Vec<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -57,6 +67,9 @@ struct VmEntry {
     vm_manager_type: Option<VmManagerType>,
     #[serde(default)]
     disks: Vec<DiskEntry>,
+    /// An OVA archive holding the VM's disks (instead of `disks`).
+    #[serde(default)]
+    ova: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -96,6 +109,7 @@ impl Inventory {
             .unwrap_or_else(|| default_manager_id.to_owned());
         let mut seen = HashSet::new();
         let mut vms = Vec::with_capacity(file.vms.len());
+        let mut stated_formats = Vec::with_capacity(file.vms.len());
         for (index, vm) in file.vms.into_iter().enumerate() {
             if vm.id.trim().is_empty() {
                 return Err(format!("vms[{index}]: id must not be empty"));
@@ -107,22 +121,60 @@ impl Inventory {
             if !seen.insert((manager, vm.id.clone())) {
                 return Err(format!("vms[{index}]: VM id {:?} is listed twice", vm.id));
             }
-            let disks = vm
-                .disks
-                .into_iter()
-                .map(|d| disk(d, base))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| format!("vms[{index}] ({}): {e}", vm.id))?;
+            let mut vm_name = vm.name;
+            let mut inspection = None;
+            let mut stated = Vec::new();
+            let disks = match vm.ova {
+                Some(_) if !vm.disks.is_empty() => {
+                    return Err(format!(
+                        "vms[{index}] ({}): give either disks or ova, not both",
+                        vm.id
+                    ))
+                }
+                Some(ova) if ova.trim().is_empty() => {
+                    return Err(format!(
+                        "vms[{index}] ({}): the ova path must not be empty",
+                        vm.id
+                    ))
+                }
+                Some(ova) => match ova_disks(&base.join(ova)) {
+                    Ok((disks, name)) => {
+                        vm_name = vm_name.or(name);
+                        disks
+                    }
+                    Err(error) => {
+                        inspection = Some(json!({ "disks": [], "error": error }));
+                        Vec::new()
+                    }
+                },
+                None => vm
+                    .disks
+                    .into_iter()
+                    .map(|d| {
+                        stated.push(matches!(
+                            d,
+                            DiskEntry::Detailed {
+                                format: Some(_),
+                                ..
+                            }
+                        ));
+                        disk(d, base)
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| format!("vms[{index}] ({}): {e}", vm.id))?,
+            };
+            stated.resize(disks.len(), false);
+            stated_formats.push(stated);
             vms.push(InventoryVm {
                 vm_id: vm.id,
-                vm_name: vm.name,
+                vm_name,
                 vm_path: vm.folder,
                 vm_manager_id: vm.vm_manager_id,
                 vm_manager_name: vm.vm_manager_name,
                 vm_manager_type: vm.vm_manager_type,
                 disks,
                 os_type: vm.os_type,
-                inspection: None,
+                inspection,
             });
         }
         Ok(Self {
@@ -130,7 +182,93 @@ impl Inventory {
             vm_manager_name: file.vm_manager_name,
             vm_manager_type: file.vm_manager_type,
             vms,
+            stated_formats,
         })
+    }
+}
+
+impl Inventory {
+    /// Opens every disk of every VM and records what it holds in the VM's `inspection`:
+    /// `{"disks": [<tern_disk InspectionReport>, …]}` in disk order (the control plane reads
+    /// `/disks/0/efi_system_partition` to pick the image's boot mode). A disk that cannot be
+    /// opened or read gets `{"error": "…"}` in its slot; the inventory is still reported.
+    /// A disk opened this way also reports its virtual size and, unless the inventory file
+    /// stated one, the format found in its content.
+    pub fn inspect(&mut self) {
+        for (vm, stated) in self.vms.iter_mut().zip(&self.stated_formats) {
+            if vm.disks.is_empty() {
+                continue;
+            }
+            let reports: Vec<Value> = vm
+                .disks
+                .iter_mut()
+                .zip(stated)
+                .map(|(d, &stated)| inspect_disk(d, stated))
+                .collect();
+            let mut inspection = match vm.inspection.take() {
+                Some(Value::Object(m)) => m,
+                _ => serde_json::Map::new(),
+            };
+            inspection.insert("disks".into(), Value::Array(reports));
+            vm.inspection = Some(Value::Object(inspection));
+        }
+    }
+}
+
+fn inspect_disk(d: &mut InventoryDisk, format_stated: bool) -> Value {
+    // A format guessed from the extension is no reason to refuse the content: detect it.
+    let format = if format_stated || d.format.as_deref() == Some(OVA_FORMAT) {
+        d.format.as_deref()
+    } else {
+        None
+    };
+    let source = match crate::work::translate_disk(&d.path, format) {
+        Ok(s) => s,
+        Err(e) => return json!({ "error": e }),
+    };
+    let opened = match crate::replicate::open_disk(&source) {
+        Ok(disk) => disk,
+        Err(e) => {
+            tracing::warn!(disk = %d.path, error = %e, "cannot open disk for inspection");
+            return json!({ "error": e.to_string() });
+        }
+    };
+    d.size_bytes = Some(opened.size());
+    if !matches!(source, crate::replicate::DiskSource::Ova { .. }) && !format_stated {
+        d.format = Some(opened.format().name().to_string());
+    }
+    match tern_disk::inspect::inspect(&*opened) {
+        Ok(report) => serde_json::to_value(report)
+            .unwrap_or_else(|e| json!({ "error": format!("cannot encode the report: {e}") })),
+        Err(e) => {
+            tracing::warn!(disk = %d.path, error = %e, "cannot inspect disk");
+            json!({ "error": format!("cannot read {}: {e}", d.path) })
+        }
+    }
+}
+
+/// The disks of an OVA archive as inventory disks, and the VM name its descriptor gives. An
+/// unreadable archive is reported as a VM without disks and the reason in its inspection (and
+/// logged): the catalog still shows the VM.
+fn ova_disks(path: &Path) -> Result<(Vec<InventoryDisk>, Option<String>), String> {
+    match crate::ova::read(path) {
+        Ok(vm) => {
+            let disks = vm
+                .disks
+                .iter()
+                .enumerate()
+                .map(|(i, d)| InventoryDisk {
+                    path: ova_disk_path(path, i),
+                    format: Some(OVA_FORMAT.into()),
+                    size_bytes: Some(d.capacity),
+                })
+                .collect();
+            Ok((disks, (!vm.name.is_empty()).then_some(vm.name)))
+        }
+        Err(e) => {
+            tracing::warn!(ova = %path.display(), error = %e, "cannot read the OVA archive listed in the inventory");
+            Err(e.to_string())
+        }
     }
 }
 
@@ -241,6 +379,87 @@ vm_manager_type = "HYPERV-MANAGER"
         assert_eq!(inv.vm_manager_id, "files-lab");
         assert_eq!(inv.vms[0].disks[0].format.as_deref(), Some("vmdk"));
         assert!(inv.vms[1].disks.is_empty());
+    }
+
+    /// A raw disk whose MBR holds one EFI system partition (type 0xEF).
+    fn efi_disk(path: &Path) {
+        let mut d = vec![0u8; 4 << 20];
+        let e = &mut d[446..462];
+        e[4] = 0xef;
+        e[8..12].copy_from_slice(&2048u32.to_le_bytes());
+        e[12..16].copy_from_slice(&4096u32.to_le_bytes());
+        d[510] = 0x55;
+        d[511] = 0xaa;
+        std::fs::write(path, d).unwrap();
+    }
+
+    #[test]
+    fn inspection_reports_every_disk_and_errors_in_their_slots() {
+        let dir = tempfile::tempdir().unwrap();
+        // Formats guessed from the extension are replaced by what the content says; a stated
+        // format is kept, also for a disk that cannot be opened.
+        efi_disk(&dir.path().join("boot.img"));
+        std::fs::write(dir.path().join("data.qcow2"), b"not a qcow2 image").unwrap();
+        let path = dir.path().join("inv.toml");
+        std::fs::write(
+            &path,
+            r#"
+[[vms]]
+id = "vm-1"
+disks = ["boot.img", "data.qcow2", { path = "gone.vmdk", format = "vmdk" }]
+
+[[vms]]
+id = "vm-2"
+"#,
+        )
+        .unwrap();
+        let mut inv = Inventory::load(&path, "m").unwrap();
+        assert!(inv.vms[0].inspection.is_none(), "loading reads no disk");
+        inv.inspect();
+        let vm = &inv.vms[0];
+        let i = vm.inspection.as_ref().unwrap();
+        // The pointer the control plane reads to choose UEFI boot.
+        assert_eq!(
+            i.pointer("/disks/0/efi_system_partition"),
+            Some(&json!(true))
+        );
+        assert_eq!(i["disks"][0]["partition_table"], "mbr");
+        assert_eq!(i["disks"][0]["partitions"][0]["start"], 2048 * 512);
+        assert_eq!(vm.disks[0].size_bytes, Some(4 << 20));
+        assert_eq!(vm.disks[0].format.as_deref(), Some("raw"));
+        // Not a qcow2 after all: the content says raw, and the report is still made.
+        assert_eq!(vm.disks[1].format.as_deref(), Some("raw"));
+        assert_eq!(i["disks"][1]["efi_system_partition"], false);
+        let err = i["disks"][2]["error"].as_str().unwrap();
+        assert!(err.contains("gone.vmdk"), "{err}");
+        assert_eq!(vm.disks[2].format.as_deref(), Some("vmdk"));
+        assert_eq!(vm.disks[2].size_bytes, None);
+        assert!(
+            inv.vms[1].inspection.is_none(),
+            "no disks, nothing to inspect"
+        );
+    }
+
+    #[test]
+    fn ova_entries_list_the_archives_disks() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("inv.toml");
+        std::fs::write(&path, "[[vms]]\nid = \"a\"\nova = \"missing.ova\"\n").unwrap();
+        let inv = Inventory::load(&path, "m").unwrap();
+        // An unreadable archive: the VM is still reported, without disks, with the reason.
+        assert!(inv.vms[0].disks.is_empty());
+        let err = inv.vms[0].inspection.as_ref().unwrap()["error"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("missing.ova"), "{err}");
+        std::fs::write(
+            &path,
+            "[[vms]]\nid = \"a\"\nova = \"x.ova\"\ndisks = [\"d.raw\"]\n",
+        )
+        .unwrap();
+        let err = Inventory::load(&path, "m").unwrap_err().to_string();
+        assert!(err.contains("either disks or ova"), "{err}");
     }
 
     #[test]

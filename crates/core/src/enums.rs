@@ -138,7 +138,11 @@ wire_enum!(
 wire_enum!(
     /// Kind of a connector work item. New kinds are added by later releases; connectors skip
     /// kinds they do not know (see `tern_api::connector::WorkItem`).
-    WorkKind { Inventory => "INVENTORY" }
+    WorkKind {
+        Inventory => "INVENTORY",
+        Replicate => "REPLICATE",
+        CommitRun => "COMMIT_RUN"
+    }
 );
 
 #[cfg(test)]

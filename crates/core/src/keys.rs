@@ -12,6 +12,7 @@
 //! | `RUN#<jobId>` | run seq, 10 digits | [`ReplicationRun`](crate::model::ReplicationRun) | runs in creation order |
 //! | `WORK#<connectorId>` | work id | [`Work`](crate::model::Work) | PollWork = one partition query |
 //! | `LIMIT` | `ACTIVE_JOBS` | `{"count": n}` | the active-job limit under concurrency |
+//! | `OUTBOX` | state-change id | [`StateChange`](crate::service::StateChange) | events written with the change they announce, published after |
 //!
 //! **Stable server ids.** The `VMADDR` item maps a VM's `vmManagerId` + `vmId` to its server id.
 //! It is created together with the server (one transaction, `Absent` condition, so two
@@ -92,6 +93,12 @@ pub fn work_partition(connector_id: &str) -> String {
 
 pub fn work(connector_id: &str, work_id: &str) -> Key {
     Key::new(work_partition(connector_id), work_id)
+}
+
+pub const OUTBOX: &str = "OUTBOX";
+
+pub fn outbox(id: &str) -> Key {
+    Key::new(OUTBOX, id)
 }
 
 pub fn active_jobs() -> Key {

@@ -10,16 +10,21 @@
 pub mod config;
 pub mod enums;
 pub mod error;
+pub mod events;
+pub mod images;
 pub mod keys;
 pub mod memory_store;
 pub mod model;
 pub mod ports;
 pub mod service;
+pub mod staging;
 pub mod states;
 pub mod store;
+pub mod workflows;
 
 pub use config::{Config, Limits};
 pub use error::DomainError;
+pub use images::Images;
 pub use memory_store::MemoryStore;
 pub use ports::{Clock, IdKind, Ids, ManualClock, RandomIds, SystemClock};
 pub use service::Service;

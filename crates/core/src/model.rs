@@ -178,6 +178,50 @@ pub struct ReplicationRun {
     pub kms_key_id: Option<String>,
     /// Tern: position in the job's run list (1 = first run); part of the run's key.
     pub seq: u64,
+    /// Tern: where the run's workflow is (see `service::replication`).
+    #[serde(default, skip_serializing_if = "RunWorkflow::is_empty")]
+    pub workflow: RunWorkflow,
+}
+
+/// Tern: a run's progress through the replication-run state machine, as far as the handlers
+/// that meet outside it (upload complete, connector progress, the scheduler) need to know.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunWorkflow {
+    /// The execution was started (its name is the run id).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub execution_started: bool,
+    /// Whether this run uploads full disks (seed) or deltas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<bool>,
+    /// The token WaitForUpload parks on; upload-complete and progress reports answer it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload_token: Option<String>,
+    /// The manifest, once its arrival in staging was seen (first notification wins).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<Value>,
+    /// The manifest was handed to the waiting task (a lost hand-over is redone by the
+    /// scheduler's tick).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub upload_signalled: bool,
+    /// Snapshot ids the run produced, root disk first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub snapshot_ids: Vec<String>,
+}
+
+impl RunWorkflow {
+    pub fn is_empty(&self) -> bool {
+        *self == RunWorkflow::default()
+    }
+}
+
+/// Tern: an image a job produced and still keeps (retention works on these, oldest first).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobImage {
+    pub ami_id: String,
+    pub run_id: String,
+    pub snapshot_ids: Vec<String>,
 }
 
 /// Reference from a job to its run in progress.
@@ -243,6 +287,24 @@ pub struct ReplicationJob {
     /// Tern: failed runs since the last success.
     #[serde(default)]
     pub consecutive_failures: u32,
+    /// Tern: snapshots of the last successful run, root disk first: the parents of the next
+    /// incremental run. Empty until the seed run completes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub latest_snapshot_ids: Vec<String>,
+    /// Tern: the run whose snapshots are `latest_snapshot_ids` (the connector's block maps must
+    /// be from the same run for a delta to apply).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest_run_id: Option<String>,
+    /// Tern: images the job produced and still keeps, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<JobImage>,
+    /// Tern: when the job became PAUSED_ON_FAILURE (it is deleted `paused_job_lifetime` later).
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub paused_on: Option<OffsetDateTime>,
 }
 
 /// One inventory request the catalog waits for.

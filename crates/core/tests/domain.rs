@@ -297,6 +297,7 @@ async fn job_rules_and_run_lifecycle() {
         stage_details: None,
         status_message: None,
         ami_id: ami.map(Into::into),
+        snapshot_ids: Vec::new(),
     };
     assert!(w
         .svc
@@ -406,6 +407,7 @@ async fn run_once_jobs_complete_after_one_run_and_release_their_slot() {
         stage_details: None,
         status_message: None,
         ami_id: None,
+        snapshot_ids: Vec::new(),
     };
     w.svc.record_run(&job, &run, start).await.unwrap();
     let done = RunUpdate {
@@ -413,6 +415,7 @@ async fn run_once_jobs_complete_after_one_run_and_release_their_slot() {
         stage_details: None,
         status_message: None,
         ami_id: Some("ami-9".into()),
+        snapshot_ids: Vec::new(),
     };
     let j = w.svc.record_run(&job, &run, done).await.unwrap();
     assert_eq!(j.state, ReplicationJobState::Completed);
@@ -589,6 +592,7 @@ async fn repeated_failures_pause_a_job_and_an_update_resumes_it() {
         stage_details: None,
         status_message: Some("upload failed".into()),
         ami_id: None,
+        snapshot_ids: Vec::new(),
     };
     let mut states = Vec::new();
     for _ in 0..3 {
@@ -601,10 +605,6 @@ async fn repeated_failures_pause_a_job_and_an_update_resumes_it() {
         w.svc.get_job(&job).await.unwrap().status_message.as_deref(),
         Some("upload failed")
     );
-    assert!(matches!(
-        w.svc.start_on_demand_run(&job, None).await,
-        Err(DomainError::OperationNotPermitted(_))
-    ));
     let resume = JobUpdate {
         replication_job_id: job.clone(),
         description: Some("fixed the network".into()),
@@ -613,7 +613,20 @@ async fn repeated_failures_pause_a_job_and_an_update_resumes_it() {
     w.svc.update_job(resume).await.unwrap();
     let j = w.svc.get_job(&job).await.unwrap();
     assert_eq!((j.state, j.consecutive_failures), (Active, 0));
+
+    // Paused again: an on-demand run is the other way to resume (the console's "Resume").
+    for _ in 0..3 {
+        let run = w.svc.start_on_demand_run(&job, None).await.unwrap();
+        w.svc.record_run(&job, &run, fail()).await.unwrap();
+    }
+    assert_eq!(w.svc.get_job(&job).await.unwrap().state, PausedOnFailure);
+    assert!(w.svc.get_job(&job).await.unwrap().paused_on.is_some());
     w.svc.start_on_demand_run(&job, None).await.unwrap();
+    let j = w.svc.get_job(&job).await.unwrap();
+    assert_eq!(
+        (j.state, j.consecutive_failures, j.paused_on),
+        (Active, 0, None)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

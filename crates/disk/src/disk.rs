@@ -110,6 +110,24 @@ pub fn open(path: &Path, opts: &OpenOptions) -> Result<Box<dyn VirtualDisk>> {
     open_source(src, format, &opts.backing_chain)
 }
 
+/// Opens the image stored as `length` bytes at `offset` inside the file at `path` (a disk inside
+/// an OVA archive, read in place). The range must lie inside the file. Such an image never
+/// references other files: VMDK descriptors with extent files are refused.
+pub fn open_range(
+    path: &Path,
+    offset: u64,
+    length: u64,
+    opts: &OpenOptions,
+) -> Result<Box<dyn VirtualDisk>> {
+    let src = Source::open_range(path, offset, length)?;
+    let format = match opts.format {
+        Some(f) => f,
+        None => detect_source(&src)?,
+    };
+    tracing::debug!(path = %path.display(), offset, length, %format, "opening disk image in a file range");
+    open_source(src, format, &opts.backing_chain)
+}
+
 /// Opens an image held in memory. The format is detected unless `opts.format` says it. An
 /// in-memory image never references other files: VMDK descriptors with extent files are refused
 /// (backing files in `opts` are still opened, since the caller named them).

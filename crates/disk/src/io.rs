@@ -13,6 +13,9 @@ pub struct Source {
     inner: Inner,
     path: PathBuf,
     len: u64,
+    /// Where the image starts in the file: non-zero for an image stored inside another file
+    /// (a disk inside an OVA archive).
+    base: u64,
 }
 
 #[derive(Debug)]
@@ -41,7 +44,30 @@ impl Source {
             inner: Inner::File(file),
             path: path.to_path_buf(),
             len,
+            base: 0,
         })
+    }
+
+    /// Opens `length` bytes at `offset` of the file at `path` as an image of its own. The range
+    /// is checked against the file's length, so a hostile archive index cannot point reads
+    /// outside the file.
+    pub fn open_range(path: &Path, offset: u64, length: u64) -> Result<Self> {
+        let mut src = Source::open(path)?;
+        if offset.checked_add(length).is_none_or(|end| end > src.len) {
+            return Err(DiskError::Io {
+                path: path.to_path_buf(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "image of {length} bytes at offset {offset} runs past the end of the {}-byte file",
+                        src.len
+                    ),
+                ),
+            });
+        }
+        src.base = offset;
+        src.len = length;
+        Ok(src)
     }
 
     pub fn from_bytes(bytes: Vec<u8>) -> Self {
@@ -49,12 +75,14 @@ impl Source {
             len: bytes.len() as u64,
             inner: Inner::Memory(bytes),
             path: PathBuf::from("<memory>"),
+            base: 0,
         }
     }
 
-    /// True for in-memory images, which have no folder to resolve references in.
-    pub fn is_memory(&self) -> bool {
-        matches!(self.inner, Inner::Memory(_))
+    /// True for images that are not a file of their own (in memory, or a byte range of another
+    /// file): they have no folder to resolve references in.
+    pub fn is_embedded(&self) -> bool {
+        matches!(self.inner, Inner::Memory(_)) || self.base != 0
     }
 
     pub fn len(&self) -> u64 {
@@ -82,10 +110,13 @@ impl Source {
             });
         }
         match &self.inner {
-            Inner::File(f) => read_exact_at(f, buf, offset).map_err(|source| DiskError::Io {
-                path: self.path.clone(),
-                source,
-            }),
+            // Bounds were checked above against len, and base + len against the file when opened.
+            Inner::File(f) => {
+                read_exact_at(f, buf, self.base + offset).map_err(|source| DiskError::Io {
+                    path: self.path.clone(),
+                    source,
+                })
+            }
             Inner::Memory(m) => {
                 // Bounds were checked above against len == m.len().
                 buf.copy_from_slice(&m[offset as usize..offset as usize + buf.len()]);

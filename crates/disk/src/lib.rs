@@ -23,7 +23,7 @@ mod io;
 mod par;
 pub mod write;
 
-pub use disk::{detect, open, open_bytes, Extent, Format, OpenOptions, VirtualDisk};
+pub use disk::{detect, open, open_bytes, open_range, Extent, Format, OpenOptions, VirtualDisk};
 pub use error::{DiskError, Result};
 pub use io::is_zero;
 

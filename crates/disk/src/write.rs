@@ -230,9 +230,19 @@ pub fn write_vmdk_stream<W: Write>(
                 let mut rec = Vec::with_capacity(g.len() + 512);
                 rec.extend_from_slice(&(grain * GRAIN / 512).to_le_bytes());
                 rec.extend_from_slice(&[0u8; 4]);
-                let mut enc = ZlibEncoder::new(rec, grain_level(g));
+                let level = grain_level(g);
+                let mut enc = ZlibEncoder::new(rec, level);
                 enc.write_all(g)?;
                 let mut rec = enc.finish()?;
+                // The fast level uses fixed Huffman codes, which grow incompressible bytes by up
+                // to 1/8: a grain whose sample compressed but whose bulk did not comes out
+                // larger than it went in. Stored blocks cost 5 bytes per 64 KiB instead.
+                if level != flate2::Compression::none() && rec.len() - 12 > g.len() {
+                    rec.truncate(12);
+                    let mut enc = ZlibEncoder::new(rec, flate2::Compression::none());
+                    enc.write_all(g)?;
+                    rec = enc.finish()?;
+                }
                 let clen = (rec.len() - 12) as u32;
                 rec[8..12].copy_from_slice(&clen.to_le_bytes());
                 rec.resize(rec.len().div_ceil(512) * 512, 0);

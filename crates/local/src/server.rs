@@ -1,8 +1,11 @@
-//! `tern serve`: the SMS-compatible API over HTTP on one machine.
+//! `tern serve`: the SMS-compatible API and the S3 staging store over HTTP on one machine.
 //!
-//! Every request must be `POST /` and carry a valid SigV4 signature (service `sms`, the
-//! configured region) made with one of the local key pairs; the authenticated principal and the
-//! raw body then go to [`tern_api::Api::handle`], which owns everything protocol-level.
+//! One listener serves both, told apart by the request line: `POST /` is the SMS API (awsJson
+//! always posts to `/`, and S3 has no operation there, since path-style S3 requests name a
+//! bucket in the path); everything else is S3 ([`crate::s3`]). An SMS request must carry a
+//! valid SigV4 signature (service `sms`, the configured region) made with one of the local key
+//! pairs; the authenticated principal and the raw body then go to [`tern_api::Api::handle`],
+//! which owns everything protocol-level.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -19,6 +22,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::credentials::{self, Credentials, CredentialsError};
+use crate::s3::ObjectCreatedSink;
 use crate::sigv4::{AuthError, Verifier};
 
 /// SigV4 signing name of the API (the SMS model's `signingName`).
@@ -28,6 +32,8 @@ pub const SERVICE: &str = "sms";
 pub const MAX_BODY_BYTES: usize = 6 * 1024 * 1024;
 /// File name of the SQLite database inside the data directory.
 pub const DATABASE_FILE: &str = "tern.db";
+/// Every published event is appended here (NDJSON) unless the rules file names an archive.
+pub const EVENTS_FILE: &str = "events.ndjson";
 /// How long [`Running::shutdown`] waits for in-flight requests before dropping them.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -43,6 +49,44 @@ pub struct ServeConfig {
     /// Administrator keys to use instead of generated ones (not written to disk).
     pub credentials: Option<Credentials>,
     pub config: tern_core::Config,
+    /// Receives an S3 "Object Created" event for every object the staging store creates.
+    pub object_created: Option<Arc<dyn ObjectCreatedSink>>,
+    /// Event rules file (EventBridge patterns and targets, see the README); without one,
+    /// events are still archived to `DIR/events.ndjson` and seen by in-process subscribers.
+    pub rules: Option<PathBuf>,
+    /// Replication: the workflow engine, the image service and the scheduler. `None` serves
+    /// only the API and the staging store.
+    pub replication: Option<ReplicationOptions>,
+    /// The clock the domain decides by (schedules, connector health, limit windows); `None`
+    /// is the system clock. Tests and demos move a [`tern_core::ManualClock`] instead of waiting.
+    pub clock: Option<DomainClock>,
+}
+
+/// A clock shared with the server (see [`ServeConfig::clock`]).
+#[derive(Clone)]
+pub struct DomainClock(pub Arc<dyn tern_core::Clock>);
+
+impl std::fmt::Debug for DomainClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DomainClock({})", self.0.now())
+    }
+}
+
+/// How `tern serve` replicates.
+#[derive(Debug, Clone)]
+pub struct ReplicationOptions {
+    pub settings: tern_core::service::replication::ReplicationSettings,
+    /// How often the scheduler looks for due runs.
+    pub tick_interval: Duration,
+}
+
+impl Default for ReplicationOptions {
+    fn default() -> Self {
+        Self {
+            settings: Default::default(),
+            tick_interval: Duration::from_secs(1),
+        }
+    }
 }
 
 impl ServeConfig {
@@ -55,6 +99,10 @@ impl ServeConfig {
             region: "us-east-1".into(),
             credentials: None,
             config: tern_core::Config::default(),
+            object_created: None,
+            rules: None,
+            replication: Some(ReplicationOptions::default()),
+            clock: None,
         }
     }
 }
@@ -77,6 +125,18 @@ pub enum ServeError {
         #[source]
         source: tern_core::store::StoreError,
     },
+    #[error("cannot open the staging store in {path}: {source}")]
+    Staging {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("bad event rules: {0}")]
+    Rules(#[from] crate::bus::RulesError),
+    #[error("cannot start the event bus: {0}")]
+    Bus(#[from] crate::bus::BusSetupError),
+    #[error(transparent)]
+    Replication(#[from] crate::replication::RuntimeError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -94,6 +154,8 @@ pub struct Running {
     credentials_file: PathBuf,
     stop: oneshot::Sender<()>,
     task: JoinHandle<std::io::Result<()>>,
+    bus: crate::bus::LocalBus,
+    replication: Option<(crate::replication::ReplicationRuntime, JoinHandle<()>)>,
 }
 
 impl Running {
@@ -122,9 +184,23 @@ impl Running {
         &self.credentials_file
     }
 
+    /// The local event bus: subscribe to see every event as it is published.
+    pub fn events(&self) -> &crate::bus::LocalBus {
+        &self.bus
+    }
+
+    /// The replication side, when it runs.
+    pub fn replication(&self) -> Option<&crate::replication::ReplicationRuntime> {
+        self.replication.as_ref().map(|(r, _)| r)
+    }
+
     /// Stops accepting connections, lets in-flight requests finish (at most
     /// [`SHUTDOWN_GRACE`]), and returns once the listener is closed.
     pub async fn shutdown(self) {
+        if let Some((runtime, listener)) = self.replication {
+            listener.abort();
+            runtime.shutdown();
+        }
         let _ = self.stop.send(());
         let mut task = self.task;
         match tokio::time::timeout(SHUTDOWN_GRACE, &mut task).await {
@@ -139,6 +215,7 @@ impl Running {
                 task.abort();
             }
         }
+        self.bus.flush().await;
     }
 }
 
@@ -155,12 +232,60 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
     let keys = credentials::load_or_create(&cfg.data_dir, cfg.credentials)?;
     let store = open_store(&cfg.data_dir.join(DATABASE_FILE))?;
 
+    let clock: Arc<dyn tern_core::Clock> = match &cfg.clock {
+        Some(c) => c.0.clone(),
+        None => Arc::new(SystemClock),
+    };
+    let ids: Arc<dyn tern_core::Ids> = Arc::new(RandomIds);
     let api = Api::new(Deps {
         store,
-        clock: Arc::new(SystemClock),
-        ids: Arc::new(RandomIds),
+        clock: clock.clone(),
+        ids: ids.clone(),
         config: cfg.config,
     });
+    let mut bus_config = match &cfg.rules {
+        Some(path) => crate::bus::BusConfig::load(path, &cfg.data_dir)?,
+        None => crate::bus::BusConfig::new(&cfg.data_dir),
+    };
+    if bus_config.archive.is_none() {
+        bus_config.archive = Some(cfg.data_dir.join(EVENTS_FILE));
+    }
+    let bus = crate::bus::LocalBus::new(bus_config)?;
+    let replication = match &cfg.replication {
+        Some(options) => {
+            let origin = tern_core::events::EventOrigin::new(
+                cfg.region.clone(),
+                crate::s3::LOCAL_ACCOUNT_ID,
+            );
+            let runtime = crate::replication::ReplicationRuntime::start(
+                api.service().clone(),
+                ids.clone(),
+                clock.clone(),
+                Arc::new(tern_core::service::BusAnnouncer::new(
+                    Arc::new(bus.clone()),
+                    origin,
+                )),
+                crate::replication::RuntimeConfig {
+                    data_dir: cfg.data_dir.clone(),
+                    staging_root: cfg.data_dir.join(crate::s3::STAGING_DIR),
+                    region: cfg.region.clone(),
+                    tick_interval: options.tick_interval,
+                    settings: options.settings.clone(),
+                },
+            )?;
+            api.attach_replication(runtime.replication().clone());
+            let listener = crate::replication::spawn_upload_listener(
+                bus.subscribe(),
+                runtime.replication().clone(),
+            );
+            Some((runtime, listener))
+        }
+        None => None,
+    };
+    let sink: Arc<dyn ObjectCreatedSink> = Arc::new(crate::replication::BusSink::new(
+        bus.clone(),
+        cfg.object_created.clone(),
+    ));
     let verifier = Verifier::new(
         cfg.region.clone(),
         SERVICE,
@@ -179,7 +304,18 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
             ),
         ],
     );
-    let app = router(Arc::new(AppState { api, verifier }));
+    let s3 = crate::s3::build(crate::s3::StagingConfig {
+        data_dir: &cfg.data_dir,
+        region: &cfg.region,
+        keys: vec![keys.admin.clone(), keys.connector.clone()],
+        sink: Some(sink),
+    })
+    .await
+    .map_err(|source| ServeError::Staging {
+        path: cfg.data_dir.join(crate::s3::STAGING_DIR),
+        source,
+    })?;
+    let app = router(Arc::new(AppState { api, verifier, s3 }));
 
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
@@ -193,12 +329,16 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
     })?;
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                // A dropped sender also means "stop": nobody can ask any more.
-                let _ = stopped.await;
-            })
-            .await
+        // Connection info gives the staging store's events their source-ip-address.
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            // A dropped sender also means "stop": nobody can ask any more.
+            let _ = stopped.await;
+        })
+        .await
     });
     tracing::info!(endpoint = %format!("http://{addr}"), region = %cfg.region, data_dir = %cfg.data_dir.display(), "serving");
     Ok(Running {
@@ -208,6 +348,8 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
         credentials_file: keys.file,
         stop,
         task,
+        bus,
+        replication,
     })
 }
 
@@ -243,12 +385,44 @@ fn valid_region(region: &str) -> bool {
 struct AppState {
     api: Api,
     verifier: Verifier<Principal>,
+    s3: s3s::service::S3Service,
 }
 
 fn router(state: Arc<AppState>) -> Router {
-    // One fallback handler instead of routes: every path and method must answer in the
-    // awsJson error shape, which axum's built-in 404/405 responses do not.
-    Router::new().fallback(handle).with_state(state)
+    // One fallback handler instead of routes: both protocols answer every path and method
+    // in their own error shapes, which axum's built-in 404/405 responses are not.
+    Router::new().fallback(dispatch).with_state(state)
+}
+
+async fn dispatch(state: State<Arc<AppState>>, request: Request) -> axum::response::Response {
+    if request.method() == Method::POST && request.uri().path() == "/" {
+        handle(state, request).await
+    } else {
+        handle_s3(&state.s3, request).await
+    }
+}
+
+async fn handle_s3(s3: &s3s::service::S3Service, request: Request) -> axum::response::Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let request = request.map(s3s::Body::http_body_unsync);
+    let response = match s3.call(request).await {
+        Ok(response) => response.map(Body::new),
+        Err(err) => {
+            // s3s answers S3 errors itself; this is a failure to even build a response.
+            tracing::error!(error = ?err, "S3 request failed");
+            let mut fallback = axum::response::Response::new(Body::empty());
+            *fallback.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+            fallback
+        }
+    };
+    tracing::info!(
+        operation = %format!("S3 {method}"),
+        status = response.status().as_u16(),
+        latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "request"
+    );
+    response
 }
 
 async fn handle(State(state): State<Arc<AppState>>, request: Request) -> axum::response::Response {

@@ -1,5 +1,9 @@
 //! The SQLite store against the `Store` contract, plus what only a file-backed store has:
 //! durability across reopen and atomicity between independent connections to one file.
+//! The image service, which keeps its metadata in SQLite too, is tested in [`images`] (one test
+//! binary per crate).
+
+mod images;
 
 use std::sync::Arc;
 

@@ -6,7 +6,9 @@ mod catalog;
 mod connectors;
 mod jobs;
 mod raw;
+mod replication;
 mod runs;
+mod s3;
 
 use aws_sdk_sms::error::{ProvideErrorMetadata, SdkError};
 

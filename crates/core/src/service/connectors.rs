@@ -262,6 +262,7 @@ impl Service {
         let work_id = self.ids.new_id(crate::IdKind::Work);
         let payload = match kind {
             WorkKind::Inventory => json!({ "requestId": work_id }),
+            WorkKind::Replicate | WorkKind::CommitRun => json!({ "workId": work_id }),
         };
         Work {
             work_id,
@@ -304,6 +305,20 @@ impl Service {
         self.store
             .write(Write::Delete {
                 key: keys::work(&id, work_id),
+                expect: Expect::Any,
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// CompleteWork: the connector is done with a work item (a run uploaded, a run's block maps
+    /// kept). Finishing an item twice, or one already gone, succeeds.
+    pub async fn complete_work(&self, connector_id: &str, work_id: &str) -> Result<()> {
+        let work_id = required("workId", work_id)?;
+        let c = self.associated_connector(connector_id).await?;
+        self.store
+            .write(Write::Delete {
+                key: keys::work(&c.value.connector_id, work_id),
                 expect: Expect::Any,
             })
             .await?;

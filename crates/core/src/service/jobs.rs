@@ -25,6 +25,7 @@ use futures::future::{select, Either};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use super::outbox::StateChange;
 use super::{decode, expect_of, put, required, retrying, Listing, RenderCache, Service, Versioned};
 use crate::enums::*;
 use crate::error::{DomainError, Result};
@@ -78,6 +79,9 @@ pub struct RunUpdate {
     pub status_message: Option<String>,
     /// Required with `RunEvent::Complete`.
     pub ami_id: Option<String>,
+    /// With `RunEvent::Complete`: the run's snapshots, root disk first; they become the
+    /// parents of the job's next incremental run.
+    pub snapshot_ids: Vec<String>,
 }
 
 fn invalid(msg: impl Into<String>) -> DomainError {
@@ -286,6 +290,10 @@ impl Service {
                 active_run: None,
                 on_demand_run_times: Vec::new(),
                 consecutive_failures: 0,
+                latest_snapshot_ids: Vec::new(),
+                latest_run_id: None,
+                images: Vec::new(),
+                paused_on: None,
             };
             let mut updated = s.clone();
             updated.replication_job_id = Some(job_id.clone());
@@ -460,7 +468,7 @@ impl Service {
     }
 
     /// A live job, or `not_found` for an id that names none.
-    async fn live_job(
+    pub(super) async fn live_job(
         &self,
         id: &str,
         not_found: fn(String) -> DomainError,
@@ -607,7 +615,16 @@ impl Service {
                     .map_err(illegal)?
                     .to;
                 j.consecutive_failures = 0;
+                j.paused_on = None;
                 j.status_message = Some("Resumed by UpdateReplicationJob".into());
+                let change = StateChange::of_job(j, j.state, self.now());
+                let key = keys::job(&j.replication_job_id);
+                let mut writes = vec![put(key, &job.value, job.expect())?];
+                if let Some(c) = &change {
+                    writes.push(c.write()?);
+                }
+                self.store.transact(writes).await?;
+                return Ok(());
             }
             let key = keys::job(&j.replication_job_id);
             self.store
@@ -687,6 +704,9 @@ impl Service {
                 &j,
                 Expect::Any,
             )?);
+            if let Some(c) = StateChange::of_job(&j, j.state, now) {
+                writes.push(c.write()?);
+            }
             self.store.transact(writes).await?;
             if t.releases_slot() {
                 self.slots_changed().await;
@@ -698,7 +718,7 @@ impl Service {
 
     /// Puts `run` into the job's embedded run list (replacing the same run), keeping at most
     /// `keep` entries (the newest).
-    fn embed_run(job: &mut ReplicationJob, run: &ReplicationRun, keep: usize) {
+    pub(super) fn embed_run(job: &mut ReplicationJob, run: &ReplicationRun, keep: usize) {
         match job
             .replication_run_list
             .iter_mut()
@@ -731,6 +751,18 @@ impl Service {
                     other => other,
                 })?;
             let mut j = job.value.clone();
+            let now = self.now();
+            let mut changes = Vec::new();
+            // An on-demand run is how a user retries a job paused after repeated failures.
+            if j.state == ReplicationJobState::PausedOnFailure {
+                j.state = job_transition(j.state, JobEvent::Resume)
+                    .map_err(illegal)?
+                    .to;
+                j.consecutive_failures = 0;
+                j.paused_on = None;
+                j.status_message = Some("Resumed by an on-demand run".into());
+                changes.extend(StateChange::of_job(&j, j.state, now));
+            }
             if !accepts_runs(j.state) {
                 return Err(not_permitted(format!(
                     "replication job {} is {}; it cannot start runs",
@@ -749,7 +781,6 @@ impl Service {
                     j.replication_job_id
                 )));
             }
-            let now = self.now();
             let window_start = (now - limits.on_demand_window).unix_timestamp();
             j.on_demand_run_times.retain(|&t| t > window_start);
             if j.on_demand_run_times.len() >= limits.on_demand_runs_per_window as usize {
@@ -774,6 +805,7 @@ impl Service {
                 encrypted: Some(j.encrypted),
                 kms_key_id: j.kms_key_id.clone(),
                 seq,
+                workflow: Default::default(),
             };
             j.run_count = seq;
             j.active_run = Some(RunRef {
@@ -782,12 +814,20 @@ impl Service {
             });
             j.on_demand_run_times.push(now.unix_timestamp());
             Self::embed_run(&mut j, &run, limits.runs_embedded_in_job as usize);
-            self.store
-                .transact(vec![
-                    put(keys::run(&j.replication_job_id, seq), &run, Expect::Absent)?,
-                    put(keys::job(&j.replication_job_id), &j, job.expect())?,
-                ])
-                .await?;
+            changes.extend(StateChange::of_run(
+                &j.replication_job_id,
+                &j.server_id,
+                &run,
+                now,
+            ));
+            let mut writes = vec![
+                put(keys::run(&j.replication_job_id, seq), &run, Expect::Absent)?,
+                put(keys::job(&j.replication_job_id), &j, job.expect())?,
+            ];
+            for c in &changes {
+                writes.push(c.write()?);
+            }
+            self.store.transact(writes).await?;
             tracing::info!(replication_job_id = %j.replication_job_id, replication_run_id = %run_id, "on-demand run started");
             Ok(run_id.clone())
         })
@@ -833,6 +873,7 @@ impl Service {
             let mut r = run.value.clone();
             let now = self.now();
             r.state = run_transition(r.state, update.event).map_err(illegal)?;
+            let mut changes = Vec::new();
             if update.stage_details.is_some() {
                 r.stage_details = update.stage_details.clone();
             }
@@ -846,6 +887,11 @@ impl Service {
                     r.ami_id = update.ami_id.clone();
                     j.latest_ami_id = update.ami_id.clone();
                     j.consecutive_failures = 0;
+                    if !update.snapshot_ids.is_empty() {
+                        r.workflow.snapshot_ids = update.snapshot_ids.clone();
+                        j.latest_snapshot_ids = update.snapshot_ids.clone();
+                        j.latest_run_id = Some(r.replication_run_id.clone());
+                    }
                     Some(JobEvent::RunSucceeded {
                         run_once: j.run_once,
                     })
@@ -870,9 +916,16 @@ impl Service {
             }
             let mut writes = Vec::new();
             let mut released = false;
+            changes.extend(StateChange::of_run(job_id, &j.server_id, &r, now));
             if let Some(ev) = job_event {
                 let t = job_transition(j.state, ev).map_err(illegal)?;
                 j.state = t.to;
+                if t.to == ReplicationJobState::PausedOnFailure {
+                    j.paused_on = Some(now);
+                }
+                if t.from != t.to {
+                    changes.extend(StateChange::of_job(&j, t.to, now));
+                }
                 if t.releases_slot() {
                     writes.push(self.release_slot().await?);
                     released = true;
@@ -889,6 +942,9 @@ impl Service {
             Self::embed_run(&mut j, &r, limits.runs_embedded_in_job as usize);
             writes.push(put(key.clone(), &r, run.expect())?);
             writes.push(put(keys::job(job_id), &j, job.expect())?);
+            for c in &changes {
+                writes.push(c.write()?);
+            }
             self.store.transact(writes).await?;
             if released {
                 self.slots_changed().await;

@@ -10,6 +10,8 @@ mod cache;
 mod catalog;
 mod connectors;
 mod jobs;
+mod outbox;
+pub mod replication;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -29,6 +31,7 @@ pub use cache::RenderCache;
 pub use catalog::{InventoryOutcome, InventoryVm, ServerListing};
 pub use connectors::NewConnector;
 pub use jobs::{JobUpdate, NewJob, RunUpdate};
+pub use outbox::{BusAnnouncer, StateChange};
 
 /// The domain's entry point; cheap to clone.
 #[derive(Clone)]

@@ -234,7 +234,10 @@ impl SparseExtent {
     /// Inflates one compressed grain whose marker starts at `rec[0]`.
     fn inflate_grain(&self, sector: u32, rec: &[u8], out: &mut [u8]) -> Result<()> {
         let size = le32(rec, 8) as usize;
-        if size == 0 || size as u64 > self.grain_bytes() + 1024 || 12 + size > rec.len() {
+        if size == 0
+            || size as u64 > max_compressed_grain(self.grain_bytes())
+            || 12 + size > rec.len()
+        {
             return Err(malformed(
                 FMT,
                 "compressed grain",
@@ -260,7 +263,7 @@ impl SparseExtent {
     /// other in the file, so their records are fetched with one read when they are close.
     fn read_compressed(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         let gb = self.grain_bytes();
-        let max_rec = gb + 1024 + 12;
+        let max_rec = max_compressed_grain(gb) + 12;
         let mut grains = Vec::new();
         for_each_unit(buf, offset, self.size(), gb, |g, _, _| {
             grains.push(self.gte(g)?);
@@ -412,10 +415,10 @@ pub fn open(src: Source) -> Result<Box<dyn VirtualDisk>> {
     let text =
         String::from_utf8(raw).map_err(|_| malformed(FMT, "descriptor", "not UTF-8 text"))?;
     let d = parse_descriptor(&text)?;
-    if src.is_memory() {
+    if src.is_embedded() {
         return Err(DiskError::PathRefused {
             path: src.path().to_path_buf(),
-            reason: "an in-memory VMDK descriptor cannot reference extent files".into(),
+            reason: "an in-memory VMDK descriptor, or one inside another file, cannot reference extent files".into(),
         });
     }
     let dir = match src.path().parent() {
@@ -661,4 +664,11 @@ impl VirtualDisk for VmdkDisk {
         }
         Ok(())
     }
+}
+
+/// The largest compressed grain accepted. Deflate with fixed Huffman codes (what the fast levels
+/// of zlib-ng and zlib-rs emit) grows incompressible bytes by up to 1/8, and not every writer
+/// falls back to stored blocks; anything beyond this bound is damage, not compression.
+fn max_compressed_grain(grain_bytes: u64) -> u64 {
+    grain_bytes + grain_bytes / 8 + 1024
 }

@@ -1,0 +1,119 @@
+//! Staging notifications on one machine: the S3 endpoint's "Object Created" events go to the
+//! local bus (where user rules see them, as on EventBridge), and from the bus to the
+//! upload-complete handler.
+
+use std::sync::Arc;
+
+use tern_core::events::{Event, EventBus};
+use tern_core::service::replication::{Replication, UploadOutcome};
+use tern_eventpattern::Pattern;
+use tokio::sync::broadcast;
+
+use crate::bus::LocalBus;
+use crate::s3::ObjectCreatedSink;
+
+/// Publishes every "Object Created" event of the staging store on the bus (and hands it on to
+/// a further sink, when one is configured).
+pub struct BusSink {
+    bus: LocalBus,
+    next: Option<Arc<dyn ObjectCreatedSink>>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl BusSink {
+    pub fn new(bus: LocalBus, next: Option<Arc<dyn ObjectCreatedSink>>) -> Self {
+        Self {
+            bus,
+            next,
+            runtime: tokio::runtime::Handle::current(),
+        }
+    }
+}
+
+impl ObjectCreatedSink for BusSink {
+    fn object_created(&self, event: serde_json::Value) {
+        if let Some(next) = &self.next {
+            next.object_created(event.clone());
+        }
+        let event: Event = match serde_json::from_value(event) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(error = %e, "staging event is not an EventBridge event");
+                return;
+            }
+        };
+        let bus = self.bus.clone();
+        // The sink must not block the request; a publish lost to a crash here is made up for
+        // by the scheduler, which looks for manifests of runs still waiting.
+        self.runtime.spawn(async move {
+            match bus.publish(std::slice::from_ref(&event)).await {
+                Ok(outcome) if outcome.is_complete() => {}
+                Ok(outcome) => {
+                    tracing::warn!(failed = ?outcome.failed, "staging event refused by the bus")
+                }
+                Err(e) => tracing::warn!(error = %e, "could not publish a staging event"),
+            }
+        });
+    }
+}
+
+/// The rule that routes staging events to the upload-complete handler.
+fn upload_rule(bucket: &str) -> Pattern {
+    Pattern::parse(&serde_json::json!({
+        "source": ["aws.s3"],
+        "detail-type": ["Object Created"],
+        "detail": {
+            "bucket": { "name": [bucket] },
+            "object": { "key": [{ "suffix": "/manifest.json" }] }
+        }
+    }))
+    .expect("the upload rule is a valid pattern")
+}
+
+/// Calls [`Replication::upload_complete`] for every matching event published on the bus.
+pub fn spawn_upload_listener(
+    mut events: broadcast::Receiver<Event>,
+    replication: Replication,
+) -> tokio::task::JoinHandle<()> {
+    let rule = upload_rule(&replication.settings().staging_bucket);
+    tokio::spawn(async move {
+        loop {
+            let event = match events.recv().await {
+                Ok(e) => e,
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    // The scheduler's reconciliation finds the manifests of those runs.
+                    tracing::warn!(missed = n, "upload listener fell behind the bus");
+                    continue;
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            };
+            let Ok(value) = serde_json::to_value(&event) else {
+                continue;
+            };
+            if !rule.matches(&value) {
+                continue;
+            }
+            let bucket = value
+                .pointer("/detail/bucket/name")
+                .and_then(|v| v.as_str())
+                .unwrap_or_default();
+            let key = value
+                .pointer("/detail/object/key")
+                .and_then(|v| v.as_str())
+                .unwrap_or_default();
+            match replication.upload_complete(bucket, key).await {
+                Ok(UploadOutcome::Accepted) => tracing::info!(key, "run upload complete"),
+                Ok(UploadOutcome::Duplicate) => {
+                    tracing::debug!(key, "repeated upload notification")
+                }
+                Ok(UploadOutcome::Ignored(why)) => {
+                    tracing::info!(key, why = %why, "upload notification ignored")
+                }
+                Ok(UploadOutcome::Rejected(why)) => {
+                    tracing::warn!(key, why = %why, "run manifest rejected")
+                }
+                Err(e) => tracing::warn!(key, error = %e, "upload-complete handler failed"),
+            }
+        }
+    })
+}

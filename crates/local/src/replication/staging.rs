@@ -1,0 +1,103 @@
+//! The `Staging` port over the local S3 endpoint's files: `<staging_root>/<bucket>/<key>`.
+
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use tern_core::images::{ImagesError, StagedObject};
+use tern_core::staging::{Staging, StagingError};
+
+use crate::images::staging::{check_names, resolve};
+
+pub struct LocalStaging {
+    root: PathBuf,
+}
+
+impl LocalStaging {
+    pub fn new(root: &Path) -> Self {
+        Self {
+            root: root.to_path_buf(),
+        }
+    }
+}
+
+fn from_images(e: ImagesError) -> StagingError {
+    match e {
+        ImagesError::NotFound(m) => StagingError::NotFound(m),
+        other => StagingError::Internal {
+            message: other.to_string(),
+            source: Some(Box::new(other)),
+        },
+    }
+}
+
+fn io(what: String) -> impl FnOnce(std::io::Error) -> StagingError {
+    move |e| StagingError::Internal {
+        message: what,
+        source: Some(Box::new(e)),
+    }
+}
+
+#[async_trait]
+impl Staging for LocalStaging {
+    async fn get_object(
+        &self,
+        object: &StagedObject,
+        max_bytes: u64,
+    ) -> Result<Vec<u8>, StagingError> {
+        let path = resolve(&self.root, object).map_err(from_images)?;
+        let len = std::fs::metadata(&path)
+            .map_err(io(format!("cannot stat {object}")))?
+            .len();
+        if len > max_bytes {
+            return Err(StagingError::TooLarge(format!(
+                "{object} is {len} bytes, more than the {max_bytes} allowed"
+            )));
+        }
+        tokio::fs::read(&path)
+            .await
+            .map_err(io(format!("cannot read {object}")))
+    }
+
+    async fn object_size(&self, object: &StagedObject) -> Result<Option<u64>, StagingError> {
+        match resolve(&self.root, object) {
+            Ok(path) => Ok(Some(
+                std::fs::metadata(&path)
+                    .map_err(io(format!("cannot stat {object}")))?
+                    .len(),
+            )),
+            Err(ImagesError::NotFound(_)) => Ok(None),
+            Err(e) => Err(from_images(e)),
+        }
+    }
+
+    async fn delete_prefix(&self, bucket: &str, prefix: &str) -> Result<u64, StagingError> {
+        let probe = StagedObject {
+            bucket: bucket.to_string(),
+            key: prefix.trim_end_matches('/').to_string(),
+        };
+        check_names(&probe).map_err(from_images)?;
+        let dir = self.root.join(bucket).join(&probe.key);
+        if !prefix.ends_with('/') || !dir.is_dir() {
+            return Ok(0);
+        }
+        let mut count = 0u64;
+        let mut stack = vec![dir.clone()];
+        while let Some(d) = stack.pop() {
+            for entry in
+                std::fs::read_dir(&d).map_err(io(format!("cannot list {}", d.display())))?
+            {
+                let entry = entry.map_err(io(format!("cannot list {}", d.display())))?;
+                let kind = entry
+                    .file_type()
+                    .map_err(io(format!("cannot stat {}", entry.path().display())))?;
+                if kind.is_dir() {
+                    stack.push(entry.path());
+                } else {
+                    count += 1;
+                }
+            }
+        }
+        std::fs::remove_dir_all(&dir).map_err(io(format!("cannot delete {}", dir.display())))?;
+        Ok(count)
+    }
+}

@@ -1,0 +1,189 @@
+//! The `Workflows` port over the Tern States engine, and the task registry that routes the
+//! replication-run state machine's tasks to [`Replication::handle_task`].
+
+use std::sync::{Arc, OnceLock};
+
+use async_trait::async_trait;
+use serde_json::Value;
+use tern_core::service::replication::{functions, Replication};
+use tern_core::workflows::{WorkflowError, Workflows, REPLICATION_RUN};
+use tern_states::{Engine, EngineError, StateError, TaskHandler, TaskRegistry, TaskRequest};
+
+/// The state machine file the AWS deployment uses too.
+pub const REPLICATION_RUN_ASL: &str =
+    include_str!("../../../../statemachines/replication-run.asl.json");
+
+/// Local resource of a task function: what `${…FunctionArn}` becomes on one machine.
+pub fn function_resource(function: &str) -> String {
+    format!("tern:function:{function}")
+}
+
+/// The definition with every `${…FunctionArn}` replaced, as SAM's DefinitionSubstitutions do.
+pub fn substituted_definition() -> String {
+    let mut def = REPLICATION_RUN_ASL.to_string();
+    for (name, function) in functions::SUBSTITUTIONS {
+        def = def.replace(&format!("${{{name}}}"), &function_resource(function));
+    }
+    def
+}
+
+/// Invokes replication task functions; set once the [`Replication`] it serves exists (the
+/// engine and the use cases need each other).
+#[derive(Clone, Default)]
+pub struct ReplicationTasks {
+    replication: Arc<OnceLock<Replication>>,
+}
+
+impl ReplicationTasks {
+    pub fn set(&self, replication: Replication) {
+        let _ = self.replication.set(replication);
+    }
+
+    async fn call(&self, function: &str, input: &Value) -> Result<Value, StateError> {
+        let replication = self.replication.get().ok_or_else(|| {
+            StateError::new("Tern.Transient", "the replication service is starting")
+        })?;
+        replication
+            .handle_task(function, input)
+            .await
+            .map_err(|e| StateError::new(&e.error, &e.cause))
+    }
+
+    /// The registry: one handler per `tern:function:<name>` resource, plus
+    /// `arn:aws:states:::lambda:invoke`, which calls the function named by `FunctionName` with
+    /// `Payload` (how the state machine waits for a task token, as on AWS).
+    pub fn registry(&self) -> TaskRegistry {
+        let mut registry = TaskRegistry::new();
+        for (_, function) in functions::SUBSTITUTIONS {
+            registry.register(
+                &function_resource(function),
+                Arc::new(Direct {
+                    tasks: self.clone(),
+                    function,
+                }),
+            );
+        }
+        registry.register(
+            "arn:aws:states:::lambda:invoke",
+            Arc::new(LambdaInvoke {
+                tasks: self.clone(),
+            }),
+        );
+        registry
+    }
+}
+
+struct Direct {
+    tasks: ReplicationTasks,
+    function: &'static str,
+}
+
+#[async_trait]
+impl TaskHandler for Direct {
+    async fn invoke(&self, request: TaskRequest) -> Result<Value, StateError> {
+        self.tasks.call(self.function, &request.input).await
+    }
+}
+
+struct LambdaInvoke {
+    tasks: ReplicationTasks,
+}
+
+#[async_trait]
+impl TaskHandler for LambdaInvoke {
+    async fn invoke(&self, request: TaskRequest) -> Result<Value, StateError> {
+        let name = request
+            .input
+            .get("FunctionName")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let function = name.strip_prefix("tern:function:").ok_or_else(|| {
+            StateError::new(
+                "Lambda.ResourceNotFoundException",
+                format!("no local function {name:?}"),
+            )
+        })?;
+        let payload = request.input.get("Payload").cloned().unwrap_or(Value::Null);
+        let out = self.tasks.call(function, &payload).await?;
+        // lambda:invoke returns the function's result under `Payload`.
+        Ok(serde_json::json!({ "Payload": out, "StatusCode": 200 }))
+    }
+}
+
+/// [`Workflows`] on the local engine.
+pub struct LocalWorkflows {
+    engine: Engine,
+}
+
+fn map(e: EngineError) -> WorkflowError {
+    match e {
+        EngineError::InvalidToken(m) | EngineError::TaskTimedOut(m) => WorkflowError::TaskGone(m),
+        EngineError::ExecutionAlreadyExists(m) => WorkflowError::AlreadyExists(m),
+        EngineError::StateMachineDoesNotExist(m) => WorkflowError::NoSuchMachine(m),
+        EngineError::Store(s) => WorkflowError::Transient {
+            message: "the workflow store failed".into(),
+            source: Some(Box::new(s)),
+        },
+        other => WorkflowError::internal(other.to_string()),
+    }
+}
+
+impl LocalWorkflows {
+    /// Registers Tern's state machines on `engine`.
+    pub fn new(engine: Engine) -> Result<Self, EngineError> {
+        engine.create_state_machine(REPLICATION_RUN, &substituted_definition())?;
+        Ok(Self { engine })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    fn machine_arn(&self, machine: &str) -> String {
+        // The engine's ARNs are `arn:aws:states:<region>:000000000000:stateMachine:<name>`; a
+        // registration of the same definition returns the existing ARN.
+        self.engine
+            .create_state_machine(machine, &substituted_definition())
+            .unwrap_or_else(|_| machine.to_string())
+    }
+}
+
+#[async_trait]
+impl Workflows for LocalWorkflows {
+    async fn start_execution(
+        &self,
+        machine: &str,
+        name: &str,
+        input: &Value,
+    ) -> Result<String, WorkflowError> {
+        if machine != REPLICATION_RUN {
+            return Err(WorkflowError::NoSuchMachine(machine.to_string()));
+        }
+        let arn = self.machine_arn(machine);
+        self.engine
+            .start_execution(&arn, Some(name), &input.to_string())
+            .map(|d| d.execution_arn)
+            .map_err(map)
+    }
+
+    async fn send_task_success(&self, token: &str, output: &Value) -> Result<(), WorkflowError> {
+        self.engine
+            .send_task_success(token, &output.to_string())
+            .map_err(map)
+    }
+
+    async fn send_task_failure(
+        &self,
+        token: &str,
+        error: &str,
+        cause: &str,
+    ) -> Result<(), WorkflowError> {
+        self.engine
+            .send_task_failure(token, error, cause)
+            .map_err(map)
+    }
+
+    async fn send_task_heartbeat(&self, token: &str) -> Result<(), WorkflowError> {
+        self.engine.send_task_heartbeat(token).map_err(map)
+    }
+}

@@ -1,0 +1,1844 @@
+//! The S3 operations of the staging store.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::http;
+use base64::Engine as _;
+use bytes::Bytes;
+use futures::StreamExt as _;
+use md5::{Digest as _, Md5};
+use s3s::dto::*;
+use s3s::{s3_error, S3Error, S3Request, S3Response, S3Result, S3};
+use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
+
+use super::event::{object_created_event, ObjectCreated};
+use super::store::{self, Layout, ObjectMeta, TempFile};
+use super::{ObjectCreatedSink, LOCAL_ACCOUNT_ID, STAGING_BUCKET};
+
+/// S3's limit on one PUT and on one part.
+const MAX_UPLOAD_BYTES: u64 = 5 * 1024 * 1024 * 1024;
+/// S3's minimum size of every part but the last.
+const MIN_PART_BYTES: u64 = 5 * 1024 * 1024;
+const MAX_PART_NUMBER: i32 = 10_000;
+/// Most entries one listing returns, as in S3.
+const MAX_LIST: usize = 1000;
+/// How long the result of a completed upload is kept for a retried CompleteMultipartUpload.
+const COMPLETED_KEPT: Duration = Duration::from_secs(24 * 60 * 60);
+const READ_CHUNK: usize = 256 * 1024;
+
+/// The staging store: buckets are directories of `DATA_DIR/staging`, objects plain files.
+///
+/// Cheap to clone: CompleteMultipartUpload assembles the object in a future that outlives the
+/// request handler (see [`StagingStore::complete_in_background`]).
+#[derive(Clone)]
+pub struct StagingStore(Arc<Inner>);
+
+impl std::ops::Deref for StagingStore {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+pub struct Inner {
+    layout: Layout,
+    region: String,
+    sink: Option<Arc<dyn ObjectCreatedSink>>,
+    /// Serialises the steps that publish parts and objects (rename plus bookkeeping), so
+    /// that two requests for the same name cannot interleave them. Data is written before
+    /// the lock is taken; only renames happen under it.
+    commit: tokio::sync::Mutex<()>,
+    sequence: AtomicU64,
+    /// One lock per upload being completed: a Complete retried while the first is still
+    /// assembling waits for it and then answers with its result.
+    completing: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Upload {
+    bucket: String,
+    key: String,
+    initiated_secs: u64,
+    initiator: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    content_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    metadata: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Completed {
+    bucket: String,
+    key: String,
+    etag: String,
+}
+
+struct StoredPart {
+    number: i32,
+    md5: String,
+    size: u64,
+    modified: SystemTime,
+    path: PathBuf,
+}
+
+/// Who sent a request, for the notification.
+struct Origin {
+    request_id: String,
+    source_ip: String,
+}
+
+impl StagingStore {
+    /// Opens (creating when missing) the store under `data_dir`, makes sure the
+    /// [`STAGING_BUCKET`] exists, and delivers notifications a crash left undelivered.
+    pub async fn open(
+        data_dir: &Path,
+        region: &str,
+        sink: Option<Arc<dyn ObjectCreatedSink>>,
+    ) -> io::Result<Self> {
+        let layout = Layout::new(data_dir);
+        layout.prepare().await?;
+        tokio::fs::create_dir_all(layout.bucket_dir(STAGING_BUCKET)).await?;
+        let store = Self(Arc::new(Inner {
+            layout,
+            region: region.to_owned(),
+            sink,
+            commit: tokio::sync::Mutex::new(()),
+            sequence: AtomicU64::new(0),
+            completing: std::sync::Mutex::new(HashMap::new()),
+        }));
+        store.forget_old_completions().await;
+        store.redeliver().await?;
+        Ok(store)
+    }
+}
+
+impl Inner {
+    async fn bucket(&self, bucket: &str) -> S3Result<PathBuf> {
+        let dir = self.layout.bucket_dir(bucket);
+        match tokio::fs::metadata(&dir).await {
+            Ok(m) if m.is_dir() => Ok(dir),
+            Ok(_) => Err(no_such_bucket()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(no_such_bucket()),
+            Err(e) => Err(internal(e, "reading a bucket")),
+        }
+    }
+
+    fn object_path(&self, bucket: &str, key: &str) -> S3Result<PathBuf> {
+        self.layout
+            .object_path(bucket, key)
+            .map_err(|m| s3_error!(InvalidArgument, "{m}"))
+    }
+
+    /// The object's metadata, recomputed (and stored again) when the stored copy does not
+    /// describe the file that is there now.
+    async fn meta(
+        &self,
+        bucket: &str,
+        key: &str,
+        path: &Path,
+        file: &std::fs::Metadata,
+    ) -> S3Result<ObjectMeta> {
+        let meta_path = self.layout.meta_path(bucket, key);
+        if let Ok(Some(meta)) = store::read_json::<ObjectMeta>(&meta_path).await {
+            if meta.key == key && meta.describes(file) {
+                return Ok(meta);
+            }
+        }
+        let etag = md5_of_file(path)
+            .await
+            .map_err(|e| internal(e, "hashing an object"))?;
+        let meta = ObjectMeta {
+            key: key.to_owned(),
+            etag,
+            size: file.len(),
+            mtime_ns: store::mtime_ns(file).unwrap_or_default(),
+            content_type: None,
+            metadata: None,
+        };
+        if let Err(e) = store::write_json(&self.layout, &meta_path, &meta).await {
+            tracing::warn!(error = %e, "could not store recomputed object metadata");
+        }
+        Ok(meta)
+    }
+
+    /// Streams a request body into a temporary file, checking the digests the client sent.
+    async fn receive(
+        &self,
+        body: Option<StreamingBlob>,
+        claimed: Claimed,
+        trailers: Option<s3s::TrailingHeaders>,
+    ) -> S3Result<(TempFile, std::fs::Metadata, [u8; 16])> {
+        // No body at all is an empty object (a zero-length PUT).
+        let mut body = body;
+        let mut tmp = self
+            .layout
+            .temp_file()
+            .await
+            .map_err(|e| internal(e, "creating a temporary file"))?;
+        let mut md5 = Md5::new();
+        let mut checksums = claimed.hasher();
+        let mut size: u64 = 0;
+        while let Some(chunk) = match body.as_mut() {
+            Some(b) => b.next().await,
+            None => None,
+        } {
+            let chunk = chunk.map_err(|e| {
+                tracing::debug!(error = %e, "request body ended early");
+                s3_error!(
+                    IncompleteBody,
+                    "The request body could not be read completely."
+                )
+            })?;
+            size += chunk.len() as u64;
+            if size > MAX_UPLOAD_BYTES {
+                return Err(s3_error!(
+                    EntityTooLarge,
+                    "Your proposed upload exceeds the maximum allowed size of 5 GiB."
+                ));
+            }
+            md5.update(&chunk);
+            checksums.update(&chunk);
+            tmp.write_all(&chunk)
+                .await
+                .map_err(|e| internal(e, "writing a temporary file"))?;
+        }
+        let md5: [u8; 16] = md5.finalize().into();
+        claimed.verify(&md5, checksums.finalize(), trailers)?;
+        let file = tmp
+            .finish()
+            .await
+            .map_err(|e| internal(e, "writing a temporary file"))?;
+        Ok((tmp, file, md5))
+    }
+
+    /// Publishes a finished temporary file as `bucket/key`, with its metadata and its
+    /// notification.
+    #[allow(clippy::too_many_arguments)]
+    async fn publish(
+        &self,
+        tmp: TempFile,
+        file: &std::fs::Metadata,
+        bucket: &str,
+        key: &str,
+        etag: String,
+        content_type: Option<String>,
+        metadata: Option<BTreeMap<String, String>>,
+        reason: &str,
+        origin: &Origin,
+        after: impl AsyncFnOnce() -> io::Result<()>,
+    ) -> S3Result<()> {
+        let dest = self.object_path(bucket, key)?;
+        let meta = ObjectMeta {
+            key: key.to_owned(),
+            etag: etag.clone(),
+            size: file.len(),
+            mtime_ns: store::mtime_ns(file).unwrap_or_default(),
+            content_type,
+            metadata,
+        };
+        let _guard = self.commit.lock().await;
+        if let Some(parent) = dest.parent() {
+            if let Err(e) = tokio::fs::create_dir_all(parent).await {
+                return Err(
+                    if e.kind() == io::ErrorKind::NotADirectory
+                        || e.kind() == io::ErrorKind::AlreadyExists
+                    {
+                        key_conflict()
+                    } else {
+                        internal(e, "creating an object's directory")
+                    },
+                );
+            }
+        }
+        if tokio::fs::metadata(&dest).await.is_ok_and(|m| m.is_dir()) {
+            return Err(key_conflict());
+        }
+        let pending = self
+            .record_notification(bucket, key, &meta, reason, origin)
+            .await?;
+        store::write_json(&self.layout, &self.layout.meta_path(bucket, key), &meta)
+            .await
+            .map_err(|e| internal(e, "writing object metadata"))?;
+        tmp.persist(&dest).await.map_err(|e| {
+            if e.kind() == io::ErrorKind::NotADirectory {
+                key_conflict()
+            } else {
+                internal(e, "publishing an object")
+            }
+        })?;
+        after()
+            .await
+            .map_err(|e| internal(e, "finishing an upload"))?;
+        drop(_guard);
+        if let Some((path, event)) = pending {
+            self.deliver(&path, event).await;
+        }
+        Ok(())
+    }
+
+    /// Writes the event to `notifications/` before the object is published, so a crash in
+    /// between cannot lose it (see [`StagingStore::redeliver`]).
+    async fn record_notification(
+        &self,
+        bucket: &str,
+        key: &str,
+        meta: &ObjectMeta,
+        reason: &str,
+        origin: &Origin,
+    ) -> S3Result<Option<(PathBuf, ObjectCreated)>> {
+        if self.sink.is_none() {
+            return Ok(None);
+        }
+        let now = SystemTime::now();
+        let nanos = now
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        let seq = self.sequence.fetch_add(1, Ordering::Relaxed);
+        let event = ObjectCreated {
+            id: uuid::Uuid::new_v4().to_string(),
+            time: rfc3339(now),
+            region: self.region.clone(),
+            account: LOCAL_ACCOUNT_ID.into(),
+            bucket: bucket.into(),
+            key: key.into(),
+            size: meta.size,
+            etag: meta.etag.clone(),
+            // Nanoseconds then a counter: increases for every event of this process, and
+            // across restarts as long as the clock does.
+            sequencer: format!("{:020X}{:04X}", nanos as u64, seq & 0xFFFF),
+            request_id: origin.request_id.clone(),
+            requester: LOCAL_ACCOUNT_ID.into(),
+            source_ip_address: origin.source_ip.clone(),
+            reason: reason.into(),
+        };
+        let path = self
+            .layout
+            .notifications
+            .join(format!("{}-{}.json", event.sequencer, event.id));
+        store::write_json(&self.layout, &path, &event)
+            .await
+            .map_err(|e| internal(e, "recording a notification"))?;
+        Ok(Some((path, event)))
+    }
+
+    async fn deliver(&self, path: &Path, event: ObjectCreated) {
+        if let Some(sink) = &self.sink {
+            sink.object_created(object_created_event(&event));
+            if let Err(e) = tokio::fs::remove_file(path).await {
+                tracing::warn!(error = %e, "could not remove a delivered notification; it will be delivered again at the next start");
+            }
+        }
+    }
+
+    /// Delivers the events of a previous run that were recorded but not handed to the sink,
+    /// for objects that were published (same ETag) — in the order they were recorded.
+    async fn redeliver(&self) -> io::Result<()> {
+        if self.sink.is_none() {
+            return Ok(());
+        }
+        let mut names = Vec::new();
+        let mut entries = tokio::fs::read_dir(&self.layout.notifications).await?;
+        while let Some(entry) = entries.next_entry().await? {
+            names.push(entry.path());
+        }
+        names.sort();
+        for path in names {
+            let event = match store::read_json::<ObjectCreated>(&path).await {
+                Ok(Some(event)) => event,
+                _ => {
+                    let _ = tokio::fs::remove_file(&path).await;
+                    continue;
+                }
+            };
+            let published = match self.layout.object_path(&event.bucket, &event.key) {
+                Ok(object) => match tokio::fs::metadata(&object).await {
+                    Ok(file) => self
+                        .meta(&event.bucket, &event.key, &object, &file)
+                        .await
+                        .is_ok_and(|m| m.etag == event.etag),
+                    Err(_) => false,
+                },
+                Err(_) => false,
+            };
+            if published {
+                tracing::info!(bucket = %event.bucket, "delivering an Object Created event left over from the previous run");
+                self.deliver(&path, event).await;
+            } else {
+                let _ = tokio::fs::remove_file(&path).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn forget_old_completions(&self) {
+        let Ok(mut entries) = tokio::fs::read_dir(&self.layout.uploads).await else {
+            return;
+        };
+        while let Ok(Some(entry)) = entries.next_entry().await {
+            let marker = entry.path().join("completed.json");
+            let old = tokio::fs::metadata(&marker).await.is_ok_and(|m| {
+                m.modified()
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > COMPLETED_KEPT)
+            });
+            if old {
+                let _ = tokio::fs::remove_dir_all(entry.path()).await;
+            }
+        }
+    }
+
+    async fn upload(
+        &self,
+        upload_id: &str,
+        bucket: &str,
+        key: &str,
+    ) -> S3Result<(PathBuf, Upload)> {
+        let dir = self
+            .layout
+            .upload_dir(upload_id)
+            .ok_or_else(no_such_upload)?;
+        let upload = store::read_json::<Upload>(&dir.join("upload.json"))
+            .await
+            .map_err(|e| internal(e, "reading an upload"))?
+            .ok_or_else(no_such_upload)?;
+        let completed = tokio::fs::try_exists(dir.join("completed.json"))
+            .await
+            .unwrap_or(false);
+        if upload.bucket != bucket || upload.key != key || completed {
+            return Err(no_such_upload());
+        }
+        Ok((dir, upload))
+    }
+
+    /// The parts of an upload by number; of two files for one number (a part uploaded again
+    /// while the old one was being replaced), the newer wins.
+    async fn parts(&self, dir: &Path) -> S3Result<BTreeMap<i32, StoredPart>> {
+        let mut parts = BTreeMap::<i32, StoredPart>::new();
+        let mut entries = tokio::fs::read_dir(dir)
+            .await
+            .map_err(|e| internal(e, "listing parts"))?;
+        while let Some(entry) = entries
+            .next_entry()
+            .await
+            .map_err(|e| internal(e, "listing parts"))?
+        {
+            let name = entry.file_name();
+            let Some(part) = name.to_str().and_then(parse_part_name) else {
+                continue;
+            };
+            let Ok(file) = entry.metadata().await else {
+                continue;
+            };
+            let stored = StoredPart {
+                number: part.0,
+                md5: part.1.to_owned(),
+                size: file.len(),
+                modified: store::modified(&file),
+                path: entry.path(),
+            };
+            match parts.get(&stored.number) {
+                Some(existing) if existing.modified > stored.modified => {}
+                _ => {
+                    parts.insert(stored.number, stored);
+                }
+            }
+        }
+        Ok(parts)
+    }
+}
+
+fn parse_part_name(name: &str) -> Option<(i32, &str)> {
+    let stem = name.strip_suffix(".part")?;
+    let (number, md5) = stem.split_once('-')?;
+    let number: i32 = number.parse().ok()?;
+    (md5.len() == 32).then_some((number, md5))
+}
+
+/// Digests the client sent in headers (and, for `aws-chunked` uploads, trailers).
+struct Claimed {
+    content_md5: Option<String>,
+    crc32: Option<String>,
+    crc32c: Option<String>,
+    sha1: Option<String>,
+    sha256: Option<String>,
+    crc64nvme: Option<String>,
+    algorithm: Option<ChecksumAlgorithm>,
+    trailer: Option<String>,
+}
+
+impl Claimed {
+    fn wants(&self, name: &str, value: &Option<String>) -> bool {
+        value.is_some()
+            || self
+                .algorithm
+                .as_ref()
+                .is_some_and(|a| a.as_str().eq_ignore_ascii_case(name))
+            || self.trailer.as_deref().is_some_and(|t| {
+                t.to_ascii_lowercase()
+                    .contains(&format!("x-amz-checksum-{}", name.to_ascii_lowercase()))
+            })
+    }
+
+    fn hasher(&self) -> s3s::checksum::ChecksumHasher {
+        let mut h = s3s::checksum::ChecksumHasher::default();
+        if self.wants("CRC32", &self.crc32) {
+            h.crc32 = Some(Default::default());
+        }
+        if self.wants("CRC32C", &self.crc32c) {
+            h.crc32c = Some(Default::default());
+        }
+        if self.wants("SHA1", &self.sha1) {
+            h.sha1 = Some(Default::default());
+        }
+        if self.wants("SHA256", &self.sha256) {
+            h.sha256 = Some(Default::default());
+        }
+        if self.wants("CRC64NVME", &self.crc64nvme) {
+            h.crc64nvme = Some(Default::default());
+        }
+        h
+    }
+
+    fn verify(
+        mut self,
+        md5: &[u8; 16],
+        computed: Checksum,
+        trailers: Option<s3s::TrailingHeaders>,
+    ) -> S3Result<()> {
+        if let Some(claimed) = &self.content_md5 {
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(claimed)
+                .map_err(|_| {
+                    s3_error!(InvalidDigest, "The Content-MD5 you specified was invalid.")
+                })?;
+            if decoded != md5 {
+                return Err(s3_error!(
+                    BadDigest,
+                    "The Content-MD5 you specified did not match what we received."
+                ));
+            }
+        }
+        if let Some(trailers) = trailers.and_then(|t| t.take()) {
+            let get = |name: &str| {
+                trailers
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            };
+            self.crc32 = self.crc32.or_else(|| get("x-amz-checksum-crc32"));
+            self.crc32c = self.crc32c.or_else(|| get("x-amz-checksum-crc32c"));
+            self.sha1 = self.sha1.or_else(|| get("x-amz-checksum-sha1"));
+            self.sha256 = self.sha256.or_else(|| get("x-amz-checksum-sha256"));
+            self.crc64nvme = self.crc64nvme.or_else(|| get("x-amz-checksum-crc64nvme"));
+        }
+        for (name, claimed, actual) in [
+            ("CRC32", &self.crc32, &computed.checksum_crc32),
+            ("CRC32C", &self.crc32c, &computed.checksum_crc32c),
+            ("SHA1", &self.sha1, &computed.checksum_sha1),
+            ("SHA256", &self.sha256, &computed.checksum_sha256),
+            ("CRC64NVME", &self.crc64nvme, &computed.checksum_crc64nvme),
+        ] {
+            if let (Some(claimed), Some(actual)) = (claimed, actual) {
+                if claimed != actual {
+                    return Err(s3_error!(
+                        BadDigest,
+                        "The {name} you specified did not match the calculated checksum."
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn trailer_header(headers: &http::HeaderMap) -> Option<String> {
+    headers
+        .get("x-amz-trailer")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+fn origin<T>(req: &S3Request<T>) -> Origin {
+    let source_ip = req
+        .extensions
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_string())
+        .unwrap_or_else(|| "127.0.0.1".into());
+    Origin {
+        request_id: uuid::Uuid::new_v4().simple().to_string()[..16].to_ascii_uppercase(),
+        source_ip,
+    }
+}
+
+fn internal(err: io::Error, doing: &str) -> S3Error {
+    // The cause goes to the log only: a 5xx never echoes paths of the server.
+    tracing::error!(error = %err, doing, "staging store I/O error");
+    s3_error!(
+        InternalError,
+        "We encountered an internal error. Please try again."
+    )
+}
+
+fn no_such_bucket() -> S3Error {
+    s3_error!(NoSuchBucket, "The specified bucket does not exist")
+}
+
+fn no_such_key() -> S3Error {
+    s3_error!(NoSuchKey, "The specified key does not exist.")
+}
+
+fn no_such_upload() -> S3Error {
+    s3_error!(
+        NoSuchUpload,
+        "The specified upload does not exist. The upload ID may be invalid, or the upload may have been aborted or completed."
+    )
+}
+
+fn key_conflict() -> S3Error {
+    s3_error!(
+        InvalidArgument,
+        "The key conflicts with an existing object: the local staging store keeps objects as files, so one key cannot be both an object and a prefix of another (as 'a' and 'a/b')."
+    )
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    time::OffsetDateTime::from(t)
+        .replace_nanosecond(0)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+fn timestamp(t: SystemTime) -> Timestamp {
+    Timestamp::from(t)
+}
+
+fn quoted(etag: &str) -> ETag {
+    ETag::Strong(etag.to_owned())
+}
+
+async fn md5_of_file(path: &Path) -> io::Result<String> {
+    let mut file = tokio::fs::File::open(path).await?;
+    let mut md5 = Md5::new();
+    let mut buf = vec![0u8; READ_CHUNK];
+    loop {
+        let n = file.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        md5.update(&buf[..n]);
+    }
+    Ok(hex::encode(md5.finalize()))
+}
+
+/// `len` bytes of `file` from its current position, as a response body.
+fn file_body(file: tokio::fs::File, len: u64) -> StreamingBlob {
+    let stream = futures::stream::try_unfold((file, len), |(mut file, left)| async move {
+        if left == 0 {
+            return Ok::<_, io::Error>(None);
+        }
+        let want = usize::try_from(left.min(READ_CHUNK as u64)).unwrap_or(READ_CHUNK);
+        let mut buf = vec![0u8; want];
+        let n = file.read(&mut buf).await?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "object shrank while being read",
+            ));
+        }
+        buf.truncate(n);
+        Ok(Some((Bytes::from(buf), (file, left - n as u64))))
+    });
+    StreamingBlob::wrap(stream)
+}
+
+fn user_metadata(m: Option<Metadata>) -> Option<BTreeMap<String, String>> {
+    m.filter(|m| !m.is_empty()).map(|m| m.into_iter().collect())
+}
+
+fn to_metadata(m: &Option<BTreeMap<String, String>>) -> Option<Metadata> {
+    m.as_ref()
+        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+}
+
+/// Every object key of a bucket under `prefix`, sorted as S3 sorts (bytes of UTF-8), with its
+/// file metadata.
+async fn walk(bucket_dir: &Path, prefix: &str) -> io::Result<Vec<(String, std::fs::Metadata)>> {
+    // Only the directory the prefix names can hold matches: start there, not at the top.
+    let start_rel = match prefix.rfind('/') {
+        Some(i) => &prefix[..i],
+        None => "",
+    };
+    let mut start = bucket_dir.to_path_buf();
+    if !start_rel.is_empty() {
+        if start_rel
+            .split('/')
+            .any(|p| p.is_empty() || p == "." || p == "..")
+        {
+            return Ok(Vec::new());
+        }
+        start.extend(start_rel.split('/'));
+    }
+    let mut out = Vec::new();
+    let mut stack = vec![(start, start_rel.to_owned())];
+    while let Some((dir, rel)) = stack.pop() {
+        let mut entries = match tokio::fs::read_dir(&dir).await {
+            Ok(e) => e,
+            Err(e)
+                if e.kind() == io::ErrorKind::NotFound
+                    || e.kind() == io::ErrorKind::NotADirectory =>
+            {
+                continue
+            }
+            Err(e) => return Err(e),
+        };
+        while let Some(entry) = entries.next_entry().await? {
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            let key = if rel.is_empty() {
+                name
+            } else {
+                format!("{rel}/{name}")
+            };
+            let file_type = entry.file_type().await?;
+            if file_type.is_dir() {
+                if key.starts_with(prefix) || prefix.starts_with(&format!("{key}/")) {
+                    stack.push((entry.path(), key));
+                }
+            } else if file_type.is_file() && key.starts_with(prefix) {
+                out.push((key, entry.metadata().await?));
+            }
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+fn page_size(requested: Option<i32>) -> usize {
+    requested
+        .and_then(|n| usize::try_from(n).ok())
+        .map_or(MAX_LIST, |n| n.min(MAX_LIST))
+}
+
+fn encode_token(key: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key)
+}
+
+fn decode_token(token: &str) -> S3Result<String> {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(|| {
+            s3_error!(
+                InvalidArgument,
+                "The continuation token provided is incorrect"
+            )
+        })
+}
+
+#[async_trait::async_trait]
+impl S3 for StagingStore {
+    async fn create_bucket(
+        &self,
+        req: S3Request<CreateBucketInput>,
+    ) -> S3Result<S3Response<CreateBucketOutput>> {
+        let dir = self.layout.bucket_dir(&req.input.bucket);
+        match tokio::fs::create_dir(&dir).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                return Err(s3_error!(
+                    BucketAlreadyOwnedByYou,
+                    "Your previous request to create the named bucket succeeded and you already own it."
+                ))
+            }
+            Err(e) => return Err(internal(e, "creating a bucket")),
+        }
+        Ok(S3Response::new(CreateBucketOutput {
+            location: Some(format!("/{}", req.input.bucket)),
+        }))
+    }
+
+    async fn head_bucket(
+        &self,
+        req: S3Request<HeadBucketInput>,
+    ) -> S3Result<S3Response<HeadBucketOutput>> {
+        self.bucket(&req.input.bucket).await?;
+        Ok(S3Response::new(HeadBucketOutput {
+            bucket_region: Some(self.region.clone()),
+            ..Default::default()
+        }))
+    }
+
+    async fn get_bucket_location(
+        &self,
+        req: S3Request<GetBucketLocationInput>,
+    ) -> S3Result<S3Response<GetBucketLocationOutput>> {
+        self.bucket(&req.input.bucket).await?;
+        // us-east-1 is the one region S3 reports as an empty constraint.
+        let location = (self.region != "us-east-1")
+            .then(|| BucketLocationConstraint::from(self.region.clone()));
+        Ok(S3Response::new(GetBucketLocationOutput {
+            location_constraint: location,
+        }))
+    }
+
+    async fn delete_bucket(
+        &self,
+        req: S3Request<DeleteBucketInput>,
+    ) -> S3Result<S3Response<DeleteBucketOutput>> {
+        let dir = self.bucket(&req.input.bucket).await?;
+        match tokio::fs::remove_dir(&dir).await {
+            Ok(()) => {
+                let _ = tokio::fs::remove_dir_all(self.layout.meta_dir(&req.input.bucket)).await;
+                Ok(S3Response::new(DeleteBucketOutput {}))
+            }
+            Err(_) => Err(s3_error!(
+                BucketNotEmpty,
+                "The bucket you tried to delete is not empty"
+            )),
+        }
+    }
+
+    async fn list_buckets(
+        &self,
+        _req: S3Request<ListBucketsInput>,
+    ) -> S3Result<S3Response<ListBucketsOutput>> {
+        let mut buckets = Vec::new();
+        let mut entries = tokio::fs::read_dir(&self.layout.buckets)
+            .await
+            .map_err(|e| internal(e, "listing buckets"))?;
+        while let Some(entry) = entries
+            .next_entry()
+            .await
+            .map_err(|e| internal(e, "listing buckets"))?
+        {
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            let Ok(meta) = entry.metadata().await else {
+                continue;
+            };
+            if !meta.is_dir() || !s3s::path::check_bucket_name(&name) {
+                continue;
+            }
+            buckets.push(Bucket {
+                name: Some(name),
+                creation_date: Some(timestamp(
+                    meta.created().unwrap_or_else(|_| store::modified(&meta)),
+                )),
+                bucket_region: Some(self.region.clone()),
+            });
+        }
+        buckets.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(S3Response::new(ListBucketsOutput {
+            buckets: Some(buckets),
+            owner: Some(Owner {
+                display_name: Some("tern".into()),
+                id: Some(LOCAL_ACCOUNT_ID.into()),
+            }),
+            ..Default::default()
+        }))
+    }
+
+    async fn put_object(
+        &self,
+        req: S3Request<PutObjectInput>,
+    ) -> S3Result<S3Response<PutObjectOutput>> {
+        let origin = origin(&req);
+        let trailer = trailer_header(&req.headers);
+        let input = req.input;
+        self.bucket(&input.bucket).await?;
+        self.object_path(&input.bucket, &input.key)?;
+        let claimed = Claimed {
+            content_md5: input.content_md5,
+            crc32: input.checksum_crc32,
+            crc32c: input.checksum_crc32c,
+            sha1: input.checksum_sha1,
+            sha256: input.checksum_sha256,
+            crc64nvme: input.checksum_crc64nvme,
+            algorithm: input.checksum_algorithm,
+            trailer,
+        };
+        let (tmp, file, md5) = self
+            .receive(input.body, claimed, req.trailing_headers)
+            .await?;
+        let etag = hex::encode(md5);
+        self.publish(
+            tmp,
+            &file,
+            &input.bucket,
+            &input.key,
+            etag.clone(),
+            input.content_type.map(|c| c.to_string()),
+            user_metadata(input.metadata),
+            "PutObject",
+            &origin,
+            async || Ok(()),
+        )
+        .await?;
+        Ok(S3Response::new(PutObjectOutput {
+            e_tag: Some(quoted(&etag)),
+            ..Default::default()
+        }))
+    }
+
+    async fn copy_object(
+        &self,
+        req: S3Request<CopyObjectInput>,
+    ) -> S3Result<S3Response<CopyObjectOutput>> {
+        let origin = origin(&req);
+        let input = req.input;
+        let CopySource::Bucket {
+            bucket: src_bucket,
+            key: src_key,
+            version_id: _,
+        } = &input.copy_source
+        else {
+            return Err(s3_error!(
+                NotImplemented,
+                "Only copies from a bucket of this endpoint are supported."
+            ));
+        };
+        self.bucket(src_bucket).await?;
+        self.bucket(&input.bucket).await?;
+        self.object_path(&input.bucket, &input.key)?;
+        let src_path = self
+            .object_path(src_bucket, src_key)
+            .map_err(|_| no_such_key())?;
+        let mut src = match tokio::fs::File::open(&src_path).await {
+            Ok(f) => f,
+            Err(e)
+                if e.kind() == io::ErrorKind::NotFound
+                    || e.kind() == io::ErrorKind::NotADirectory =>
+            {
+                return Err(no_such_key())
+            }
+            Err(e) => return Err(internal(e, "opening an object")),
+        };
+        let src_file = src
+            .metadata()
+            .await
+            .map_err(|e| internal(e, "reading an object"))?;
+        if src_file.is_dir() {
+            return Err(no_such_key());
+        }
+        let src_meta = self.meta(src_bucket, src_key, &src_path, &src_file).await?;
+        let mut tmp = self
+            .layout
+            .temp_file()
+            .await
+            .map_err(|e| internal(e, "creating a temporary file"))?;
+        let mut md5 = Md5::new();
+        let mut buf = vec![0u8; READ_CHUNK];
+        loop {
+            let n = src
+                .read(&mut buf)
+                .await
+                .map_err(|e| internal(e, "copying"))?;
+            if n == 0 {
+                break;
+            }
+            md5.update(&buf[..n]);
+            tmp.write_all(&buf[..n])
+                .await
+                .map_err(|e| internal(e, "copying"))?;
+        }
+        let file = tmp.finish().await.map_err(|e| internal(e, "copying"))?;
+        let etag = hex::encode(md5.finalize());
+        let replace = input
+            .metadata_directive
+            .as_ref()
+            .is_some_and(|d| d.as_str() == MetadataDirective::REPLACE);
+        let (content_type, metadata) = if replace {
+            (
+                input.content_type.map(|c| c.to_string()),
+                user_metadata(input.metadata),
+            )
+        } else {
+            (src_meta.content_type, src_meta.metadata)
+        };
+        let modified = store::modified(&file);
+        self.publish(
+            tmp,
+            &file,
+            &input.bucket,
+            &input.key,
+            etag.clone(),
+            content_type,
+            metadata,
+            "CopyObject",
+            &origin,
+            async || Ok(()),
+        )
+        .await?;
+        Ok(S3Response::new(CopyObjectOutput {
+            copy_object_result: Some(CopyObjectResult {
+                e_tag: Some(quoted(&etag)),
+                last_modified: Some(timestamp(modified)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }))
+    }
+
+    async fn head_object(
+        &self,
+        req: S3Request<HeadObjectInput>,
+    ) -> S3Result<S3Response<HeadObjectOutput>> {
+        let input = req.input;
+        self.bucket(&input.bucket).await?;
+        let path = self
+            .object_path(&input.bucket, &input.key)
+            .map_err(|_| no_such_key())?;
+        let file = match tokio::fs::metadata(&path).await {
+            Ok(m) if m.is_file() => m,
+            Ok(_) => return Err(no_such_key()),
+            Err(e)
+                if e.kind() == io::ErrorKind::NotFound
+                    || e.kind() == io::ErrorKind::NotADirectory =>
+            {
+                return Err(no_such_key())
+            }
+            Err(e) => return Err(internal(e, "reading an object")),
+        };
+        let meta = self.meta(&input.bucket, &input.key, &path, &file).await?;
+        Ok(S3Response::new(HeadObjectOutput {
+            accept_ranges: Some("bytes".into()),
+            content_length: i64::try_from(file.len()).ok(),
+            content_type: meta.content_type.as_deref().and_then(|c| c.parse().ok()),
+            e_tag: Some(quoted(&meta.etag)),
+            last_modified: Some(timestamp(store::modified(&file))),
+            metadata: to_metadata(&meta.metadata),
+            ..Default::default()
+        }))
+    }
+
+    async fn get_object(
+        &self,
+        req: S3Request<GetObjectInput>,
+    ) -> S3Result<S3Response<GetObjectOutput>> {
+        let input = req.input;
+        self.bucket(&input.bucket).await?;
+        let path = self
+            .object_path(&input.bucket, &input.key)
+            .map_err(|_| no_such_key())?;
+        let mut file = match tokio::fs::File::open(&path).await {
+            Ok(f) => f,
+            Err(e)
+                if e.kind() == io::ErrorKind::NotFound
+                    || e.kind() == io::ErrorKind::NotADirectory =>
+            {
+                return Err(no_such_key())
+            }
+            Err(e) => return Err(internal(e, "opening an object")),
+        };
+        // The metadata of the open file, not of the path: a concurrent PUT renames a new
+        // file into place, and this request must describe the bytes it sends.
+        let stat = file
+            .metadata()
+            .await
+            .map_err(|e| internal(e, "reading an object"))?;
+        if !stat.is_file() {
+            return Err(no_such_key());
+        }
+        let meta = self.meta(&input.bucket, &input.key, &path, &stat).await?;
+        let total = stat.len();
+        let (start, len, content_range) = match &input.range {
+            None => (0, total, None),
+            Some(range) => {
+                let r = range.check(total)?;
+                (
+                    r.start,
+                    r.end - r.start,
+                    Some(format!(
+                        "bytes {}-{}/{total}",
+                        r.start,
+                        r.end.saturating_sub(1)
+                    )),
+                )
+            }
+        };
+        file.seek(io::SeekFrom::Start(start))
+            .await
+            .map_err(|e| internal(e, "reading an object"))?;
+        let mut response = S3Response::new(GetObjectOutput {
+            accept_ranges: Some("bytes".into()),
+            body: Some(file_body(file, len)),
+            content_length: i64::try_from(len).ok(),
+            content_range: content_range.clone(),
+            content_type: meta.content_type.as_deref().and_then(|c| c.parse().ok()),
+            e_tag: Some(quoted(&meta.etag)),
+            last_modified: Some(timestamp(store::modified(&stat))),
+            metadata: to_metadata(&meta.metadata),
+            ..Default::default()
+        });
+        if content_range.is_some() {
+            response.status = Some(http::StatusCode::PARTIAL_CONTENT);
+        }
+        Ok(response)
+    }
+
+    async fn delete_object(
+        &self,
+        req: S3Request<DeleteObjectInput>,
+    ) -> S3Result<S3Response<DeleteObjectOutput>> {
+        let input = req.input;
+        let bucket_dir = self.bucket(&input.bucket).await?;
+        self.remove(&bucket_dir, &input.bucket, &input.key).await?;
+        Ok(S3Response::new(DeleteObjectOutput::default()))
+    }
+
+    async fn delete_objects(
+        &self,
+        req: S3Request<DeleteObjectsInput>,
+    ) -> S3Result<S3Response<DeleteObjectsOutput>> {
+        let input = req.input;
+        let bucket_dir = self.bucket(&input.bucket).await?;
+        let quiet = input.delete.quiet.unwrap_or(false);
+        let mut deleted = Vec::new();
+        let mut errors = Vec::new();
+        for object in input.delete.objects {
+            match self.remove(&bucket_dir, &input.bucket, &object.key).await {
+                Ok(()) => {
+                    if !quiet {
+                        deleted.push(DeletedObject {
+                            key: Some(object.key),
+                            ..Default::default()
+                        });
+                    }
+                }
+                Err(e) => errors.push(s3s::dto::Error {
+                    code: Some(e.code().as_str().to_owned()),
+                    key: Some(object.key),
+                    message: e.message().map(str::to_owned),
+                    ..Default::default()
+                }),
+            }
+        }
+        Ok(S3Response::new(DeleteObjectsOutput {
+            deleted: Some(deleted),
+            errors: (!errors.is_empty()).then_some(errors),
+            ..Default::default()
+        }))
+    }
+
+    async fn list_objects(
+        &self,
+        req: S3Request<ListObjectsInput>,
+    ) -> S3Result<S3Response<ListObjectsOutput>> {
+        let marker = req.input.marker.clone();
+        let v2 = self.list_objects_v2(req.map_input(Into::into)).await?;
+        let v2 = v2.output;
+        let next_marker = v2
+            .next_continuation_token
+            .as_deref()
+            .map(decode_token)
+            .transpose()?;
+        Ok(S3Response::new(ListObjectsOutput {
+            name: v2.name,
+            prefix: v2.prefix,
+            marker,
+            delimiter: v2.delimiter,
+            max_keys: v2.max_keys,
+            is_truncated: v2.is_truncated,
+            next_marker,
+            contents: v2.contents,
+            common_prefixes: v2.common_prefixes,
+            ..Default::default()
+        }))
+    }
+
+    async fn list_objects_v2(
+        &self,
+        req: S3Request<ListObjectsV2Input>,
+    ) -> S3Result<S3Response<ListObjectsV2Output>> {
+        let input = req.input;
+        let bucket_dir = self.bucket(&input.bucket).await?;
+        let prefix = input.prefix.clone().unwrap_or_default();
+        let delimiter = input.delimiter.clone().filter(|d| !d.is_empty());
+        let max = page_size(input.max_keys);
+        let token = input
+            .continuation_token
+            .as_deref()
+            .map(decode_token)
+            .transpose()?;
+        let marker = match (token, input.start_after.clone()) {
+            (Some(t), Some(s)) => Some(t.max(s)),
+            (t, s) => t.or(s),
+        };
+        let keys = walk(&bucket_dir, &prefix)
+            .await
+            .map_err(|e| internal(e, "listing objects"))?;
+
+        let mut contents = Vec::new();
+        let mut common = Vec::<String>::new();
+        let mut last = None::<String>;
+        let mut truncated = false;
+        for (key, file) in keys {
+            if let Some(m) = &marker {
+                // A marker that is a common prefix covers every key below it.
+                let covered = delimiter.as_deref().is_some_and(|d| m.ends_with(d))
+                    && key.starts_with(m.as_str());
+                if key.as_str() <= m.as_str() || covered {
+                    continue;
+                }
+            }
+            let group = delimiter.as_deref().and_then(|d| {
+                key[prefix.len()..]
+                    .find(d)
+                    .map(|i| key[..prefix.len() + i + d.len()].to_owned())
+            });
+            if let Some(g) = &group {
+                if common.last() == Some(g) {
+                    continue;
+                }
+            }
+            if contents.len() + common.len() == max {
+                truncated = true;
+                break;
+            }
+            match group {
+                Some(g) => {
+                    last = Some(g.clone());
+                    common.push(g);
+                }
+                None => {
+                    let path = self.object_path(&input.bucket, &key)?;
+                    let meta = self.meta(&input.bucket, &key, &path, &file).await?;
+                    last = Some(key.clone());
+                    contents.push(Object {
+                        key: Some(key),
+                        size: i64::try_from(file.len()).ok(),
+                        e_tag: Some(quoted(&meta.etag)),
+                        last_modified: Some(timestamp(store::modified(&file))),
+                        storage_class: Some(ObjectStorageClass::from_static(
+                            ObjectStorageClass::STANDARD,
+                        )),
+                        ..Default::default()
+                    });
+                }
+            }
+        }
+        let key_count = (contents.len() + common.len()) as i32;
+        Ok(S3Response::new(ListObjectsV2Output {
+            name: Some(input.bucket),
+            prefix: input.prefix,
+            delimiter: input.delimiter,
+            max_keys: Some(max as i32),
+            key_count: Some(key_count),
+            is_truncated: Some(truncated),
+            continuation_token: input.continuation_token,
+            next_continuation_token: if truncated {
+                last.as_deref().map(encode_token)
+            } else {
+                None
+            },
+            start_after: input.start_after,
+            contents: (!contents.is_empty()).then_some(contents),
+            common_prefixes: (!common.is_empty()).then(|| {
+                common
+                    .into_iter()
+                    .map(|p| CommonPrefix { prefix: Some(p) })
+                    .collect()
+            }),
+            // Keys are returned as they are: echoing `url` would make clients (the AWS CLI
+            // asks for it) URL-decode keys that were never encoded, corrupting any with '+'
+            // or '%'.
+            encoding_type: None,
+            ..Default::default()
+        }))
+    }
+
+    async fn create_multipart_upload(
+        &self,
+        req: S3Request<CreateMultipartUploadInput>,
+    ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
+        let initiator = req
+            .credentials
+            .as_ref()
+            .map(|c| c.access_key.clone())
+            .unwrap_or_default();
+        let input = req.input;
+        self.bucket(&input.bucket).await?;
+        self.object_path(&input.bucket, &input.key)?;
+        let upload_id = uuid::Uuid::new_v4().simple().to_string();
+        let dir = self
+            .layout
+            .upload_dir(&upload_id)
+            .ok_or_else(no_such_upload)?;
+        let upload = Upload {
+            bucket: input.bucket.clone(),
+            key: input.key.clone(),
+            initiated_secs: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs(),
+            initiator,
+            content_type: input.content_type.map(|c| c.to_string()),
+            metadata: user_metadata(input.metadata),
+        };
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(|e| internal(e, "creating an upload"))?;
+        store::write_json(&self.layout, &dir.join("upload.json"), &upload)
+            .await
+            .map_err(|e| internal(e, "creating an upload"))?;
+        Ok(S3Response::new(CreateMultipartUploadOutput {
+            bucket: Some(input.bucket),
+            key: Some(input.key),
+            upload_id: Some(upload_id),
+            ..Default::default()
+        }))
+    }
+
+    async fn upload_part(
+        &self,
+        req: S3Request<UploadPartInput>,
+    ) -> S3Result<S3Response<UploadPartOutput>> {
+        let trailer = trailer_header(&req.headers);
+        let input = req.input;
+        if !(1..=MAX_PART_NUMBER).contains(&input.part_number) {
+            return Err(s3_error!(
+                InvalidArgument,
+                "Part number must be an integer between 1 and 10000, inclusive"
+            ));
+        }
+        let (dir, _) = self
+            .upload(&input.upload_id, &input.bucket, &input.key)
+            .await?;
+        let claimed = Claimed {
+            content_md5: input.content_md5,
+            crc32: input.checksum_crc32,
+            crc32c: input.checksum_crc32c,
+            sha1: input.checksum_sha1,
+            sha256: input.checksum_sha256,
+            crc64nvme: input.checksum_crc64nvme,
+            algorithm: input.checksum_algorithm,
+            trailer,
+        };
+        let (tmp, _, md5) = self
+            .receive(input.body, claimed, req.trailing_headers)
+            .await?;
+        let md5 = hex::encode(md5);
+        let name = format!("{:05}-{md5}.part", input.part_number);
+        let _guard = self.commit.lock().await;
+        // Aborted or completed while the body was arriving.
+        self.upload(&input.upload_id, &input.bucket, &input.key)
+            .await?;
+        tmp.persist(&dir.join(&name))
+            .await
+            .map_err(|e| internal(e, "storing a part"))?;
+        let stale_prefix = format!("{:05}-", input.part_number);
+        if let Ok(mut entries) = tokio::fs::read_dir(&dir).await {
+            while let Ok(Some(entry)) = entries.next_entry().await {
+                let other = entry.file_name();
+                let other = other.to_string_lossy();
+                if other.starts_with(&stale_prefix) && other != name {
+                    let _ = tokio::fs::remove_file(entry.path()).await;
+                }
+            }
+        }
+        Ok(S3Response::new(UploadPartOutput {
+            e_tag: Some(quoted(&md5)),
+            ..Default::default()
+        }))
+    }
+
+    async fn list_parts(
+        &self,
+        req: S3Request<ListPartsInput>,
+    ) -> S3Result<S3Response<ListPartsOutput>> {
+        let input = req.input;
+        let (dir, upload) = self
+            .upload(&input.upload_id, &input.bucket, &input.key)
+            .await?;
+        let max = page_size(input.max_parts);
+        let after = input.part_number_marker.unwrap_or(0);
+        let all = self.parts(&dir).await?;
+        let mut parts = Vec::new();
+        let mut truncated = false;
+        for part in all.values().filter(|p| p.number > after) {
+            if parts.len() == max {
+                truncated = true;
+                break;
+            }
+            parts.push(Part {
+                part_number: Some(part.number),
+                e_tag: Some(quoted(&part.md5)),
+                size: i64::try_from(part.size).ok(),
+                last_modified: Some(timestamp(part.modified)),
+                ..Default::default()
+            });
+        }
+        let next = parts.last().and_then(|p: &Part| p.part_number);
+        let initiator = Initiator {
+            id: Some(upload.initiator.clone()),
+            display_name: Some(upload.initiator),
+        };
+        Ok(S3Response::new(ListPartsOutput {
+            bucket: Some(input.bucket),
+            key: Some(input.key),
+            upload_id: Some(input.upload_id),
+            max_parts: Some(max as i32),
+            part_number_marker: input.part_number_marker,
+            next_part_number_marker: if truncated { next } else { None },
+            is_truncated: Some(truncated),
+            parts: (!parts.is_empty()).then_some(parts),
+            initiator: Some(initiator),
+            owner: Some(Owner {
+                display_name: Some("tern".into()),
+                id: Some(LOCAL_ACCOUNT_ID.into()),
+            }),
+            storage_class: Some(StorageClass::from_static(StorageClass::STANDARD)),
+            ..Default::default()
+        }))
+    }
+
+    async fn list_multipart_uploads(
+        &self,
+        req: S3Request<ListMultipartUploadsInput>,
+    ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
+        let input = req.input;
+        self.bucket(&input.bucket).await?;
+        let prefix = input.prefix.clone().unwrap_or_default();
+        let mut uploads = Vec::new();
+        let mut entries = tokio::fs::read_dir(&self.layout.uploads)
+            .await
+            .map_err(|e| internal(e, "listing uploads"))?;
+        while let Some(entry) = entries
+            .next_entry()
+            .await
+            .map_err(|e| internal(e, "listing uploads"))?
+        {
+            let Some(id) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            if tokio::fs::try_exists(entry.path().join("completed.json"))
+                .await
+                .unwrap_or(false)
+            {
+                continue;
+            }
+            let Ok(Some(upload)) =
+                store::read_json::<Upload>(&entry.path().join("upload.json")).await
+            else {
+                continue;
+            };
+            if upload.bucket == input.bucket && upload.key.starts_with(&prefix) {
+                uploads.push((id, upload));
+            }
+        }
+        uploads.sort_by(|a, b| {
+            (a.1.key.as_str(), a.1.initiated_secs, a.0.as_str()).cmp(&(
+                b.1.key.as_str(),
+                b.1.initiated_secs,
+                b.0.as_str(),
+            ))
+        });
+        if let Some(key_marker) = &input.key_marker {
+            let id_marker = input.upload_id_marker.as_deref();
+            uploads.retain(|(id, u)| match id_marker {
+                Some(m) => {
+                    u.key.as_str() > key_marker.as_str()
+                        || (u.key == *key_marker && id.as_str() > m)
+                }
+                None => u.key.as_str() > key_marker.as_str(),
+            });
+        }
+        let max = page_size(input.max_uploads);
+        let truncated = uploads.len() > max;
+        uploads.truncate(max);
+        let next_key = truncated
+            .then(|| uploads.last().map(|u| u.1.key.clone()))
+            .flatten();
+        let next_id = truncated
+            .then(|| uploads.last().map(|u| u.0.clone()))
+            .flatten();
+        let uploads: Vec<MultipartUpload> = uploads
+            .into_iter()
+            .map(|(id, u)| MultipartUpload {
+                key: Some(u.key),
+                upload_id: Some(id),
+                initiated: Some(timestamp(
+                    UNIX_EPOCH + Duration::from_secs(u.initiated_secs),
+                )),
+                initiator: Some(Initiator {
+                    id: Some(u.initiator.clone()),
+                    display_name: Some(u.initiator),
+                }),
+                storage_class: Some(StorageClass::from_static(StorageClass::STANDARD)),
+                ..Default::default()
+            })
+            .collect();
+        Ok(S3Response::new(ListMultipartUploadsOutput {
+            bucket: Some(input.bucket),
+            prefix: input.prefix,
+            key_marker: input.key_marker,
+            upload_id_marker: input.upload_id_marker,
+            max_uploads: Some(max as i32),
+            is_truncated: Some(truncated),
+            next_key_marker: next_key,
+            next_upload_id_marker: next_id,
+            uploads: (!uploads.is_empty()).then_some(uploads),
+            ..Default::default()
+        }))
+    }
+
+    async fn complete_multipart_upload(
+        &self,
+        req: S3Request<CompleteMultipartUploadInput>,
+    ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
+        let origin = origin(&req);
+        let input = req.input;
+        // What needs no data moved is checked here, so that its errors get their own status.
+        let parts = match self.plan_completion(&input).await? {
+            Plan::Done(etag) => {
+                return Ok(S3Response::new(completed_output(
+                    &input.bucket,
+                    &input.key,
+                    &etag,
+                )))
+            }
+            Plan::Assemble(parts) => parts,
+        };
+        // Assembling a disk image can take minutes: like S3, answer 200 at once and keep the
+        // connection alive with whitespace until the result (or an error document) follows.
+        let store = self.clone();
+        let future = async move {
+            store
+                .complete_in_background(input.bucket, input.key, input.upload_id, parts, origin)
+                .await
+        };
+        Ok(S3Response::new(CompleteMultipartUploadOutput {
+            future: Some(Box::pin(future)),
+            ..Default::default()
+        }))
+    }
+
+    async fn abort_multipart_upload(
+        &self,
+        req: S3Request<AbortMultipartUploadInput>,
+    ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
+        let input = req.input;
+        // Not in the middle of a Complete of the same upload: wait for it to finish.
+        let lock = self.upload_lock(&input.upload_id);
+        let _held = lock.lock().await;
+        let (dir, _) = self
+            .upload(&input.upload_id, &input.bucket, &input.key)
+            .await?;
+        let _guard = self.commit.lock().await;
+        tokio::fs::remove_dir_all(&dir)
+            .await
+            .map_err(|e| internal(e, "aborting an upload"))?;
+        self.completing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&input.upload_id);
+        Ok(S3Response::new(AbortMultipartUploadOutput::default()))
+    }
+}
+
+enum Plan {
+    /// Completed before (a retry): its ETag.
+    Done(String),
+    /// The stored parts, in order, that make up the object.
+    Assemble(Vec<StoredPart>),
+}
+
+fn completed_output(bucket: &str, key: &str, etag: &str) -> CompleteMultipartUploadOutput {
+    CompleteMultipartUploadOutput {
+        bucket: Some(bucket.to_owned()),
+        key: Some(key.to_owned()),
+        e_tag: Some(quoted(etag)),
+        location: Some(format!("/{bucket}/{key}")),
+        ..Default::default()
+    }
+}
+
+impl Inner {
+    fn upload_lock(&self, upload_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.completing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(upload_id.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    async fn completed(&self, upload_id: &str, bucket: &str, key: &str) -> Option<String> {
+        let dir = self.layout.upload_dir(upload_id)?;
+        match store::read_json::<Completed>(&dir.join("completed.json")).await {
+            Ok(Some(c)) if c.bucket == bucket && c.key == key => Some(c.etag),
+            _ => None,
+        }
+    }
+
+    async fn plan_completion(&self, input: &CompleteMultipartUploadInput) -> S3Result<Plan> {
+        // A retry of a Complete that succeeded (its response lost) succeeds again, without
+        // a second notification.
+        if let Some(etag) = self
+            .completed(&input.upload_id, &input.bucket, &input.key)
+            .await
+        {
+            return Ok(Plan::Done(etag));
+        }
+        let (dir, _) = self
+            .upload(&input.upload_id, &input.bucket, &input.key)
+            .await?;
+        let requested = input
+            .multipart_upload
+            .as_ref()
+            .and_then(|m| m.parts.as_ref())
+            .filter(|p| !p.is_empty())
+            .ok_or_else(|| {
+                s3_error!(
+                    MalformedXML,
+                    "You must specify at least one part in CompleteMultipartUpload."
+                )
+            })?;
+        let numbers: Vec<i32> = requested
+            .iter()
+            .map(|p| p.part_number.unwrap_or(0))
+            .collect();
+        if numbers[0] < 1 || numbers.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(s3_error!(
+                InvalidPartOrder,
+                "The list of parts was not in ascending order. The parts list must be specified in order by part number."
+            ));
+        }
+        let mut stored = self.parts(&dir).await?;
+        let mut chosen = Vec::with_capacity(requested.len());
+        for (i, (part, number)) in requested.iter().zip(&numbers).enumerate() {
+            let matches = stored.get(number).is_some_and(|s| {
+                part.e_tag
+                    .as_ref()
+                    .is_some_and(|e| e.value().trim_matches('"').eq_ignore_ascii_case(&s.md5))
+            });
+            let Some(found) = stored.remove(number).filter(|_| matches) else {
+                return Err(s3_error!(
+                    InvalidPart,
+                    "One or more of the specified parts could not be found. The part may not have been uploaded, or the specified entity tag may not match the part's entity tag."
+                ));
+            };
+            if i + 1 < requested.len() && found.size < MIN_PART_BYTES {
+                return Err(s3_error!(
+                    EntityTooSmall,
+                    "Your proposed upload is smaller than the minimum allowed size: every part but the last must be at least 5 MiB."
+                ));
+            }
+            chosen.push(found);
+        }
+        Ok(Plan::Assemble(chosen))
+    }
+}
+
+impl StagingStore {
+    async fn complete_in_background(
+        self,
+        bucket: String,
+        key: String,
+        upload_id: String,
+        parts: Vec<StoredPart>,
+        origin: Origin,
+    ) -> S3Result<CompleteMultipartUploadOutput> {
+        let lock = self.upload_lock(&upload_id);
+        let held = lock.lock().await;
+        let result = self
+            .assemble(&bucket, &key, &upload_id, parts, &origin)
+            .await;
+        drop(held);
+        self.completing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&upload_id);
+        result.map(|etag| completed_output(&bucket, &key, &etag))
+    }
+}
+
+impl Inner {
+    async fn assemble(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        parts: Vec<StoredPart>,
+        origin: &Origin,
+    ) -> S3Result<String> {
+        // Another Complete of this upload may have finished while this one waited.
+        if let Some(etag) = self.completed(upload_id, bucket, key).await {
+            return Ok(etag);
+        }
+        let (dir, upload) = self.upload(upload_id, bucket, key).await?;
+        let mut digests = Md5::new();
+        for part in &parts {
+            digests.update(hex::decode(&part.md5).unwrap_or_default());
+        }
+        let etag = format!("{}-{}", hex::encode(digests.finalize()), parts.len());
+        let mut tmp = self
+            .layout
+            .temp_file()
+            .await
+            .map_err(|e| internal(e, "creating a temporary file"))?;
+        let sources: Vec<PathBuf> = parts.iter().map(|p| p.path.clone()).collect();
+        let file = tmp.fill_from(sources).await.map_err(|e| {
+            if e.kind() == io::ErrorKind::NotFound {
+                // Aborted, or a part replaced, while waiting.
+                no_such_upload()
+            } else {
+                internal(e, "assembling an object")
+            }
+        })?;
+        let completed = Completed {
+            bucket: bucket.to_owned(),
+            key: key.to_owned(),
+            etag: etag.clone(),
+        };
+        let marker = dir.join("completed.json");
+        let layout = &self.layout;
+        self.publish(
+            tmp,
+            &file,
+            bucket,
+            key,
+            etag.clone(),
+            upload.content_type,
+            upload.metadata,
+            "CompleteMultipartUpload",
+            origin,
+            async || store::write_json(layout, &marker, &completed).await,
+        )
+        .await?;
+        // The parts are no longer needed once the marker says the upload is complete.
+        if let Ok(mut entries) = tokio::fs::read_dir(&dir).await {
+            while let Ok(Some(entry)) = entries.next_entry().await {
+                if entry.file_name().to_string_lossy().ends_with(".part") {
+                    let _ = tokio::fs::remove_file(entry.path()).await;
+                }
+            }
+        }
+        Ok(etag)
+    }
+}
+
+impl Inner {
+    /// Deletes an object if it exists (S3 answers a delete of a missing key with success).
+    async fn remove(&self, bucket_dir: &Path, bucket: &str, key: &str) -> S3Result<()> {
+        let Ok(path) = self.layout.object_path(bucket, key) else {
+            return Ok(());
+        };
+        let _guard = self.commit.lock().await;
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => {}
+            Err(e)
+                if e.kind() == io::ErrorKind::NotFound
+                    || e.kind() == io::ErrorKind::NotADirectory
+                    || e.kind() == io::ErrorKind::IsADirectory =>
+            {
+                return Ok(())
+            }
+            Err(e) => return Err(internal(e, "deleting an object")),
+        }
+        let _ = tokio::fs::remove_file(self.layout.meta_path(bucket, key)).await;
+        store::prune_empty_dirs(bucket_dir, &path).await;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<serde_json::Value>>);
+
+    impl ObjectCreatedSink for Recorder {
+        fn object_created(&self, event: serde_json::Value) {
+            self.0.lock().unwrap().push(event);
+        }
+    }
+
+    fn recorded(bucket: &str, key: &str, etag: &str, sequencer: &str) -> ObjectCreated {
+        ObjectCreated {
+            id: uuid::Uuid::new_v4().to_string(),
+            time: "2026-01-01T00:00:00Z".into(),
+            region: "us-east-1".into(),
+            account: LOCAL_ACCOUNT_ID.into(),
+            bucket: bucket.into(),
+            key: key.into(),
+            size: 5,
+            etag: etag.into(),
+            sequencer: sequencer.into(),
+            request_id: "R".into(),
+            requester: LOCAL_ACCOUNT_ID.into(),
+            source_ip_address: "127.0.0.1".into(),
+            reason: "PutObject".into(),
+        }
+    }
+
+    /// A crash after an event was recorded: delivered at the next start if its object was
+    /// published, dropped if the crash came before the rename (no object, or the old one).
+    #[tokio::test]
+    async fn events_left_by_a_crash_are_delivered_once_their_object_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path());
+        layout.prepare().await.unwrap();
+        let object = layout.object_path(STAGING_BUCKET, "runs/a").unwrap();
+        std::fs::create_dir_all(object.parent().unwrap()).unwrap();
+        std::fs::write(&object, b"hello").unwrap();
+        let etag = hex::encode(Md5::digest(b"hello"));
+        for (name, event) in [
+            ("1-a.json", recorded(STAGING_BUCKET, "runs/a", &etag, "1")),
+            (
+                "2-b.json",
+                recorded(STAGING_BUCKET, "runs/never-renamed", &etag, "2"),
+            ),
+            ("3-c.json", recorded(STAGING_BUCKET, "runs/a", "0123", "3")),
+        ] {
+            store::write_json(&layout, &layout.notifications.join(name), &event)
+                .await
+                .unwrap();
+        }
+
+        let sink = Arc::new(Recorder::default());
+        StagingStore::open(dir.path(), "us-east-1", Some(sink.clone()))
+            .await
+            .unwrap();
+        let events = sink.0.lock().unwrap().clone();
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0]["detail"]["object"]["key"], "runs/a");
+        assert_eq!(events[0]["detail"]["object"]["sequencer"], "1");
+        assert_eq!(
+            std::fs::read_dir(&layout.notifications).unwrap().count(),
+            0,
+            "delivered and dropped events are both gone"
+        );
+
+        // Nothing left: a second start delivers nothing again.
+        let again = Arc::new(Recorder::default());
+        StagingStore::open(dir.path(), "us-east-1", Some(again.clone()))
+            .await
+            .unwrap();
+        assert!(again.0.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn part_file_names_round_trip() {
+        let md5 = "0123456789abcdef0123456789abcdef";
+        let name = format!("{:05}-{md5}.part", 42);
+        assert_eq!(parse_part_name(&name), Some((42, md5)));
+        assert_eq!(parse_part_name("upload.json"), None);
+        assert_eq!(parse_part_name("00001-short.part"), None);
+    }
+}
