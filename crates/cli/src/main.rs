@@ -7,6 +7,8 @@ use clap::{Parser, Subcommand};
 
 #[cfg(feature = "server")]
 mod connector;
+#[cfg(all(feature = "server", feature = "client"))]
+mod demo;
 mod disk;
 #[cfg(feature = "server")]
 mod serve;
@@ -39,6 +41,9 @@ enum Command {
     #[cfg(feature = "client")]
     #[command(subcommand)]
     Sms(sms::SmsCommand),
+    /// Replicate a sample VM end to end on this machine and check the result.
+    #[cfg(all(feature = "server", feature = "client"))]
+    Demo(demo::DemoArgs),
     /// Inspect, convert and diff disk images (raw, qcow2, VMDK, VHD, VHDX).
     #[command(subcommand)]
     Disk(disk::DiskCommand),
@@ -56,6 +61,8 @@ fn main() -> ExitCode {
         Command::Connector(cmd) => connector::run(cmd),
         #[cfg(feature = "client")]
         Command::Sms(cmd) => sms::run(cmd),
+        #[cfg(all(feature = "server", feature = "client"))]
+        Command::Demo(args) => demo::run(args),
         Command::Disk(cmd) => disk::run(cmd),
         Command::States(cmd) => states::run(cmd),
     };
