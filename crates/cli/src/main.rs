@@ -41,7 +41,7 @@ enum Command {
     #[cfg(feature = "client")]
     #[command(subcommand)]
     Sms(sms::SmsCommand),
-    /// Replicate a sample VM end to end on this machine and check the result.
+    // No doc comment: it would replace the about and long_about of `DemoArgs`.
     #[cfg(all(feature = "server", feature = "client"))]
     Demo(demo::DemoArgs),
     /// Inspect, convert and diff disk images (raw, qcow2, VMDK, VHD, VHDX).

@@ -40,7 +40,7 @@ impl StageStep {
         if let Some(m) = &self.status_message {
             s.push_str(&format!("  ({m})"));
         }
-        s
+        s.trim_end().to_owned()
     }
 }
 
@@ -142,6 +142,8 @@ impl RunReport {
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EventLine {
+    /// The event id: the same for every delivery of one state change.
+    pub id: String,
     pub time: String,
     pub state: String,
     pub job_id: String,
@@ -158,6 +160,7 @@ impl EventLine {
         let s = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
         let detail = event.get("detail").cloned().unwrap_or(Value::Null);
         EventLine {
+            id: s(event, "id").unwrap_or_default(),
             time: s(event, "time").unwrap_or_default(),
             state: s(&detail, "state").unwrap_or_default(),
             job_id: s(&detail, "replication-job-id").unwrap_or_default(),
@@ -213,6 +216,8 @@ pub struct Summary {
     pub replication_job_id: Option<String>,
     pub runs: Vec<RunReport>,
     pub events: Vec<EventLine>,
+    /// Deliveries of an event already received (the bus delivers at least once).
+    pub duplicate_events: usize,
     pub checks: Vec<Check>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -253,7 +258,7 @@ mod tests {
     fn manifest_disks_are_read() {
         let m = json!({"disks": [
             {"index": 0, "kind": "seed-vmdk", "virtualSize": 67108864, "size": 3000000, "bytesUploaded": 3000000},
-            {"index": 1, "kind": "delta", "virtualSize": 33554432, "size": 1048700, "bytesUploaded": 1048700,
+            {"index": 1, "kind": "delta", "virtualSize": 33554432, "size": 524800, "bytesUploaded": 524800,
              "changedBlocks": 2, "zeroBlocks": 1},
         ]});
         let disks = DiskUpload::from_manifest(&m);
@@ -262,7 +267,7 @@ mod tests {
         assert_eq!(disks[1].changed_blocks, Some(2));
         let line = disks[1].describe("data");
         assert!(
-            line.contains("uploaded 1000.1 KiB of 32 MiB (3.1%)"),
+            line.contains("uploaded 512.5 KiB of 32 MiB (1.6%)"),
             "{line}"
         );
         assert!(line.contains("2 changed blocks (1 now zero)"), "{line}");
@@ -272,12 +277,14 @@ mod tests {
     #[test]
     fn events_are_read_from_their_detail() {
         let e = EventLine::from_event(&json!({
+            "id": "e-1",
             "time": "2026-12-01T20:00:00Z",
             "detail-type": "Server Migration Job State Change",
             "detail": {"state": "Completed", "replication-job-id": "sms-job-1",
                        "replication-run-id": "sms-run-1", "ami-id": "ami-1", "version": "1.0"}
         }));
         assert_eq!(e.state, "Completed");
+        assert_eq!(e.id, "e-1");
         assert_eq!(e.ami_id.as_deref(), Some("ami-1"));
         assert!(e
             .describe()
@@ -299,5 +306,12 @@ mod tests {
         };
         assert!(a.same_as(&b));
         assert_eq!(a.describe(), "+  1.0s  ACTIVE    Uploading 40%");
+        let pending = StageStep {
+            state: "PENDING".into(),
+            stage: None,
+            progress: None,
+            ..a
+        };
+        assert_eq!(pending.describe(), "+  1.0s  PENDING");
     }
 }
