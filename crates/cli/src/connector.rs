@@ -8,12 +8,14 @@ use tern_connector::{Agent, ConnectorConfig};
 
 #[derive(clap::Subcommand)]
 pub enum ConnectorCommand {
-    /// Register with the Tern API, heartbeat, poll for work and answer it until SIGINT/SIGTERM.
+    /// Register with the Tern API, heartbeat, poll for work and answer it (inventory requests,
+    /// replication uploads in the background) until SIGINT/SIGTERM.
     Run {
         /// Connector config file (TOML, or JSON when named *.json).
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
-        /// Register, heartbeat and answer one poll's work, print a JSON summary, then exit.
+        /// Register, heartbeat and answer one poll's work (waiting for the replication work it
+        /// started), print a JSON summary, then exit.
         #[arg(long)]
         once: bool,
     },
@@ -24,7 +26,10 @@ pub fn run(cmd: ConnectorCommand) -> anyhow::Result<ExitCode> {
         ConnectorCommand::Run { config, once } => {
             init_tracing();
             let config = ConnectorConfig::load(&config)?;
-            let runtime = tokio::runtime::Builder::new_current_thread()
+            // Several threads: replication tasks hash and send parts while the agent's loop
+            // heartbeats and polls, and a busy upload must not delay a heartbeat.
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?;

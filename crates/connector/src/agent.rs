@@ -288,8 +288,8 @@ impl Agent {
         request_id: Option<String>,
     ) -> Result<usize, ConnectorError> {
         let mut inventory = self.load_inventory()?;
-        // Disks are read here, not in the poll loop's hot path of every cycle: only an
-        // inventory request pays for opening them.
+        // Opening and inspecting disks is blocking file I/O: off the async threads, so that
+        // running uploads and the heartbeat are not held up.
         let inventory = tokio::task::spawn_blocking(move || {
             inventory.inspect();
             inventory

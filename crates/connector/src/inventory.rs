@@ -216,7 +216,13 @@ impl Inventory {
 }
 
 fn inspect_disk(d: &mut InventoryDisk, format_stated: bool) -> Value {
-    let source = match crate::work::translate_disk(&d.path, d.format.as_deref()) {
+    // A format guessed from the extension is no reason to refuse the content: detect it.
+    let format = if format_stated || d.format.as_deref() == Some(OVA_FORMAT) {
+        d.format.as_deref()
+    } else {
+        None
+    };
+    let source = match crate::work::translate_disk(&d.path, format) {
         Ok(s) => s,
         Err(e) => return json!({ "error": e }),
     };
@@ -373,6 +379,87 @@ vm_manager_type = "HYPERV-MANAGER"
         assert_eq!(inv.vm_manager_id, "files-lab");
         assert_eq!(inv.vms[0].disks[0].format.as_deref(), Some("vmdk"));
         assert!(inv.vms[1].disks.is_empty());
+    }
+
+    /// A raw disk whose MBR holds one EFI system partition (type 0xEF).
+    fn efi_disk(path: &Path) {
+        let mut d = vec![0u8; 4 << 20];
+        let e = &mut d[446..462];
+        e[4] = 0xef;
+        e[8..12].copy_from_slice(&2048u32.to_le_bytes());
+        e[12..16].copy_from_slice(&4096u32.to_le_bytes());
+        d[510] = 0x55;
+        d[511] = 0xaa;
+        std::fs::write(path, d).unwrap();
+    }
+
+    #[test]
+    fn inspection_reports_every_disk_and_errors_in_their_slots() {
+        let dir = tempfile::tempdir().unwrap();
+        // Formats guessed from the extension are replaced by what the content says; a stated
+        // format is kept, also for a disk that cannot be opened.
+        efi_disk(&dir.path().join("boot.img"));
+        std::fs::write(dir.path().join("data.qcow2"), b"not a qcow2 image").unwrap();
+        let path = dir.path().join("inv.toml");
+        std::fs::write(
+            &path,
+            r#"
+[[vms]]
+id = "vm-1"
+disks = ["boot.img", "data.qcow2", { path = "gone.vmdk", format = "vmdk" }]
+
+[[vms]]
+id = "vm-2"
+"#,
+        )
+        .unwrap();
+        let mut inv = Inventory::load(&path, "m").unwrap();
+        assert!(inv.vms[0].inspection.is_none(), "loading reads no disk");
+        inv.inspect();
+        let vm = &inv.vms[0];
+        let i = vm.inspection.as_ref().unwrap();
+        // The pointer the control plane reads to choose UEFI boot.
+        assert_eq!(
+            i.pointer("/disks/0/efi_system_partition"),
+            Some(&json!(true))
+        );
+        assert_eq!(i["disks"][0]["partition_table"], "mbr");
+        assert_eq!(i["disks"][0]["partitions"][0]["start"], 2048 * 512);
+        assert_eq!(vm.disks[0].size_bytes, Some(4 << 20));
+        assert_eq!(vm.disks[0].format.as_deref(), Some("raw"));
+        // Not a qcow2 after all: the content says raw, and the report is still made.
+        assert_eq!(vm.disks[1].format.as_deref(), Some("raw"));
+        assert_eq!(i["disks"][1]["efi_system_partition"], false);
+        let err = i["disks"][2]["error"].as_str().unwrap();
+        assert!(err.contains("gone.vmdk"), "{err}");
+        assert_eq!(vm.disks[2].format.as_deref(), Some("vmdk"));
+        assert_eq!(vm.disks[2].size_bytes, None);
+        assert!(
+            inv.vms[1].inspection.is_none(),
+            "no disks, nothing to inspect"
+        );
+    }
+
+    #[test]
+    fn ova_entries_list_the_archives_disks() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("inv.toml");
+        std::fs::write(&path, "[[vms]]\nid = \"a\"\nova = \"missing.ova\"\n").unwrap();
+        let inv = Inventory::load(&path, "m").unwrap();
+        // An unreadable archive: the VM is still reported, without disks, with the reason.
+        assert!(inv.vms[0].disks.is_empty());
+        let err = inv.vms[0].inspection.as_ref().unwrap()["error"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("missing.ova"), "{err}");
+        std::fs::write(
+            &path,
+            "[[vms]]\nid = \"a\"\nova = \"x.ova\"\ndisks = [\"d.raw\"]\n",
+        )
+        .unwrap();
+        let err = Inventory::load(&path, "m").unwrap_err().to_string();
+        assert!(err.contains("either disks or ova"), "{err}");
     }
 
     #[test]

@@ -2,9 +2,10 @@
 //!
 //! It registers with the control plane (keeping its `connectorId` in a state directory so that a
 //! restart is the same connector), sends heartbeats, polls for work and answers it. In this
-//! release the only source is `files` — an inventory file listing VMs and their disk images (see
-//! `README.md` in this crate for both file formats) — and the only work is `INVENTORY`: report
-//! the VMs so that `ImportServerCatalog` fills the server catalog.
+//! release the only source is `files` — an inventory file listing VMs and their disk images or
+//! OVA archives (see `README.md` in this crate for both file formats). Work is `INVENTORY`
+//! (report the VMs, each disk inspected, so that `ImportServerCatalog` fills the server
+//! catalog), `REPLICATE` and `COMMIT_RUN` ([`work`], in background tasks).
 //!
 //! [`replicate`] runs replication work: seeds as stream-optimized VMDKs, incremental runs as
 //! block deltas, both streamed into resumable S3 multipart uploads, manifest last. [`ova`]

@@ -226,8 +226,8 @@ impl Worker {
             r = replicate::run(&work, &self.ctx, &on_progress) => Some(r),
             _ = cancelled.notified() => None,
         };
-        // The callback (and with it the sender) went with `run`'s future: the reporter sends
-        // what is queued and stops.
+        // Dropping the callback drops the sender: the reporter sends what is queued and stops,
+        // so the last report goes out before CompleteWork or ReportError.
         drop(on_progress);
         let _ = reporter.await;
         match result {
@@ -556,5 +556,197 @@ fn advise_run(
         head
     } else {
         format!("{head}. {what}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tern_api::connector::{StagingLocation, WorkDisk};
+
+    fn api_work(disks: Vec<WorkDisk>) -> ApiWork {
+        ApiWork {
+            job_id: "sms-job-1".into(),
+            run_id: "sms-run-2".into(),
+            server_id: "s-1".into(),
+            vm_id: "vm-1".into(),
+            disks,
+            staging: StagingLocation {
+                bucket: "tern-staging".into(),
+                prefix: "runs".into(),
+            },
+            seed: false,
+            parent_run_id: Some("sms-run-1".into()),
+        }
+    }
+
+    fn disk(index: usize, path: &str, format: Option<&str>) -> WorkDisk {
+        WorkDisk {
+            index,
+            path: path.into(),
+            format: format.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn work_items_become_replicate_work_in_disk_order() {
+        let archive = ova_disk_path(Path::new("/srv/web #1.ova"), 1);
+        assert_eq!(archive, "/srv/web #1.ova#disk=1");
+        let w = translate(&api_work(vec![
+            disk(1, &archive, Some("ova")),
+            disk(0, "/srv/web.qcow2", Some("qcow2")),
+            disk(2, "/srv/data.img", Some("no-such-format")),
+        ]))
+        .unwrap();
+        assert_eq!(
+            w.disks,
+            vec![
+                DiskSource::File {
+                    path: "/srv/web.qcow2".into(),
+                    format: Some(Format::Qcow2),
+                    backing_chain: vec![],
+                },
+                DiskSource::Ova {
+                    path: "/srv/web #1.ova".into(),
+                    disk: 1
+                },
+                DiskSource::File {
+                    path: "/srv/data.img".into(),
+                    format: None,
+                    backing_chain: vec![],
+                },
+            ]
+        );
+        assert_eq!(w.staging.bucket, "tern-staging");
+        assert_eq!(w.staging.prefix, "runs");
+        assert!(!w.seed);
+
+        let err = translate(&api_work(vec![disk(1, "/a", None)]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("index 1 where disk 0"), "{err}");
+        let err = translate(&api_work(vec![disk(0, "/a.ova", Some("OVA"))]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("#disk="), "{err}");
+        let err = translate(&api_work(vec![disk(0, " ", None)]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("re-import"), "{err}");
+    }
+
+    fn progress(stage: Stage, percent: f64, done: u64, total: Option<u64>) -> Progress {
+        Progress {
+            stage,
+            disk: None,
+            percent,
+            bytes_done: done,
+            bytes_total: total,
+            virtual_total: 1000,
+        }
+    }
+
+    #[test]
+    fn progress_is_throttled_except_for_stage_changes() {
+        let mut t = Throttle::default();
+        assert!(t.due(&progress(Stage::Preparing, 0.0, 0, None)));
+        assert!(
+            t.due(&progress(Stage::Uploading, 1.0, 10, None)),
+            "new stage"
+        );
+        assert!(
+            !t.due(&progress(Stage::Uploading, 2.0, 20, None)),
+            "too soon"
+        );
+        assert!(t.due(&progress(Stage::Completed, 100.0, 30, Some(30))));
+        t.last = Some((Stage::Uploading, Instant::now() - PROGRESS_EVERY));
+        assert!(
+            t.due(&progress(Stage::Uploading, 3.0, 40, None)),
+            "a second on"
+        );
+    }
+
+    #[test]
+    fn wire_progress_reports_true_figures() {
+        let r = wire_progress("c-1", "w-1", &progress(Stage::Uploading, 42.9, 300, None));
+        assert_eq!(
+            (r.stage.as_str(), r.percent, r.bytes_done, r.bytes_total),
+            ("Uploading", 42, 300, 1000),
+            "until the objects are complete, the total is the disks' size"
+        );
+        let r = wire_progress(
+            "c-1",
+            "w-1",
+            &progress(Stage::Completed, 100.0, 310, Some(310)),
+        );
+        assert_eq!(
+            (r.stage.as_str(), r.percent, r.bytes_total),
+            ("Uploaded", 100, 310)
+        );
+        assert_eq!(
+            (r.connector_id.as_str(), r.work_id.as_str()),
+            ("c-1", "w-1")
+        );
+    }
+
+    #[test]
+    fn an_item_in_flight_is_claimed_once_until_its_task_ends() {
+        let creds = aws_credential_types::Credentials::new("a", "b", None, None, "t");
+        let client = ApiClient::new(
+            "http://127.0.0.1:1",
+            "us-east-1",
+            creds.clone(),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        let s3 = aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::Config::builder()
+                .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+                .region(aws_sdk_s3::config::Region::new("us-east-1"))
+                .credentials_provider(creds)
+                .build(),
+        );
+        let worker = Arc::new(Worker::new(
+            client,
+            ReplicateContext {
+                s3,
+                state_dir: "/nonexistent".into(),
+                options: Default::default(),
+            },
+        ));
+        let claim = worker.claim("work-1").expect("first claim");
+        assert!(
+            worker.claim("work-1").is_none(),
+            "handed out again while running"
+        );
+        let other = worker.claim("work-2").expect("another item");
+        assert_eq!(worker.in_flight(), 2);
+        drop(claim);
+        assert_eq!(worker.in_flight(), 1);
+        assert!(worker.claim("work-1").is_some(), "free once its task ended");
+        drop(other);
+    }
+
+    #[test]
+    fn failure_messages_say_what_to_do() {
+        let original = api_work(vec![disk(0, "/a", None)]);
+        let e = ReplicateError::S3 {
+            operation: "UploadPart",
+            code: Some("AccessDenied".into()),
+            retryable: false,
+            message: "denied".into(),
+        };
+        let m = advise_run(&e, None, &original);
+        assert!(
+            m.starts_with("connector could not upload run sms-run-2 of job sms-job-1: S3 UploadPart failed: denied. Check the connector's [staging] endpoint")
+                && m.contains("bucket tern-staging"),
+            "{m}"
+        );
+        let m = advise_run(
+            &ReplicateError::DeltaTooLarge { index: 0, limit: 5 },
+            None,
+            &original,
+        );
+        assert!(m.ends_with("or raise max_delta_bytes"), "{m}");
     }
 }

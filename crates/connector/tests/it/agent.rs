@@ -227,7 +227,7 @@ async fn upload_with(agent: &Agent) -> tern_connector::CycleReport {
     loop {
         let report = agent.poll_once().await.expect("poll");
         let r = &report.replication;
-        if r.replications_completed + r.replications_failed > 0 {
+        if r.replications_completed + r.replications_failed + r.replications_cancelled > 0 {
             return report;
         }
         assert!(Instant::now() < deadline, "no replication work came");
@@ -602,5 +602,72 @@ async fn progress_reports_keep_the_work_lease() {
     tokio::time::sleep(lease + Duration::from_millis(500)).await;
     let items = poll().await.unwrap();
     assert_eq!(items["workItems"][0]["workId"], work_id.as_str(), "{items}");
+    lab.shutdown().await;
+}
+
+/// A run that fails on the server while its upload goes on (here: its work item reported as
+/// failed from outside) stops the upload at the next progress report, before the manifest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_stops_when_the_control_plane_drops_its_work() {
+    let lab = Lab::start(tern_core::Config::default()).await;
+    let s = lab.scratch().to_path_buf();
+    let raw = s.join("d0.raw");
+    let data: Vec<u8> = {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(19);
+        let mut d = vec![0u8; (20 * MIB) as usize];
+        rng.fill(&mut d[..]);
+        d
+    };
+    std::fs::write(&raw, &data).unwrap();
+    // 20 MiB of random data at 16 Mbit/s: about 10 s if it ran to the end.
+    let config = lab.agent_config(
+        &inventory(&[&raw]),
+        "[staging]\npart_size_mib = 5\nbandwidth_limit_mbps = 16\n",
+    );
+    let state_dir = config.state_dir.clone();
+    let mut agent = Agent::new(config).await.unwrap();
+    let server_id = lab.import(&mut agent).await;
+    let connector_id = agent.connector_id().unwrap().to_string();
+    let job_id = lab.create_job(&server_id).await;
+    let run = lab.start_run(&job_id).await;
+    let uploading = tokio::spawn(async move { upload_with(&agent).await });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = lab.run(&job_id, &run).await;
+        let m = r["statusMessage"].as_str().unwrap_or("");
+        if m.starts_with("Uploading ") && m.contains('%') {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the upload did not start: {r}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    lab.connector_call(
+        "ReportError",
+        json!({"connectorId": connector_id, "workId": format!("work-{run}"),
+               "message": "operator stopped the run"}),
+    )
+    .await
+    .unwrap();
+    let report = uploading.await.unwrap();
+    assert_eq!(report.replication.replications_cancelled, 1, "{report:?}");
+    assert!(
+        !state_dir
+            .join("jobs")
+            .join(&job_id)
+            .join(&run)
+            .join("manifest.json")
+            .exists(),
+        "no manifest after the cancellation"
+    );
+    let done = lab.wait_for_end(&job_id, &run).await;
+    assert_eq!(done["state"], "FAILED", "{done}");
+    assert!(
+        done["statusMessage"]
+            .as_str()
+            .unwrap()
+            .contains("operator stopped the run"),
+        "{done}"
+    );
     lab.shutdown().await;
 }

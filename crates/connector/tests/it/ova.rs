@@ -209,3 +209,64 @@ fn hostile_ovas_are_refused() {
         "{e}"
     );
 }
+
+/// An inventory VM given as an OVA reports the archive's disks in DiskSection order, as paths
+/// the agent turns back into in-place reads of the archive, with inspection reports.
+#[test]
+fn ova_inventory_entries_report_the_archives_disks() {
+    let dir = tempfile::tempdir().unwrap();
+    let (raw0, raw1) = (dir.path().join("d0.raw"), dir.path().join("d1.raw"));
+    let data0 = make_raw(&raw0, 8 * MIB, 31);
+    let data1 = make_raw(&raw1, 4 * MIB, 32);
+    let (v0, v1) = (dir.path().join("d0.vmdk"), dir.path().join("d1.vmdk"));
+    convert(&raw0, &v0, "vmdk", &["-o", "subformat=streamOptimized"]);
+    convert(&raw1, &v1, "vmdk", &["-o", "subformat=streamOptimized"]);
+    let (b0, b1) = (std::fs::read(&v0).unwrap(), std::fs::read(&v1).unwrap());
+    let desc = ovf(
+        &[("vmdisk1", 8, "file1"), ("vmdisk2", 4, "file2")],
+        &[
+            ("file1", "web01-disk1.vmdk", b0.len() as u64),
+            ("file2", "web01-disk2.vmdk", b1.len() as u64),
+        ],
+    );
+    let archive = dir.path().join("web01.ova");
+    tar_of(
+        &archive,
+        &[
+            ("web01.ovf", desc.as_bytes()),
+            ("web01-disk2.vmdk", &b1),
+            ("web01-disk1.vmdk", &b0),
+        ],
+    );
+    let inv_path = dir.path().join("inventory.toml");
+    std::fs::write(&inv_path, "[[vms]]\nid = \"vm-ova\"\nova = \"web01.ova\"\n").unwrap();
+    let mut inv = tern_connector::Inventory::load(&inv_path, "m").unwrap();
+    inv.inspect();
+    let vm = &inv.vms[0];
+    assert_eq!(
+        vm.vm_name.as_deref(),
+        Some("web01"),
+        "named by the descriptor"
+    );
+    assert_eq!(vm.disks.len(), 2);
+    for (i, (d, data)) in vm.disks.iter().zip([&data0, &data1]).enumerate() {
+        assert_eq!(d.path, format!("{}#disk={i}", archive.display()));
+        assert_eq!(d.format.as_deref(), Some("ova"));
+        assert_eq!(d.size_bytes, Some(data.len() as u64));
+        let report = &vm.inspection.as_ref().unwrap()["disks"][i];
+        assert_eq!(report["disk_size"], data.len() as u64, "{report}");
+        // What a REPLICATE item names comes back to the same bytes.
+        let src = tern_connector::work::translate_disk(&d.path, d.format.as_deref()).unwrap();
+        assert_eq!(
+            src,
+            DiskSource::Ova {
+                path: archive.clone(),
+                disk: i
+            }
+        );
+        let disk = replicate::open_disk(&src).unwrap();
+        let mut back = vec![0u8; disk.size() as usize];
+        disk.read_at(&mut back, 0).unwrap();
+        assert!(back == **data, "disk {i} reads differently from its source");
+    }
+}

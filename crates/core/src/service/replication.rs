@@ -801,7 +801,7 @@ impl Replication {
             }
         }
         if pending > 0 {
-            let percent = if total == 0 { 0 } else { done * 100 / total };
+            let percent = (done * 100).checked_div(total).unwrap_or(0);
             self.set_stage(
                 job_id,
                 run_id,
