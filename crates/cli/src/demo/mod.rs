@@ -149,6 +149,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         runs: Vec::new(),
         events: Arc::new(Mutex::new((Vec::new(), 0))),
         checks: Vec::new(),
+        step: String::new(),
     };
     let outcome = runtime.block_on(demo.run_all());
     // Whatever is still running (a blocking read of the image service, say) must not keep the
@@ -156,7 +157,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     runtime.shutdown_timeout(Duration::from_secs(5));
     let error = outcome.err().map(|e| format!("{e:#}"));
     if let Some(e) = &error {
-        demo.ui.line(format!("FAIL {e}"));
+        demo.ui.line(format!("FAIL at step {}: {e}", demo.step));
     }
     let passed = error.is_none() && !demo.checks.is_empty() && demo.checks.iter().all(|c| c.passed);
     let kept = !passed || demo.args.keep || !temporary;
@@ -166,15 +167,17 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             .line(format!("Result: PASS ({} checks)", demo.checks.len()));
     } else {
         let failed = demo.checks.iter().filter(|c| !c.passed).count();
-        demo.ui.line(format!(
-            "Result: FAIL ({failed} of {} checks failed{})",
-            demo.checks.len(),
-            if error.is_some() {
-                ", and the demo stopped early"
-            } else {
-                ""
-            }
-        ));
+        demo.ui.line(match &error {
+            Some(_) => format!(
+                "Result: FAIL (stopped at step {}; {failed} of {} checks made so far failed)",
+                demo.step,
+                demo.checks.len()
+            ),
+            None => format!(
+                "Result: FAIL ({failed} of {} checks failed)",
+                demo.checks.len()
+            ),
+        });
     }
     if kept {
         demo.ui.line(format!("Directory kept: {}", dir.display()));
@@ -325,6 +328,8 @@ struct Demo {
     /// Events received, and how many repeated deliveries were dropped.
     events: Arc<Mutex<(Vec<EventLine>, usize)>>,
     checks: Vec<Check>,
+    /// The step under way, for the failure message.
+    step: String,
 }
 
 /// The in-process server and connector, stopped in [`Demo::run_all`] whatever happened.
@@ -356,6 +361,9 @@ impl Demo {
         self.build_vm()?;
         let mut services = self.start_services().await?;
         let result = self.replicate(&mut services).await;
+        if result.is_ok() {
+            self.step = "stopping the connector and the server".into();
+        }
         self.ui.status("stopping the connector and the server");
         if let Some(stop) = services.agent_stop.take() {
             let _ = stop.send(());
@@ -382,6 +390,7 @@ impl Demo {
     fn build_vm(&mut self) -> anyhow::Result<()> {
         let boot = self.args.size_mib;
         let data = self.args.data_size_mib.unwrap_or((boot / 2).max(1));
+        self.step = "1/6, building the sample VM".into();
         self.ui.status("building the sample VM");
         let started = Instant::now();
         let vm = tokio::task::block_in_place(|| {
@@ -412,6 +421,7 @@ impl Demo {
     }
 
     async fn start_services(&mut self) -> anyhow::Result<Services> {
+        self.step = "2/6, starting tern serve".into();
         self.ui.status("starting tern serve");
         let data_dir = self.dir.join("server");
         let manifests = Arc::new(Manifests {
@@ -477,6 +487,7 @@ impl Demo {
             .build();
         let client = aws_sdk_sms::Client::from_conf(config);
 
+        self.step = "3/6, starting the connector".into();
         self.ui.status("starting the connector");
         let connector_dir = self.dir.join("connector");
         let config_path = self.write_connector_files(&connector_dir, &running)?;
@@ -610,6 +621,7 @@ impl Demo {
 
     async fn replicate(&mut self, services: &mut Services) -> anyhow::Result<()> {
         let client = services.client.clone();
+        self.step = "4/6, importing the catalog and creating the job".into();
         self.ui.status("importing the server catalog");
         client
             .import_server_catalog()
@@ -702,6 +714,7 @@ impl Demo {
             .await?;
 
         for number in 2..=3 {
+            self.step = "5/6, changing blocks of both disks".into();
             self.ui.status("changing blocks of both disks");
             let vm = self.vm().clone();
             let percent = self.args.change_percent;
@@ -744,6 +757,7 @@ impl Demo {
             self.watch_run(services, &job_id, &run_id, changes).await?;
         }
 
+        self.step = "6/6, events and checks".into();
         self.ui.status("waiting for the last events");
         let want: Vec<String> = self.runs.iter().map(|r| r.run_id.clone()).collect();
         let events = self.events.clone();
@@ -794,6 +808,7 @@ impl Demo {
         changes: Vec<vm::Changes>,
     ) -> anyhow::Result<()> {
         let number = self.runs.len() + 1;
+        self.step = format!("5/6, replication run {number} ({run_id})");
         let started = Instant::now();
         let timeout = Duration::from_secs(self.args.run_timeout_secs);
         let mut stages: Vec<StageStep> = Vec::new();
