@@ -39,7 +39,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context};
 use aws_sdk_sms::config::Credentials;
@@ -403,6 +403,33 @@ struct RunTimes {
     stages: Vec<(Duration, String, String)>,
 }
 
+/// When the image service's task of `run_id` was created and last updated (its completion),
+/// from `images.db`, as offsets from `since`.
+fn image_task_times(
+    data_dir: &Path,
+    run_id: &str,
+    since: SystemTime,
+) -> anyhow::Result<Vec<(Duration, Duration)>> {
+    let conn = rusqlite::Connection::open_with_flags(
+        data_dir.join("images.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )?;
+    let since = since.duration_since(SystemTime::UNIX_EPOCH)?.as_nanos() as i64;
+    let mut stmt = conn.prepare(
+        "SELECT created_at, updated_at FROM tasks WHERE description LIKE ?1 AND state = 'completed' ORDER BY created_at",
+    )?;
+    let rows = stmt.query_map([format!("%, run {run_id})")], |r| {
+        Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+    })?;
+    let offset = |ns: i64| Duration::from_nanos(ns.saturating_sub(since).max(0) as u64);
+    let mut out = Vec::new();
+    for row in rows {
+        let (created, updated) = row?;
+        out.push((offset(created), offset(updated)));
+    }
+    Ok(out)
+}
+
 impl RunTimes {
     /// Object bytes and manifest bytes the run put in staging.
     fn uploaded(&self) -> (u64, u64) {
@@ -416,6 +443,7 @@ impl RunTimes {
 
 struct Bench {
     sms: aws_sdk_sms::Client,
+    data_dir: PathBuf,
     connector: Connector,
     deadline: Instant,
 }
@@ -452,6 +480,7 @@ impl Bench {
     /// Plays the connector for the job's next run, requested at `requested`, and waits for it to
     /// complete.
     async fn run(&self, job_id: &str, requested: Instant) -> anyhow::Result<RunTimes> {
+        let requested_wall = SystemTime::now() - requested.elapsed();
         let (work_id, work) = self.connector.next_replication(self.deadline).await?;
         if work.job_id != job_id {
             bail!("work for job {}, expected {job_id}", work.job_id);
@@ -519,7 +548,34 @@ impl Bench {
         // The agent keeps the run's block maps once the control plane says so.
         self.connector.commit(&run_id, self.deadline).await?;
         let mut stages = watching.lock().expect("stages lock").clone();
-        stages.push((total, "COMPLETED".into(), message));
+        if !stages
+            .last()
+            .is_some_and(|(_, l, _)| l.starts_with("COMPLETED"))
+        {
+            stages.push((total, "COMPLETED".into(), message));
+        }
+        stages.push((
+            total - import,
+            "(manifest written)".into(),
+            "replicate::run returned".into(),
+        ));
+        for (i, (start, end)) in image_task_times(&self.data_dir, &run_id, requested_wall)?
+            .into_iter()
+            .enumerate()
+        {
+            let what = if work.seed { "import" } else { "apply-delta" };
+            stages.push((
+                start,
+                format!("(image task {i})"),
+                format!("{what} created"),
+            ));
+            stages.push((
+                end,
+                format!("(image task {i})"),
+                format!("{what} completed"),
+            ));
+        }
+        stages.sort_by_key(|(at, _, _)| *at);
         Ok(RunTimes {
             run_id,
             seed: work.seed,
@@ -704,6 +760,7 @@ async fn main() -> anyhow::Result<()> {
     );
     let bench = Bench {
         sms: sms.clone(),
+        data_dir: dir.path().join("data"),
         connector: Connector {
             id: connector_id,
             api: ApiClient::new(
