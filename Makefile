@@ -4,7 +4,7 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/tern/target
 export CARGO_TERM_COLOR ?= never
 CARGO ?= cargo
 
-.PHONY: test ci fmt-check clippy unit build run bench bench-api bench-states bench-disk
+.PHONY: test ci fmt-check clippy unit build run bench bench-api bench-states bench-disk bench-e2e
 
 test: fmt-check clippy unit
 
@@ -26,7 +26,7 @@ run: build
 	$(CARGO_TARGET_DIR)/debug/tern serve --data-dir ./tern-data --listen 127.0.0.1:8080
 
 # Benchmarks print numbers; they are not tests and CI does not run them (release builds).
-bench: bench-api bench-states bench-disk
+bench: bench-api bench-states bench-disk bench-e2e
 
 bench-api:
 	$(CARGO) run --release -p tern-acceptance --bin api-bench -- --concurrency 16
@@ -36,3 +36,8 @@ bench-states:
 
 bench-disk:
 	$(CARGO) run --release -p tern-disk --example bench
+
+# A seed and an incremental run of a 4 GiB VM through `tern serve`, next to qemu-img convert
+# (needs qemu-img; about 10 GiB free in the temporary directory, or pass --dir).
+bench-e2e:
+	$(CARGO) run --release -p tern-acceptance --bin e2e-bench -- --size-gib 4 --changed-pct 5

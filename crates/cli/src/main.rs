@@ -7,6 +7,8 @@ use clap::{Parser, Subcommand};
 
 #[cfg(feature = "server")]
 mod connector;
+#[cfg(all(feature = "server", feature = "client"))]
+mod demo;
 mod disk;
 #[cfg(feature = "server")]
 mod images;
@@ -41,6 +43,9 @@ enum Command {
     #[cfg(feature = "client")]
     #[command(subcommand)]
     Sms(sms::SmsCommand),
+    // No doc comment: it would replace the about and long_about of `DemoArgs`.
+    #[cfg(all(feature = "server", feature = "client"))]
+    Demo(demo::DemoArgs),
     /// Inspect, convert and diff disk images (raw, qcow2, VMDK, VHD, VHDX).
     #[command(subcommand)]
     Disk(disk::DiskCommand),
@@ -62,6 +67,8 @@ fn main() -> ExitCode {
         Command::Connector(cmd) => connector::run(cmd),
         #[cfg(feature = "client")]
         Command::Sms(cmd) => sms::run(cmd),
+        #[cfg(all(feature = "server", feature = "client"))]
+        Command::Demo(args) => demo::run(args),
         Command::Disk(cmd) => disk::run(cmd),
         #[cfg(feature = "server")]
         Command::Images(cmd) => images::run(cmd),

@@ -2,6 +2,9 @@
 //! the inventory request and `tern sms ...` drives the catalog and a replication job against an
 //! in-process `tern serve`, reading endpoint and keys the way any AWS client does.
 
+// `tern demo`, the same walk-through packed into one command.
+mod demo;
+
 use std::path::Path;
 use std::process::Output;
 use std::time::Duration;

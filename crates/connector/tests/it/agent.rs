@@ -597,7 +597,7 @@ async fn progress_reports_keep_the_work_lease() {
         tokio::time::sleep(Duration::from_millis(400)).await;
     }
     let r = lab.run(&job_id, &run).await;
-    assert_eq!(r["statusMessage"], "Uploading 10% (0.0 GiB of 0.0 GiB)");
+    assert_eq!(r["statusMessage"], "Uploading 10% (0.0 MiB of 0.0 MiB)");
     // No more reports: after the lease the item is handed out again.
     tokio::time::sleep(lease + Duration::from_millis(500)).await;
     let items = poll().await.unwrap();

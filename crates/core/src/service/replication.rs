@@ -324,8 +324,14 @@ pub struct Replication {
     publishing: Arc<futures::lock::Mutex<()>>,
 }
 
+/// Sizes as SMS status messages show them ("3.1 GiB"), in MiB below a GiB so that small disks
+/// do not read "0.0 GiB".
 fn gib(bytes: u64) -> String {
-    format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+    if bytes >= 1 << 30 {
+        format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+    } else {
+        format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
+    }
 }
 
 fn str_member<'a>(input: &'a Value, name: &str) -> TaskResult<&'a str> {
@@ -1669,6 +1675,13 @@ mod tests {
             (e.error.as_str(), e.cause.as_str()),
             ("Images.InvalidImage", "not a vmdk")
         );
+    }
+
+    #[test]
+    fn sizes_read_like_sms_status_messages() {
+        assert_eq!(gib(3_328_599_654), "3.1 GiB");
+        assert_eq!(gib(48 << 20), "48.0 MiB");
+        assert_eq!(gib(0), "0.0 MiB");
     }
 
     #[test]
