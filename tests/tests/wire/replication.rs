@@ -201,6 +201,35 @@ async fn upload(
     (new_map, total)
 }
 
+/// Waits until the run parks in WaitForUpload (its task token is stored), as a connector that
+/// takes a while to upload would find it.
+async fn wait_for_upload_token(server: &TestServer, job_id: &str, run_id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while run_state(server, job_id, run_id).await.1.as_deref()
+        != Some("Waiting for the connector to upload")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "run {run_id} never waited for its upload"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The connector reports that it could not upload the run.
+async fn report_error(server: &TestServer, up: &Upload, message: &str) {
+    let out = server
+        .raw(
+            Some(&connector_target("ReportError")),
+            json!({ "connectorId": up.connector_id, "workId": up.work_id, "message": message })
+                .to_string()
+                .as_bytes(),
+            Some(&server.connector()),
+        )
+        .await;
+    assert_eq!(out.status, 200, "ReportError: {:?}", out.json());
+}
+
 async fn run_state(
     server: &TestServer,
     job_id: &str,
@@ -481,13 +510,7 @@ async fn a_duplicate_notification_while_the_run_waits_causes_one_transition() {
     let job_id = create_job(&lab, 0).await;
     let up = poll_replicate(s, &lab.connector_id).await;
     // Wait until the run parks in WaitForUpload, then deliver the manifest three times at once.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while run_state(s, &job_id, &up.run_id).await.1.as_deref()
-        != Some("Waiting for the connector to upload")
-    {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_upload_token(s, &job_id, &up.run_id).await;
     upload(s, &up, &lab.disk, None, None).await;
     let key = format!("{}manifest.json", up.prefix);
     let r = s.replication();
@@ -544,24 +567,13 @@ async fn three_failed_runs_pause_the_job_and_an_on_demand_run_resumes_it() {
         first = false;
         let up = poll_replicate(s, &lab.connector_id).await;
         // Wait for the token before failing, as a real upload would take a while.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while run_state(s, &job_id, &up.run_id).await.1.as_deref()
-            != Some("Waiting for the connector to upload")
-        {
-            assert!(Instant::now() < deadline);
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let out = s
-            .raw(
-                Some(&connector_target("ReportError")),
-                json!({ "connectorId": lab.connector_id, "workId": up.work_id,
-                        "message": "disk 0: cannot read /images/app.raw: permission denied" })
-                .to_string()
-                .as_bytes(),
-                Some(&s.connector()),
-            )
-            .await;
-        assert_eq!(out.status, 200, "{:?}", out.json());
+        wait_for_upload_token(s, &job_id, &up.run_id).await;
+        report_error(
+            s,
+            &up,
+            "disk 0: cannot read /images/app.raw: permission denied",
+        )
+        .await;
         let (state, message, _) = wait_done(s, &job_id, &up.run_id).await;
         assert_eq!(state, ReplicationRunState::Failed);
         let message = message.unwrap();
@@ -634,16 +646,7 @@ async fn a_run_survives_restarts_during_the_upload_and_the_import() {
     let mut lab = lab(Config::default()).await;
     let job_id = create_job(&lab, 0).await;
     let up = poll_replicate(&lab.server, &lab.connector_id).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while run_state(&lab.server, &job_id, &up.run_id)
-        .await
-        .1
-        .as_deref()
-        != Some("Waiting for the connector to upload")
-    {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_upload_token(&lab.server, &job_id, &up.run_id).await;
     // Killed while the connector uploads: the parked task and its token survive.
     lab.server.restart().await;
     upload(&lab.server, &up, &lab.disk, None, None).await;
@@ -825,21 +828,8 @@ async fn jobs_end_after_ninety_days_and_paused_jobs_are_deleted_after_four() {
             on_demand(&lab, &job2).await;
         }
         let up = poll_replicate(s, &lab.connector_id).await;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while run_state(s, &job2, &up.run_id).await.1.as_deref()
-            != Some("Waiting for the connector to upload")
-        {
-            assert!(Instant::now() < deadline);
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        s.raw(
-            Some(&connector_target("ReportError")),
-            json!({ "connectorId": lab.connector_id, "workId": up.work_id, "message": "network down" })
-                .to_string()
-                .as_bytes(),
-            Some(&s.connector()),
-        )
-        .await;
+        wait_for_upload_token(s, &job2, &up.run_id).await;
+        report_error(s, &up, "network down").await;
         wait_done(s, &job2, &up.run_id).await;
     }
     assert_eq!(
