@@ -32,7 +32,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the local Tern server: the SMS-compatible API on one machine.
+    /// Run Tern on one machine: the SMS-compatible API, the S3 staging bucket, replication and events.
     #[cfg(feature = "server")]
     Serve(serve::ServeArgs),
     /// Run the connector agent next to the hypervisor.
