@@ -457,6 +457,15 @@ async fn seed_then_incremental_runs_make_images_identical_to_the_disk() {
     assert_eq!(d["version"], "1.0");
     assert_eq!(completed[0]["source"], "tern.sms");
     assert_eq!(state_changes(s, &up.run_id, "Active"), 1);
+    // The job's own life: announced when created (Pending) and when its first run started.
+    for state in ["Pending", "Active"] {
+        assert!(
+            events(s).iter().any(|e| e["detail"]["state"] == state
+                && e["detail"]["replication-job-id"] == job_id.as_str()
+                && e["detail"]["replication-run-id"] == "N/A"),
+            "a job {state} event"
+        );
+    }
 }
 
 #[tokio::test]

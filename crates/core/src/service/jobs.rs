@@ -298,7 +298,7 @@ impl Service {
             let mut updated = s.clone();
             updated.replication_job_id = Some(job_id.clone());
             updated.replication_job_terminated = Some(false);
-            let writes = vec![
+            let mut writes = vec![
                 put(keys::job(&job_id), &job, Expect::Absent)?,
                 put(
                     keys::server(s.generation, &server_id),
@@ -306,6 +306,9 @@ impl Service {
                     server.expect(),
                 )?,
             ];
+            if let Some(c) = StateChange::of_job(&job, job.state, now) {
+                writes.push(c.write()?);
+            }
             // The catalog must not have been deleted since we read the server.
             self.commit_taking_slot(writes, expect_of(&catalog), keys::job(&job_id))
                 .await?;
