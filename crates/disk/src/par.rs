@@ -18,12 +18,25 @@ pub(crate) fn threads() -> usize {
 pub(crate) fn ordered<T: Send>(
     units: u64,
     work: impl Fn(u64) -> Result<T> + Sync,
+    sink: impl FnMut(u64, T) -> Result<()>,
+) -> Result<()> {
+    ordered_with(units, || (), |_, u| work(u), sink)
+}
+
+/// [`ordered`] with state private to each worker: `init` runs once per worker and `work` gets
+/// that worker's state for every unit it owns. Buffers and (de)compressor streams live there,
+/// so a unit reuses them instead of allocating and zeroing its own.
+pub(crate) fn ordered_with<S, T: Send>(
+    units: u64,
+    init: impl Fn() -> S + Sync,
+    work: impl Fn(&mut S, u64) -> Result<T> + Sync,
     mut sink: impl FnMut(u64, T) -> Result<()>,
 ) -> Result<()> {
     let w = threads().min(units.max(1) as usize);
     if w <= 1 {
+        let mut st = init();
         for u in 0..units {
-            sink(u, work(u)?)?;
+            sink(u, work(&mut st, u)?)?;
         }
         return Ok(());
     }
@@ -32,11 +45,12 @@ pub(crate) fn ordered<T: Send>(
         for k in 0..w {
             let (tx, rx) = sync_channel::<Result<T>>(2);
             rxs.push(rx);
-            let work = &work;
+            let (work, init) = (&work, &init);
             s.spawn(move || {
+                let mut st = init();
                 let mut u = k as u64;
                 while u < units {
-                    let r = work(u);
+                    let r = work(&mut st, u);
                     let failed = r.is_err();
                     // A closed channel means the consumer stopped: nothing left to do.
                     if tx.send(r).is_err() || failed {

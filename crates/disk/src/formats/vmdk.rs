@@ -39,7 +39,24 @@ pub struct SparseExtent {
     zeroed_gte: bool,
     embedded_descriptor: Option<String>,
     gt_cache: Mutex<Vec<(u32, Arc<Vec<u8>>)>>,
+    /// Buffers and inflate streams of finished reads, for the next ones to reuse (one per
+    /// thread that reads at once): a read then neither allocates nor zeroes its buffers, and
+    /// each grain resets a stream instead of creating one.
+    scratch: Mutex<Vec<Scratch>>,
 }
+
+/// What one read of a compressed extent works with; see [`SparseExtent::read_compressed`].
+struct Scratch {
+    z: flate2::Decompress,
+    /// The compressed records a read needs, fetched at once. Only the prefix a read uses is
+    /// valid; the rest is left from earlier reads and never looked at.
+    span: Vec<u8>,
+    /// One grain, for reads that start or end inside a grain.
+    grain: Vec<u8>,
+}
+
+/// A read buffer larger than this is not kept for the next read.
+const KEEP_SPAN: usize = 16 << 20;
 
 struct SparseHeader {
     flags: u32,
@@ -186,6 +203,7 @@ impl SparseExtent {
             zeroed_gte: h.flags & FLAG_ZEROED_GTE != 0,
             embedded_descriptor,
             gt_cache: Mutex::new(Vec::new()),
+            scratch: Mutex::new(Vec::new()),
         })
     }
 
@@ -231,8 +249,15 @@ impl SparseExtent {
         Ok(if e == 1 && self.zeroed_gte { 0 } else { e })
     }
 
-    /// Inflates one compressed grain whose marker starts at `rec[0]`.
-    fn inflate_grain(&self, sector: u32, rec: &[u8], out: &mut [u8]) -> Result<()> {
+    /// Inflates one compressed grain whose marker starts at `rec[0]`, with a stream that is
+    /// reset first.
+    fn inflate_grain(
+        &self,
+        z: &mut flate2::Decompress,
+        sector: u32,
+        rec: &[u8],
+        out: &mut [u8],
+    ) -> Result<()> {
         let size = le32(rec, 8) as usize;
         if size == 0
             || size as u64 > max_compressed_grain(self.grain_bytes())
@@ -244,7 +269,7 @@ impl SparseExtent {
                 format!("at sector {sector}: stored size {size}"),
             ));
         }
-        let mut z = flate2::Decompress::new(true);
+        z.reset(true);
         match z.decompress(&rec[12..12 + size], out, flate2::FlushDecompress::Finish) {
             Ok(_) => {
                 let n = z.total_out() as usize;
@@ -262,6 +287,21 @@ impl SparseExtent {
     /// Reads a range of a compressed extent. The grains a range needs usually sit next to each
     /// other in the file, so their records are fetched with one read when they are close.
     fn read_compressed(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        let sc = self.scratch.lock().expect("scratch lock").pop();
+        let mut sc = sc.unwrap_or_else(|| Scratch {
+            z: flate2::Decompress::new(true),
+            span: Vec::new(),
+            grain: Vec::new(),
+        });
+        let r = self.read_compressed_with(&mut sc, buf, offset);
+        if sc.span.len() > KEEP_SPAN {
+            sc.span = Vec::new();
+        }
+        self.scratch.lock().expect("scratch lock").push(sc);
+        r
+    }
+
+    fn read_compressed_with(&self, sc: &mut Scratch, buf: &mut [u8], offset: u64) -> Result<()> {
         let gb = self.grain_bytes();
         let max_rec = max_compressed_grain(gb) + 12;
         let mut grains = Vec::new();
@@ -269,23 +309,22 @@ impl SparseExtent {
             grains.push(self.gte(g)?);
             Ok(())
         })?;
-        let stored: Vec<u64> = grains
-            .iter()
-            .filter(|&&e| e != 0)
-            .map(|&e| e as u64 * 512)
-            .collect();
-        let (lo, hi) = match (stored.iter().min(), stored.iter().max()) {
-            (Some(&lo), Some(&hi)) => (lo, (hi + max_rec).min(self.src.len())),
+        let stored = grains.iter().filter(|&&e| e != 0).map(|&e| e as u64 * 512);
+        let (lo, hi) = match (stored.clone().min(), stored.clone().max()) {
+            (Some(lo), Some(hi)) => (lo, (hi + max_rec).min(self.src.len())),
             _ => (0, 0),
         };
-        let span = if hi > lo && hi - lo <= 2 * max_rec * stored.len() as u64 {
-            let mut v = vec![0u8; (hi - lo) as usize];
-            self.src.read_clamped(&mut v, lo)?;
-            Some(v)
+        let span = if hi > lo && hi - lo <= 2 * max_rec * stored.count() as u64 {
+            let n = (hi - lo) as usize;
+            if sc.span.len() < n {
+                sc.span.resize(n, 0);
+            }
+            self.src.read_clamped(&mut sc.span[..n], lo)?;
+            Some(&sc.span[..n])
         } else {
             None
         };
-        let mut temp = vec![0u8; gb as usize];
+        let Scratch { z, grain: temp, .. } = sc;
         let mut i = 0;
         for_each_unit(buf, offset, self.size(), gb, |_, within, piece| {
             let e = grains[i];
@@ -296,7 +335,7 @@ impl SparseExtent {
             }
             let at = e as u64 * 512;
             let owned;
-            let rec: &[u8] = match &span {
+            let rec: &[u8] = match span {
                 // A grain past the end of the file leaves nothing: reported as truncated.
                 Some(v) => v.get((at - lo) as usize..).unwrap_or(&[]),
                 None => {
@@ -313,9 +352,10 @@ impl SparseExtent {
                 ));
             }
             if within == 0 && piece.len() as u64 == gb {
-                self.inflate_grain(e, rec, piece)
+                self.inflate_grain(z, e, rec, piece)
             } else {
-                self.inflate_grain(e, rec, &mut temp)?;
+                temp.resize(gb as usize, 0);
+                self.inflate_grain(z, e, rec, temp)?;
                 piece.copy_from_slice(&temp[within as usize..within as usize + piece.len()]);
                 Ok(())
             }
