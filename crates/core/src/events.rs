@@ -423,6 +423,38 @@ mod tests {
         EventOrigin::new("us-west-1", "123456789012")
     }
 
+    /// SMS's samples list the detail keys in this order; consumers that compare text (or
+    /// people reading logs) see the same order (serde_json keeps insertion order here).
+    #[test]
+    fn detail_keys_come_in_the_order_of_the_sms_samples() {
+        let event = JobStateChange::new(JobEventState::Completed, "sms-job-2ea64347")
+            .with_run("sms-run-e1a64388")
+            .with_ami("ami-746d6314")
+            .into_event(&origin(), datetime!(2018-02-07 22:54:00 UTC), "7");
+        let text = serde_json::to_string(&serde_json::to_value(&event).unwrap()).unwrap();
+        let detail = &text[text.find("\"detail\"").unwrap()..];
+        let at = |k: &str| detail.find(&format!("\"{k}\"")).unwrap();
+        let keys = [
+            "state",
+            "replication-run-id",
+            "replication-job-id",
+            "ami-id",
+            "version",
+        ];
+        assert!(
+            keys.windows(2).all(|w| at(w[0]) < at(w[1])),
+            "detail keys out of order: {detail}"
+        );
+        let envelope = ["version", "id", "detail-type", "source", "account", "time"];
+        assert!(
+            envelope
+                .windows(2)
+                .all(|w| text.find(&format!("\"{}\"", w[0])).unwrap()
+                    < text.find(&format!("\"{}\"", w[1])).unwrap()),
+            "envelope keys out of order: {text}"
+        );
+    }
+
     #[test]
     fn completed_run_matches_the_aws_sample_shape() {
         let event = JobStateChange::new(JobEventState::Completed, "sms-job-2ea64347")
