@@ -96,6 +96,17 @@ fn illegal(e: crate::states::IllegalTransition) -> DomainError {
     DomainError::OperationNotPermitted(e.to_string())
 }
 
+/// Resumes a job PAUSED_ON_FAILURE: its retry budget starts again.
+fn resume(j: &mut ReplicationJob, why: &str) -> Result<()> {
+    j.state = job_transition(j.state, JobEvent::Resume)
+        .map_err(illegal)?
+        .to;
+    j.consecutive_failures = 0;
+    j.paused_on = None;
+    j.status_message = Some(why.to_string());
+    Ok(())
+}
+
 /// A job creation waiting for its slot (see `Service::commit_taking_slot`).
 pub(crate) struct SlotRequest {
     writes: Vec<Write>,
@@ -614,12 +625,7 @@ impl Service {
             // SMS has no API to resume a job paused after repeated failures (its console had a
             // button); in Tern, updating the job is the resume.
             if j.state == ReplicationJobState::PausedOnFailure {
-                j.state = job_transition(j.state, JobEvent::Resume)
-                    .map_err(illegal)?
-                    .to;
-                j.consecutive_failures = 0;
-                j.paused_on = None;
-                j.status_message = Some("Resumed by UpdateReplicationJob".into());
+                resume(j, "Resumed by UpdateReplicationJob")?;
                 let change = StateChange::of_job(j, j.state, self.now());
                 let key = keys::job(&j.replication_job_id);
                 let mut writes = vec![put(key, &job.value, job.expect())?];
@@ -758,12 +764,7 @@ impl Service {
             let mut changes = Vec::new();
             // An on-demand run is how a user retries a job paused after repeated failures.
             if j.state == ReplicationJobState::PausedOnFailure {
-                j.state = job_transition(j.state, JobEvent::Resume)
-                    .map_err(illegal)?
-                    .to;
-                j.consecutive_failures = 0;
-                j.paused_on = None;
-                j.status_message = Some("Resumed by an on-demand run".into());
+                resume(&mut j, "Resumed by an on-demand run")?;
                 changes.extend(StateChange::of_job(&j, j.state, now));
             }
             if !accepts_runs(j.state) {
