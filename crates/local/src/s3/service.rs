@@ -135,6 +135,35 @@ impl Inner {
             .map_err(|m| s3_error!(InvalidArgument, "{m}"))
     }
 
+    /// Opens a stored object: its path, the open file, and the metadata of the open file, not of
+    /// the path (a concurrent PUT renames a new file into place, and the request must describe
+    /// the bytes it reads). A key that names no file is NoSuchKey.
+    async fn open_object(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> S3Result<(PathBuf, tokio::fs::File, std::fs::Metadata)> {
+        let path = self.object_path(bucket, key).map_err(|_| no_such_key())?;
+        let file = match tokio::fs::File::open(&path).await {
+            Ok(f) => f,
+            Err(e)
+                if e.kind() == io::ErrorKind::NotFound
+                    || e.kind() == io::ErrorKind::NotADirectory =>
+            {
+                return Err(no_such_key())
+            }
+            Err(e) => return Err(internal(e, "opening an object")),
+        };
+        let stat = file
+            .metadata()
+            .await
+            .map_err(|e| internal(e, "reading an object"))?;
+        if !stat.is_file() {
+            return Err(no_such_key());
+        }
+        Ok((path, file, stat))
+    }
+
     /// The object's metadata, recomputed (and stored again) when the stored copy does not
     /// describe the file that is there now.
     async fn meta(
@@ -912,26 +941,7 @@ impl S3 for StagingStore {
         self.bucket(src_bucket).await?;
         self.bucket(&input.bucket).await?;
         self.object_path(&input.bucket, &input.key)?;
-        let src_path = self
-            .object_path(src_bucket, src_key)
-            .map_err(|_| no_such_key())?;
-        let mut src = match tokio::fs::File::open(&src_path).await {
-            Ok(f) => f,
-            Err(e)
-                if e.kind() == io::ErrorKind::NotFound
-                    || e.kind() == io::ErrorKind::NotADirectory =>
-            {
-                return Err(no_such_key())
-            }
-            Err(e) => return Err(internal(e, "opening an object")),
-        };
-        let src_file = src
-            .metadata()
-            .await
-            .map_err(|e| internal(e, "reading an object"))?;
-        if src_file.is_dir() {
-            return Err(no_such_key());
-        }
+        let (src_path, mut src, src_file) = self.open_object(src_bucket, src_key).await?;
         let src_meta = self.meta(src_bucket, src_key, &src_path, &src_file).await?;
         let mut tmp = self
             .layout
@@ -1029,28 +1039,7 @@ impl S3 for StagingStore {
     ) -> S3Result<S3Response<GetObjectOutput>> {
         let input = req.input;
         self.bucket(&input.bucket).await?;
-        let path = self
-            .object_path(&input.bucket, &input.key)
-            .map_err(|_| no_such_key())?;
-        let mut file = match tokio::fs::File::open(&path).await {
-            Ok(f) => f,
-            Err(e)
-                if e.kind() == io::ErrorKind::NotFound
-                    || e.kind() == io::ErrorKind::NotADirectory =>
-            {
-                return Err(no_such_key())
-            }
-            Err(e) => return Err(internal(e, "opening an object")),
-        };
-        // The metadata of the open file, not of the path: a concurrent PUT renames a new
-        // file into place, and this request must describe the bytes it sends.
-        let stat = file
-            .metadata()
-            .await
-            .map_err(|e| internal(e, "reading an object"))?;
-        if !stat.is_file() {
-            return Err(no_such_key());
-        }
+        let (path, mut file, stat) = self.open_object(&input.bucket, &input.key).await?;
         let meta = self.meta(&input.bucket, &input.key, &path, &stat).await?;
         let total = stat.len();
         let (start, len, content_range) = match &input.range {
