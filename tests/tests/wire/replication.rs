@@ -360,16 +360,16 @@ async fn lab_on(server: TestServer) -> Lab {
 }
 
 async fn create_job(lab: &Lab, keep: i32) -> String {
-    create_job_at(lab, keep, now_secs()).await
+    create_job_at(lab, keep, now_secs(), 12).await
 }
 
-async fn create_job_at(lab: &Lab, keep: i32, seed_secs: i64) -> String {
+async fn create_job_at(lab: &Lab, keep: i32, seed_secs: i64, frequency: i32) -> String {
     lab.server
         .client
         .create_replication_job()
         .server_id(&lab.server_id)
         .seed_replication_time(DateTime::from_secs(seed_secs))
-        .frequency(12)
+        .frequency(frequency)
         .number_of_recent_amis_to_keep(keep)
         .send()
         .await
@@ -707,19 +707,7 @@ async fn a_scheduled_run_due_while_the_previous_one_runs_is_recorded_missed() {
     let lab =
         lab_on(TestServer::start_with_clock(Config::default(), Some(clock.clone())).await).await;
     let s = &lab.server;
-    let job_id = lab
-        .server
-        .client
-        .create_replication_job()
-        .server_id(&lab.server_id)
-        .seed_replication_time(DateTime::from_secs(clock_secs(&clock)))
-        .frequency(1)
-        .send()
-        .await
-        .unwrap()
-        .replication_job_id()
-        .unwrap()
-        .to_owned();
+    let job_id = create_job_at(&lab, 0, clock_secs(&clock), 1).await;
     let first = s.tick().await;
     assert_eq!(first.runs_created.len(), 1, "{first:?}");
     // The seed is still uploading an hour later: that interval's run is skipped, on record.
@@ -799,7 +787,7 @@ async fn jobs_end_after_ninety_days_and_paused_jobs_are_deleted_after_four() {
     config.limits.on_demand_runs_per_window = 10;
     let lab = lab_on(TestServer::start_with_clock(config, Some(clock.clone())).await).await;
     let s = &lab.server;
-    let job_id = create_job_at(&lab, 0, clock_secs(&clock)).await;
+    let job_id = create_job_at(&lab, 0, clock_secs(&clock), 12).await;
     let up = poll_replicate(s, &lab.connector_id).await;
     upload(s, &up, &lab.disk, None, None).await;
     assert_eq!(
@@ -820,18 +808,7 @@ async fn jobs_end_after_ninety_days_and_paused_jobs_are_deleted_after_four() {
     // A new job on the same server, paused after three failures, then left alone. The
     // connector heartbeats at the new time so that it counts as healthy.
     lab.agent.heartbeat().await.unwrap();
-    let job2 = s
-        .client
-        .create_replication_job()
-        .server_id(&lab.server_id)
-        .seed_replication_time(DateTime::from_secs(clock_secs(&clock)))
-        .frequency(12)
-        .send()
-        .await
-        .unwrap()
-        .replication_job_id()
-        .unwrap()
-        .to_owned();
+    let job2 = create_job_at(&lab, 0, clock_secs(&clock), 12).await;
     for i in 0..3 {
         if i > 0 {
             on_demand(&lab, &job2).await;
