@@ -113,6 +113,8 @@ impl TaskHandler for LambdaInvoke {
 /// [`Workflows`] on the local engine.
 pub struct LocalWorkflows {
     engine: Engine,
+    /// ARN of the replication-run state machine, registered once.
+    replication_run: String,
 }
 
 fn map(e: EngineError) -> WorkflowError {
@@ -131,20 +133,16 @@ fn map(e: EngineError) -> WorkflowError {
 impl LocalWorkflows {
     /// Registers Tern's state machines on `engine`.
     pub fn new(engine: Engine) -> Result<Self, EngineError> {
-        engine.create_state_machine(REPLICATION_RUN, &substituted_definition())?;
-        Ok(Self { engine })
+        let replication_run =
+            engine.create_state_machine(REPLICATION_RUN, &substituted_definition())?;
+        Ok(Self {
+            engine,
+            replication_run,
+        })
     }
 
     pub fn engine(&self) -> &Engine {
         &self.engine
-    }
-
-    fn machine_arn(&self, machine: &str) -> String {
-        // The engine's ARNs are `arn:aws:states:<region>:000000000000:stateMachine:<name>`; a
-        // registration of the same definition returns the existing ARN.
-        self.engine
-            .create_state_machine(machine, &substituted_definition())
-            .unwrap_or_else(|_| machine.to_string())
     }
 }
 
@@ -159,9 +157,8 @@ impl Workflows for LocalWorkflows {
         if machine != REPLICATION_RUN {
             return Err(WorkflowError::NoSuchMachine(machine.to_string()));
         }
-        let arn = self.machine_arn(machine);
         self.engine
-            .start_execution(&arn, Some(name), &input.to_string())
+            .start_execution(&self.replication_run, Some(name), &input.to_string())
             .map(|d| d.execution_arn)
             .map_err(map)
     }
