@@ -1372,9 +1372,12 @@ impl Replication {
         let now = self.service.now();
         let limits = self.service.config.limits.clone();
         let jobs = self.service.list_all::<ReplicationJob>(keys::JOB).await?;
+        // Runs in progress after scheduling, to drive below: one listing serves both passes.
+        let mut in_progress: Vec<(String, RunRef)> = Vec::new();
         for job in jobs {
             let j = &job.value;
             let id = j.replication_job_id.clone();
+            let mut active = j.active_run.clone();
             let outcome: Result<(), DomainError> = async {
                 if j.state == ReplicationJobState::PausedOnFailure {
                     if j.paused_on
@@ -1382,6 +1385,7 @@ impl Replication {
                     {
                         self.service.delete_job(&id).await?;
                         report.jobs_ended.push(id.clone());
+                        active = None;
                     }
                     return Ok(());
                 }
@@ -1397,8 +1401,11 @@ impl Replication {
                 }
                 if j.next_replication_run_start_time.is_some_and(|t| t <= now) {
                     match self.schedule_run(&id, now).await? {
-                        Some((run_id, true)) => report.runs_created.push(run_id),
-                        Some((run_id, false)) => report.runs_missed.push(run_id),
+                        Some((run, true)) => {
+                            report.runs_created.push(run.replication_run_id.clone());
+                            active = Some(run);
+                        }
+                        Some((run, false)) => report.runs_missed.push(run.replication_run_id),
                         None => {}
                     }
                 }
@@ -1408,14 +1415,14 @@ impl Replication {
             if let Err(e) = outcome {
                 tracing::warn!(job_id = %id, error = %e, "scheduler could not handle job");
             }
+            if let Some(run) = active {
+                in_progress.push((id, run));
+            }
         }
         // Runs waiting for their execution, and manifests not yet handed over.
-        for job in self.service.list_all::<ReplicationJob>(keys::JOB).await? {
-            let Some(active) = job.value.active_run.clone() else {
-                continue;
-            };
-            if let Err(e) = self.drive_run(&job.value, &active, &mut report).await {
-                tracing::warn!(job_id = %job.value.replication_job_id, error = %e, "scheduler could not drive run");
+        for (job_id, run) in in_progress {
+            if let Err(e) = self.drive_run(&job_id, &run, &mut report).await {
+                tracing::warn!(job_id = %job_id, error = %e, "scheduler could not drive run");
             }
         }
         self.publish_outbox().await;
@@ -1424,11 +1431,10 @@ impl Replication {
 
     async fn drive_run(
         &self,
-        job: &ReplicationJob,
+        job_id: &str,
         active: &RunRef,
         report: &mut TickReport,
     ) -> Result<(), DomainError> {
-        let job_id = &job.replication_job_id;
         let run_id = &active.replication_run_id;
         let Some(run) = self
             .service
@@ -1491,7 +1497,7 @@ impl Replication {
         &self,
         job_id: &str,
         now: OffsetDateTime,
-    ) -> Result<Option<(String, bool)>, DomainError> {
+    ) -> Result<Option<(RunRef, bool)>, DomainError> {
         let svc = &self.service;
         let run_id = svc.ids.new_id(crate::IdKind::ReplicationRun);
         retrying!(svc, job_id, async {
@@ -1559,7 +1565,13 @@ impl Replication {
             }
             svc.store.transact(writes).await?;
             tracing::info!(job_id, run_id = %run_id, runs, "scheduled run");
-            Ok(Some((run_id.clone(), runs)))
+            Ok(Some((
+                RunRef {
+                    replication_run_id: run_id.clone(),
+                    seq,
+                },
+                runs,
+            )))
         })
     }
 
