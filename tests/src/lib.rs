@@ -157,12 +157,12 @@ impl TestServer {
     }
 
     /// One pass of the scheduler (due runs, pending executions, lost hand-overs, events).
-    pub async fn tick(&self) -> tern_core::service::replication::TickReport {
+    pub async fn tick(&self) -> tern_core::replication::TickReport {
         self.replication().tick().await.expect("scheduler tick")
     }
 
     /// The replication use cases of the running server.
-    pub fn replication(&self) -> &tern_core::service::replication::Replication {
+    pub fn replication(&self) -> &tern_core::replication::Replication {
         self.running()
             .replication()
             .expect("replication runs")

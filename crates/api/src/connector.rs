@@ -33,8 +33,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use tern_core::enums::{ConnectorCapability, OsType, VmManagerType, WorkKind};
-pub use tern_core::service::replication::{
-    CommitRunWork, ReplicationWork, StagingLocation, WorkDisk,
+pub use tern_core::replication::{
+    CommitRunWork, ObjectKind, ReplicationWork, StagingLocation, WorkDisk,
 };
 
 /// Operation names (the part after `TernConnectorService_V1.`).

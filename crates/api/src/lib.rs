@@ -106,7 +106,7 @@ pub struct Api {
     service: Service,
     /// The replication workflow, where the host runs one (connector progress and results go
     /// there).
-    replication: std::sync::OnceLock<tern_core::service::replication::Replication>,
+    replication: std::sync::OnceLock<tern_core::replication::Replication>,
     /// Wire renderings of replication jobs for GetReplicationJobs listings.
     jobs_rendered: RenderCache,
 }
@@ -145,11 +145,11 @@ impl Api {
 
     /// Connects the replication workflow; until then the replication operations of the
     /// connector API answer that replication is not available. Only the first call counts.
-    pub fn attach_replication(&self, replication: tern_core::service::replication::Replication) {
+    pub fn attach_replication(&self, replication: tern_core::replication::Replication) {
         let _ = self.replication.set(replication);
     }
 
-    fn replication(&self) -> Result<&tern_core::service::replication::Replication, ApiError> {
+    fn replication(&self) -> Result<&tern_core::replication::Replication, ApiError> {
         self.replication
             .get()
             .ok_or_else(|| ApiError::NotAvailableYet("replication".into()))
@@ -491,7 +491,7 @@ impl Api {
                 self.replication()?
                     .report_progress(
                         &req.connector_id,
-                        tern_core::service::replication::Progress {
+                        tern_core::replication::Progress {
                             work_id: req.work_id,
                             stage: req.stage,
                             percent: req.percent,

@@ -492,10 +492,7 @@ pub fn translate(work: &ApiWork) -> Result<replicate::ReplicationWork, Replicate
         run_id: work.run_id.clone(),
         server_id: work.server_id.clone(),
         disks: sources,
-        staging: replicate::Staging {
-            bucket: work.staging.bucket.clone(),
-            prefix: work.staging.prefix.clone(),
-        },
+        staging: work.staging.clone(),
         seed: work.seed,
     })
 }

@@ -12,7 +12,7 @@
 //! | `RUN#<jobId>` | run seq, 10 digits | [`ReplicationRun`](crate::model::ReplicationRun) | runs in creation order |
 //! | `WORK#<connectorId>` | work id | [`Work`](crate::model::Work) | PollWork = one partition query |
 //! | `LIMIT` | `ACTIVE_JOBS` | `{"count": n}` | the active-job limit under concurrency |
-//! | `OUTBOX` | state-change id | [`StateChange`](crate::service::StateChange) | events written with the change they announce, published after |
+//! | `OUTBOX` | state-change id | [`StateChange`](crate::replication::StateChange) | events written with the change they announce, published after |
 //!
 //! **Stable server ids.** The `VMADDR` item maps a VM's `vmManagerId` + `vmId` to its server id.
 //! It is created together with the server (one transaction, `Absent` condition, so two

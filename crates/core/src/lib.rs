@@ -6,6 +6,8 @@
 //! * [`model`]: stored entities; [`enums`]: SMS enums with their wire strings.
 //! * [`states`]: the job and run state machines.
 //! * [`service`]: the use cases (connectors, catalog, jobs and runs).
+//! * [`replication`]: replication runs — the contract of the replication-run state machine and
+//!   its task functions, upload complete, the scheduler, the staging layout and the outbox.
 
 pub mod config;
 pub mod enums;
@@ -16,6 +18,7 @@ pub mod keys;
 pub mod memory_store;
 pub mod model;
 pub mod ports;
+pub mod replication;
 pub mod service;
 pub mod staging;
 pub mod states;

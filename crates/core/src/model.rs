@@ -178,7 +178,7 @@ pub struct ReplicationRun {
     pub kms_key_id: Option<String>,
     /// Tern: position in the job's run list (1 = first run); part of the run's key.
     pub seq: u64,
-    /// Tern: where the run's workflow is (see `service::replication`).
+    /// Tern: where the run's workflow is (see `crate::replication`).
     #[serde(default, skip_serializing_if = "RunWorkflow::is_empty")]
     pub workflow: RunWorkflow,
 }

@@ -75,7 +75,7 @@ impl std::fmt::Debug for DomainClock {
 /// How `tern serve` replicates.
 #[derive(Debug, Clone)]
 pub struct ReplicationOptions {
-    pub settings: tern_core::service::replication::ReplicationSettings,
+    pub settings: tern_core::replication::ReplicationSettings,
     /// How often the scheduler looks for due runs.
     pub tick_interval: Duration,
 }
@@ -261,7 +261,7 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
                 api.service().clone(),
                 ids.clone(),
                 clock.clone(),
-                Arc::new(tern_core::service::BusAnnouncer::new(
+                Arc::new(tern_core::replication::BusAnnouncer::new(
                     Arc::new(bus.clone()),
                     origin,
                 )),

@@ -499,10 +499,7 @@ async fn a_repeated_manifest_notification_changes_nothing() {
             .await
             .unwrap();
         assert!(
-            matches!(
-                outcome,
-                tern_core::service::replication::UploadOutcome::Ignored(_)
-            ),
+            matches!(outcome, tern_core::replication::UploadOutcome::Ignored(_)),
             "{outcome:?}"
         );
     }
@@ -530,12 +527,7 @@ async fn a_duplicate_notification_while_the_run_waits_causes_one_transition() {
     );
     let accepted = [a, b, c]
         .into_iter()
-        .filter(|o| {
-            matches!(
-                o,
-                Ok(tern_core::service::replication::UploadOutcome::Accepted)
-            )
-        })
+        .filter(|o| matches!(o, Ok(tern_core::replication::UploadOutcome::Accepted)))
         .count();
     // The bus listener saw the real notification too; at most one of all of them is taken.
     assert!(accepted <= 1, "{accepted} deliveries accepted");

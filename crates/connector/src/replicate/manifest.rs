@@ -1,5 +1,6 @@
-//! The run manifest: `<prefix>/<job_id>/<run_id>/manifest.json`, written with one PutObject
-//! after every disk object of the run is complete. Its arrival is the "upload complete" signal,
+//! The run manifest, written with one PutObject after every disk object of the run is
+//! complete, under the key the work item's [`StagingLocation`](tern_api::connector::StagingLocation)
+//! gives (`<prefix>/<jobId>/<runId>/manifest.json`; the disks' keys come from it too). Its arrival is the "upload complete" signal,
 //! so it lists everything the import side needs and nothing it has to discover.
 //!
 //! ```json
@@ -12,7 +13,7 @@
 //!     "sourceFormat": "qcow2", "sourceVariant": "v3",
 //!     "virtualSize": 10737418240,
 //!     "kind": "seed-vmdk",
-//!     "key": "staging/sms-job-…/sms-run-…/disk-0.vmdk",
+//!     "key": "runs/sms-job-…/sms-run-…/disk-0.vmdk",
 //!     "size": 1234567, "sha256": "…hex…",
 //!     "partSize": 26214400, "parts": 1,
 //!     "bytesUploaded": 1234567
@@ -29,24 +30,9 @@ use serde::{Deserialize, Serialize};
 /// Version of the manifest layout; readers refuse versions they do not know.
 pub const FORMAT_VERSION: u32 = 1;
 
-/// What a disk's object holds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ObjectKind {
-    /// The whole disk as a stream-optimized VMDK (what EC2 ImportSnapshot takes).
-    SeedVmdk,
-    /// A `TERNDLTA` delta object: the blocks changed since the base run's image.
-    Delta,
-}
-
-impl ObjectKind {
-    pub fn extension(self) -> &'static str {
-        match self {
-            ObjectKind::SeedVmdk => "vmdk",
-            ObjectKind::Delta => "delta",
-        }
-    }
-}
+/// What a disk's object holds; the control plane's own definition, so that both sides read
+/// the same names.
+pub use tern_api::connector::ObjectKind;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -96,14 +82,4 @@ pub struct DiskManifest {
     pub zero_blocks: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_bytes: Option<u64>,
-}
-
-/// `<prefix>/<job_id>/<run_id>/<name>`, without a leading slash when the prefix is empty.
-pub fn key(prefix: &str, job_id: &str, run_id: &str, name: &str) -> String {
-    let prefix = prefix.trim_matches('/');
-    if prefix.is_empty() {
-        format!("{job_id}/{run_id}/{name}")
-    } else {
-        format!("{prefix}/{job_id}/{run_id}/{name}")
-    }
 }

@@ -56,14 +56,10 @@ pub struct ReplicationWork {
     pub seed: bool,
 }
 
-/// Where run objects go: `s3://<bucket>/<prefix>/<job_id>/<run_id>/…`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Staging {
-    pub bucket: String,
-    #[serde(default)]
-    pub prefix: String,
-}
+/// Where run objects go: the control plane's own type, whose methods give every key of a run
+/// (`s3://<bucket>/<prefix>/<job_id>/<run_id>/…`), so the connector writes exactly where the
+/// upload-complete handler looks.
+pub use tern_api::connector::StagingLocation as Staging;
 
 /// Where to read one disk.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -446,12 +442,7 @@ pub async fn run(
         server_id: work.server_id.clone(),
         disks: entries,
     };
-    let manifest_key = manifest::key(
-        &work.staging.prefix,
-        &work.job_id,
-        &work.run_id,
-        "manifest.json",
-    );
+    let manifest_key = work.staging.manifest_key(&work.job_id, &work.run_id);
     let body = serde_json::to_vec_pretty(&manifest).expect("manifests serialise");
     let t = Target {
         s3: &ctx.s3,
@@ -533,12 +524,9 @@ async fn upload_disk(
         Plan::Seed => ObjectKind::SeedVmdk,
         Plan::Delta { .. } => ObjectKind::Delta,
     };
-    let key = manifest::key(
-        &work.staging.prefix,
-        &work.job_id,
-        &work.run_id,
-        &format!("disk-{index}.{}", kind.extension()),
-    );
+    let key = work
+        .staging
+        .disk_key(&work.job_id, &work.run_id, index, kind);
 
     // An upload recorded for another object (the kept map changed since) cannot be resumed.
     if let Some(r) = rec.take() {

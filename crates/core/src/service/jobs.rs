@@ -25,12 +25,12 @@ use futures::future::{select, Either};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use super::outbox::StateChange;
 use super::{decode, expect_of, put, required, retrying, Listing, RenderCache, Service, Versioned};
 use crate::enums::*;
 use crate::error::{DomainError, Result};
 use crate::keys;
 use crate::model::{Connector, ReplicationJob, ReplicationRun, RunRef, Server, StageDetails};
+use crate::replication::outbox::StateChange;
 use crate::states::{
     accepts_runs, job_transition, run_transition, JobEvent, JobTransition, RunEvent,
 };
@@ -482,7 +482,7 @@ impl Service {
     }
 
     /// A live job, or `not_found` for an id that names none.
-    pub(super) async fn live_job(
+    pub(crate) async fn live_job(
         &self,
         id: &str,
         not_found: fn(String) -> DomainError,
@@ -727,7 +727,7 @@ impl Service {
 
     /// Puts `run` into the job's embedded run list (replacing the same run), keeping at most
     /// `keep` entries (the newest).
-    pub(super) fn embed_run(job: &mut ReplicationJob, run: &ReplicationRun, keep: usize) {
+    pub(crate) fn embed_run(job: &mut ReplicationJob, run: &ReplicationRun, keep: usize) {
         match job
             .replication_run_list
             .iter_mut()

@@ -10,8 +10,6 @@ mod cache;
 mod catalog;
 mod connectors;
 mod jobs;
-mod outbox;
-pub mod replication;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -31,15 +29,14 @@ pub use cache::RenderCache;
 pub use catalog::{InventoryOutcome, InventoryVm, ServerListing};
 pub use connectors::NewConnector;
 pub use jobs::{JobUpdate, NewJob, RunUpdate};
-pub use outbox::{BusAnnouncer, StateChange};
 
 /// The domain's entry point; cheap to clone.
 #[derive(Clone)]
 pub struct Service {
-    store: Arc<dyn Store>,
-    clock: Arc<dyn Clock>,
-    ids: Arc<dyn Ids>,
-    config: Config,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) ids: Arc<dyn Ids>,
+    pub(crate) config: Config,
     /// Serialises this process's job creations at the active-job counter (see
     /// [`Service::create_job`]), and remembers the counter as this process last wrote it.
     slots: Arc<futures::lock::Mutex<Option<Versioned<jobs::Counter>>>>,

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tern_core::images::Images;
-use tern_core::service::replication::{Announcer, Replication, ReplicationSettings};
+use tern_core::replication::{Announcer, Replication, ReplicationSettings};
 use tern_core::{Clock, Ids, Service};
 use tern_states::{Engine, EngineConfig};
 

@@ -5,8 +5,7 @@
 use std::sync::Arc;
 
 use tern_core::events::{Event, EventBus};
-use tern_core::service::replication::{Replication, UploadOutcome};
-use tern_eventpattern::Pattern;
+use tern_core::replication::{ObjectCreated, Replication, UploadOutcome};
 use tokio::sync::broadcast;
 
 use crate::bus::LocalBus;
@@ -57,25 +56,13 @@ impl ObjectCreatedSink for BusSink {
     }
 }
 
-/// The rule that routes staging events to the upload-complete handler.
-fn upload_rule(bucket: &str) -> Pattern {
-    Pattern::parse(&serde_json::json!({
-        "source": ["aws.s3"],
-        "detail-type": ["Object Created"],
-        "detail": {
-            "bucket": { "name": [bucket] },
-            "object": { "key": [{ "suffix": "/manifest.json" }] }
-        }
-    }))
-    .expect("the upload rule is a valid pattern")
-}
-
-/// Calls [`Replication::upload_complete`] for every matching event published on the bus.
+/// Calls [`Replication::upload_complete`] for every "Object Created" event of a run's manifest
+/// published on the bus (recognised by the domain's [`ObjectCreated`] and staging layout, the
+/// same code the AWS upload-complete handler runs).
 pub fn spawn_upload_listener(
     mut events: broadcast::Receiver<Event>,
     replication: Replication,
 ) -> tokio::task::JoinHandle<()> {
-    let rule = upload_rule(&replication.settings().staging_bucket);
     tokio::spawn(async move {
         loop {
             let event = match events.recv().await {
@@ -90,18 +77,14 @@ pub fn spawn_upload_listener(
             let Ok(value) = serde_json::to_value(&event) else {
                 continue;
             };
-            if !rule.matches(&value) {
+            let Some(object) = ObjectCreated::from_event(&value) else {
+                continue;
+            };
+            if replication.run_of_manifest(&object).is_none() {
                 continue;
             }
-            let bucket = value
-                .pointer("/detail/bucket/name")
-                .and_then(|v| v.as_str())
-                .unwrap_or_default();
-            let key = value
-                .pointer("/detail/object/key")
-                .and_then(|v| v.as_str())
-                .unwrap_or_default();
-            match replication.upload_complete(bucket, key).await {
+            let key = object.key.as_str();
+            match replication.upload_complete(&object.bucket, key).await {
                 Ok(UploadOutcome::Accepted) => tracing::info!(key, "run upload complete"),
                 Ok(UploadOutcome::Duplicate) => {
                     tracing::debug!(key, "repeated upload notification")

@@ -5,7 +5,7 @@ use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use serde_json::Value;
-use tern_core::service::replication::{functions, Replication};
+use tern_core::replication::{functions, Replication};
 use tern_core::workflows::{WorkflowError, Workflows, REPLICATION_RUN};
 use tern_states::{Engine, EngineError, StateError, TaskHandler, TaskRegistry, TaskRequest};
 

@@ -2,19 +2,24 @@
 //!
 //! Every job or run transition writes a [`StateChange`] into the `OUTBOX` partition in the same
 //! transaction as the transition itself, so an event can neither be lost when the process dies
-//! after the commit nor announce a change that did not commit. The replication service publishes
-//! the outbox as "Server Migration Job State Change" events and deletes what was accepted;
+//! after the commit nor announce a change that did not commit. [`Outbox::publish`] announces
+//! them as "Server Migration Job State Change" events and deletes what was accepted;
 //! publishing is at-least-once, and a re-published change carries the same event id.
+//!
+//! This module sits below the use cases (`service` writes state changes with its
+//! transitions), so it uses only the store, the keys and the event shape.
+
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use super::put;
 use crate::enums::ReplicationJobState as J;
-use crate::error::Result;
+use crate::error::{DomainError, Result};
 use crate::events::{EventBus, EventOrigin, JobEventState, JobStateChange};
 use crate::keys;
-use crate::store::{Expect, Write};
+use crate::model::{ReplicationJob, ReplicationRun};
+use crate::store::{Expect, Store, Write};
 
 /// One job or run state change, as the event announcing it needs it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,7 +49,7 @@ impl StateChange {
     pub fn of_run(
         job_id: &str,
         server_id: &str,
-        run: &crate::model::ReplicationRun,
+        run: &ReplicationRun,
         time: OffsetDateTime,
     ) -> Option<StateChange> {
         let state = JobEventState::of_run(run.state)?;
@@ -63,11 +68,7 @@ impl StateChange {
 
     /// A job can pass through a state more than once (ACTIVE after each resume), so the
     /// number of runs so far is part of the id.
-    pub fn of_job(
-        job: &crate::model::ReplicationJob,
-        state: J,
-        time: OffsetDateTime,
-    ) -> Option<StateChange> {
+    pub fn of_job(job: &ReplicationJob, state: J, time: OffsetDateTime) -> Option<StateChange> {
         let name = JobEventState::of_job(state)?;
         Some(StateChange {
             id: format!("{}.job.{name}.{}", job.replication_job_id, job.run_count),
@@ -86,18 +87,33 @@ impl StateChange {
 
     /// The write that puts this change into the outbox (overwriting a retried copy).
     pub fn write(&self) -> Result<Write> {
-        put(keys::outbox(&self.id), self, Expect::Any)
+        Ok(Write::Put {
+            key: keys::outbox(&self.id),
+            body: serde_json::to_value(self).map_err(|e| DomainError::Corrupt {
+                key: "(new item)".into(),
+                message: e.to_string(),
+            })?,
+            expect: Expect::Any,
+        })
     }
+}
+
+/// Announces outbox state changes (the event bus adapter lives outside the domain).
+#[async_trait::async_trait]
+pub trait Announcer: Send + Sync {
+    /// Publishes the changes; returns the ids of those accepted (the others stay in the outbox
+    /// and are tried again).
+    async fn announce(&self, changes: &[StateChange]) -> Vec<String>;
 }
 
 /// Announces state changes as "Server Migration Job State Change" events on an [`EventBus`].
 pub struct BusAnnouncer {
-    bus: std::sync::Arc<dyn EventBus>,
+    bus: Arc<dyn EventBus>,
     origin: EventOrigin,
 }
 
 impl BusAnnouncer {
-    pub fn new(bus: std::sync::Arc<dyn EventBus>, origin: EventOrigin) -> Self {
+    pub fn new(bus: Arc<dyn EventBus>, origin: EventOrigin) -> Self {
         Self { bus, origin }
     }
 
@@ -123,7 +139,7 @@ impl BusAnnouncer {
 }
 
 #[async_trait::async_trait]
-impl super::replication::Announcer for BusAnnouncer {
+impl Announcer for BusAnnouncer {
     async fn announce(&self, changes: &[StateChange]) -> Vec<String> {
         let events: Vec<_> = changes.iter().map(|c| self.event(c)).collect();
         match self.bus.publish(&events).await {
@@ -142,6 +158,82 @@ impl super::replication::Announcer for BusAnnouncer {
             Err(e) => {
                 tracing::warn!(error = %e, "could not publish events; kept in the outbox");
                 Vec::new()
+            }
+        }
+    }
+}
+
+/// Publishes the outbox through an [`Announcer`].
+#[derive(Clone)]
+pub struct Outbox {
+    store: Arc<dyn Store>,
+    announcer: Arc<dyn Announcer>,
+    /// One publication at a time in this process, so that concurrent tasks and ticks do not
+    /// announce the same change twice (across processes the event id tells repeats apart).
+    publishing: Arc<futures::lock::Mutex<()>>,
+}
+
+impl Outbox {
+    pub fn new(store: Arc<dyn Store>, announcer: Arc<dyn Announcer>) -> Self {
+        Self {
+            store,
+            announcer,
+            publishing: Arc::default(),
+        }
+    }
+
+    /// Publishes the outbox and deletes what the announcer accepted. Failures stay for the
+    /// next try.
+    pub async fn publish(&self) {
+        let _one_at_a_time = self.publishing.lock().await;
+        let pending = match self.pending().await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the event outbox");
+                return;
+            }
+        };
+        if pending.is_empty() {
+            return;
+        }
+        let mut changes: Vec<StateChange> = pending.iter().map(|(c, _)| c.clone()).collect();
+        changes.sort_by_key(|c| c.time);
+        let accepted = self.announcer.announce(&changes).await;
+        for (change, version) in pending.iter().filter(|(c, _)| accepted.contains(&c.id)) {
+            let _ = self
+                .store
+                .write(Write::Delete {
+                    key: keys::outbox(&change.id),
+                    expect: Expect::Version(*version),
+                })
+                .await;
+        }
+    }
+
+    /// Every change in the outbox, with the version it was read at.
+    async fn pending(&self) -> Result<Vec<(StateChange, u64)>> {
+        let mut out = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self
+                .store
+                .query_raw(keys::OUTBOX, "", after.as_deref(), 500)
+                .await?;
+            for item in page.items {
+                let key = format!("{}/{}", item.key.pk, item.key.sk);
+                let version = item.version;
+                let change =
+                    item.body
+                        .decode::<StateChange>()
+                        .map_err(|e| DomainError::Corrupt {
+                            key,
+                            message: e.to_string(),
+                        })?;
+                out.push((change, version));
+            }
+            match page.last_sk {
+                Some(l) => after = Some(l),
+                None => return Ok(out),
             }
         }
     }

@@ -1,0 +1,250 @@
+//! The scheduler's tick: due runs are created, pending runs get their execution, ended jobs
+//! go, lost manifest hand-overs are redone, and the outbox is published.
+
+use time::OffsetDateTime;
+
+use super::contract::RunInput;
+use super::handle::Replication;
+use super::outbox::StateChange;
+use super::upload::UploadOutcome;
+use crate::enums::{ReplicationJobState, ReplicationRunState, ReplicationRunType};
+use crate::error::DomainError;
+use crate::images::StagedObject;
+use crate::keys;
+use crate::model::{ReplicationJob, ReplicationRun, RunRef};
+use crate::service::{put, retrying, Service};
+use crate::states::accepts_runs;
+use crate::store::{Expect, StoreError};
+use crate::workflows::{WorkflowError, REPLICATION_RUN};
+
+/// What one tick of the scheduler did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TickReport {
+    pub runs_created: Vec<String>,
+    pub runs_missed: Vec<String>,
+    pub executions_started: Vec<String>,
+    pub jobs_ended: Vec<String>,
+    pub uploads_resignalled: usize,
+}
+
+impl Replication {
+    /// One pass of the scheduler: due runs are created (or recorded MISSED while a run is still
+    /// going), pending runs get their execution, ended and long-paused jobs are deleted, lost
+    /// manifest hand-overs are redone and the outbox is published. Safe to run from several
+    /// places at once: every step is conditional or idempotent.
+    pub async fn tick(&self) -> Result<TickReport, DomainError> {
+        let mut report = TickReport::default();
+        let now = self.service.now();
+        let limits = self.service.config.limits.clone();
+        let jobs = self.service.list_all::<ReplicationJob>(keys::JOB).await?;
+        // Runs in progress after scheduling, to drive below: one listing serves both passes.
+        let mut in_progress: Vec<(String, RunRef)> = Vec::new();
+        for job in jobs {
+            let j = &job.value;
+            let id = j.replication_job_id.clone();
+            let mut active = j.active_run.clone();
+            let outcome: Result<(), DomainError> = async {
+                if j.state == ReplicationJobState::PausedOnFailure {
+                    if j.paused_on
+                        .is_some_and(|t| now - t >= self.settings.paused_job_lifetime)
+                    {
+                        self.service.delete_job(&id).await?;
+                        report.jobs_ended.push(id.clone());
+                        active = None;
+                    }
+                    return Ok(());
+                }
+                if !accepts_runs(j.state) {
+                    return Ok(());
+                }
+                if now - j.seed_replication_time >= limits.max_replication_lifetime
+                    && j.active_run.is_none()
+                {
+                    self.service.delete_job(&id).await?;
+                    report.jobs_ended.push(id.clone());
+                    return Ok(());
+                }
+                if j.next_replication_run_start_time.is_some_and(|t| t <= now) {
+                    match self.schedule_run(&id, now).await? {
+                        Some((run, true)) => {
+                            report.runs_created.push(run.replication_run_id.clone());
+                            active = Some(run);
+                        }
+                        Some((run, false)) => report.runs_missed.push(run.replication_run_id),
+                        None => {}
+                    }
+                }
+                Ok(())
+            }
+            .await;
+            if let Err(e) = outcome {
+                tracing::warn!(job_id = %id, error = %e, "scheduler could not handle job");
+            }
+            if let Some(run) = active {
+                in_progress.push((id, run));
+            }
+        }
+        // Runs waiting for their execution, and manifests not yet handed over.
+        for (job_id, run) in in_progress {
+            if let Err(e) = self.drive_run(&job_id, &run, &mut report).await {
+                tracing::warn!(job_id = %job_id, error = %e, "scheduler could not drive run");
+            }
+        }
+        self.publish_outbox().await;
+        Ok(report)
+    }
+
+    async fn drive_run(
+        &self,
+        job_id: &str,
+        active: &RunRef,
+        report: &mut TickReport,
+    ) -> Result<(), DomainError> {
+        let run_id = &active.replication_run_id;
+        let Some(run) = self
+            .service
+            .read::<ReplicationRun>(&keys::run(job_id, active.seq))
+            .await?
+        else {
+            return Ok(());
+        };
+        let w = &run.value.workflow;
+        if !w.execution_started {
+            let input = serde_json::to_value(RunInput {
+                job_id: job_id.to_string(),
+                run_id: run_id.clone(),
+            })
+            .map_err(|e| DomainError::Corrupt {
+                key: run_id.clone(),
+                message: e.to_string(),
+            })?;
+            match self
+                .workflows
+                .start_execution(REPLICATION_RUN, run_id, &input)
+                .await
+            {
+                Ok(_) | Err(WorkflowError::AlreadyExists(_)) => {}
+                Err(e) => {
+                    return Err(DomainError::Store(StoreError::Unavailable {
+                        message: format!("starting the workflow of run {run_id}: {e}"),
+                        source: None,
+                    }))
+                }
+            }
+            self.update_run(job_id, run_id, |r| {
+                if r.workflow.execution_started {
+                    return Ok(None);
+                }
+                r.workflow.execution_started = true;
+                Ok(Some(false))
+            })
+            .await?;
+            report.executions_started.push(run_id.clone());
+        } else if w.manifest.is_some() && w.upload_token.is_some() && !w.upload_signalled {
+            self.signal_upload(job_id, run_id).await?;
+            report.uploads_resignalled += 1;
+        } else if w.upload_token.is_some() && w.manifest.is_none() {
+            // A notification lost to a crash or a slow listener: look for the manifest itself.
+            let staging = self.settings.staging();
+            let manifest = StagedObject {
+                key: staging.manifest_key(job_id, run_id),
+                bucket: staging.bucket,
+            };
+            if matches!(self.staging.object_size(&manifest).await, Ok(Some(_))) {
+                match self.upload_complete(&manifest.bucket, &manifest.key).await {
+                    Ok(UploadOutcome::Accepted) => report.uploads_resignalled += 1,
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(job_id, run_id, error = %e, "could not take the run's manifest")
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates the job's scheduled run when it is due: a new AUTOMATIC run, or a MISSED one
+    /// when a run is still in progress (SMS skips the interval). Advances the next start time by
+    /// whole intervals past `now`. Returns the run id and whether it will run.
+    async fn schedule_run(
+        &self,
+        job_id: &str,
+        now: OffsetDateTime,
+    ) -> Result<Option<(RunRef, bool)>, DomainError> {
+        let svc = &self.service;
+        let run_id = svc.ids.new_id(crate::IdKind::ReplicationRun);
+        retrying!(svc, job_id, async {
+            let job = svc.live_job(job_id, DomainError::JobNotFound).await?;
+            let mut j = job.value.clone();
+            let Some(due) = j.next_replication_run_start_time.filter(|t| *t <= now) else {
+                return Ok(None);
+            };
+            if !accepts_runs(j.state) {
+                return Ok(None);
+            }
+            let runs = j.active_run.is_none();
+            let seq = j.run_count + 1;
+            let run = ReplicationRun {
+                replication_run_id: run_id.clone(),
+                state: if runs {
+                    ReplicationRunState::Pending
+                } else {
+                    ReplicationRunState::Missed
+                },
+                run_type: ReplicationRunType::Automatic,
+                stage_details: None,
+                status_message: (!runs).then(|| {
+                    "Missed: the previous run was still in progress; moved to the next interval"
+                        .to_string()
+                }),
+                ami_id: None,
+                scheduled_start_time: Some(due),
+                completed_time: (!runs).then_some(now),
+                description: None,
+                encrypted: Some(j.encrypted),
+                kms_key_id: j.kms_key_id.clone(),
+                seq,
+                workflow: Default::default(),
+            };
+            j.run_count = seq;
+            if runs {
+                j.active_run = Some(RunRef {
+                    replication_run_id: run_id.clone(),
+                    seq,
+                });
+            }
+            j.next_replication_run_start_time = match (j.run_once, j.frequency) {
+                (false, Some(hours)) if hours > 0 => {
+                    let step = time::Duration::hours(i64::from(hours));
+                    let mut next = due + step;
+                    while next <= now {
+                        next += step;
+                    }
+                    Some(next)
+                }
+                _ => None,
+            };
+            Service::embed_run(
+                &mut j,
+                &run,
+                svc.config.limits.runs_embedded_in_job as usize,
+            );
+            let mut writes = vec![
+                put(keys::run(job_id, seq), &run, Expect::Absent)?,
+                put(keys::job(job_id), &j, job.expect())?,
+            ];
+            if let Some(c) = StateChange::of_run(job_id, &j.server_id, &run, now) {
+                writes.push(c.write()?);
+            }
+            svc.store.transact(writes).await?;
+            tracing::info!(job_id, run_id = %run_id, runs, "scheduled run");
+            Ok(Some((
+                RunRef {
+                    replication_run_id: run_id.clone(),
+                    seq,
+                },
+                runs,
+            )))
+        })
+    }
+}
