@@ -283,22 +283,22 @@ impl Ui {
 /// before the image service can have deleted the run's staged objects.
 struct Manifests {
     staging_root: PathBuf,
+    /// The server's staging layout, which says which objects are run manifests.
+    staging: tern_core::replication::StagingLocation,
     by_run: Mutex<HashMap<String, Value>>,
 }
 
 impl tern_local::s3::ObjectCreatedSink for Manifests {
     fn object_created(&self, event: Value) {
-        let detail = &event["detail"];
-        let (Some(bucket), Some(key)) = (
-            detail["bucket"]["name"].as_str(),
-            detail["object"]["key"].as_str(),
-        ) else {
+        let Some(object) = tern_core::replication::ObjectCreated::from_event(&event) else {
             return;
         };
-        if !key.ends_with("/manifest.json") {
+        if object.bucket != self.staging.bucket
+            || self.staging.run_of_manifest_key(&object.key).is_none()
+        {
             return;
         }
-        let path = self.staging_root.join(bucket).join(key);
+        let path = self.staging_root.join(&object.bucket).join(&object.key);
         let manifest = std::fs::read(&path)
             .ok()
             .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
@@ -424,11 +424,18 @@ impl Demo {
         self.step = "2/6, starting tern serve".into();
         self.ui.status("starting tern serve");
         let data_dir = self.dir.join("server");
+        let mut cfg = ServeConfig::new(&data_dir, "127.0.0.1:0".parse().expect("an address"));
         let manifests = Arc::new(Manifests {
             staging_root: data_dir.join(tern_local::s3::STAGING_DIR),
+            staging: cfg
+                .replication
+                .as_ref()
+                .map(|r| r.settings.staging())
+                .unwrap_or_else(|| {
+                    tern_core::replication::ReplicationSettings::default().staging()
+                }),
             by_run: Mutex::new(HashMap::new()),
         });
-        let mut cfg = ServeConfig::new(&data_dir, "127.0.0.1:0".parse().expect("an address"));
         cfg.region = REGION.into();
         cfg.object_created = Some(manifests.clone());
         if let Some(replication) = cfg.replication.as_mut() {

@@ -358,28 +358,13 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    /// The sample of the S3 user guide, as EventBridge delivers it.
+    /// A run manifest's notification as EventBridge delivers it (the S3 user guide's sample,
+    /// with Tern's bucket and key).
     fn s3_event() -> Value {
-        json!({
-            "version": "0",
-            "id": "17793124-05d4-b198-2fde-7ededc63b103",
-            "detail-type": "Object Created",
-            "source": "aws.s3",
-            "account": "123456789012",
-            "time": "2021-11-12T00:00:00Z",
-            "region": "ca-central-1",
-            "resources": ["arn:aws:s3:::example-bucket"],
-            "detail": {
-                "version": "0",
-                "bucket": {"name": "example-bucket"},
-                "object": {"key": "runs/sms-job-1/sms-run-2/manifest.json", "size": 5,
-                           "etag": "b1946ac92492d2347c6235b4d2611184", "sequencer": "00617F08299329D189"},
-                "request-id": "N4N7GDK58NMKJ12R",
-                "requester": "123456789012",
-                "source-ip-address": "1.2.3.4",
-                "reason": "PutObject"
-            }
-        })
+        serde_json::from_str(include_str!(
+            "../../../../events/s3/manifest-object-created.json"
+        ))
+        .expect("the sample is JSON")
     }
 
     #[test]
@@ -387,8 +372,24 @@ mod tests {
         assert_eq!(
             ObjectCreated::from_event(&s3_event()),
             Some(ObjectCreated {
-                bucket: "example-bucket".into(),
-                key: "runs/sms-job-1/sms-run-2/manifest.json".into(),
+                bucket: "tern-staging".into(),
+                key: "runs/sms-job-2ea64347a2c8f1e9b/sms-run-1d4e5a6b7c8d9e0f1/manifest.json"
+                    .into(),
+            })
+        );
+    }
+
+    /// The sample names the run whose manifest it announces, under the default settings.
+    #[test]
+    fn the_sample_notification_is_a_run_manifest() {
+        let object = ObjectCreated::from_event(&s3_event()).unwrap();
+        let staging = crate::replication::ReplicationSettings::default().staging();
+        assert_eq!(object.bucket, staging.bucket);
+        assert_eq!(
+            staging.run_of_manifest_key(&object.key),
+            Some(StagedRun {
+                job_id: "sms-job-2ea64347a2c8f1e9b".into(),
+                run_id: "sms-run-1d4e5a6b7c8d9e0f1".into(),
             })
         );
     }
