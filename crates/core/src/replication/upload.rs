@@ -52,7 +52,7 @@ impl ObjectCreated {
             key: String,
         }
         let e = Envelope::deserialize(event).ok()?;
-        (e.source == "aws.s3" && e.detail_type == "Object Created").then(|| ObjectCreated {
+        (e.source == "aws.s3" && e.detail_type == "Object Created").then_some(ObjectCreated {
             bucket: e.detail.bucket.name,
             key: e.detail.object.key,
         })
