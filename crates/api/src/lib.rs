@@ -498,6 +498,10 @@ impl Api {
             }
             op::REPORT_PROGRESS => {
                 let req: ReportProgressRequest = decode(input)?;
+                // Checked before the replication side looks the item up by an empty key.
+                if req.work_id.trim().is_empty() {
+                    return Err(ApiError::missing("workId is required"));
+                }
                 self.replication()?
                     .report_progress(
                         &req.connector_id,
