@@ -4,6 +4,7 @@
 
 mod catalog;
 mod connectors;
+mod hostile;
 mod jobs;
 mod raw;
 mod replication;
