@@ -6,6 +6,7 @@ mod catalog;
 mod connectors;
 mod hostile;
 mod jobs;
+mod limits;
 mod raw;
 mod replication;
 mod runs;
