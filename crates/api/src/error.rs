@@ -183,7 +183,11 @@ mod tests {
         let r = ApiError::invalid(format!("there is no connector {id}")).into_response();
         let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
         let message = body["message"].as_str().unwrap();
-        assert!(message.len() <= MAX_MESSAGE_BYTES, "{} bytes", message.len());
+        assert!(
+            message.len() <= MAX_MESSAGE_BYTES,
+            "{} bytes",
+            message.len()
+        );
         assert!(message.starts_with("there is no connector é") && message.ends_with('…'));
         let short = ApiError::invalid("maxResults must be at least 1").into_response();
         assert!(String::from_utf8(short.body)

@@ -651,7 +651,10 @@ mod tests {
         let body = Body::from_stream(futures::stream::iter(chunks));
         assert!(matches!(read_body(body).await, Err(BodyError::TooLarge)));
         let body = Body::from(vec![1u8; MAX_BODY_BYTES]);
-        assert_eq!(read_body(body).await.ok().map(|b| b.len()), Some(MAX_BODY_BYTES));
+        assert_eq!(
+            read_body(body).await.ok().map(|b| b.len()),
+            Some(MAX_BODY_BYTES)
+        );
     }
 
     #[test]

@@ -192,7 +192,9 @@ fn check(reply: &Reply, expect: Expect) -> Result<(), String> {
     }
     let lower = message.to_lowercase();
     if let Some(leak) = INTERNALS.iter().find(|s| lower.contains(&s.to_lowercase())) {
-        return Err(format!("{shape}: message names internals ({leak}): {message}"));
+        return Err(format!(
+            "{shape}: message names internals ({leak}): {message}"
+        ));
     }
     match expect {
         Expect::Error(want) if shape != want => Err(format!("{shape} (want {want}): {message}")),
@@ -295,7 +297,10 @@ fn operations() -> Vec<Op> {
             m.extend(job_settings());
             m
         }),
-        sms("DeleteReplicationJob", vec![("replicationJobId", Str, true)]),
+        sms(
+            "DeleteReplicationJob",
+            vec![("replicationJobId", Str, true)],
+        ),
         sms(
             "StartOnDemandReplicationRun",
             vec![("replicationJobId", Str, true), ("description", Str, false)],
@@ -415,7 +420,10 @@ fn malformed_bodies() -> Vec<(&'static str, Vec<u8>)> {
         ("100,000 [", deep_arrays),
         ("100,000 nested objects", deep_objects),
         ("100,000 [ in a member", deep_member),
-        ("invalid UTF-8 in a string", b"{\"x\": \"\xff\xfe\"}".to_vec()),
+        (
+            "invalid UTF-8 in a string",
+            b"{\"x\": \"\xff\xfe\"}".to_vec(),
+        ),
         ("invalid UTF-8 outside strings", b"\xff\xfe{}".to_vec()),
         ("a byte-order mark", b"\xef\xbb\xbf{}".to_vec()),
         ("a lone surrogate", b"{\"x\": \"\\ud800\"}".to_vec()),
@@ -471,7 +479,12 @@ struct Ids {
 /// Registers a connector, imports a two-VM catalog through it and creates a job on the first.
 async fn setup(s: &impl Surface) -> Ids {
     let ok = |r: Reply, what: &str| -> Value {
-        assert_eq!(r.status, 200, "{what}: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(
+            r.status,
+            200,
+            "{what}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
         r.json()
     };
     let c = ok(
@@ -578,9 +591,10 @@ fn base(op: &Op, ids: &Ids) -> Value {
         }
         "ReportInventory" => {
             let mut list = vms();
-            list.as_array_mut()
-                .expect("list")
-                .insert(0, json!({"vmId": "vm-9", "disks": [{"path": "/vms/vm-9.raw"}]}));
+            list.as_array_mut().expect("list").insert(
+                0,
+                json!({"vmId": "vm-9", "disks": [{"path": "/vms/vm-9.raw"}]}),
+            );
             json!({"connectorId": c, "vmList": list})
         }
         "ReportProgress" | "CompleteWork" => json!({"connectorId": c, "workId": "work-none"}),

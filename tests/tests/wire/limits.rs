@@ -115,7 +115,11 @@ async fn reqwest_reads_the_413_of_a_signed_oversized_request() {
     );
     // The server keeps serving.
     let r = server
-        .raw(Some(&sms_target("GetConnectors")), b"{}", Some(&server.admin()))
+        .raw(
+            Some(&sms_target("GetConnectors")),
+            b"{}",
+            Some(&server.admin()),
+        )
         .await;
     assert_eq!(r.status, 200);
     server.shutdown().await;
