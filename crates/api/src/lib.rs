@@ -15,8 +15,8 @@
 //! Request handling: the body must be a JSON object (an empty body counts as `{}`), unknown
 //! members are ignored, a member of the wrong JSON type is a `SerializationException`, an
 //! unknown enum string an `InvalidParameterException`, and so is any string longer than
-//! [`MAX_STRING_BYTES`] anywhere in the body or a VM's `inspection` over
-//! [`MAX_INSPECTION_BYTES`]. Listings page with `maxResults`
+//! [`MAX_STRING_BYTES`] anywhere in the body outside a VM's `inspection`; a VM whose
+//! `inspection` is over [`MAX_INSPECTION_BYTES`] is rejected on its own. Listings page with `maxResults`
 //! (default `limits.default_page_size`, capped at `limits.max_page_size`, < 1 refused) and an
 //! opaque `nextToken` that is omitted on the last page. Errors: see [`error`].
 
@@ -423,16 +423,16 @@ impl Api {
             }
             op::REPORT_INVENTORY => {
                 let req: ReportInventoryRequest = decode(input)?;
-                for (i, vm) in req.vm_list.iter().enumerate() {
-                    let size = vm.inspection.as_ref().map_or(0, |v| v.to_string().len());
-                    if size > MAX_INSPECTION_BYTES {
-                        return Err(ApiError::invalid(format!(
-                            "vmList[{i}].inspection is {size} bytes; at most {MAX_INSPECTION_BYTES} are allowed"
-                        )));
-                    }
-                }
-                let vms = req
-                    .vm_list
+                // An oversized inspection rejects its VM alone, as the catalog rejects any bad
+                // entry (and, not being reported, the VM reads as vanished), so one VM with
+                // many disks cannot block a whole inventory.
+                let (vm_list, oversized): (Vec<_>, Vec<_>) =
+                    req.vm_list.into_iter().partition(|vm| {
+                        vm.inspection
+                            .as_ref()
+                            .is_none_or(|v| v.to_string().len() <= MAX_INSPECTION_BYTES)
+                    });
+                let vms = vm_list
                     .into_iter()
                     .map(|vm| core::InventoryVm {
                         vm_id: vm.vm_id,
@@ -460,10 +460,20 @@ impl Api {
                 encode(&ReportInventoryResponse {
                     accepted_count: outcome.accepted,
                     vanished_count: outcome.vanished,
-                    rejected_list: outcome
-                        .rejected
+                    rejected_list: oversized
                         .into_iter()
-                        .map(|(vm_id, message)| RejectedVm { vm_id, message })
+                        .map(|vm| RejectedVm {
+                            vm_id: vm.vm_id,
+                            message: format!(
+                                "inspection is larger than {MAX_INSPECTION_BYTES} bytes"
+                            ),
+                        })
+                        .chain(
+                            outcome
+                                .rejected
+                                .into_iter()
+                                .map(|(vm_id, message)| RejectedVm { vm_id, message }),
+                        )
                         .collect(),
                 })
             }
@@ -535,7 +545,9 @@ impl Api {
 /// room to spare, while the handful of strings one item carries stay far below the item limit.
 pub const MAX_STRING_BYTES: usize = 8 * 1024;
 
-/// Largest `inspection` object of one inventory VM (serialised), for the same reason.
+/// Largest `inspection` object of one inventory VM (serialised), for the same reason. What a
+/// connector's disk inspection reports is a few KiB per disk; strings inside it are not
+/// bounded one by one.
 pub const MAX_INSPECTION_BYTES: usize = 64 * 1024;
 
 /// The body as a JSON object; an empty body is `{}`.
@@ -578,6 +590,10 @@ fn overlong_string(value: &Value, path: &mut String) -> Option<String> {
                 path.push('.');
             }
             path.push_str(k);
+            // Free-form and bounded as a whole (see MAX_INSPECTION_BYTES).
+            if k == "inspection" {
+                return None;
+            }
             overlong_string(v, path)
         }),
         _ => None,
