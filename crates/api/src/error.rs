@@ -113,6 +113,7 @@ impl ApiError {
     /// and only here, since the client gets a message without internals.
     pub fn into_response(self) -> Response {
         let (shape, message) = self.shape_and_message();
+        let message = clip(message);
         let status = status_of(shape);
         if status >= 500 {
             tracing::error!(error = %self, error_type = shape, "request failed");
@@ -127,6 +128,22 @@ impl ApiError {
             error_type: Some(shape.to_string()),
         }
     }
+}
+
+/// Longest message a client gets, in bytes. Messages quote what the client sent (an unknown
+/// id, an enum value); a 1 MiB id must not come back as a 1 MiB error, nor fill the logs.
+pub const MAX_MESSAGE_BYTES: usize = 512;
+
+fn clip(mut message: String) -> String {
+    if message.len() > MAX_MESSAGE_BYTES {
+        let mut end = MAX_MESSAGE_BYTES - '…'.len_utf8();
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push('…');
+    }
+    message
 }
 
 #[cfg(test)]
@@ -158,6 +175,24 @@ mod tests {
             Some("TemporarilyUnavailableException")
         );
         assert!(!String::from_utf8(r.body).unwrap().contains("/var/x"));
+    }
+
+    #[test]
+    fn messages_quoting_huge_inputs_are_clipped() {
+        let id = "é".repeat(1 << 20);
+        let r = ApiError::invalid(format!("there is no connector {id}")).into_response();
+        let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        let message = body["message"].as_str().unwrap();
+        assert!(
+            message.len() <= MAX_MESSAGE_BYTES,
+            "{} bytes",
+            message.len()
+        );
+        assert!(message.starts_with("there is no connector é") && message.ends_with('…'));
+        let short = ApiError::invalid("maxResults must be at least 1").into_response();
+        assert!(String::from_utf8(short.body)
+            .unwrap()
+            .contains("\"maxResults must be at least 1\""));
     }
 
     #[test]

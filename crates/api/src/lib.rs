@@ -14,7 +14,9 @@
 //!
 //! Request handling: the body must be a JSON object (an empty body counts as `{}`), unknown
 //! members are ignored, a member of the wrong JSON type is a `SerializationException`, an
-//! unknown enum string an `InvalidParameterException`. Listings page with `maxResults`
+//! unknown enum string an `InvalidParameterException`, and so is any string longer than
+//! [`MAX_STRING_BYTES`] anywhere in the body outside a VM's `inspection`; a VM whose
+//! `inspection` is over [`MAX_INSPECTION_BYTES`] is rejected on its own. Listings page with `maxResults`
 //! (default `limits.default_page_size`, capped at `limits.max_page_size`, < 1 refused) and an
 //! opaque `nextToken` that is omitted on the last page. Errors: see [`error`].
 
@@ -421,8 +423,16 @@ impl Api {
             }
             op::REPORT_INVENTORY => {
                 let req: ReportInventoryRequest = decode(input)?;
-                let vms = req
-                    .vm_list
+                // An oversized inspection rejects its VM alone, as the catalog rejects any bad
+                // entry (and, not being reported, the VM reads as vanished), so one VM with
+                // many disks cannot block a whole inventory.
+                let (vm_list, oversized): (Vec<_>, Vec<_>) =
+                    req.vm_list.into_iter().partition(|vm| {
+                        vm.inspection
+                            .as_ref()
+                            .is_none_or(|v| v.to_string().len() <= MAX_INSPECTION_BYTES)
+                    });
+                let vms = vm_list
                     .into_iter()
                     .map(|vm| core::InventoryVm {
                         vm_id: vm.vm_id,
@@ -450,10 +460,20 @@ impl Api {
                 encode(&ReportInventoryResponse {
                     accepted_count: outcome.accepted,
                     vanished_count: outcome.vanished,
-                    rejected_list: outcome
-                        .rejected
+                    rejected_list: oversized
                         .into_iter()
-                        .map(|(vm_id, message)| RejectedVm { vm_id, message })
+                        .map(|vm| RejectedVm {
+                            vm_id: vm.vm_id,
+                            message: format!(
+                                "inspection is larger than {MAX_INSPECTION_BYTES} bytes"
+                            ),
+                        })
+                        .chain(
+                            outcome
+                                .rejected
+                                .into_iter()
+                                .map(|(vm_id, message)| RejectedVm { vm_id, message }),
+                        )
                         .collect(),
                 })
             }
@@ -488,6 +508,10 @@ impl Api {
             }
             op::REPORT_PROGRESS => {
                 let req: ReportProgressRequest = decode(input)?;
+                // Checked before the replication side looks the item up by an empty key.
+                if req.work_id.trim().is_empty() {
+                    return Err(ApiError::missing("workId is required"));
+                }
                 self.replication()?
                     .report_progress(
                         &req.connector_id,
@@ -514,6 +538,18 @@ impl Api {
     }
 }
 
+/// Longest string accepted anywhere in a request body, in bytes. SMS models no length for ids,
+/// names or descriptions, but every one of them ends up in a stored item, and a stored item may
+/// not exceed DynamoDB's 400 KB: without a bound a long description was refused by the store as
+/// an internal error. 8 KiB holds the longest real values (a 4 KiB path, a 2 KiB KMS ARN) with
+/// room to spare, while the handful of strings one item carries stay far below the item limit.
+pub const MAX_STRING_BYTES: usize = 8 * 1024;
+
+/// Largest `inspection` object of one inventory VM (serialised), for the same reason. What a
+/// connector's disk inspection reports is a few KiB per disk; strings inside it are not
+/// bounded one by one.
+pub const MAX_INSPECTION_BYTES: usize = 64 * 1024;
+
 /// The body as a JSON object; an empty body is `{}`.
 fn parse_object(body: &[u8]) -> Result<Value, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
@@ -526,7 +562,52 @@ fn parse_object(body: &[u8]) -> Result<Value, ApiError> {
             "the request body must be a JSON object".into(),
         ));
     }
+    if let Some(path) = overlong_string(&value, &mut String::new()) {
+        return Err(ApiError::invalid(format!(
+            "{path} is longer than {MAX_STRING_BYTES} bytes"
+        )));
+    }
     Ok(value)
+}
+
+/// The path (`vmList[0].vmName`) of the first string, member name included, longer than
+/// [`MAX_STRING_BYTES`]. serde_json's recursion limit (128) bounds the depth walked here.
+fn overlong_string(value: &Value, path: &mut String) -> Option<String> {
+    let here = path.len();
+    let found = match value {
+        Value::String(s) if s.len() > MAX_STRING_BYTES => Some(path.clone()),
+        Value::Array(items) => items.iter().enumerate().find_map(|(i, v)| {
+            path.truncate(here);
+            path.push_str(&format!("[{i}]"));
+            overlong_string(v, path)
+        }),
+        Value::Object(members) => members.iter().find_map(|(k, v)| {
+            path.truncate(here);
+            if k.len() > MAX_STRING_BYTES {
+                return Some(format!("a member name in {}", display(&path[..here])));
+            }
+            if here > 0 {
+                path.push('.');
+            }
+            path.push_str(k);
+            // Free-form and bounded as a whole (see MAX_INSPECTION_BYTES).
+            if k == "inspection" {
+                return None;
+            }
+            overlong_string(v, path)
+        }),
+        _ => None,
+    };
+    path.truncate(here);
+    found
+}
+
+fn display(path: &str) -> &str {
+    if path.is_empty() {
+        "the body"
+    } else {
+        path
+    }
 }
 
 /// Decodes an input shape. A missing required member (connector shapes) is
@@ -595,5 +676,28 @@ mod token {
             assert!(super::decode("jobs", Some("zz")).is_err());
             assert_eq!(super::encode("jobs", None), None);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlong_strings_are_named_by_their_path() {
+        let long = "x".repeat(MAX_STRING_BYTES + 1);
+        let body = serde_json::json!({"vmList": [{"vmId": "a"}, {"disks": [{"path": long}]}]});
+        let err = parse_object(body.to_string().as_bytes()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("vmList[1].disks[0].path is longer than {MAX_STRING_BYTES} bytes")
+        );
+        let at_limit = serde_json::json!({"description": "x".repeat(MAX_STRING_BYTES)});
+        assert!(parse_object(at_limit.to_string().as_bytes()).is_ok());
+        let long_key = format!("{{\"{long}\": 1}}");
+        assert!(parse_object(long_key.as_bytes())
+            .unwrap_err()
+            .to_string()
+            .starts_with("a member name in the body"));
     }
 }

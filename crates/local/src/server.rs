@@ -30,6 +30,18 @@ pub const SERVICE: &str = "sms";
 /// Largest request body accepted. Matches what the `api` Lambda can receive (6 MB invocation
 /// payload), so a request that works locally also fits the AWS deployment.
 pub const MAX_BODY_BYTES: usize = 6 * 1024 * 1024;
+/// How much of an over-long body is read (and thrown away) before the 413 is sent. Most HTTP
+/// clients (Python's http.client, reqwest, curl without `Expect: 100-continue`) write the whole
+/// body before they read anything; a server that answers and closes while they are still
+/// writing makes them fail with a broken pipe or a reset instead of showing the 413. Draining
+/// lets every such client read the answer. The bound keeps a hostile client from making the
+/// server read without end: four times the limit (24 MiB) covers any plausible mistake (a
+/// request a few megabytes too large), and a body declared larger than that is refused at once,
+/// since reading it would cost more than the client's confusion is worth.
+pub const DRAIN_BYTES: u64 = 4 * MAX_BODY_BYTES as u64;
+/// Longest time spent draining (a client sending 24 MiB at ~3 MB/s finishes in time); a slower
+/// client gets the 413 when it runs out, and the connection is closed.
+pub const DRAIN_TIME: Duration = Duration::from_secs(8);
 /// File name of the SQLite database inside the data directory.
 pub const DATABASE_FILE: &str = "tern.db";
 /// Every published event is appended here (NDJSON) unless the rules file names an archive.
@@ -476,16 +488,20 @@ async fn process(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        // A client that asked `Expect: 100-continue` waits for our answer before sending.
+        let waits = parts
+            .headers
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        if !waits && declared.is_some_and(|n| n <= DRAIN_BYTES) {
+            drain(body, 0).await;
+        }
         return (too_large(), None);
     }
-    let body = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
+    let body = match read_body(body).await {
         Ok(bytes) => bytes,
-        Err(err) => {
-            // `to_bytes` reports both an over-long body and a broken connection the same way;
-            // the cause chain tells them apart.
-            if is_length_limit(&err) {
-                return (too_large(), None);
-            }
+        Err(BodyError::TooLarge) => return (too_large(), None),
+        Err(BodyError::Broken(err)) => {
             tracing::debug!(error = %err, "could not read request body");
             return (
                 error(
@@ -518,15 +534,48 @@ async fn process(
     )
 }
 
-fn is_length_limit(err: &axum::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = source {
-        if e.is::<http_body_util::LengthLimitError>() {
-            return true;
+enum BodyError {
+    /// Over [`MAX_BODY_BYTES`] (and drained, see [`DRAIN_BYTES`]).
+    TooLarge,
+    /// The connection broke or the framing was bad.
+    Broken(axum::Error),
+}
+
+/// The whole body, at most [`MAX_BODY_BYTES`] of it; a longer one (chunked, so its length was
+/// not declared) is drained before the caller answers 413.
+async fn read_body(mut body: Body) -> Result<bytes::Bytes, BodyError> {
+    use http_body_util::BodyExt as _;
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(BodyError::Broken)?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > MAX_BODY_BYTES {
+                drain(body, (buf.len() + data.len()) as u64).await;
+                return Err(BodyError::TooLarge);
+            }
+            buf.extend_from_slice(&data);
         }
-        source = e.source();
     }
-    false
+    Ok(buf.freeze())
+}
+
+/// Reads and discards the rest of `body` (of which `seen` bytes were read already) until it
+/// ends, [`DRAIN_BYTES`] have been read, or [`DRAIN_TIME`] has passed.
+async fn drain(mut body: Body, mut seen: u64) {
+    use http_body_util::BodyExt as _;
+    let read_all = async {
+        while seen <= DRAIN_BYTES {
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    seen += frame.data_ref().map_or(0, |d| d.len() as u64);
+                }
+                Some(Err(_)) | None => return,
+            }
+        }
+    };
+    if tokio::time::timeout(DRAIN_TIME, read_all).await.is_err() {
+        tracing::debug!("gave up draining an over-long request body");
+    }
 }
 
 fn too_large() -> ApiResponse {
@@ -566,6 +615,11 @@ fn to_http(response: ApiResponse, request_id: &str) -> axum::response::Response 
     if response.status == 405 {
         builder = builder.header(header::ALLOW, "POST");
     }
+    if response.status == 413 {
+        // The body may not have been read to its end: the connection cannot carry another
+        // request.
+        builder = builder.header(header::CONNECTION, "close");
+    }
     builder
         .body(Body::from(response.body))
         .unwrap_or_else(|err| {
@@ -591,11 +645,16 @@ mod tests {
     #[tokio::test]
     async fn an_over_long_body_without_declared_length_is_recognised() {
         // A chunked upload has no Content-Length; the limit is then found while reading.
-        let body = Body::from(vec![0u8; MAX_BODY_BYTES + 1]);
-        let err = axum::body::to_bytes(body, MAX_BODY_BYTES)
-            .await
-            .unwrap_err();
-        assert!(is_length_limit(&err));
+        let chunks: Vec<Result<bytes::Bytes, std::io::Error>> = (0..7)
+            .map(|_| Ok(bytes::Bytes::from(vec![0u8; 1 << 20])))
+            .collect();
+        let body = Body::from_stream(futures::stream::iter(chunks));
+        assert!(matches!(read_body(body).await, Err(BodyError::TooLarge)));
+        let body = Body::from(vec![1u8; MAX_BODY_BYTES]);
+        assert_eq!(
+            read_body(body).await.ok().map(|b| b.len()),
+            Some(MAX_BODY_BYTES)
+        );
     }
 
     #[test]

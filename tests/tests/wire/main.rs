@@ -4,7 +4,9 @@
 
 mod catalog;
 mod connectors;
+mod hostile;
 mod jobs;
+mod limits;
 mod raw;
 mod replication;
 mod runs;
