@@ -1,17 +1,14 @@
-//! Sending one event to one target, with retries and the dead letter at the end.
+//! Sending one event to one target: one attempt, and whether another could succeed.
 
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::json;
-use time::format_description::well_known::Rfc3339;
-use time::OffsetDateTime;
 use tokio::io::AsyncWriteExt;
 
 use super::rules::{RetryPolicy, Target, TargetKind};
-use super::{Accepted, NdjsonFile};
+use super::NdjsonFile;
 
 /// Attempts in flight per target. Deliveries are independent tasks; without a bound, a burst
 /// of events would open as many connections or processes at once.
@@ -20,11 +17,11 @@ pub const MAX_CONCURRENT_ATTEMPTS: usize = 8;
 /// A target ready to send to.
 pub(super) struct TargetRuntime {
     /// `webhook http://…`, `file /path`, `command prog`: for logs and dead letters.
-    label: String,
+    pub(super) label: String,
     /// 1-based position in its rule.
-    index: usize,
+    pub(super) index: usize,
     kind: Kind,
-    retry: RetryPolicy,
+    pub(super) retry: RetryPolicy,
     permits: tokio::sync::Semaphore,
 }
 
@@ -108,99 +105,61 @@ pub(super) enum DeliveryError {
     },
     #[error("no answer within {0:?}")]
     Timeout(Duration),
+    /// A delivery recorded before a restart whose rule or target the rules file no longer has.
+    #[error("rule '{rule}' has no target {index} any more")]
+    Unconfigured { rule: String, index: usize },
 }
 
 impl DeliveryError {
     /// A 4xx other than 408/429 means the receiver refuses this event; asking again will not
     /// change its mind, so the event goes straight to the dead letter.
-    fn is_retryable(&self) -> bool {
+    pub(super) fn is_retryable(&self) -> bool {
         match self {
             DeliveryError::Status { status } => {
                 !status.is_client_error()
                     || *status == reqwest::StatusCode::REQUEST_TIMEOUT
                     || *status == reqwest::StatusCode::TOO_MANY_REQUESTS
             }
+            DeliveryError::Unconfigured { .. } => false,
             _ => true,
         }
     }
 }
 
-pub(super) struct Delivery {
-    pub(super) rule: String,
-    pub(super) target: Arc<TargetRuntime>,
-    pub(super) event: Arc<Accepted>,
-    pub(super) http: reqwest::Client,
-    pub(super) dead_letter: Arc<NdjsonFile>,
-}
-
-impl Delivery {
-    #[tracing::instrument(name = "bus.deliver", skip_all,
-        fields(rule = %self.rule, target = %self.target.label, event_id = %self.event.event.id))]
-    pub(super) async fn run(self) {
-        let policy = self.target.retry;
-        let mut attempt = 0;
-        let error = loop {
-            attempt += 1;
-            match self.attempt().await {
-                Ok(()) => {
-                    tracing::debug!(attempt, "delivered");
-                    return;
-                }
-                Err(err) if attempt < policy.max_attempts && err.is_retryable() => {
-                    let pause = policy.delay_after(attempt);
-                    tracing::warn!(attempt, error = %err, retry_in = ?pause, "delivery failed");
-                    tokio::time::sleep(pause).await;
-                }
-                Err(err) => break err,
+/// One attempt to hand `body` (the serialized event) to `target`. Retries, backoff and the
+/// dead letter are the worker's: it keeps their state in the durable queue.
+pub(super) async fn attempt(
+    target: &TargetRuntime,
+    http: &reqwest::Client,
+    body: &str,
+) -> Result<(), DeliveryError> {
+    // Held for the attempt only, not across the backoff pause. The semaphore is never
+    // closed, so acquiring cannot fail; were it to, attempting anyway is the safe side.
+    let _permit = target.permits.acquire().await.ok();
+    match &target.kind {
+        Kind::Webhook {
+            url,
+            headers,
+            timeout,
+        } => {
+            let response = http
+                .post(url.clone())
+                .headers(headers.clone())
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .timeout(*timeout)
+                .body(body.to_owned())
+                .send()
+                .await
+                .map_err(DeliveryError::Http)?;
+            let status = response.status();
+            if status.is_success() {
+                Ok(())
+            } else {
+                Err(DeliveryError::Status { status })
             }
-        };
-        tracing::error!(attempt, error = %error, "delivery abandoned; writing a dead letter");
-        let record = json!({
-            "rule": self.rule,
-            "target": self.target.label,
-            "target_index": self.target.index,
-            "attempts": attempt,
-            "error": error.to_string(),
-            "failed_at": OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default(),
-            "event": self.event.json,
-        });
-        if let Err(err) = self.dead_letter.append(&[&record.to_string()]).await {
-            tracing::error!(path = %self.dead_letter.path.display(), error = %err,
-                "cannot write the dead letter; the event is lost");
         }
-    }
-
-    async fn attempt(&self) -> Result<(), DeliveryError> {
-        // Held for the attempt only, not across the backoff pause. The semaphore is never
-        // closed, so acquiring cannot fail; were it to, attempting anyway is the safe side.
-        let _permit = self.target.permits.acquire().await.ok();
-        let body = &self.event.text;
-        match &self.target.kind {
-            Kind::Webhook {
-                url,
-                headers,
-                timeout,
-            } => {
-                let response = self
-                    .http
-                    .post(url.clone())
-                    .headers(headers.clone())
-                    .header(reqwest::header::CONTENT_TYPE, "application/json")
-                    .timeout(*timeout)
-                    .body(body.clone())
-                    .send()
-                    .await
-                    .map_err(DeliveryError::Http)?;
-                let status = response.status();
-                if status.is_success() {
-                    Ok(())
-                } else {
-                    Err(DeliveryError::Status { status })
-                }
-            }
-            Kind::File(file) => file.append(&[body]).await.map_err(DeliveryError::Io),
-            Kind::Command { argv, timeout } => run_command(argv, body, *timeout).await,
-        }
+        Kind::File(file) => file.append(&[body]).await.map_err(DeliveryError::Io),
+        Kind::Command { argv, timeout } => run_command(argv, body, *timeout).await,
     }
 }
 

@@ -1,11 +1,17 @@
 //! The in-process event bus: EventBridge rules and targets on one machine.
 //!
 //! [`LocalBus::publish`] checks each event the way `PutEvents` does, appends the accepted ones
-//! to the archive (when configured), hands them to in-process subscribers and queues one
-//! delivery per matching rule target, then returns. Deliveries run in the background, are
-//! retried with exponential backoff, and end either delivered or in the dead-letter file: at
-//! least once, never silently dropped. [`LocalBus::flush`] waits for all of them, which is how
-//! tests step the bus without sleeping.
+//! to the archive (when configured), records one delivery per matching rule target in the
+//! durable queue (`bus.db` beside the data, one transaction per batch), hands the events to
+//! in-process subscribers, and only then reports them accepted. A worker task takes due
+//! deliveries from the queue, retries failures with exponential backoff (the attempt count and
+//! the next-attempt time live in the queue row), and ends each one delivered or in the
+//! dead-letter file: at least once, across crashes and restarts, never silently dropped.
+//! Deliveries left by an earlier process resume when the bus opens.
+//!
+//! Tests step the bus instead of sleeping: [`LocalBus::flush`] waits until the queue is
+//! empty, and with a manual clock ([`LocalBus::with_clock`]) [`LocalBus::deliver_due`] runs
+//! what is due, after which the test moves the clock past the backoff.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -19,7 +25,9 @@
 //! ```
 
 mod deliver;
+mod queue;
 mod rules;
+mod worker;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -28,13 +36,15 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde_json::Value;
 use tern_core::events::{BusError, Event, EventBus, FailedEntry, PublishOutcome};
+use tern_core::{Clock, SystemClock};
 use tokio::io::AsyncWriteExt;
-use tokio::sync::{broadcast, watch, Mutex};
+use tokio::sync::{broadcast, Mutex};
 
 pub use deliver::MAX_CONCURRENT_ATTEMPTS;
+pub use queue::QueueError;
 pub use rules::{
     BusConfig, RetryPolicy, Rule, RuleProblem, RulesError, Target, TargetKind, TargetProblem,
-    DEFAULT_DEAD_LETTER,
+    DEFAULT_DEAD_LETTER, DEFAULT_QUEUE,
 };
 
 /// EventBridge refuses entries over 256 KiB; so does the local bus, so that what works here
@@ -46,9 +56,13 @@ pub const MAX_ENTRY_BYTES: usize = 256 * 1024;
 pub enum BusSetupError {
     #[error("cannot build the HTTP client for webhook targets: {0}")]
     Http(#[source] reqwest::Error),
+    #[error("cannot open the delivery queue: {0}")]
+    Queue(#[from] QueueError),
 }
 
-/// The in-process [`EventBus`]. Cheap to clone: clones share rules, queues and files.
+/// The in-process [`EventBus`]. Cheap to clone: clones share rules, the queue and files. When
+/// the last clone is dropped the delivery worker stops; what it had not finished stays queued
+/// for the next bus opened on the same queue file.
 #[derive(Clone)]
 pub struct LocalBus {
     shared: Arc<Shared>,
@@ -57,11 +71,22 @@ pub struct LocalBus {
 struct Shared {
     rules: Vec<RuleRuntime>,
     archive: Option<Arc<NdjsonFile>>,
-    dead_letter: Arc<NdjsonFile>,
     subscribers: broadcast::Sender<Event>,
-    /// Deliveries queued and not yet finished (delivered or dead-lettered).
-    pending: watch::Sender<usize>,
-    http: reqwest::Client,
+    core: Arc<worker::Core>,
+    worker: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        if let Some(worker) = self
+            .worker
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            worker.abort();
+        }
+    }
 }
 
 struct RuleRuntime {
@@ -70,9 +95,15 @@ struct RuleRuntime {
 }
 
 impl LocalBus {
-    /// Builds the bus; nothing runs until the first publish. `publish` must be called inside
-    /// a tokio runtime: deliveries are spawned onto it.
+    /// Builds the bus on the wall clock and opens its delivery queue. Inside a tokio runtime
+    /// the worker starts at once, resuming deliveries an earlier process left; otherwise it
+    /// starts with the first publish or flush.
     pub fn new(config: BusConfig) -> Result<Self, BusSetupError> {
+        Self::with_clock(config, Arc::new(SystemClock))
+    }
+
+    /// As [`LocalBus::new`], with retry times taken from `clock`.
+    pub fn with_clock(config: BusConfig, clock: Arc<dyn Clock>) -> Result<Self, BusSetupError> {
         let http = reqwest::Client::builder()
             .build()
             .map_err(BusSetupError::Http)?;
@@ -86,7 +117,7 @@ impl LocalBus {
         };
         let archive = config.archive.as_deref().map(&mut file);
         let dead_letter = file(&config.dead_letter);
-        let rules = config
+        let rules: Vec<RuleRuntime> = config
             .rules
             .into_iter()
             .map(|rule| {
@@ -99,17 +130,46 @@ impl LocalBus {
                 RuleRuntime { rule, targets }
             })
             .collect();
+        let targets = rules
+            .iter()
+            .flat_map(|r| {
+                r.targets
+                    .iter()
+                    .map(|t| ((r.rule.name.clone(), t.index), t.clone()))
+            })
+            .collect();
+        let queue = queue::Queue::open(&config.queue)?;
+        let pending = queue.len()?;
         let (subscribers, _) = broadcast::channel(config.subscriber_capacity.max(1));
-        Ok(Self {
+        let bus = Self {
             shared: Arc::new(Shared {
                 rules,
                 archive,
-                dead_letter,
                 subscribers,
-                pending: watch::Sender::new(0),
-                http,
+                core: Arc::new(worker::Core::new(
+                    targets,
+                    queue,
+                    dead_letter,
+                    http,
+                    clock,
+                    pending,
+                )),
+                worker: std::sync::Mutex::new(None),
             }),
-        })
+        };
+        bus.ensure_worker();
+        Ok(bus)
+    }
+
+    /// Starts the worker unless it runs already or there is no runtime to run it on.
+    fn ensure_worker(&self) {
+        let mut worker = self.shared.worker.lock().unwrap_or_else(|p| p.into_inner());
+        if worker.is_none() {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let core = self.shared.core.clone();
+                *worker = Some(runtime.spawn(worker::run(core)).abort_handle());
+            }
+        }
     }
 
     /// Every accepted event, in publish order. A receiver that falls more than
@@ -118,49 +178,57 @@ impl LocalBus {
         self.shared.subscribers.subscribe()
     }
 
-    /// Waits until every delivery queued so far is delivered or dead-lettered.
+    /// Waits until the queue is empty: every delivery recorded so far delivered or
+    /// dead-lettered, retries included. Backoff pauses pass on the bus clock, so with a clock
+    /// that only moves when told, use [`LocalBus::deliver_due`] and move the clock instead.
     pub async fn flush(&self) {
-        let mut pending = self.shared.pending.subscribe();
+        self.ensure_worker();
+        self.shared.core.wake();
+        let mut status = self.shared.core.status.subscribe();
         // The sender lives in `shared`, which `self` keeps alive, so this cannot fail.
-        let _ = pending.wait_for(|n| *n == 0).await;
+        let _ = status.wait_for(|s| s.pending == 0).await;
+    }
+
+    /// Attempts every delivery due by the bus clock, and waits until those attempts are
+    /// finished and nothing more is due; deliveries waiting out a backoff stay queued.
+    pub async fn deliver_due(&self) {
+        self.ensure_worker();
+        let wake = self.shared.core.wake();
+        let mut status = self.shared.core.status.subscribe();
+        let _ = status.wait_for(|s| s.idle_after >= wake).await;
     }
 
     /// Deliveries queued and not yet finished.
     pub fn pending(&self) -> usize {
-        *self.shared.pending.borrow()
+        self.shared.core.status.borrow().pending
+    }
+
+    /// Attempts made so far for the delivery of `event_id` to target `target` (1-based) of
+    /// `rule`; `None` when it is not queued (never matched, delivered or dead-lettered).
+    pub fn queued_attempts(
+        &self,
+        event_id: &str,
+        rule: &str,
+        target: usize,
+    ) -> Result<Option<u32>, QueueError> {
+        self.shared.core.queue.attempts(&queue::Key {
+            event_id: event_id.to_owned(),
+            rule: rule.to_owned(),
+            target,
+        })
     }
 
     pub fn dead_letter_path(&self) -> &Path {
-        &self.shared.dead_letter.path
+        &self.shared.core.dead_letter.path
     }
 
     pub fn archive_path(&self) -> Option<&Path> {
         self.shared.archive.as_deref().map(|f| f.path.as_path())
     }
 
-    fn enqueue(&self, rule: &str, target: &Arc<deliver::TargetRuntime>, event: &Arc<Accepted>) {
-        self.shared.pending.send_modify(|n| *n += 1);
-        let done = PendingGuard(self.shared.clone());
-        let job = deliver::Delivery {
-            rule: rule.to_owned(),
-            target: target.clone(),
-            event: event.clone(),
-            http: self.shared.http.clone(),
-            dead_letter: self.shared.dead_letter.clone(),
-        };
-        tokio::spawn(async move {
-            job.run().await;
-            drop(done);
-        });
-    }
-}
-
-/// Marks a delivery finished even if its task panics or is cancelled, so `flush` never hangs.
-struct PendingGuard(Arc<Shared>);
-
-impl Drop for PendingGuard {
-    fn drop(&mut self) {
-        self.0.pending.send_modify(|n| *n = n.saturating_sub(1));
+    /// The SQLite file of the delivery queue.
+    pub fn queue_path(&self) -> &Path {
+        self.shared.core.queue.path()
     }
 }
 
@@ -238,18 +306,71 @@ impl EventBus for LocalBus {
                     source: Some(Box::new(e)),
                 })?;
         }
+        let mut deliveries = Vec::new();
         for event in &accepted {
-            // No subscriber is not an error: subscribing is optional.
-            let _ = self.shared.subscribers.send(event.event.clone());
             for rule in self.shared.rules.iter().filter(|r| r.rule.enabled) {
                 if rule.rule.pattern.matches(&event.json) {
                     for target in &rule.targets {
-                        self.enqueue(&rule.rule.name, target, event);
+                        deliveries.push((event.clone(), rule.rule.name.clone(), target.index));
                     }
                 }
             }
         }
+        if !deliveries.is_empty() {
+            self.record(deliveries).await?;
+        }
+        for event in &accepted {
+            // No subscriber is not an error: subscribing is optional.
+            let _ = self.shared.subscribers.send(event.event.clone());
+        }
         Ok(outcome)
+    }
+}
+
+impl LocalBus {
+    /// Makes the deliveries durable; the entries count as accepted only once this returns.
+    async fn record(
+        &self,
+        deliveries: Vec<(Arc<Accepted>, String, usize)>,
+    ) -> Result<(), BusError> {
+        self.ensure_worker();
+        let core = self.shared.core.clone();
+        let recorded = tokio::task::spawn_blocking(move || {
+            let rows: Vec<queue::NewDelivery<'_>> = deliveries
+                .iter()
+                .map(|(event, rule, target)| queue::NewDelivery {
+                    key: queue::Key {
+                        event_id: event.event.id.clone(),
+                        rule: rule.clone(),
+                        target: *target,
+                    },
+                    event: &event.text,
+                })
+                .collect();
+            core.queue.record(&rows, core.now_ms())
+        })
+        .await;
+        let pending = match recorded {
+            Ok(Ok(pending)) => pending,
+            Ok(Err(err)) => {
+                return Err(BusError::Transient {
+                    message: format!(
+                        "cannot record deliveries in {}",
+                        self.queue_path().display()
+                    ),
+                    source: Some(Box::new(err)),
+                })
+            }
+            Err(join) => {
+                return Err(BusError::Transient {
+                    message: "recording deliveries was interrupted".to_owned(),
+                    source: Some(Box::new(join)),
+                })
+            }
+        };
+        self.shared.core.set_pending(pending);
+        self.shared.core.wake();
+        Ok(())
     }
 }
 

@@ -87,6 +87,8 @@ pub struct BusConfig {
     pub dead_letter: PathBuf,
     /// How many events a slow in-process subscriber may lag before it misses some.
     pub subscriber_capacity: usize,
+    /// The SQLite file holding deliveries not yet finished; `<data_dir>/bus.db`.
+    pub queue: PathBuf,
 }
 
 /// One rule: events matching `pattern` go to every target.
@@ -154,15 +156,18 @@ impl RetryPolicy {
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_DEAD_LETTER: &str = "events-dead-letter.ndjson";
+pub const DEFAULT_QUEUE: &str = "bus.db";
 
 impl BusConfig {
-    /// No rules; dead letters in `<data_dir>/events-dead-letter.ndjson`; no archive.
+    /// No rules; dead letters in `<data_dir>/events-dead-letter.ndjson`; the delivery queue in
+    /// `<data_dir>/bus.db`; no archive.
     pub fn new(data_dir: &Path) -> Self {
         Self {
             rules: Vec::new(),
             archive: None,
             dead_letter: data_dir.join(DEFAULT_DEAD_LETTER),
             subscriber_capacity: 1024,
+            queue: data_dir.join(DEFAULT_QUEUE),
         }
     }
 

@@ -13,6 +13,8 @@ use axum::Router;
 use serde_json::Value;
 use tern_core::events::{Event, EventBus, EventOrigin, JobEventState, JobStateChange};
 use tern_local::bus::{BusConfig, LocalBus, RuleProblem, RulesError, TargetProblem};
+
+mod durable;
 use time::OffsetDateTime;
 
 fn event(job: &str, state: JobEventState) -> Event {
