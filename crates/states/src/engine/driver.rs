@@ -24,8 +24,9 @@ impl Engine {
         }
     }
 
-    /// Drives executions on real time until the returned task is aborted. Hosts that do not step
-    /// the engine themselves spawn this once.
+    /// Drives executions until the returned task is aborted, waiting for timers on the engine's
+    /// clock (with a [`crate::ManualClock`], until the clock is moved). Hosts that do not step the
+    /// engine themselves spawn this once.
     pub fn spawn_driver(&self) -> tokio::task::JoinHandle<()> {
         let engine = self.clone();
         tokio::spawn(async move {
@@ -37,10 +38,10 @@ impl Engine {
                 let next = engine.lock().timers.peek().map(|Reverse((t, ..))| *t);
                 match next {
                     Some(t) => {
-                        let wait = (t - engine.now()).max(0) as u64;
+                        let clock = engine.shared.clock.clone();
                         tokio::select! {
                             _ = notified => {}
-                            _ = tokio::time::sleep(std::time::Duration::from_millis(wait)) => {}
+                            _ = clock.wait_until(t) => {}
                         }
                     }
                     None => notified.await,
