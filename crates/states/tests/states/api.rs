@@ -1,5 +1,5 @@
 //! The execution API: start (idempotent by name), describe, list, stop, history, task tokens,
-//! heartbeats, retry timing, real-time driving.
+//! heartbeats, retry timing, the driver on the engine's clock.
 
 use std::sync::Arc;
 
@@ -284,33 +284,53 @@ async fn retry_intervals_follow_backoff_and_max_delay() {
     assert_eq!(scheduled, [0, 2_000, 7_000, 12_000]);
 }
 
+/// The driver waits for timers on the engine's clock: with a manual clock an hour-long Wait ends
+/// as soon as the clock is moved past it, and not before (no wall-clock sleep in between).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn driver_runs_on_real_time() {
+async fn driver_waits_on_the_engine_clock() {
+    let clock = tern_states::ManualClock::new(EPOCH_MS);
     let engine = tern_states::Engine::open(tern_states::EngineConfig {
         store: Arc::new(MemoryStore::new()),
         tasks: TaskRegistry::new(),
-        clock: Arc::new(tern_states::SystemClock),
+        clock: Arc::new(clock.clone()),
         region: "local".into(),
     })
     .unwrap();
-    let driver = engine.spawn_driver();
     let sm = engine
         .create_state_machine(
             "rt",
-            r#"{"StartAt": "W", "States": {"W": {"Type": "Wait", "Seconds": 1, "End": true}}}"#,
+            r#"{"StartAt": "W", "States": {"W": {"Type": "Wait", "Seconds": 3600, "Next": "V"},
+                "V": {"Type": "Wait", "Seconds": 60, "End": true}}}"#,
         )
         .unwrap();
-    let started = std::time::Instant::now();
     let e = engine.start_execution(&sm, None, r#"{"v": 1}"#).unwrap();
-    let d = tokio::time::timeout(
-        std::time::Duration::from_secs(10),
-        engine.wait_for(&e.execution_arn),
-    )
+    engine.run_until_idle().await;
+    assert_eq!(engine.next_deadline(), Some(EPOCH_MS + 3_600_000));
+    let driver = engine.spawn_driver();
+    clock.advance_secs(3599);
+    // Let the driver see the clock short of the deadline: the execution must still be waiting.
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(engine.next_deadline(), Some(EPOCH_MS + 3_600_000));
+    clock.advance_secs(1);
+    // The second Wait is armed by the driver once the first ends; move the clock past it too.
+    let second = EPOCH_MS + 3_660_000;
+    let arn = e.execution_arn.clone();
+    let d = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            if engine.next_deadline() == Some(second) {
+                clock.set_ms(second);
+                return engine.wait_for(&arn).await;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
     .await
-    .unwrap()
+    .expect("the driver followed the manual clock")
     .unwrap();
     assert_eq!(d.status, ExecutionStatus::Succeeded);
-    assert!(started.elapsed() >= std::time::Duration::from_millis(900));
+    assert_eq!(d.stop_date, Some(second));
     driver.abort();
 }
 
