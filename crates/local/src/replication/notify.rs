@@ -101,6 +101,7 @@ pub fn spawn_upload_listener(
                 .pointer("/detail/object/key")
                 .and_then(|v| v.as_str())
                 .unwrap_or_default();
+            crate::pause::point("upload-complete", key).await;
             match replication.upload_complete(bucket, key).await {
                 Ok(UploadOutcome::Accepted) => tracing::info!(key, "run upload complete"),
                 Ok(UploadOutcome::Duplicate) => {
