@@ -549,7 +549,7 @@ impl Lab {
                 let (staged, uploads) = (staged.clone(), uploads.clone());
                 async move {
                     let gone = dir_is_empty(&staged);
-                    let no_uploads = dir_is_empty(&uploads);
+                    let no_uploads = no_open_uploads(&uploads);
                     (gone && no_uploads).then_some(())
                 }
             },
@@ -618,6 +618,16 @@ async fn find_run(
         .iter()
         .find(|r| r.replication_run_id() == Some(run_id))
         .cloned()
+}
+
+/// Every multipart upload of the staging store is completed (a completed one keeps its
+/// `completed.json` for a while, so that a retried CompleteMultipartUpload gets its answer).
+fn no_open_uploads(dir: &Path) -> bool {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .all(|e| e.path().join("completed.json").exists())
 }
 
 fn dir_is_empty(dir: &Path) -> bool {
