@@ -62,7 +62,8 @@ pub struct Lab {
     pub lines: Vec<String>,
 }
 
-const BIG_BLOCKS: u64 = 160; // 80 MiB, 40 MiB of data
+// One 5 MiB part lost to a kill must stay under 10 % of the objects: 60 MiB of data.
+const BIG_BLOCKS: u64 = 240; // 120 MiB, 60 MiB of data
 const SMALL_BLOCKS: u64 = 48; // 24 MiB
 const BIG_CHANGE: u64 = 120; // 60 MiB delta: 12 parts of 5 MiB
 const SMALL_CHANGE: u64 = 6;
