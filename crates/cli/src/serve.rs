@@ -63,6 +63,10 @@ enum LogFormat {
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     init_logging(args.log_format);
+    // Crash tests only (see tern_local::pause); nothing happens unless it is set.
+    if let Some(points) = std::env::var_os("TERN_TEST_PAUSE_AT") {
+        tern_local::pause::configure(&points.to_string_lossy(), &args.data_dir);
+    }
     let credentials = admin_credentials(|name| std::env::var_os(name))?;
     let from_env = credentials.is_some();
     let cfg = ServeConfig {

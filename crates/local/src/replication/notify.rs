@@ -84,6 +84,7 @@ pub fn spawn_upload_listener(
                 continue;
             }
             let key = object.key.as_str();
+            crate::pause::point("upload-complete", key).await;
             match replication.upload_complete(&object.bucket, key).await {
                 Ok(UploadOutcome::Accepted) => tracing::info!(key, "run upload complete"),
                 Ok(UploadOutcome::Duplicate) => {

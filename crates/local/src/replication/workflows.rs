@@ -43,10 +43,13 @@ impl ReplicationTasks {
         let replication = self.replication.get().ok_or_else(|| {
             StateError::new("Tern.Transient", "the replication service is starting")
         })?;
-        replication
-            .handle_task(function, input)
-            .await
-            .map_err(|e| StateError::new(&e.error, &e.cause))
+        let out = replication.handle_task(function, input).await;
+        let run_id = input
+            .get("runId")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        crate::pause::point(function, run_id).await;
+        out.map_err(|e| StateError::new(&e.error, &e.cause))
     }
 
     /// The registry: one handler per `tern:function:<name>` resource, plus

@@ -1,0 +1,115 @@
+//! A data directory on a filesystem that fills up in the middle of an incremental run: the
+//! server reports the failure clearly (a 503 TemporarilyUnavailableException on the API, the
+//! cause in its log), corrupts nothing, keeps running, and the run completes once space
+//! returns. The filesystem is a small tmpfs (the test runs as root, as CI does).
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::harness::{integrity, Lab};
+
+/// A tmpfs mounted for the test, unmounted when dropped.
+struct Mount(PathBuf);
+
+impl Mount {
+    fn tmpfs(at: &Path, size_mib: u64) -> Self {
+        std::fs::create_dir_all(at).expect("mount point");
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size_mib}m"), "tmpfs"])
+            .arg(at)
+            .output()
+            .expect("mount runs");
+        assert!(
+            out.status.success(),
+            "cannot mount a {size_mib} MiB tmpfs at {} (the disk-full test needs root): {}",
+            at.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Mount(at.to_path_buf())
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// Fills the filesystem of `path` (a new file there) until writes fail with ENOSPC.
+fn fill(path: &Path) {
+    let mut f = std::fs::File::create(path).expect("filler");
+    let chunk = vec![0xa5u8; 1 << 20];
+    loop {
+        match f.write_all(&chunk) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(28) => break,
+            Err(e) => panic!("filling {}: {e}", path.display()),
+        }
+    }
+    // The last partial chunk may have left a few bytes; take them too.
+    while f.write_all(&[0u8; 512]).is_ok() {}
+    let _ = f.sync_all();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "finds a bug: after the States engine's commit fails on the full disk the run never ends once space returns; run with --ignored"]
+async fn disk_full_mid_run_then_space_returns() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mount = Mount::tmpfs(&dir.path().join("fs"), 128);
+    let data = mount.0.join("data");
+    let mut lab = Lab::start_in(dir, data.clone(), vec![("full".into(), false)]).await;
+
+    let (_, seed) = lab.start_seed(0).await;
+    lab.check_run(0, "disk-full seed", &seed, None).await;
+
+    // Fill the disk while the incremental run uploads.
+    let blocks = lab.change_disk(0);
+    let before = lab.sent();
+    let run_id = lab.start_incremental(0).await;
+    lab.wait_sent(before, 256 * 1024).await;
+    let filler = mount.0.join("filler");
+    fill(&filler);
+
+    // The failure is visible and clear, and nothing is corrupted meanwhile.
+    let line = lab.wait_log("No space left on device", 60).await;
+    eprintln!("disk full, the server logs: {line}");
+    let err = lab
+        .client()
+        .update_replication_job()
+        .replication_job_id(lab.job_id(0))
+        .description("written while the disk is full")
+        .send()
+        .await;
+    match err {
+        Ok(_) => eprintln!("UpdateReplicationJob still fitted in the database's free pages"),
+        Err(e) => {
+            let service = e.into_service_error();
+            let code = tern_acceptance::aws_sdk_sms::error::ProvideErrorMetadata::code(&service);
+            assert_eq!(
+                code,
+                Some("TemporarilyUnavailableException"),
+                "a write on a full disk: {service:?}"
+            );
+        }
+    }
+    assert!(
+        lab.server_alive(),
+        "the server exited when the disk filled up"
+    );
+    for db in ["tern.db", "images.db", "states.db"] {
+        assert_eq!(integrity(&data.join(db)), "ok", "{db} on a full disk");
+    }
+
+    // Space returns: the run goes on and completes with the right image.
+    std::fs::remove_file(&filler).expect("remove filler");
+    lab.check_run(0, "disk-full incremental", &run_id, None)
+        .await;
+    assert!(blocks > 0);
+    assert!(
+        lab.server_alive(),
+        "the server exited after the disk filled up"
+    );
+    lab.final_checks().await;
+}
