@@ -275,6 +275,31 @@ async fn wait_done(
     }
 }
 
+/// [`wait_done`] on a server whose clock the test moves: the workflow engine runs on that clock,
+/// so its Retry backoffs (WaitForSnapshots polls the import) are due only when it moves. Each
+/// round moves it by the longest backoff of the run's state machine (10 s).
+async fn wait_done_moving(
+    server: &TestServer,
+    clock: &tern_core::ManualClock,
+    job_id: &str,
+    run_id: &str,
+) -> (ReplicationRunState, Option<String>, Option<String>) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        server.tick().await;
+        let s = run_state(server, job_id, run_id).await;
+        if matches!(
+            s.0,
+            ReplicationRunState::Completed | ReplicationRunState::Failed
+        ) {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "run still {s:?}");
+        clock.advance(Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn job_state(server: &TestServer, job_id: &str) -> (ReplicationJobState, Option<String>) {
     let out = server
         .client
@@ -783,7 +808,7 @@ async fn jobs_end_after_ninety_days_and_paused_jobs_are_deleted_after_four() {
     let up = poll_replicate(s, &lab.connector_id).await;
     upload(s, &up, &lab.disk, None, None).await;
     assert_eq!(
-        wait_done(s, &job_id, &up.run_id).await.0,
+        wait_done_moving(s, &clock, &job_id, &up.run_id).await.0,
         ReplicationRunState::Completed
     );
 

@@ -80,7 +80,7 @@ impl ReplicationRuntime {
         let engine = Engine::open(EngineConfig {
             store: Arc::new(store),
             tasks: tasks.registry(),
-            clock: Arc::new(tern_states::SystemClock),
+            clock: Arc::new(workflows::EngineClock(clock.clone())),
             region: config.region.clone(),
         })?;
         let workflows = LocalWorkflows::new(engine.clone())?;

@@ -187,3 +187,56 @@ impl Workflows for LocalWorkflows {
         self.engine.send_task_heartbeat(token).map_err(map)
     }
 }
+
+/// tern-core's clock as the engine's, so that `tern serve` decides schedules and workflow timers
+/// (Wait, Retry backoff, task timeouts and heartbeats) by one time: a test that moves a
+/// `tern_core::ManualClock` moves the engine too.
+pub struct EngineClock(pub Arc<dyn tern_core::Clock>);
+
+impl EngineClock {
+    /// The core clock cannot say when it moves, so a waiter looks again this often: a moved
+    /// clock is noticed within it, the system clock at its deadline.
+    const RECHECK: std::time::Duration = std::time::Duration::from_millis(200);
+}
+
+#[async_trait]
+impl tern_states::Clock for EngineClock {
+    fn now_ms(&self) -> i64 {
+        (self.0.now().unix_timestamp_nanos() / 1_000_000) as i64
+    }
+
+    async fn wait_until(&self, deadline_ms: i64) {
+        loop {
+            let left = deadline_ms - self.now_ms();
+            if left <= 0 {
+                return;
+            }
+            let left = std::time::Duration::from_millis(left as u64);
+            tokio::time::sleep(left.min(Self::RECHECK)).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::EngineClock;
+    use std::sync::Arc;
+    use tern_states::Clock as _;
+
+    #[tokio::test]
+    async fn the_engine_clock_follows_a_moved_core_clock() {
+        let start = time::macros::datetime!(2026-01-01 00:00 UTC);
+        let core = Arc::new(tern_core::ManualClock::new(start));
+        let clock = EngineClock(core.clone());
+        let start_ms = start.unix_timestamp() * 1000;
+        assert_eq!(clock.now_ms(), start_ms);
+        let deadline = start_ms + 3_600_000;
+        let waiter = tokio::spawn(async move { clock.wait_until(deadline).await });
+        core.advance(std::time::Duration::from_secs(3600));
+        // An hour of core time passes in one step: the wait ends without an hour of real time.
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("the wait noticed the moved clock")
+            .unwrap();
+    }
+}
