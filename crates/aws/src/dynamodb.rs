@@ -38,7 +38,7 @@
 //! own, so a stalled connection fails an API call in seconds instead of hanging until the Lambda
 //! or HTTP client gives up.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -50,12 +50,8 @@ use aws_sdk_dynamodb::types::{
 };
 use aws_sdk_dynamodb::Client;
 use aws_smithy_types::timeout::TimeoutConfig;
-use tern_core::store::{Expect, Item, Key, Page, Store, StoreError, Write, MAX_TRANSACTION_WRITES};
-
-/// Largest item accepted: partition key, sort key and JSON body together. DynamoDB's limit is
-/// 400 KB including attribute names and the version number; 64 bytes are kept for those, and
-/// the SQLite store refuses the same items so both deployments accept the same data.
-pub const MAX_ITEM_BYTES: usize = 400 * 1024 - 64;
+use tern_core::store::validate::{self, Checked};
+use tern_core::store::{Expect, Item, Key, Page, Store, StoreError, Write};
 
 const PK: &str = "pk";
 const SK: &str = "sk";
@@ -254,7 +250,7 @@ impl DynamoStore {
 #[async_trait]
 impl Store for DynamoStore {
     async fn get(&self, key: &Key) -> Result<Option<Item>, StoreError> {
-        check_key(key)?;
+        validate::check_key(key)?;
         let output = self
             .client
             .get_item()
@@ -277,16 +273,7 @@ impl Store for DynamoStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Page, StoreError> {
-        if pk.is_empty() {
-            return Err(StoreError::Invalid(
-                "query: the partition key is empty".into(),
-            ));
-        }
-        if limit == 0 {
-            return Err(StoreError::Invalid(
-                "query: limit must be at least 1".into(),
-            ));
-        }
+        validate::check_query(pk, sk_prefix, after, limit)?;
         // DynamoDB refuses an ExclusiveStartKey outside the key condition's range, so place
         // `after` relative to the prefix range first.
         let start = match after {
@@ -460,66 +447,31 @@ enum Op {
     Check,
 }
 
-/// The port's rules for a transaction (count, distinct keys, non-empty keys, item size), checked
-/// before any request so an invalid call never reaches DynamoDB.
+/// The port's rules for a transaction (see [`validate::check_transaction`]), checked before
+/// any I/O so an invalid transaction never reaches the backend.
 fn prepare_writes(writes: Vec<Write>) -> Result<Vec<Prepared>, StoreError> {
-    if writes.len() > MAX_TRANSACTION_WRITES {
-        return Err(StoreError::Invalid(format!(
-            "a transaction carries at most {MAX_TRANSACTION_WRITES} writes, got {}",
-            writes.len()
-        )));
-    }
-    let mut seen = HashSet::with_capacity(writes.len());
-    let mut prepared = Vec::with_capacity(writes.len());
-    for (index, write) in writes.into_iter().enumerate() {
-        check_key(write.key())?;
-        if !seen.insert(write.key().clone()) {
-            return Err(StoreError::Invalid(format!(
-                "write {index} repeats the key {:?} in one transaction",
-                write.key()
-            )));
-        }
-        prepared.push(match write {
-            Write::Put { key, body, expect } => {
-                let body = serde_json::to_string(&body).map_err(|e| {
-                    StoreError::Invalid(format!("body of {key:?} is not serialisable: {e}"))
-                })?;
-                let size = key.pk.len() + key.sk.len() + body.len();
-                if size > MAX_ITEM_BYTES {
-                    return Err(StoreError::Invalid(format!(
-                        "item {key:?} is {size} bytes, more than the {MAX_ITEM_BYTES} allowed"
-                    )));
-                }
-                Prepared {
-                    key,
-                    expect,
-                    op: Op::Put(body),
-                }
-            }
-            Write::Delete { key, expect } => Prepared {
+    Ok(validate::check_transaction(writes)?
+        .into_iter()
+        .map(|checked| match checked {
+            Checked::Put { key, body, expect } => Prepared {
+                key,
+                expect,
+                op: Op::Put(body),
+            },
+            Checked::Delete { key, expect } => Prepared {
                 key,
                 expect,
                 op: Op::Delete,
             },
-            Write::Check { key, expect } => Prepared {
+            Checked::Check { key, expect } => Prepared {
                 key,
                 expect,
                 op: Op::Check,
             },
-        });
-    }
-    Ok(prepared)
+        })
+        .collect())
 }
 
-/// DynamoDB refuses empty key attributes; say so before sending.
-fn check_key(key: &Key) -> Result<(), StoreError> {
-    if key.pk.is_empty() || key.sk.is_empty() {
-        return Err(StoreError::Invalid(format!(
-            "key {key:?} has an empty partition or sort key"
-        )));
-    }
-    Ok(())
-}
 
 fn string_attribute<'a>(
     item: &'a HashMap<String, AttributeValue>,

@@ -1,30 +1,20 @@
 //! `MemoryStore`: a complete in-memory implementation of the [`Store`] port.
 //!
 //! It keeps the same semantics as the SQLite and DynamoDB adapters (versioned conditional
-//! writes, all-or-nothing transactions of at most [`MAX_TRANSACTION_WRITES`] distinct keys,
+//! writes, all-or-nothing transactions of at most [`MAX_TRANSACTION_WRITES`](crate::store::MAX_TRANSACTION_WRITES) distinct keys,
 //! ascending partition listings with prefix and `after`), so domain and API tests can run
 //! against it without any infrastructure. One mutex guards the whole map: a transaction checks
 //! every condition and applies every write while holding it, which makes it atomic and
 //! serialisable.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use serde_json::Value;
 
-use crate::store::{Expect, Item, Key, Page, Store, StoreError, Write, MAX_TRANSACTION_WRITES};
-
-/// Largest item accepted (partition key, sort key and JSON body together): DynamoDB's 400 KB,
-/// which the other adapters enforce too, so that what works here also works there.
-pub const MAX_ITEM_BYTES: usize = 400 * 1024;
-
-fn check_key(key: &Key) -> Result<(), StoreError> {
-    if key.pk.is_empty() || key.sk.is_empty() {
-        return Err(StoreError::Invalid(format!("empty key part in {key:?}")));
-    }
-    Ok(())
-}
+use crate::store::validate::{self, check_key};
+use crate::store::{Expect, Item, Key, Page, Store, StoreError, Write};
 
 /// What is stored per key: the body and its version.
 #[derive(Debug, Clone)]
@@ -96,14 +86,7 @@ impl Store for MemoryStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Page, StoreError> {
-        if limit == 0 {
-            return Err(StoreError::Invalid("query limit must be at least 1".into()));
-        }
-        if pk.is_empty() {
-            return Err(StoreError::Invalid(
-                "query of an empty partition key".into(),
-            ));
-        }
+        validate::check_query(pk, sk_prefix, after, limit)?;
         let items = self.lock();
         let Some(part) = items.get(pk) else {
             return Ok(Page::default());
@@ -135,32 +118,10 @@ impl Store for MemoryStore {
     }
 
     async fn transact(&self, writes: Vec<Write>) -> Result<(), StoreError> {
+        // Bodies stay trees here; their text is only measured.
+        validate::check_writes(&writes)?;
         if writes.is_empty() {
             return Ok(());
-        }
-        if writes.len() > MAX_TRANSACTION_WRITES {
-            return Err(StoreError::Invalid(format!(
-                "a transaction may carry at most {MAX_TRANSACTION_WRITES} writes, got {}",
-                writes.len()
-            )));
-        }
-        let mut seen = HashSet::with_capacity(writes.len());
-        for w in &writes {
-            check_key(w.key())?;
-            if let Write::Put { key, body, .. } = w {
-                let size = key.pk.len() + key.sk.len() + body.to_string().len();
-                if size > MAX_ITEM_BYTES {
-                    return Err(StoreError::Invalid(format!(
-                        "item {key:?} is {size} bytes; at most {MAX_ITEM_BYTES} are allowed"
-                    )));
-                }
-            }
-            if !seen.insert(w.key()) {
-                return Err(StoreError::Invalid(format!(
-                    "key {:?} appears more than once in one transaction",
-                    w.key()
-                )));
-            }
         }
 
         let mut items = self.lock();
@@ -203,6 +164,7 @@ impl Store for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::MAX_TRANSACTION_WRITES;
     use serde_json::json;
 
     fn put(pk: &str, sk: &str, body: Value, expect: Expect) -> Write {
@@ -365,7 +327,7 @@ mod tests {
             s.query("", "", None, 1).await,
             Err(StoreError::Invalid(_))
         ));
-        let big = json!({ "blob": "x".repeat(MAX_ITEM_BYTES) });
+        let big = json!({ "blob": "x".repeat(crate::store::MAX_ITEM_BYTES) });
         let ok = put("P", "ok", json!(1), Expect::Any);
         assert!(invalid(
             s.transact(vec![ok, put("P", "big", big, Expect::Any)])

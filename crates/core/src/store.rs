@@ -5,6 +5,8 @@
 //! Items live in partitions (`pk`) and are ordered by sort key (`sk`) inside a partition, the way a
 //! DynamoDB table with a composite primary key is. The body is opaque JSON owned by the domain.
 
+pub mod validate;
+
 use async_trait::async_trait;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -147,7 +149,8 @@ pub enum StoreError {
     /// The backend refused for load; callers may retry with backoff.
     #[error("store throttled: {0}")]
     Throttled(String),
-    /// Bad call: too many writes, the same key twice in one transaction, item too large.
+    /// Bad call: too many writes, the same key twice in one transaction, item too large, a key
+    /// empty or too long (see [`validate`], the rules every adapter applies).
     #[error("invalid store request: {0}")]
     Invalid(String),
     /// Anything else (I/O, network, corrupt data). The message is for logs, never for clients.
@@ -161,6 +164,8 @@ pub enum StoreError {
 
 /// Most writes one transaction may carry (DynamoDB's TransactWriteItems limit).
 pub const MAX_TRANSACTION_WRITES: usize = 100;
+
+pub use validate::{MAX_ITEM_BYTES, MAX_PK_BYTES, MAX_SK_BYTES};
 
 #[async_trait]
 pub trait Store: Send + Sync {
@@ -178,7 +183,8 @@ pub trait Store: Send + Sync {
     ) -> Result<Page, StoreError>;
 
     /// Applies all writes atomically or none of them. At most [`MAX_TRANSACTION_WRITES`] writes,
-    /// each key at most once; otherwise `StoreError::Invalid`.
+    /// each key at most once, each item at most [`MAX_ITEM_BYTES`]; otherwise
+    /// `StoreError::Invalid` (see [`validate::check_transaction`]).
     async fn transact(&self, writes: Vec<Write>) -> Result<(), StoreError>;
 
     /// [`Store::get`] with the body as the backend holds it. Adapters that store JSON text

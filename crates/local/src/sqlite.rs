@@ -55,26 +55,18 @@
 //! An in-memory store (tests) has a single connection for both: a private in-memory database
 //! cannot be opened twice.
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
-use tern_core::store::{
-    Body, Expect, Item, Key, Page, RawItem, RawPage, Store, StoreError, Write,
-    MAX_TRANSACTION_WRITES,
-};
+use tern_core::store::validate::{self, Checked};
+use tern_core::store::{Body, Expect, Item, Key, Page, RawItem, RawPage, Store, StoreError, Write};
 use tokio::sync::Semaphore;
 
 /// How long a write waits for another connection's write lock before giving up as `Throttled`.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Largest item accepted: partition key, sort key and JSON body together. DynamoDB refuses items
-/// over 400 KB (attribute names and the version number included), and the local store refuses
-/// the same items so that data written locally always fits the AWS deployment.
-pub const MAX_ITEM_BYTES: usize = 400 * 1024 - 64;
 
 /// Read-only connections per file: more than the cores that run them, so a read waiting on the
 /// disk does not stall the others, and few enough to keep memory (page cache per connection) small.
@@ -341,7 +333,7 @@ impl Store for SqliteStore {
 
     /// The body is handed out as the stored text: the domain parses it straight into its types.
     async fn get_raw(&self, key: &Key) -> Result<Option<RawItem>, StoreError> {
-        check_key(key)?;
+        validate::check_key(key)?;
         let key = key.clone();
         self.inner
             .readers
@@ -368,16 +360,7 @@ impl Store for SqliteStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<RawPage, StoreError> {
-        if pk.is_empty() {
-            return Err(StoreError::Invalid(
-                "query: the partition key is empty".into(),
-            ));
-        }
-        if limit == 0 {
-            return Err(StoreError::Invalid(
-                "query: limit must be at least 1".into(),
-            ));
-        }
+        validate::check_query(pk, sk_prefix, after, limit)?;
         // One more row than asked tells whether another page follows.
         let fetch = i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX);
         let upper = prefix_end(sk_prefix);
@@ -500,65 +483,31 @@ enum Op {
     Check,
 }
 
-/// Applies the port's rules for a transaction (count, distinct keys, non-empty keys, item size)
-/// before any I/O, so an invalid transaction never touches the database.
+/// The port's rules for a transaction (see [`validate::check_transaction`]), checked before
+/// any I/O so an invalid transaction never reaches the backend.
 fn prepare_writes(writes: Vec<Write>) -> Result<Vec<Prepared>, StoreError> {
-    if writes.len() > MAX_TRANSACTION_WRITES {
-        return Err(StoreError::Invalid(format!(
-            "a transaction carries at most {MAX_TRANSACTION_WRITES} writes, got {}",
-            writes.len()
-        )));
-    }
-    let mut seen = HashSet::with_capacity(writes.len());
-    let mut prepared = Vec::with_capacity(writes.len());
-    for (index, write) in writes.into_iter().enumerate() {
-        check_key(write.key())?;
-        if !seen.insert(write.key().clone()) {
-            return Err(StoreError::Invalid(format!(
-                "write {index} repeats the key {:?} in one transaction",
-                write.key()
-            )));
-        }
-        prepared.push(match write {
-            Write::Put { key, body, expect } => {
-                let body = serde_json::to_string(&body).map_err(|e| {
-                    StoreError::Invalid(format!("body of {key:?} is not serialisable: {e}"))
-                })?;
-                let size = key.pk.len() + key.sk.len() + body.len();
-                if size > MAX_ITEM_BYTES {
-                    return Err(StoreError::Invalid(format!(
-                        "item {key:?} is {size} bytes, more than the {MAX_ITEM_BYTES} allowed"
-                    )));
-                }
-                Prepared {
-                    key,
-                    expect,
-                    op: Op::Put(body),
-                }
-            }
-            Write::Delete { key, expect } => Prepared {
+    Ok(validate::check_transaction(writes)?
+        .into_iter()
+        .map(|checked| match checked {
+            Checked::Put { key, body, expect } => Prepared {
+                key,
+                expect,
+                op: Op::Put(body),
+            },
+            Checked::Delete { key, expect } => Prepared {
                 key,
                 expect,
                 op: Op::Delete,
             },
-            Write::Check { key, expect } => Prepared {
+            Checked::Check { key, expect } => Prepared {
                 key,
                 expect,
                 op: Op::Check,
             },
-        });
-    }
-    Ok(prepared)
+        })
+        .collect())
 }
 
-fn check_key(key: &Key) -> Result<(), StoreError> {
-    if key.pk.is_empty() || key.sk.is_empty() {
-        return Err(StoreError::Invalid(format!(
-            "key {key:?} has an empty partition or sort key"
-        )));
-    }
-    Ok(())
-}
 
 /// The smallest string greater than every string that starts with `prefix`, or `None` when
 /// there is no such bound (empty prefix, or only `char::MAX`). UTF-8 byte order equals code

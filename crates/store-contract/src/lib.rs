@@ -17,7 +17,9 @@
 //! names and messages of all failing cases, so one broken behaviour does not hide the others.
 //!
 //! What the suite pins down, beyond the doc comments of the port:
-//! * an empty `pk` or `sk`, a `limit` of 0 and an item over [`MAX_ITEM_BYTES`] are `Invalid`;
+//! * an empty `pk` or `sk`, a `limit` of 0 and an item over [`MAX_ITEM_BYTES`] are `Invalid`, and
+//!   every refusal of the port's shared rules (`tern_core::store::validate`) comes back from
+//!   every adapter as the very same `Invalid` message (see [`validation`]);
 //! * an empty transaction is a no-op;
 //! * a failed condition reports the key and the index of the failing write;
 //! * sort keys order by their UTF-8 bytes (DynamoDB's order for string keys);
@@ -34,14 +36,18 @@ use futures::FutureExt;
 use rand::seq::SliceRandom;
 use rand::Rng;
 use serde_json::{json, Value};
+pub use tern_core::store::MAX_ITEM_BYTES;
 use tern_core::store::{Expect, Item, Key, Page, Store, StoreError, Write, MAX_TRANSACTION_WRITES};
 
-/// Items up to this size (sort key, partition key and JSON body together) must be accepted; the
-/// suite checks that a body above [`MAX_ITEM_BYTES`] is refused as `Invalid`. DynamoDB's limit is
-/// 400 KB per item, and both adapters refuse the same sizes so that data written locally can move.
+pub mod validation;
+use validation::{
+    bad_keys_are_refused_alike, bad_queries_are_refused_alike, bad_transactions_are_refused_alike,
+    item_sizes_are_refused_alike, keys_at_the_limits_are_accepted,
+};
+
+/// Items of this size (sort key, partition key and JSON body together) must be accepted; the
+/// suite checks that a body of [`MAX_ITEM_BYTES`] is refused as `Invalid`.
 pub const ACCEPTED_ITEM_BYTES: usize = 300 * 1024;
-/// A body this large must be refused with `StoreError::Invalid`.
-pub const MAX_ITEM_BYTES: usize = 400 * 1024;
 
 type CaseFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -77,6 +83,11 @@ pub fn cases() -> Vec<Case> {
         case!(empty_transaction_is_a_no_op),
         case!(empty_key_parts_and_zero_limit_are_invalid),
         case!(item_size_limit),
+        case!(keys_at_the_limits_are_accepted),
+        case!(bad_keys_are_refused_alike),
+        case!(bad_queries_are_refused_alike),
+        case!(item_sizes_are_refused_alike),
+        case!(bad_transactions_are_refused_alike),
         case!(bodies_round_trip_exactly),
         case!(query_orders_by_sort_key_bytes),
         case!(query_filters_by_prefix_and_partition),
