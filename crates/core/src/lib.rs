@@ -25,7 +25,7 @@ pub mod states;
 pub mod store;
 pub mod workflows;
 
-pub use config::{Config, Limits};
+pub use config::{Config, ConfigError, Limits};
 pub use error::DomainError;
 pub use images::Images;
 pub use memory_store::MemoryStore;
