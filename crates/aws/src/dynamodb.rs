@@ -472,7 +472,6 @@ fn prepare_writes(writes: Vec<Write>) -> Result<Vec<Prepared>, StoreError> {
         .collect())
 }
 
-
 fn string_attribute<'a>(
     item: &'a HashMap<String, AttributeValue>,
     name: &str,

@@ -508,7 +508,6 @@ fn prepare_writes(writes: Vec<Write>) -> Result<Vec<Prepared>, StoreError> {
         .collect())
 }
 
-
 /// The smallest string greater than every string that starts with `prefix`, or `None` when
 /// there is no such bound (empty prefix, or only `char::MAX`). UTF-8 byte order equals code
 /// point order, so bumping the last code point that can be bumped gives the bound.

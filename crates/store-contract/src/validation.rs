@@ -61,12 +61,25 @@ pub async fn bad_keys_are_refused_alike(store: Arc<dyn Store>) {
     let bad = [
         ("an empty pk", Key::new("", "sk")),
         ("an empty sk", Key::new(&pk, "")),
-        ("a pk one byte too long", Key::new(padded(&pk, MAX_PK_BYTES + 1), "sk")),
-        ("an sk one byte too long", Key::new(&pk, padded("sk", MAX_SK_BYTES + 1))),
-        ("an sk of 257 four-byte characters", Key::new(&pk, "🦀".repeat(257))),
+        (
+            "a pk one byte too long",
+            Key::new(padded(&pk, MAX_PK_BYTES + 1), "sk"),
+        ),
+        (
+            "an sk one byte too long",
+            Key::new(&pk, padded("sk", MAX_SK_BYTES + 1)),
+        ),
+        (
+            "an sk of 257 four-byte characters",
+            Key::new(&pk, "🦀".repeat(257)),
+        ),
     ];
     for (what, key) in &bad {
-        assert_refused(store.get(key).await, validate::check_key(key), &format!("get with {what}"));
+        assert_refused(
+            store.get(key).await,
+            validate::check_key(key),
+            &format!("get with {what}"),
+        );
         for write in [
             put(key, json!(1), Expect::Any),
             put(key, json!(1), Expect::Absent),
@@ -79,9 +92,16 @@ pub async fn bad_keys_are_refused_alike(store: Arc<dyn Store>) {
         }
         // Second in a transaction: the whole transaction is refused, the good write not made.
         let good = Key::new(&pk, "good");
-        let writes = vec![put(&good, json!(1), Expect::Any), put(key, json!(1), Expect::Any)];
+        let writes = vec![
+            put(&good, json!(1), Expect::Any),
+            put(key, json!(1), Expect::Any),
+        ];
         let expected = validate::check_transaction(writes.clone());
-        assert_refused(store.transact(writes).await, expected, &format!("a transaction with {what}"));
+        assert_refused(
+            store.transact(writes).await,
+            expected,
+            &format!("a transaction with {what}"),
+        );
         must_be_absent(&*store, &good).await;
     }
 }
@@ -118,10 +138,18 @@ pub async fn item_sizes_are_refused_alike(store: Arc<dyn Store>) {
     let over = Key::new(&pk, "over");
     let write = put(&over, body_of_size(&over, MAX_ITEM_BYTES + 1), Expect::Any);
     let expected = validate::check_transaction(vec![write.clone()]);
-    assert_refused(store.write(write.clone()).await, expected, "an item one byte too large");
+    assert_refused(
+        store.write(write.clone()).await,
+        expected,
+        "an item one byte too large",
+    );
     let writes = vec![put(&largest, json!("small"), Expect::Version(1)), write];
     let expected = validate::check_transaction(writes.clone());
-    assert_refused(store.transact(writes).await, expected, "a transaction with an item too large");
+    assert_refused(
+        store.transact(writes).await,
+        expected,
+        "a transaction with an item too large",
+    );
     must_be_absent(&*store, &over).await;
     assert_eq!(must_get(&*store, &largest).await.version, 1);
 }
@@ -137,5 +165,8 @@ pub async fn bad_transactions_are_refused_alike(store: Arc<dyn Store>) {
     let twice = vec![check(&a, Expect::Absent), delete(&a, Expect::Any)];
     let expected = validate::check_transaction(twice.clone());
     assert_refused(store.transact(twice).await, expected, "one key twice");
-    assert!(must_query(&*store, &pk, "", None, 200).await.items.is_empty());
+    assert!(must_query(&*store, &pk, "", None, 200)
+        .await
+        .items
+        .is_empty());
 }

@@ -76,7 +76,9 @@ pub fn check_query(
         check_sk(after, "`after` sort key")?;
     }
     if limit == 0 {
-        return Err(StoreError::Invalid("a query's limit must be at least 1".into()));
+        return Err(StoreError::Invalid(
+            "a query's limit must be at least 1".into(),
+        ));
     }
     Ok(())
 }
@@ -215,12 +217,22 @@ mod tests {
 
     #[test]
     fn keys_are_refused_when_empty_or_longer_than_dynamodb_allows() {
-        assert!(check_key(&Key::new("p".repeat(MAX_PK_BYTES), "s".repeat(MAX_SK_BYTES))).is_ok());
+        assert!(check_key(&Key::new(
+            "p".repeat(MAX_PK_BYTES),
+            "s".repeat(MAX_SK_BYTES)
+        ))
+        .is_ok());
         for (key, says) in [
             (Key::new("", "s"), "partition key is empty"),
             (Key::new("p", ""), "sort key is empty"),
-            (Key::new("p".repeat(MAX_PK_BYTES + 1), "s"), "partition key is 2049 bytes"),
-            (Key::new("p", "s".repeat(MAX_SK_BYTES + 1)), "sort key is 1025 bytes"),
+            (
+                Key::new("p".repeat(MAX_PK_BYTES + 1), "s"),
+                "partition key is 2049 bytes",
+            ),
+            (
+                Key::new("p", "s".repeat(MAX_SK_BYTES + 1)),
+                "sort key is 1025 bytes",
+            ),
         ] {
             let m = invalid_message(check_key(&key));
             assert!(m.contains(says), "{m:?} should say {says:?}");
@@ -252,7 +264,10 @@ mod tests {
             Checked::Put { body, .. } => assert_eq!(body.len() + 4, MAX_ITEM_BYTES),
             other => panic!("{other:?}"),
         }
-        let m = invalid_message(check_transaction(vec![put(key, json!("x".repeat(filler + 1)))]));
+        let m = invalid_message(check_transaction(vec![put(
+            key,
+            json!("x".repeat(filler + 1)),
+        )]));
         assert!(m.contains(&format!("{} bytes", MAX_ITEM_BYTES + 1)), "{m}");
     }
 
@@ -270,7 +285,10 @@ mod tests {
             },
         ];
         assert!(invalid_message(check_transaction(twice)).contains("write 1 repeats"));
-        let bad_second = vec![put(Key::new("p", "a"), json!(1)), put(Key::new("p", ""), json!(1))];
+        let bad_second = vec![
+            put(Key::new("p", "a"), json!(1)),
+            put(Key::new("p", ""), json!(1)),
+        ];
         assert!(invalid_message(check_transaction(bad_second)).starts_with("write 1: "));
     }
 }
