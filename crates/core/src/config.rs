@@ -373,8 +373,10 @@ mod tests {
             config.validate().unwrap_err().key,
             "limits.default_page_size"
         );
-        let mut config = Config::default();
-        config.work_lease = Duration::ZERO;
+        let config = Config {
+            work_lease: Duration::ZERO,
+            ..Config::default()
+        };
         assert_eq!(config.validate().unwrap_err().key, "work_lease");
         let mut config = Config::default();
         config.limits.max_active_jobs = 0;
