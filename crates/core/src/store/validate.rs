@@ -10,12 +10,13 @@ use super::{Key, StoreError, Write, MAX_TRANSACTION_WRITES};
 /// Largest item accepted, counting the UTF-8 bytes of the partition key, the sort key and the
 /// JSON text of the body.
 ///
-/// DynamoDB refuses items over 400 KB (409,600 bytes), and it counts every attribute's *name*
-/// as well as its value. Besides `pk`, `sk` and `body` an item carries the names `pk`, `sk`,
-/// `version`, `body` (15 bytes) and the version number (at most 21 bytes for a `u64`), so 64
-/// bytes are kept back for them. 400 KiB flat would let an item through the local store that
-/// DynamoDB then refuses.
-pub const MAX_ITEM_BYTES: usize = 400 * 1024 - 64;
+/// DynamoDB documents its item limit as 400 KB and counts every attribute's *name* as well as
+/// its value. The service itself takes up to 409,600 bytes, but moto's DynamoDB (what the
+/// adapter is tested against) refuses items over 405,000, so the limit is the documented
+/// 400,000 — fits every backend — less 64 bytes for the names `pk`, `sk`, `version`, `body`
+/// (15 bytes) and the version number (at most 21 bytes for a `u64`). A larger limit would let
+/// an item through the local store that a DynamoDB backend then refuses.
+pub const MAX_ITEM_BYTES: usize = 400_000 - 64;
 
 /// Longest partition key: DynamoDB's limit for a partition key value.
 pub const MAX_PK_BYTES: usize = 2048;
