@@ -48,6 +48,10 @@ pub struct ServeArgs {
     /// See the README section "Events" for the file format.
     #[arg(long, value_name = "FILE", env = "TERN_RULES")]
     rules: Option<PathBuf>,
+    /// Limits and timings (TOML; every key optional, unknown keys refused, durations written
+    /// like "90d", "10m", "30s"). See crates/cli/README.md, "Configuration file".
+    #[arg(long, value_name = "FILE", env = "TERN_CONFIG")]
+    config: Option<PathBuf>,
     /// Log line format.
     #[arg(long, value_enum, default_value_t = LogFormat::Compact)]
     log_format: LogFormat,
@@ -69,8 +73,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     let credentials = admin_credentials(|name| std::env::var_os(name))?;
     let from_env = credentials.is_some();
+    let config = match &args.config {
+        Some(path) => load_config(path)?,
+        None => tern_core::Config::default(),
+    };
     let cfg = ServeConfig {
         region: args.region.clone(),
+        config,
         credentials,
         rules: args.rules.clone(),
         ..ServeConfig::new(args.data_dir, args.listen)
@@ -102,6 +111,19 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         running.shutdown().await;
         anyhow::Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Reads and validates a configuration file; every error names the file and the key.
+fn load_config(path: &std::path::Path) -> anyhow::Result<tern_core::Config> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the configuration file {}", path.display()))?;
+    parse_config(&text).with_context(|| format!("bad configuration file {}", path.display()))
+}
+
+fn parse_config(text: &str) -> anyhow::Result<tern_core::Config> {
+    let config: tern_core::Config = toml::from_str(text)?;
+    config.validate()?;
+    Ok(config)
 }
 
 /// Administrator keys from the environment (`env` looks a variable up). Both variables or
@@ -201,6 +223,31 @@ mod tests {
                 .find(|(k, _)| *k == name)
                 .map(|(_, v)| OsString::from(v))
         }
+    }
+
+    #[test]
+    fn config_file_errors_name_the_key() {
+        let config =
+            parse_config("work_lease = \"2m\"\n[limits]\nmax_active_jobs = 1000\n").unwrap();
+        assert_eq!(config.limits.max_active_jobs, 1000);
+        assert_eq!(config.work_lease, std::time::Duration::from_secs(120));
+        let err = format!(
+            "{:#}",
+            parse_config("[limits]\nmax_active_job = 5\n").unwrap_err()
+        );
+        assert!(err.contains("max_active_job"), "{err}");
+        let err = format!("{:#}", parse_config("work_lease = 600\n").unwrap_err());
+        assert!(err.contains("work_lease"), "{err}");
+        let err = format!(
+            "{:#}",
+            parse_config("[limits]\non_demand_window = \"1w\"\n").unwrap_err()
+        );
+        assert!(err.contains("on_demand_window"), "{err}");
+        let err = format!(
+            "{:#}",
+            parse_config("[limits]\nmin_frequency_hours = 48\n").unwrap_err()
+        );
+        assert!(err.contains("limits.min_frequency_hours"), "{err}");
     }
 
     #[test]

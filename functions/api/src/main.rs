@@ -12,6 +12,7 @@ use tern_fn_api::{Config, Handler};
 async fn main() -> Result<(), lambda_http::Error> {
     lambda_http::tracing::init_default_subscriber();
     let config = Config::from_env()?;
+    let limits = tern_core::Config::from_env(|name| std::env::var(name).ok())?;
     let aws = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .region(aws_config::Region::new(config.region.clone()))
         .load()
@@ -21,7 +22,7 @@ async fn main() -> Result<(), lambda_http::Error> {
         store: Arc::new(store),
         clock: Arc::new(SystemClock),
         ids: Arc::new(RandomIds),
-        config: tern_core::Config::default(),
+        config: limits,
     });
     let handler = &Handler::new(api, config.connector_role_name);
     lambda_http::run(lambda_http::service_fn(move |request| async move {
