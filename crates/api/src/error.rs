@@ -13,14 +13,16 @@
 //! | malformed JSON, body not an object, member of the wrong JSON type | `SerializationException` | 400 |
 //! | unknown or missing `X-Amz-Target` | `UnknownOperationException` | 400 |
 //! | principal may not call the operation | `AccessDeniedException` | 400 |
-//! | write contention, store throttled or unreachable | `TemporarilyUnavailableException` | 503 |
-//! | anything else (corrupt data, bugs) | `InternalError` (message without internals) | 500 |
+//! | write contention, or a dependency (store, workflow engine, image service, staging bucket, event bus) throttled or unreachable | `TemporarilyUnavailableException` | 503 |
+//! | a dependency that refused for good, anything else (corrupt data, bugs) | `InternalError` (message without internals) | 500 |
+//!
+//! Which dependency failed, and how, is in the log line written here (`dependency`, `error`,
+//! with the source chain); the client's message names none of it.
 //!
 //! Client errors use 400 as the SMS API Reference documents (spec §1.4, §8.1); flip a status in
 //! [`STATUS`] if a client ever needs the Smithy values.
 
 use serde_json::json;
-use tern_core::store::StoreError;
 use tern_core::DomainError;
 
 use crate::Response;
@@ -95,16 +97,17 @@ impl ApiError {
                 D::LimitExceeded(_) | D::OperationNotPermitted(_) => {
                     ("OperationNotPermittedException", shown)
                 }
-                D::Contention(_)
-                | D::Store(StoreError::Throttled(_))
-                | D::Store(StoreError::ConditionFailed { .. })
-                | D::Store(StoreError::Unavailable { .. }) => (
+                d if d.is_transient() => (
                     "TemporarilyUnavailableException",
                     "the service is temporarily unavailable; retry".into(),
                 ),
-                D::Corrupt { .. } | D::Store(StoreError::Invalid(_)) => {
-                    ("InternalError", "an internal error occurred".into())
-                }
+                D::Contention(_)
+                | D::Corrupt { .. }
+                | D::Store(_)
+                | D::Images(_)
+                | D::Workflows(_)
+                | D::Staging(_)
+                | D::Bus(_) => ("InternalError", "an internal error occurred".into()),
             },
         }
     }
@@ -115,8 +118,12 @@ impl ApiError {
         let (shape, message) = self.shape_and_message();
         let message = clip(message);
         let status = status_of(shape);
+        let dependency = match &self {
+            ApiError::Domain(d) => d.dependency().map(|d| d.as_str()),
+            _ => None,
+        };
         if status >= 500 {
-            tracing::error!(error = %self, error_type = shape, "request failed");
+            tracing::error!(error = ?self, error_type = shape, dependency, "request failed");
         } else {
             tracing::debug!(error = %self, error_type = shape, "request refused");
         }
@@ -149,6 +156,7 @@ fn clip(mut message: String) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tern_core::store::StoreError;
 
     #[test]
     fn internals_never_reach_the_client() {
@@ -175,6 +183,59 @@ mod tests {
             Some("TemporarilyUnavailableException")
         );
         assert!(!String::from_utf8(r.body).unwrap().contains("/var/x"));
+    }
+
+    /// A dependency's failure keeps its kind up to this table: throttled or unreachable is a
+    /// 503 the SDKs retry, a refusal for good is a 500; neither shows the cause to the client.
+    #[test]
+    fn dependency_failures_keep_their_kind() {
+        use tern_core::images::ImagesError;
+        use tern_core::staging::StagingError;
+        use tern_core::workflows::WorkflowError;
+        let cases: Vec<(DomainError, u16)> = vec![
+            (
+                WorkflowError::Transient {
+                    message: "states.db: database is locked".into(),
+                    source: None,
+                }
+                .into(),
+                503,
+            ),
+            (
+                WorkflowError::internal("states.db: disk image is malformed").into(),
+                500,
+            ),
+            (
+                ImagesError::transient_from(
+                    "ec2 throttled at /var/x",
+                    std::io::Error::other("RequestLimitExceeded"),
+                )
+                .into(),
+                503,
+            ),
+            (
+                ImagesError::InvalidImage("/var/x not a VMDK".into()).into(),
+                500,
+            ),
+            (
+                StagingError::Transient {
+                    message: "SlowDown /var/x".into(),
+                    source: None,
+                }
+                .into(),
+                503,
+            ),
+        ];
+        for (e, status) in cases {
+            let shown = e.to_string();
+            let r = ApiError::Domain(e).into_response();
+            assert_eq!(r.status, status, "{shown}");
+            let body = String::from_utf8(r.body).unwrap();
+            assert!(
+                !body.contains("/var/x") && !body.contains("states.db"),
+                "{body}"
+            );
+        }
     }
 
     #[test]

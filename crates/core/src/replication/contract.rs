@@ -27,7 +27,6 @@ use super::manifest::{InvalidManifest, Manifest};
 use crate::error::DomainError;
 use crate::images::ImagesError;
 use crate::staging::StagingError;
-use crate::store::StoreError;
 use crate::workflows::WorkflowError;
 
 pub use super::manifest::ManifestDisk;
@@ -114,16 +113,17 @@ pub type TaskResult<T> = std::result::Result<T, TaskError>;
 
 impl From<DomainError> for TaskError {
     fn from(e: DomainError) -> Self {
-        match &e {
-            DomainError::Contention(_)
-            | DomainError::Store(StoreError::Throttled(_) | StoreError::Unavailable { .. })
-            | DomainError::Store(StoreError::ConditionFailed { .. }) => {
-                TaskError::new(task_errors::TRANSIENT, e.to_string())
-            }
+        match e {
+            // The image service's own names, so the ASL's Retry/Catch match the same error
+            // whether a task called the port directly or through a use case.
+            DomainError::Images(e) => e.into(),
+            DomainError::Staging(e) => e.into(),
+            DomainError::Workflows(e) => e.into(),
+            e if e.is_transient() => TaskError::new(task_errors::TRANSIENT, e.to_string()),
             DomainError::JobNotFound(_) | DomainError::OperationNotPermitted(_) => {
                 TaskError::new(task_errors::RUN_NOT_ACTIVE, e.to_string())
             }
-            _ => TaskError::new(task_errors::INTERNAL, e.to_string()),
+            e => TaskError::new(task_errors::INTERNAL, e.to_string()),
         }
     }
 }

@@ -14,7 +14,7 @@ use crate::keys;
 use crate::model::{ReplicationJob, ReplicationRun, RunRef};
 use crate::service::{put, retrying, Service};
 use crate::states::accepts_runs;
-use crate::store::{Expect, StoreError};
+use crate::store::Expect;
 use crate::workflows::{WorkflowError, REPLICATION_RUN};
 
 /// What one tick of the scheduler did.
@@ -125,10 +125,8 @@ impl Replication {
             {
                 Ok(_) | Err(WorkflowError::AlreadyExists(_)) => {}
                 Err(e) => {
-                    return Err(DomainError::Store(StoreError::Unavailable {
-                        message: format!("starting the workflow of run {run_id}: {e}"),
-                        source: None,
-                    }))
+                    tracing::warn!(run_id, error = %e, "could not start the run's workflow");
+                    return Err(e.into());
                 }
             }
             self.update_run(job_id, run_id, |r| {

@@ -20,7 +20,7 @@ use crate::keys;
 use crate::model::{JobImage, StageDetails};
 use crate::service::{put, retrying, RunUpdate};
 use crate::states::{run_in_progress, RunEvent};
-use crate::store::{Expect, StoreError, Write};
+use crate::store::{Expect, Write};
 
 /// Device names of an image's disks: root first (`/dev/sda1`), then `/dev/sdb`, `/dev/sdc`, …
 fn device_name(index: usize) -> String {
@@ -379,23 +379,14 @@ impl Replication {
     }
 
     async fn delete_image(&self, image: &JobImage) -> Result<(), DomainError> {
-        let fail = |e: ImagesError| {
-            DomainError::Store(StoreError::Unavailable {
-                message: format!("retiring image {}: {e}", image.ami_id),
-                source: None,
-            })
-        };
-        self.images
-            .deregister_image(&image.ami_id)
-            .await
-            .map_err(fail)?;
+        self.images.deregister_image(&image.ami_id).await?;
         for snap in &image.snapshot_ids {
             match self.images.delete_snapshot(snap).await {
                 Ok(()) | Err(ImagesError::NotFound(_)) => {}
                 Err(ImagesError::InUse(m)) => {
                     tracing::warn!(snapshot_id = %snap, reason = %m, "snapshot still in use; kept")
                 }
-                Err(e) => return Err(fail(e)),
+                Err(e) => return Err(e.into()),
             }
         }
         Ok(())

@@ -294,12 +294,7 @@ impl Replication {
                 .await
             {
                 Ok(()) | Err(WorkflowError::TaskGone(_)) => {}
-                Err(e) => {
-                    return Err(DomainError::Store(StoreError::Unavailable {
-                        message: e.to_string(),
-                        source: None,
-                    }))
-                }
+                Err(e) => return Err(e.into()),
             }
         }
         Ok(())

@@ -1,6 +1,7 @@
 use serde_json::{json, Map};
 
 use super::*;
+use crate::workflows::WorkflowError;
 
 const ASL: &str = include_str!("../../../../../statemachines/replication-run.asl.json");
 
@@ -89,6 +90,17 @@ fn task_errors_from_domain_errors_keep_their_meaning() {
         (e.error.as_str(), e.cause.as_str()),
         (task_errors::INVALID_MANIFEST, "lists no disks")
     );
+    // A dependency's failure that reached a use case keeps the name the ASL matches on.
+    let e: TaskError = DomainError::from(ImagesError::InUse("snap-1 backs ami-1".into())).into();
+    assert_eq!(e.error, ImagesError::IN_USE);
+    let e: TaskError = DomainError::from(WorkflowError::Transient {
+        message: "throttled".into(),
+        source: None,
+    })
+    .into();
+    assert_eq!(e.error, task_errors::TRANSIENT);
+    let e: TaskError = DomainError::from(WorkflowError::internal("no such machine")).into();
+    assert_eq!(e.error, task_errors::INTERNAL);
 }
 
 #[test]
