@@ -1,11 +1,8 @@
-//! Test support: a moto S3 server, an S3 client that logs every request it sends, and disk
-//! images made with qemu-img.
+//! Test support: moto's S3 with clients that log every request they send, and (from
+//! `tern-test-support`) disk images made with qemu-img.
 
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use aws_sdk_s3::config::interceptors::{
     BeforeTransmitInterceptorContextMut, BeforeTransmitInterceptorContextRef,
@@ -16,52 +13,11 @@ use aws_sdk_s3::config::{
 };
 use aws_sdk_s3::error::BoxError;
 use aws_sdk_s3::Client;
-use rand::{Rng, SeedableRng};
+use tern_test_support::moto::Flavor;
 
-const INSTALL: &str = "pip install 'moto[server]>=5,<6'";
-
-/// moto's own application behind a small WSGI filter. moto 5.2 serializes several S3 results
-/// with an `<OperationResponse>` root where S3 (and so the Rust SDK, which checks the root)
-/// uses the model's name (`CompleteMultipartUploadResult`, `ListPartsResult`, …); boto3 does not
-/// check, so moto does not notice. The filter renames those roots and nothing else; with a moto
-/// that gets them right it changes nothing.
-const MOTO: &str = r#"
-import sys
-from werkzeug.serving import run_simple
-from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
-
-ROOTS = {
-    b"CompleteMultipartUploadResponse": b"CompleteMultipartUploadResult",
-    b"CreateMultipartUploadResponse": b"InitiateMultipartUploadResult",
-    b"ListPartsResponse": b"ListPartsResult",
-    b"ListMultipartUploadsResponse": b"ListMultipartUploadsResult",
-    b"ListObjectsV2Response": b"ListBucketResult",
-}
-app = DomainDispatcherApplication(create_backend_app)
-
-def fixed(environ, start_response):
-    seen = {}
-    def capture(status, headers, exc_info=None):
-        seen["status"], seen["headers"] = status, headers
-        return lambda data: None
-    body = b"".join(app(environ, capture))
-    head = body[:400]
-    for wrong, right in ROOTS.items():
-        if head.lstrip().startswith(b"<?xml") and ((b"<" + wrong + b" ") in head or (b"<" + wrong + b">") in head):
-            body = body.replace(b"<" + wrong, b"<" + right, 1)
-            body = body.replace(b"</" + wrong + b">", b"</" + right + b">")
-            break
-    headers = [(k, v) for k, v in seen["headers"] if k.lower() != "content-length"]
-    headers.append(("Content-Length", str(len(body))))
-    start_response(seen["status"], headers)
-    return [body]
-
-run_simple("127.0.0.1", int(sys.argv[1]), fixed, threaded=True)
-"#;
-
-/// A running moto server, killed when dropped (also when the test panics).
+/// moto's S3, and the log of what this test's clients sent it.
 pub struct Moto {
-    child: Child,
+    _server: tern_test_support::moto::Moto,
     pub endpoint: String,
     pub log: RequestLog,
 }
@@ -155,48 +111,13 @@ impl Moto {
     /// Starts moto on a free port. `None` (after a loud notice) when moto is not installed and
     /// `CI` is not set; under CI a missing moto fails the test.
     pub fn start() -> Option<Moto> {
-        let installed = Command::new("python3")
-            .args(["-c", "import moto.server, werkzeug.serving"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !installed {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "moto is not installed and CI is set; install it with {INSTALL}"
-            );
-            eprintln!(
-                "\n\n*** SKIPPED: the replication tests need moto for python3 ({INSTALL}) ***\n\n"
-            );
-            return None;
-        }
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("python3")
-            .args(["-c", MOTO, &port.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start moto: {e}"));
-        let mut moto = Moto {
-            child,
-            endpoint: format!("http://127.0.0.1:{port}"),
+        let server =
+            tern_test_support::moto::Moto::start(Flavor::S3RootsFixed, "the replication tests")?;
+        Some(Moto {
+            endpoint: server.endpoint.clone(),
+            _server: server,
             log: RequestLog::default(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Some(status) = moto.child.try_wait().unwrap() {
-                panic!("moto exited before listening: {status}");
-            }
-            assert!(Instant::now() < deadline, "moto did not listen within 30 s");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Some(moto)
+        })
     }
 
     pub fn client(&self) -> Client {
@@ -239,77 +160,7 @@ impl Moto {
     }
 }
 
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-pub fn run(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-pub fn qemu_img(args: &[&str]) -> String {
-    run(Command::new("qemu-img").args(args))
-}
-
-pub fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
-
-pub const BLOCK: u64 = 512 * 1024;
-
-/// A raw image of `size` bytes: random data in scattered runs (some block-aligned, some not),
-/// a run of text, and holes everywhere else.
-pub fn make_raw(path: &Path, size: u64, seed: u64) -> Vec<u8> {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut data = vec![0u8; size as usize];
-    let mut at = 0u64;
-    while at < size {
-        let len = rng.random_range(64 * 1024..3 * BLOCK).min(size - at);
-        if rng.random_bool(0.45) {
-            rng.fill(&mut data[at as usize..(at + len) as usize]);
-        }
-        at += len + rng.random_range(0..2 * BLOCK);
-    }
-    let text = b"Tern replicates this text block. ".repeat(4096);
-    let t = (size / 3) as usize;
-    let n = text.len().min(data.len() - t);
-    data[t..t + n].copy_from_slice(&text[..n]);
-    std::fs::write(path, &data).unwrap();
-    data
-}
-
-/// Overwrites `blocks` (block indexes) with fresh random bytes and `zeroed` with zeros.
-pub fn change_blocks(data: &mut [u8], blocks: &[u64], zeroed: &[u64], seed: u64) {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    for b in blocks {
-        let s = (b * BLOCK) as usize;
-        rng.fill(&mut data[s..s + BLOCK as usize]);
-    }
-    for b in zeroed {
-        let s = (b * BLOCK) as usize;
-        data[s..s + BLOCK as usize].fill(0);
-    }
-}
-
-/// Converts a raw image to another format with qemu-img.
-pub fn convert(raw: &Path, out: &Path, fmt: &str, opts: &[&str]) {
-    let mut args = vec!["convert", "-f", "raw", "-O", fmt];
-    args.extend_from_slice(opts);
-    args.extend_from_slice(&[p(raw), p(out)]);
-    qemu_img(&args);
-}
+pub use tern_test_support::qemu::{change_blocks, convert, make_raw, p, qemu_img, BLOCK};
 
 pub async fn get(s3: &Client, bucket: &str, key: &str) -> Vec<u8> {
     s3.get_object()

@@ -3,30 +3,24 @@
 //! the reason, in `tests/corpus/moto-known-differences.json` instead of being copied.
 
 use std::collections::HashMap;
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 use tern_states::StateMachine;
+use tern_test_support::moto::{Flavor, Moto};
+use tern_test_support::poll::until_async;
 
 use crate::common::{check, corpus_dir, load_corpus};
 use crate::corpus::machine_name;
 
-struct Moto {
-    child: Child,
+/// moto's Step Functions over plain HTTP (awsJson 1.0 calls need no SDK).
+struct StepFunctions {
+    _server: Moto,
     base: String,
     http: reqwest::Client,
 }
 
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Moto {
+impl StepFunctions {
     async fn call(&self, op: &str, body: Value) -> anyhow::Result<Value> {
         let resp = self
             .http
@@ -48,79 +42,27 @@ impl Moto {
     }
 }
 
-/// Asks `probe` every `every` until it answers or `bound` has passed. moto_server is a separate
-/// process with its own (wall) clock, so this bounded poll is the one way to wait for it.
-async fn poll_moto<T, F, Fut>(bound: Duration, every: Duration, mut probe: F) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + bound;
-    loop {
-        if let Some(v) = probe().await {
-            return Some(v);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        tokio::time::sleep(every).await;
-    }
-}
-
-fn on_path(cmd: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(cmd).is_file()))
-}
-
-async fn start_moto() -> anyhow::Result<Moto> {
-    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let child = Command::new("moto_server")
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let moto = Moto {
-        child,
-        base: format!("http://127.0.0.1:{port}/"),
+/// Starts moto and lets its Step Functions run the states of the machines it is given. `None`
+/// when moto is not installed (and `CI` is not set).
+async fn start_moto() -> Option<StepFunctions> {
+    let server = Moto::start(Flavor::Threaded, "corpus_agrees_with_moto")?;
+    let sfn = StepFunctions {
+        base: format!("{}/", server.endpoint),
+        _server: server,
         http: reqwest::Client::new(),
     };
-    let up = poll_moto(
-        Duration::from_secs(60),
-        Duration::from_millis(200),
-        || async {
-            let reply = moto
-                .http
-                .get(format!("{}moto-api/", moto.base))
-                .send()
-                .await;
-            reply.is_ok().then_some(())
-        },
-    )
-    .await;
-    anyhow::ensure!(up.is_some(), "moto_server did not start on port {port}");
-    moto.http
-        .post(format!("{}moto-api/config", moto.base))
+    sfn.http
+        .post(format!("{}moto-api/config", sfn.base))
         .body(json!({"stepfunctions": {"execute_state_machine": true}}).to_string())
         .send()
-        .await?
-        .error_for_status()?;
-    Ok(moto)
+        .await
+        .and_then(|r| r.error_for_status())
+        .expect("configure moto's Step Functions");
+    Some(sfn)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corpus_agrees_with_moto() {
-    if !on_path("moto_server") {
-        if std::env::var_os("CI").is_some() {
-            panic!("moto_server is not on PATH (install with: pip install 'moto[server]>=5,<6')");
-        }
-        // Written to the real stderr: the test harness would swallow eprintln! of a passing test.
-        use std::io::Write as _;
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED corpus_agrees_with_moto: moto_server is not on PATH (pip install 'moto[server]>=5,<6')"
-        );
-        return;
-    }
     let known: Value = serde_json::from_str(
         &std::fs::read_to_string(corpus_dir().join("moto-known-differences.json")).unwrap(),
     )
@@ -136,7 +78,9 @@ async fn corpus_agrees_with_moto() {
             )
         })
         .collect();
-    let moto = start_moto().await.expect("start moto_server");
+    let Some(moto) = start_moto().await else {
+        return;
+    };
     let mut ran = 0;
     let mut failures = Vec::new();
     let mut now_agreeing = Vec::new();
@@ -181,7 +125,9 @@ async fn corpus_agrees_with_moto() {
                 .await
                 .unwrap()
         };
-        let ended = poll_moto(
+        // moto_server is a separate process with its own (wall) clock: a bounded poll is the one
+        // way to wait for it.
+        let ended = until_async(
             Duration::from_secs(30),
             Duration::from_millis(20),
             || async {
