@@ -7,6 +7,8 @@ mod images;
 use std::path::Path;
 use std::process::{Command, Output};
 
+use tern_test_support::qemu::qemu_img;
+
 const MIB: usize = 1 << 20;
 
 fn tern(args: &[&str]) -> Output {
@@ -35,19 +37,6 @@ fn ok(args: &[&str]) -> String {
 
 fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
-}
-
-fn qemu_img(args: &[&str]) -> String {
-    let out = Command::new("qemu-img")
-        .args(args)
-        .output()
-        .expect("qemu-img");
-    assert!(
-        out.status.success(),
-        "qemu-img {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// An MBR disk whose first partition holds a real ext4 filesystem, plus some noise.

@@ -7,29 +7,10 @@ use std::process::Command;
 
 use rand::{Rng, RngCore, SeedableRng};
 use tern_disk::{open, write, Format, OpenOptions, VirtualDisk};
+use tern_test_support::qemu::{p, qemu_img};
+use tern_test_support::run;
 
 const MIB: u64 = 1 << 20;
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn qemu_img(args: &[&str]) -> String {
-    run(Command::new("qemu-img").args(args))
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().expect("utf-8 temp path")
-}
 
 /// A raw disk of `size` bytes: random data runs, runs of explicit zeros and holes, with a
 /// partition-table-like first sector so it is not all noise.

@@ -3,7 +3,6 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 
 use rand::{RngCore, SeedableRng};
@@ -14,6 +13,7 @@ use tern_core::images::{
 use tern_core::{RandomIds, SystemClock};
 use tern_disk::blockmap::{BlockMap, BLOCK_SIZE};
 use tern_local::images::{LocalImages, LocalImagesOptions};
+use tern_test_support::qemu::{qemu_img, stream_vmdk};
 
 const BS: usize = BLOCK_SIZE as usize;
 const BUCKET: &str = "tern-staging";
@@ -106,34 +106,6 @@ fn make_disk(path: &Path, pattern: &str, tail: usize, seed: u64) -> Vec<u8> {
     data
 }
 
-fn qemu_img(args: &[&str]) {
-    let out = Command::new("qemu-img")
-        .args(args)
-        .output()
-        .expect("qemu-img");
-    assert!(
-        out.status.success(),
-        "qemu-img {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn stream_vmdk_by_qemu(raw: &Path) -> PathBuf {
-    let out = raw.with_extension("vmdk");
-    qemu_img(&[
-        "convert",
-        "-f",
-        "raw",
-        "-O",
-        "vmdk",
-        "-o",
-        "subformat=streamOptimized",
-        raw.to_str().unwrap(),
-        out.to_str().unwrap(),
-    ]);
-    out
-}
-
 fn stream_vmdk_by_tern(raw: &Path) -> PathBuf {
     let disk = tern_disk::open(raw, &Default::default()).unwrap();
     let out = raw.with_extension("tern.vmdk");
@@ -201,7 +173,7 @@ async fn import_then_export_is_byte_identical_in_every_format() {
     let raw = env.work.join("seed.raw");
     // Random, zero, half-zero and duplicate blocks, and a short last block.
     let data = make_disk(&raw, "rrzzhrdzzr", 3 * 4096 + 512, 1);
-    let staged = env.stage("jobs/j1/run1/disk0.vmdk", &stream_vmdk_by_qemu(&raw));
+    let staged = env.stage("jobs/j1/run1/disk0.vmdk", &stream_vmdk(&raw));
     let images = env.open();
     let task = images.start_import(&staged, "seed").await.unwrap();
     assert!(task.starts_with("import-snap-"), "{task}");
@@ -313,7 +285,7 @@ async fn deleting_snapshots_frees_exactly_the_blocks_no_other_snapshot_uses() {
     let parent = completed(
         &images,
         &images
-            .start_import(&env.stage("a.vmdk", &stream_vmdk_by_qemu(&a)), "")
+            .start_import(&env.stage("a.vmdk", &stream_vmdk(&a)), "")
             .await
             .unwrap(),
     )
@@ -421,7 +393,7 @@ async fn an_import_interrupted_midway_completes_after_reopening() {
     let env = Env::new();
     let raw = env.work.join("big.raw");
     let data = make_disk(&raw, &"r".repeat(24), 0, 7);
-    let staged = env.stage("big.vmdk", &stream_vmdk_by_qemu(&raw));
+    let staged = env.stage("big.vmdk", &stream_vmdk(&raw));
     let task = {
         // Stops as a crash would, with some of the blocks written and nothing committed.
         let images = env.open_with(LocalImagesOptions {
@@ -630,7 +602,7 @@ async fn progress_is_reported_in_true_bytes_while_an_import_runs() {
     let env = Env::new();
     let raw = env.work.join("d.raw");
     let data = make_disk(&raw, &"rz".repeat(48), 0, 11);
-    let staged = env.stage("d.vmdk", &stream_vmdk_by_qemu(&raw));
+    let staged = env.stage("d.vmdk", &stream_vmdk(&raw));
     let images = env.open();
     let task = images.start_import(&staged, "").await.unwrap();
     let (mut last, mut midway) = (0u64, false);
