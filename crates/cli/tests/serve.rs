@@ -6,7 +6,9 @@
 use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+
+use std::time::Duration;
+use tern_test_support::poll::until;
 
 struct Served {
     child: Child,
@@ -52,17 +54,13 @@ fn signal_and_wait(mut served: Served, signal: &str) -> std::process::ExitStatus
         .status()
         .expect("run kill");
     assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(status) = served.child.try_wait().unwrap() {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = served.child.kill();
-            panic!("tern serve did not exit within 10 s of SIG{signal}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let exited = until(Duration::from_secs(10), Duration::from_millis(20), || {
+        served.child.try_wait().unwrap()
+    });
+    exited.unwrap_or_else(|| {
+        let _ = served.child.kill();
+        panic!("tern serve did not exit within 10 s of SIG{signal}")
+    })
 }
 
 #[test]

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tern_acceptance::{inventory_toml, now_secs, TestServer, REGION};
+use tern_test_support::poll::until_async;
 use tokio::process::Command;
 
 /// A `tern` command with the AWS settings a user would export, and nothing from this machine.
@@ -384,28 +385,28 @@ async fn connector_runs_until_sigterm() {
         .spawn()
         .expect("connector starts");
     // It registers, then answers an import on its own within a few poll intervals (1 s).
-    let mut registered = false;
-    for _ in 0..50 {
-        let out = server.client.get_connectors().send().await.unwrap();
-        if !out.connector_list().is_empty() {
-            registered = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(registered, "the connector registered");
+    let registered = until_async(
+        Duration::from_secs(5),
+        Duration::from_millis(100),
+        || async {
+            let out = server.client.get_connectors().send().await.unwrap();
+            (!out.connector_list().is_empty()).then_some(())
+        },
+    )
+    .await;
+    assert!(registered.is_some(), "the connector registered");
     server.client.import_server_catalog().send().await.unwrap();
-    let mut imported = false;
-    for _ in 0..50 {
-        let out = server.client.get_servers().send().await.unwrap();
-        if out.server_list().len() == 1 {
-            imported = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let imported = until_async(
+        Duration::from_secs(5),
+        Duration::from_millis(100),
+        || async {
+            let out = server.client.get_servers().send().await.unwrap();
+            (out.server_list().len() == 1).then_some(())
+        },
+    )
+    .await;
     assert!(
-        imported,
+        imported.is_some(),
         "the running connector answered the inventory request"
     );
 

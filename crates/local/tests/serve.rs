@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
 use aws_sigv4::sign::v4;
 use tern_local::{Credentials, Running, ServeConfig};
+use tern_test_support::poll::until_async;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -541,11 +542,14 @@ async fn shutdown_finishes_the_request_in_flight_then_closes_the_listener() {
 
     // Everything but the last body byte: the request is in flight when shutdown starts.
     stream.write_all(&raw[..raw.len() - 1]).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let shutdown = tokio::spawn(server.shutdown());
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The server reads what came and waits for the rest: no reply within 300 ms.
+    let mut byte = [0u8; 1];
+    let early = tokio::time::timeout(Duration::from_millis(300), stream.read(&mut byte)).await;
+    assert!(early.is_err(), "a reply to an incomplete request");
+    let mut shutdown = tokio::spawn(server.shutdown());
+    let finished = tokio::time::timeout(Duration::from_millis(100), &mut shutdown).await;
     assert!(
-        !shutdown.is_finished(),
+        finished.is_err(),
         "shutdown must wait for the request in flight"
     );
     assert!(
@@ -574,12 +578,11 @@ async fn dropping_the_handle_stops_the_server() {
     let server = start(dir.path()).await;
     let addr = server.addr();
     drop(server);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while TcpStream::connect(addr).await.is_ok() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "still listening 5 s after the drop"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let closed = until_async(
+        Duration::from_secs(5),
+        Duration::from_millis(20),
+        || async { TcpStream::connect(addr).await.is_err().then_some(()) },
+    )
+    .await;
+    assert!(closed.is_some(), "still listening 5 s after the drop");
 }

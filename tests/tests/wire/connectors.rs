@@ -62,10 +62,11 @@ async fn a_restarted_connector_keeps_its_id() {
 #[tokio::test]
 async fn a_connector_without_heartbeats_turns_unhealthy() {
     let config = Config {
-        connector_unhealthy_after: Duration::from_millis(1500),
+        connector_unhealthy_after: Duration::from_secs(60),
         ..Config::default()
     };
-    let server = TestServer::start_with(config).await;
+    let clock = std::sync::Arc::new(tern_core::ManualClock::new(time::OffsetDateTime::now_utc()));
+    let server = TestServer::start_with_clock(config, Some(clock.clone())).await;
     let mut agent = server
         .connector_agent("lab", &inventory_toml("vc-test", 1))
         .await;
@@ -73,7 +74,10 @@ async fn a_connector_without_heartbeats_turns_unhealthy() {
     let status = |out: aws_sdk_sms::operation::get_connectors::GetConnectorsOutput| {
         out.connector_list()[0].status().cloned()
     };
-    tokio::time::sleep(Duration::from_millis(1700)).await;
+    clock.advance(Duration::from_secs(59));
+    let out = server.client.get_connectors().send().await.unwrap();
+    assert_eq!(status(out), Some(ConnectorStatus::Healthy), "59 s after");
+    clock.advance(Duration::from_secs(2));
     let out = server.client.get_connectors().send().await.unwrap();
     assert_eq!(status(out), Some(ConnectorStatus::Unhealthy));
     // No healthy connector: nothing can take an inventory request.

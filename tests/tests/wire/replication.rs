@@ -4,8 +4,9 @@
 //! `replication-run.asl.json`, image service, staging endpoint, event bus). The scheduler is
 //! stepped with `TestServer::tick`.
 
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aws_sdk_sms::types::{ReplicationJobState, ReplicationRunState};
 use aws_smithy_types::DateTime;
@@ -14,6 +15,7 @@ use tern_acceptance::{connector_target, now_secs, Config, TestServer};
 use tern_disk::blockmap::{BlockMap, BLOCK_SIZE};
 use tern_disk::VirtualDisk;
 use tern_local::images::ImageCatalog;
+use tern_test_support::poll::until_async;
 
 const DISK_BYTES: u64 = 8 << 20;
 
@@ -85,43 +87,49 @@ struct Upload {
 }
 
 async fn poll_replicate(server: &TestServer, connector_id: &str) -> Upload {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        server.tick().await;
-        let out = server
-            .raw(
-                Some(&connector_target("PollWork")),
-                json!({ "connectorId": connector_id })
-                    .to_string()
-                    .as_bytes(),
-                Some(&server.connector()),
-            )
-            .await
-            .json();
-        if let Some(item) = out["workItems"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|w| w["kind"] == "REPLICATE")
-        {
-            let p = &item["payload"];
-            return Upload {
-                connector_id: connector_id.to_string(),
-                work_id: item["workId"].as_str().unwrap().into(),
-                job_id: p["jobId"].as_str().unwrap().into(),
-                run_id: p["runId"].as_str().unwrap().into(),
-                seed: p["seed"].as_bool().unwrap(),
-                prefix: format!(
-                    "{}/{}/{}/",
-                    p["staging"]["prefix"].as_str().unwrap(),
-                    p["jobId"].as_str().unwrap(),
-                    p["runId"].as_str().unwrap()
-                ),
-            };
-        }
-        assert!(Instant::now() < deadline, "no REPLICATE work: {out}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let last = RefCell::new(Value::Null);
+    let found = until_async(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || async {
+            server.tick().await;
+            let out = server
+                .raw(
+                    Some(&connector_target("PollWork")),
+                    json!({ "connectorId": connector_id })
+                        .to_string()
+                        .as_bytes(),
+                    Some(&server.connector()),
+                )
+                .await
+                .json();
+            if let Some(item) = out["workItems"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|w| w["kind"] == "REPLICATE")
+            {
+                let p = &item["payload"];
+                return Some(Upload {
+                    connector_id: connector_id.to_string(),
+                    work_id: item["workId"].as_str().unwrap().into(),
+                    job_id: p["jobId"].as_str().unwrap().into(),
+                    run_id: p["runId"].as_str().unwrap().into(),
+                    seed: p["seed"].as_bool().unwrap(),
+                    prefix: format!(
+                        "{}/{}/{}/",
+                        p["staging"]["prefix"].as_str().unwrap(),
+                        p["jobId"].as_str().unwrap(),
+                        p["runId"].as_str().unwrap()
+                    ),
+                });
+            }
+            last.replace(out);
+            None
+        },
+    )
+    .await;
+    found.unwrap_or_else(|| panic!("no REPLICATE work within 30 s: {}", last.borrow()))
 }
 
 async fn put(server: &TestServer, key: &str, body: Vec<u8>) {
@@ -204,16 +212,20 @@ async fn upload(
 /// Waits until the run parks in WaitForUpload (its task token is stored), as a connector that
 /// takes a while to upload would find it.
 async fn wait_for_upload_token(server: &TestServer, job_id: &str, run_id: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while run_state(server, job_id, run_id).await.1.as_deref()
-        != Some("Waiting for the connector to upload")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "run {run_id} never waited for its upload"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let waiting = until_async(
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        || async {
+            (run_state(server, job_id, run_id).await.1.as_deref()
+                == Some("Waiting for the connector to upload"))
+            .then_some(())
+        },
+    )
+    .await;
+    assert!(
+        waiting.is_some(),
+        "run {run_id} never waited for its upload"
+    );
 }
 
 /// The connector reports that it could not upload the run.
@@ -281,22 +293,28 @@ async fn wait_until_done(
     job_id: &str,
     run_id: &str,
 ) -> (ReplicationRunState, Option<String>, Option<String>) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        server.tick().await;
-        let s = run_state(server, job_id, run_id).await;
-        if matches!(
-            s.0,
-            ReplicationRunState::Completed | ReplicationRunState::Failed
-        ) {
-            return s;
-        }
-        assert!(Instant::now() < deadline, "run still {s:?}");
-        if let Some(clock) = clock {
-            clock.advance(Duration::from_secs(10));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let last = RefCell::new(None);
+    let done = until_async(
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        || async {
+            server.tick().await;
+            let s = run_state(server, job_id, run_id).await;
+            if matches!(
+                s.0,
+                ReplicationRunState::Completed | ReplicationRunState::Failed
+            ) {
+                return Some(s);
+            }
+            if let Some(clock) = clock {
+                clock.advance(Duration::from_secs(10));
+            }
+            last.replace(Some(s));
+            None
+        },
+    )
+    .await;
+    done.unwrap_or_else(|| panic!("run still {:?} after 60 s", last.borrow()))
 }
 
 async fn job_state(server: &TestServer, job_id: &str) -> (ReplicationJobState, Option<String>) {

@@ -3,9 +3,10 @@
 
 use std::io::Read;
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
+use tern_test_support::poll::until;
 
 /// Runs `tern demo ARGS`, killing it if it takes longer than a few minutes (a hang must fail
 /// the test, not stall it).
@@ -27,21 +28,17 @@ fn demo(args: &[&str]) -> Output {
     };
     let stdout = drain(Box::new(child.stdout.take().unwrap()));
     let stderr = drain(Box::new(child.stderr.take().unwrap()));
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let status = child.wait().unwrap();
-            let err = stderr.join().unwrap();
-            panic!(
-                "tern demo {args:?} did not finish within 300s ({status}):\n{}",
-                String::from_utf8_lossy(&err)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
+    let ended = until(Duration::from_secs(300), Duration::from_millis(100), || {
+        child.try_wait().unwrap()
+    });
+    let Some(status) = ended else {
+        let _ = child.kill();
+        let status = child.wait().unwrap();
+        let err = stderr.join().unwrap();
+        panic!(
+            "tern demo {args:?} did not finish within 300s ({status}):\n{}",
+            String::from_utf8_lossy(&err)
+        );
     };
     Output {
         status,
