@@ -8,6 +8,7 @@
 //! | `sk` | S | sort key (RANGE) |
 //! | `version` | N | 1 on creation, +1 per write |
 //! | `body` | S | the item's JSON document, as a string |
+//! | `count` | N | instead of `body` on a counter item ([`Write::Add`]): DynamoDB adds to it atomically; read back as the body `{"count": n}` |
 //!
 //! On-demand billing (`PAY_PER_REQUEST`), no secondary index. The SAM template declares the same
 //! key schema; [`DynamoStore::create_table`] creates it for tests and local tooling.
@@ -57,9 +58,16 @@ const PK: &str = "pk";
 const SK: &str = "sk";
 const VERSION: &str = "version";
 const BODY: &str = "body";
+const COUNT: &str = tern_core::store::COUNT;
 
 /// Creates or replaces the body and counts the version up from 0 (so a new item gets 1).
-const PUT_EXPRESSION: &str = "SET #body = :body, #version = if_not_exists(#version, :zero) + :one";
+/// A put over a counter turns it back into a body item, so `count` goes.
+const PUT_EXPRESSION: &str =
+    "SET #body = :body, #version = if_not_exists(#version, :zero) + :one REMOVE #count";
+/// Adds to a counter kept as the number attribute `count` (so DynamoDB does the arithmetic)
+/// instead of a body string; reads turn it back into the body `{"count": n}`.
+const ADD_EXPRESSION: &str =
+    "SET #count = if_not_exists(#count, :zero) + :delta, #version = if_not_exists(#version, :zero) + :one REMOVE #body";
 /// A condition that always holds, for `Check` with `Expect::Any` inside a transaction
 /// (`ConditionCheck` requires an expression).
 const ALWAYS: &str = "attribute_exists(pk) OR attribute_not_exists(pk)";
@@ -166,19 +174,19 @@ impl DynamoStore {
     }
 
     /// One write as a transaction item, with its condition.
-    fn transact_item(&self, write: Prepared) -> Result<TransactWriteItem, StoreError> {
-        let key = self.key(&write.key);
-        let (condition, mut names, mut values) = condition(write.expect);
-        let item = match write.op {
-            Op::Put(body) => {
+    fn transact_item(&self, index: usize, write: Checked) -> Result<TransactWriteItem, StoreError> {
+        let (condition, mut names, mut values) = condition(write.expect());
+        let item = match write {
+            Checked::Put { key, body, .. } => {
                 names.insert("#body".into(), BODY.into());
                 names.insert("#version".into(), VERSION.into());
+                names.insert("#count".into(), COUNT.into());
                 values.insert(":body".into(), AttributeValue::S(body));
                 values.insert(":zero".into(), AttributeValue::N("0".into()));
                 values.insert(":one".into(), AttributeValue::N("1".into()));
                 let update = Update::builder()
                     .table_name(&self.table)
-                    .set_key(Some(key))
+                    .set_key(Some(self.key(&key)))
                     .update_expression(PUT_EXPRESSION)
                     .set_condition_expression(condition)
                     .set_expression_attribute_names(Some(names))
@@ -187,10 +195,10 @@ impl DynamoStore {
                     .map_err(build_error)?;
                 TransactWriteItem::builder().update(update).build()
             }
-            Op::Delete => {
+            Checked::Delete { key, .. } => {
                 let delete = Delete::builder()
                     .table_name(&self.table)
-                    .set_key(Some(key))
+                    .set_key(Some(self.key(&key)))
                     .set_condition_expression(condition)
                     .set_expression_attribute_names(non_empty(names))
                     .set_expression_attribute_values(non_empty(values))
@@ -198,10 +206,10 @@ impl DynamoStore {
                     .map_err(build_error)?;
                 TransactWriteItem::builder().delete(delete).build()
             }
-            Op::Check => {
+            Checked::Check { key, .. } => {
                 let check = ConditionCheck::builder()
                     .table_name(&self.table)
-                    .set_key(Some(key))
+                    .set_key(Some(self.key(&key)))
                     .condition_expression(condition.unwrap_or_else(|| ALWAYS.into()))
                     .set_expression_attribute_names(non_empty(names))
                     .set_expression_attribute_values(non_empty(values))
@@ -209,16 +217,51 @@ impl DynamoStore {
                     .map_err(build_error)?;
                 TransactWriteItem::builder().condition_check(check).build()
             }
+            Checked::Add {
+                key,
+                delta,
+                at_most,
+            } => {
+                let bounds =
+                    add_bounds(delta, at_most).ok_or_else(|| StoreError::ConditionFailed {
+                        key: key.clone(),
+                        index: Some(index),
+                    })?;
+                let names = HashMap::from([
+                    ("#count".to_string(), COUNT.to_string()),
+                    ("#version".to_string(), VERSION.to_string()),
+                    ("#body".to_string(), BODY.to_string()),
+                ]);
+                let mut values = HashMap::from([
+                    (":delta".to_string(), AttributeValue::N(delta.to_string())),
+                    (":zero".to_string(), AttributeValue::N("0".into())),
+                    (":one".to_string(), AttributeValue::N("1".into())),
+                ]);
+                let (condition, bound) = bounds;
+                if let Some(bound) = bound {
+                    values.insert(":bound".into(), AttributeValue::N(bound.to_string()));
+                }
+                let update = Update::builder()
+                    .table_name(&self.table)
+                    .set_key(Some(self.key(&key)))
+                    .update_expression(ADD_EXPRESSION)
+                    .condition_expression(condition)
+                    .set_expression_attribute_names(Some(names))
+                    .set_expression_attribute_values(Some(values))
+                    .build()
+                    .map_err(build_error)?;
+                TransactWriteItem::builder().update(update).build()
+            }
         };
         Ok(item)
     }
 
     /// A lone write without a condition: nothing to make idempotent, so the cheaper single-item
     /// call does.
-    async fn write_unconditionally(&self, write: Prepared) -> Result<(), StoreError> {
-        let key = self.key(&write.key);
-        match write.op {
-            Op::Put(body) => self
+    async fn write_unconditionally(&self, write: Checked) -> Result<(), StoreError> {
+        let key = self.key(write.key());
+        match write {
+            Checked::Put { body, .. } => self
                 .client
                 .update_item()
                 .table_name(&self.table)
@@ -226,6 +269,7 @@ impl DynamoStore {
                 .update_expression(PUT_EXPRESSION)
                 .expression_attribute_names("#body", BODY)
                 .expression_attribute_names("#version", VERSION)
+                .expression_attribute_names("#count", COUNT)
                 .expression_attribute_values(":body", AttributeValue::S(body))
                 .expression_attribute_values(":zero", AttributeValue::N("0".into()))
                 .expression_attribute_values(":one", AttributeValue::N("1".into()))
@@ -233,7 +277,7 @@ impl DynamoStore {
                 .await
                 .map(drop)
                 .map_err(|e| sdk_error("UpdateItem", e)),
-            Op::Delete => self
+            Checked::Delete { .. } => self
                 .client
                 .delete_item()
                 .table_name(&self.table)
@@ -242,7 +286,8 @@ impl DynamoStore {
                 .await
                 .map(drop)
                 .map_err(|e| sdk_error("DeleteItem", e)),
-            Op::Check => Ok(()),
+            Checked::Check { .. } => Ok(()),
+            Checked::Add { .. } => unreachable_add(),
         }
     }
 }
@@ -327,17 +372,28 @@ impl Store for DynamoStore {
     }
 
     async fn transact(&self, writes: Vec<Write>) -> Result<(), StoreError> {
-        let mut writes = prepare_writes(writes)?;
+        let mut writes = validate::check_transaction(writes)?;
         if writes.is_empty() {
             return Ok(());
         }
-        if writes.len() == 1 && writes[0].expect == Expect::Any {
+        let unconditional = matches!(
+            &writes[..],
+            [Checked::Put {
+                expect: Expect::Any,
+                ..
+            } | Checked::Delete {
+                expect: Expect::Any,
+                ..
+            }]
+        );
+        if unconditional {
             return self.write_unconditionally(writes.remove(0)).await;
         }
-        let keys: Vec<Key> = writes.iter().map(|w| w.key.clone()).collect();
+        let keys: Vec<Key> = writes.iter().map(|w| w.key().clone()).collect();
         let items = writes
             .into_iter()
-            .map(|w| self.transact_item(w))
+            .enumerate()
+            .map(|(index, w)| self.transact_item(index, w))
             .collect::<Result<Vec<_>, _>>()?;
         let result = self
             .client
@@ -434,42 +490,34 @@ fn non_empty<K, V>(map: HashMap<K, V>) -> Option<HashMap<K, V>> {
     (!map.is_empty()).then_some(map)
 }
 
-/// A validated write with its body already serialised.
-struct Prepared {
-    key: Key,
-    expect: Expect,
-    op: Op,
+/// The condition an add needs, with the `:bound` it compares against: `None` when the add can
+/// never hold (it would pass `at_most` even from an absent counter, i.e. from 0).
+fn add_bounds(delta: i64, at_most: Option<u64>) -> Option<(&'static str, Option<u64>)> {
+    match (delta, at_most) {
+        // Compared against a missing `count`, `<=` and `>=` are false, so an absent counter
+        // (0) must be let through explicitly when 0 + delta is within bounds.
+        // An item a put wrote keeps its count in `body`, which DynamoDB cannot add to: refused
+        // rather than counted again from 0.
+        (d, Some(max)) if d > 0 => {
+            let bound = max.checked_sub(d.unsigned_abs())?;
+            Some((
+                "attribute_not_exists(#body) AND (attribute_not_exists(#count) OR #count <= :bound)",
+                Some(bound),
+            ))
+        }
+        (d, _) if d < 0 => Some((
+            "attribute_not_exists(#body) AND #count >= :bound",
+            Some(d.unsigned_abs()),
+        )),
+        _ => Some(("attribute_not_exists(#body)", None)),
+    }
 }
 
-enum Op {
-    Put(String),
-    Delete,
-    Check,
-}
-
-/// The port's rules for a transaction (see [`validate::check_transaction`]), checked before
-/// any I/O so an invalid transaction never reaches the backend.
-fn prepare_writes(writes: Vec<Write>) -> Result<Vec<Prepared>, StoreError> {
-    Ok(validate::check_transaction(writes)?
-        .into_iter()
-        .map(|checked| match checked {
-            Checked::Put { key, body, expect } => Prepared {
-                key,
-                expect,
-                op: Op::Put(body),
-            },
-            Checked::Delete { key, expect } => Prepared {
-                key,
-                expect,
-                op: Op::Delete,
-            },
-            Checked::Check { key, expect } => Prepared {
-                key,
-                expect,
-                op: Op::Check,
-            },
-        })
-        .collect())
+/// Only transactions carry adds (they always have a condition or a bound to respect).
+fn unreachable_add() -> Result<(), StoreError> {
+    Err(StoreError::Invalid(
+        "an add is always written in a transaction".into(),
+    ))
 }
 
 fn string_attribute<'a>(
@@ -497,6 +545,16 @@ fn to_item(key: Key, item: &HashMap<String, AttributeValue>) -> Result<Item, Sto
             ))
         }
     };
+    if let Some(AttributeValue::N(count)) = item.get(COUNT) {
+        let count: u64 = count.parse().map_err(|e| {
+            corrupt(
+                format!("item {key:?} has count {count:?}"),
+                Some(Box::new(e)),
+            )
+        })?;
+        let body = serde_json::json!({ COUNT: count });
+        return Ok(Item { key, version, body });
+    }
     let body = string_attribute(item, BODY)?;
     let body = serde_json::from_str(body).map_err(|e| {
         corrupt(

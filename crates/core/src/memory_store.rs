@@ -125,22 +125,41 @@ impl Store for MemoryStore {
         }
 
         let mut items = self.lock();
+        let mut counts = Vec::new();
         for (index, w) in writes.iter().enumerate() {
-            let (key, expect) = match w {
-                Write::Put { key, expect, .. }
-                | Write::Delete { key, expect }
-                | Write::Check { key, expect } => (key, *expect),
-            };
+            let key = w.key();
             let current = items.get(&key.pk).and_then(|p| p.get(&key.sk));
-            if !holds(expect, current) {
+            let holds = match w {
+                Write::Put { expect, .. }
+                | Write::Delete { expect, .. }
+                | Write::Check { expect, .. } => holds(*expect, current),
+                Write::Add { delta, at_most, .. } => {
+                    match crate::store::added(current.map(|s| &s.body), *delta, *at_most) {
+                        Some(count) => {
+                            counts.push(count);
+                            true
+                        }
+                        None => false,
+                    }
+                }
+            };
+            if !holds {
                 return Err(StoreError::ConditionFailed {
                     key: key.clone(),
                     index: Some(index),
                 });
             }
         }
+        let mut counts = counts.into_iter();
         for w in writes {
             match w {
+                Write::Add { key, .. } => {
+                    let count = counts.next().unwrap_or_default();
+                    let part = items.entry(key.pk).or_default();
+                    let version = part.get(&key.sk).map_or(1, |s| s.version + 1);
+                    let body = serde_json::json!({ crate::store::COUNT: count });
+                    part.insert(key.sk, Stored { version, body });
+                }
                 Write::Put { key, body, .. } => {
                     let part = items.entry(key.pk).or_default();
                     let version = part.get(&key.sk).map_or(1, |s| s.version + 1);

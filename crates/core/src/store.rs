@@ -122,13 +122,45 @@ pub enum Write {
     Delete { key: Key, expect: Expect },
     /// Change nothing, but require the condition (e.g. "the server still has version 3").
     Check { key: Key, expect: Expect },
+    /// Adds `delta` to a counter item, whose body is `{"count": n}` (an absent item counts 0),
+    /// and counts its version up like a put. Refused with `ConditionFailed` when the count would
+    /// go below 0 or above `at_most`. The backend applies the arithmetic itself, so concurrent
+    /// adds to one counter do not fail each other's conditions the way read-then-put does:
+    /// only a real limit refuses them.
+    Add {
+        key: Key,
+        delta: i64,
+        at_most: Option<u64>,
+    },
 }
+
+/// The body member of a counter item (see [`Write::Add`]).
+pub const COUNT: &str = "count";
 
 impl Write {
     pub fn key(&self) -> &Key {
         match self {
-            Write::Put { key, .. } | Write::Delete { key, .. } | Write::Check { key, .. } => key,
+            Write::Put { key, .. }
+            | Write::Delete { key, .. }
+            | Write::Check { key, .. }
+            | Write::Add { key, .. } => key,
         }
+    }
+}
+
+/// The count a counter item holds after adding `delta` to `current` (`None`: no item), or
+/// `None` when the result is outside `0..=at_most`. The one definition every adapter that
+/// computes an add itself applies.
+pub fn added(current: Option<&Value>, delta: i64, at_most: Option<u64>) -> Option<u64> {
+    let count = current
+        .and_then(|body| body.get(COUNT))
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    let result = i128::from(count) + i128::from(delta);
+    let result = u64::try_from(result).ok()?;
+    match at_most {
+        Some(max) if result > max => None,
+        _ => Some(result),
     }
 }
 

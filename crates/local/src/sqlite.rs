@@ -412,7 +412,7 @@ impl Store for SqliteStore {
 
     async fn transact(&self, writes: Vec<Write>) -> Result<(), StoreError> {
         // Validate and serialise before taking the lock: nothing slow happens while holding it.
-        let writes = prepare_writes(writes)?;
+        let writes = validate::check_transaction(writes)?;
         if writes.is_empty() {
             return Ok(());
         }
@@ -423,46 +423,8 @@ impl Store for SqliteStore {
                     .transaction_with_behavior(TransactionBehavior::Immediate)
                     .map_err(|e| sql_error("begin transaction", e))?;
                 for (index, write) in writes.iter().enumerate() {
-                    let key = &write.key;
-                    let current: Option<i64> = tx
-                        .prepare_cached(VERSION)
-                        .and_then(|mut stmt| {
-                            stmt.query_row(params![key.pk, key.sk], |row| row.get(0))
-                                .optional()
-                        })
-                        .map_err(|e| sql_error("read version", e))?;
-                    let holds = match (write.expect, current) {
-                        (Expect::Any, _) | (Expect::Absent, None) => true,
-                        (Expect::Version(want), Some(have)) => {
-                            u64::try_from(have).is_ok_and(|have| have == want)
-                        }
-                        (Expect::Absent, Some(_)) | (Expect::Version(_), None) => false,
-                    };
-                    if !holds {
-                        // Dropping `tx` rolls back the writes already made in this transaction.
-                        return Err(StoreError::ConditionFailed {
-                            key: key.clone(),
-                            index: Some(index),
-                        });
-                    }
-                    match &write.op {
-                        Op::Put(body) => {
-                            let version = current.unwrap_or(0) + 1;
-                            tx.prepare_cached(UPSERT)
-                                .and_then(|mut stmt| {
-                                    stmt.execute(params![key.pk, key.sk, version, body])
-                                })
-                                .map_err(|e| sql_error("put", e))?;
-                        }
-                        Op::Delete => {
-                            if current.is_some() {
-                                tx.prepare_cached(DELETE)
-                                    .and_then(|mut stmt| stmt.execute(params![key.pk, key.sk]))
-                                    .map_err(|e| sql_error("delete", e))?;
-                            }
-                        }
-                        Op::Check => {}
-                    }
+                    // Dropping `tx` on an early return rolls back what this transaction wrote.
+                    apply(&tx, index, write)?;
                 }
                 tx.commit().map_err(|e| sql_error("commit", e))
             })
@@ -470,42 +432,72 @@ impl Store for SqliteStore {
     }
 }
 
-/// A validated write with its body already serialised.
-struct Prepared {
-    key: Key,
-    expect: Expect,
-    op: Op,
-}
-
-enum Op {
-    Put(String),
-    Delete,
-    Check,
-}
-
-/// The port's rules for a transaction (see [`validate::check_transaction`]), checked before
-/// any I/O so an invalid transaction never reaches the backend.
-fn prepare_writes(writes: Vec<Write>) -> Result<Vec<Prepared>, StoreError> {
-    Ok(validate::check_transaction(writes)?
-        .into_iter()
-        .map(|checked| match checked {
-            Checked::Put { key, body, expect } => Prepared {
-                key,
-                expect,
-                op: Op::Put(body),
-            },
-            Checked::Delete { key, expect } => Prepared {
-                key,
-                expect,
-                op: Op::Delete,
-            },
-            Checked::Check { key, expect } => Prepared {
-                key,
-                expect,
-                op: Op::Check,
-            },
+/// Checks one write's condition inside the open transaction and applies it.
+fn apply(tx: &rusqlite::Transaction<'_>, index: usize, write: &Checked) -> Result<(), StoreError> {
+    let key = write.key();
+    let failed = || StoreError::ConditionFailed {
+        key: key.clone(),
+        index: Some(index),
+    };
+    if let Checked::Add { delta, at_most, .. } = write {
+        let current: Option<(i64, String)> = tx
+            .prepare_cached(GET)
+            .and_then(|mut stmt| {
+                stmt.query_row(params![key.pk, key.sk], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })
+                .optional()
+            })
+            .map_err(|e| sql_error("read counter", e))?;
+        let body = match &current {
+            Some((_, text)) => Some(serde_json::from_str::<serde_json::Value>(text).map_err(
+                |e| StoreError::Unavailable {
+                    message: format!("counter {key:?} holds a body that is not JSON"),
+                    source: Some(Box::new(e)),
+                },
+            )?),
+            None => None,
+        };
+        let count = tern_core::store::added(body.as_ref(), *delta, *at_most).ok_or_else(failed)?;
+        let version = current.map_or(0, |(v, _)| v) + 1;
+        let body = serde_json::json!({ tern_core::store::COUNT: count }).to_string();
+        tx.prepare_cached(UPSERT)
+            .and_then(|mut stmt| stmt.execute(params![key.pk, key.sk, version, body]))
+            .map_err(|e| sql_error("add", e))?;
+        return Ok(());
+    }
+    let current: Option<i64> = tx
+        .prepare_cached(VERSION)
+        .and_then(|mut stmt| {
+            stmt.query_row(params![key.pk, key.sk], |row| row.get(0))
+                .optional()
         })
-        .collect())
+        .map_err(|e| sql_error("read version", e))?;
+    let holds = match (write.expect(), current) {
+        (Expect::Any, _) | (Expect::Absent, None) => true,
+        (Expect::Version(want), Some(have)) => u64::try_from(have).is_ok_and(|have| have == want),
+        (Expect::Absent, Some(_)) | (Expect::Version(_), None) => false,
+    };
+    if !holds {
+        return Err(failed());
+    }
+    match write {
+        Checked::Put { body, .. } => {
+            let version = current.unwrap_or(0) + 1;
+            tx.prepare_cached(UPSERT)
+                .and_then(|mut stmt| stmt.execute(params![key.pk, key.sk, version, body]))
+                .map_err(|e| sql_error("put", e))?;
+        }
+        Checked::Delete { .. } => {
+            if current.is_some() {
+                tx.prepare_cached(DELETE)
+                    .and_then(|mut stmt| stmt.execute(params![key.pk, key.sk]))
+                    .map_err(|e| sql_error("delete", e))?;
+            }
+        }
+        Checked::Check { .. } | Checked::Add { .. } => {}
+    }
+    Ok(())
 }
 
 /// The smallest string greater than every string that starts with `prefix`, or `None` when

@@ -26,7 +26,6 @@
 //! * `query` never returns `last_sk` unless it equals the sort key of the last item returned, and
 //!   always returns it when more matching items exist.
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -39,7 +38,17 @@ use serde_json::{json, Value};
 pub use tern_core::store::MAX_ITEM_BYTES;
 use tern_core::store::{Expect, Item, Key, Page, Store, StoreError, Write, MAX_TRANSACTION_WRITES};
 
+pub mod concurrency;
+pub mod counter;
 pub mod validation;
+use concurrency::{
+    concurrent_creates_have_one_winner, concurrent_increments_lose_nothing,
+    concurrent_transfers_keep_the_sum,
+};
+use counter::{
+    add_counts_from_an_absent_item, add_refuses_past_its_bounds_and_changes_nothing,
+    concurrent_adds_stop_exactly_at_the_limit, put_over_a_counter_makes_a_body_item,
+};
 use validation::{
     bad_keys_are_refused_alike, bad_queries_are_refused_alike, bad_transactions_are_refused_alike,
     item_sizes_are_refused_alike, keys_at_the_limits_are_accepted,
@@ -98,6 +107,10 @@ pub fn cases() -> Vec<Case> {
         case!(concurrent_increments_lose_nothing),
         case!(concurrent_creates_have_one_winner),
         case!(concurrent_transfers_keep_the_sum),
+        case!(add_counts_from_an_absent_item),
+        case!(add_refuses_past_its_bounds_and_changes_nothing),
+        case!(put_over_a_counter_makes_a_body_item),
+        case!(concurrent_adds_stop_exactly_at_the_limit),
     ]
 }
 
@@ -141,11 +154,11 @@ pub async fn run_cases(store: Arc<dyn Store>, cases: Vec<Case>) {
 // helpers
 
 /// A partition no other case (or earlier run against the same table) uses.
-fn partition(tag: &str) -> String {
+pub(crate) fn partition(tag: &str) -> String {
     format!("contract#{tag}#{}", uuid::Uuid::new_v4().simple())
 }
 
-fn put(key: &Key, body: Value, expect: Expect) -> Write {
+pub(crate) fn put(key: &Key, body: Value, expect: Expect) -> Write {
     Write::Put {
         key: key.clone(),
         body,
@@ -153,21 +166,21 @@ fn put(key: &Key, body: Value, expect: Expect) -> Write {
     }
 }
 
-fn delete(key: &Key, expect: Expect) -> Write {
+pub(crate) fn delete(key: &Key, expect: Expect) -> Write {
     Write::Delete {
         key: key.clone(),
         expect,
     }
 }
 
-fn check(key: &Key, expect: Expect) -> Write {
+pub(crate) fn check(key: &Key, expect: Expect) -> Write {
     Write::Check {
         key: key.clone(),
         expect,
     }
 }
 
-async fn must_get(store: &dyn Store, key: &Key) -> Item {
+pub(crate) async fn must_get(store: &dyn Store, key: &Key) -> Item {
     match store.get(key).await {
         Ok(Some(item)) => item,
         Ok(None) => panic!("expected {key:?} to exist, it does not"),
@@ -175,7 +188,7 @@ async fn must_get(store: &dyn Store, key: &Key) -> Item {
     }
 }
 
-async fn must_be_absent(store: &dyn Store, key: &Key) {
+pub(crate) async fn must_be_absent(store: &dyn Store, key: &Key) {
     match store.get(key).await {
         Ok(None) => {}
         Ok(Some(item)) => panic!("expected {key:?} to be absent, found {item:?}"),
@@ -183,14 +196,14 @@ async fn must_be_absent(store: &dyn Store, key: &Key) {
     }
 }
 
-async fn must_write(store: &dyn Store, write: Write) {
+pub(crate) async fn must_write(store: &dyn Store, write: Write) {
     let what = format!("{write:?}");
     if let Err(e) = store.write(write).await {
         panic!("write {what} failed: {e}");
     }
 }
 
-async fn must_query(
+pub(crate) async fn must_query(
     store: &dyn Store,
     pk: &str,
     prefix: &str,
@@ -204,7 +217,7 @@ async fn must_query(
 }
 
 #[track_caller]
-fn assert_condition_failed(result: Result<(), StoreError>, key: &Key, index: usize) {
+pub(crate) fn assert_condition_failed(result: Result<(), StoreError>, key: &Key, index: usize) {
     match result {
         Err(StoreError::ConditionFailed {
             key: failed,
@@ -238,7 +251,7 @@ fn sks(page: &Page) -> Vec<&str> {
 /// Retries `attempt` while it fails with a condition failure or throttling, with random
 /// exponential backoff (up to 64 ms) so contending tasks spread out instead of colliding again
 /// in lockstep. Panics on any other error or after too many attempts.
-async fn retry<F, Fut>(what: &str, mut attempt: F)
+pub(crate) async fn retry<F, Fut>(what: &str, mut attempt: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<(), StoreError>>,
@@ -892,150 +905,3 @@ pub async fn reads_see_the_latest_write(store: Arc<dyn Store>) {
 
 // ---------------------------------------------------------------------------------------------
 // concurrency
-
-/// Tasks and rounds of the concurrency cases: enough contention to lose updates if conditions
-/// were not atomic (every round, most tasks read the same version), small enough to stay fast
-/// against a local DynamoDB emulator that serves about a hundred requests per second.
-const TASKS: usize = 16;
-const ROUNDS: usize = 4;
-
-pub async fn concurrent_increments_lose_nothing(store: Arc<dyn Store>) {
-    let key = Key::new(partition("increments"), "counter");
-    must_write(&*store, put(&key, json!({"count": 0}), Expect::Absent)).await;
-
-    let mut tasks = Vec::new();
-    for t in 0..TASKS {
-        let (store, key) = (store.clone(), key.clone());
-        tasks.push(tokio::spawn(async move {
-            for _ in 0..ROUNDS {
-                retry(&format!("task {t}"), || async {
-                    let item = store.get(&key).await?.expect("the counter exists");
-                    let count = item.body["count"].as_u64().expect("count is a number");
-                    store
-                        .write(put(
-                            &key,
-                            json!({"count": count + 1}),
-                            Expect::Version(item.version),
-                        ))
-                        .await
-                })
-                .await;
-            }
-        }));
-    }
-    for task in tasks {
-        task.await.expect("increment task");
-    }
-    let item = must_get(&*store, &key).await;
-    let total = (TASKS * ROUNDS) as u64;
-    assert_eq!(item.body, json!({"count": total}), "lost increments");
-    assert_eq!(item.version, total + 1, "one version per successful write");
-}
-
-pub async fn concurrent_creates_have_one_winner(store: Arc<dyn Store>) {
-    let key = Key::new(partition("creates"), "only-one");
-    let mut tasks = Vec::new();
-    for t in 0..16 {
-        let (store, key) = (store.clone(), key.clone());
-        tasks.push(tokio::spawn(async move {
-            (
-                t,
-                store
-                    .write(put(&key, json!({"winner": t}), Expect::Absent))
-                    .await,
-            )
-        }));
-    }
-    let mut winners = Vec::new();
-    for task in tasks {
-        let (t, result) = task.await.expect("create task");
-        match result {
-            Ok(()) => winners.push(t),
-            Err(StoreError::ConditionFailed { .. }) => {}
-            // Throttling under contention is allowed; it is not a second winner.
-            Err(StoreError::Throttled(_)) => {}
-            Err(e) => panic!("task {t}: unexpected error {e}"),
-        }
-    }
-    assert_eq!(winners.len(), 1, "winners: {winners:?}");
-    let item = must_get(&*store, &key).await;
-    assert_eq!(
-        (item.version, item.body),
-        (1, json!({"winner": winners[0]}))
-    );
-}
-
-pub async fn concurrent_transfers_keep_the_sum(store: Arc<dyn Store>) {
-    let pk = partition("transfers");
-    let accounts: Vec<Key> = (0..4)
-        .map(|i| Key::new(&pk, format!("account#{i}")))
-        .collect();
-    const START: i64 = 1_000;
-    for key in &accounts {
-        must_write(&*store, put(key, json!({"balance": START}), Expect::Absent)).await;
-    }
-
-    let mut tasks = Vec::new();
-    for t in 0..TASKS / 2 {
-        let (store, accounts) = (store.clone(), accounts.clone());
-        tasks.push(tokio::spawn(async move {
-            for round in 0..ROUNDS {
-                // Move 1 from one account to the next, reading both and writing both atomically.
-                let from = accounts[(t + round) % accounts.len()].clone();
-                let to = accounts[(t + round + 1) % accounts.len()].clone();
-                retry(&format!("transfer task {t}"), || async {
-                    let a = store.get(&from).await?.expect("account exists");
-                    let b = store.get(&to).await?.expect("account exists");
-                    let balance =
-                        |i: &Item| i.body["balance"].as_i64().expect("balance is a number");
-                    store
-                        .transact(vec![
-                            put(
-                                &from,
-                                json!({"balance": balance(&a) - 1}),
-                                Expect::Version(a.version),
-                            ),
-                            put(
-                                &to,
-                                json!({"balance": balance(&b) + 1}),
-                                Expect::Version(b.version),
-                            ),
-                        ])
-                        .await
-                })
-                .await;
-            }
-        }));
-    }
-    for task in tasks {
-        task.await.expect("transfer task");
-    }
-
-    let page = must_query(&*store, &pk, "account#", None, 10).await;
-    let balances: BTreeMap<&str, i64> = page
-        .items
-        .iter()
-        .map(|i| (i.key.sk.as_str(), i.body["balance"].as_i64().unwrap()))
-        .collect();
-    assert_eq!(
-        balances.values().sum::<i64>(),
-        START * accounts.len() as i64,
-        "money appeared or vanished: {balances:?}"
-    );
-    // Each round of task t moves 1 from account (t+r)%4 to (t+r+1)%4: count the expected net flow.
-    let mut expected = vec![START; accounts.len()];
-    for t in 0..TASKS / 2 {
-        for round in 0..ROUNDS {
-            expected[(t + round) % accounts.len()] -= 1;
-            expected[(t + round + 1) % accounts.len()] += 1;
-        }
-    }
-    let got: Vec<i64> = balances.values().copied().collect();
-    assert_eq!(got, expected, "every transfer applied exactly once");
-    let writes: u64 = page.items.iter().map(|i| i.version - 1).sum();
-    assert_eq!(
-        writes,
-        (TASKS / 2 * ROUNDS * 2) as u64,
-        "two writes per transfer, no more, no less"
-    );
-}

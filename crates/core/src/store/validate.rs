@@ -101,22 +101,30 @@ pub enum Checked {
         key: Key,
         expect: super::Expect,
     },
+    Add {
+        key: Key,
+        delta: i64,
+        at_most: Option<u64>,
+    },
 }
 
 impl Checked {
     pub fn key(&self) -> &Key {
         match self {
-            Checked::Put { key, .. } | Checked::Delete { key, .. } | Checked::Check { key, .. } => {
-                key
-            }
+            Checked::Put { key, .. }
+            | Checked::Delete { key, .. }
+            | Checked::Check { key, .. }
+            | Checked::Add { key, .. } => key,
         }
     }
 
+    /// The version condition of the write; an add has none (its bounds are its condition).
     pub fn expect(&self) -> super::Expect {
         match self {
             Checked::Put { expect, .. }
             | Checked::Delete { expect, .. }
             | Checked::Check { expect, .. } => *expect,
+            Checked::Add { .. } => super::Expect::Any,
         }
     }
 }
@@ -138,6 +146,15 @@ pub fn check_transaction(writes: Vec<Write>) -> Result<Vec<Checked>, StoreError>
             },
             Write::Delete { key, expect } => Checked::Delete { key, expect },
             Write::Check { key, expect } => Checked::Check { key, expect },
+            Write::Add {
+                key,
+                delta,
+                at_most,
+            } => Checked::Add {
+                key,
+                delta,
+                at_most,
+            },
         });
     }
     Ok(checked)
