@@ -5,7 +5,8 @@
 //! `numberOfRecentAmisToKeep` 0 (keep all) ..= `max_amis_to_keep`; `seedReplicationTime` at most
 //! `max_seed_delay` ahead; license type once the server's OS is known (Linux: BYOL only; Windows:
 //! AWS or BYOL); one live job per server (ReplicationJobAlreadyExistsException); at most
-//! `max_active_jobs` jobs occupying a slot (a counter item written in the same transaction);
+//! `max_active_jobs` jobs occupying a slot (a counter item the store adds to atomically in the
+//! same transaction, `Write::Add`, so concurrent creations refuse each other only at the limit);
 //! `on_demand_runs_per_window` on-demand runs per job per `on_demand_window`
 //! (ReplicationRunLimitExceededException); no on-demand run while a run is in progress
 //! (OperationNotPermittedException); a runOnce job gets exactly one run and then COMPLETES.
@@ -17,11 +18,8 @@
 //! cancelled), releases its slot, moves it to the `JOB_DELETED` partition and marks the server's
 //! `replicationJobTerminated`; it never touches the AMIs the job produced.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
-use futures::channel::oneshot;
-use futures::future::{select, Either};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -34,7 +32,7 @@ use crate::replication::outbox::StateChange;
 use crate::states::{
     accepts_runs, job_transition, run_transition, JobEvent, JobTransition, RunEvent,
 };
-use crate::store::{Expect, Key, StoreError, Write, MAX_TRANSACTION_WRITES};
+use crate::store::{Expect, StoreError, Write};
 
 /// The active-job counter item.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -105,58 +103,6 @@ fn resume(j: &mut ReplicationJob, why: &str) -> Result<()> {
     j.paused_on = None;
     j.status_message = Some(why.to_string());
     Ok(())
-}
-
-/// A job creation waiting for its slot (see `Service::commit_taking_slot`).
-pub(crate) struct SlotRequest {
-    writes: Vec<Write>,
-    catalog: Expect,
-    reply: oneshot::Sender<Result<()>>,
-}
-
-/// Answers every creation of a chunk with (a copy of) the error that stopped it.
-fn answer_all(chunk: Vec<SlotRequest>, error: &DomainError) {
-    if !error.is_conflict() {
-        // The copies lose the source chain: log it whole, once.
-        tracing::warn!(error = ?error, creations = chunk.len(), "job creations failed");
-    }
-    for r in chunk {
-        let _ = r.reply.send(Err(shared(error)));
-    }
-}
-
-/// A copy of `error` for every caller it concerns. Store errors keep their kind (callers retry
-/// conflicts, the API maps throttling); their source chain stays with the one logged copy.
-fn shared(error: &DomainError) -> DomainError {
-    match error {
-        DomainError::Store(StoreError::ConditionFailed { key, index }) => {
-            DomainError::Store(StoreError::ConditionFailed {
-                key: key.clone(),
-                index: *index,
-            })
-        }
-        DomainError::Store(StoreError::Throttled(m)) => {
-            DomainError::Store(StoreError::Throttled(m.clone()))
-        }
-        DomainError::Store(StoreError::Invalid(m)) => {
-            DomainError::Store(StoreError::Invalid(m.clone()))
-        }
-        DomainError::Corrupt { key, message } => DomainError::Corrupt {
-            key: key.clone(),
-            message: message.clone(),
-        },
-        other => DomainError::Store(StoreError::Unavailable {
-            message: other.to_string(),
-            source: None,
-        }),
-    }
-}
-
-/// The slot queue's mutex is held only to push or take requests.
-fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Service {
@@ -320,165 +266,31 @@ impl Service {
             if let Some(c) = StateChange::of_job(&job, job.state, now) {
                 writes.push(c.write()?);
             }
+            let max_active = self.config.limits.max_active_jobs;
+            let slot = writes.len();
+            writes.push(Write::Add {
+                key: keys::active_jobs(),
+                delta: 1,
+                at_most: Some(u64::from(max_active)),
+            });
             // The catalog must not have been deleted since we read the server.
-            self.commit_taking_slot(writes, expect_of(&catalog), keys::job(&job_id))
-                .await?;
+            writes.push(Write::Check {
+                key: keys::catalog(),
+                expect: expect_of(&catalog),
+            });
+            match self.store.transact(writes).await {
+                Err(StoreError::ConditionFailed {
+                    index: Some(index), ..
+                }) if index == slot => {
+                    return Err(DomainError::LimitExceeded(format!(
+                        "the limit of {max_active} active replication jobs is reached; delete a job or raise limits.max_active_jobs"
+                    )))
+                }
+                result => result?,
+            }
             tracing::info!(replication_job_id = %job_id, server_id = %server_id, "replication job created");
             Ok(job_id.clone())
         })
-    }
-
-    /// Commits `writes` (a job creation: the job, its server) together with taking one slot of
-    /// the active-job counter, or refuses when the limit is reached. `catalog` is what the
-    /// creation expects of the catalog item; `job` the new job's key.
-    ///
-    /// Every creation writes the one counter item. Unserialised, concurrent creations all read
-    /// the same counter version and all but one lose the conditional write, re-read, and mostly
-    /// lose again: with 16 clients most attempts were wasted and some requests ran out of
-    /// attempts. So creations of one process queue here, and whichever holds the slot lock
-    /// commits everything queued as one transaction (flat combining): N creations cost one
-    /// commit and one counter write, and the counter is remembered as this process last wrote
-    /// it, so nobody has to read it first. The version condition still guards it: when another
-    /// process or a slot release changed it, the write fails, the remembered value is dropped and
-    /// the retry reads it.
-    async fn commit_taking_slot(
-        &self,
-        writes: Vec<Write>,
-        catalog: Expect,
-        job: Key,
-    ) -> Result<()> {
-        let (reply, answer) = oneshot::channel();
-        lock(&self.slot_queue).push(SlotRequest {
-            writes,
-            catalog,
-            reply,
-        });
-        // Whoever gets the lock commits what is queued; a request committed meanwhile by another
-        // holder is answered without ever taking the lock (queueing on it only to find the work
-        // done made every batch a convoy of wake-ups).
-        let answered = match select(answer, self.slots.lock()).await {
-            Either::Left((answered, _)) => answered,
-            Either::Right((mut counter, mut answer)) => match answer.try_recv() {
-                Ok(Some(result)) => return result,
-                Ok(None) => {
-                    self.commit_queued(&mut counter).await;
-                    drop(counter);
-                    answer.await
-                }
-                Err(oneshot::Canceled) => Err(oneshot::Canceled),
-            },
-        };
-        match answered {
-            Ok(result) => result,
-            // The holder that took this request was cancelled before it answered: whether its
-            // transaction committed is told by the job item itself.
-            Err(oneshot::Canceled) => match self.store.get_raw(&job).await? {
-                Some(_) => Ok(()),
-                None => Err(DomainError::Store(StoreError::ConditionFailed {
-                    key: job,
-                    index: None,
-                })),
-            },
-        }
-    }
-
-    /// Commits every queued creation, in transactions that fit the store's limits; answers each.
-    async fn commit_queued(&self, counter: &mut Option<Versioned<Counter>>) {
-        let mut queued: Vec<SlotRequest> = std::mem::take(&mut *lock(&self.slot_queue));
-        // A creation whose caller went away is not made behind its back.
-        queued.retain(|r| !r.reply.is_canceled());
-        while !queued.is_empty() {
-            // One catalog condition and one counter write per transaction, each key once.
-            let catalog = queued[0].catalog;
-            let mut keys = HashSet::new();
-            let mut size = 2;
-            let mut chunk = Vec::new();
-            let mut later = Vec::new();
-            for r in queued {
-                let fits = r.catalog == catalog
-                    && size + r.writes.len() <= MAX_TRANSACTION_WRITES
-                    && r.writes.iter().all(|w| !keys.contains(w.key()));
-                if fits {
-                    size += r.writes.len();
-                    keys.extend(r.writes.iter().map(|w| w.key().clone()));
-                    chunk.push(r);
-                } else {
-                    later.push(r);
-                }
-            }
-            self.commit_chunk(counter, chunk, catalog).await;
-            queued = later;
-        }
-    }
-
-    /// Commits one chunk of creations as one transaction. When a condition fails, every
-    /// creation of the chunk is answered with the conflict and retries from its own reads
-    /// (conditions on a creation's own items fail only when another request changed them).
-    async fn commit_chunk(
-        &self,
-        counter: &mut Option<Versioned<Counter>>,
-        mut chunk: Vec<SlotRequest>,
-        catalog: Expect,
-    ) {
-        let max_active = self.config.limits.max_active_jobs;
-        // Taken out: if this fails or is cancelled midway, the next holder reads the counter.
-        let known = match counter.take() {
-            // Only the store's value may refuse a creation: a remembered one may be stale.
-            Some(c) if u64::from(c.value.count) + chunk.len() as u64 <= u64::from(max_active) => {
-                Some(c)
-            }
-            _ => match self.read::<Counter>(&keys::active_jobs()).await {
-                Ok(c) => c,
-                Err(e) => return answer_all(chunk, &e),
-            },
-        };
-        let active = known.as_ref().map_or(0, |c| c.value.count);
-        let room = max_active.saturating_sub(active) as usize;
-        if chunk.len() > room {
-            for r in chunk.drain(room..) {
-                let _ = r.reply.send(Err(DomainError::LimitExceeded(format!(
-                    "the limit of {max_active} active replication jobs is reached; delete a job or raise limits.max_active_jobs"
-                ))));
-            }
-            if chunk.is_empty() {
-                *counter = known;
-                return;
-            }
-        }
-        let taken = Counter {
-            count: active + chunk.len() as u32,
-        };
-        let mut writes =
-            Vec::with_capacity(chunk.iter().map(|r| r.writes.len()).sum::<usize>() + 2);
-        for r in &mut chunk {
-            writes.append(&mut r.writes);
-        }
-        writes.push(Write::Check {
-            key: keys::catalog(),
-            expect: catalog,
-        });
-        match put(keys::active_jobs(), &taken, expect_of(&known)) {
-            Ok(w) => writes.push(w),
-            Err(e) => return answer_all(chunk, &e),
-        }
-        match self.store.transact(writes).await {
-            Ok(()) => {
-                // The port's rule: a write makes the version one more than before, 1 on creation.
-                *counter = Some(Versioned {
-                    value: taken,
-                    version: known.map_or(1, |c| c.version + 1),
-                });
-                for r in chunk {
-                    let _ = r.reply.send(Ok(()));
-                }
-            }
-            Err(e) => answer_all(chunk, &DomainError::Store(e)),
-        }
-    }
-
-    /// Forgets the remembered active-job counter after a transaction that changed it.
-    async fn slots_changed(&self) {
-        *self.slots.lock().await = None;
     }
 
     /// A live job, or `not_found` for an id that names none.
@@ -643,14 +455,13 @@ impl Service {
         })
     }
 
-    /// Writes that release a job's slot in the active-job counter.
-    async fn release_slot(&self) -> Result<Write> {
-        let counter = self.read::<Counter>(&keys::active_jobs()).await?;
-        let count = counter
-            .as_ref()
-            .map_or(0, |c| c.value.count)
-            .saturating_sub(1);
-        put(keys::active_jobs(), &Counter { count }, expect_of(&counter))
+    /// The write that releases a job's slot in the active-job counter.
+    fn release_slot() -> Write {
+        Write::Add {
+            key: keys::active_jobs(),
+            delta: -1,
+            at_most: None,
+        }
     }
 
     /// Marks the job's server terminated, when it is still in the catalog and still points at
@@ -697,7 +508,7 @@ impl Service {
                 }
             }
             if t.releases_slot() {
-                writes.push(self.release_slot().await?);
+                writes.push(Self::release_slot());
             }
             if let Some(w) = self.terminate_on_server(&j).await? {
                 writes.push(w);
@@ -717,9 +528,6 @@ impl Service {
                 writes.push(c.write()?);
             }
             self.store.transact(writes).await?;
-            if t.releases_slot() {
-                self.slots_changed().await;
-            }
             tracing::info!(replication_job_id = %j.replication_job_id, "replication job deleted");
             Ok(())
         })
@@ -919,7 +727,6 @@ impl Service {
                 r.completed_time = Some(now);
             }
             let mut writes = Vec::new();
-            let mut released = false;
             changes.extend(StateChange::of_run(job_id, &j.server_id, &r, now));
             if let Some(ev) = job_event {
                 let t = job_transition(j.state, ev).map_err(illegal)?;
@@ -931,8 +738,7 @@ impl Service {
                     changes.extend(StateChange::of_job(&j, t.to, now));
                 }
                 if t.releases_slot() {
-                    writes.push(self.release_slot().await?);
-                    released = true;
+                    writes.push(Self::release_slot());
                 }
                 if t.to == ReplicationJobState::Failed {
                     if let Some(w) = self.terminate_on_server(&j).await? {
@@ -950,9 +756,6 @@ impl Service {
                 writes.push(c.write()?);
             }
             self.store.transact(writes).await?;
-            if released {
-                self.slots_changed().await;
-            }
             Ok(j)
         })
     }

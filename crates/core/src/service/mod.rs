@@ -37,11 +37,6 @@ pub struct Service {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) ids: Arc<dyn Ids>,
     pub(crate) config: Config,
-    /// Serialises this process's job creations at the active-job counter (see
-    /// [`Service::create_job`]), and remembers the counter as this process last wrote it.
-    slots: Arc<futures::lock::Mutex<Option<Versioned<jobs::Counter>>>>,
-    /// Job creations waiting for the holder of `slots` to commit them.
-    slot_queue: Arc<std::sync::Mutex<Vec<jobs::SlotRequest>>>,
 }
 
 /// One page of a listing. `last` is the sort key to continue after, when more may follow.
@@ -162,8 +157,6 @@ impl Service {
             clock,
             ids,
             config,
-            slots: Arc::default(),
-            slot_queue: Arc::default(),
         }
     }
 
