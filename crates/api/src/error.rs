@@ -2,7 +2,7 @@
 //!
 //! | error | `__type` | HTTP |
 //! |---|---|---|
-//! | bad value, unknown id, bad `nextToken`, `maxResults` < 1 | `InvalidParameterException` | 400 |
+//! | bad value, unknown id, bad `nextToken`, `maxResults` < 1, a request that would store a record over the item limit | `InvalidParameterException` | 400 |
 //! | required member absent or empty | `MissingRequiredParameterException` | 400 |
 //! | unknown job (Update/DeleteReplicationJob) | `ReplicationJobNotFoundException` | 400 |
 //! | server already has a live job | `ReplicationJobAlreadyExistsException` | 400 |
@@ -23,6 +23,7 @@
 //! [`STATUS`] if a client ever needs the Smithy values.
 
 use serde_json::json;
+use tern_core::store::StoreError;
 use tern_core::DomainError;
 
 use crate::Response;
@@ -97,6 +98,12 @@ impl ApiError {
                 D::LimitExceeded(_) | D::OperationNotPermitted(_) => {
                     ("OperationNotPermittedException", shown)
                 }
+                D::Store(StoreError::TooLarge { bytes, limit, .. }) => (
+                    "InvalidParameterException",
+                    format!(
+                        "the request is too large to store: it makes a record of {bytes} bytes, more than the {limit} allowed; send fewer or shorter values"
+                    ),
+                ),
                 d if d.is_transient() => (
                     "TemporarilyUnavailableException",
                     "the service is temporarily unavailable; retry".into(),
@@ -156,7 +163,6 @@ fn clip(mut message: String) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tern_core::store::StoreError;
 
     #[test]
     fn internals_never_reach_the_client() {
@@ -236,6 +242,23 @@ mod tests {
                 "{body}"
             );
         }
+    }
+
+    #[test]
+    fn a_record_over_the_item_limit_is_the_callers_error() {
+        let e = ApiError::Domain(DomainError::Store(StoreError::TooLarge {
+            key: tern_core::store::Key::new("SERVER#1", "s-1"),
+            bytes: 500_000,
+            limit: 399_936,
+        }));
+        let r = e.into_response();
+        assert_eq!(r.status, 400);
+        let body = String::from_utf8(r.body).unwrap();
+        assert!(body.contains("InvalidParameterException"), "{body}");
+        assert!(
+            body.contains("500000 bytes") && !body.contains("SERVER#"),
+            "{body}"
+        );
     }
 
     #[test]

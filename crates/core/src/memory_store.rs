@@ -348,9 +348,10 @@ mod tests {
         ));
         let big = json!({ "blob": "x".repeat(crate::store::MAX_ITEM_BYTES) });
         let ok = put("P", "ok", json!(1), Expect::Any);
-        assert!(invalid(
+        assert!(matches!(
             s.transact(vec![ok, put("P", "big", big, Expect::Any)])
-                .await
+                .await,
+            Err(StoreError::TooLarge { .. })
         ));
         assert!(s.is_empty());
         let fits = json!({ "blob": "x".repeat(300 * 1024) });

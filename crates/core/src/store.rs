@@ -185,6 +185,14 @@ pub enum StoreError {
     /// empty or too long (see [`validate`], the rules every adapter applies).
     #[error("invalid store request: {0}")]
     Invalid(String),
+    /// An item would be larger than [`MAX_ITEM_BYTES`]. Unlike the other refusals this follows
+    /// from what a caller sent (long names, many disks), so the API answers it as bad input.
+    #[error("item {key:?} would be {bytes} bytes, more than the {limit} allowed")]
+    TooLarge {
+        key: Key,
+        bytes: usize,
+        limit: usize,
+    },
     /// Anything else (I/O, network, corrupt data). The message is for logs, never for clients.
     #[error("store unavailable: {message}")]
     Unavailable {

@@ -17,9 +17,10 @@
 //! names and messages of all failing cases, so one broken behaviour does not hide the others.
 //!
 //! What the suite pins down, beyond the doc comments of the port:
-//! * an empty `pk` or `sk`, a `limit` of 0 and an item over [`MAX_ITEM_BYTES`] are `Invalid`, and
+//! * an empty `pk` or `sk` and a `limit` of 0 are `Invalid`, an item over [`MAX_ITEM_BYTES`] is
+//!   `TooLarge`, and
 //!   every refusal of the port's shared rules (`tern_core::store::validate`) comes back from
-//!   every adapter as the very same `Invalid` message (see [`validation`]);
+//!   every adapter as the very same refusal (see [`validation`]);
 //! * an empty transaction is a no-op;
 //! * a failed condition reports the key and the index of the failing write;
 //! * sort keys order by their UTF-8 bytes (DynamoDB's order for string keys);
@@ -55,7 +56,7 @@ use validation::{
 };
 
 /// Items of this size (sort key, partition key and JSON body together) must be accepted; the
-/// suite checks that a body of [`MAX_ITEM_BYTES`] is refused as `Invalid`.
+/// suite checks that a body of [`MAX_ITEM_BYTES`] is refused as `TooLarge`.
 pub const ACCEPTED_ITEM_BYTES: usize = 300 * 1024;
 
 type CaseFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -241,6 +242,19 @@ fn assert_invalid<T: std::fmt::Debug>(result: Result<T, StoreError>, what: &str)
             assert!(!message.is_empty(), "{what}: Invalid without a message")
         }
         other => panic!("{what}: expected Invalid, got {other:?}"),
+    }
+}
+
+#[track_caller]
+fn assert_too_large<T: std::fmt::Debug>(result: Result<T, StoreError>, what: &str) {
+    match result {
+        Err(StoreError::TooLarge { bytes, limit, .. }) => {
+            assert!(
+                bytes > limit,
+                "{what}: TooLarge of {bytes} bytes under {limit}"
+            )
+        }
+        other => panic!("{what}: expected TooLarge, got {other:?}"),
     }
 }
 
@@ -625,7 +639,7 @@ pub async fn item_size_limit(store: Arc<dyn Store>) {
 
     let too_big = Key::new(&pk, "too-big");
     let body = json!({ "blob": "x".repeat(MAX_ITEM_BYTES) });
-    assert_invalid(
+    assert_too_large(
         store.write(put(&too_big, body.clone(), Expect::Any)).await,
         "an item over 400 KB",
     );
@@ -635,7 +649,7 @@ pub async fn item_size_limit(store: Arc<dyn Store>) {
             put(&too_big, body, Expect::Any),
         ])
         .await;
-    assert_invalid(result, "a transaction carrying an item over 400 KB");
+    assert_too_large(result, "a transaction carrying an item over 400 KB");
     must_be_absent(&*store, &too_big).await;
     assert_eq!(
         must_get(&*store, &big).await.version,

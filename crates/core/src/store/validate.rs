@@ -205,9 +205,11 @@ fn measured(index: usize, key: &Key, body: &serde_json::Value) -> Result<String,
     })?;
     let size = key.pk.len() + key.sk.len() + body.len();
     if size > MAX_ITEM_BYTES {
-        return Err(StoreError::Invalid(format!(
-            "write {index}: the item is {size} bytes, more than the {MAX_ITEM_BYTES} allowed"
-        )));
+        return Err(StoreError::TooLarge {
+            key: key.clone(),
+            bytes: size,
+            limit: MAX_ITEM_BYTES,
+        });
     }
     Ok(body)
 }
@@ -282,11 +284,12 @@ mod tests {
             Checked::Put { body, .. } => assert_eq!(body.len() + 4, MAX_ITEM_BYTES),
             other => panic!("{other:?}"),
         }
-        let m = invalid_message(check_transaction(vec![put(
-            key,
-            json!("x".repeat(filler + 1)),
-        )]));
-        assert!(m.contains(&format!("{} bytes", MAX_ITEM_BYTES + 1)), "{m}");
+        match check_transaction(vec![put(key, json!("x".repeat(filler + 1)))]) {
+            Err(StoreError::TooLarge { bytes, limit, .. }) => {
+                assert_eq!((bytes, limit), (MAX_ITEM_BYTES + 1, MAX_ITEM_BYTES))
+            }
+            other => panic!("expected TooLarge, got {other:?}"),
+        }
     }
 
     #[test]
