@@ -227,9 +227,13 @@ impl Running {
                 task.abort();
             }
         }
-        self.bus.flush().await;
+        self.bus.stop(BUS_GRACE).await;
     }
 }
+
+/// How long a shutdown lets the event bus attempt the deliveries due; the rest stay queued in
+/// `bus.db` for the next start.
+const BUS_GRACE: Duration = Duration::from_secs(5);
 
 /// Opens the data directory, the credentials and the database, binds the listener and starts
 /// serving in the background.

@@ -32,6 +32,7 @@ mod worker;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::Value;
@@ -196,6 +197,33 @@ impl LocalBus {
         let wake = self.shared.core.wake();
         let mut status = self.shared.core.status.subscribe();
         let _ = status.wait_for(|s| s.idle_after >= wake).await;
+    }
+
+    /// Stops delivering, for a shutdown: attempts what is due now (for at most `grace`), then
+    /// stops the worker. Deliveries waiting out a backoff, or still running when `grace` ends,
+    /// stay in the queue file and resume with the next bus opened on it, so a target that is
+    /// down holds a shutdown for `grace` at most, not for its whole retry schedule. A delivery
+    /// cut off midway is made again then: consumers de-duplicate by event id.
+    pub async fn stop(&self, grace: Duration) {
+        if tokio::time::timeout(grace, self.deliver_due())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                grace_ms = grace.as_millis() as u64,
+                pending = self.pending(),
+                "deliveries still running at shutdown; they stay queued"
+            );
+        }
+        let worker = self
+            .shared
+            .worker
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(worker) = worker {
+            worker.abort();
+        }
     }
 
     /// Deliveries queued and not yet finished.

@@ -274,3 +274,42 @@ max_attempts = 2
         ]
     );
 }
+
+/// A shutdown attempts what is due and then stops: a webhook that is down does not hold it for
+/// its retry schedule, and the delivery it still owes stays queued for the next start.
+#[tokio::test]
+async fn stopping_leaves_undelivered_events_queued_for_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = clock();
+    let (url, hook) = Hook::start(usize::MAX, StatusCode::SERVICE_UNAVAILABLE).await;
+    let rules = webhook_rule(&url, 10);
+    let e = event("sms-job-stopped", JobEventState::Completed);
+    {
+        let bus = open(dir.path(), &rules, &clock);
+        publish(&bus, std::slice::from_ref(&e)).await;
+        // The clock never moves, so the backoff after the first attempt never ends: a stop that
+        // waited for the delivery to finish would not return.
+        tokio::time::timeout(Duration::from_secs(20), bus.stop(Duration::from_secs(5)))
+            .await
+            .expect("stop returns without waiting out the backoff");
+        assert_eq!(
+            hook.calls.load(Ordering::SeqCst),
+            1,
+            "the due attempt was made"
+        );
+        assert_eq!(bus.queued_attempts(&e.id, "hook", 1).unwrap(), Some(1));
+    }
+    let bus = open(dir.path(), &rules, &clock);
+    assert_eq!(
+        bus.queued_attempts(&e.id, "hook", 1).unwrap(),
+        Some(1),
+        "still queued after the restart, with its attempt count"
+    );
+    clock.advance(Duration::from_secs(1));
+    bus.deliver_due().await;
+    assert_eq!(
+        hook.calls.load(Ordering::SeqCst),
+        2,
+        "resumed after the restart"
+    );
+}
