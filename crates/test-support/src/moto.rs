@@ -46,13 +46,15 @@ def fixed(environ, start_response):
         return lambda data: None
     body = b"".join(app(environ, capture))
     head = body[:400]
+    headers = seen["headers"]
     for wrong, right in ROOTS.items():
         if head.lstrip().startswith(b"<?xml") and ((b"<" + wrong + b" ") in head or (b"<" + wrong + b">") in head):
             body = body.replace(b"<" + wrong, b"<" + right, 1)
             body = body.replace(b"</" + wrong + b">", b"</" + right + b">")
+            # Only a rewritten body changes length (a HEAD answer keeps the object's).
+            headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
+            headers.append(("Content-Length", str(len(body))))
             break
-    headers = [(k, v) for k, v in seen["headers"] if k.lower() != "content-length"]
-    headers.append(("Content-Length", str(len(body))))
     start_response(seen["status"], headers)
     return [body]
 
