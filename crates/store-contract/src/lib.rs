@@ -26,6 +26,8 @@
 //! * `query` never returns `last_sk` unless it equals the sort key of the last item returned, and
 //!   always returns it when more matching items exist.
 
+pub mod apps;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;

@@ -839,20 +839,37 @@ impl Service {
             .iter()
             .map(|_| self.ids.new_id(crate::IdKind::ServerGroup))
             .collect();
+        // The application an earlier request with this clientToken created, if any.
+        let earlier = || async {
+            let Some(t) = &token else {
+                return Ok(None);
+            };
+            let Some(done) = self.read::<TokenItem>(&keys::app_token(t)).await? else {
+                return Ok(None);
+            };
+            if done.value.request != request {
+                return Err(invalid(format!(
+                    "clientToken {t} was already used to create application {} with different parameters",
+                    done.value.app_id
+                )));
+            }
+            Ok(Some(self.app(&done.value.app_id).await?.value))
+        };
         let app = retrying!(self, "CreateApp", async {
-            if let Some(t) = &token {
-                if let Some(done) = self.read::<TokenItem>(&keys::app_token(t)).await? {
-                    if done.value.request != request {
-                        return Err(invalid(format!(
-                            "clientToken {t} was already used to create application {} with different parameters",
-                            done.value.app_id
-                        )));
-                    }
-                    return Ok(self.app(&done.value.app_id).await?.value);
-                }
+            if let Some(app) = earlier().await? {
+                return Ok(app);
             }
             let (server_groups, mut writes) =
-                self.build_groups(&app_id, &plans, &group_ids, &[]).await?;
+                match self.build_groups(&app_id, &plans, &group_ids, &[]).await {
+                    Ok(built) => built,
+                    // A request with the same token may have committed between our reads of
+                    // the token and of the memberships: then its servers read as taken, and the
+                    // answer is that request's application.
+                    Err(e) => match earlier().await? {
+                        Some(app) => return Ok(app),
+                        None => return Err(e),
+                    },
+                };
             let now = self.now();
             let app = App {
                 app_id: app_id.clone(),
