@@ -391,12 +391,21 @@ pub async fn use_cases(store: Arc<dyn Store>) {
     );
 
     // StartAppReplication: one job per server through CreateReplicationJob's use case.
-    svc.start_app_replication(&id)
-        .await
-        .expect("StartAppReplication");
+    // Concurrent starts of one application make one job per server and take one slot.
+    let (x, y, z) = futures::join!(
+        svc.start_app_replication(&id),
+        svc.start_app_replication(&id),
+        svc.start_app_replication(&id),
+    );
+    x.and(y).and(z).expect("StartAppReplication");
     svc.start_app_replication(&id)
         .await
         .expect("a repeated start creates nothing new");
+    assert_eq!(
+        svc.list_jobs(None, 100).await.unwrap().items.len(),
+        3,
+        "one job per server"
+    );
     let d = svc.get_app(&id).await.unwrap();
     let jobs: Vec<String> = d
         .server_groups
