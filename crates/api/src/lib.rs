@@ -8,8 +8,10 @@
 //! * SMS operations (`AWSServerMigrationService_V2016_10_24.<Op>`), administrators only:
 //!   GetConnectors, DisassociateConnector, ImportServerCatalog, GetServers, DeleteServerCatalog,
 //!   CreateReplicationJob, GetReplicationJobs, UpdateReplicationJob, DeleteReplicationJob,
-//!   StartOnDemandReplicationRun, GetReplicationRuns. The other 24 SMS operations answer
-//!   `OperationNotPermittedException` "… is not available yet in this Tern release".
+//!   StartOnDemandReplicationRun, GetReplicationRuns, and the application operations of
+//!   [`apps::OPERATIONS`] (applications and their replication). The other 13 SMS operations
+//!   (launch, validation, templates, ImportAppCatalog) answer `OperationNotPermittedException`
+//!   "… is not available yet in this Tern release".
 //! * Connector operations (`TernConnectorService_V1.<Op>`, see [`connector`]), connectors only.
 //!
 //! Request handling: the body must be a JSON object (an empty body counts as `{}`), unknown
@@ -20,6 +22,7 @@
 //! (default `limits.default_page_size`, capped at `limits.max_page_size`, < 1 refused) and an
 //! opaque `nextToken` that is omitted on the last page. Errors: see [`error`].
 
+pub mod apps;
 pub mod connector;
 pub mod error;
 pub mod wire;
@@ -54,10 +57,6 @@ pub const SMS_OPERATIONS: &[&str] = &[
     "DeleteReplicationJob",
     "StartOnDemandReplicationRun",
     "GetReplicationRuns",
-];
-
-/// The SMS operations a later release implements; they answer a well-formed error today.
-pub const SMS_OPERATIONS_NOT_YET_AVAILABLE: &[&str] = &[
     "CreateApp",
     "GetApp",
     "ListApps",
@@ -66,11 +65,15 @@ pub const SMS_OPERATIONS_NOT_YET_AVAILABLE: &[&str] = &[
     "StartAppReplication",
     "StartOnDemandAppReplication",
     "StopAppReplication",
-    "LaunchApp",
-    "TerminateApp",
     "PutAppReplicationConfiguration",
     "GetAppReplicationConfiguration",
     "DeleteAppReplicationConfiguration",
+];
+
+/// The SMS operations a later release implements; they answer a well-formed error today.
+pub const SMS_OPERATIONS_NOT_YET_AVAILABLE: &[&str] = &[
+    "LaunchApp",
+    "TerminateApp",
     "PutAppLaunchConfiguration",
     "GetAppLaunchConfiguration",
     "DeleteAppLaunchConfiguration",
@@ -228,6 +231,9 @@ impl Api {
 
     async fn sms(&self, op: &str, input: Value) -> ApiResult {
         use wire::*;
+        if apps::OPERATIONS.contains(&op) {
+            return self.apps(op, input).await;
+        }
         let svc = &self.service;
         match op {
             "GetConnectors" => {

@@ -7,6 +7,8 @@
 //! JSON with the SMS wire member names (camelCase, timestamps in epoch seconds). A service error
 //! prints its SMS error code and message on stderr and exits with status 254, like the AWS CLI.
 
+mod apps;
+
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
@@ -190,6 +192,9 @@ pub enum SmsCommand {
         #[command(flatten)]
         paging: Paging,
     },
+    /// The application operations (create-app, get-app, list-apps, …).
+    #[command(flatten)]
+    Apps(apps::AppCommand),
 }
 
 impl SmsCommand {
@@ -206,6 +211,7 @@ impl SmsCommand {
             | SmsCommand::DeleteReplicationJob { global, .. }
             | SmsCommand::StartOnDemandReplicationRun { global, .. }
             | SmsCommand::GetReplicationRuns { global, .. } => global,
+            SmsCommand::Apps(cmd) => cmd.global(),
         }
     }
 
@@ -223,6 +229,7 @@ impl SmsCommand {
             SmsCommand::DeleteReplicationJob { .. } => "DeleteReplicationJob",
             SmsCommand::StartOnDemandReplicationRun { .. } => "StartOnDemandReplicationRun",
             SmsCommand::GetReplicationRuns { .. } => "GetReplicationRuns",
+            SmsCommand::Apps(cmd) => cmd.operation(),
         }
     }
 }
@@ -530,6 +537,7 @@ async fn execute(cmd: SmsCommand) -> Result<Option<Value>, Failure> {
             put(&mut out, "nextToken", next_token.map(Value::String));
             Some(Value::Object(out))
         }
+        SmsCommand::Apps(cmd) => apps::execute(&client, cmd).await?,
     };
     Ok(output)
 }

@@ -424,3 +424,160 @@ async fn connector_runs_until_sigterm() {
     assert!(status.success(), "clean exit on SIGTERM: {status}");
     server.shutdown().await;
 }
+
+/// The application subcommands, named as `aws sms` names them, with the SMS wire JSON in and out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_applications() {
+    let server = TestServer::start().await;
+    let (_agent, s) = server.import_catalog(3).await;
+    let groups = format!(
+        r#"[{{"name":"web","serverList":[{{"serverId":"{}"}},{{"serverId":"{}"}}]}},{{"name":"db","serverList":[{{"serverId":"{}"}}]}}]"#,
+        s[0], s[1], s[2]
+    );
+    let created = ok(
+        &server,
+        &[
+            "sms",
+            "create-app",
+            "--name",
+            "shop",
+            "--client-token",
+            "cli-1",
+            "--server-groups",
+            &groups,
+            "--tags",
+            r#"[{"key":"team","value":"blue"}]"#,
+        ],
+    )
+    .await;
+    let app_id = str_of(&created, "/appSummary/appId").to_owned();
+    assert_eq!(created["appSummary"]["totalServers"], 3);
+    assert_eq!(created["appSummary"]["totalServerGroups"], 2);
+    assert_eq!(
+        created["appSummary"]["replicationStatus"],
+        "READY_FOR_CONFIGURATION"
+    );
+    assert!(created["appSummary"]["creationTime"].is_number());
+    assert_eq!(created["tags"][0]["key"], "team");
+    let web = str_of(&created, "/serverGroups/0/serverGroupId").to_owned();
+    let db = str_of(&created, "/serverGroups/1/serverGroupId").to_owned();
+
+    let got = ok(&server, &["sms", "get-app", "--app-id", &app_id]).await;
+    assert_eq!(
+        got["serverGroups"][1]["serverList"][0]["serverId"],
+        s[2].as_str()
+    );
+    let listed = ok(&server, &["sms", "list-apps"]).await;
+    assert_eq!(listed["apps"][0]["appId"], app_id.as_str());
+    let listed = ok(&server, &["sms", "list-apps", "--app-ids", &app_id]).await;
+    assert_eq!(listed["apps"].as_array().unwrap().len(), 1);
+
+    let updated = ok(
+        &server,
+        &[
+            "sms",
+            "update-app",
+            "--app-id",
+            &app_id,
+            "--description",
+            "described",
+        ],
+    )
+    .await;
+    assert_eq!(updated["appSummary"]["name"], "shop");
+    assert_eq!(updated["appSummary"]["description"], "described");
+
+    let params = r#"{"seedTime":"2030-01-01T00:00:00Z","frequency":12,"licenseType":"BYOL"}"#;
+    let seed = now_secs() + 3600;
+    let params = params.replace(r#""2030-01-01T00:00:00Z""#, &seed.to_string());
+    let configs = format!(
+        r#"[{{"serverGroupId":"{web}","serverReplicationConfigurations":[{{"server":{{"serverId":"{}"}},"serverReplicationParameters":{params}}},{{"server":{{"serverId":"{}"}},"serverReplicationParameters":{params}}}]}},{{"serverGroupId":"{db}","serverReplicationConfigurations":[{{"server":{{"serverId":"{}"}},"serverReplicationParameters":{params}}}]}}]"#,
+        s[0], s[1], s[2]
+    );
+    let file = server.scratch().join("replication.json");
+    std::fs::write(&file, configs).unwrap();
+    assert_eq!(
+        ok(
+            &server,
+            &[
+                "sms",
+                "put-app-replication-configuration",
+                "--app-id",
+                &app_id,
+                "--server-group-replication-configurations",
+                &format!("file://{}", file.display()),
+            ],
+        )
+        .await,
+        Value::Null
+    );
+    let config = ok(
+        &server,
+        &[
+            "sms",
+            "get-app-replication-configuration",
+            "--app-id",
+            &app_id,
+        ],
+    )
+    .await;
+    let p = &config["serverGroupReplicationConfigurations"][0]["serverReplicationConfigurations"]
+        [1]["serverReplicationParameters"];
+    assert_eq!(p["frequency"], 12);
+    assert_eq!(p["seedTime"], seed);
+
+    ok(
+        &server,
+        &["sms", "start-app-replication", "--app-id", &app_id],
+    )
+    .await;
+    let got = ok(&server, &["sms", "get-app", "--app-id", &app_id]).await;
+    assert_eq!(
+        got["appSummary"]["replicationStatus"],
+        "REPLICATION_PENDING"
+    );
+    assert!(got["serverGroups"][0]["serverList"][0]["replicationJobId"].is_string());
+
+    // A refusal exits 254 with the SMS code, as the AWS CLI does.
+    let refused = run(&server, &["sms", "delete-app", "--app-id", &app_id]).await;
+    assert_eq!(refused.status.code(), Some(254));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("OperationNotPermittedException"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    ok(
+        &server,
+        &["sms", "stop-app-replication", "--app-id", &app_id],
+    )
+    .await;
+    ok(
+        &server,
+        &[
+            "sms",
+            "delete-app-replication-configuration",
+            "--app-id",
+            &app_id,
+        ],
+    )
+    .await;
+    let got = ok(&server, &["sms", "get-app", "--app-id", &app_id]).await;
+    assert_eq!(
+        got["appSummary"]["replicationConfigurationStatus"],
+        "NOT_CONFIGURED"
+    );
+    ok(
+        &server,
+        &[
+            "sms",
+            "delete-app",
+            "--app-id",
+            &app_id,
+            "--force-stop-app-replication",
+        ],
+    )
+    .await;
+    let listed = ok(&server, &["sms", "list-apps"]).await;
+    assert!(listed["apps"].as_array().unwrap().is_empty());
+    server.shutdown().await;
+}

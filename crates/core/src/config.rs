@@ -93,6 +93,12 @@ pub struct Limits {
     /// Most recent runs embedded in each job (`ReplicationJob.replicationRunList`);
     /// GetReplicationRuns pages through all of them.
     pub runs_embedded_in_job: u32,
+    /// Server groups one application may hold (SMS User Guide: 10).
+    pub max_groups_per_app: u32,
+    /// Servers one application may hold, over all its groups (SMS User Guide: 50).
+    pub max_servers_per_app: u32,
+    /// Applications whose replication may be started at once (SMS User Guide: 50).
+    pub max_replicating_apps: u32,
 }
 
 impl Default for Limits {
@@ -111,6 +117,9 @@ impl Default for Limits {
             default_page_size: 50,
             max_consecutive_run_failures: 3,
             runs_embedded_in_job: 10,
+            max_groups_per_app: 10,
+            max_servers_per_app: 50,
+            max_replicating_apps: 50,
         }
     }
 }
@@ -201,6 +210,18 @@ impl Config {
                 Slot::Count(&mut l.runs_embedded_in_job),
             ),
             (
+                "limits.max_groups_per_app",
+                Slot::Count(&mut l.max_groups_per_app),
+            ),
+            (
+                "limits.max_servers_per_app",
+                Slot::Count(&mut l.max_servers_per_app),
+            ),
+            (
+                "limits.max_replicating_apps",
+                Slot::Count(&mut l.max_replicating_apps),
+            ),
+            (
                 "connector_unhealthy_after",
                 Slot::Time(&mut self.connector_unhealthy_after),
             ),
@@ -274,6 +295,9 @@ impl Config {
                 "limits.max_consecutive_run_failures",
                 l.max_consecutive_run_failures,
             ),
+            ("limits.max_groups_per_app", l.max_groups_per_app),
+            ("limits.max_servers_per_app", l.max_servers_per_app),
+            ("limits.max_replicating_apps", l.max_replicating_apps),
             ("max_write_attempts", self.max_write_attempts),
         ];
         for (key, value) in positive {

@@ -130,6 +130,66 @@ wire_enum!(
 );
 
 wire_enum!(
+    /// `AppStatus`.
+    AppStatus {
+        Creating => "CREATING",
+        Active => "ACTIVE",
+        Updating => "UPDATING",
+        Deleting => "DELETING",
+        Deleted => "DELETED",
+        DeleteFailed => "DELETE_FAILED",
+    }
+);
+
+wire_enum!(
+    /// `AppReplicationConfigurationStatus` (also the values of `AppLaunchConfigurationStatus`).
+    AppConfigurationStatus { NotConfigured => "NOT_CONFIGURED", Configured => "CONFIGURED" }
+);
+
+wire_enum!(
+    /// `AppReplicationStatus`.
+    AppReplicationStatus {
+        ReadyForConfiguration => "READY_FOR_CONFIGURATION",
+        ConfigurationInProgress => "CONFIGURATION_IN_PROGRESS",
+        ConfigurationInvalid => "CONFIGURATION_INVALID",
+        ReadyForReplication => "READY_FOR_REPLICATION",
+        ValidationInProgress => "VALIDATION_IN_PROGRESS",
+        ReplicationPending => "REPLICATION_PENDING",
+        ReplicationInProgress => "REPLICATION_IN_PROGRESS",
+        Replicated => "REPLICATED",
+        PartiallyReplicated => "PARTIALLY_REPLICATED",
+        DeltaReplicationInProgress => "DELTA_REPLICATION_IN_PROGRESS",
+        DeltaReplicated => "DELTA_REPLICATED",
+        DeltaReplicationFailed => "DELTA_REPLICATION_FAILED",
+        ReplicationFailed => "REPLICATION_FAILED",
+        ReplicationStopping => "REPLICATION_STOPPING",
+        ReplicationStopFailed => "REPLICATION_STOP_FAILED",
+        ReplicationStopped => "REPLICATION_STOPPED",
+    }
+);
+
+wire_enum!(
+    /// `AppLaunchStatus`.
+    AppLaunchStatus {
+        ReadyForConfiguration => "READY_FOR_CONFIGURATION",
+        ConfigurationInProgress => "CONFIGURATION_IN_PROGRESS",
+        ConfigurationInvalid => "CONFIGURATION_INVALID",
+        ReadyForLaunch => "READY_FOR_LAUNCH",
+        ValidationInProgress => "VALIDATION_IN_PROGRESS",
+        LaunchPending => "LAUNCH_PENDING",
+        LaunchInProgress => "LAUNCH_IN_PROGRESS",
+        Launched => "LAUNCHED",
+        PartiallyLaunched => "PARTIALLY_LAUNCHED",
+        DeltaLaunchInProgress => "DELTA_LAUNCH_IN_PROGRESS",
+        DeltaLaunchFailed => "DELTA_LAUNCH_FAILED",
+        LaunchFailed => "LAUNCH_FAILED",
+        TerminateInProgress => "TERMINATE_IN_PROGRESS",
+        TerminateFailed => "TERMINATE_FAILED",
+        Terminated => "TERMINATED",
+    }
+);
+
+wire_enum!(
     /// Tern's operating-system hint for a VM, reported by the connector. Decides which license
     /// types a job may use (Linux: BYOL only; Windows: AWS or BYOL).
     OsType { Linux => "LINUX", Windows => "WINDOWS" }

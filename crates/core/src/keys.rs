@@ -12,6 +12,10 @@
 //! | `RUN#<jobId>` | run seq, 10 digits | [`ReplicationRun`](crate::model::ReplicationRun) | runs in creation order |
 //! | `WORK#<connectorId>` | work id | [`Work`](crate::model::Work) | PollWork = one partition query |
 //! | `LIMIT` | `ACTIVE_JOBS` | `{"count": n}` | the active-job limit under concurrency |
+//! | `APP` | app id | [`App`](crate::service::App) | ListApps = one partition query |
+//! | `APP_TOKEN` | clientToken | `{"appId": …, "request": …}` | CreateApp idempotency |
+//! | `APP_SERVER` | server id | `{"appId": …}` | a server belongs to at most one application |
+//! | `LIMIT` | `REPLICATING_APPS` | `{"count": n}` | the replicating-application limit |
 //! | `OUTBOX` | state-change id | [`StateChange`](crate::replication::StateChange) | events written with the change they announce, published after |
 //!
 //! **Stable server ids.** The `VMADDR` item maps a VM's `vmManagerId` + `vmId` to its server id.
@@ -99,6 +103,24 @@ pub const OUTBOX: &str = "OUTBOX";
 
 pub fn outbox(id: &str) -> Key {
     Key::new(OUTBOX, id)
+}
+
+pub const APP: &str = "APP";
+
+pub fn app(id: &str) -> Key {
+    Key::new(APP, id)
+}
+
+pub fn app_token(client_token: &str) -> Key {
+    Key::new("APP_TOKEN", client_token)
+}
+
+pub fn app_server(server_id: &str) -> Key {
+    Key::new("APP_SERVER", server_id)
+}
+
+pub fn replicating_apps() -> Key {
+    Key::new("LIMIT", "REPLICATING_APPS")
 }
 
 pub fn active_jobs() -> Key {

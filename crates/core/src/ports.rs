@@ -26,6 +26,8 @@ pub enum IdKind {
     ReplicationJob,
     ReplicationRun,
     App,
+    /// A server group of an application (SMS documents no format; Tern uses `sg-`).
+    ServerGroup,
     Validation,
     Image,
     Snapshot,
@@ -41,6 +43,7 @@ impl IdKind {
             IdKind::ReplicationJob => "sms-job-",
             IdKind::ReplicationRun => "sms-run-",
             IdKind::App => "app-",
+            IdKind::ServerGroup => "sg-",
             IdKind::Validation => "val-",
             IdKind::Image => "ami-",
             IdKind::Snapshot => "snap-",

@@ -23,6 +23,13 @@ async fn contract_in_memory() {
     tern_store_contract::run_all(Arc::new(SqliteStore::open_in_memory().unwrap())).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn application_use_cases_on_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("tern.db")).unwrap();
+    tern_store_contract::apps::use_cases(Arc::new(store)).await;
+}
+
 #[tokio::test]
 async fn data_survives_reopening_the_file() {
     let dir = tempfile::tempdir().unwrap();

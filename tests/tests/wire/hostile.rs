@@ -380,6 +380,74 @@ fn operations() -> Vec<Op> {
             vec![("connectorId", Str, true), ("workId", Str, true)],
         ),
     ];
+    // Applications (the ones this release implements).
+    let app_id = || ("appId", Str, true);
+    let app_settings = || {
+        vec![
+            ("name", Str, false),
+            ("description", Str, false),
+            ("roleName", Str, false),
+            ("serverGroups", List, false),
+            ("serverGroups.name", Str, false),
+            ("serverGroups.serverList", List, false),
+            ("tags", List, false),
+            ("tags.key", Str, false),
+            ("tags.value", Str, false),
+        ]
+    };
+    ops.push(sms("CreateApp", {
+        let mut m = app_settings();
+        m.push(("clientToken", Str, false));
+        m
+    }));
+    ops.push(sms("UpdateApp", {
+        let mut m = app_settings();
+        m.push(app_id());
+        m
+    }));
+    ops.push(sms("ListApps", {
+        let mut m = page();
+        m.push(("appIds", EnumList, false));
+        m
+    }));
+    for name in [
+        "GetApp",
+        "StartAppReplication",
+        "StopAppReplication",
+        "GetAppReplicationConfiguration",
+        "DeleteAppReplicationConfiguration",
+    ] {
+        ops.push(sms(name, vec![app_id()]));
+    }
+    ops.push(sms(
+        "DeleteApp",
+        vec![
+            app_id(),
+            ("forceStopAppReplication", Bool, false),
+            ("forceTerminateApp", Bool, false),
+        ],
+    ));
+    ops.push(sms(
+        "StartOnDemandAppReplication",
+        vec![app_id(), ("description", Str, false)],
+    ));
+    ops.push(sms(
+        "PutAppReplicationConfiguration",
+        vec![
+            app_id(),
+            ("serverGroupReplicationConfigurations", List, false),
+            (
+                "serverGroupReplicationConfigurations.serverGroupId",
+                Str,
+                false,
+            ),
+            (
+                "serverGroupReplicationConfigurations.serverReplicationConfigurations",
+                List,
+                false,
+            ),
+        ],
+    ));
     // The later operations read no member yet; a few of the model's stand in for all.
     for name in SMS_NOT_YET {
         ops.push(sms(
@@ -609,6 +677,20 @@ fn base(op: &Op, ids: &Ids) -> Value {
         }
         "ReportProgress" | "CompleteWork" => json!({"connectorId": c, "workId": "work-none"}),
         "SendHeartbeat" | "PollWork" | "ReportError" => json!({"connectorId": c}),
+        // An application id that is well formed (most of these answer that it does not exist).
+        "CreateApp" => json!({"name": "hostile", "serverGroups": [{"name": "g", "serverList": []}],
+                              "tags": [{"key": "k", "value": "v"}]}),
+        "UpdateApp"
+        | "GetApp"
+        | "DeleteApp"
+        | "StartAppReplication"
+        | "StopAppReplication"
+        | "StartOnDemandAppReplication"
+        | "PutAppReplicationConfiguration"
+        | "GetAppReplicationConfiguration"
+        | "DeleteAppReplicationConfiguration" => {
+            json!({"appId": "app-00000000000000000"})
+        }
         _ => json!({}),
     }
 }

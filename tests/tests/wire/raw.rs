@@ -6,32 +6,21 @@ use std::time::{Duration, SystemTime};
 use serde_json::{json, Value};
 use tern_acceptance::{connector_target, now_secs, sms_target, RawResponse, TestServer};
 
-/// The 24 SMS operations that later issues implement.
-const NOT_YET: [&str; 24] = [
-    "CreateApp",
-    "DeleteApp",
+/// The 13 SMS operations that later issues implement (launch, validation, templates, import).
+const NOT_YET: [&str; 13] = [
     "DeleteAppLaunchConfiguration",
-    "DeleteAppReplicationConfiguration",
     "DeleteAppValidationConfiguration",
     "GenerateChangeSet",
     "GenerateTemplate",
-    "GetApp",
     "GetAppLaunchConfiguration",
-    "GetAppReplicationConfiguration",
     "GetAppValidationConfiguration",
     "GetAppValidationOutput",
     "ImportAppCatalog",
     "LaunchApp",
-    "ListApps",
     "NotifyAppValidationOutput",
     "PutAppLaunchConfiguration",
-    "PutAppReplicationConfiguration",
     "PutAppValidationConfiguration",
-    "StartAppReplication",
-    "StartOnDemandAppReplication",
-    "StopAppReplication",
     "TerminateApp",
-    "UpdateApp",
 ];
 
 /// An awsJson error: status, `__type` in body and header alike, a lower-case `message`.

@@ -86,6 +86,14 @@ async fn dynamodb_store_on_moto() {
     tern_store_contract::run_cases(Arc::new(small), concurrent).await;
     tern_store_contract::run_cases(Arc::new(store.clone()), others).await;
 
+    // The application use cases (CreateApp … DeleteApp, replication up to the jobs) on DynamoDB,
+    // in a table of their own.
+    let apps = DynamoStore::new(client(&moto.endpoint), "tern-apps");
+    apps.create_table()
+        .await
+        .expect("create the applications table");
+    tern_store_contract::apps::use_cases(Arc::new(apps)).await;
+
     // The stored layout other tools see: a numeric version and the body as a JSON string.
     let key = Key::new("layout", "item");
     store

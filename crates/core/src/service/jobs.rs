@@ -106,7 +106,7 @@ fn resume(j: &mut ReplicationJob, why: &str) -> Result<()> {
 }
 
 impl Service {
-    fn check_frequency(&self, f: i64) -> Result<u32> {
+    pub(crate) fn check_frequency(&self, f: i64) -> Result<u32> {
         let l = &self.config.limits;
         if f < i64::from(l.min_frequency_hours) || f > i64::from(l.max_frequency_hours) {
             return Err(invalid(format!(
@@ -117,7 +117,7 @@ impl Service {
         Ok(f as u32)
     }
 
-    fn check_amis(&self, n: i64) -> Result<u32> {
+    pub(crate) fn check_amis(&self, n: i64) -> Result<u32> {
         let max = self.config.limits.max_amis_to_keep;
         if n < 0 || n > i64::from(max) {
             return Err(invalid(format!(
@@ -127,7 +127,7 @@ impl Service {
         Ok(n as u32)
     }
 
-    fn check_not_too_far(&self, name: &str, t: OffsetDateTime) -> Result<()> {
+    pub(crate) fn check_not_too_far(&self, name: &str, t: OffsetDateTime) -> Result<()> {
         let max = self.config.limits.max_seed_delay;
         if t - self.now() > max {
             return Err(invalid(format!(
@@ -138,7 +138,7 @@ impl Service {
         Ok(())
     }
 
-    fn check_license(
+    pub(crate) fn check_license(
         os: Option<OsType>,
         license: Option<LicenseType>,
         server_id: &str,
@@ -151,7 +151,7 @@ impl Service {
         Ok(())
     }
 
-    fn check_kms(encrypted: Option<bool>, kms: Option<&str>) -> Result<()> {
+    pub(crate) fn check_kms(encrypted: Option<bool>, kms: Option<&str>) -> Result<()> {
         if encrypted == Some(false) && kms.is_some_and(|k| !k.is_empty()) {
             return Err(invalid("kmsKeyId requires encrypted: true"));
         }
