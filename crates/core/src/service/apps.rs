@@ -23,7 +23,8 @@
 //!   StopAppReplication deletes the jobs through [`Service::delete_job`].
 //! * Limits (`config.limits`): `max_groups_per_app`, `max_servers_per_app`, and
 //!   `max_replicating_apps` applications replicating at once (a counter item
-//!   `LIMIT/REPLICATING_APPS` written with a version condition, like the active-job counter).
+//!   `LIMIT/REPLICATING_APPS` the store adds to within the limit, `Write::Add`, like the
+//!   active-job counter).
 //!
 //! Launch configuration, LaunchApp/TerminateApp, templates, validation and ImportAppCatalog are
 //! not implemented yet: `launchStatus` is always READY_FOR_CONFIGURATION and no stack is ever
@@ -40,7 +41,7 @@ use crate::enums::*;
 use crate::error::{DomainError, Result};
 use crate::keys;
 use crate::model::{ReplicationJob, VmServer};
-use crate::store::{Expect, Write, MAX_TRANSACTION_WRITES};
+use crate::store::{Expect, StoreError, Write, MAX_TRANSACTION_WRITES};
 
 // ------------------------------------------------------------------------------ stored items
 
@@ -164,11 +165,6 @@ struct TokenItem {
     app_id: String,
     /// The request the token was first used with.
     request: Value,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct Counter {
-    count: u32,
 }
 
 // ------------------------------------------------------------------------------ inputs
@@ -1049,7 +1045,7 @@ impl Service {
                 });
             }
             if app.value.replicating {
-                writes.push(self.release_app_slot().await?);
+                writes.push(Self::release_app_slot());
             }
             self.store.transact(writes).await?;
             tracing::info!(app_id = %id, "application deleted");
@@ -1237,18 +1233,13 @@ impl Service {
         })
     }
 
-    /// Writes that release one slot of the replicating-application counter.
-    async fn release_app_slot(&self) -> Result<Write> {
-        let counter = self.read::<Counter>(&keys::replicating_apps()).await?;
-        let count = counter
-            .as_ref()
-            .map_or(0, |c| c.value.count)
-            .saturating_sub(1);
-        put(
-            keys::replicating_apps(),
-            &Counter { count },
-            expect_of(&counter),
-        )
+    /// The write that releases one slot of the replicating-application counter.
+    fn release_app_slot() -> Write {
+        Write::Add {
+            key: keys::replicating_apps(),
+            delta: -1,
+            at_most: None,
+        }
     }
 
     /// StartAppReplication: one replication job per server (see the module comment). Servers
@@ -1283,28 +1274,32 @@ impl Service {
             if app.replicating {
                 return Ok(stored.value.clone());
             }
-            let counter = self.read::<Counter>(&keys::replicating_apps()).await?;
-            let count = counter.as_ref().map_or(0, |c| c.value.count);
-            if count >= max {
-                return Err(DomainError::LimitExceeded(format!(
-                    "{count} applications are replicating, the limit (limits.max_replicating_apps) is {max}; stop one first"
-                )));
-            }
             let mut app = stored.value.clone();
             app.replicating = true;
             app.replication_stopped_on = None;
             app.last_modified = self.now();
-            self.store
+            let taken = self
+                .store
                 .transact(vec![
                     put(keys::app(&id), &app, stored.expect())?,
-                    put(
-                        keys::replicating_apps(),
-                        &Counter { count: count + 1 },
-                        expect_of(&counter),
-                    )?,
+                    Write::Add {
+                        key: keys::replicating_apps(),
+                        delta: 1,
+                        at_most: Some(u64::from(max)),
+                    },
                 ])
-                .await?;
-            Ok(app)
+                .await;
+            match taken {
+                Err(StoreError::ConditionFailed { index: Some(1), .. }) => {
+                    Err(DomainError::LimitExceeded(format!(
+                        "{max} applications are replicating, the limit (limits.max_replicating_apps); stop one first"
+                    )))
+                }
+                other => {
+                    other?;
+                    Ok(app)
+                }
+            }
         })?;
         let config = app.replication_configuration.clone().unwrap_or_default();
         let jobs = self.app_jobs(&app).await?;
@@ -1462,7 +1457,7 @@ impl Service {
             let mut writes = Vec::new();
             if app.replication_jobs.is_empty() {
                 if app.replicating {
-                    writes.push(self.release_app_slot().await?);
+                    writes.push(Self::release_app_slot());
                 }
                 app.replicating = false;
                 app.replication_stopped_on = Some(self.now());
