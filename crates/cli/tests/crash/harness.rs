@@ -31,8 +31,10 @@ pub enum Trigger {
     ManifestLanded,
     /// At a pause point of the server (the server is started with it beforehand).
     Pause(&'static str),
-    /// When GetReplicationRuns shows the run in this stage.
-    Stage(&'static str),
+    /// While the server is held at a pause point: the victim is killed and restarted, then the
+    /// server is let go on (for killing the connector in a stage the server passes in
+    /// milliseconds).
+    Hold(&'static str),
 }
 
 struct Vm {
@@ -201,9 +203,23 @@ impl Lab {
         }
     }
 
+    /// Panics with `message` and the logs' tails. With `CRASH_KEEP` set the test's directory
+    /// (data, logs, disks) is kept for a post-mortem.
     pub fn fail(&self, message: &str) -> ! {
+        let kept = match std::env::var_os("CRASH_KEEP") {
+            Some(to) => {
+                let ok = std::process::Command::new("cp")
+                    .arg("-a")
+                    .arg(self.dir.path())
+                    .arg(&to)
+                    .status()
+                    .is_ok_and(|s| s.success());
+                format!("\n(copied to {}: {ok})", Path::new(&to).display())
+            }
+            None => String::new(),
+        };
         panic!(
-            "{message}\n--- server log (tail) ---\n{}\n--- connector log (tail) ---\n{}",
+            "{message}{kept}\n--- server log (tail) ---\n{}\n--- connector log (tail) ---\n{}",
             procs::tail(&self.dir.path().join("server.log")),
             procs::tail(&self.dir.path().join("connector.log"))
         );
@@ -380,7 +396,7 @@ impl Lab {
     /// start had one.
     async fn prepare_server(&mut self, victim: Victim, trigger: Trigger) {
         let pause = match (victim, trigger) {
-            (Victim::Server, Trigger::Pause(p)) => Some(p),
+            (Victim::Server, Trigger::Pause(p)) | (_, Trigger::Hold(p)) => Some(p),
             _ => None,
         };
         if pause.is_some() || self.server_pause.is_some() {
@@ -423,7 +439,7 @@ impl Lab {
                 })
                 .await;
             }
-            Trigger::Pause(point) => {
+            Trigger::Pause(point) | Trigger::Hold(point) => {
                 let marker = self.data.join(format!("paused-{point}"));
                 let detail = self
                     .poll(&format!("the server pauses at {point}"), 120, || {
@@ -436,23 +452,14 @@ impl Lab {
                     "paused at {point} for {detail:?}, not for run {run_id}"
                 );
             }
-            Trigger::Stage(stage) => {
-                let client = self.client.clone();
-                self.poll(&format!("run {run_id} reaches stage {stage}"), 120, || {
-                    let client = client.clone();
-                    let (job_id, run_id) = (job_id.to_string(), run_id.to_string());
-                    async move {
-                        let run = find_run(&client, &job_id, &run_id).await?;
-                        let now = run.stage_details().and_then(|d| d.stage());
-                        (now == Some(stage)).then_some(())
-                    }
-                })
-                .await;
-            }
         }
         match victim {
             Victim::Server => self.restart_server(None).await,
             Victim::Connector => self.restart_connector().await,
+        }
+        if let Trigger::Hold(point) = trigger {
+            let marker = self.data.join(format!("paused-{point}"));
+            std::fs::remove_file(&marker).expect("release the held server");
         }
     }
 
@@ -466,6 +473,7 @@ impl Lab {
         run_id: &str,
         sent_before: Option<u64>,
     ) {
+        let started = Instant::now();
         let job_id = self.vms[i].job_id.clone().expect("job");
         let client = self.client.clone();
         let run = self
@@ -580,9 +588,12 @@ impl Lab {
             self.fail(&format!("{what}: the run's manifest was never seen"));
         }
         let ratio = sent as f64 / objects as f64;
-        self.lines.push(format!(
-            "{what}: sent {sent} bytes for {objects} bytes of objects ({ratio:.3}x)"
-        ));
+        let line = format!(
+            "{what}: sent {sent} bytes for {objects} bytes of objects ({ratio:.3}x), ended {:.1} s after the kill",
+            started.elapsed().as_secs_f64()
+        );
+        eprintln!("{line}");
+        self.lines.push(line);
         assert!(
             ratio <= 1.10,
             "{what}: the connector sent {sent} bytes for {objects} bytes of objects ({ratio:.3}x > 1.10)"

@@ -65,8 +65,8 @@ async fn kill_at_every_stage() {
         (
             "connector-converting",
             Victim::Connector,
-            Stage("Converting"),
-            Stage("Converting"),
+            Hold("check-snapshots"),
+            Hold("check-snapshots"),
             false,
         ),
         (
@@ -91,6 +91,15 @@ async fn kill_at_every_stage() {
             false,
         ),
     ];
+    // `CRASH_ONLY=a,b` runs only the scenarios of those names (for debugging one stage).
+    let only = std::env::var("CRASH_ONLY").ok();
+    let scenarios: Vec<_> = scenarios
+        .into_iter()
+        .filter(|s| {
+            only.as_deref()
+                .is_none_or(|o| o.split(',').any(|n| n == s.0))
+        })
+        .collect();
     let mut lab = Lab::start(
         scenarios
             .iter()
