@@ -379,6 +379,32 @@ impl Lab {
         .await
     }
 
+    /// Waits until the server holds run `run_id` at pause point `point` (see
+    /// [`Trigger::Hold`]); [`Lab::release`] lets it go on.
+    pub async fn wait_held(&mut self, point: &'static str, run_id: &str) {
+        let marker = self.data.join(format!("paused-{point}"));
+        let detail = self
+            .poll(&format!("the server pauses at {point}"), 120, || {
+                let m = marker.clone();
+                async move { std::fs::read_to_string(&m).ok() }
+            })
+            .await;
+        assert!(
+            detail.contains(run_id),
+            "paused at {point} for {detail:?}, not for run {run_id}"
+        );
+    }
+
+    /// Starts the server again with pause point `point` (no run is held yet).
+    pub async fn restart_with_pause(&mut self, point: &'static str) {
+        self.restart_server(Some(point)).await;
+    }
+
+    /// Lets a server held at `point` go on.
+    pub fn release(&self, point: &str) {
+        std::fs::remove_file(self.data.join(format!("paused-{point}"))).expect("release");
+    }
+
     /// Whether the server process is still running (not exited by itself).
     pub fn server_alive(&mut self) -> bool {
         self.server.as_mut().is_some_and(Server::alive)

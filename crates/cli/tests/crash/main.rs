@@ -21,7 +21,6 @@ use harness::{Lab, Trigger, Victim};
 /// One scenario per stage and victim; each is a job of its own (one VM each), seeded and then
 /// run incrementally, with a kill in the same stage of both runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "not yet run green end to end (its first scenario passes every check but the 10 % bound, fixed by bigger disks since); run with --ignored"]
 async fn kill_at_every_stage() {
     use Trigger::*;
     let scenarios: Vec<(&str, Victim, Trigger, Trigger, bool)> = vec![
