@@ -62,6 +62,14 @@ pub struct Lab {
     rng: Rng,
     amis: Vec<String>,
     pub lines: Vec<String>,
+    /// The manifest watcher; stopped with the lab.
+    watch: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.watch.abort();
+    }
 }
 
 // One 5 MiB part lost to a kill must stay under 10 % of the objects: 60 MiB of data.
@@ -129,7 +137,7 @@ impl Lab {
         let connector =
             Connector::start(&connector_config, &dir.path().join("connector.log")).await;
         let manifests = Arc::new(Mutex::new(HashMap::new()));
-        spawn_manifest_watch(data.clone(), manifests.clone());
+        let watch = spawn_manifest_watch(data.clone(), manifests.clone());
         let mut lab = Lab {
             dir,
             data,
@@ -144,6 +152,7 @@ impl Lab {
             rng,
             amis: Vec::new(),
             lines: Vec::new(),
+            watch,
         };
         lab.import_catalog().await;
         lab
@@ -676,8 +685,12 @@ fn dir_is_empty(dir: &Path) -> bool {
 }
 
 /// Copies every manifest that appears in staging, before a completed run's objects are
-/// deleted.
-fn spawn_manifest_watch(data: PathBuf, manifests: Arc<Mutex<HashMap<String, Value>>>) {
+/// deleted. It samples the staging directory every 10 ms for the lab's whole life (a run keeps
+/// its manifest for seconds at the least); it waits for nothing, so it has no bound of its own.
+fn spawn_manifest_watch(
+    data: PathBuf,
+    manifests: Arc<Mutex<HashMap<String, Value>>>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let runs = data.join("staging/tern-staging/runs");
         loop {
@@ -701,7 +714,7 @@ fn spawn_manifest_watch(data: PathBuf, manifests: Arc<Mutex<HashMap<String, Valu
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-    });
+    })
 }
 
 /// What the image store holds that it should not: snapshots no image uses, images that are

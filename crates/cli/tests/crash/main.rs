@@ -55,6 +55,13 @@ async fn kill_at_every_stage() {
             false,
         ),
         (
+            "connector-import",
+            Victim::Connector,
+            Hold("import"),
+            Hold("apply-delta"),
+            false,
+        ),
+        (
             "server-wait",
             Victim::Server,
             Pause("check-snapshots"),
@@ -76,10 +83,24 @@ async fn kill_at_every_stage() {
             false,
         ),
         (
+            "connector-register",
+            Victim::Connector,
+            Hold("register-image"),
+            Hold("register-image"),
+            false,
+        ),
+        (
             "server-retain",
             Victim::Server,
             Pause("retain"),
             Pause("retain"),
+            false,
+        ),
+        (
+            "connector-retain",
+            Victim::Connector,
+            Hold("retain"),
+            Hold("retain"),
             false,
         ),
         (
