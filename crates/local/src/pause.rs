@@ -38,7 +38,9 @@ pub fn configure(points: &str, marker_dir: impl Into<PathBuf>) {
     });
 }
 
-/// Waits when `point` is configured and reached for the first time, until its marker file
+/// Waits when `point` is configured and reached for the first time for this `detail` (a run:
+/// a task of an earlier run invoked again after a restart must not take a later run's
+/// pause), until its marker file
 /// is removed (a test that killed another process meanwhile lets the server go on) or forever
 /// (the test kills this process); returns at once otherwise.
 pub async fn point(point: &str, detail: &str) {
@@ -52,7 +54,7 @@ pub async fn point(point: &str, detail: &str) {
         .reached
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .insert(point.to_string());
+        .insert(format!("{point} {detail}"));
     if !first {
         return;
     }

@@ -390,18 +390,30 @@ impl Lab {
 
     /// Waits until the server holds run `run_id` at pause point `point` (see
     /// [`Trigger::Hold`]); [`Lab::release`] lets it go on.
+    ///
+    /// A task of an earlier run may arrive first: the server was restarted before that run's
+    /// workflow had recorded the task's result (the run itself already reads COMPLETED), so the
+    /// task runs again (at-least-once). Such a hold is let go.
     pub async fn wait_held(&mut self, point: &'static str, run_id: &str) {
         let marker = self.data.join(format!("paused-{point}"));
-        let detail = self
-            .poll(&format!("the server pauses at {point}"), 120, || {
-                let m = marker.clone();
-                async move { std::fs::read_to_string(&m).ok() }
-            })
-            .await;
-        assert!(
-            detail.contains(run_id),
-            "paused at {point} for {detail:?}, not for run {run_id}"
-        );
+        let run = run_id.to_string();
+        self.poll(
+            &format!("the server pauses at {point} for {run_id}"),
+            120,
+            || {
+                let (m, run) = (marker.clone(), run.clone());
+                async move {
+                    let detail = std::fs::read_to_string(&m).ok()?;
+                    if detail.contains(&run) {
+                        return Some(());
+                    }
+                    eprintln!("held at {point} for {detail:?}, an earlier run's task: let go");
+                    let _ = std::fs::remove_file(&m);
+                    None
+                }
+            },
+        )
+        .await;
     }
 
     /// Starts the server again with pause point `point` (no run is held yet).
@@ -475,17 +487,7 @@ impl Lab {
                 .await;
             }
             Trigger::Pause(point) | Trigger::Hold(point) => {
-                let marker = self.data.join(format!("paused-{point}"));
-                let detail = self
-                    .poll(&format!("the server pauses at {point}"), 120, || {
-                        let m = marker.clone();
-                        async move { std::fs::read_to_string(&m).ok() }
-                    })
-                    .await;
-                assert!(
-                    detail.contains(run_id),
-                    "paused at {point} for {detail:?}, not for run {run_id}"
-                );
+                self.wait_held(point, run_id).await;
             }
         }
         match victim {
