@@ -120,6 +120,23 @@ async fn catalog_status_moves_through_import_and_delete_with_stable_ids() {
     w.clock
         .advance(w.svc.config().work_lease + Duration::from_secs(1));
     assert_eq!(w.svc.poll_work(&c, 10).await.unwrap().len(), 1);
+    // A restarted connector registers again: what the old process had leased is handed out at
+    // once, not after the lease.
+    assert!(w.svc.poll_work(&c, 10).await.unwrap().is_empty());
+    let again = w
+        .svc
+        .register_connector(NewConnector {
+            connector_id: Some(c.clone()),
+            name: "a".into(),
+            version: "1.0".into(),
+            vm_manager_id: "vc-a".into(),
+            vm_manager_type: Some(VmManagerType::Vsphere),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(again, c);
+    assert_eq!(w.svc.poll_work(&c, 10).await.unwrap().len(), 1);
     w.svc.heartbeat(&c).await.unwrap();
 
     let out = w

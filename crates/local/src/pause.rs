@@ -1,7 +1,7 @@
 //! Pause points for crash tests: `tern serve` with `TERN_TEST_PAUSE_AT=<point>[,<point>…]`
 //! stops at the first arrival at each named point, writes `<data_dir>/paused-<point>` (holding
-//! what it was doing, e.g. the run id) and waits there forever, so a test can `kill -9` the
-//! process in a state that lasts only microseconds otherwise (an image registered but not yet
+//! what it was doing, e.g. the run id) and waits there until that file is removed, so a test
+//! can `kill -9` the process (or the connector) in a state that lasts only microseconds otherwise (an image registered but not yet
 //! recorded by the workflow, a manifest stored but not yet taken). Inert unless configured;
 //! only the `tern` binary configures it, from the environment, once at start.
 //!
@@ -38,8 +38,11 @@ pub fn configure(points: &str, marker_dir: impl Into<PathBuf>) {
     });
 }
 
-/// Waits forever when `point` is configured and reached for the first time; returns at once
-/// otherwise.
+/// Waits when `point` is configured and reached for the first time for this `detail` (a run:
+/// a task of an earlier run invoked again after a restart must not take a later run's
+/// pause), until its marker file
+/// is removed (a test that killed another process meanwhile lets the server go on) or forever
+/// (the test kills this process); returns at once otherwise.
 pub async fn point(point: &str, detail: &str) {
     let Some(plan) = PLAN.get() else {
         return;
@@ -51,7 +54,7 @@ pub async fn point(point: &str, detail: &str) {
         .reached
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .insert(point.to_string());
+        .insert(format!("{point} {detail}"));
     if !first {
         return;
     }
@@ -64,5 +67,8 @@ pub async fn point(point: &str, detail: &str) {
         detail,
         "paused for a crash test (TERN_TEST_PAUSE_AT)"
     );
-    std::future::pending::<()>().await;
+    while marker.exists() {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    tracing::warn!(point, detail, "released by the crash test; going on");
 }

@@ -1,7 +1,9 @@
 //! A data directory on a filesystem that fills up in the middle of an incremental run: the
 //! server reports the failure clearly (a 503 TemporarilyUnavailableException on the API, the
 //! cause in its log), corrupts nothing, keeps running, and the run completes once space
-//! returns. The filesystem is a small tmpfs (the test runs as root, as CI does).
+//! returns: once while the connector uploads (its CompleteMultipartUpload fails and is retried)
+//! and once while the States engine commits a task result (the commit fails and is retried).
+//! The filesystem is a small tmpfs (the test runs as root, as CI does).
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -54,7 +56,6 @@ fn fill(path: &Path) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "finds a bug: after the States engine's commit fails on the full disk the run never ends once space returns; run with --ignored"]
 async fn disk_full_mid_run_then_space_returns() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mount = Mount::tmpfs(&dir.path().join("fs"), 128);
@@ -107,6 +108,28 @@ async fn disk_full_mid_run_then_space_returns() {
     lab.check_run(0, "disk-full incremental", &run_id, None)
         .await;
     assert!(blocks > 0);
+
+    // Another incremental run: the disk fills while the server holds the run right after the
+    // delta was applied, so the States engine's commit of that task's result meets the full
+    // disk. The engine retries the commit; the run completes once space returns.
+    lab.change_disk(0);
+    lab.restart_with_pause("apply-delta").await;
+    let run_id = lab.start_incremental(0).await;
+    lab.wait_held("apply-delta", &run_id).await;
+    fill(&filler);
+    lab.release("apply-delta");
+    let line = lab.wait_log("states: commit failed", 60).await;
+    eprintln!("disk full, the engine logs: {line}");
+    assert!(
+        lab.server_alive(),
+        "the server exited when the disk filled up"
+    );
+    for db in ["tern.db", "images.db", "states.db"] {
+        assert_eq!(integrity(&data.join(db)), "ok", "{db} on a full disk");
+    }
+    std::fs::remove_file(&filler).expect("remove filler");
+    lab.check_run(0, "disk-full engine commit", &run_id, None)
+        .await;
     assert!(
         lab.server_alive(),
         "the server exited after the disk filled up"

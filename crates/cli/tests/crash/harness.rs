@@ -31,8 +31,10 @@ pub enum Trigger {
     ManifestLanded,
     /// At a pause point of the server (the server is started with it beforehand).
     Pause(&'static str),
-    /// When GetReplicationRuns shows the run in this stage.
-    Stage(&'static str),
+    /// While the server is held at a pause point: the victim is killed and restarted, then the
+    /// server is let go on (for killing the connector in a stage the server passes in
+    /// milliseconds).
+    Hold(&'static str),
 }
 
 struct Vm {
@@ -60,6 +62,14 @@ pub struct Lab {
     rng: Rng,
     amis: Vec<String>,
     pub lines: Vec<String>,
+    /// The manifest watcher; stopped with the lab.
+    watch: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.watch.abort();
+    }
 }
 
 // One 5 MiB part lost to a kill must stay under 10 % of the objects: 60 MiB of data.
@@ -127,7 +137,7 @@ impl Lab {
         let connector =
             Connector::start(&connector_config, &dir.path().join("connector.log")).await;
         let manifests = Arc::new(Mutex::new(HashMap::new()));
-        spawn_manifest_watch(data.clone(), manifests.clone());
+        let watch = spawn_manifest_watch(data.clone(), manifests.clone());
         let mut lab = Lab {
             dir,
             data,
@@ -142,6 +152,7 @@ impl Lab {
             rng,
             amis: Vec::new(),
             lines: Vec::new(),
+            watch,
         };
         lab.import_catalog().await;
         lab
@@ -201,9 +212,23 @@ impl Lab {
         }
     }
 
+    /// Panics with `message` and the logs' tails. With `CRASH_KEEP` set the test's directory
+    /// (data, logs, disks) is kept for a post-mortem.
     pub fn fail(&self, message: &str) -> ! {
+        let kept = match std::env::var_os("CRASH_KEEP") {
+            Some(to) => {
+                let ok = std::process::Command::new("cp")
+                    .arg("-a")
+                    .arg(self.dir.path())
+                    .arg(&to)
+                    .status()
+                    .is_ok_and(|s| s.success());
+                format!("\n(copied to {}: {ok})", Path::new(&to).display())
+            }
+            None => String::new(),
+        };
         panic!(
-            "{message}\n--- server log (tail) ---\n{}\n--- connector log (tail) ---\n{}",
+            "{message}{kept}\n--- server log (tail) ---\n{}\n--- connector log (tail) ---\n{}",
             procs::tail(&self.dir.path().join("server.log")),
             procs::tail(&self.dir.path().join("connector.log"))
         );
@@ -363,6 +388,44 @@ impl Lab {
         .await
     }
 
+    /// Waits until the server holds run `run_id` at pause point `point` (see
+    /// [`Trigger::Hold`]); [`Lab::release`] lets it go on.
+    ///
+    /// A task of an earlier run may arrive first: the server was restarted before that run's
+    /// workflow had recorded the task's result (the run itself already reads COMPLETED), so the
+    /// task runs again (at-least-once). Such a hold is let go.
+    pub async fn wait_held(&mut self, point: &'static str, run_id: &str) {
+        let marker = self.data.join(format!("paused-{point}"));
+        let run = run_id.to_string();
+        self.poll(
+            &format!("the server pauses at {point} for {run_id}"),
+            120,
+            || {
+                let (m, run) = (marker.clone(), run.clone());
+                async move {
+                    let detail = std::fs::read_to_string(&m).ok()?;
+                    if detail.contains(&run) {
+                        return Some(());
+                    }
+                    eprintln!("held at {point} for {detail:?}, an earlier run's task: let go");
+                    let _ = std::fs::remove_file(&m);
+                    None
+                }
+            },
+        )
+        .await;
+    }
+
+    /// Starts the server again with pause point `point` (no run is held yet).
+    pub async fn restart_with_pause(&mut self, point: &'static str) {
+        self.restart_server(Some(point)).await;
+    }
+
+    /// Lets a server held at `point` go on.
+    pub fn release(&self, point: &str) {
+        std::fs::remove_file(self.data.join(format!("paused-{point}"))).expect("release");
+    }
+
     /// Whether the server process is still running (not exited by itself).
     pub fn server_alive(&mut self) -> bool {
         self.server.as_mut().is_some_and(Server::alive)
@@ -380,7 +443,7 @@ impl Lab {
     /// start had one.
     async fn prepare_server(&mut self, victim: Victim, trigger: Trigger) {
         let pause = match (victim, trigger) {
-            (Victim::Server, Trigger::Pause(p)) => Some(p),
+            (Victim::Server, Trigger::Pause(p)) | (_, Trigger::Hold(p)) => Some(p),
             _ => None,
         };
         if pause.is_some() || self.server_pause.is_some() {
@@ -423,36 +486,17 @@ impl Lab {
                 })
                 .await;
             }
-            Trigger::Pause(point) => {
-                let marker = self.data.join(format!("paused-{point}"));
-                let detail = self
-                    .poll(&format!("the server pauses at {point}"), 120, || {
-                        let m = marker.clone();
-                        async move { std::fs::read_to_string(&m).ok() }
-                    })
-                    .await;
-                assert!(
-                    detail.contains(run_id),
-                    "paused at {point} for {detail:?}, not for run {run_id}"
-                );
-            }
-            Trigger::Stage(stage) => {
-                let client = self.client.clone();
-                self.poll(&format!("run {run_id} reaches stage {stage}"), 120, || {
-                    let client = client.clone();
-                    let (job_id, run_id) = (job_id.to_string(), run_id.to_string());
-                    async move {
-                        let run = find_run(&client, &job_id, &run_id).await?;
-                        let now = run.stage_details().and_then(|d| d.stage());
-                        (now == Some(stage)).then_some(())
-                    }
-                })
-                .await;
+            Trigger::Pause(point) | Trigger::Hold(point) => {
+                self.wait_held(point, run_id).await;
             }
         }
         match victim {
             Victim::Server => self.restart_server(None).await,
             Victim::Connector => self.restart_connector().await,
+        }
+        if let Trigger::Hold(point) = trigger {
+            let marker = self.data.join(format!("paused-{point}"));
+            std::fs::remove_file(&marker).expect("release the held server");
         }
     }
 
@@ -466,6 +510,7 @@ impl Lab {
         run_id: &str,
         sent_before: Option<u64>,
     ) {
+        let started = Instant::now();
         let job_id = self.vms[i].job_id.clone().expect("job");
         let client = self.client.clone();
         let run = self
@@ -580,9 +625,12 @@ impl Lab {
             self.fail(&format!("{what}: the run's manifest was never seen"));
         }
         let ratio = sent as f64 / objects as f64;
-        self.lines.push(format!(
-            "{what}: sent {sent} bytes for {objects} bytes of objects ({ratio:.3}x)"
-        ));
+        let line = format!(
+            "{what}: sent {sent} bytes for {objects} bytes of objects ({ratio:.3}x), ended {:.1} s after the kill",
+            started.elapsed().as_secs_f64()
+        );
+        eprintln!("{line}");
+        self.lines.push(line);
         assert!(
             ratio <= 1.10,
             "{what}: the connector sent {sent} bytes for {objects} bytes of objects ({ratio:.3}x > 1.10)"
@@ -639,8 +687,12 @@ fn dir_is_empty(dir: &Path) -> bool {
 }
 
 /// Copies every manifest that appears in staging, before a completed run's objects are
-/// deleted.
-fn spawn_manifest_watch(data: PathBuf, manifests: Arc<Mutex<HashMap<String, Value>>>) {
+/// deleted. It samples the staging directory every 10 ms for the lab's whole life (a run keeps
+/// its manifest for seconds at the least); it waits for nothing, so it has no bound of its own.
+fn spawn_manifest_watch(
+    data: PathBuf,
+    manifests: Arc<Mutex<HashMap<String, Value>>>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let runs = data.join("staging/tern-staging/runs");
         loop {
@@ -664,7 +716,7 @@ fn spawn_manifest_watch(data: PathBuf, manifests: Arc<Mutex<HashMap<String, Valu
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-    });
+    })
 }
 
 /// What the image store holds that it should not: snapshots no image uses, images that are

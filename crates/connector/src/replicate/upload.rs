@@ -70,7 +70,11 @@ where
             let retryable = match code.as_deref() {
                 Some(c) if PERMANENT_CODES.contains(&c) => false,
                 Some(c) if TRANSIENT_CODES.contains(&c) => true,
-                _ => status >= 500 || status == 429 || status == 408,
+                // An error document in a 200 answer: S3 (and `tern serve`) send one when a
+                // CompleteMultipartUpload fails after the answer started (an internal error, a
+                // full disk while assembling), and S3 says to retry it. Its body may not even
+                // parse (no code) when the server wrote it badly.
+                _ => status >= 500 || status == 429 || status == 408 || status == 200,
             };
             (code, retryable)
         }

@@ -536,6 +536,39 @@ async fn dropped_connections_are_retried() {
     assert!(get(&s3, "staging", &d.key).await == local_vmdk(&raw));
 }
 
+/// A CompleteMultipartUpload that fails with an error document in a 200 answer (what a full
+/// `tern serve` sends) is retried with backoff, not given up at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_completes_in_a_200_answer_are_retried() {
+    let Some(moto) = Moto::start() else { return };
+    moto.bucket("staging").await;
+    let s3 = moto.client_with_failing_completes(2);
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("src.raw");
+    make_raw(&raw, 12 * MIB, 37);
+    let c = ctx(&moto, s3.clone(), &dir.path().join("state"));
+    let w = work(
+        "sms-job-0000000000000000f",
+        "sms-run-00000000000000002",
+        vec![file(&raw)],
+    );
+    let out = run_collect(&w, &c)
+        .await
+        .0
+        .expect("retried through the failed completes");
+    let log = moto.log.take();
+    let completes = log
+        .iter()
+        .filter(|r| r.method == "POST" && r.uri.contains("uploadId="))
+        .count();
+    assert_eq!(
+        completes, 3,
+        "two failed completes, then one that worked: {log:?}"
+    );
+    let d = &out.manifest.disks[0];
+    assert!(get(&s3, "staging", &d.key).await == local_vmdk(&raw));
+}
+
 /// The bandwidth cap holds the average rate. The limiter meters whole parts: a part starts once
 /// the bucket (capacity R, full at the start) holds min(part, R) bytes, and the rest of it is
 /// debt the next part pays. So the last part starts no sooner than

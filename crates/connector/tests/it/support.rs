@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use aws_sdk_s3::config::interceptors::{
-    BeforeTransmitInterceptorContextMut, BeforeTransmitInterceptorContextRef,
+    BeforeDeserializationInterceptorContextMut, BeforeTransmitInterceptorContextMut,
+    BeforeTransmitInterceptorContextRef,
 };
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::{
@@ -107,6 +108,60 @@ impl Intercept for BreakParts {
     }
 }
 
+/// Replaces the first `count` CompleteMultipartUpload answers with what `tern serve` (s3s)
+/// sends when assembling the object fails after it started answering, e.g. on a full disk: a
+/// 200 whose body holds an error document after a second XML declaration, which the SDK
+/// reads as an error it cannot parse.
+#[derive(Debug)]
+struct FailCompletes {
+    count: usize,
+    seen: Arc<Mutex<usize>>,
+    complete_in_flight: Arc<Mutex<bool>>,
+}
+
+const COMPLETE_FAILED_BODY: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>   \
+    <?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>InternalError</Code>\
+    <Message>We encountered an internal error. Please try again.</Message></Error>";
+
+impl Intercept for FailCompletes {
+    fn name(&self) -> &'static str {
+        "FailCompletes"
+    }
+
+    fn read_before_transmit(
+        &self,
+        ctx: &BeforeTransmitInterceptorContextRef<'_>,
+        _rc: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        // The request is gone by the time the answer is read: note here what it was (the
+        // Complete is the only call in flight when it is sent).
+        let r = ctx.request();
+        let complete = r.method() == "POST" && r.uri().contains("?uploadId=");
+        *self.complete_in_flight.lock().unwrap() = complete;
+        Ok(())
+    }
+
+    fn modify_before_deserialization(
+        &self,
+        ctx: &mut BeforeDeserializationInterceptorContextMut<'_>,
+        _rc: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        if !std::mem::take(&mut *self.complete_in_flight.lock().unwrap()) {
+            return Ok(());
+        }
+        let mut seen = self.seen.lock().unwrap();
+        *seen += 1;
+        if *seen <= self.count {
+            let res = ctx.response_mut();
+            *res.status_mut() = 200u16.try_into()?;
+            *res.body_mut() = aws_sdk_s3::primitives::SdkBody::from(COMPLETE_FAILED_BODY);
+        }
+        Ok(())
+    }
+}
+
 impl Moto {
     /// Starts moto on a free port. `None` (after a loud notice) when moto is not installed and
     /// `CI` is not set; under CI a missing moto fails the test.
@@ -146,6 +201,26 @@ impl Moto {
             .interceptor(BreakParts {
                 broken: broken.to_vec(),
                 seen: Arc::default(),
+            })
+            .interceptor(self.log.clone())
+            .build();
+        Client::from_conf(conf)
+    }
+
+    /// A client whose first `count` CompleteMultipartUpload calls fail like one on a full
+    /// `tern serve` (see [`FailCompletes`]); the SDK's own retries are off.
+    pub fn client_with_failing_completes(&self, count: usize) -> Client {
+        let conf = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .credentials_provider(Credentials::new("test", "test", None, None, "test"))
+            .endpoint_url(&self.endpoint)
+            .force_path_style(true)
+            .retry_config(RetryConfig::disabled())
+            .interceptor(FailCompletes {
+                count,
+                seen: Arc::default(),
+                complete_in_flight: Arc::default(),
             })
             .interceptor(self.log.clone())
             .build();

@@ -53,7 +53,7 @@ impl Service {
             _ => None,
         };
         let id = existing.unwrap_or_else(|| self.ids.new_id(crate::IdKind::Connector));
-        retrying!(self, id, async {
+        let (id, known) = retrying!(self, id, async {
             let now = self.now();
             let current: Option<Versioned<Connector>> = self.read(&keys::connector(&id)).await?;
             let (id, associated_on, last_error, expect) = match &current {
@@ -93,8 +93,36 @@ impl Service {
                 .write(put(keys::connector(&id), &connector, expect)?)
                 .await?;
             tracing::info!(connector_id = %id, "connector registered");
-            Ok(id)
-        })
+            Ok((id, current.is_some()))
+        })?;
+        if known {
+            // A connector registers once when it starts: a known one registering again has
+            // restarted, and whatever it had leased died with the old process. Its items are
+            // handed out again at once instead of after `work_lease` (its uploads resume).
+            self.release_leases(&id).await?;
+        }
+        Ok(id)
+    }
+
+    /// Makes every leased work item of connector `id` available to its next PollWork.
+    async fn release_leases(&self, id: &str) -> Result<()> {
+        for w in self.list_all::<Work>(&keys::work_partition(id)).await? {
+            if w.value.leased_on.is_none() {
+                continue;
+            }
+            let mut work = w.value.clone();
+            work.leased_on = None;
+            match self
+                .store
+                .write(put(keys::work(id, &work.work_id), &work, w.expect())?)
+                .await
+            {
+                // Finished or leased anew meanwhile: nothing to release.
+                Ok(()) | Err(crate::store::StoreError::ConditionFailed { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
     }
 
     /// The associated connector `id`, or the error a connector call with that id deserves.

@@ -86,7 +86,10 @@ impl Engine {
         let arn = format!("{}{sm_name}:{name}", self.arn_prefix("execution"));
         if let Some(existing) = core.execs.get(&arn) {
             if existing.rec.status == ExecutionStatus::Running && existing.input == input_value {
-                return Ok(ExecutionDescription::from(&existing.rec));
+                let desc = ExecutionDescription::from(&existing.rec);
+                // A start whose commit failed is only done once the retried commit is durable.
+                self.commit(&mut core)?;
+                return Ok(desc);
             }
             return Err(EngineError::ExecutionAlreadyExists(arn));
         }
@@ -207,6 +210,9 @@ impl Engine {
             core.end_execution(arn, now, ExecutionStatus::Aborted, Err(err));
             self.commit(&mut core)?;
             self.shared.finished.send_modify(|n| *n += 1);
+        } else {
+            // A stop whose commit failed is only done once the retried commit is durable.
+            self.commit(&mut core)?;
         }
         Ok(ExecutionDescription::from(&core.execs[arn].rec))
     }
@@ -259,7 +265,18 @@ impl Engine {
         result: Result<Value, StateError>,
     ) -> Result<(), EngineError> {
         let mut core = self.lock();
-        let (arn, tid) = core.token_owner(token)?;
+        let (arn, tid) = match core.token_owner(token) {
+            Ok(owner) => owner,
+            // An earlier call's result was applied but its commit failed: this call succeeds
+            // once the retried commit does, so a caller that retries learns when it is durable.
+            Err(_) if core.undurable_tokens.contains(token) => {
+                self.commit(&mut core)?;
+                drop(core);
+                self.shared.wake.notify_one();
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
         core.completions.push_back(Completion {
             arn,
             thread: tid,
@@ -269,8 +286,13 @@ impl Engine {
         });
         drop(core);
         // Apply now so the caller knows the token was consumed and the result is durable.
-        self.pump();
+        let pumped = self.pump();
         self.shared.wake.notify_one();
+        if let Err(e) = pumped {
+            // Not durable: the caller must try again (the driver retries the commit meanwhile).
+            self.lock().undurable_tokens.insert(token.to_string());
+            return Err(e);
+        }
         Ok(())
     }
 }

@@ -2,20 +2,29 @@
 //! threads, then group-commits and only then hands task invocations to their handlers.
 
 use std::cmp::Reverse;
+use std::time::Duration;
 
 use super::{Completion, Engine, ExecutionDescription, BUDGET, SLICE};
 use crate::error::{names, EngineError, StateError};
 use crate::store::ExecutionStatus;
 
+/// First wait before a failed commit is tried again, and the longest.
+const COMMIT_RETRY_FIRST: Duration = Duration::from_millis(50);
+const COMMIT_RETRY_MAX: Duration = Duration::from_secs(2);
+
 impl Engine {
     /// Steps every execution until nothing can move without the clock advancing or an outside
     /// call (task token, stop). Task handlers that are running are awaited. For tests and hosts
     /// that step deterministically with a [`crate::ManualClock`].
+    /// A commit that keeps failing (the store is full or gone) returns too, with the work still
+    /// pending; the next call retries it.
     pub async fn run_until_idle(&self) {
         loop {
             let notified = self.shared.wake.notified();
-            if self.pump() {
-                continue;
+            match self.pump() {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(_) => return,
             }
             if self.lock().in_flight == 0 {
                 return;
@@ -27,14 +36,33 @@ impl Engine {
     /// Drives executions until the returned task is aborted, waiting for timers on the engine's
     /// clock (with a [`crate::ManualClock`], until the clock is moved). Hosts that do not step the
     /// engine themselves spawn this once.
+    ///
+    /// A failed commit (a full disk, a store that went away) is retried with a bounded
+    /// exponential backoff on real time, whatever the engine's clock: the work of the failed
+    /// round is kept in memory and task handlers are not invoked until it is durable, so
+    /// nothing that happened is lost and nothing runs ahead of the store.
     pub fn spawn_driver(&self) -> tokio::task::JoinHandle<()> {
         let engine = self.clone();
         tokio::spawn(async move {
+            let mut backoff = COMMIT_RETRY_FIRST;
             loop {
                 let notified = engine.shared.wake.notified();
-                while engine.pump() {
-                    tokio::task::yield_now().await;
+                let stalled = loop {
+                    match engine.pump() {
+                        Ok(true) => tokio::task::yield_now().await,
+                        Ok(false) => break false,
+                        Err(_) => break true,
+                    }
+                };
+                if stalled {
+                    tokio::select! {
+                        _ = notified => {}
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(COMMIT_RETRY_MAX);
+                    continue;
                 }
+                backoff = COMMIT_RETRY_FIRST;
                 let next = engine.lock().timers.peek().map(|Reverse((t, ..))| *t);
                 match next {
                     Some(t) => {
@@ -76,8 +104,9 @@ impl Engine {
         self.lock().transitions
     }
 
-    /// Does one round of work; true if anything moved.
-    pub(super) fn pump(&self) -> bool {
+    /// Does one round of work; true if anything moved. An error is a failed commit: the
+    /// round's changes stay in memory (and in the retained batch) and the next pump retries.
+    pub(super) fn pump(&self) -> Result<bool, EngineError> {
         let now = self.now();
         let mut core = self.lock();
         let mut progressed = false;
@@ -101,13 +130,13 @@ impl Engine {
             let used = core.run_thread(&self.shared.tasks, &arn, tid, now, SLICE);
             budget = budget.saturating_sub(used.max(1));
         }
-        if !progressed && core.invocations.is_empty() {
-            return false;
+        if !progressed && core.invocations.is_empty() && core.batch.is_empty() {
+            return Ok(false);
         }
         if let Err(e) = self.commit(&mut core) {
             // Without a durable record nothing may go on; the next pump retries the same batch.
-            tracing::error!(error = %e, "states: commit failed");
-            return false;
+            tracing::error!(error = %e, "states: commit failed; retrying");
+            return Err(e);
         }
         let finished = std::mem::take(&mut core.finished_any);
         drop(core);
@@ -115,7 +144,7 @@ impl Engine {
             self.shared.finished.send_modify(|n| *n += 1);
         }
         self.dispatch_invocations();
-        true
+        Ok(true)
     }
 
     pub(super) fn dispatch_invocations(&self) {

@@ -228,6 +228,9 @@ struct Core {
     invocations: Vec<(String, Invocation)>,
     finished_any: bool,
     transitions: u64,
+    /// Tokens whose result was applied in memory by a call whose commit then failed; cleared by
+    /// the next successful commit.
+    undurable_tokens: HashSet<String>,
 }
 
 struct Shared {

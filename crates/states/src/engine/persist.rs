@@ -170,6 +170,12 @@ impl Engine {
             core.batch = batch;
             return Err(e.into());
         }
+        core.undurable_tokens.clear();
+        if !core.invocations.is_empty() {
+            // Task invocations left by a pump whose commit failed are durable now: the driver
+            // hands them out (an API call's commit may have been the one that succeeded).
+            self.shared.wake.notify_one();
+        }
         // Reuse the history buffers: fresh multi-megabyte allocations cost page faults.
         for (_, _, mut body) in batch.events {
             if core.spare_pages.len() < 4 {

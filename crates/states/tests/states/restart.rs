@@ -245,3 +245,138 @@ async fn map_results_are_stored_in_chunks_and_cleared_when_done() {
         .count();
     assert_eq!(succeeded, 7);
 }
+
+/// A store whose commits fail while `full` is set, like SQLite on a full disk.
+struct FlakyStore {
+    inner: SqliteStore,
+    full: Arc<std::sync::atomic::AtomicBool>,
+    failed: AtomicUsize,
+}
+
+impl tern_states::Store for FlakyStore {
+    fn commit(&self, batch: &tern_states::Batch) -> Result<(), tern_states::StoreError> {
+        if self.full.load(Ordering::SeqCst) {
+            self.failed.fetch_add(1, Ordering::SeqCst);
+            return Err(tern_states::StoreError::Corrupt(
+                "database or disk is full".into(),
+            ));
+        }
+        self.inner.commit(batch)
+    }
+    fn load(&self) -> Result<tern_states::Snapshot, tern_states::StoreError> {
+        self.inner.load()
+    }
+    fn events(&self, arn: &str) -> Result<Vec<(u64, String)>, tern_states::StoreError> {
+        self.inner.events(arn)
+    }
+}
+
+/// A task result whose commit fails is not lost: the driver retries the commit (no outside
+/// call needed) and the execution goes on once the store accepts writes again. A token result
+/// whose commit failed is reported as a store error, and the caller's retry succeeds once it is
+/// durable. Neither task runs twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_commit_is_retried_when_the_store_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let full = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let store = Arc::new(FlakyStore {
+        inner: SqliteStore::open(&dir.path().join("tern.db")).unwrap(),
+        full: full.clone(),
+        failed: AtomicUsize::new(0),
+    });
+    let counters = Arc::new(Counters::default());
+    let parked = Parked::default();
+    let mut reg = registry(counters.clone(), parked.clone(), false);
+    // `first` fills the disk as it finishes: the commit of its result fails.
+    let f = full.clone();
+    let c = counters.clone();
+    reg.register(
+        "arn:aws:lambda:local:000000000000:function:first",
+        Arc::new(FnHandler(move |_req: TaskRequest| {
+            let (f, c) = (f.clone(), c.clone());
+            async move {
+                c.first.fetch_add(1, Ordering::SeqCst);
+                f.store(true, Ordering::SeqCst);
+                Ok::<Value, StateError>(json!("first done"))
+            }
+        })),
+    );
+    let engine = Engine::open(EngineConfig {
+        store: store.clone(),
+        tasks: reg,
+        clock: Arc::new(ManualClock::new(EPOCH_MS)),
+        region: "local".into(),
+    })
+    .unwrap();
+    let _driver = engine.spawn_driver();
+    let tasks = engine.create_state_machine("tasks", TASKS).unwrap();
+    let arn = engine
+        .start_execution(&tasks, Some("e1"), "{}")
+        .unwrap()
+        .execution_arn;
+    let wait = std::time::Duration::from_secs(10);
+    until("a commit failed twice (retried)", || {
+        store.failed.load(Ordering::SeqCst) >= 2
+    })
+    .await;
+    assert_eq!(
+        counters.second.load(Ordering::SeqCst),
+        0,
+        "ran ahead of the store"
+    );
+    full.store(false, Ordering::SeqCst);
+    let d = tokio::time::timeout(wait, engine.wait_for(&arn))
+        .await
+        .expect("the execution ends once the store recovers")
+        .unwrap();
+    assert_eq!(d.status, ExecutionStatus::Succeeded, "{d:?}");
+    assert_eq!(counters.first.load(Ordering::SeqCst), 1);
+    assert_eq!(counters.second.load(Ordering::SeqCst), 1);
+
+    // A token answered while the store is full.
+    let asking = engine.create_state_machine("token", TOKEN).unwrap();
+    let arn = engine
+        .start_execution(&asking, Some("e2"), r#"{"q": "approve?"}"#)
+        .unwrap()
+        .execution_arn;
+    until("the token task parks", || {
+        !parked.lock().unwrap().is_empty()
+    })
+    .await;
+    let token = parked.lock().unwrap().pop().unwrap().0;
+    full.store(true, Ordering::SeqCst);
+    assert!(matches!(
+        engine.send_task_success(&token, r#"{"ok": true}"#),
+        Err(tern_states::EngineError::Store(_))
+    ));
+    // Retried while still full: still not durable.
+    assert!(matches!(
+        engine.send_task_success(&token, r#"{"ok": true}"#),
+        Err(tern_states::EngineError::Store(_))
+    ));
+    full.store(false, Ordering::SeqCst);
+    engine
+        .send_task_success(&token, r#"{"ok": true}"#)
+        .expect("the retry succeeds once the result is durable");
+    let d = tokio::time::timeout(wait, engine.wait_for(&arn))
+        .await
+        .expect("the execution ends")
+        .unwrap();
+    assert_eq!(d.status, ExecutionStatus::Succeeded, "{d:?}");
+    assert_eq!(
+        serde_json::from_str::<Value>(d.output.as_deref().unwrap()).unwrap(),
+        json!({"q": "approve?", "answer": {"ok": true}})
+    );
+}
+
+/// Polls `cond` every 10 ms for at most 10 s.
+async fn until(what: &str, cond: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
