@@ -26,7 +26,7 @@ use crate::store::{Expect, Key, RawItem, Store, Write};
 use crate::{Clock, Config, Ids};
 
 pub use cache::RenderCache;
-pub use catalog::{InventoryOutcome, InventoryVm, ServerListing};
+pub use catalog::{InventoryOutcome, InventoryPage, InventoryVm, ServerListing, MAX_REPORT_PAGES};
 pub use connectors::NewConnector;
 pub use jobs::{JobUpdate, NewJob, RunUpdate};
 
