@@ -153,14 +153,17 @@ impl Agent {
             credentials,
             config.request_timeout(),
         )?;
-        let worker = Arc::new(Worker::new(
-            client.clone(),
-            ReplicateContext {
-                s3,
-                state_dir: config.state_dir.clone(),
-                options: config.replicate_options(),
-            },
-        ));
+        let worker = Arc::new(
+            Worker::new(
+                client.clone(),
+                ReplicateContext {
+                    s3,
+                    state_dir: config.state_dir.clone(),
+                    options: config.replicate_options(),
+                },
+            )
+            .limit_uploads(config.max_concurrent_uploads),
+        );
         Ok(Self {
             config,
             client,
@@ -272,16 +275,22 @@ impl Agent {
     ) -> Result<CycleReport, ConnectorError> {
         let connector_id = self.id()?;
         let resumed = self.resume_unfinished_report().await?;
-        let response: PollWorkResponse = self
-            .client
-            .call(
-                op::POLL_WORK,
-                &PollWorkRequest {
-                    connector_id: connector_id.clone(),
-                    max_results: None,
-                },
-            )
-            .await?;
+        // Items beyond the free upload slots stay queued on the service (one more is taken,
+        // and waits for a slot, so that an inventory request is not held up for long).
+        let room = (self.worker.max_uploads + 1).saturating_sub(self.worker.in_flight());
+        let response: PollWorkResponse = if room == 0 {
+            PollWorkResponse::default()
+        } else {
+            self.client
+                .call(
+                    op::POLL_WORK,
+                    &PollWorkRequest {
+                        connector_id: connector_id.clone(),
+                        max_results: Some(room as i64),
+                    },
+                )
+                .await?
+        };
         let mut report = CycleReport {
             connector_id,
             work_items: response.work_items.len(),
