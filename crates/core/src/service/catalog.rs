@@ -727,30 +727,40 @@ impl Service {
     ) -> Result<u32> {
         let partition = keys::server_partition(generation);
         let mut count = 0;
-        for s in self.list_all::<Server>(&partition).await? {
-            let gone = s.value.connector_id == connector_id
-                && s.value.vanished_on.is_none()
-                && !reported.contains(&s.value.vm_server.vm_server_address);
-            if !gone {
-                continue;
-            }
-            let key = keys::server(generation, &s.value.server_id);
-            let marked = retrying!(self, s.value.server_id, async {
-                let Some(mut cur) = self.read::<Server>(&key).await? else {
-                    return Ok(false);
-                };
-                if cur.value.vanished_on.is_some() || cur.value.connector_id != connector_id {
-                    return Ok(false);
+        // Page by page: a catalog of 10,000 servers is not held in memory at once.
+        let mut after: Option<String> = None;
+        loop {
+            let (page, last) = self
+                .list::<Server>(&partition, after.as_deref(), 500)
+                .await?;
+            for s in page {
+                let gone = s.value.connector_id == connector_id
+                    && s.value.vanished_on.is_none()
+                    && !reported.contains(&s.value.vm_server.vm_server_address);
+                if !gone {
+                    continue;
                 }
-                cur.value.vanished_on = Some(self.now());
-                self.store
-                    .write(put(key.clone(), &cur.value, cur.expect())?)
-                    .await?;
-                Ok(true)
-            })?;
-            count += u32::from(marked);
+                let key = keys::server(generation, &s.value.server_id);
+                let marked = retrying!(self, s.value.server_id, async {
+                    let Some(mut cur) = self.read::<Server>(&key).await? else {
+                        return Ok(false);
+                    };
+                    if cur.value.vanished_on.is_some() || cur.value.connector_id != connector_id {
+                        return Ok(false);
+                    }
+                    cur.value.vanished_on = Some(self.now());
+                    self.store
+                        .write(put(key.clone(), &cur.value, cur.expect())?)
+                        .await?;
+                    Ok(true)
+                })?;
+                count += u32::from(marked);
+            }
+            match last {
+                Some(l) => after = Some(l),
+                None => return Ok(count),
+            }
         }
-        Ok(count)
     }
 
     /// GetServers: the catalog status and one page of servers, optionally only those at the
