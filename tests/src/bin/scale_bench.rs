@@ -249,6 +249,9 @@ impl Caller {
     }
 }
 
+/// One scheduler tick: when it ended (epoch s), how long it took, runs created, executions started.
+type Tick = (u64, Duration, usize, usize);
+
 /// Latencies of one operation, and its errors.
 #[derive(Default)]
 struct Stats {
@@ -548,7 +551,7 @@ async fn main() -> anyhow::Result<()> {
         .context("replication runs in tern serve")?
         .replication()
         .clone();
-    let ticks: Arc<Mutex<Vec<(u64, Duration, usize, usize)>>> = Arc::default();
+    let ticks: Arc<Mutex<Vec<Tick>>> = Arc::default();
     let tick_task = {
         let (stop, ticks) = (stop.clone(), ticks.clone());
         tokio::spawn(async move {
