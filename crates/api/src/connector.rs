@@ -149,8 +149,16 @@ pub struct InventoryVm {
     pub inspection: Option<Value>,
 }
 
-/// The connector's complete current inventory. VMs it reported before and no longer reports are
-/// marked as vanished in the catalog (not dropped).
+/// The connector's complete current inventory, in one request or in pages. VMs it reported
+/// before and no longer reports are marked as vanished in the catalog (not dropped).
+///
+/// **Pages.** A large inventory is sent as pages of one report: the same `reportId` (chosen by
+/// the connector: 1-128 of `A-Za-z0-9._-`), `page` 1, 2, … and `lastPage: true` on the last. The
+/// service keeps the pages aside and switches the catalog to the new inventory only when the last
+/// page arrives and every page before it is there. A page sent again with the same content
+/// changes nothing (so a connector may resend after a lost answer, or resume after a restart from
+/// the first page it is not sure of); a page of an applied report answers that report's outcome.
+/// Without `reportId` the request is the whole report.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ReportInventoryRequest {
@@ -159,6 +167,15 @@ pub struct ReportInventoryRequest {
     /// The `requestId` of the `INVENTORY` work item this answers; absent for an unsolicited report.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    /// Names the report this page belongs to; absent: the request is the whole report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report_id: Option<String>,
+    /// Position of this page in the report, from 1 (with `reportId`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page: Option<u32>,
+    /// This page ends the report (with `reportId`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub last_page: bool,
     #[serde(default)]
     pub vm_list: Vec<InventoryVm>,
 }
@@ -176,7 +193,8 @@ pub struct RejectedVm {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ReportInventoryResponse {
-    /// VMs now in the catalog from this report.
+    /// VMs now in the catalog from this report (for a page that is not the last: VMs of this
+    /// page kept for the report).
     #[serde(default)]
     pub accepted_count: u32,
     /// Servers of this connector that the report no longer lists (now marked vanished).

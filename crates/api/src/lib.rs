@@ -283,6 +283,7 @@ impl Api {
                 encode(&GetServersResponse {
                     last_modified_on: listing.last_modified_on,
                     server_catalog_status: listing.status,
+                    server_catalog_status_message: listing.status_message,
                     server_list: listing.servers.items.into_iter().map(Into::into).collect(),
                     next_token: token::encode(scope, listing.servers.last),
                 })
@@ -460,9 +461,28 @@ impl Api {
                         inspection: vm.inspection,
                     })
                     .collect();
-                let outcome = svc
-                    .report_inventory(&req.connector_id, req.request_id.as_deref(), vms)
-                    .await?;
+                let outcome = match req.report_id {
+                    None => {
+                        svc.report_inventory(&req.connector_id, req.request_id.as_deref(), vms)
+                            .await?
+                    }
+                    Some(report_id) => {
+                        let Some(page) = req.page else {
+                            return Err(ApiError::missing("page is required with reportId"));
+                        };
+                        svc.report_inventory_page(
+                            &req.connector_id,
+                            req.request_id.as_deref(),
+                            core::InventoryPage {
+                                report_id,
+                                page,
+                                last: req.last_page,
+                                vms,
+                            },
+                        )
+                        .await?
+                    }
+                };
                 encode(&ReportInventoryResponse {
                     accepted_count: outcome.accepted,
                     vanished_count: outcome.vanished,

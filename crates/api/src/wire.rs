@@ -345,6 +345,9 @@ pub struct GetServersResponse {
     )]
     pub last_modified_on: Option<OffsetDateTime>,
     pub server_catalog_status: ServerCatalogStatus,
+    /// Tern's addition: why the last import failed (SMS clients ignore unknown members).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_catalog_status_message: Option<String>,
     pub server_list: Vec<Server>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_token: Option<String>,

@@ -33,6 +33,10 @@ pub struct CycleReport {
     /// Inventory requests answered, and the VMs reported for them.
     pub inventories_reported: usize,
     pub vms_reported: usize,
+    /// Pages those VMs were sent in, and disk images opened to inspect them (a disk several
+    /// VMs share is opened once).
+    pub inventory_pages: usize,
+    pub disks_inspected: usize,
     /// Work items that failed (and were reported with ReportError).
     pub failed: usize,
     /// Work items of kinds this connector does not know (left alone).
@@ -46,6 +50,14 @@ pub struct CycleReport {
     pub replication: WorkCounts,
 }
 
+/// What one inventory report sent (a resumed report: what this process sent of it).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct InventorySent {
+    pub vms: usize,
+    pub pages: usize,
+    pub disks_inspected: usize,
+}
+
 /// Registration kept across restarts.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -54,12 +66,78 @@ struct State {
 }
 
 const STATE_FILE: &str = "connector.json";
+/// Where an inventory report stands (removed when its last page is taken).
+const REPORT_FILE: &str = "inventory-report.json";
+const UNSOLICITED: &str = "unsolicited";
+/// A page is cut once its VMs' JSON reaches this size (the service keeps a page as one item of
+/// at most ~390 KB, and a request body may be 6 MiB), or it holds [`PAGE_VMS`] VMs.
+pub const PAGE_BYTES: usize = 192 * 1024;
+pub const PAGE_VMS: usize = 500;
+
+/// Progress of an inventory report, kept across restarts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ReportState {
+    /// The work item's requestId (`unsolicited` for a report nobody asked for).
+    request_id: String,
+    report_id: String,
+    /// SHA-256 of the inventory file: a changed file starts a new report.
+    inventory_sha256: String,
+    /// The page to send next and the index of its first VM.
+    next_page: u32,
+    next_vm: usize,
+}
+
+/// One page on its way from the inspecting thread to the sender.
+struct Page {
+    number: u32,
+    vms: Vec<tern_api::connector::InventoryVm>,
+    /// Index of the first VM after this page.
+    end_vm: usize,
+    last: bool,
+    bytes: usize,
+}
+
+fn new_report_id() -> String {
+    format!("rep-{:016x}", rand::random::<u64>())
+}
+
+fn file_digest(path: &Path) -> Result<String, ConnectorError> {
+    use sha2::Digest;
+    let bytes = std::fs::read(path).map_err(|e| ConnectorError::Inventory {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
+    Ok(hex::encode(sha2::Sha256::digest(&bytes)))
+}
+
+/// A page the service did not take, named so that the catalog's status message says where.
+fn page_error(err: ConnectorError, report_id: &str, page: u32) -> ConnectorError {
+    match err {
+        ConnectorError::Service {
+            operation,
+            status,
+            code,
+            message,
+        } => ConnectorError::Service {
+            operation,
+            status,
+            code,
+            message: format!("page {page} of inventory report {report_id} refused: {message}"),
+        },
+        other => other,
+    }
+}
 
 pub struct Agent {
     config: ConnectorConfig,
     client: ApiClient,
     connector_id: Option<String>,
     worker: Arc<Worker>,
+    /// Fault injection: stop an inventory report after this many pages taken by the service.
+    stop_inventory_after_pages: Option<u32>,
+    /// Whether an inventory report left unfinished by an earlier process was looked for.
+    resume_checked: std::sync::atomic::AtomicBool,
 }
 
 impl Agent {
@@ -75,19 +153,24 @@ impl Agent {
             credentials,
             config.request_timeout(),
         )?;
-        let worker = Arc::new(Worker::new(
-            client.clone(),
-            ReplicateContext {
-                s3,
-                state_dir: config.state_dir.clone(),
-                options: config.replicate_options(),
-            },
-        ));
+        let worker = Arc::new(
+            Worker::new(
+                client.clone(),
+                ReplicateContext {
+                    s3,
+                    state_dir: config.state_dir.clone(),
+                    options: config.replicate_options(),
+                },
+            )
+            .limit_uploads(config.max_concurrent_uploads),
+        );
         Ok(Self {
             config,
             client,
             connector_id: None,
             worker,
+            stop_inventory_after_pages: None,
+            resume_checked: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -95,6 +178,12 @@ impl Agent {
     /// (the CLI draws progress bars with it on a terminal).
     pub fn observe_progress(&self, observer: std::sync::Arc<crate::work::ProgressObserver>) {
         self.worker.observe(observer);
+    }
+
+    /// Fault injection for tests and drills: every inventory report stops, as a killed process
+    /// would, after `pages` pages the service took (its state file says where to resume).
+    pub fn stop_inventory_after_pages(&mut self, pages: u32) {
+        self.stop_inventory_after_pages = Some(pages);
     }
 
     /// Replication items whose tasks are running now.
@@ -185,25 +274,60 @@ impl Agent {
         tasks: &mut JoinSet<WorkOutcome>,
     ) -> Result<CycleReport, ConnectorError> {
         let connector_id = self.id()?;
-        let response: PollWorkResponse = self
-            .client
-            .call(
-                op::POLL_WORK,
-                &PollWorkRequest {
-                    connector_id: connector_id.clone(),
-                    max_results: None,
-                },
-            )
-            .await?;
+        let resumed = self.resume_unfinished_report().await?;
+        // Items beyond the free upload slots stay queued on the service (one more is taken,
+        // and waits for a slot, so that an inventory request is not held up for long).
+        let room = (self.worker.max_uploads + 1).saturating_sub(self.worker.in_flight());
+        let response: PollWorkResponse = if room == 0 {
+            PollWorkResponse::default()
+        } else {
+            self.client
+                .call(
+                    op::POLL_WORK,
+                    &PollWorkRequest {
+                        connector_id: connector_id.clone(),
+                        max_results: Some(room as i64),
+                    },
+                )
+                .await?
+        };
         let mut report = CycleReport {
             connector_id,
             work_items: response.work_items.len(),
             ..CycleReport::default()
         };
-        for item in &response.work_items {
+        if let Some(item) = &resumed {
+            self.handle(item, &mut report, tasks).await?;
+        }
+        for item in response
+            .work_items
+            .iter()
+            .filter(|w| resumed.as_ref().is_none_or(|r| r.work_id != w.work_id))
+        {
             self.handle(item, &mut report, tasks).await?;
         }
         Ok(report)
+    }
+
+    /// Once per process: an inventory report an earlier process left unfinished (killed in the
+    /// middle) is answered again at once, resuming from its next page, instead of waiting for
+    /// the service to hand its request out again when the lease runs out.
+    async fn resume_unfinished_report(&self) -> Result<Option<WorkItem>, ConnectorError> {
+        if self
+            .resume_checked
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            return Ok(None);
+        }
+        let state = read_json::<ReportState>(&self.config.state_dir.join(REPORT_FILE))?;
+        // An inventory work item's id is its request id.
+        Ok(state
+            .filter(|s| s.request_id != UNSOLICITED)
+            .map(|s| WorkItem {
+                work_id: s.request_id.clone(),
+                kind: WorkKind::Inventory.as_str().to_string(),
+                payload: serde_json::json!({ "requestId": s.request_id }),
+            }))
     }
 
     /// Answers one work item. A failure of the item itself (e.g. an unreadable inventory file)
@@ -225,12 +349,28 @@ impl Agent {
                     }),
                 };
                 match result {
-                    Ok(vms) => {
+                    Ok(sent) => {
                         report.inventories_reported += 1;
-                        report.vms_reported += vms;
+                        report.vms_reported += sent.vms;
+                        report.inventory_pages += sent.pages;
+                        report.disks_inspected += sent.disks_inspected;
                     }
-                    Err(err @ (ConnectorError::Http { .. } | ConnectorError::Signing(_))) => {
+                    Err(err @ (ConnectorError::Signing(_) | ConnectorError::Interrupted(_))) => {
                         return Err(err)
+                    }
+                    // The service may be unreachable; but a connection cut while a page was
+                    // sent (an over-long body, a proxy) leaves the service up, and the catalog
+                    // must not wait for an answer that will never come: say so if we can.
+                    Err(err @ ConnectorError::Http { .. }) => {
+                        tracing::warn!(work_id = %item.work_id, error = %err, "inventory request failed");
+                        report.failed += 1;
+                        if self
+                            .report_error(Some(item.work_id.clone()), err.to_string())
+                            .await
+                            .is_err()
+                        {
+                            return Err(err);
+                        }
                     }
                     Err(err) => {
                         tracing::warn!(work_id = %item.work_id, error = %err, "inventory request failed");
@@ -288,41 +428,179 @@ impl Agent {
         Ok(())
     }
 
-    /// Reports the whole inventory file; returns how many VMs were sent.
+    /// Reports the whole inventory file, page by page; returns what was sent by this call.
+    ///
+    /// A thread reads the disks and cuts pages of at most [`PAGE_BYTES`] of VMs (or
+    /// [`PAGE_VMS`] VMs), handing them over a one-slot channel, so about two pages of
+    /// inspections are in memory whatever the inventory's size. After each page the service
+    /// took, `STATE_DIR/inventory-report.json` records where the report stands: a connector
+    /// restarted in the middle of a report answers the same request by resuming it from the
+    /// next page (same `reportId`), as long as the inventory file did not change.
     pub async fn report_inventory(
         &self,
         request_id: Option<String>,
-    ) -> Result<usize, ConnectorError> {
+    ) -> Result<InventorySent, ConnectorError> {
+        let connector_id = self.id()?;
+        let path = self.config.files.inventory.clone();
+        let digest = file_digest(&path)?;
         let mut inventory = self.load_inventory()?;
-        // Opening and inspecting disks is blocking file I/O: off the async threads, so that
-        // running uploads and the heartbeat are not held up.
-        let inventory = tokio::task::spawn_blocking(move || {
-            inventory.inspect();
-            inventory
-        })
-        .await
-        .map_err(|e| ConnectorError::Protocol {
+        let total = inventory.vms.len();
+        let state_path = self.config.state_dir.join(REPORT_FILE);
+        let wanted = request_id.clone().unwrap_or_else(|| UNSOLICITED.into());
+        let resume = read_json::<ReportState>(&state_path)?.filter(|r| {
+            r.request_id == wanted && r.inventory_sha256 == digest && r.next_vm <= total
+        });
+        let mut state = match resume {
+            Some(r) => {
+                tracing::info!(report_id = %r.report_id, page = r.next_page, vm = r.next_vm, "resuming the inventory report");
+                r
+            }
+            None => ReportState {
+                request_id: wanted,
+                report_id: new_report_id(),
+                inventory_sha256: digest,
+                next_page: 1,
+                next_vm: 0,
+            },
+        };
+
+        // Pages are cut on a blocking thread: opening and inspecting disks is file I/O.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Page>(1);
+        let first_vm = state.next_vm;
+        let first_page = state.next_page;
+        let producer = tokio::task::spawn_blocking(move || {
+            let mut inspector = crate::inventory::Inspector::default();
+            let mut page = Page {
+                number: first_page,
+                vms: Vec::new(),
+                end_vm: first_vm,
+                last: false,
+                bytes: 0,
+            };
+            for index in first_vm..total {
+                inventory.inspect_vm(index, &mut inspector);
+                let vm = std::mem::take(&mut inventory.vms[index]);
+                page.bytes += serde_json::to_vec(&vm).map_or(0, |b| b.len());
+                page.vms.push(vm);
+                page.end_vm = index + 1;
+                page.last = index + 1 == total;
+                if page.last || page.bytes >= PAGE_BYTES || page.vms.len() >= PAGE_VMS {
+                    let next = Page {
+                        number: page.number + 1,
+                        vms: Vec::new(),
+                        end_vm: index + 1,
+                        last: false,
+                        bytes: 0,
+                    };
+                    if tx
+                        .blocking_send(std::mem::replace(&mut page, next))
+                        .is_err()
+                    {
+                        return inspector.opened;
+                    }
+                }
+            }
+            if first_vm == total {
+                // An empty inventory (or nothing left of it) is still one last page.
+                page.last = true;
+                let _ = tx.blocking_send(page);
+            }
+            inspector.opened
+        });
+
+        let mut sent = 0;
+        let mut pages_sent = 0u32;
+        let mut last: Option<ReportInventoryResponse> = None;
+        while let Some(page) = rx.recv().await {
+            let count = page.vms.len();
+            let request = ReportInventoryRequest {
+                connector_id: connector_id.clone(),
+                request_id: request_id.clone(),
+                report_id: Some(state.report_id.clone()),
+                page: Some(page.number),
+                last_page: page.last,
+                vm_list: page.vms,
+            };
+            let response: Result<ReportInventoryResponse, _> = self
+                .call_with_retries(op::REPORT_INVENTORY, &request)
+                .await
+                .map_err(|e| page_error(e, &state.report_id, page.number));
+            let response = match response {
+                Ok(r) => r,
+                Err(err) => {
+                    if matches!(err, ConnectorError::Service { .. }) {
+                        // Refused: resending the same pages cannot help; the next request
+                        // starts a new report.
+                        remove_file(&state_path)?;
+                    }
+                    return Err(err);
+                }
+            };
+            for rejected in &response.rejected_list {
+                tracing::warn!(vm_id = %rejected.vm_id, reason = %rejected.message, "VM rejected by the catalog");
+            }
+            sent += count;
+            state.next_page = page.number + 1;
+            state.next_vm = page.end_vm;
+            if page.last {
+                remove_file(&state_path)?;
+                last = Some(response);
+            } else {
+                write_json(&self.config.state_dir, REPORT_FILE, &state)?;
+                pages_sent += 1;
+                if self.stop_inventory_after_pages == Some(pages_sent) {
+                    return Err(ConnectorError::Interrupted(format!(
+                        "inventory report {} stopped after {pages_sent} page(s)",
+                        state.report_id
+                    )));
+                }
+            }
+        }
+        let opened = producer.await.map_err(|e| ConnectorError::Protocol {
             operation: op::REPORT_INVENTORY.into(),
             message: format!("inspecting the disks: {e}"),
         })?;
-        let count = inventory.vms.len();
-        let request = ReportInventoryRequest {
-            connector_id: self.id()?,
-            request_id,
-            vm_list: inventory.vms,
+        let Some(response) = last else {
+            return Err(ConnectorError::Protocol {
+                operation: op::REPORT_INVENTORY.into(),
+                message: "the inventory report ended before its last page".into(),
+            });
         };
-        let response: ReportInventoryResponse =
-            self.client.call(op::REPORT_INVENTORY, &request).await?;
-        for rejected in &response.rejected_list {
-            tracing::warn!(vm_id = %rejected.vm_id, reason = %rejected.message, "VM rejected by the catalog");
-        }
         tracing::info!(
-            sent = count,
+            sent,
+            pages = state.next_page - 1,
+            disks_opened = opened,
             accepted = response.accepted_count,
             vanished = response.vanished_count,
             "inventory reported"
         );
-        Ok(count)
+        Ok(InventorySent {
+            vms: sent,
+            pages: pages_sent as usize + 1,
+            disks_inspected: opened,
+        })
+    }
+
+    /// One call, tried again after a transport failure (a lost connection, a timeout) up to
+    /// three times with a growing pause; answers of the service are not retried here.
+    async fn call_with_retries<I: Serialize, O: serde::de::DeserializeOwned>(
+        &self,
+        operation: &str,
+        input: &I,
+    ) -> Result<O, ConnectorError> {
+        let mut pause = std::time::Duration::from_millis(500);
+        let mut attempt = 1;
+        loop {
+            match self.client.call(operation, input).await {
+                Err(err @ ConnectorError::Http { .. }) if attempt < 4 => {
+                    tracing::warn!(error = %err, attempt, "request failed; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
     }
 
     pub async fn report_error(
@@ -423,6 +701,44 @@ fn capability_of(kind: VmManagerType) -> ConnectorCapability {
         VmManagerType::Vsphere => ConnectorCapability::Vsphere,
         VmManagerType::Scvmm => ConnectorCapability::Scvmm,
         VmManagerType::HypervManager => ConnectorCapability::HypervManager,
+    }
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, ConnectorError> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| ConnectorError::State {
+                path: path.to_owned(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(ConnectorError::State {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Writes `DIR/NAME` atomically (temp file + rename).
+fn write_json<T: Serialize>(dir: &Path, name: &str, value: &T) -> Result<(), ConnectorError> {
+    let err = |path: PathBuf| move |source| ConnectorError::State { path, source };
+    std::fs::create_dir_all(dir).map_err(err(dir.to_owned()))?;
+    let tmp = dir.join(format!("{name}.tmp"));
+    let bytes = serde_json::to_vec_pretty(value).expect("state serialises");
+    std::fs::write(&tmp, bytes).map_err(err(tmp.clone()))?;
+    std::fs::rename(&tmp, dir.join(name)).map_err(err(dir.join(name)))?;
+    Ok(())
+}
+
+fn remove_file(path: &Path) -> Result<(), ConnectorError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(ConnectorError::State {
+            path: path.to_owned(),
+            source,
+        }),
     }
 }
 

@@ -43,6 +43,10 @@ pub struct ConnectorConfig {
     /// Per-request timeout, seconds.
     #[serde(default = "default_timeout")]
     pub request_timeout_secs: u64,
+    /// Replication uploads that run at once; PollWork asks for no more items than there are
+    /// free slots (plus one that waits), so the rest stay queued on the service.
+    #[serde(default = "default_max_concurrent_uploads")]
+    pub max_concurrent_uploads: usize,
     /// The `files` source: VMs listed in an inventory file.
     pub files: FilesSource,
     /// Where and how replication runs upload (the S3 staging bucket).
@@ -124,6 +128,13 @@ fn default_heartbeat() -> u64 {
 fn default_poll() -> u64 {
     10
 }
+/// Default of `max_concurrent_uploads`.
+pub const DEFAULT_MAX_CONCURRENT_UPLOADS: usize = 8;
+
+fn default_max_concurrent_uploads() -> usize {
+    DEFAULT_MAX_CONCURRENT_UPLOADS
+}
+
 fn default_timeout() -> u64 {
     30
 }
@@ -164,6 +175,9 @@ impl ConnectorConfig {
         }
         if self.heartbeat_interval_secs == 0 || self.poll_interval_secs == 0 {
             return Err("heartbeat_interval_secs and poll_interval_secs must be at least 1".into());
+        }
+        if self.max_concurrent_uploads == 0 {
+            return Err("max_concurrent_uploads must be at least 1".into());
         }
         if self.request_timeout_secs == 0 {
             return Err("request_timeout_secs must be at least 1".into());

@@ -194,24 +194,87 @@ impl Inventory {
     /// opened or read gets `{"error": "…"}` in its slot; the inventory is still reported.
     /// A disk opened this way also reports its virtual size and, unless the inventory file
     /// stated one, the format found in its content.
+    ///
+    /// This holds every inspection at once; the agent reports large inventories page by page
+    /// with [`Inventory::inspect_vm`] instead.
     pub fn inspect(&mut self) {
-        for (vm, stated) in self.vms.iter_mut().zip(&self.stated_formats) {
-            if vm.disks.is_empty() {
-                continue;
-            }
-            let reports: Vec<Value> = vm
-                .disks
-                .iter_mut()
-                .zip(stated)
-                .map(|(d, &stated)| inspect_disk(d, stated))
-                .collect();
-            let mut inspection = match vm.inspection.take() {
-                Some(Value::Object(m)) => m,
-                _ => serde_json::Map::new(),
-            };
-            inspection.insert("disks".into(), Value::Array(reports));
-            vm.inspection = Some(Value::Object(inspection));
+        let mut inspector = Inspector::default();
+        for i in 0..self.vms.len() {
+            self.inspect_vm(i, &mut inspector);
         }
+    }
+
+    /// Inspects the disks of VM `index` (see [`Inventory::inspect`]); a disk several VMs share
+    /// is opened once per `inspector`.
+    pub fn inspect_vm(&mut self, index: usize, inspector: &mut Inspector) {
+        let (Some(vm), Some(stated)) = (self.vms.get_mut(index), self.stated_formats.get(index))
+        else {
+            return;
+        };
+        if vm.disks.is_empty() {
+            return;
+        }
+        let reports: Vec<Value> = vm
+            .disks
+            .iter_mut()
+            .zip(stated)
+            .map(|(d, &stated)| inspector.disk(d, stated))
+            .collect();
+        let mut inspection = match vm.inspection.take() {
+            Some(Value::Object(m)) => m,
+            _ => serde_json::Map::new(),
+        };
+        inspection.insert("disks".into(), Value::Array(reports));
+        vm.inspection = Some(Value::Object(inspection));
+    }
+}
+
+/// Inspects disks, remembering the last results so that a disk image many VMs list (a shared
+/// template, 10,000 VMs over one image) is opened and read once. The memory is bounded: the
+/// results of at most [`Inspector::CAPACITY`] disks are kept.
+#[derive(Default)]
+pub struct Inspector {
+    seen: std::collections::HashMap<(String, Option<String>, bool), Inspected>,
+    /// Disks actually opened (tests check that a shared disk is opened once).
+    pub opened: usize,
+}
+
+#[derive(Clone)]
+struct Inspected {
+    report: Value,
+    size_bytes: Option<u64>,
+    format: Option<String>,
+}
+
+impl Inspector {
+    pub const CAPACITY: usize = 1024;
+
+    fn disk(&mut self, d: &mut InventoryDisk, format_stated: bool) -> Value {
+        let key = (d.path.clone(), d.format.clone(), format_stated);
+        if let Some(hit) = self.seen.get(&key) {
+            if hit.size_bytes.is_some() {
+                d.size_bytes = hit.size_bytes;
+            }
+            if hit.format.is_some() {
+                d.format = hit.format.clone();
+            }
+            return hit.report.clone();
+        }
+        self.opened += 1;
+        let before = (d.size_bytes, d.format.clone());
+        let report = inspect_disk(d, format_stated);
+        if self.seen.len() >= Self::CAPACITY {
+            self.seen.clear();
+        }
+        self.seen.insert(
+            key,
+            Inspected {
+                report: report.clone(),
+                size_bytes: (d.size_bytes != before.0).then_some(d.size_bytes).flatten(),
+                format: (d.format != before.1).then(|| d.format.clone()).flatten(),
+            },
+        );
+        report
     }
 }
 

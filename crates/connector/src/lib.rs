@@ -63,4 +63,8 @@ pub enum ConnectorError {
     },
     #[error("{operation}: unexpected response: {message}")]
     Protocol { operation: String, message: String },
+    /// Stopped on purpose (fault injection in tests and drills), as a killed process would:
+    /// nothing is reported to the service.
+    #[error("interrupted: {0}")]
+    Interrupted(String),
 }

@@ -94,6 +94,9 @@ pub(crate) struct Worker {
     in_flight: Mutex<HashSet<String>>,
     job_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     observer: Mutex<Option<Arc<ProgressObserver>>>,
+    /// Uploads that may run at once (the rest of the items wait for a permit).
+    uploads: tokio::sync::Semaphore,
+    pub max_uploads: usize,
 }
 
 /// Sees every progress update of every run (unthrottled), e.g. to draw progress bars: the
@@ -124,7 +127,49 @@ impl Worker {
             in_flight: Mutex::default(),
             job_locks: Mutex::default(),
             observer: Mutex::default(),
+            uploads: tokio::sync::Semaphore::new(crate::config::DEFAULT_MAX_CONCURRENT_UPLOADS),
+            max_uploads: crate::config::DEFAULT_MAX_CONCURRENT_UPLOADS,
         }
+    }
+
+    /// Waits for an upload slot. Meanwhile a `Queued` progress report every minute keeps the
+    /// run's upload heartbeat and the item's lease alive, so a run waiting behind long uploads
+    /// does not time out.
+    async fn upload_slot(
+        &self,
+        connector_id: &str,
+        work_id: &str,
+    ) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        let acquire = self.uploads.acquire();
+        tokio::pin!(acquire);
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+        every.tick().await;
+        loop {
+            tokio::select! {
+                permit = &mut acquire => return permit.ok(),
+                _ = every.tick() => {
+                    let queued = ReportProgressRequest {
+                        connector_id: connector_id.to_string(),
+                        work_id: work_id.to_string(),
+                        stage: "Queued".into(),
+                        ..Default::default()
+                    };
+                    let sent: Result<tern_api::connector::ReportProgressResponse, _> =
+                        self.client.call(op::REPORT_PROGRESS, &queued).await;
+                    if let Err(e) = sent {
+                        tracing::debug!(work_id, error = %e, "queued progress report failed");
+                    }
+                }
+            }
+        }
+    }
+
+    /// At most `n` (at least 1) uploads run at once.
+    pub fn limit_uploads(mut self, n: usize) -> Self {
+        let n = n.max(1);
+        self.uploads = tokio::sync::Semaphore::new(n);
+        self.max_uploads = n;
+        self
     }
 
     pub fn observe(&self, observer: Arc<ProgressObserver>) {
@@ -166,6 +211,9 @@ impl Worker {
     ) -> WorkOutcome {
         let job_lock = self.job_lock(&work.job_id);
         let _job = job_lock.lock().await;
+        // Reading, compressing and sending a thousand disks at once only thrashes: memory grows
+        // with every upload in flight and none finishes sooner.
+        let _permit = self.upload_slot(&connector_id, &work_id).await;
         let result = self.upload(&connector_id, &work_id, &work).await;
         match result {
             Ok(Uploaded::Done) | Ok(Uploaded::AlreadyCommitted) => {

@@ -16,6 +16,8 @@
 //! | `APP_TOKEN` | clientToken | `{"appId": …, "request": …}` | CreateApp idempotency |
 //! | `APP_SERVER` | server id | `{"appId": …}` | a server belongs to at most one application |
 //! | `LIMIT` | `REPLICATING_APPS` | `{"count": n}` | the replicating-application limit |
+//! | `INVREPORT` | connector id | the connector's latest paged inventory report | a re-delivered page is recognised |
+//! | `INVPAGE#<connectorId>#<reportId>` | page number, 8 digits | one page's VMs | kept until the last page arrives |
 //! | `OUTBOX` | state-change id | [`StateChange`](crate::replication::StateChange) | events written with the change they announce, published after |
 //!
 //! **Stable server ids.** The `VMADDR` item maps a VM's `vmManagerId` + `vmId` to its server id.
@@ -72,6 +74,22 @@ pub fn vm_address(vm_manager_id: &str, vm_id: &str) -> Key {
     Key::new(
         VMADDR,
         format!("{}#{}", escape(vm_manager_id), escape(vm_id)),
+    )
+}
+
+pub fn inventory_report(connector_id: &str) -> Key {
+    Key::new("INVREPORT", connector_id)
+}
+
+/// Report ids are 1-128 of `A-Za-z0-9._-` (checked before), so no escaping is needed.
+pub fn inventory_page_partition(connector_id: &str, report_id: &str) -> String {
+    format!("INVPAGE#{connector_id}#{report_id}")
+}
+
+pub fn inventory_page(connector_id: &str, report_id: &str, page: u32) -> Key {
+    Key::new(
+        inventory_page_partition(connector_id, report_id),
+        format!("{page:08}"),
     )
 }
 

@@ -334,21 +334,65 @@ pub struct Catalog {
     )]
     pub last_modified_on: Option<OffsetDateTime>,
     pub pending: Vec<PendingImport>,
+    /// Imports that failed since the connector's last applied report: what GetServers shows
+    /// as the catalog's status message (and EXPIRED while nothing was imported).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<ImportFailure>,
+}
+
+/// An inventory request a connector could not answer (it said why with ReportError).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImportFailure {
+    pub connector_id: String,
+    pub work_id: String,
+    pub message: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub failed_on: OffsetDateTime,
 }
 
 impl Catalog {
     /// `ServerCatalogStatus` as of `now`: IMPORTING while an inventory request younger than
-    /// `timeout` is unanswered, else AVAILABLE once imported, else DELETED or NOT_IMPORTED.
+    /// `timeout` is unanswered; else, when an import failed (a connector reported an error, or
+    /// did not answer within `timeout`), EXPIRED if nothing was imported in this generation and
+    /// AVAILABLE (the previous inventory stands) otherwise; else AVAILABLE once imported, else
+    /// DELETED or NOT_IMPORTED. [`Catalog::status_message`] says why.
     pub fn status(&self, now: OffsetDateTime, timeout: std::time::Duration) -> ServerCatalogStatus {
+        let failed =
+            !self.failures.is_empty() || self.pending.iter().any(|p| now - p.queued_on > timeout);
         if self.pending.iter().any(|p| now - p.queued_on <= timeout) {
             ServerCatalogStatus::Importing
         } else if self.imported {
             ServerCatalogStatus::Available
+        } else if failed {
+            ServerCatalogStatus::Expired
         } else if self.deleted {
             ServerCatalogStatus::Deleted
         } else {
             ServerCatalogStatus::NotImported
         }
+    }
+
+    /// Why the last import failed, one clause per connector, or `None`.
+    pub fn status_message(
+        &self,
+        now: OffsetDateTime,
+        timeout: std::time::Duration,
+    ) -> Option<String> {
+        let mut parts: Vec<String> = self
+            .failures
+            .iter()
+            .map(|f| format!("import failed: connector {}: {}", f.connector_id, f.message))
+            .collect();
+        for p in self.pending.iter().filter(|p| now - p.queued_on > timeout) {
+            parts.push(format!(
+                "import failed: connector {} did not answer inventory request {} within {}s; check that it is running (tern connector run) and call ImportServerCatalog again",
+                p.connector_id,
+                p.work_id,
+                timeout.as_secs()
+            ));
+        }
+        (!parts.is_empty()).then(|| parts.join("; "))
     }
 }
 

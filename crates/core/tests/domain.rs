@@ -7,7 +7,7 @@ use serde_json::json;
 use tern_core::enums::*;
 use tern_core::keys;
 use tern_core::model::Disk;
-use tern_core::service::{InventoryVm, JobUpdate, NewConnector, NewJob, RunUpdate};
+use tern_core::service::{InventoryPage, InventoryVm, JobUpdate, NewConnector, NewJob, RunUpdate};
 use tern_core::states::RunEvent;
 use tern_core::{Config, DomainError, ManualClock, MemoryStore, RandomIds, Service, Store};
 use time::macros::datetime;
@@ -726,4 +726,169 @@ async fn the_remembered_counter_follows_releases_and_other_processes() {
     w.svc.create_job(w.job(&servers[3])).await.unwrap();
     let counter = w.store.get(&keys::active_jobs()).await.unwrap().unwrap();
     assert_eq!(counter.body, json!({"count": 2}));
+}
+
+fn page(report: &str, n: u32, last: bool, vms: Vec<InventoryVm>) -> InventoryPage {
+    InventoryPage {
+        report_id: report.into(),
+        page: n,
+        last,
+        vms,
+    }
+}
+
+#[tokio::test]
+async fn a_paged_report_switches_the_catalog_at_its_last_page_and_resent_pages_change_nothing() {
+    let w = world();
+    let c = w.connector("a").await;
+    w.svc.import_catalog().await.unwrap();
+    let work = w.svc.poll_work(&c, 10).await.unwrap();
+    let req = work[0].work_id.clone();
+    let send = |n: u32, last: bool, vms: Vec<InventoryVm>| {
+        let (svc, c, req) = (w.svc.clone(), c.clone(), req.clone());
+        async move {
+            svc.report_inventory_page(&c, Some(&req), page("rep-1", n, last, vms))
+                .await
+        }
+    };
+    let out = send(1, false, vec![vm("a", None), vm("b", None)])
+        .await
+        .unwrap();
+    assert_eq!(out.accepted, 2);
+    // The same page again: nothing changes; other content under its number: refused.
+    send(1, false, vec![vm("a", None), vm("b", None)])
+        .await
+        .unwrap();
+    let err = send(1, false, vec![vm("z", None)]).await.unwrap_err();
+    assert!(
+        matches!(&err, DomainError::InvalidParameter(m) if m.contains("other content")),
+        "{err:?}"
+    );
+    // Not switched yet: still importing, still empty.
+    let l = w.svc.get_servers(None, None, 100).await.unwrap();
+    assert_eq!(l.status, ServerCatalogStatus::Importing);
+    assert!(l.servers.items.is_empty());
+    // A last page with a hole before it is refused, naming the hole.
+    let err = send(3, true, vec![vm("e", None)]).await.unwrap_err();
+    assert!(
+        matches!(&err, DomainError::InvalidParameter(m) if m.contains("page(s) 2 have not arrived")),
+        "{err:?}"
+    );
+    send(2, false, vec![vm("c", None), vm("a", None)])
+        .await
+        .unwrap();
+    let done = send(3, true, vec![vm("e", None)]).await.unwrap();
+    // "a" is listed on pages 1 and 2: applied once, the second rejected.
+    assert_eq!(done.accepted, 4, "{done:?}");
+    assert_eq!(done.rejected.len(), 1, "{done:?}");
+    let l = w.svc.get_servers(None, None, 100).await.unwrap();
+    assert_eq!(l.status, ServerCatalogStatus::Available);
+    assert_eq!(l.status_message, None);
+    let ids = w.server_ids().await;
+    assert_eq!(ids.len(), 4);
+    // The last page delivered twice (a lost answer): the outcome again, nothing applied twice.
+    let modified = l.last_modified_on;
+    w.clock.advance(Duration::from_secs(60));
+    let again = send(3, true, vec![vm("e", None)]).await.unwrap();
+    assert_eq!((again.accepted, again.vanished), (4, 0));
+    let l = w.svc.get_servers(None, None, 100).await.unwrap();
+    assert_eq!(l.last_modified_on, modified);
+    assert_eq!(w.server_ids().await, ids);
+    // Kept pages are gone once applied.
+    let left = w
+        .store
+        .query(&keys::inventory_page_partition(&c, "rep-1"), "", None, 10)
+        .await
+        .unwrap();
+    assert!(left.items.is_empty());
+    // A refresh in pages: VMs not listed are marked vanished only at its last page.
+    send_refresh(&w, &c).await;
+}
+
+async fn send_refresh(w: &World, c: &str) {
+    w.svc
+        .report_inventory_page(c, None, page("rep-2", 1, false, vec![vm("a", None)]))
+        .await
+        .unwrap();
+    let vanished = |l: &tern_core::service::ServerListing| {
+        l.servers
+            .items
+            .iter()
+            .filter(|s| s.vanished_on.is_some())
+            .count()
+    };
+    let l = w.svc.get_servers(None, None, 100).await.unwrap();
+    assert_eq!(vanished(&l), 0);
+    let out = w
+        .svc
+        .report_inventory_page(c, None, page("rep-2", 2, true, vec![vm("b", None)]))
+        .await
+        .unwrap();
+    assert_eq!((out.accepted, out.vanished), (2, 2));
+    let l = w.svc.get_servers(None, None, 100).await.unwrap();
+    assert_eq!(vanished(&l), 2);
+}
+
+#[tokio::test]
+async fn a_failed_import_shows_in_the_catalog_status_at_once() {
+    let w = world();
+    let c = w.connector("a").await;
+    w.svc.import_catalog().await.unwrap();
+    let work = w.svc.poll_work(&c, 10).await.unwrap();
+    w.svc
+        .report_error(
+            &c,
+            Some(&work[0].work_id),
+            "inventory file /x.toml: No such file",
+        )
+        .await
+        .unwrap();
+    let l = w.svc.get_servers(None, None, 100).await.unwrap();
+    assert_eq!(l.status, ServerCatalogStatus::Expired);
+    let message = l.status_message.unwrap();
+    assert!(
+        message.contains(&c) && message.contains("No such file"),
+        "{message}"
+    );
+
+    // A new import asks again (IMPORTING); its success clears the failure.
+    w.import(&c, vec![vm("a", None)]).await;
+    let l = w.svc.get_servers(None, None, 100).await.unwrap();
+    assert_eq!(
+        (l.status, l.status_message),
+        (ServerCatalogStatus::Available, None)
+    );
+
+    // A refresh that fails leaves the catalog AVAILABLE (its servers stand) and says why.
+    w.svc.import_catalog().await.unwrap();
+    let work = w.svc.poll_work(&c, 10).await.unwrap();
+    w.svc
+        .report_error(&c, Some(&work[0].work_id), "page 3 refused")
+        .await
+        .unwrap();
+    let l = w.svc.get_servers(None, None, 100).await.unwrap();
+    assert_eq!(l.status, ServerCatalogStatus::Available);
+    assert!(l.status_message.unwrap().contains("page 3 refused"));
+    assert_eq!(l.servers.items.len(), 1);
+}
+
+#[tokio::test]
+async fn an_unanswered_import_expires_with_a_message() {
+    let w = world();
+    let c = w.connector("a").await;
+    w.svc.import_catalog().await.unwrap();
+    let l = w.svc.get_servers(None, None, 100).await.unwrap();
+    assert_eq!(
+        (l.status, l.status_message),
+        (ServerCatalogStatus::Importing, None)
+    );
+    w.clock
+        .advance(Config::default().inventory_request_timeout + Duration::from_secs(1));
+    let l = w.svc.get_servers(None, None, 100).await.unwrap();
+    assert_eq!(l.status, ServerCatalogStatus::Expired);
+    let message = l.status_message.unwrap();
+    assert!(
+        message.contains(&c) && message.contains("did not answer"),
+        "{message}"
+    );
 }

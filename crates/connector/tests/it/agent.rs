@@ -671,3 +671,196 @@ async fn an_upload_stops_when_the_control_plane_drops_its_work() {
     );
     lab.shutdown().await;
 }
+
+/// A raw disk with a GPT: an EFI system partition (FAT32 boot sector) and a Linux partition.
+fn small_gpt_disk(path: &Path, size: u64) {
+    fn guid(s: &str) -> Vec<u8> {
+        let hex: String = s.chars().filter(|c| *c != '-').collect();
+        let h: Vec<u8> = (0..16)
+            .map(|i| u8::from_str_radix(&hex[i * 2..i * 2 + 2], 16).unwrap())
+            .collect();
+        [h[3], h[2], h[1], h[0], h[5], h[4], h[7], h[6]]
+            .into_iter()
+            .chain(h[8..].iter().copied())
+            .collect()
+    }
+    let mut img = vec![0u8; size as usize];
+    let put = |img: &mut Vec<u8>, at: u64, b: &[u8]| {
+        img[at as usize..at as usize + b.len()].copy_from_slice(b)
+    };
+    // Protective MBR.
+    img[446 + 4] = 0xee;
+    put(&mut img, 446 + 8, &1u32.to_le_bytes());
+    put(&mut img, 446 + 12, &u32::MAX.to_le_bytes());
+    img[510] = 0x55;
+    img[511] = 0xaa;
+    put(&mut img, 512, b"EFI PART");
+    put(&mut img, 512 + 72, &2u64.to_le_bytes());
+    put(&mut img, 512 + 80, &128u32.to_le_bytes());
+    put(&mut img, 512 + 84, &128u32.to_le_bytes());
+    let parts = [
+        ("C12A7328-F81F-11D2-BA4B-00A0C93EC93B", MIB, 2 * MIB),
+        (
+            "0FC63DAF-8483-4772-8E79-3D69D8477DE4",
+            3 * MIB,
+            size - 4 * MIB,
+        ),
+    ];
+    for (i, (ty, start, len)) in parts.iter().enumerate() {
+        let e = 1024 + i as u64 * 128;
+        put(&mut img, e, &guid(ty));
+        put(&mut img, e + 16, &[i as u8 + 1; 16]);
+        put(&mut img, e + 32, &(start / 512).to_le_bytes());
+        put(&mut img, e + 40, &((start + len) / 512 - 1).to_le_bytes());
+    }
+    put(&mut img, MIB + 82, b"FAT32   ");
+    std::fs::write(path, img).unwrap();
+}
+
+/// An inventory of `count` VMs that all list `disk`, and optionally one VM named `name`.
+fn shared_disk_inventory(count: usize, disk: &Path) -> String {
+    let mut text = String::from("vm_manager_id = \"lab\"\n");
+    for i in 0..count {
+        text.push_str(&format!(
+            "[[vms]]\nid = \"vm-{i}\"\nname = \"web{i:05}\"\nfolder = \"/dc/vm/web\"\nos_type = \"LINUX\"\ndisks = [{:?}]\n",
+            p(disk)
+        ));
+    }
+    text
+}
+
+async fn catalog(lab: &Lab) -> (String, Vec<Value>, Option<String>) {
+    let mut servers = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let mut body = json!({"maxResults": 1000});
+        if let Some(t) = &token {
+            body["nextToken"] = json!(t);
+        }
+        let page = lab.sms("GetServers", body).await;
+        servers.extend(page["serverList"].as_array().cloned().unwrap_or_default());
+        match page["nextToken"].as_str() {
+            Some(t) => token = Some(t.to_string()),
+            None => {
+                let status = page["serverCatalogStatus"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string();
+                let message = page["serverCatalogStatusMessage"]
+                    .as_str()
+                    .map(str::to_string);
+                return (status, servers, message);
+            }
+        }
+    }
+}
+
+/// 1,200 VMs over one shared GPT disk: reported in several pages, the disk opened once, every
+/// VM in the catalog with its inspection, and the catalog AVAILABLE only after the last page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_inventory_is_reported_in_pages_and_a_shared_disk_inspected_once() {
+    let lab = Lab::start(tern_core::Config::default()).await;
+    let disk = lab.scratch().join("template.raw");
+    small_gpt_disk(&disk, 8 * MIB);
+    let mut agent = Agent::new(lab.agent_config(&shared_disk_inventory(1200, &disk), ""))
+        .await
+        .unwrap();
+    agent.run_once().await.expect("agent registers");
+    lab.sms("ImportServerCatalog", json!({})).await;
+    let report = agent.poll_once().await.expect("agent polls");
+    assert_eq!(report.inventories_reported, 1, "{report:?}");
+    assert_eq!(report.vms_reported, 1200, "{report:?}");
+    assert!(report.inventory_pages >= 3, "{report:?}");
+    assert_eq!(report.disks_inspected, 1, "{report:?}");
+    let (status, servers, message) = catalog(&lab).await;
+    assert_eq!((status.as_str(), message), ("AVAILABLE", None));
+    assert_eq!(servers.len(), 1200);
+    assert!(servers.iter().all(|s| s["vmServer"]["vmName"]
+        .as_str()
+        .is_some_and(|n| n.starts_with("web"))));
+    // No state of the finished report is left behind.
+    let state = lab.scratch().join("connector/state/inventory-report.json");
+    assert!(!state.exists());
+    lab.shutdown().await;
+}
+
+/// A connector killed in the middle of a report resumes it when it starts again: the pages the
+/// service took are not sent again, and the catalog switches only when the last page arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_inventory_report_resumes_after_a_restart() {
+    let lab = Lab::start(tern_core::Config::default()).await;
+    let disk = lab.scratch().join("template.raw");
+    small_gpt_disk(&disk, 8 * MIB);
+    let config = lab.agent_config(&shared_disk_inventory(1200, &disk), "");
+    let mut first = Agent::new(config.clone()).await.unwrap();
+    first.stop_inventory_after_pages(1);
+    first.run_once().await.expect("agent registers");
+    lab.sms("ImportServerCatalog", json!({})).await;
+    let err = first.poll_once().await.unwrap_err();
+    assert!(
+        matches!(err, tern_connector::ConnectorError::Interrupted(_)),
+        "{err}"
+    );
+    drop(first);
+    // One page in: the catalog still waits, and shows nothing of the new inventory.
+    let (status, servers, _) = catalog(&lab).await;
+    assert_eq!(status, "IMPORTING");
+    assert!(servers.is_empty());
+
+    let mut second = Agent::new(config).await.unwrap();
+    second.register().await.unwrap();
+    // The work item is still leased to the killed process; the restarted one resumes anyway.
+    let report = second.poll_once().await.expect("agent polls");
+    assert_eq!(report.inventories_reported, 1, "{report:?}");
+    let (status, servers, _) = catalog(&lab).await;
+    assert_eq!(status, "AVAILABLE");
+    assert_eq!(servers.len(), 1200);
+    assert!(report.vms_reported < 1200, "{report:?}");
+    // The first page's VMs came from the first process: all VMs are there exactly once.
+    let mut names: Vec<&str> = servers
+        .iter()
+        .map(|s| s["vmServer"]["vmServerAddress"]["vmId"].as_str().unwrap())
+        .collect();
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), 1200);
+    lab.shutdown().await;
+}
+
+/// A page the service refuses fails the import at once: the connector reports it, and
+/// GetServers says EXPIRED with the cause instead of IMPORTING until the request times out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_inventory_page_shows_in_the_catalog_status_at_once() {
+    let lab = Lab::start(tern_core::Config::default()).await;
+    let disk = lab.scratch().join("template.raw");
+    small_gpt_disk(&disk, 8 * MIB);
+    // A VM name over the service's 8 KiB string limit makes its page a 4xx.
+    let mut text = shared_disk_inventory(3, &disk);
+    text.push_str(&format!(
+        "[[vms]]\nid = \"vm-long\"\nname = \"{}\"\n",
+        "x".repeat(9000)
+    ));
+    let mut agent = Agent::new(lab.agent_config(&text, "")).await.unwrap();
+    agent.run_once().await.expect("agent registers");
+    lab.sms("ImportServerCatalog", json!({})).await;
+    let report = agent.poll_once().await.expect("agent polls");
+    assert_eq!(report.failed, 1, "{report:?}");
+    let (status, servers, message) = catalog(&lab).await;
+    assert_eq!(status, "EXPIRED");
+    assert!(servers.is_empty());
+    let message = message.expect("a status message");
+    assert!(
+        message.contains("page 1 of inventory report") && message.contains("refused"),
+        "{message}"
+    );
+    // An unreadable inventory file is reported the same way, naming the file.
+    let inventory = lab.scratch().join("connector/inventory.toml");
+    std::fs::write(&inventory, "vms = [").unwrap();
+    lab.sms("ImportServerCatalog", json!({})).await;
+    let report = agent.poll_once().await.expect("agent polls");
+    assert_eq!(report.failed, 1, "{report:?}");
+    let (status, _, message) = catalog(&lab).await;
+    assert_eq!(status, "EXPIRED");
+    assert!(message.unwrap().contains("inventory.toml"));
+    lab.shutdown().await;
+}

@@ -17,6 +17,19 @@ use crate::states::accepts_runs;
 use crate::store::Expect;
 use crate::workflows::{WorkflowError, REPLICATION_RUN};
 
+/// Jobs the scheduler handles at once within a tick.
+const SCHEDULER_CONCURRENCY: usize = 16;
+
+/// What a tick did for one job.
+#[derive(Default)]
+struct JobPass {
+    created: Option<String>,
+    missed: Option<String>,
+    ended: bool,
+    /// The job's run in progress after scheduling.
+    active: Option<RunRef>,
+}
+
 /// What one tick of the scheduler did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TickReport {
@@ -33,65 +46,100 @@ impl Replication {
     /// manifest hand-overs are redone and the outbox is published. Safe to run from several
     /// places at once: every step is conditional or idempotent.
     pub async fn tick(&self) -> Result<TickReport, DomainError> {
+        use futures::StreamExt;
         let mut report = TickReport::default();
         let now = self.service.now();
-        let limits = self.service.config.limits.clone();
         let jobs = self.service.list_all::<ReplicationJob>(keys::JOB).await?;
+        // Jobs are independent of each other, and each step is a few store round trips: a
+        // thousand runs due in the same minute are scheduled SCHEDULER_CONCURRENCY at a time
+        // instead of one after the other (33 s for 1,000 on a loaded 2-core machine).
+        let passes: Vec<(JobPass, String)> = futures::stream::iter(jobs)
+            .map(|job| async move {
+                let id = job.value.replication_job_id.clone();
+                (self.pass_job(&job.value, now).await, id)
+            })
+            .buffer_unordered(SCHEDULER_CONCURRENCY)
+            .collect()
+            .await;
         // Runs in progress after scheduling, to drive below: one listing serves both passes.
         let mut in_progress: Vec<(String, RunRef)> = Vec::new();
-        for job in jobs {
-            let j = &job.value;
-            let id = j.replication_job_id.clone();
-            let mut active = j.active_run.clone();
-            let outcome: Result<(), DomainError> = async {
-                if j.state == ReplicationJobState::PausedOnFailure {
-                    if j.paused_on
-                        .is_some_and(|t| now - t >= self.settings.paused_job_lifetime)
-                    {
-                        self.service.delete_job(&id).await?;
-                        report.jobs_ended.push(id.clone());
-                        active = None;
-                    }
-                    return Ok(());
-                }
-                if !accepts_runs(j.state) {
-                    return Ok(());
-                }
-                if now - j.seed_replication_time >= limits.max_replication_lifetime
-                    && j.active_run.is_none()
-                {
-                    self.service.delete_job(&id).await?;
-                    report.jobs_ended.push(id.clone());
-                    return Ok(());
-                }
-                if j.next_replication_run_start_time.is_some_and(|t| t <= now) {
-                    match self.schedule_run(&id, now).await? {
-                        Some((run, true)) => {
-                            report.runs_created.push(run.replication_run_id.clone());
-                            active = Some(run);
-                        }
-                        Some((run, false)) => report.runs_missed.push(run.replication_run_id),
-                        None => {}
-                    }
-                }
-                Ok(())
+        for (pass, id) in passes {
+            report.runs_created.extend(pass.created);
+            report.runs_missed.extend(pass.missed);
+            if pass.ended {
+                report.jobs_ended.push(id.clone());
             }
-            .await;
-            if let Err(e) = outcome {
-                tracing::warn!(job_id = %id, error = %e, "scheduler could not handle job");
-            }
-            if let Some(run) = active {
+            if let Some(run) = pass.active {
                 in_progress.push((id, run));
             }
         }
         // Runs waiting for their execution, and manifests not yet handed over.
-        for (job_id, run) in in_progress {
-            if let Err(e) = self.drive_run(&job_id, &run, &mut report).await {
-                tracing::warn!(job_id = %job_id, error = %e, "scheduler could not drive run");
-            }
+        let driven: Vec<TickReport> = futures::stream::iter(in_progress)
+            .map(|(job_id, run)| async move {
+                let mut one = TickReport::default();
+                if let Err(e) = self.drive_run(&job_id, &run, &mut one).await {
+                    tracing::warn!(job_id = %job_id, error = %e, "scheduler could not drive run");
+                }
+                one
+            })
+            .buffer_unordered(SCHEDULER_CONCURRENCY)
+            .collect()
+            .await;
+        for one in driven {
+            report.executions_started.extend(one.executions_started);
+            report.uploads_resignalled += one.uploads_resignalled;
         }
         self.publish_outbox().await;
         Ok(report)
+    }
+
+    /// The scheduling part of a tick for one job: deletes it when it ended, creates its due
+    /// run. A failure is logged; the job is looked at again next tick.
+    async fn pass_job(&self, j: &ReplicationJob, now: OffsetDateTime) -> JobPass {
+        let limits = &self.service.config.limits;
+        let id = j.replication_job_id.clone();
+        let mut pass = JobPass {
+            active: j.active_run.clone(),
+            ..JobPass::default()
+        };
+        let outcome: Result<(), DomainError> = async {
+            if j.state == ReplicationJobState::PausedOnFailure {
+                if j.paused_on
+                    .is_some_and(|t| now - t >= self.settings.paused_job_lifetime)
+                {
+                    self.service.delete_job(&id).await?;
+                    pass.ended = true;
+                    pass.active = None;
+                }
+                return Ok(());
+            }
+            if !accepts_runs(j.state) {
+                return Ok(());
+            }
+            if now - j.seed_replication_time >= limits.max_replication_lifetime
+                && j.active_run.is_none()
+            {
+                self.service.delete_job(&id).await?;
+                pass.ended = true;
+                return Ok(());
+            }
+            if j.next_replication_run_start_time.is_some_and(|t| t <= now) {
+                match self.schedule_run(&id, now).await? {
+                    Some((run, true)) => {
+                        pass.created = Some(run.replication_run_id.clone());
+                        pass.active = Some(run);
+                    }
+                    Some((run, false)) => pass.missed = Some(run.replication_run_id),
+                    None => {}
+                }
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = outcome {
+            tracing::warn!(job_id = %id, error = %e, "scheduler could not handle job");
+        }
+        pass
     }
 
     async fn drive_run(

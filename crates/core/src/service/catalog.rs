@@ -46,10 +46,124 @@ pub struct InventoryOutcome {
     pub rejected: Vec<(String, String)>,
 }
 
+/// One page of a paged inventory report.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct InventoryPage {
+    /// Chosen by the connector, the same for every page of one report (1-128 of A-Za-z0-9._-).
+    pub report_id: String,
+    /// From 1.
+    pub page: u32,
+    /// This page ends the report: the catalog switches to it now.
+    pub last: bool,
+    pub vms: Vec<InventoryVm>,
+}
+
+/// Most pages one report may have.
+pub const MAX_REPORT_PAGES: u32 = 100_000;
+
+/// A connector's latest paged report (`INVREPORT/<connectorId>`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ReportRecord {
+    report_id: String,
+    #[serde(with = "time::serde::rfc3339")]
+    started_on: time::OffsetDateTime,
+    /// Set once the last page was applied: what a re-delivered page answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    applied: Option<AppliedReport>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AppliedReport {
+    accepted: u32,
+    vanished: u32,
+}
+
+impl From<AppliedReport> for InventoryOutcome {
+    fn from(a: AppliedReport) -> Self {
+        InventoryOutcome {
+            accepted: a.accepted,
+            vanished: a.vanished,
+            rejected: Vec::new(),
+        }
+    }
+}
+
+/// A page kept until its report's last page arrives.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredPage {
+    vms: Vec<StoredVm>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StoredVm {
+    vm_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    vm_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    vm_path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    vm_manager_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    vm_manager_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    vm_manager_type: Option<VmManagerType>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    disks: Vec<Disk>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    os_type: Option<OsType>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    inspection: Option<Value>,
+}
+
+impl From<&InventoryVm> for StoredVm {
+    fn from(vm: &InventoryVm) -> Self {
+        StoredVm {
+            vm_id: vm.vm_id.clone(),
+            vm_name: vm.vm_name.clone(),
+            vm_path: vm.vm_path.clone(),
+            vm_manager_id: vm.vm_manager_id.clone(),
+            vm_manager_name: vm.vm_manager_name.clone(),
+            vm_manager_type: vm.vm_manager_type,
+            disks: vm.disks.clone(),
+            os_type: vm.os_type,
+            inspection: vm.inspection.clone(),
+        }
+    }
+}
+
+impl From<StoredVm> for InventoryVm {
+    fn from(vm: StoredVm) -> Self {
+        InventoryVm {
+            vm_id: vm.vm_id,
+            vm_name: vm.vm_name,
+            vm_path: vm.vm_path,
+            vm_manager_id: vm.vm_manager_id,
+            vm_manager_name: vm.vm_manager_name,
+            vm_manager_type: vm.vm_manager_type,
+            disks: vm.disks,
+            os_type: vm.os_type,
+            inspection: vm.inspection,
+        }
+    }
+}
+
+/// A report being applied: VMs validated and waiting, addresses applied so far, the outcome.
+#[derive(Default)]
+struct Apply {
+    valid: Vec<(VmServerAddress, InventoryVm)>,
+    seen: HashSet<VmServerAddress>,
+    outcome: InventoryOutcome,
+}
+
 /// GetServers' answer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerListing {
     pub status: ServerCatalogStatus,
+    /// Why the last import failed (Tern's addition to GetServers), or `None`.
+    pub status_message: Option<String>,
     pub last_modified_on: Option<time::OffsetDateTime>,
     pub servers: Listing<Server>,
 }
@@ -110,6 +224,10 @@ impl Service {
                 {
                     continue;
                 }
+                // Asked again: its earlier failure is history; a new one will be recorded.
+                catalog
+                    .failures
+                    .retain(|f| f.connector_id != c.connector_id);
                 let work = self.new_work(&c.connector_id, WorkKind::Inventory, now);
                 catalog.pending.push(crate::model::PendingImport {
                     work_id: work.work_id.clone(),
@@ -134,12 +252,12 @@ impl Service {
         })
     }
 
-    /// ReportInventory: applies a connector's complete inventory to the catalog.
+    /// ReportInventory in one request: applies a connector's complete inventory to the catalog.
     ///
     /// Accepted when it answers a pending request of this connector, or when the catalog is
     /// already imported (a refresh); otherwise OperationNotPermitted, because GetServers only has
     /// content after an ImportServerCatalog (R20). Bad VM entries are rejected one by one, the
-    /// rest is applied.
+    /// rest is applied. Large inventories use [`Service::report_inventory_page`].
     #[tracing::instrument(name = "report_inventory", skip(self, vms), fields(vms = vms.len()))]
     pub async fn report_inventory(
         &self,
@@ -149,6 +267,241 @@ impl Service {
     ) -> Result<InventoryOutcome> {
         let conn = self.associated_connector(connector_id).await?.value;
         let request_id = request_id.map(str::trim).filter(|r| !r.is_empty());
+        let answers = self.check_report_allowed(&conn, request_id).await?;
+        let mut apply = Apply::default();
+        for vm in vms {
+            match self.validate_vm(&conn, vm) {
+                Err(reason) => apply.outcome.rejected.push(reason),
+                Ok(valid) => apply.valid.push(valid),
+            }
+        }
+        let generation = self.catalog().await?.map_or(0, |c| c.value.generation);
+        self.apply_vms(generation, &conn, &mut apply).await?;
+        self.finish_report(generation, &conn, request_id, answers, apply)
+            .await
+    }
+
+    /// ReportInventory, one page of a paged report (`reportId`, `page` from 1, `lastPage`).
+    ///
+    /// Pages are kept aside (`INVPAGE#<connectorId>#<reportId>`, one item per page) and the
+    /// catalog switches to the new inventory only when the last page arrives and every page
+    /// before it is there: then all pages are applied as one report (servers upserted, those
+    /// not listed marked vanished) and the kept pages deleted. A page sent again with the same
+    /// content changes nothing; with other content it is refused. After the last page was
+    /// applied, sending any page of that report again answers the applied report's outcome
+    /// without applying it twice. A new `reportId` from the same connector discards the pages
+    /// of its unfinished earlier report.
+    #[tracing::instrument(name = "report_inventory_page", skip(self, page),
+        fields(report_id = %page.report_id, page = page.page, last = page.last, vms = page.vms.len()))]
+    pub async fn report_inventory_page(
+        &self,
+        connector_id: &str,
+        request_id: Option<&str>,
+        page: InventoryPage,
+    ) -> Result<InventoryOutcome> {
+        let conn = self.associated_connector(connector_id).await?.value;
+        let cid = conn.connector_id.clone();
+        let request_id = request_id.map(str::trim).filter(|r| !r.is_empty());
+        let report_id = page.report_id.trim();
+        if report_id.is_empty()
+            || report_id.len() > 128
+            || !report_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        {
+            return Err(DomainError::InvalidParameter(
+                "reportId must be 1-128 characters of A-Za-z0-9._-".into(),
+            ));
+        }
+        if page.page == 0 || page.page > MAX_REPORT_PAGES {
+            return Err(DomainError::InvalidParameter(format!(
+                "page must be between 1 and {MAX_REPORT_PAGES}"
+            )));
+        }
+        let record_key = keys::inventory_report(&cid);
+        let record: Option<Versioned<ReportRecord>> = self.read(&record_key).await?;
+        if let Some(done) = record
+            .as_ref()
+            .filter(|r| r.value.report_id == report_id)
+            .and_then(|r| r.value.applied.clone())
+        {
+            // A re-delivery after the report was applied: nothing to do twice.
+            return Ok(done.into());
+        }
+        let answers = self.check_report_allowed(&conn, request_id).await?;
+        if record
+            .as_ref()
+            .is_none_or(|r| r.value.report_id != report_id)
+        {
+            let fresh = ReportRecord {
+                report_id: report_id.to_string(),
+                started_on: self.now(),
+                applied: None,
+            };
+            match self
+                .store
+                .write(put(record_key.clone(), &fresh, expect_of(&record))?)
+                .await
+            {
+                Ok(()) => {}
+                // A concurrent page of the same report wrote the record first: fine.
+                Err(crate::store::StoreError::ConditionFailed { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+            if let Some(old) = &record {
+                self.purge_prefix(&keys::inventory_page_partition(&cid, &old.value.report_id))
+                    .await;
+            }
+        }
+
+        let mut outcome = InventoryOutcome::default();
+        let mut kept = Vec::new();
+        for vm in page.vms {
+            match self.validate_vm(&conn, vm) {
+                Err(reason) => outcome.rejected.push(reason),
+                Ok((_, vm)) => kept.push(vm),
+            }
+        }
+        outcome.accepted = kept.len() as u32;
+        let stored = StoredPage {
+            vms: kept.iter().map(StoredVm::from).collect(),
+        };
+        let body = super::encode(&stored)?;
+        let size = body.to_string().len();
+        if size > crate::store::MAX_ITEM_BYTES {
+            return Err(DomainError::InvalidParameter(format!(
+                "page {} of report {report_id} holds {size} bytes of VMs; at most {} fit in one page: send fewer VMs per page",
+                page.page,
+                crate::store::MAX_ITEM_BYTES
+            )));
+        }
+        let page_key = keys::inventory_page(&cid, report_id, page.page);
+        match self
+            .store
+            .write(Write::Put {
+                key: page_key.clone(),
+                body: body.clone(),
+                expect: Expect::Absent,
+            })
+            .await
+        {
+            Ok(()) => {}
+            Err(crate::store::StoreError::ConditionFailed { .. }) => {
+                let same = self
+                    .store
+                    .get_raw(&page_key)
+                    .await?
+                    .and_then(|item| item.body.decode::<Value>().ok())
+                    .is_some_and(|v| v == body);
+                if !same {
+                    return Err(DomainError::InvalidParameter(format!(
+                        "page {} of report {report_id} was already received with other content; start a new report (new reportId)",
+                        page.page
+                    )));
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+        if !page.last {
+            return Ok(outcome);
+        }
+
+        // The last page: every page before it must be here, then the report is applied.
+        let partition = keys::inventory_page_partition(&cid, report_id);
+        let numbers: Vec<u32> = {
+            let mut out = Vec::new();
+            let mut after: Option<String> = None;
+            loop {
+                let got = self
+                    .store
+                    .query_raw(&partition, "", after.as_deref(), 500)
+                    .await?;
+                out.extend(
+                    got.items
+                        .iter()
+                        .filter_map(|i| i.key.sk.parse::<u32>().ok()),
+                );
+                match got.last_sk {
+                    Some(l) => after = Some(l),
+                    None => break out,
+                }
+            }
+        };
+        let missing: Vec<u32> = (1..=page.page).filter(|n| !numbers.contains(n)).collect();
+        if !missing.is_empty() {
+            let shown: Vec<String> = missing.iter().take(20).map(u32::to_string).collect();
+            return Err(DomainError::InvalidParameter(format!(
+                "report {report_id} ends at page {} but page(s) {}{} have not arrived; send them, then the last page again",
+                page.page,
+                shown.join(", "),
+                if missing.len() > 20 { ", …" } else { "" }
+            )));
+        }
+        if let Some(extra) = numbers.iter().find(|n| **n > page.page) {
+            return Err(DomainError::InvalidParameter(format!(
+                "report {report_id} ends at page {} but page {extra} was received; start a new report (new reportId)",
+                page.page
+            )));
+        }
+        let generation = self.catalog().await?.map_or(0, |c| c.value.generation);
+        let mut apply = Apply::default();
+        for n in 1..=page.page {
+            let Some(item) = self
+                .store
+                .get_raw(&keys::inventory_page(&cid, report_id, n))
+                .await?
+            else {
+                return Err(DomainError::Contention(format!(
+                    "page {n} of report {report_id} disappeared while it was applied"
+                )));
+            };
+            let stored: StoredPage = super::decode(item)?.value;
+            for vm in stored.vms {
+                let vm = InventoryVm::from(vm);
+                // Validated when the page arrived; this only derives the address again.
+                if let Ok(valid) = self.validate_vm(&conn, vm) {
+                    apply.valid.push(valid);
+                }
+            }
+            // Applied page by page, so one page's VMs are in memory at a time.
+            self.apply_vms(generation, &conn, &mut apply).await?;
+        }
+        let mut done = self
+            .finish_report(generation, &conn, request_id, answers, apply)
+            .await?;
+        let applied = AppliedReport {
+            accepted: done.accepted,
+            vanished: done.vanished,
+        };
+        retrying!(self, "the inventory report", async {
+            let current: Option<Versioned<ReportRecord>> = self.read(&record_key).await?;
+            let mut rec = match &current {
+                Some(r) if r.value.report_id == report_id => r.value.clone(),
+                _ => ReportRecord {
+                    report_id: report_id.to_string(),
+                    started_on: self.now(),
+                    applied: None,
+                },
+            };
+            rec.applied = Some(applied.clone());
+            self.store
+                .write(put(record_key.clone(), &rec, expect_of(&current))?)
+                .await?;
+            Ok(())
+        })?;
+        self.purge_prefix(&partition).await;
+        outcome.rejected.append(&mut done.rejected);
+        done.rejected = outcome.rejected;
+        Ok(done)
+    }
+
+    /// Whether a report of `conn` answering `request_id` may be applied: it answers a pending
+    /// request of this connector (returns true), or the catalog is already imported (a refresh).
+    async fn check_report_allowed(
+        &self,
+        conn: &Connector,
+        request_id: Option<&str>,
+    ) -> Result<bool> {
         let catalog = self.catalog().await?.map(|c| c.value).unwrap_or_default();
         let answers = request_id.is_some_and(|r| {
             catalog
@@ -162,27 +515,37 @@ impl Service {
                 None => "no server catalog import is in progress; call ImportServerCatalog first".into(),
             }));
         }
-        let generation = catalog.generation;
-        let mut outcome = InventoryOutcome::default();
-        let mut seen = HashSet::new();
-        for vm in vms {
-            match self.validate_vm(&conn, vm) {
-                Err(reason) => outcome.rejected.push(reason),
-                Ok((address, vm)) => {
-                    if !seen.insert(address.clone()) {
-                        outcome.rejected.push((
-                            address.vm_id,
-                            "the report lists this VM more than once".into(),
-                        ));
-                        continue;
-                    }
-                    self.upsert_server(generation, &conn, &address, &vm).await?;
-                    outcome.accepted += 1;
-                }
+        Ok(answers)
+    }
+
+    /// Upserts the VMs queued in `apply.valid` (skipping VMs listed earlier in the report).
+    async fn apply_vms(&self, generation: u64, conn: &Connector, apply: &mut Apply) -> Result<()> {
+        for (address, vm) in std::mem::take(&mut apply.valid) {
+            if !apply.seen.insert(address.clone()) {
+                apply.outcome.rejected.push((
+                    address.vm_id,
+                    "the report lists this VM more than once".into(),
+                ));
+                continue;
             }
+            self.upsert_server(generation, conn, &address, &vm).await?;
+            apply.outcome.accepted += 1;
         }
+        Ok(())
+    }
+
+    /// Marks what the report no longer lists as vanished and closes the request it answers.
+    async fn finish_report(
+        &self,
+        generation: u64,
+        conn: &Connector,
+        request_id: Option<&str>,
+        answers: bool,
+        apply: Apply,
+    ) -> Result<InventoryOutcome> {
+        let mut outcome = apply.outcome;
         outcome.vanished = self
-            .mark_vanished(generation, &conn.connector_id, &seen)
+            .mark_vanished(generation, &conn.connector_id, &apply.seen)
             .await?;
 
         let now = self.now();
@@ -195,6 +558,9 @@ impl Service {
             if let Some(r) = request_id {
                 catalog.pending.retain(|p| p.work_id != r);
             }
+            catalog
+                .failures
+                .retain(|f| f.connector_id != conn.connector_id);
             catalog.imported = true;
             catalog.last_modified_on = Some(now);
             let mut writes = vec![put(keys::catalog(), &catalog, expect_of(&current))?];
@@ -210,6 +576,39 @@ impl Service {
         tracing::info!(connector_id = %conn.connector_id, accepted = outcome.accepted,
             vanished = outcome.vanished, rejected = outcome.rejected.len(), "inventory applied");
         Ok(outcome)
+    }
+
+    /// Deletes every item of a partition, in batches. Best effort (leftovers only cost space):
+    /// a failure is logged.
+    async fn purge_prefix(&self, partition: &str) {
+        loop {
+            let page = match self
+                .store
+                .query(partition, "", None, MAX_TRANSACTION_WRITES)
+                .await
+            {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(error = %e, partition, "could not purge");
+                    return;
+                }
+            };
+            if page.items.is_empty() {
+                return;
+            }
+            let writes = page
+                .items
+                .into_iter()
+                .map(|i| Write::Delete {
+                    key: i.key,
+                    expect: Expect::Any,
+                })
+                .collect();
+            if let Err(e) = self.store.transact(writes).await {
+                tracing::warn!(error = %e, partition, "could not purge");
+                return;
+            }
+        }
     }
 
     fn validate_vm(
@@ -328,30 +727,40 @@ impl Service {
     ) -> Result<u32> {
         let partition = keys::server_partition(generation);
         let mut count = 0;
-        for s in self.list_all::<Server>(&partition).await? {
-            let gone = s.value.connector_id == connector_id
-                && s.value.vanished_on.is_none()
-                && !reported.contains(&s.value.vm_server.vm_server_address);
-            if !gone {
-                continue;
-            }
-            let key = keys::server(generation, &s.value.server_id);
-            let marked = retrying!(self, s.value.server_id, async {
-                let Some(mut cur) = self.read::<Server>(&key).await? else {
-                    return Ok(false);
-                };
-                if cur.value.vanished_on.is_some() || cur.value.connector_id != connector_id {
-                    return Ok(false);
+        // Page by page: a catalog of 10,000 servers is not held in memory at once.
+        let mut after: Option<String> = None;
+        loop {
+            let (page, last) = self
+                .list::<Server>(&partition, after.as_deref(), 500)
+                .await?;
+            for s in page {
+                let gone = s.value.connector_id == connector_id
+                    && s.value.vanished_on.is_none()
+                    && !reported.contains(&s.value.vm_server.vm_server_address);
+                if !gone {
+                    continue;
                 }
-                cur.value.vanished_on = Some(self.now());
-                self.store
-                    .write(put(key.clone(), &cur.value, cur.expect())?)
-                    .await?;
-                Ok(true)
-            })?;
-            count += u32::from(marked);
+                let key = keys::server(generation, &s.value.server_id);
+                let marked = retrying!(self, s.value.server_id, async {
+                    let Some(mut cur) = self.read::<Server>(&key).await? else {
+                        return Ok(false);
+                    };
+                    if cur.value.vanished_on.is_some() || cur.value.connector_id != connector_id {
+                        return Ok(false);
+                    }
+                    cur.value.vanished_on = Some(self.now());
+                    self.store
+                        .write(put(key.clone(), &cur.value, cur.expect())?)
+                        .await?;
+                    Ok(true)
+                })?;
+                count += u32::from(marked);
+            }
+            match last {
+                Some(l) => after = Some(l),
+                None => return Ok(count),
+            }
         }
-        Ok(count)
     }
 
     /// GetServers: the catalog status and one page of servers, optionally only those at the
@@ -364,6 +773,8 @@ impl Service {
     ) -> Result<ServerListing> {
         let catalog = self.catalog().await?.map(|c| c.value).unwrap_or_default();
         let status = catalog.status(self.now(), self.config.inventory_request_timeout);
+        let status_message =
+            catalog.status_message(self.now(), self.config.inventory_request_timeout);
         let generation = catalog.generation;
         let servers = match filter.filter(|f| !f.is_empty()) {
             None => {
@@ -411,6 +822,7 @@ impl Service {
         };
         Ok(ServerListing {
             status,
+            status_message,
             last_modified_on: catalog.last_modified_on,
             servers,
         })
@@ -441,6 +853,7 @@ impl Service {
                 deleted: true,
                 last_modified_on: Some(self.now()),
                 pending: Vec::new(),
+                failures: Vec::new(),
             };
             let mut writes = vec![
                 put(keys::catalog(), &catalog, expect_of(&current))?,
@@ -470,35 +883,7 @@ impl Service {
     /// Removes the servers of a replaced generation. Best effort: readers never look at an old
     /// generation, so leftovers after a failure only cost space; the failure is logged.
     async fn purge_generation(&self, generation: u64) {
-        let partition = keys::server_partition(generation);
-        loop {
-            let page = match self
-                .store
-                .query(&partition, "", None, MAX_TRANSACTION_WRITES)
-                .await
-            {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::warn!(error = %e, generation, "could not purge old catalog generation");
-                    return;
-                }
-            };
-            if page.items.is_empty() {
-                return;
-            }
-            let writes = page
-                .items
-                .into_iter()
-                .map(|i| Write::Delete {
-                    key: i.key,
-                    expect: Expect::Any,
-                })
-                .collect();
-            if let Err(e) = self.store.transact(writes).await {
-                tracing::warn!(error = %e, generation, "could not purge old catalog generation");
-                return;
-            }
-        }
+        self.purge_prefix(&keys::server_partition(generation)).await;
     }
 
     /// The server `id` of the current catalog.

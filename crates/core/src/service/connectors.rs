@@ -257,6 +257,37 @@ impl Service {
         })
     }
 
+    /// An inventory request its connector could not answer: no longer pending, and its cause
+    /// kept for GetServers' status message until the connector's next applied report.
+    async fn fail_pending_import(
+        &self,
+        connector_id: &str,
+        work_id: &str,
+        message: &str,
+    ) -> Result<()> {
+        let now = self.now();
+        retrying!(self, "the server catalog", async {
+            let current: Option<Versioned<Catalog>> = self.read(&keys::catalog()).await?;
+            let Some(cur) = &current else { return Ok(()) };
+            if !cur.value.pending.iter().any(|p| p.work_id == work_id) {
+                return Ok(());
+            }
+            let mut catalog = cur.value.clone();
+            catalog.pending.retain(|p| p.work_id != work_id);
+            catalog.failures.retain(|f| f.connector_id != connector_id);
+            catalog.failures.push(crate::model::ImportFailure {
+                connector_id: connector_id.to_string(),
+                work_id: work_id.to_string(),
+                message: message.to_string(),
+                failed_on: now,
+            });
+            self.store
+                .write(put(keys::catalog(), &catalog, expect_of(&current))?)
+                .await?;
+            Ok(())
+        })
+    }
+
     /// PollWork: hands out up to `limit` work items that are not leased (or whose lease ran out),
     /// oldest first, and leases them.
     pub async fn poll_work(&self, connector_id: &str, limit: usize) -> Result<Vec<Work>> {
@@ -327,8 +358,7 @@ impl Service {
             return Ok(());
         };
         if work.value.kind == WorkKind::Inventory {
-            self.forget_pending_imports(|p| p.work_id == work_id)
-                .await?;
+            self.fail_pending_import(&id, work_id, &message).await?;
         }
         self.store
             .write(Write::Delete {

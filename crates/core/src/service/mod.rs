@@ -32,7 +32,7 @@ pub use apps::{
     ServerReplicationParameters, Tag,
 };
 pub use cache::RenderCache;
-pub use catalog::{InventoryOutcome, InventoryVm, ServerListing};
+pub use catalog::{InventoryOutcome, InventoryPage, InventoryVm, ServerListing, MAX_REPORT_PAGES};
 pub use connectors::NewConnector;
 pub use jobs::{JobUpdate, NewJob, RunUpdate};
 
