@@ -844,3 +844,41 @@ async fn jobs_end_after_ninety_days_and_paused_jobs_are_deleted_after_four() {
     assert_eq!(s.tick().await.jobs_ended, vec![job2.clone()]);
     assert_eq!(job_state(s, &job2).await.0, ReplicationJobState::Deleted);
 }
+
+/// R13: the 90 days count from the first replication. The User Guide's own example seeds in
+/// 2016: such a job starts its seed now and lives 90 days from now, not zero.
+#[tokio::test]
+async fn a_job_seeded_in_the_past_replicates_now_and_lives_ninety_days_from_its_first_run() {
+    let clock = manual_clock();
+    let lab =
+        lab_on(TestServer::start_with_clock(Config::default(), Some(clock.clone())).await).await;
+    let s = &lab.server;
+    // 2016-11-01T00:00:00Z, as in the User Guide's CLI walkthrough.
+    let job_id = create_job_at(&lab, 0, 1_477_958_400, 12).await;
+    let up = poll_replicate(s, &lab.connector_id).await;
+    assert!(up.seed, "the first run is the seed");
+    assert_eq!(up.job_id, job_id);
+    let report = s.tick().await;
+    assert!(report.jobs_ended.is_empty(), "{report:?}");
+    let (map, _) = upload(s, &up, &lab.disk, None, None).await;
+    assert_eq!(
+        wait_done_moving(s, &clock, &job_id, &up.run_id).await.0,
+        ReplicationRunState::Completed
+    );
+    assert_eq!(job_state(s, &job_id).await.0, ReplicationJobState::Active);
+
+    // 89 days on it still replicates (the runs due meanwhile are created, not the job ended).
+    clock.advance(Duration::from_secs(89 * 24 * 3600));
+    let report = s.tick().await;
+    assert!(report.jobs_ended.is_empty(), "{report:?}");
+    assert_ne!(job_state(s, &job_id).await.0, ReplicationJobState::Deleted);
+    // Past 90 days from the seed run (once the run now in progress ends) the job is ended.
+    let first = up.run_id.clone();
+    let up = poll_replicate(s, &lab.connector_id).await;
+    upload(s, &up, &lab.disk, Some(&map), Some(&first)).await;
+    wait_done_moving(s, &clock, &job_id, &up.run_id).await;
+    clock.advance(Duration::from_secs(2 * 24 * 3600));
+    let report = s.tick().await;
+    assert_eq!(report.jobs_ended, vec![job_id.clone()]);
+    assert_eq!(job_state(s, &job_id).await.0, ReplicationJobState::Deleted);
+}

@@ -57,7 +57,10 @@ impl Replication {
                 if !accepts_runs(j.state) {
                     return Ok(());
                 }
-                if now - j.seed_replication_time >= limits.max_replication_lifetime
+                // R13: the lifetime counts from the first replication, not from the seed time
+                // (a job created today with a seed time in 2016 starts its seed now).
+                if j.lifetime_start()
+                    .is_some_and(|t| now - t >= limits.max_replication_lifetime)
                     && j.active_run.is_none()
                 {
                     self.service.delete_job(&id).await?;
@@ -208,6 +211,7 @@ impl Replication {
             };
             j.run_count = seq;
             if runs {
+                j.first_run_on.get_or_insert(now);
                 j.active_run = Some(RunRef {
                     replication_run_id: run_id.clone(),
                     seq,

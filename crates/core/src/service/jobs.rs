@@ -305,6 +305,7 @@ impl Service {
                 latest_run_id: None,
                 images: Vec::new(),
                 paused_on: None,
+                first_run_on: None,
             };
             let mut updated = s.clone();
             updated.replication_job_id = Some(job_id.clone());
@@ -812,6 +813,7 @@ impl Service {
                 workflow: Default::default(),
             };
             j.run_count = seq;
+            j.first_run_on.get_or_insert(now);
             j.active_run = Some(RunRef {
                 replication_run_id: run_id.clone(),
                 seq,
