@@ -130,6 +130,10 @@ pub struct Config {
     /// A work item handed out by PollWork and not finished is handed out again after this time.
     #[serde(with = "duration_text")]
     pub work_lease: Duration,
+    /// How long a deleted replication job stays listed by GetReplicationJobs (state DELETED)
+    /// and readable by id; after that the scheduler purges its record. `0s`: not kept.
+    #[serde(with = "duration_text")]
+    pub deleted_job_retention: Duration,
     /// Attempts of one optimistic read-modify-write before the request fails with
     /// TemporarilyUnavailableException (which clients retry).
     pub max_write_attempts: u32,
@@ -142,6 +146,7 @@ impl Default for Config {
             connector_unhealthy_after: Duration::from_secs(5 * 60),
             inventory_request_timeout: Duration::from_secs(15 * 60),
             work_lease: Duration::from_secs(10 * 60),
+            deleted_job_retention: Duration::from_secs(7 * 24 * 60 * 60),
             max_write_attempts: 64,
         }
     }
@@ -209,6 +214,10 @@ impl Config {
                 Slot::Time(&mut self.inventory_request_timeout),
             ),
             ("work_lease", Slot::Time(&mut self.work_lease)),
+            (
+                "deleted_job_retention",
+                Slot::Time(&mut self.deleted_job_retention),
+            ),
             (
                 "max_write_attempts",
                 Slot::Count(&mut self.max_write_attempts),

@@ -314,6 +314,14 @@ pub struct ReplicationJob {
         skip_serializing_if = "Option::is_none"
     )]
     pub first_run_on: Option<OffsetDateTime>,
+    /// Tern: when DeleteReplicationJob (or the scheduler) deleted the job; it is listed as
+    /// DELETED for `deleted_job_retention` from then.
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub deleted_on: Option<OffsetDateTime>,
 }
 
 impl ReplicationJob {

@@ -364,7 +364,15 @@ async fn job_rules_and_run_lifecycle() {
         ),
         (Some(job.as_str()), Some(true))
     );
-    assert!(w.svc.list_jobs(None, 10).await.unwrap().items.is_empty());
+    // R17: the deleted job stays listed, as DELETED, for `deleted_job_retention`.
+    let listed = w.svc.list_jobs(None, 10).await.unwrap().items;
+    assert_eq!(
+        listed
+            .iter()
+            .map(|j| (j.replication_job_id.as_str(), j.state))
+            .collect::<Vec<_>>(),
+        vec![(job.as_str(), ReplicationJobState::Deleted)]
+    );
     assert!(matches!(
         w.svc.delete_job(&job).await,
         Err(DomainError::JobNotFound(_))

@@ -1,5 +1,6 @@
 //! The scheduler's tick: due runs are created, pending runs get their execution, ended jobs
-//! go, lost manifest hand-overs are redone, and the outbox is published.
+//! go, deleted jobs past their retention are purged, lost manifest hand-overs are redone, and
+//! the outbox is published.
 
 use time::OffsetDateTime;
 
@@ -92,6 +93,9 @@ impl Replication {
             if let Err(e) = self.drive_run(&job_id, &run, &mut report).await {
                 tracing::warn!(job_id = %job_id, error = %e, "scheduler could not drive run");
             }
+        }
+        if let Err(e) = self.service.purge_deleted_jobs().await {
+            tracing::warn!(error = %e, "scheduler could not purge deleted jobs");
         }
         self.publish_outbox().await;
         Ok(report)

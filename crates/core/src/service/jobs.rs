@@ -15,7 +15,9 @@
 //!
 //! DeleteReplicationJob ends the job (DELETING → DELETED in one transaction, its run in progress
 //! cancelled), releases its slot, moves it to the `JOB_DELETED` partition and marks the server's
-//! `replicationJobTerminated`; it never touches the AMIs the job produced.
+//! `replicationJobTerminated`; it never touches the AMIs the job produced. GetReplicationJobs
+//! lists deleted jobs (state DELETED, R17) for `deleted_job_retention`; the scheduler then
+//! purges their records.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -34,7 +36,7 @@ use crate::replication::outbox::StateChange;
 use crate::states::{
     accepts_runs, job_transition, run_transition, JobEvent, JobTransition, RunEvent,
 };
-use crate::store::{Expect, Key, StoreError, Write, MAX_TRANSACTION_WRITES};
+use crate::store::{Expect, Key, RawPage, StoreError, Write, MAX_TRANSACTION_WRITES};
 
 /// The active-job counter item.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -306,6 +308,7 @@ impl Service {
                 images: Vec::new(),
                 paused_on: None,
                 first_run_on: None,
+                deleted_on: None,
             };
             let mut updated = s.clone();
             updated.replication_job_id = Some(job_id.clone());
@@ -510,16 +513,64 @@ impl Service {
         Err(invalid(format!("there is no replication job {id}")))
     }
 
-    /// A page of all live jobs, in id order (one partition query).
+    /// A page of all jobs in id order: the live ones and those deleted less than
+    /// `deleted_job_retention` ago (state DELETED, R17). Two partition queries merged by id;
+    /// the token is the last id answered, so it works across both.
+    async fn job_page(&self, after: Option<&str>, limit: usize) -> Result<RawPage> {
+        let limit = limit.max(1);
+        let live = self.store.query_raw(keys::JOB, "", after, limit).await?;
+        let gone = self
+            .store
+            .query_raw(keys::JOB_DELETED, "", after, limit)
+            .await?;
+        let horizon = self.now() - self.config.deleted_job_retention;
+        let mut items = live.items;
+        for item in gone.items {
+            let job = decode::<ReplicationJob>(item.clone())?.value;
+            if job.deleted_on.unwrap_or(job.created_on) > horizon {
+                items.push(item);
+            }
+        }
+        items.sort_by(|a, b| a.key.sk.cmp(&b.key.sk));
+        // A job deleted between the two queries may be in both: answered once.
+        items.dedup_by(|a, b| a.key.sk == b.key.sk);
+        // Everything up to the smaller of the two partitions' last ids has been seen in both.
+        let bound = match (live.last_sk, gone.last_sk) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if let Some(bound) = &bound {
+            items.retain(|i| i.key.sk <= *bound);
+        }
+        if items.len() > limit {
+            items.truncate(limit);
+            let last = items.last().map(|i| i.key.sk.clone());
+            return Ok(RawPage {
+                items,
+                last_sk: last,
+            });
+        }
+        Ok(RawPage {
+            items,
+            last_sk: bound,
+        })
+    }
+
+    /// A page of all jobs, live and recently deleted, in id order.
     pub async fn list_jobs(
         &self,
         after: Option<&str>,
         limit: usize,
     ) -> Result<Listing<ReplicationJob>> {
-        let (items, last) = self.list::<ReplicationJob>(keys::JOB, after, limit).await?;
+        let page = self.job_page(after, limit).await?;
+        let items = page
+            .items
+            .into_iter()
+            .map(|i| decode::<ReplicationJob>(i).map(|v| v.value))
+            .collect::<Result<Vec<_>>>()?;
         Ok(Listing {
-            items: items.into_iter().map(|v| v.value).collect(),
-            last,
+            items,
+            last: page.last_sk,
         })
     }
 
@@ -533,10 +584,7 @@ impl Service {
         cache: &RenderCache,
         render: impl Fn(ReplicationJob) -> serde_json::Result<Vec<u8>>,
     ) -> Result<Listing<Arc<[u8]>>> {
-        let page = self
-            .store
-            .query_raw(keys::JOB, "", after, limit.max(1))
-            .await?;
+        let page = self.job_page(after, limit).await?;
         let items = cache.render_all(page.items, |item| {
             let key = format!("{}/{}", item.key.pk, item.key.sk);
             let job = decode::<ReplicationJob>(item)?.value;
@@ -549,6 +597,32 @@ impl Service {
             items,
             last: page.last_sk,
         })
+    }
+
+    /// Deletes the records of jobs deleted more than `deleted_job_retention` ago (the
+    /// scheduler's tick calls this); returns how many went.
+    pub async fn purge_deleted_jobs(&self) -> Result<usize> {
+        let horizon = self.now() - self.config.deleted_job_retention;
+        let mut purged = 0;
+        for job in self.list_all::<ReplicationJob>(keys::JOB_DELETED).await? {
+            let j = &job.value;
+            if j.deleted_on.unwrap_or(j.created_on) > horizon {
+                continue;
+            }
+            let gone = self
+                .store
+                .write(Write::Delete {
+                    key: keys::deleted_job(&j.replication_job_id),
+                    expect: job.expect(),
+                })
+                .await;
+            match gone {
+                Ok(()) => purged += 1,
+                Err(StoreError::ConditionFailed { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(purged)
     }
 
     /// GetReplicationRuns: the job and a page of its runs in creation order.
@@ -708,6 +782,7 @@ impl Service {
                 .map_err(illegal)?
                 .to;
             j.next_replication_run_start_time = None;
+            j.deleted_on = Some(now);
             j.status_message = Some("Deleted; AMIs created by the job are kept".into());
             writes.push(put(
                 keys::deleted_job(&j.replication_job_id),
