@@ -599,8 +599,8 @@ impl Service {
         })
     }
 
-    /// Deletes the records of jobs deleted more than `deleted_job_retention` ago (the
-    /// scheduler's tick calls this); returns how many went.
+    /// Deletes the records of jobs deleted more than `deleted_job_retention` ago, with their
+    /// runs (the scheduler's tick calls this); returns how many went.
     pub async fn purge_deleted_jobs(&self) -> Result<usize> {
         let horizon = self.now() - self.config.deleted_job_retention;
         let mut purged = 0;
@@ -608,6 +608,27 @@ impl Service {
             let j = &job.value;
             if j.deleted_on.unwrap_or(j.created_on) > horizon {
                 continue;
+            }
+            // Its runs first: a purge cut short leaves the job record, and the next tick
+            // finishes it.
+            let runs = keys::run_partition(&j.replication_job_id);
+            loop {
+                let page = self
+                    .store
+                    .query_raw(&runs, "", None, MAX_TRANSACTION_WRITES)
+                    .await?;
+                if page.items.is_empty() {
+                    break;
+                }
+                let deletes = page
+                    .items
+                    .into_iter()
+                    .map(|i| Write::Delete {
+                        key: i.key,
+                        expect: Expect::Any,
+                    })
+                    .collect();
+                self.store.transact(deletes).await?;
             }
             let gone = self
                 .store
@@ -625,7 +646,12 @@ impl Service {
         Ok(purged)
     }
 
-    /// GetReplicationRuns: the job and a page of its runs in creation order.
+    /// GetReplicationRuns: the job and a page of its runs, newest first.
+    ///
+    /// A job's runs are numbered 1..=`run_count` with no gaps (a skipped interval is a MISSED
+    /// run), so a page is a range of numbers read with one ascending query and reversed. The
+    /// token is the oldest run number answered: runs created while a client pages are newer
+    /// than every page it has not read yet, so they neither shift nor repeat its pages.
     pub async fn list_runs(
         &self,
         job_id: &str,
@@ -633,14 +659,43 @@ impl Service {
         limit: usize,
     ) -> Result<(ReplicationJob, Listing<ReplicationRun>)> {
         let job = self.get_job(job_id).await?;
-        let (items, last) = self
-            .list::<ReplicationRun>(&keys::run_partition(&job.replication_job_id), after, limit)
+        let newest = match after {
+            None => job.run_count,
+            Some(token) => token
+                .parse::<u64>()
+                .map_err(|_| invalid("nextToken is not a token from this listing"))?
+                .saturating_sub(1),
+        };
+        if newest == 0 {
+            return Ok((
+                job,
+                Listing {
+                    items: Vec::new(),
+                    last: None,
+                },
+            ));
+        }
+        let limit = limit.max(1) as u64;
+        let oldest = newest.saturating_sub(limit - 1).max(1);
+        let from = keys::run(&job.replication_job_id, oldest - 1).sk;
+        let (items, _) = self
+            .list::<ReplicationRun>(
+                &keys::run_partition(&job.replication_job_id),
+                Some(&from),
+                (newest - oldest + 1) as usize,
+            )
             .await?;
+        let mut items: Vec<ReplicationRun> = items
+            .into_iter()
+            .map(|v| v.value)
+            .filter(|r| r.seq <= newest)
+            .collect();
+        items.reverse();
         Ok((
             job,
             Listing {
-                items: items.into_iter().map(|v| v.value).collect(),
-                last,
+                items,
+                last: (oldest > 1).then(|| keys::run("", oldest).sk),
             },
         ))
     }
