@@ -244,3 +244,34 @@ async fn a_vanished_vm_stays_in_the_catalog_and_cannot_be_replicated() {
     assert_eq!(code(result), "ServerCannotBeReplicatedException");
     server.shutdown().await;
 }
+
+/// GetServers answers `lastModifiedOn` from the start (the time the catalog began), not only
+/// once an import modified it; reading does not move it, an import does.
+#[tokio::test]
+async fn the_catalog_has_a_last_modified_time_from_the_start() {
+    use tern_core::Clock;
+    let clock = std::sync::Arc::new(tern_core::ManualClock::new(time::OffsetDateTime::now_utc()));
+    let start = clock.now().unix_timestamp();
+    let server =
+        TestServer::start_with_clock(tern_acceptance::Config::default(), Some(clock.clone())).await;
+    let first = server.client.get_servers().send().await.unwrap();
+    assert_eq!(
+        first.server_catalog_status(),
+        Some(&ServerCatalogStatus::NotImported)
+    );
+    assert_eq!(
+        first.last_modified_on().map(|t| t.secs()),
+        Some(start),
+        "{first:?}"
+    );
+    clock.advance(std::time::Duration::from_secs(600));
+    let again = server.client.get_servers().send().await.unwrap();
+    assert_eq!(again.last_modified_on().map(|t| t.secs()), Some(start));
+    server.import_catalog(1).await;
+    let imported = server.client.get_servers().send().await.unwrap();
+    assert_eq!(
+        imported.last_modified_on().map(|t| t.secs()),
+        Some(start + 600)
+    );
+    server.shutdown().await;
+}
