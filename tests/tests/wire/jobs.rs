@@ -529,3 +529,107 @@ fn clock_now(clock: &tern_core::ManualClock) -> i64 {
     use tern_core::Clock;
     clock.now().unix_timestamp()
 }
+
+/// R6: `encrypted` turns encryption on, `kmsKeyId` only chooses the key. Create and update
+/// apply the same rule: a key without `encrypted: true` is refused by both; turning encryption
+/// off drops the key.
+#[tokio::test]
+async fn kms_key_id_needs_encrypted_on_create_and_update_alike() {
+    let server = TestServer::start().await;
+    let (_agent, ids) = server.import_catalog(2).await;
+    let c = &server.client;
+    let (code, message) = code_and_message(
+        create(&server, &ids[0])
+            .kms_key_id("alias/tern")
+            .send()
+            .await,
+    );
+    assert_eq!(code, "InvalidParameterException");
+    assert!(
+        message.contains("kmsKeyId requires encrypted: true"),
+        "{message}"
+    );
+    assert_eq!(
+        code_and_message(
+            create(&server, &ids[0])
+                .encrypted(false)
+                .kms_key_id("alias/tern")
+                .send()
+                .await
+        )
+        .0,
+        "InvalidParameterException"
+    );
+
+    // Not encrypted: a key alone is refused by update too.
+    let plain = create(&server, &ids[0])
+        .send()
+        .await
+        .unwrap()
+        .replication_job_id()
+        .unwrap()
+        .to_owned();
+    let (code, message) = code_and_message(
+        c.update_replication_job()
+            .replication_job_id(&plain)
+            .kms_key_id("alias/tern")
+            .send()
+            .await,
+    );
+    assert_eq!(code, "InvalidParameterException");
+    assert!(
+        message.contains("kmsKeyId requires encrypted: true"),
+        "{message}"
+    );
+    // With encrypted: true it is taken.
+    c.update_replication_job()
+        .replication_job_id(&plain)
+        .encrypted(true)
+        .kms_key_id("alias/tern")
+        .send()
+        .await
+        .unwrap();
+    let job = |id: String| async move {
+        c.get_replication_jobs()
+            .replication_job_id(id)
+            .send()
+            .await
+            .unwrap()
+            .replication_job_list()[0]
+            .clone()
+    };
+    let j = job(plain.clone()).await;
+    assert_eq!(
+        (j.encrypted(), j.kms_key_id()),
+        (Some(true), Some("alias/tern"))
+    );
+    // Encrypted already: a new key alone is fine; encrypted: false drops the key.
+    c.update_replication_job()
+        .replication_job_id(&plain)
+        .kms_key_id("alias/other")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(job(plain.clone()).await.kms_key_id(), Some("alias/other"));
+    c.update_replication_job()
+        .replication_job_id(&plain)
+        .encrypted(false)
+        .send()
+        .await
+        .unwrap();
+    let j = job(plain.clone()).await;
+    assert_eq!((j.encrypted(), j.kms_key_id()), (Some(false), None));
+
+    // encrypted: true without a key: the account's default key (no kmsKeyId recorded).
+    let default_key = create(&server, &ids[1])
+        .encrypted(true)
+        .send()
+        .await
+        .unwrap()
+        .replication_job_id()
+        .unwrap()
+        .to_owned();
+    let j = job(default_key).await;
+    assert_eq!((j.encrypted(), j.kms_key_id()), (Some(true), None));
+    server.shutdown().await;
+}

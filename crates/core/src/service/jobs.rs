@@ -207,9 +207,16 @@ impl Service {
         Ok(())
     }
 
-    fn check_kms(encrypted: Option<bool>, kms: Option<&str>) -> Result<()> {
-        if encrypted == Some(false) && kms.is_some_and(|k| !k.is_empty()) {
-            return Err(invalid("kmsKeyId requires encrypted: true"));
+    /// R6: `encrypted` turns encryption on (with the account's default EBS key when no
+    /// `kmsKeyId` is given); `kmsKeyId` only chooses the key. So a key on a job that is not
+    /// encrypted is refused, by CreateReplicationJob and UpdateReplicationJob alike (EC2 refuses
+    /// a KmsKeyId without Encrypted the same way). `encrypted` is the job's value after the
+    /// request.
+    fn check_kms(encrypted: bool, kms: Option<&str>) -> Result<()> {
+        if !encrypted && kms.is_some_and(|k| !k.is_empty()) {
+            return Err(invalid(
+                "kmsKeyId requires encrypted: true (encrypted turns encryption on; kmsKeyId chooses the key)",
+            ));
         }
         Ok(())
     }
@@ -233,7 +240,7 @@ impl Service {
         };
         let amis = self.check_amis(req.number_of_recent_amis_to_keep.unwrap_or(0))?;
         self.check_not_too_far("seedReplicationTime", seed)?;
-        Self::check_kms(req.encrypted, req.kms_key_id.as_deref())?;
+        Self::check_kms(req.encrypted.unwrap_or(false), req.kms_key_id.as_deref())?;
         let job_id = self.ids.new_id(crate::IdKind::ReplicationJob);
 
         retrying!(self, server_id, async {
@@ -728,8 +735,7 @@ impl Service {
             }
             Self::check_license(j.os_type, req.license_type, &j.server_id)?;
             let encrypted = req.encrypted.unwrap_or(j.encrypted);
-            let kms = req.kms_key_id.as_deref().or(j.kms_key_id.as_deref());
-            Self::check_kms(Some(encrypted), kms)?;
+            Self::check_kms(encrypted, req.kms_key_id.as_deref())?;
             if let Some(f) = frequency {
                 j.frequency = Some(f);
             }
@@ -751,6 +757,10 @@ impl Service {
             j.encrypted = encrypted;
             if let Some(k) = &req.kms_key_id {
                 j.kms_key_id = Some(k.clone()).filter(|k| !k.is_empty());
+            }
+            if !encrypted {
+                // Turning encryption off drops the key it used.
+                j.kms_key_id = None;
             }
             // SMS has no API to resume a job paused after repeated failures (its console had a
             // button); in Tern, updating the job is the resume.
