@@ -93,6 +93,8 @@ pub struct Limits {
     /// Most recent runs embedded in each job (`ReplicationJob.replicationRunList`);
     /// GetReplicationRuns pages through all of them.
     pub runs_embedded_in_job: u32,
+    /// Volumes (disks) a VM may have to be replicated; SMS refused VMs with more than 22.
+    pub max_volumes_per_vm: u32,
 }
 
 impl Default for Limits {
@@ -111,6 +113,7 @@ impl Default for Limits {
             default_page_size: 50,
             max_consecutive_run_failures: 3,
             runs_embedded_in_job: 10,
+            max_volumes_per_vm: 22,
         }
     }
 }
@@ -206,6 +209,10 @@ impl Config {
                 Slot::Count(&mut l.runs_embedded_in_job),
             ),
             (
+                "limits.max_volumes_per_vm",
+                Slot::Count(&mut l.max_volumes_per_vm),
+            ),
+            (
                 "connector_unhealthy_after",
                 Slot::Time(&mut self.connector_unhealthy_after),
             ),
@@ -284,6 +291,7 @@ impl Config {
                 l.max_consecutive_run_failures,
             ),
             ("max_write_attempts", self.max_write_attempts),
+            ("limits.max_volumes_per_vm", l.max_volumes_per_vm),
         ];
         for (key, value) in positive {
             if value == 0 {

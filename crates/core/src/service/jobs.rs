@@ -221,6 +221,27 @@ impl Service {
         Ok(())
     }
 
+    /// Why `server` cannot get a replication job, if it cannot: CreateReplicationJob refuses it
+    /// with this message, and GetServers shows it with the server (`cannotReplicateReason`).
+    pub fn cannot_replicate(&self, server: &Server) -> Option<String> {
+        let id = &server.server_id;
+        let max = self.config.limits.max_volumes_per_vm;
+        if server.vanished_on.is_some() {
+            Some(format!(
+                "server {id} is no longer in its connector's inventory"
+            ))
+        } else if server.disks.is_empty() {
+            Some(format!("server {id} has no disks to replicate"))
+        } else if server.disks.len() > max as usize {
+            Some(format!(
+                "server {id} has {} volumes; at most {max} volumes per VM can be replicated (limits.max_volumes_per_vm)",
+                server.disks.len()
+            ))
+        } else {
+            None
+        }
+    }
+
     /// CreateReplicationJob; returns the new job id.
     #[tracing::instrument(name = "create_job", skip_all, fields(server_id = %req.server_id))]
     pub async fn create_job(&self, req: NewJob) -> Result<String> {
@@ -251,15 +272,8 @@ impl Service {
                 )));
             };
             let s = &server.value;
-            if s.vanished_on.is_some() {
-                return Err(DomainError::ServerCannotBeReplicated(format!(
-                    "server {server_id} is no longer in its connector's inventory"
-                )));
-            }
-            if s.disks.is_empty() {
-                return Err(DomainError::ServerCannotBeReplicated(format!(
-                    "server {server_id} has no disks to replicate"
-                )));
+            if let Some(why) = self.cannot_replicate(s) {
+                return Err(DomainError::ServerCannotBeReplicated(why));
             }
             if s.replication_job_id.as_deref() == Some(job_id.as_str()) {
                 // An earlier attempt of this very request committed, though its answer was
