@@ -785,7 +785,7 @@ async fn a_run_once_job_completes_after_its_run() {
         .to_owned();
     let up = poll_replicate(s, &lab.connector_id).await;
     upload(s, &up, &lab.disk, None, None).await;
-    let (state, message, _) = wait_done(s, &job_id, &up.run_id).await;
+    let (state, message, ami) = wait_done(s, &job_id, &up.run_id).await;
     assert_eq!(state, ReplicationRunState::Completed, "{message:?}");
     assert_eq!(
         job_state(s, &job_id).await.0,
@@ -794,6 +794,34 @@ async fn a_run_once_job_completes_after_its_run() {
     // Nothing more is scheduled for it.
     let report = s.tick().await;
     assert!(report.runs_created.is_empty(), "{report:?}");
+
+    // One event per AMI: the run's Completed carries it, the job's own Completed does not
+    // (automation launches an instance for every Completed event with an `ami-id`).
+    let ami = ami.expect("the run's AMI");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let job_completed = |e: &Value| {
+        e["detail"]["replication-job-id"] == job_id.as_str()
+            && e["detail"]["replication-run-id"] == "N/A"
+            && e["detail"]["state"] == "Completed"
+    };
+    while !events(s).iter().any(job_completed) {
+        assert!(Instant::now() < deadline, "no job Completed event");
+        s.tick().await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let all = events(s);
+    let with_ami: Vec<&Value> = all
+        .iter()
+        .filter(|e| e["detail"]["ami-id"] == ami.as_str())
+        .collect();
+    assert_eq!(with_ami.len(), 1, "{with_ami:#?}");
+    assert_eq!(with_ami[0]["detail"]["state"], "Completed");
+    assert_eq!(
+        with_ami[0]["detail"]["replication-run-id"],
+        up.run_id.as_str()
+    );
+    let job_event = all.iter().find(|e| job_completed(e)).unwrap();
+    assert!(job_event["detail"].get("ami-id").is_none(), "{job_event}");
 }
 
 #[tokio::test]
