@@ -140,6 +140,10 @@ pub struct Config {
     /// Attempts of one optimistic read-modify-write before the request fails with
     /// TemporarilyUnavailableException (which clients retry).
     pub max_write_attempts: u32,
+    /// The `source` of the events Tern emits. Unset: the deployment's default — `aws.sms` on
+    /// `tern serve` (so rules written for SMS match unmodified), `tern.sms` in the AWS
+    /// deployment (EventBridge refuses PutEvents with an `aws.` source from anyone but AWS).
+    pub event_source: Option<String>,
 }
 
 impl Default for Config {
@@ -151,6 +155,7 @@ impl Default for Config {
             work_lease: Duration::from_secs(10 * 60),
             deleted_job_retention: Duration::from_secs(7 * 24 * 60 * 60),
             max_write_attempts: 64,
+            event_source: None,
         }
     }
 }
@@ -159,6 +164,7 @@ impl Default for Config {
 enum Slot<'a> {
     Count(&'a mut u32),
     Time(&'a mut Duration),
+    Text(&'a mut Option<String>),
 }
 
 impl Config {
@@ -229,6 +235,7 @@ impl Config {
                 "max_write_attempts",
                 Slot::Count(&mut self.max_write_attempts),
             ),
+            ("event_source", Slot::Text(&mut self.event_source)),
         ]
     }
 
@@ -267,6 +274,7 @@ impl Config {
                         .map_err(|_| named(format!("{value:?} is not a whole number")))?;
                 }
                 Slot::Time(place) => *place = parse_duration(&value).map_err(named)?,
+                Slot::Text(place) => *place = Some(value.trim().to_string()),
             }
         }
         self.validate()?;
@@ -311,6 +319,15 @@ impl Config {
         for (key, value) in durations {
             if value.is_zero() {
                 return Err(ConfigError::new(key, "must be longer than 0s"));
+            }
+        }
+        if let Some(source) = &self.event_source {
+            // EventBridge's limits for an event's Source.
+            if source.is_empty() || source.len() > 256 || source.contains(char::is_whitespace) {
+                return Err(ConfigError::new(
+                    "event_source",
+                    format!("{source:?} is not an event source (1 to 256 characters, no spaces)"),
+                ));
             }
         }
         if l.min_frequency_hours > l.max_frequency_hours {
@@ -398,6 +415,17 @@ mod tests {
         let mut config = Config::default();
         config.limits.max_active_jobs = 0;
         assert_eq!(config.validate().unwrap_err().key, "limits.max_active_jobs");
+    }
+
+    #[test]
+    fn the_event_source_is_read_and_checked() {
+        assert_eq!(Config::default().event_source, None);
+        let config = Config::from_env(env(&[("TERN_EVENT_SOURCE", "aws.sms")])).unwrap();
+        assert_eq!(config.event_source.as_deref(), Some("aws.sms"));
+        let err = Config::from_env(env(&[("TERN_EVENT_SOURCE", "my source")])).unwrap_err();
+        assert_eq!(err.key, "event_source");
+        let file: Config = serde_json::from_str(r#"{"event_source": "acme.migrations"}"#).unwrap();
+        assert_eq!(file.event_source.as_deref(), Some("acme.migrations"));
     }
 
     #[test]

@@ -479,7 +479,10 @@ async fn seed_then_incremental_runs_make_images_identical_to_the_disk() {
     assert_eq!(d["ami-id"], ami2.as_str());
     assert_eq!(d["replication-job-id"], job_id.as_str());
     assert_eq!(d["version"], "1.0");
-    assert_eq!(completed[0]["source"], "tern.sms");
+    assert_eq!(
+        completed[0]["source"], "aws.sms",
+        "tern serve speaks as SMS did"
+    );
     assert_eq!(state_changes(s, &up.run_id, "Active"), 1);
     // The job's own life: announced when created (Pending) and when its first run started.
     for state in ["Pending", "Active"] {
@@ -909,4 +912,95 @@ async fn a_job_seeded_in_the_past_replicates_now_and_lives_ninety_days_from_its_
     let report = s.tick().await;
     assert_eq!(report.jobs_ended, vec![job_id.clone()]);
     assert_eq!(job_state(s, &job_id).await.0, ReplicationJobState::Deleted);
+}
+
+/// Events of `server` in its archive once one satisfies `found` (polled with a bound).
+async fn events_once(server: &TestServer, found: impl Fn(&Value) -> bool) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        server.tick().await;
+        server.running_server().events().flush().await;
+        let all = events(server);
+        if all.iter().any(&found) {
+            return all;
+        }
+        assert!(Instant::now() < deadline, "no such event in {all:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `tern serve` sends events with SMS's source `aws.sms`, so the User Guide's sample rule
+/// matches unmodified; `event_source` (`--event-source`, TERN_EVENT_SOURCE) changes it.
+#[tokio::test]
+async fn events_match_the_user_guides_sample_rule_unmodified() {
+    let rules = "[[rule]]\nname = \"sms-sample\"\nevent_pattern = '{\"source\": [\"aws.sms\"], \"detail-type\": [\"Server Migration Job State Change\"]}'\n\n[[rule.target]]\ntype = \"file\"\npath = \"matched.ndjson\"\n";
+    let server = TestServer::start_adjusted(Config::default(), None, |serve, dir| {
+        let path = dir.join("rules.toml");
+        std::fs::write(&path, rules).unwrap();
+        serve.rules = Some(path);
+    })
+    .await;
+    let (_agent, ids) = server.import_catalog(1).await;
+    let job_id = server
+        .client
+        .create_replication_job()
+        .server_id(&ids[0])
+        .seed_replication_time(DateTime::from_secs(now_secs() + 3600))
+        .frequency(12)
+        .send()
+        .await
+        .unwrap()
+        .replication_job_id()
+        .unwrap()
+        .to_owned();
+    let pending = events_once(&server, |e| {
+        e["detail"]["replication-job-id"] == job_id.as_str()
+    })
+    .await;
+    assert!(
+        pending.iter().all(|e| e["source"] == "aws.sms"),
+        "{pending:#?}"
+    );
+    // The rule's target got it too.
+    let matched = server.data_dir().join("matched.ndjson");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&matched)
+        .unwrap_or_default()
+        .contains(job_id.as_str())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the sample rule delivered nothing"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.shutdown().await;
+
+    let config = Config {
+        event_source: Some("acme.migrations".into()),
+        ..Config::default()
+    };
+    let server = TestServer::start_with(config).await;
+    let (_agent, ids) = server.import_catalog(1).await;
+    let job_id = server
+        .client
+        .create_replication_job()
+        .server_id(&ids[0])
+        .seed_replication_time(DateTime::from_secs(now_secs() + 3600))
+        .frequency(12)
+        .send()
+        .await
+        .unwrap()
+        .replication_job_id()
+        .unwrap()
+        .to_owned();
+    let all = events_once(&server, |e| {
+        e["detail"]["replication-job-id"] == job_id.as_str()
+    })
+    .await;
+    assert!(
+        all.iter().all(|e| e["source"] == "acme.migrations"),
+        "{all:#?}"
+    );
+    server.shutdown().await;
 }
