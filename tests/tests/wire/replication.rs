@@ -1004,3 +1004,71 @@ async fn events_match_the_user_guides_sample_rule_unmodified() {
     );
     server.shutdown().await;
 }
+
+/// A connector killed mid-upload and started again (same state directory, so the same
+/// connector id) gets its REPLICATE work back at once — not after the 10-minute lease — and
+/// finishes the run from where its upload stood.
+#[tokio::test]
+async fn a_restarted_connector_resumes_its_upload_at_once() {
+    // A disk of 12 MiB of random data: its seed VMDK takes three 5 MiB parts.
+    let server = TestServer::start().await;
+    let disk = server.scratch().join("app-disk0.raw");
+    let mut data = vec![0u8; 12 << 20];
+    Rng(11).fill(&mut data);
+    std::fs::write(&disk, data).unwrap();
+    let mut agent = server.connector_agent("lab", &inventory(&disk)).await;
+    agent.run_once().await.unwrap();
+    server.client.import_server_catalog().send().await.unwrap();
+    agent.poll_once().await.unwrap();
+    let servers = server.client.get_servers().send().await.unwrap();
+    let lab = Lab {
+        server_id: servers.server_list()[0].server_id().unwrap().to_string(),
+        connector_id: agent.connector_id().unwrap().to_string(),
+        server,
+        agent,
+        disk,
+    };
+    let s = &lab.server;
+    // Slow uploads (1 MB/s: each 5 MiB part after the first waits ~4 s), so that the first process dies in the middle.
+    let config_path = s.scratch().join("lab").join("connector.toml");
+    let mut text = std::fs::read_to_string(&config_path).unwrap();
+    text.push_str("\n[staging]\nbandwidth_limit_mbps = 8\npart_size_mib = 5\n");
+    std::fs::write(&config_path, text).unwrap();
+    let agent = || async {
+        tern_connector::Agent::new(tern_connector::ConnectorConfig::load(&config_path).unwrap())
+            .await
+            .unwrap()
+    };
+    let job_id = create_job(&lab, 0).await;
+
+    let mut first = agent().await;
+    first.register().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        s.tick().await;
+        match tokio::time::timeout(Duration::from_secs(2), first.poll_once()).await {
+            Err(_) => break, // killed with the upload in progress
+            Ok(report) => {
+                let report = report.unwrap();
+                assert_eq!(
+                    report.replication_items_started, 0,
+                    "finished too fast: {report:?}"
+                );
+            }
+        }
+        assert!(Instant::now() < deadline, "no REPLICATE work");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(first);
+
+    // The restarted process: registers with its id and gets the work back without waiting.
+    let mut second = agent().await;
+    let report = second.run_once().await.unwrap();
+    assert_eq!(report.replication_items_started, 1, "{report:?}");
+    let run_id = runs_of(s, &job_id).await[0]
+        .replication_run_id()
+        .unwrap()
+        .to_owned();
+    let (state, message, _) = wait_done(s, &job_id, &run_id).await;
+    assert_eq!(state, ReplicationRunState::Completed, "{message:?}");
+}

@@ -6,7 +6,8 @@
 //! get inventory work from ImportServerCatalog.
 //!
 //! Work items (`WORK#<connectorId>`) are handed out by PollWork with a lease: an item handed out
-//! and not finished within `config.work_lease` is handed out again. A work item is finished by
+//! and not finished within `config.work_lease` is handed out again, and at once when its
+//! connector registers again (a restarted process). A work item is finished by
 //! the report that answers it (ReportInventory with its `requestId`) or by ReportError naming it.
 
 use serde_json::json;
@@ -92,9 +93,41 @@ impl Service {
             self.store
                 .write(put(keys::connector(&id), &connector, expect)?)
                 .await?;
+            if current.is_some() {
+                self.release_leases(&id).await?;
+            }
             tracing::info!(connector_id = %id, "connector registered");
             Ok(id)
         })
+    }
+
+    /// Hands a re-registering connector's leased work back at once. A connector registers when
+    /// its process starts, so whatever its id still holds was leased by a process that is gone;
+    /// waiting out `work_lease` only delayed the resumed upload (the agent picks it up from its
+    /// state directory). Work of other connectors lives in their own partitions and is never
+    /// touched.
+    async fn release_leases(&self, connector_id: &str) -> Result<()> {
+        let work = self
+            .list_all::<Work>(&keys::work_partition(connector_id))
+            .await?;
+        for w in work.into_iter().filter(|w| w.value.leased_on.is_some()) {
+            let mut free = w.value.clone();
+            free.leased_on = None;
+            match self
+                .store
+                .write(put(
+                    keys::work(connector_id, &free.work_id),
+                    &free,
+                    w.expect(),
+                )?)
+                .await
+            {
+                // Finished or leased again meanwhile: nothing to give back.
+                Ok(()) | Err(crate::store::StoreError::ConditionFailed { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
     }
 
     /// The associated connector `id`, or the error a connector call with that id deserves.
