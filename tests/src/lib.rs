@@ -113,6 +113,16 @@ impl TestServer {
         config: Config,
         clock: Option<std::sync::Arc<dyn tern_core::Clock>>,
     ) -> Self {
+        Self::start_adjusted(config, clock, |_, _| {}).await
+    }
+
+    /// Like [`TestServer::start_with_clock`], letting `adjust` change the `tern serve`
+    /// configuration first (given the scratch directory for files it names, e.g. a rules file).
+    pub async fn start_adjusted(
+        config: Config,
+        clock: Option<std::sync::Arc<dyn tern_core::Clock>>,
+        adjust: impl FnOnce(&mut ServeConfig, &Path),
+    ) -> Self {
         init_logging();
         let dir = tempfile::tempdir().expect("temp dir");
         let mut serve = ServeConfig::new(
@@ -130,6 +140,7 @@ impl TestServer {
             tick_interval: std::time::Duration::from_secs(24 * 3600),
             ..Default::default()
         });
+        adjust(&mut serve, dir.path());
         let running = tern_local::start(serve.clone())
             .await
             .expect("tern serve starts");

@@ -303,6 +303,7 @@ fn server(s: core::AppServerView) -> Server {
         vm_server: s.vm_server.into(),
         replication_job_id: s.replication_job_id,
         replication_job_terminated: s.replication_job_terminated,
+        cannot_replicate_reason: None,
     }
 }
 

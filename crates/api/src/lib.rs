@@ -284,7 +284,18 @@ impl Api {
                     last_modified_on: listing.last_modified_on,
                     server_catalog_status: listing.status,
                     server_catalog_status_message: listing.status_message,
-                    server_list: listing.servers.items.into_iter().map(Into::into).collect(),
+                    server_list: listing
+                        .servers
+                        .items
+                        .into_iter()
+                        .map(|s| {
+                            let why = svc.cannot_replicate(&s);
+                            Server {
+                                cannot_replicate_reason: why,
+                                ..s.into()
+                            }
+                        })
+                        .collect(),
                     next_token: token::encode(scope, listing.servers.last),
                 })
             }

@@ -155,6 +155,11 @@ pub struct Server {
     pub replication_job_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replication_job_terminated: Option<bool>,
+    /// Tern's addition: why CreateReplicationJob would refuse this server (vanished from the
+    /// inventory, no disks, more volumes than `limits.max_volumes_per_vm`). SMS clients ignore
+    /// members they do not know.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cannot_replicate_reason: Option<String>,
 }
 
 impl From<model::Server> for Server {
@@ -165,6 +170,7 @@ impl From<model::Server> for Server {
             vm_server: s.vm_server.into(),
             replication_job_id: s.replication_job_id,
             replication_job_terminated: s.replication_job_terminated,
+            cannot_replicate_reason: None,
         }
     }
 }

@@ -379,7 +379,7 @@ async fn catalog_import_filter_and_delete() {
     let v = e.ok("GetServers", json!({})).await;
     assert_eq!(
         v,
-        json!({"serverCatalogStatus": "NOT_IMPORTED", "serverList": []})
+        json!({"serverCatalogStatus": "NOT_IMPORTED", "serverList": [], "lastModifiedOn": T0})
     );
     e.err(
         "ImportServerCatalog",
@@ -710,15 +710,16 @@ async fn replication_jobs_and_runs_end_to_end() {
     assert_eq!(v["replicationJob"]["replicationJobId"], json!(job));
     assert_eq!(v["replicationJob"]["latestAmiId"], "ami-0123456789abcdef0");
     assert_eq!(v["replicationJob"]["state"], "FAILING");
+    // Newest first.
     let runs = v["replicationRunList"].as_array().unwrap();
     assert_eq!(
-        runs[0],
+        runs[1],
         json!({"replicationRunId": run1, "state": "COMPLETED", "type": "ON_DEMAND",
                "stageDetails": {"stage": "Completed", "stageProgress": "100%"},
                "amiId": "ami-0123456789abcdef0", "scheduledStartTime": T0,
                "completedTime": T0 + 600, "description": "now", "encrypted": true})
     );
-    assert_eq!(runs[1]["state"], "FAILED");
+    assert_eq!(runs[0]["state"], "FAILED");
     assert!(v.get("nextToken").is_none());
     // The job embeds its recent runs too.
     let j = e.ok("GetReplicationJobs", json!({})).await["replicationJobList"][0].clone();
@@ -791,7 +792,7 @@ async fn replication_jobs_and_runs_end_to_end() {
         .as_array()
         .unwrap()
         .len();
-    assert_eq!(listed, 1);
+    assert_eq!(listed, 2, "the live job and the deleted one (R17)");
     let s = e
         .servers()
         .await
@@ -1003,7 +1004,8 @@ async fn pagination_across_pages() {
     )
     .await;
     assert_eq!(sizes, vec![2, 2, 1]);
-    assert_eq!(listed, runs);
+    runs.reverse();
+    assert_eq!(listed, runs, "newest first");
     let _ = e.clock.now();
 }
 
@@ -1143,7 +1145,16 @@ async fn job_listings_follow_every_change_of_a_job() {
 
     e.ok("DeleteReplicationJob", json!({"replicationJobId": ids[1]}))
         .await;
+    // The deleted job stays listed, as DELETED (R17).
     let left = listed_as_by_id(&e).await;
-    assert_eq!(left.len(), 1);
-    assert_eq!(left[0]["replicationJobId"], json!(ids[0]));
+    let states: Vec<_> = left
+        .iter()
+        .map(|j| (j["replicationJobId"].clone(), j["state"].clone()))
+        .collect();
+    let mut want = vec![
+        (json!(ids[0]), json!("PENDING")),
+        (json!(ids[1]), json!("DELETED")),
+    ];
+    want.sort_by_key(|(id, _)| id.as_str().unwrap().to_string());
+    assert_eq!(states, want);
 }

@@ -52,6 +52,10 @@ pub struct ServeArgs {
     /// like "90d", "10m", "30s"). See crates/cli/README.md, "Configuration file".
     #[arg(long, value_name = "FILE", env = "TERN_CONFIG")]
     config: Option<PathBuf>,
+    /// The `source` of the events Tern emits (default `aws.sms`, as SMS sent them, so rules
+    /// written for SMS match unmodified; overrides `event_source` of the --config file).
+    #[arg(long, value_name = "SOURCE", env = "TERN_EVENT_SOURCE")]
+    event_source: Option<String>,
     /// Log line format.
     #[arg(long, value_enum, default_value_t = LogFormat::Compact)]
     log_format: LogFormat,
@@ -73,10 +77,14 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     let credentials = admin_credentials(|name| std::env::var_os(name))?;
     let from_env = credentials.is_some();
-    let config = match &args.config {
+    let mut config = match &args.config {
         Some(path) => load_config(path)?,
         None => tern_core::Config::default(),
     };
+    if let Some(source) = &args.event_source {
+        config.event_source = Some(source.clone());
+        config.validate().context("--event-source")?;
+    }
     let cfg = ServeConfig {
         region: args.region.clone(),
         config,

@@ -99,6 +99,8 @@ pub struct Limits {
     pub max_servers_per_app: u32,
     /// Applications whose replication may be started at once (SMS User Guide: 50).
     pub max_replicating_apps: u32,
+    /// Volumes (disks) a VM may have to be replicated; SMS refused VMs with more than 22.
+    pub max_volumes_per_vm: u32,
 }
 
 impl Default for Limits {
@@ -120,6 +122,7 @@ impl Default for Limits {
             max_groups_per_app: 10,
             max_servers_per_app: 50,
             max_replicating_apps: 50,
+            max_volumes_per_vm: 22,
         }
     }
 }
@@ -139,9 +142,17 @@ pub struct Config {
     /// A work item handed out by PollWork and not finished is handed out again after this time.
     #[serde(with = "duration_text")]
     pub work_lease: Duration,
+    /// How long a deleted replication job stays listed by GetReplicationJobs (state DELETED)
+    /// and readable by id; after that the scheduler purges its record. `0s`: not kept.
+    #[serde(with = "duration_text")]
+    pub deleted_job_retention: Duration,
     /// Attempts of one optimistic read-modify-write before the request fails with
     /// TemporarilyUnavailableException (which clients retry).
     pub max_write_attempts: u32,
+    /// The `source` of the events Tern emits. Unset: the deployment's default — `aws.sms` on
+    /// `tern serve` (so rules written for SMS match unmodified), `tern.sms` in the AWS
+    /// deployment (EventBridge refuses PutEvents with an `aws.` source from anyone but AWS).
+    pub event_source: Option<String>,
 }
 
 impl Default for Config {
@@ -151,7 +162,9 @@ impl Default for Config {
             connector_unhealthy_after: Duration::from_secs(5 * 60),
             inventory_request_timeout: Duration::from_secs(15 * 60),
             work_lease: Duration::from_secs(10 * 60),
+            deleted_job_retention: Duration::from_secs(7 * 24 * 60 * 60),
             max_write_attempts: 64,
+            event_source: None,
         }
     }
 }
@@ -160,6 +173,7 @@ impl Default for Config {
 enum Slot<'a> {
     Count(&'a mut u32),
     Time(&'a mut Duration),
+    Text(&'a mut Option<String>),
 }
 
 impl Config {
@@ -222,6 +236,10 @@ impl Config {
                 Slot::Count(&mut l.max_replicating_apps),
             ),
             (
+                "limits.max_volumes_per_vm",
+                Slot::Count(&mut l.max_volumes_per_vm),
+            ),
+            (
                 "connector_unhealthy_after",
                 Slot::Time(&mut self.connector_unhealthy_after),
             ),
@@ -231,9 +249,14 @@ impl Config {
             ),
             ("work_lease", Slot::Time(&mut self.work_lease)),
             (
+                "deleted_job_retention",
+                Slot::Time(&mut self.deleted_job_retention),
+            ),
+            (
                 "max_write_attempts",
                 Slot::Count(&mut self.max_write_attempts),
             ),
+            ("event_source", Slot::Text(&mut self.event_source)),
         ]
     }
 
@@ -272,6 +295,7 @@ impl Config {
                         .map_err(|_| named(format!("{value:?} is not a whole number")))?;
                 }
                 Slot::Time(place) => *place = parse_duration(&value).map_err(named)?,
+                Slot::Text(place) => *place = Some(value.trim().to_string()),
             }
         }
         self.validate()?;
@@ -299,6 +323,7 @@ impl Config {
             ("limits.max_servers_per_app", l.max_servers_per_app),
             ("limits.max_replicating_apps", l.max_replicating_apps),
             ("max_write_attempts", self.max_write_attempts),
+            ("limits.max_volumes_per_vm", l.max_volumes_per_vm),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -318,6 +343,15 @@ impl Config {
         for (key, value) in durations {
             if value.is_zero() {
                 return Err(ConfigError::new(key, "must be longer than 0s"));
+            }
+        }
+        if let Some(source) = &self.event_source {
+            // EventBridge's limits for an event's Source.
+            if source.is_empty() || source.len() > 256 || source.contains(char::is_whitespace) {
+                return Err(ConfigError::new(
+                    "event_source",
+                    format!("{source:?} is not an event source (1 to 256 characters, no spaces)"),
+                ));
             }
         }
         if l.min_frequency_hours > l.max_frequency_hours {
@@ -405,6 +439,17 @@ mod tests {
         let mut config = Config::default();
         config.limits.max_active_jobs = 0;
         assert_eq!(config.validate().unwrap_err().key, "limits.max_active_jobs");
+    }
+
+    #[test]
+    fn the_event_source_is_read_and_checked() {
+        assert_eq!(Config::default().event_source, None);
+        let config = Config::from_env(env(&[("TERN_EVENT_SOURCE", "aws.sms")])).unwrap();
+        assert_eq!(config.event_source.as_deref(), Some("aws.sms"));
+        let err = Config::from_env(env(&[("TERN_EVENT_SOURCE", "my source")])).unwrap_err();
+        assert_eq!(err.key, "event_source");
+        let file: Config = serde_json::from_str(r#"{"event_source": "acme.migrations"}"#).unwrap();
+        assert_eq!(file.event_source.as_deref(), Some("acme.migrations"));
     }
 
     #[test]

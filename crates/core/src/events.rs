@@ -601,13 +601,16 @@ mod tests {
         );
     }
 
-    /// The AWS samples (spec §7, `events/sms/`) read as our types, and our constructor
-    /// rebuilds them field for field; only the id differs, being ours to derive.
+    /// The AWS samples (spec §7, `events/sms/`) and Tern's own (`tern-*.json`, with its
+    /// additions) read as our types, and our constructor rebuilds them field for field; only
+    /// the id differs, being ours to derive.
     #[test]
     fn aws_sample_fixtures_round_trip() {
         for text in [
             include_str!("../../../events/sms/job-deleted.json"),
             include_str!("../../../events/sms/run-completed.json"),
+            include_str!("../../../events/sms/tern-run-completed.json"),
+            include_str!("../../../events/sms/tern-job-completed.json"),
         ] {
             let sample: Event = serde_json::from_str(text).unwrap();
             let change = JobStateChange::from_event(&sample).unwrap();

@@ -305,6 +305,33 @@ pub struct ReplicationJob {
         skip_serializing_if = "Option::is_none"
     )]
     pub paused_on: Option<OffsetDateTime>,
+    /// Tern: when the job's first run started (its seed run, scheduled or on demand). The
+    /// job's lifetime (`limits.max_replication_lifetime`, R13: "from its first replication")
+    /// counts from here, not from `seedReplicationTime`, which may lie years in the past.
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub first_run_on: Option<OffsetDateTime>,
+    /// Tern: when DeleteReplicationJob (or the scheduler) deleted the job; it is listed as
+    /// DELETED for `deleted_job_retention` from then.
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub deleted_on: Option<OffsetDateTime>,
+}
+
+impl ReplicationJob {
+    /// When the job's lifetime started: its first run, or for a job stored before Tern
+    /// recorded that, the later of its creation and its seed time once it has run.
+    pub fn lifetime_start(&self) -> Option<OffsetDateTime> {
+        self.first_run_on.or_else(|| {
+            (self.run_count > 0).then(|| self.created_on.max(self.seed_replication_time))
+        })
+    }
 }
 
 /// One inventory request the catalog waits for.

@@ -354,8 +354,9 @@ async fn job_rules_and_run_lifecycle() {
         .iter()
         .map(|r| r.replication_run_id.clone())
         .collect();
-    assert_eq!(listed, vec![run1.clone(), run2, run3.clone()]);
-    assert_eq!(runs.items[0].state, ReplicationRunState::Completed);
+    // Newest first.
+    assert_eq!(listed, vec![run3.clone(), run2, run1.clone()]);
+    assert_eq!(runs.items[2].state, ReplicationRunState::Completed);
     assert_eq!(runs.items[1].state, ReplicationRunState::Failed);
 
     // Delete: the run in progress is cancelled, the AMI stays recorded, the server is marked.
@@ -364,8 +365,8 @@ async fn job_rules_and_run_lifecycle() {
     assert_eq!(deleted.state, ReplicationJobState::Deleted);
     assert_eq!(deleted.latest_ami_id.as_deref(), Some("ami-1"));
     let (_, runs) = w.svc.list_runs(&job, None, 10).await.unwrap();
-    assert_eq!(runs.items[2].state, ReplicationRunState::Deleted);
-    assert_eq!(runs.items[0].ami_id.as_deref(), Some("ami-1"));
+    assert_eq!(runs.items[0].state, ReplicationRunState::Deleted);
+    assert_eq!(runs.items[2].ami_id.as_deref(), Some("ami-1"));
     let servers = w
         .svc
         .get_servers(None, None, 10)
@@ -381,7 +382,15 @@ async fn job_rules_and_run_lifecycle() {
         ),
         (Some(job.as_str()), Some(true))
     );
-    assert!(w.svc.list_jobs(None, 10).await.unwrap().items.is_empty());
+    // R17: the deleted job stays listed, as DELETED, for `deleted_job_retention`.
+    let listed = w.svc.list_jobs(None, 10).await.unwrap().items;
+    assert_eq!(
+        listed
+            .iter()
+            .map(|j| (j.replication_job_id.as_str(), j.state))
+            .collect::<Vec<_>>(),
+        vec![(job.as_str(), ReplicationJobState::Deleted)]
+    );
     assert!(matches!(
         w.svc.delete_job(&job).await,
         Err(DomainError::JobNotFound(_))

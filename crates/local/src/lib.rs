@@ -32,5 +32,7 @@ pub mod sigv4;
 pub mod sqlite;
 
 pub use credentials::Credentials;
-pub use server::{start, DomainClock, ReplicationOptions, Running, ServeConfig, ServeError};
+pub use server::{
+    start, DomainClock, ReplicationOptions, Running, ServeConfig, ServeError, LOCAL_EVENT_SOURCE,
+};
 pub use sqlite::SqliteStore;

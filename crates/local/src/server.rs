@@ -49,6 +49,11 @@ pub const EVENTS_FILE: &str = "events.ndjson";
 /// How long [`Running::shutdown`] waits for in-flight requests before dropping them.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
+/// Events' `source` on `tern serve` unless configured (`event_source`): the one SMS used, so
+/// rules written for SMS (`"source": ["aws.sms"]`) match unmodified. Nothing on one machine
+/// reserves it, unlike EventBridge.
+pub const LOCAL_EVENT_SOURCE: &str = "aws.sms";
+
 /// What `tern serve` needs to start.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
@@ -253,6 +258,11 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
         None => Arc::new(SystemClock),
     };
     let ids: Arc<dyn tern_core::Ids> = Arc::new(RandomIds);
+    let event_source = cfg
+        .config
+        .event_source
+        .clone()
+        .unwrap_or_else(|| LOCAL_EVENT_SOURCE.to_string());
     let api = Api::new(Deps {
         store,
         clock: clock.clone(),
@@ -272,7 +282,8 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
             let origin = tern_core::events::EventOrigin::new(
                 cfg.region.clone(),
                 crate::s3::LOCAL_ACCOUNT_ID,
-            );
+            )
+            .with_source(event_source);
             let runtime = crate::replication::ReplicationRuntime::start(
                 api.service().clone(),
                 ids.clone(),

@@ -13,6 +13,8 @@ async fn main() -> Result<(), lambda_http::Error> {
     lambda_http::tracing::init_default_subscriber();
     let config = Config::from_env()?;
     let limits = tern_core::Config::from_env(|name| std::env::var(name).ok())?;
+    let event_source = tern_fn_api::event_source(&limits)?;
+    tracing::info!(event_source, "configuration read");
     let aws = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .region(aws_config::Region::new(config.region.clone()))
         .load()

@@ -190,3 +190,32 @@ fn the_template_configures_the_function_and_grants_no_wildcards() {
         );
     }
 }
+
+/// The AWS deployment's events carry `EventSource` (TERN_EVENT_SOURCE), default `tern.sms`;
+/// an `aws.` source, which EventBridge would refuse on every PutEvents, fails at start.
+#[test]
+fn the_event_source_comes_from_the_stack_and_is_never_aws() {
+    let config = |vars: &[(&str, &str)]| {
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        tern_core::Config::from_env(move |name| {
+            vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+        })
+        .unwrap()
+    };
+    assert_eq!(tern_fn_api::event_source(&config(&[])).unwrap(), "tern.sms");
+    assert_eq!(
+        tern_fn_api::event_source(&config(&[("TERN_EVENT_SOURCE", "acme.migrations")])).unwrap(),
+        "acme.migrations"
+    );
+    let err = tern_fn_api::event_source(&config(&[("TERN_EVENT_SOURCE", "aws.sms")])).unwrap_err();
+    assert!(err.to_string().contains("TERN_EVENT_SOURCE"), "{err}");
+
+    let template =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../template.yaml"))
+            .unwrap();
+    assert!(template.contains("  EventSource:\n    Type: String\n    Default: tern.sms\n"));
+    assert!(template.contains("TERN_EVENT_SOURCE: !Ref EventSource"));
+}

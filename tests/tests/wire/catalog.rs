@@ -244,3 +244,112 @@ async fn a_vanished_vm_stays_in_the_catalog_and_cannot_be_replicated() {
     assert_eq!(code(result), "ServerCannotBeReplicatedException");
     server.shutdown().await;
 }
+
+/// GetServers answers `lastModifiedOn` from the start (the time the catalog began), not only
+/// once an import modified it; reading does not move it, an import does.
+#[tokio::test]
+async fn the_catalog_has_a_last_modified_time_from_the_start() {
+    use tern_core::Clock;
+    let clock = std::sync::Arc::new(tern_core::ManualClock::new(time::OffsetDateTime::now_utc()));
+    let start = clock.now().unix_timestamp();
+    let server =
+        TestServer::start_with_clock(tern_acceptance::Config::default(), Some(clock.clone())).await;
+    let first = server.client.get_servers().send().await.unwrap();
+    assert_eq!(
+        first.server_catalog_status(),
+        Some(&ServerCatalogStatus::NotImported)
+    );
+    assert_eq!(
+        first.last_modified_on().map(|t| t.secs()),
+        Some(start),
+        "{first:?}"
+    );
+    clock.advance(std::time::Duration::from_secs(600));
+    let again = server.client.get_servers().send().await.unwrap();
+    assert_eq!(again.last_modified_on().map(|t| t.secs()), Some(start));
+    server.import_catalog(1).await;
+    let imported = server.client.get_servers().send().await.unwrap();
+    assert_eq!(
+        imported.last_modified_on().map(|t| t.secs()),
+        Some(start + 600)
+    );
+    server.shutdown().await;
+}
+
+/// SMS replicated VMs of at most 22 volumes (`limits.max_volumes_per_vm`): a VM with more is
+/// refused at CreateReplicationJob with a message naming the limit, and GetServers says why
+/// with the server (`cannotReplicateReason`, a Tern member SMS clients ignore).
+#[tokio::test]
+async fn a_vm_with_more_volumes_than_the_limit_is_refused_and_the_catalog_says_why() {
+    let server = TestServer::start().await;
+    let vm = |id: &str, disks: usize| {
+        let paths: Vec<String> = (0..disks)
+            .map(|d| format!("/images/{id}-{d}.raw"))
+            .collect();
+        format!("\n[[vms]]\nid = {id:?}\nname = {id:?}\nos_type = \"LINUX\"\ndisks = {paths:?}\n")
+    };
+    let inventory = format!(
+        "vm_manager_id = \"vc-vol\"\nvm_manager_name = \"vcenter.test\"\nvm_manager_type = \"VSPHERE\"\n{}{}",
+        vm("wide", 23),
+        vm("ok", 22)
+    );
+    let mut agent = server.connector_agent("vol", &inventory).await;
+    agent.run_once().await.unwrap();
+    server.client.import_server_catalog().send().await.unwrap();
+    agent.poll_once().await.unwrap();
+    let servers = server.client.get_servers().send().await.unwrap();
+    let id_of = |vm_id: &str| {
+        servers
+            .server_list()
+            .iter()
+            .find(|s| {
+                s.vm_server()
+                    .and_then(|v| v.vm_server_address())
+                    .and_then(|a| a.vm_id())
+                    == Some(vm_id)
+            })
+            .and_then(|s| s.server_id())
+            .unwrap_or_else(|| panic!("{vm_id} in the catalog"))
+            .to_owned()
+    };
+    let (wide, ok) = (id_of("wide"), id_of("ok"));
+    let create = |id: &str| {
+        server
+            .client
+            .create_replication_job()
+            .server_id(id)
+            .seed_replication_time(aws_smithy_types::DateTime::from_secs(now_secs() + 3600))
+            .frequency(12)
+            .send()
+    };
+    let (code, message) = crate::code_and_message(create(&wide).await);
+    assert_eq!(code, "ServerCannotBeReplicatedException");
+    assert!(
+        message.contains("23 volumes") && message.contains("at most 22"),
+        "{message}"
+    );
+    create(&ok).await.unwrap();
+
+    let raw = server
+        .raw(
+            Some(&tern_acceptance::sms_target("GetServers")),
+            b"{}",
+            Some(&server.admin()),
+        )
+        .await
+        .json();
+    let reason_of = |id: &str| {
+        raw["serverList"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["serverId"] == id)
+            .unwrap()
+            .get("cannotReplicateReason")
+            .cloned()
+    };
+    let why = reason_of(&wide).expect("the catalog says why");
+    assert!(why.as_str().unwrap().contains("at most 22"), "{why}");
+    assert_eq!(reason_of(&ok), None);
+    server.shutdown().await;
+}

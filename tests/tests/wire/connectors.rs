@@ -214,3 +214,88 @@ async fn connector_and_admin_credentials_are_separate() {
         .starts_with("c-"));
     server.shutdown().await;
 }
+
+/// A connector that registers again with its id (a restarted process) gets its leased work back
+/// at once instead of after `work_lease`; another connector never gets it; the lease itself is
+/// configuration.
+#[tokio::test]
+async fn a_reregistered_connector_gets_its_leased_work_back_at_once() {
+    use serde_json::{json, Value};
+    let clock = std::sync::Arc::new(tern_core::ManualClock::new(time::OffsetDateTime::now_utc()));
+    let config = Config {
+        work_lease: Duration::from_secs(120),
+        ..Config::default()
+    };
+    let server = TestServer::start_with_clock(config, Some(clock.clone())).await;
+    let call = |op: &str, body: Value| {
+        let server = &server;
+        let op = connector_target(op);
+        async move {
+            let out = server
+                .raw(
+                    Some(&op),
+                    body.to_string().as_bytes(),
+                    Some(&server.connector()),
+                )
+                .await;
+            assert_eq!(
+                out.status,
+                200,
+                "{op}: {:?}",
+                String::from_utf8_lossy(&out.body)
+            );
+            out.json()
+        }
+    };
+    let register = |id: Option<&str>, name: &str| {
+        let mut body = json!({"name": name, "version": "1", "vmManagerId": "vc-test"});
+        if let Some(id) = id {
+            body["connectorId"] = json!(id);
+        }
+        body
+    };
+    let a = call("RegisterConnector", register(None, "a")).await["connectorId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let b = call("RegisterConnector", register(None, "b")).await["connectorId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    server.client.import_server_catalog().send().await.unwrap();
+    let work_ids = |out: &Value| -> Vec<String> {
+        out["workItems"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|w| w["workId"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let leased = work_ids(&call("PollWork", json!({"connectorId": a})).await);
+    assert_eq!(leased.len(), 1, "a's inventory request");
+    let b_own = work_ids(&call("PollWork", json!({"connectorId": b})).await);
+    assert_eq!(b_own.len(), 1, "b's own inventory request");
+    assert!(!b_own.contains(&leased[0]));
+    // Leased: not handed out again while the lease runs...
+    assert!(work_ids(&call("PollWork", json!({"connectorId": a})).await).is_empty());
+
+    // ...until a registers again: its work comes back at once, without the clock moving.
+    call("RegisterConnector", register(Some(&a), "a")).await;
+    assert_eq!(
+        work_ids(&call("PollWork", json!({"connectorId": a})).await),
+        leased
+    );
+    // Another connector, live or registering again, never gets a's work.
+    call("RegisterConnector", register(Some(&b), "b")).await;
+    let b_again = work_ids(&call("PollWork", json!({"connectorId": b})).await);
+    assert_eq!(b_again, b_own, "b gets back only its own request");
+
+    // Without a new registration the configured lease decides.
+    assert!(work_ids(&call("PollWork", json!({"connectorId": a})).await).is_empty());
+    clock.advance(Duration::from_secs(121));
+    assert_eq!(
+        work_ids(&call("PollWork", json!({"connectorId": a})).await),
+        leased
+    );
+    server.shutdown().await;
+}

@@ -436,3 +436,200 @@ where
     }
     out
 }
+
+/// R17: GetReplicationJobs without an id lists every job, deleted ones included (state DELETED),
+/// for `deleted_job_retention`; pages run across live and deleted jobs in id order.
+#[tokio::test]
+async fn deleted_jobs_are_listed_as_deleted_for_the_configured_time() {
+    let clock = std::sync::Arc::new(tern_core::ManualClock::new(time::OffsetDateTime::now_utc()));
+    let config = Config {
+        deleted_job_retention: std::time::Duration::from_secs(3600),
+        ..Config::default()
+    };
+    let server = TestServer::start_with_clock(config, Some(clock.clone())).await;
+    let (_agent, ids) = server.import_catalog(3).await;
+    let c = &server.client;
+    let mut jobs = Vec::new();
+    for id in &ids {
+        let job = c
+            .create_replication_job()
+            .server_id(id)
+            .seed_replication_time(DateTime::from_secs(clock_now(&clock) + 3600))
+            .frequency(12)
+            .send()
+            .await
+            .unwrap();
+        jobs.push(job.replication_job_id().unwrap().to_owned());
+    }
+    jobs.sort();
+    c.delete_replication_job()
+        .replication_job_id(&jobs[1])
+        .send()
+        .await
+        .unwrap();
+
+    // One job a page: live, deleted, live, each once, in id order.
+    let mut listed = Vec::new();
+    let mut token = None;
+    loop {
+        let page = c
+            .get_replication_jobs()
+            .max_results(1)
+            .set_next_token(token)
+            .send()
+            .await
+            .unwrap();
+        for j in page.replication_job_list() {
+            listed.push((
+                j.replication_job_id().unwrap().to_owned(),
+                j.state().unwrap().clone(),
+            ));
+        }
+        token = page.next_token().map(String::from);
+        if token.is_none() {
+            break;
+        }
+    }
+    assert_eq!(
+        listed,
+        vec![
+            (jobs[0].clone(), ReplicationJobState::Pending),
+            (jobs[1].clone(), ReplicationJobState::Deleted),
+            (jobs[2].clone(), ReplicationJobState::Pending),
+        ]
+    );
+
+    // Still listed just before the retention ends; gone (and purged) after it.
+    clock.advance(std::time::Duration::from_secs(3540));
+    server.tick().await;
+    let all = c.get_replication_jobs().send().await.unwrap();
+    assert_eq!(all.replication_job_list().len(), 3);
+    clock.advance(std::time::Duration::from_secs(120));
+    let all = c.get_replication_jobs().send().await.unwrap();
+    let left: Vec<_> = all
+        .replication_job_list()
+        .iter()
+        .map(|j| j.replication_job_id().unwrap())
+        .collect();
+    assert_eq!(left, vec![jobs[0].as_str(), jobs[2].as_str()]);
+    server.tick().await;
+    assert_eq!(
+        code(
+            c.get_replication_jobs()
+                .replication_job_id(&jobs[1])
+                .send()
+                .await
+        ),
+        "InvalidParameterException"
+    );
+    server.shutdown().await;
+}
+
+fn clock_now(clock: &tern_core::ManualClock) -> i64 {
+    use tern_core::Clock;
+    clock.now().unix_timestamp()
+}
+
+/// R6: `encrypted` turns encryption on, `kmsKeyId` only chooses the key. Create and update
+/// apply the same rule: a key without `encrypted: true` is refused by both; turning encryption
+/// off drops the key.
+#[tokio::test]
+async fn kms_key_id_needs_encrypted_on_create_and_update_alike() {
+    let server = TestServer::start().await;
+    let (_agent, ids) = server.import_catalog(2).await;
+    let c = &server.client;
+    let (code, message) = code_and_message(
+        create(&server, &ids[0])
+            .kms_key_id("alias/tern")
+            .send()
+            .await,
+    );
+    assert_eq!(code, "InvalidParameterException");
+    assert!(
+        message.contains("kmsKeyId requires encrypted: true"),
+        "{message}"
+    );
+    assert_eq!(
+        code_and_message(
+            create(&server, &ids[0])
+                .encrypted(false)
+                .kms_key_id("alias/tern")
+                .send()
+                .await
+        )
+        .0,
+        "InvalidParameterException"
+    );
+
+    // Not encrypted: a key alone is refused by update too.
+    let plain = create(&server, &ids[0])
+        .send()
+        .await
+        .unwrap()
+        .replication_job_id()
+        .unwrap()
+        .to_owned();
+    let (code, message) = code_and_message(
+        c.update_replication_job()
+            .replication_job_id(&plain)
+            .kms_key_id("alias/tern")
+            .send()
+            .await,
+    );
+    assert_eq!(code, "InvalidParameterException");
+    assert!(
+        message.contains("kmsKeyId requires encrypted: true"),
+        "{message}"
+    );
+    // With encrypted: true it is taken.
+    c.update_replication_job()
+        .replication_job_id(&plain)
+        .encrypted(true)
+        .kms_key_id("alias/tern")
+        .send()
+        .await
+        .unwrap();
+    let job = |id: String| async move {
+        c.get_replication_jobs()
+            .replication_job_id(id)
+            .send()
+            .await
+            .unwrap()
+            .replication_job_list()[0]
+            .clone()
+    };
+    let j = job(plain.clone()).await;
+    assert_eq!(
+        (j.encrypted(), j.kms_key_id()),
+        (Some(true), Some("alias/tern"))
+    );
+    // Encrypted already: a new key alone is fine; encrypted: false drops the key.
+    c.update_replication_job()
+        .replication_job_id(&plain)
+        .kms_key_id("alias/other")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(job(plain.clone()).await.kms_key_id(), Some("alias/other"));
+    c.update_replication_job()
+        .replication_job_id(&plain)
+        .encrypted(false)
+        .send()
+        .await
+        .unwrap();
+    let j = job(plain.clone()).await;
+    assert_eq!((j.encrypted(), j.kms_key_id()), (Some(false), None));
+
+    // encrypted: true without a key: the account's default key (no kmsKeyId recorded).
+    let default_key = create(&server, &ids[1])
+        .encrypted(true)
+        .send()
+        .await
+        .unwrap()
+        .replication_job_id()
+        .unwrap()
+        .to_owned();
+    let j = job(default_key).await;
+    assert_eq!((j.encrypted(), j.kms_key_id()), (Some(true), None));
+    server.shutdown().await;
+}

@@ -6,7 +6,7 @@
 
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aws_sdk_sms::types::{ReplicationJobState, ReplicationRunState};
 use aws_smithy_types::DateTime;
@@ -497,7 +497,10 @@ async fn seed_then_incremental_runs_make_images_identical_to_the_disk() {
     assert_eq!(d["ami-id"], ami2.as_str());
     assert_eq!(d["replication-job-id"], job_id.as_str());
     assert_eq!(d["version"], "1.0");
-    assert_eq!(completed[0]["source"], "tern.sms");
+    assert_eq!(
+        completed[0]["source"], "aws.sms",
+        "tern serve speaks as SMS did"
+    );
     assert_eq!(state_changes(s, &up.run_id, "Active"), 1);
     // The job's own life: announced when created (Pending) and when its first run started.
     for state in ["Pending", "Active"] {
@@ -803,7 +806,7 @@ async fn a_run_once_job_completes_after_its_run() {
         .to_owned();
     let up = poll_replicate(s, &lab.connector_id).await;
     upload(s, &up, &lab.disk, None, None).await;
-    let (state, message, _) = wait_done(s, &job_id, &up.run_id).await;
+    let (state, message, ami) = wait_done(s, &job_id, &up.run_id).await;
     assert_eq!(state, ReplicationRunState::Completed, "{message:?}");
     assert_eq!(
         job_state(s, &job_id).await.0,
@@ -812,6 +815,34 @@ async fn a_run_once_job_completes_after_its_run() {
     // Nothing more is scheduled for it.
     let report = s.tick().await;
     assert!(report.runs_created.is_empty(), "{report:?}");
+
+    // One event per AMI: the run's Completed carries it, the job's own Completed does not
+    // (automation launches an instance for every Completed event with an `ami-id`).
+    let ami = ami.expect("the run's AMI");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let job_completed = |e: &Value| {
+        e["detail"]["replication-job-id"] == job_id.as_str()
+            && e["detail"]["replication-run-id"] == "N/A"
+            && e["detail"]["state"] == "Completed"
+    };
+    while !events(s).iter().any(job_completed) {
+        assert!(Instant::now() < deadline, "no job Completed event");
+        s.tick().await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let all = events(s);
+    let with_ami: Vec<&Value> = all
+        .iter()
+        .filter(|e| e["detail"]["ami-id"] == ami.as_str())
+        .collect();
+    assert_eq!(with_ami.len(), 1, "{with_ami:#?}");
+    assert_eq!(with_ami[0]["detail"]["state"], "Completed");
+    assert_eq!(
+        with_ami[0]["detail"]["replication-run-id"],
+        up.run_id.as_str()
+    );
+    let job_event = all.iter().find(|e| job_completed(e)).unwrap();
+    assert!(job_event["detail"].get("ami-id").is_none(), "{job_event}");
 }
 
 #[tokio::test]
@@ -861,4 +892,201 @@ async fn jobs_end_after_ninety_days_and_paused_jobs_are_deleted_after_four() {
     clock.advance(Duration::from_secs(120));
     assert_eq!(s.tick().await.jobs_ended, vec![job2.clone()]);
     assert_eq!(job_state(s, &job2).await.0, ReplicationJobState::Deleted);
+}
+
+/// R13: the 90 days count from the first replication. The User Guide's own example seeds in
+/// 2016: such a job starts its seed now and lives 90 days from now, not zero.
+#[tokio::test]
+async fn a_job_seeded_in_the_past_replicates_now_and_lives_ninety_days_from_its_first_run() {
+    let clock = manual_clock();
+    let lab =
+        lab_on(TestServer::start_with_clock(Config::default(), Some(clock.clone())).await).await;
+    let s = &lab.server;
+    // 2016-11-01T00:00:00Z, as in the User Guide's CLI walkthrough.
+    let job_id = create_job_at(&lab, 0, 1_477_958_400, 12).await;
+    let up = poll_replicate(s, &lab.connector_id).await;
+    assert!(up.seed, "the first run is the seed");
+    assert_eq!(up.job_id, job_id);
+    let report = s.tick().await;
+    assert!(report.jobs_ended.is_empty(), "{report:?}");
+    let (map, _) = upload(s, &up, &lab.disk, None, None).await;
+    assert_eq!(
+        wait_done_moving(s, &clock, &job_id, &up.run_id).await.0,
+        ReplicationRunState::Completed
+    );
+    assert_eq!(job_state(s, &job_id).await.0, ReplicationJobState::Active);
+
+    // 89 days on it still replicates (the runs due meanwhile are created, not the job ended).
+    clock.advance(Duration::from_secs(89 * 24 * 3600));
+    let report = s.tick().await;
+    assert!(report.jobs_ended.is_empty(), "{report:?}");
+    assert_ne!(job_state(s, &job_id).await.0, ReplicationJobState::Deleted);
+    // Past 90 days from the seed run (once the run now in progress ends) the job is ended.
+    let first = up.run_id.clone();
+    let up = poll_replicate(s, &lab.connector_id).await;
+    upload(s, &up, &lab.disk, Some(&map), Some(&first)).await;
+    wait_done_moving(s, &clock, &job_id, &up.run_id).await;
+    clock.advance(Duration::from_secs(2 * 24 * 3600));
+    let report = s.tick().await;
+    assert_eq!(report.jobs_ended, vec![job_id.clone()]);
+    assert_eq!(job_state(s, &job_id).await.0, ReplicationJobState::Deleted);
+}
+
+/// Events of `server` in its archive once one satisfies `found` (polled with a bound).
+async fn events_once(server: &TestServer, found: impl Fn(&Value) -> bool) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        server.tick().await;
+        server.running_server().events().flush().await;
+        let all = events(server);
+        if all.iter().any(&found) {
+            return all;
+        }
+        assert!(Instant::now() < deadline, "no such event in {all:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `tern serve` sends events with SMS's source `aws.sms`, so the User Guide's sample rule
+/// matches unmodified; `event_source` (`--event-source`, TERN_EVENT_SOURCE) changes it.
+#[tokio::test]
+async fn events_match_the_user_guides_sample_rule_unmodified() {
+    let rules = "[[rule]]\nname = \"sms-sample\"\nevent_pattern = '{\"source\": [\"aws.sms\"], \"detail-type\": [\"Server Migration Job State Change\"]}'\n\n[[rule.target]]\ntype = \"file\"\npath = \"matched.ndjson\"\n";
+    let server = TestServer::start_adjusted(Config::default(), None, |serve, dir| {
+        let path = dir.join("rules.toml");
+        std::fs::write(&path, rules).unwrap();
+        serve.rules = Some(path);
+    })
+    .await;
+    let (_agent, ids) = server.import_catalog(1).await;
+    let job_id = server
+        .client
+        .create_replication_job()
+        .server_id(&ids[0])
+        .seed_replication_time(DateTime::from_secs(now_secs() + 3600))
+        .frequency(12)
+        .send()
+        .await
+        .unwrap()
+        .replication_job_id()
+        .unwrap()
+        .to_owned();
+    let pending = events_once(&server, |e| {
+        e["detail"]["replication-job-id"] == job_id.as_str()
+    })
+    .await;
+    assert!(
+        pending.iter().all(|e| e["source"] == "aws.sms"),
+        "{pending:#?}"
+    );
+    // The rule's target got it too.
+    let matched = server.data_dir().join("matched.ndjson");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&matched)
+        .unwrap_or_default()
+        .contains(job_id.as_str())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the sample rule delivered nothing"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.shutdown().await;
+
+    let config = Config {
+        event_source: Some("acme.migrations".into()),
+        ..Config::default()
+    };
+    let server = TestServer::start_with(config).await;
+    let (_agent, ids) = server.import_catalog(1).await;
+    let job_id = server
+        .client
+        .create_replication_job()
+        .server_id(&ids[0])
+        .seed_replication_time(DateTime::from_secs(now_secs() + 3600))
+        .frequency(12)
+        .send()
+        .await
+        .unwrap()
+        .replication_job_id()
+        .unwrap()
+        .to_owned();
+    let all = events_once(&server, |e| {
+        e["detail"]["replication-job-id"] == job_id.as_str()
+    })
+    .await;
+    assert!(
+        all.iter().all(|e| e["source"] == "acme.migrations"),
+        "{all:#?}"
+    );
+    server.shutdown().await;
+}
+
+/// A connector killed mid-upload and started again (same state directory, so the same
+/// connector id) gets its REPLICATE work back at once — not after the 10-minute lease — and
+/// finishes the run from where its upload stood.
+#[tokio::test]
+async fn a_restarted_connector_resumes_its_upload_at_once() {
+    // A disk of 12 MiB of random data: its seed VMDK takes three 5 MiB parts.
+    let server = TestServer::start().await;
+    let disk = server.scratch().join("app-disk0.raw");
+    let mut data = vec![0u8; 12 << 20];
+    Rng(11).fill(&mut data);
+    std::fs::write(&disk, data).unwrap();
+    let mut agent = server.connector_agent("lab", &inventory(&disk)).await;
+    agent.run_once().await.unwrap();
+    server.client.import_server_catalog().send().await.unwrap();
+    agent.poll_once().await.unwrap();
+    let servers = server.client.get_servers().send().await.unwrap();
+    let lab = Lab {
+        server_id: servers.server_list()[0].server_id().unwrap().to_string(),
+        connector_id: agent.connector_id().unwrap().to_string(),
+        server,
+        agent,
+        disk,
+    };
+    let s = &lab.server;
+    // Slow uploads (1 MB/s: each 5 MiB part after the first waits ~4 s), so that the first process dies in the middle.
+    let config_path = s.scratch().join("lab").join("connector.toml");
+    let mut text = std::fs::read_to_string(&config_path).unwrap();
+    text.push_str("\n[staging]\nbandwidth_limit_mbps = 8\npart_size_mib = 5\n");
+    std::fs::write(&config_path, text).unwrap();
+    let agent = || async {
+        tern_connector::Agent::new(tern_connector::ConnectorConfig::load(&config_path).unwrap())
+            .await
+            .unwrap()
+    };
+    let job_id = create_job(&lab, 0).await;
+
+    let mut first = agent().await;
+    first.register().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        s.tick().await;
+        match tokio::time::timeout(Duration::from_secs(2), first.poll_once()).await {
+            Err(_) => break, // killed with the upload in progress
+            Ok(report) => {
+                let report = report.unwrap();
+                assert_eq!(
+                    report.replication_items_started, 0,
+                    "finished too fast: {report:?}"
+                );
+            }
+        }
+        assert!(Instant::now() < deadline, "no REPLICATE work");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(first);
+
+    // The restarted process: registers with its id and gets the work back without waiting.
+    let mut second = agent().await;
+    let report = second.run_once().await.unwrap();
+    assert_eq!(report.replication_items_started, 1, "{report:?}");
+    let run_id = runs_of(s, &job_id).await[0]
+        .replication_run_id()
+        .unwrap()
+        .to_owned();
+    let (state, message, _) = wait_done(s, &job_id, &run_id).await;
+    assert_eq!(state, ReplicationRunState::Completed, "{message:?}");
 }

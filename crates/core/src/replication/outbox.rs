@@ -76,9 +76,10 @@ impl StateChange {
             run_id: None,
             server_id: job.server_id.clone(),
             state: name,
-            ami_id: (state == J::Completed)
-                .then(|| job.latest_ami_id.clone())
-                .flatten(),
+            // The AMI is announced once, by its run's Completed event: automation launches an
+            // instance per Completed event carrying `ami-id`, so a runOnce job's own Completed
+            // must not carry it again.
+            ami_id: None,
             stage: None,
             status_message: job.status_message.clone(),
             time,

@@ -1,5 +1,6 @@
 //! The scheduler's tick: due runs are created, pending runs get their execution, ended jobs
-//! go, lost manifest hand-overs are redone, and the outbox is published.
+//! go, deleted jobs past their retention are purged, lost manifest hand-overs are redone, and
+//! the outbox is published.
 
 use time::OffsetDateTime;
 
@@ -89,6 +90,9 @@ impl Replication {
             report.executions_started.extend(one.executions_started);
             report.uploads_resignalled += one.uploads_resignalled;
         }
+        if let Err(e) = self.service.purge_deleted_jobs().await {
+            tracing::warn!(error = %e, "scheduler could not purge deleted jobs");
+        }
         self.publish_outbox().await;
         Ok(report)
     }
@@ -116,7 +120,10 @@ impl Replication {
             if !accepts_runs(j.state) {
                 return Ok(());
             }
-            if now - j.seed_replication_time >= limits.max_replication_lifetime
+            // R13: the lifetime counts from the first replication, not from the seed time
+            // (a job created today with a seed time in 2016 starts its seed now).
+            if j.lifetime_start()
+                .is_some_and(|t| now - t >= limits.max_replication_lifetime)
                 && j.active_run.is_none()
             {
                 self.service.delete_job(&id).await?;
@@ -254,6 +261,7 @@ impl Replication {
             };
             j.run_count = seq;
             if runs {
+                j.first_run_on.get_or_insert(now);
                 j.active_run = Some(RunRef {
                     replication_run_id: run_id.clone(),
                     seq,

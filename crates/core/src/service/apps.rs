@@ -1173,7 +1173,7 @@ impl Service {
         if let Some(t) = p.seed_time {
             self.check_not_too_far("seedTime", t).map_err(named)?;
         }
-        Self::check_kms(p.encrypted, p.kms_key_id.as_deref()).map_err(named)?;
+        Self::check_kms(p.encrypted.unwrap_or(false), p.kms_key_id.as_deref()).map_err(named)?;
         let (_, server) = self.current_server(server_id).await?;
         let os = server.and_then(|s| s.value.os_type);
         Self::check_license(os, p.license_type, server_id).map_err(named)?;

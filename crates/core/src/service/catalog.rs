@@ -179,6 +179,27 @@ impl Service {
         self.read(&keys::catalog()).await
     }
 
+    /// The catalog, with the time it began as its `lastModifiedOn` when nothing has modified it
+    /// yet: SMS answered GetServers with `lastModifiedOn` from the start, not only after an
+    /// import. Written once (conditionally), on the first read that finds it missing.
+    async fn started_catalog(&self) -> Result<Catalog> {
+        retrying!(self, "the server catalog", async {
+            let current = self.catalog().await?;
+            let mut catalog = current
+                .as_ref()
+                .map(|c| c.value.clone())
+                .unwrap_or_default();
+            if catalog.last_modified_on.is_some() {
+                return Ok(catalog);
+            }
+            catalog.last_modified_on = Some(self.now());
+            self.store
+                .write(put(keys::catalog(), &catalog, expect_of(&current))?)
+                .await?;
+            Ok(catalog)
+        })
+    }
+
     /// ImportServerCatalog: queues an INVENTORY work item for every healthy connector that has
     /// no unanswered one yet. No healthy connector → NoConnectorsAvailableException.
     #[tracing::instrument(name = "import_catalog", skip_all)]
@@ -216,6 +237,7 @@ impl Service {
                 });
             }
             catalog.pending.retain(|p| now - p.queued_on <= timeout);
+            catalog.last_modified_on.get_or_insert(now);
             for c in &healthy {
                 if catalog
                     .pending
@@ -771,7 +793,7 @@ impl Service {
         after: Option<&str>,
         limit: usize,
     ) -> Result<ServerListing> {
-        let catalog = self.catalog().await?.map(|c| c.value).unwrap_or_default();
+        let catalog = self.started_catalog().await?;
         let status = catalog.status(self.now(), self.config.inventory_request_timeout);
         let status_message =
             catalog.status_message(self.now(), self.config.inventory_request_timeout);

@@ -6,7 +6,8 @@
 //! get inventory work from ImportServerCatalog.
 //!
 //! Work items (`WORK#<connectorId>`) are handed out by PollWork with a lease: an item handed out
-//! and not finished within `config.work_lease` is handed out again. A work item is finished by
+//! and not finished within `config.work_lease` is handed out again, and at once when its
+//! connector registers again (a restarted process). A work item is finished by
 //! the report that answers it (ReportInventory with its `requestId`) or by ReportError naming it.
 
 use serde_json::json;
@@ -104,20 +105,28 @@ impl Service {
         Ok(id)
     }
 
-    /// Makes every leased work item of connector `id` available to its next PollWork.
-    async fn release_leases(&self, id: &str) -> Result<()> {
-        for w in self.list_all::<Work>(&keys::work_partition(id)).await? {
-            if w.value.leased_on.is_none() {
-                continue;
-            }
-            let mut work = w.value.clone();
-            work.leased_on = None;
+    /// Hands a re-registering connector's leased work back at once. A connector registers when
+    /// its process starts, so whatever its id still holds was leased by a process that is gone;
+    /// waiting out `work_lease` only delayed the resumed upload (the agent picks it up from its
+    /// state directory). Work of other connectors lives in their own partitions and is never
+    /// touched.
+    async fn release_leases(&self, connector_id: &str) -> Result<()> {
+        let work = self
+            .list_all::<Work>(&keys::work_partition(connector_id))
+            .await?;
+        for w in work.into_iter().filter(|w| w.value.leased_on.is_some()) {
+            let mut free = w.value.clone();
+            free.leased_on = None;
             match self
                 .store
-                .write(put(keys::work(id, &work.work_id), &work, w.expect())?)
+                .write(put(
+                    keys::work(connector_id, &free.work_id),
+                    &free,
+                    w.expect(),
+                )?)
                 .await
             {
-                // Finished or leased anew meanwhile: nothing to release.
+                // Finished or leased again meanwhile: nothing to give back.
                 Ok(()) | Err(crate::store::StoreError::ConditionFailed { .. }) => {}
                 Err(e) => return Err(e.into()),
             }

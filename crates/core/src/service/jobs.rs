@@ -16,7 +16,9 @@
 //!
 //! DeleteReplicationJob ends the job (DELETING → DELETED in one transaction, its run in progress
 //! cancelled), releases its slot, moves it to the `JOB_DELETED` partition and marks the server's
-//! `replicationJobTerminated`; it never touches the AMIs the job produced.
+//! `replicationJobTerminated`; it never touches the AMIs the job produced. GetReplicationJobs
+//! lists deleted jobs (state DELETED, R17) for `deleted_job_retention`; the scheduler then
+//! purges their records.
 
 use std::sync::Arc;
 
@@ -32,7 +34,7 @@ use crate::replication::outbox::StateChange;
 use crate::states::{
     accepts_runs, job_transition, run_transition, JobEvent, JobTransition, RunEvent,
 };
-use crate::store::{Expect, StoreError, Write};
+use crate::store::{Expect, RawPage, StoreError, Write, MAX_TRANSACTION_WRITES};
 
 /// The active-job counter item.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -151,11 +153,39 @@ impl Service {
         Ok(())
     }
 
-    pub(crate) fn check_kms(encrypted: Option<bool>, kms: Option<&str>) -> Result<()> {
-        if encrypted == Some(false) && kms.is_some_and(|k| !k.is_empty()) {
-            return Err(invalid("kmsKeyId requires encrypted: true"));
+    /// R6: `encrypted` turns encryption on (with the account's default EBS key when no
+    /// `kmsKeyId` is given); `kmsKeyId` only chooses the key. So a key on a job that is not
+    /// encrypted is refused, by CreateReplicationJob and UpdateReplicationJob alike (EC2 refuses
+    /// a KmsKeyId without Encrypted the same way). `encrypted` is the job's value after the
+    /// request.
+    pub(crate) fn check_kms(encrypted: bool, kms: Option<&str>) -> Result<()> {
+        if !encrypted && kms.is_some_and(|k| !k.is_empty()) {
+            return Err(invalid(
+                "kmsKeyId requires encrypted: true (encrypted turns encryption on; kmsKeyId chooses the key)",
+            ));
         }
         Ok(())
+    }
+
+    /// Why `server` cannot get a replication job, if it cannot: CreateReplicationJob refuses it
+    /// with this message, and GetServers shows it with the server (`cannotReplicateReason`).
+    pub fn cannot_replicate(&self, server: &Server) -> Option<String> {
+        let id = &server.server_id;
+        let max = self.config.limits.max_volumes_per_vm;
+        if server.vanished_on.is_some() {
+            Some(format!(
+                "server {id} is no longer in its connector's inventory"
+            ))
+        } else if server.disks.is_empty() {
+            Some(format!("server {id} has no disks to replicate"))
+        } else if server.disks.len() > max as usize {
+            Some(format!(
+                "server {id} has {} volumes; at most {max} volumes per VM can be replicated (limits.max_volumes_per_vm)",
+                server.disks.len()
+            ))
+        } else {
+            None
+        }
     }
 
     /// CreateReplicationJob; returns the new job id.
@@ -177,7 +207,7 @@ impl Service {
         };
         let amis = self.check_amis(req.number_of_recent_amis_to_keep.unwrap_or(0))?;
         self.check_not_too_far("seedReplicationTime", seed)?;
-        Self::check_kms(req.encrypted, req.kms_key_id.as_deref())?;
+        Self::check_kms(req.encrypted.unwrap_or(false), req.kms_key_id.as_deref())?;
         let job_id = self.ids.new_id(crate::IdKind::ReplicationJob);
 
         retrying!(self, server_id, async {
@@ -188,15 +218,8 @@ impl Service {
                 )));
             };
             let s = &server.value;
-            if s.vanished_on.is_some() {
-                return Err(DomainError::ServerCannotBeReplicated(format!(
-                    "server {server_id} is no longer in its connector's inventory"
-                )));
-            }
-            if s.disks.is_empty() {
-                return Err(DomainError::ServerCannotBeReplicated(format!(
-                    "server {server_id} has no disks to replicate"
-                )));
+            if let Some(why) = self.cannot_replicate(s) {
+                return Err(DomainError::ServerCannotBeReplicated(why));
             }
             if s.replication_job_id.as_deref() == Some(job_id.as_str()) {
                 // An earlier attempt of this very request committed, though its answer was
@@ -251,6 +274,8 @@ impl Service {
                 latest_run_id: None,
                 images: Vec::new(),
                 paused_on: None,
+                first_run_on: None,
+                deleted_on: None,
             };
             let mut updated = s.clone();
             updated.replication_job_id = Some(job_id.clone());
@@ -321,16 +346,64 @@ impl Service {
         Err(invalid(format!("there is no replication job {id}")))
     }
 
-    /// A page of all live jobs, in id order (one partition query).
+    /// A page of all jobs in id order: the live ones and those deleted less than
+    /// `deleted_job_retention` ago (state DELETED, R17). Two partition queries merged by id;
+    /// the token is the last id answered, so it works across both.
+    async fn job_page(&self, after: Option<&str>, limit: usize) -> Result<RawPage> {
+        let limit = limit.max(1);
+        let live = self.store.query_raw(keys::JOB, "", after, limit).await?;
+        let gone = self
+            .store
+            .query_raw(keys::JOB_DELETED, "", after, limit)
+            .await?;
+        let horizon = self.now() - self.config.deleted_job_retention;
+        let mut items = live.items;
+        for item in gone.items {
+            let job = decode::<ReplicationJob>(item.clone())?.value;
+            if job.deleted_on.unwrap_or(job.created_on) > horizon {
+                items.push(item);
+            }
+        }
+        items.sort_by(|a, b| a.key.sk.cmp(&b.key.sk));
+        // A job deleted between the two queries may be in both: answered once.
+        items.dedup_by(|a, b| a.key.sk == b.key.sk);
+        // Everything up to the smaller of the two partitions' last ids has been seen in both.
+        let bound = match (live.last_sk, gone.last_sk) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if let Some(bound) = &bound {
+            items.retain(|i| i.key.sk <= *bound);
+        }
+        if items.len() > limit {
+            items.truncate(limit);
+            let last = items.last().map(|i| i.key.sk.clone());
+            return Ok(RawPage {
+                items,
+                last_sk: last,
+            });
+        }
+        Ok(RawPage {
+            items,
+            last_sk: bound,
+        })
+    }
+
+    /// A page of all jobs, live and recently deleted, in id order.
     pub async fn list_jobs(
         &self,
         after: Option<&str>,
         limit: usize,
     ) -> Result<Listing<ReplicationJob>> {
-        let (items, last) = self.list::<ReplicationJob>(keys::JOB, after, limit).await?;
+        let page = self.job_page(after, limit).await?;
+        let items = page
+            .items
+            .into_iter()
+            .map(|i| decode::<ReplicationJob>(i).map(|v| v.value))
+            .collect::<Result<Vec<_>>>()?;
         Ok(Listing {
-            items: items.into_iter().map(|v| v.value).collect(),
-            last,
+            items,
+            last: page.last_sk,
         })
     }
 
@@ -344,10 +417,7 @@ impl Service {
         cache: &RenderCache,
         render: impl Fn(ReplicationJob) -> serde_json::Result<Vec<u8>>,
     ) -> Result<Listing<Arc<[u8]>>> {
-        let page = self
-            .store
-            .query_raw(keys::JOB, "", after, limit.max(1))
-            .await?;
+        let page = self.job_page(after, limit).await?;
         let items = cache.render_all(page.items, |item| {
             let key = format!("{}/{}", item.key.pk, item.key.sk);
             let job = decode::<ReplicationJob>(item)?.value;
@@ -362,7 +432,59 @@ impl Service {
         })
     }
 
-    /// GetReplicationRuns: the job and a page of its runs in creation order.
+    /// Deletes the records of jobs deleted more than `deleted_job_retention` ago, with their
+    /// runs (the scheduler's tick calls this); returns how many went.
+    pub async fn purge_deleted_jobs(&self) -> Result<usize> {
+        let horizon = self.now() - self.config.deleted_job_retention;
+        let mut purged = 0;
+        for job in self.list_all::<ReplicationJob>(keys::JOB_DELETED).await? {
+            let j = &job.value;
+            if j.deleted_on.unwrap_or(j.created_on) > horizon {
+                continue;
+            }
+            // Its runs first: a purge cut short leaves the job record, and the next tick
+            // finishes it.
+            let runs = keys::run_partition(&j.replication_job_id);
+            loop {
+                let page = self
+                    .store
+                    .query_raw(&runs, "", None, MAX_TRANSACTION_WRITES)
+                    .await?;
+                if page.items.is_empty() {
+                    break;
+                }
+                let deletes = page
+                    .items
+                    .into_iter()
+                    .map(|i| Write::Delete {
+                        key: i.key,
+                        expect: Expect::Any,
+                    })
+                    .collect();
+                self.store.transact(deletes).await?;
+            }
+            let gone = self
+                .store
+                .write(Write::Delete {
+                    key: keys::deleted_job(&j.replication_job_id),
+                    expect: job.expect(),
+                })
+                .await;
+            match gone {
+                Ok(()) => purged += 1,
+                Err(StoreError::ConditionFailed { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(purged)
+    }
+
+    /// GetReplicationRuns: the job and a page of its runs, newest first.
+    ///
+    /// A job's runs are numbered 1..=`run_count` with no gaps (a skipped interval is a MISSED
+    /// run), so a page is a range of numbers read with one ascending query and reversed. The
+    /// token is the oldest run number answered: runs created while a client pages are newer
+    /// than every page it has not read yet, so they neither shift nor repeat its pages.
     pub async fn list_runs(
         &self,
         job_id: &str,
@@ -370,14 +492,43 @@ impl Service {
         limit: usize,
     ) -> Result<(ReplicationJob, Listing<ReplicationRun>)> {
         let job = self.get_job(job_id).await?;
-        let (items, last) = self
-            .list::<ReplicationRun>(&keys::run_partition(&job.replication_job_id), after, limit)
+        let newest = match after {
+            None => job.run_count,
+            Some(token) => token
+                .parse::<u64>()
+                .map_err(|_| invalid("nextToken is not a token from this listing"))?
+                .saturating_sub(1),
+        };
+        if newest == 0 {
+            return Ok((
+                job,
+                Listing {
+                    items: Vec::new(),
+                    last: None,
+                },
+            ));
+        }
+        let limit = limit.max(1) as u64;
+        let oldest = newest.saturating_sub(limit - 1).max(1);
+        let from = keys::run(&job.replication_job_id, oldest - 1).sk;
+        let (items, _) = self
+            .list::<ReplicationRun>(
+                &keys::run_partition(&job.replication_job_id),
+                Some(&from),
+                (newest - oldest + 1) as usize,
+            )
             .await?;
+        let mut items: Vec<ReplicationRun> = items
+            .into_iter()
+            .map(|v| v.value)
+            .filter(|r| r.seq <= newest)
+            .collect();
+        items.reverse();
         Ok((
             job,
             Listing {
-                items: items.into_iter().map(|v| v.value).collect(),
-                last,
+                items,
+                last: (oldest > 1).then(|| keys::run("", oldest).sk),
             },
         ))
     }
@@ -410,8 +561,7 @@ impl Service {
             }
             Self::check_license(j.os_type, req.license_type, &j.server_id)?;
             let encrypted = req.encrypted.unwrap_or(j.encrypted);
-            let kms = req.kms_key_id.as_deref().or(j.kms_key_id.as_deref());
-            Self::check_kms(Some(encrypted), kms)?;
+            Self::check_kms(encrypted, req.kms_key_id.as_deref())?;
             if let Some(f) = frequency {
                 j.frequency = Some(f);
             }
@@ -433,6 +583,10 @@ impl Service {
             j.encrypted = encrypted;
             if let Some(k) = &req.kms_key_id {
                 j.kms_key_id = Some(k.clone()).filter(|k| !k.is_empty());
+            }
+            if !encrypted {
+                // Turning encryption off drops the key it used.
+                j.kms_key_id = None;
             }
             // SMS has no API to resume a job paused after repeated failures (its console had a
             // button); in Tern, updating the job is the resume.
@@ -518,6 +672,7 @@ impl Service {
                 .map_err(illegal)?
                 .to;
             j.next_replication_run_start_time = None;
+            j.deleted_on = Some(now);
             j.status_message = Some("Deleted; AMIs created by the job are kept".into());
             writes.push(put(
                 keys::deleted_job(&j.replication_job_id),
@@ -620,6 +775,7 @@ impl Service {
                 workflow: Default::default(),
             };
             j.run_count = seq;
+            j.first_run_on.get_or_insert(now);
             j.active_run = Some(RunRef {
                 replication_run_id: run_id.clone(),
                 seq,

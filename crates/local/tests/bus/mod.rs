@@ -586,7 +586,9 @@ async fn the_readme_example_loads_and_routes() {
             OffsetDateTime::now_utc(),
             "2",
         );
-    let json = serde_json::to_value(&completed).unwrap();
+    // The README's rules are written for `tern serve`, whose events carry SMS's source.
+    let mut json = serde_json::to_value(&completed).unwrap();
+    json["source"] = tern_local::LOCAL_EVENT_SOURCE.into();
     let matching: Vec<_> = config
         .rules
         .iter()
@@ -594,7 +596,8 @@ async fn the_readme_example_loads_and_routes() {
         .map(|r| r.name.as_str())
         .collect();
     assert_eq!(matching, ["ami-log"]);
-    let paused = serde_json::to_value(event("sms-job-7", JobEventState::Paused)).unwrap();
+    let mut paused = serde_json::to_value(event("sms-job-7", JobEventState::Paused)).unwrap();
+    paused["source"] = tern_local::LOCAL_EVENT_SOURCE.into();
     assert!(config.rules[0].pattern.matches(&paused));
     assert!(!config.rules[1].pattern.matches(&paused));
 }
