@@ -25,6 +25,7 @@
 pub mod apps;
 pub mod connector;
 pub mod error;
+pub mod render;
 pub mod wire;
 
 use std::sync::Arc;
@@ -32,7 +33,10 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
-use tern_core::service::{self as core, JobUpdate, NewConnector, NewJob, RenderCache};
+use tern_core::service::{self as core, JobUpdate, NewConnector, NewJob};
+
+use crate::render::RenderCache;
+use tern_core::DomainError;
 use tern_core::{Clock, Config, Ids, Service, Store};
 
 use crate::error::ApiError;
@@ -335,17 +339,23 @@ impl Api {
                     });
                 }
                 let after = token::decode("jobs", req.next_token.as_deref())?;
-                let page = svc
-                    .list_jobs_rendered(after.as_deref(), limit, &self.jobs_rendered, |job| {
-                        serde_json::to_vec(&ReplicationJob::from(job))
+                let page = svc.list_jobs_raw(after.as_deref(), limit).await?;
+                let jobs = self.jobs_rendered.render_all(page.items, |item| {
+                    let key = format!("{}/{}", item.key.pk, item.key.sk);
+                    let job = core::Service::decode_job(item)?;
+                    serde_json::to_vec(&ReplicationJob::from(job)).map_err(|e| {
+                        DomainError::Corrupt {
+                            key,
+                            message: format!("cannot render: {e}"),
+                        }
                     })
-                    .await?;
+                })?;
                 // The shape of `GetReplicationJobsResponse`, assembled from the cached renderings.
-                let next_token = token::encode("jobs", page.last);
-                let size = page.items.iter().map(|j| j.len() + 1).sum::<usize>();
+                let next_token = token::encode("jobs", page.last_sk);
+                let size = jobs.iter().map(|j| j.len() + 1).sum::<usize>();
                 let mut out = Vec::with_capacity(size + 64);
                 out.extend_from_slice(b"{\"replicationJobList\":[");
-                for (i, job) in page.items.iter().enumerate() {
+                for (i, job) in jobs.iter().enumerate() {
                     if i > 0 {
                         out.push(b',');
                     }

@@ -20,12 +20,10 @@
 //! lists deleted jobs (state DELETED, R17) for `deleted_job_retention`; the scheduler then
 //! purges their records.
 
-use std::sync::Arc;
-
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use super::{decode, expect_of, put, required, retrying, Listing, RenderCache, Service, Versioned};
+use super::{decode, expect_of, put, required, retrying, Listing, Service, Versioned};
 use crate::enums::*;
 use crate::error::{DomainError, Result};
 use crate::keys;
@@ -34,7 +32,7 @@ use crate::replication::outbox::StateChange;
 use crate::states::{
     accepts_runs, job_transition, run_transition, JobEvent, JobTransition, RunEvent,
 };
-use crate::store::{Expect, RawPage, StoreError, Write, MAX_TRANSACTION_WRITES};
+use crate::store::{Expect, RawItem, RawPage, StoreError, Write, MAX_TRANSACTION_WRITES};
 
 /// The active-job counter item.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -407,29 +405,16 @@ impl Service {
         })
     }
 
-    /// [`Service::list_jobs`] with every job already rendered by `render` (the caller's wire
-    /// shape). Renderings are reused from `cache` while a job's stored text is unchanged, so a
-    /// listing of unchanged jobs neither parses nor serialises them again.
-    pub async fn list_jobs_rendered(
-        &self,
-        after: Option<&str>,
-        limit: usize,
-        cache: &RenderCache,
-        render: impl Fn(ReplicationJob) -> serde_json::Result<Vec<u8>>,
-    ) -> Result<Listing<Arc<[u8]>>> {
-        let page = self.job_page(after, limit).await?;
-        let items = cache.render_all(page.items, |item| {
-            let key = format!("{}/{}", item.key.pk, item.key.sk);
-            let job = decode::<ReplicationJob>(item)?.value;
-            render(job).map_err(|e| DomainError::Corrupt {
-                key,
-                message: format!("cannot render: {e}"),
-            })
-        })?;
-        Ok(Listing {
-            items,
-            last: page.last_sk,
-        })
+    /// [`Service::list_jobs`] with the jobs as the store holds them, for callers that keep
+    /// their own rendering of an unchanged item (the API's render cache); decode each with
+    /// [`Service::decode_job`].
+    pub async fn list_jobs_raw(&self, after: Option<&str>, limit: usize) -> Result<RawPage> {
+        self.job_page(after, limit).await
+    }
+
+    /// A job from an item of [`Service::list_jobs_raw`].
+    pub fn decode_job(item: RawItem) -> Result<ReplicationJob> {
+        Ok(decode::<ReplicationJob>(item)?.value)
     }
 
     /// Deletes the records of jobs deleted more than `deleted_job_retention` ago, with their

@@ -7,7 +7,6 @@
 //! [`DomainError::Contention`] (TemporarilyUnavailableException on the wire, which SDKs retry).
 
 mod apps;
-mod cache;
 mod catalog;
 mod connectors;
 mod jobs;
@@ -31,7 +30,6 @@ pub use apps::{
     NewApp, NewServerGroup, NewTag, ServerGroupView, ServerReplication,
     ServerReplicationParameters, Tag,
 };
-pub use cache::RenderCache;
 pub use catalog::{InventoryOutcome, InventoryPage, InventoryVm, ServerListing, MAX_REPORT_PAGES};
 pub use connectors::NewConnector;
 pub use jobs::{JobUpdate, NewJob, RunUpdate};

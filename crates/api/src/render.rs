@@ -1,4 +1,7 @@
 //! [`RenderCache`]: wire renderings of stored items, reused while the stored text is unchanged.
+//! A performance measure of the API layer, kept here rather than in the domain: the domain hands
+//! out the stored items ([`tern_core::Service::list_jobs_raw`]) and this layer decides how to
+//! render and reuse them.
 //!
 //! A listing page of fifty replication jobs used to parse fifty stored JSON bodies into the
 //! domain types and serialise fifty wire shapes on every request, which was nearly all of
@@ -11,8 +14,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::error::Result;
-use crate::store::{Body, Key, RawItem};
+use tern_core::store::{Body, Key, RawItem};
+use tern_core::DomainError;
+
+type Result<T> = std::result::Result<T, DomainError>;
 
 /// Renderings of stored items, keyed by item key and checked against the stored text. One cache
 /// belongs to one rendering function (its owner's). Bounded: when full it starts over.
@@ -56,7 +61,7 @@ impl RenderCache {
 
     /// The rendering of every item, in order: reused when the item's stored text is the one it
     /// was rendered from, otherwise made by `render` (and kept when the item is text).
-    pub(crate) fn render_all(
+    pub fn render_all(
         &self,
         items: Vec<RawItem>,
         mut render: impl FnMut(RawItem) -> Result<Vec<u8>>,
@@ -183,7 +188,7 @@ mod tests {
         let cache = RenderCache::new(10);
         let err = cache
             .render_all(vec![text("a", "{}")], |_| {
-                Err(crate::DomainError::Corrupt {
+                Err(DomainError::Corrupt {
                     key: "P/a".into(),
                     message: "bad".into(),
                 })
