@@ -5,7 +5,9 @@
 //! * [`poll`]: bounded polls, the one way a test waits for another process (moto, a child
 //!   `tern serve`): never a fixed sleep.
 //! * [`qemu`]: `qemu-img` / `qemu-io` runners and random disks with blocks changed on purpose.
+//! * [`fixtures`]: disks with a real partition table, built in memory.
 
+pub mod fixtures;
 pub mod moto;
 pub mod poll;
 pub mod qemu;
