@@ -22,7 +22,9 @@
 //!
 //! # Consistency
 //!
-//! The database runs in WAL mode. Every `transact` is one `BEGIN IMMEDIATE` transaction: it takes
+//! The database runs in WAL mode. Every `transact` runs inside one `BEGIN IMMEDIATE` transaction,
+//! in a savepoint of its own when concurrent calls are committed together (group commit, see
+//! `transact`): the transaction takes
 //! SQLite's write lock before it reads the versions its conditions need, so the check and the
 //! writes are atomic even against other connections to the same file (another process, or the
 //! States engine). Reads see every transaction committed before they start (WAL readers never
@@ -60,6 +62,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::channel::oneshot;
+use futures::future::Either;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use tern_core::store::validate::{self, Checked};
 use tern_core::store::{Body, Expect, Item, Key, Page, RawItem, RawPage, Store, StoreError, Write};
@@ -110,7 +114,18 @@ struct Inner {
     writer: Arc<Pool>,
     /// The writer pool again for an in-memory database.
     readers: Arc<Pool>,
+    /// Transactions waiting for the writer (see [`SqliteStore::transact`]).
+    queued: Arc<Mutex<Vec<Queued>>>,
 }
+
+/// A validated transaction waiting to be committed, and where its outcome goes.
+struct Queued {
+    writes: Vec<Checked>,
+    reply: oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// Most transactions committed together as one SQLite transaction.
+const GROUP_COMMIT_MAX: usize = 256;
 
 /// A fixed number of connections; a semaphore permit entitles its holder to one of them.
 struct Pool {
@@ -161,6 +176,7 @@ impl SqliteStore {
                 path: Some(path.to_path_buf()),
                 writer,
                 readers: Arc::new(readers),
+                queued: Arc::default(),
             }),
         })
     }
@@ -175,6 +191,7 @@ impl SqliteStore {
                 path: None,
                 readers: writer.clone(),
                 writer,
+                queued: Arc::default(),
             }),
         })
     }
@@ -410,30 +427,133 @@ impl Store for SqliteStore {
             .await
     }
 
+    /// Group commit: concurrent transactions are queued, and whichever caller gets the writer
+    /// commits everything queued as one SQLite transaction, each caller's writes inside a
+    /// savepoint of their own. A caller whose conditions fail is rolled back to its savepoint
+    /// alone; the others commit. N concurrent writers cost one `BEGIN`/`COMMIT` (one WAL append
+    /// and lock hand-over) instead of N. A caller answered by another's commit never takes the
+    /// writer at all.
     async fn transact(&self, writes: Vec<Write>) -> Result<(), StoreError> {
-        // Validate and serialise before taking the lock: nothing slow happens while holding it.
+        // Validate and serialise before queueing: nothing slow happens while holding the writer.
         let writes = validate::check_transaction(writes)?;
         if writes.is_empty() {
             return Ok(());
         }
-        self.inner
-            .writer
-            .run(move |conn| {
-                let tx = conn
-                    .transaction_with_behavior(TransactionBehavior::Immediate)
-                    .map_err(|e| sql_error("begin transaction", e))?;
-                for (index, write) in writes.iter().enumerate() {
-                    // Dropping `tx` on an early return rolls back what this transaction wrote.
-                    apply(&tx, index, write)?;
+        let (reply, mut answer) = oneshot::channel();
+        lock(&self.inner.queued).push(Queued { writes, reply });
+        loop {
+            let queued = self.inner.queued.clone();
+            let commit = self.inner.writer.run(move |conn| {
+                let batch: Vec<Queued> = {
+                    let mut q = lock(&queued);
+                    let n = q.len().min(GROUP_COMMIT_MAX);
+                    q.drain(..n).collect()
+                };
+                commit_batch(conn, batch);
+                Ok(())
+            });
+            futures::pin_mut!(commit);
+            match futures::future::select(&mut answer, commit).await {
+                Either::Left((answered, _)) => {
+                    return answered.unwrap_or_else(|_| Err(writer_gone()));
                 }
-                tx.commit().map_err(|e| sql_error("commit", e))
-            })
-            .await
+                Either::Right((ran, _)) => {
+                    ran?;
+                    // The batch this holder committed held ours unless more were queued than
+                    // one batch takes; then take the writer again.
+                    match answer.try_recv() {
+                        Ok(Some(result)) => return result,
+                        Ok(None) => {}
+                        Err(_) => return Err(writer_gone()),
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn writer_gone() -> StoreError {
+    StoreError::Unavailable {
+        message: "the SQLite writer stopped before committing the transaction".into(),
+        source: None,
+    }
+}
+
+/// Commits `batch` as one transaction, each entry in its own savepoint, and answers each.
+fn commit_batch(conn: &mut Connection, mut batch: Vec<Queued>) {
+    // A transaction whose caller went away is not made behind its back.
+    batch.retain(|q| !q.reply.is_canceled());
+    if batch.is_empty() {
+        return;
+    }
+    let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(e) => {
+            let e = sql_error("begin transaction", e);
+            for q in batch {
+                let _ = q.reply.send(Err(copy(&e)));
+            }
+            return;
+        }
+    };
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for q in &batch {
+        let outcome = match tx.savepoint() {
+            Ok(mut sp) => {
+                let applied = q
+                    .writes
+                    .iter()
+                    .enumerate()
+                    .try_for_each(|(index, write)| apply(&sp, index, write));
+                match applied {
+                    Ok(()) => sp.commit().map_err(|e| sql_error("release savepoint", e)),
+                    Err(e) => {
+                        // Dropping the savepoint rolls back this caller's writes alone.
+                        sp.set_drop_behavior(rusqlite::DropBehavior::Rollback);
+                        Err(e)
+                    }
+                }
+            }
+            Err(e) => Err(sql_error("savepoint", e)),
+        };
+        outcomes.push(outcome);
+    }
+    let committed = tx.commit().map_err(|e| sql_error("commit", e));
+    for (q, outcome) in batch.into_iter().zip(outcomes) {
+        let result = match (&committed, outcome) {
+            (Ok(()), outcome) => outcome,
+            // Nothing of the batch is stored; a caller refused anyway keeps its own error.
+            (Err(_), Err(own)) => Err(own),
+            (Err(e), Ok(())) => Err(copy(e)),
+        };
+        let _ = q.reply.send(result);
+    }
+}
+
+/// A copy of a store error for each caller of a batch (the source chain stays with the one
+/// logged).
+fn copy(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::ConditionFailed { key, index } => StoreError::ConditionFailed {
+            key: key.clone(),
+            index: *index,
+        },
+        StoreError::Throttled(m) => StoreError::Throttled(m.clone()),
+        StoreError::Invalid(m) => StoreError::Invalid(m.clone()),
+        StoreError::TooLarge { key, bytes, limit } => StoreError::TooLarge {
+            key: key.clone(),
+            bytes: *bytes,
+            limit: *limit,
+        },
+        StoreError::Unavailable { message, .. } => StoreError::Unavailable {
+            message: message.clone(),
+            source: None,
+        },
     }
 }
 
 /// Checks one write's condition inside the open transaction and applies it.
-fn apply(tx: &rusqlite::Transaction<'_>, index: usize, write: &Checked) -> Result<(), StoreError> {
+fn apply(tx: &Connection, index: usize, write: &Checked) -> Result<(), StoreError> {
     let key = write.key();
     let failed = || StoreError::ConditionFailed {
         key: key.clone(),

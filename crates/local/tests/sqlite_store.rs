@@ -132,3 +132,49 @@ async fn opening_a_directory_is_a_clear_error() {
         other => panic!("expected Unavailable, got {other:?}"),
     }
 }
+
+/// Concurrent transactions are committed together (group commit), each in a savepoint: one
+/// whose condition fails is refused with its own index and leaves nothing, while the ones
+/// committed beside it all apply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn transactions_committed_together_fail_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(&dir.path().join("tern.db")).unwrap());
+    let mut tasks = Vec::new();
+    for t in 0..64u32 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let key = Key::new("GROUP", format!("item-{t:02}"));
+            let mut writes = vec![Write::Put {
+                key: key.clone(),
+                body: json!({ "t": t }),
+                expect: Expect::Absent,
+            }];
+            if t % 2 == 1 {
+                // Never holds: the transaction must be refused whole.
+                writes.push(Write::Check {
+                    key: Key::new("GROUP", "missing"),
+                    expect: Expect::Version(7),
+                });
+            }
+            (t, store.transact(writes).await)
+        }));
+    }
+    for task in tasks {
+        let (t, result) = task.await.unwrap();
+        let key = Key::new("GROUP", format!("item-{t:02}"));
+        if t % 2 == 1 {
+            match result {
+                Err(StoreError::ConditionFailed { index, .. }) => assert_eq!(index, Some(1)),
+                other => panic!("transaction {t}: expected ConditionFailed, got {other:?}"),
+            }
+            assert!(store.get(&key).await.unwrap().is_none(), "{t} left its put");
+        } else {
+            result.unwrap_or_else(|e| panic!("transaction {t}: {e}"));
+            assert_eq!(
+                store.get(&key).await.unwrap().unwrap().body,
+                json!({ "t": t })
+            );
+        }
+    }
+}
