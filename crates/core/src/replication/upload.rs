@@ -137,6 +137,9 @@ impl Replication {
                 })?;
                 let mut first = false;
                 self.update_run(job_id, run_id, |r| {
+                    // Each attempt decides afresh: an attempt whose write lost the race must not
+                    // leave `first` set for the retry that finds the winner's manifest.
+                    first = false;
                     if r.workflow.manifest.is_some() {
                         return Ok(None);
                     }

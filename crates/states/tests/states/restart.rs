@@ -371,12 +371,12 @@ async fn a_failed_commit_is_retried_when_the_store_recovers() {
 
 /// Polls `cond` every 10 ms for at most 10 s.
 async fn until(what: &str, cond: impl Fn() -> bool) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !cond() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting until {what}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    let every = std::time::Duration::from_millis(10);
+    let met =
+        tern_test_support::poll::until_async(std::time::Duration::from_secs(10), every, || {
+            let met = cond().then_some(());
+            async move { met }
+        })
+        .await;
+    assert!(met.is_some(), "timed out waiting until {what}");
 }
