@@ -674,7 +674,12 @@ fn sql_error(what: &str, error: rusqlite::Error) -> StoreError {
         Some(DatabaseBusy | DatabaseLocked) => StoreError::Throttled(format!(
             "{what}: the database stayed locked by another connection for {BUSY_TIMEOUT:?}"
         )),
-        _ => unavailable(format!("SQLite {what} failed"), error),
+        // The cause in the message too: a batch's callers get copies without the source chain,
+        // and the log must still say what went wrong ("database or disk is full").
+        _ => {
+            let message = format!("SQLite {what} failed: {error}");
+            unavailable(message, error)
+        }
     }
 }
 

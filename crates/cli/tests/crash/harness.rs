@@ -376,13 +376,16 @@ impl Lab {
     }
 
     /// Waits until the server's log has a line containing `text`; returns it.
-    pub async fn wait_log(&self, text: &str, secs: u64) -> String {
+    /// Waits until the server logs a line holding any of `texts`; returns the line.
+    pub async fn wait_log(&self, texts: &[&str], secs: u64) -> String {
         let log = self.dir.path().join("server.log");
-        self.poll(&format!("the server logs {text:?}"), secs, || {
+        self.poll(&format!("the server logs one of {texts:?}"), secs, || {
             let log = log.clone();
             async move {
                 let all = std::fs::read_to_string(&log).ok()?;
-                all.lines().find(|l| l.contains(text)).map(String::from)
+                all.lines()
+                    .find(|l| texts.iter().any(|t| l.contains(t)))
+                    .map(String::from)
             }
         })
         .await

@@ -98,9 +98,13 @@ CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks (state);
 /// Maps a database failure to the port's error: lock contention may clear up, the rest is ours.
 pub(crate) fn db_err(e: rusqlite::Error) -> ImagesError {
     match e.sqlite_error_code() {
-        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
-            ImagesError::transient_from("the image database is busy; retry", e)
-        }
+        // SQLITE_PROTOCOL: a connection raced another's WAL recovery (a restart opening the file
+        // while the last one closes); SQLite documents it as worth retrying.
+        Some(
+            ErrorCode::DatabaseBusy
+            | ErrorCode::DatabaseLocked
+            | ErrorCode::FileLockingProtocolFailed,
+        ) => ImagesError::transient_from("the image database is busy; retry", e),
         _ => ImagesError::internal_from("image database error", e),
     }
 }
