@@ -270,23 +270,91 @@ fn run_task(inner: &Inner, task: &TaskRow, progress: &TaskProgress) {
         pinned: Mutex::new(HashSet::new()),
         dirs: Mutex::new(HashSet::new()),
     };
-    let result = build(inner, task, &ctx).and_then(|built| commit(inner, task, &ctx, &built));
+    let result = run_until_space(inner, task, &ctx, progress);
     release_slot(inner);
     match result {
         Ok(()) => tracing::info!("image task completed"),
         Err(TaskError::Cancelled) => tracing::info!("image task stopped; resumes on next open"),
-        Err(TaskError::Failed(kind, message)) => {
-            tracing::warn!(%message, kind = kind.as_str(), "image task failed");
-            let now = inner.clock.now();
-            if let Err(e) = db::fail_task(&lock(&inner.db), &task.task_id, kind, &message, now) {
-                tracing::error!(error = %e, "cannot record the failure of an image task");
-            }
+        Err(TaskError::NoSpace(message)) | Err(TaskError::Failed(_, message))
+            if inner.shutdown.load(Ordering::Relaxed) =>
+        {
+            tracing::info!(%message, "image task stopped while failing; resumes on next open")
         }
+        Err(TaskError::NoSpace(message)) => {
+            let message = format!(
+                "{message} (the data directory stayed full for {} s)",
+                NO_SPACE_PATIENCE.as_secs()
+            );
+            record_failure(inner, task, TaskFailure::Internal, &message);
+        }
+        Err(TaskError::Failed(kind, message)) => record_failure(inner, task, kind, &message),
     }
     // Only after the commit (or the failure) is recorded: until then a concurrent delete or
     // sweep must not remove the blocks this task relies on.
     inner.blocks.unpin_all(lock(&ctx.pinned).iter());
     lock(&inner.progress).remove(&task.task_id);
+}
+
+/// How long a task waits for a full data directory to get space back before it fails.
+const NO_SPACE_PATIENCE: Duration = Duration::from_secs(600);
+
+/// Builds and commits the task; while the data directory is full it waits (1 s, doubling to
+/// 30 s) and tries again, for up to [`NO_SPACE_PATIENCE`]. Blocks already written stay: they
+/// are content-addressed, so the retry finds them.
+fn run_until_space(
+    inner: &Inner,
+    task: &TaskRow,
+    ctx: &TaskCtx<'_>,
+    progress: &TaskProgress,
+) -> Result<(), TaskError> {
+    let started = std::time::Instant::now();
+    let mut delay = Duration::from_secs(1);
+    loop {
+        match build(inner, task, ctx).and_then(|built| commit(inner, task, ctx, &built)) {
+            Err(TaskError::NoSpace(message)) if started.elapsed() < NO_SPACE_PATIENCE => {
+                tracing::warn!(%message, retry_in_s = delay.as_secs(), "image task waits for disk space");
+                progress.set_stage(format!("waiting for disk space: {message}"));
+                if !pause(inner, delay) {
+                    return Err(TaskError::Cancelled);
+                }
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Sleeps for `delay` unless shutdown comes first (then false).
+fn pause(inner: &Inner, delay: Duration) -> bool {
+    let deadline = std::time::Instant::now() + delay;
+    while std::time::Instant::now() < deadline {
+        if inner.shutdown.load(Ordering::Relaxed) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100).min(deadline - std::time::Instant::now()));
+    }
+    !inner.shutdown.load(Ordering::Relaxed)
+}
+
+/// Records a task's failure. The record may itself meet a full disk: it is retried (a task
+/// left active with no thread behind it would keep its run waiting forever) until it is
+/// written or the service shuts down, when the task stays active and resumes on next open.
+fn record_failure(inner: &Inner, task: &TaskRow, kind: TaskFailure, message: &str) {
+    tracing::warn!(%message, kind = kind.as_str(), "image task failed");
+    let mut delay = Duration::from_secs(1);
+    loop {
+        let now = inner.clock.now();
+        match db::fail_task(&lock(&inner.db), &task.task_id, kind, message, now) {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::error!(error = %e, retry_in_s = delay.as_secs(), "cannot record the failure of an image task; retrying");
+            }
+        }
+        if !pause(inner, delay) {
+            return;
+        }
+        delay = (delay * 2).min(Duration::from_secs(30));
+    }
 }
 
 fn build(inner: &Inner, task: &TaskRow, ctx: &TaskCtx<'_>) -> Result<Built, TaskError> {
@@ -334,18 +402,28 @@ fn commit(
 ) -> Result<(), TaskError> {
     ctx.progress.set_stage("saving the snapshot");
     let failed = |e: String| TaskError::Failed(TaskFailure::Internal, e);
-    inner
-        .blocks
-        .sync_dirs(&lock(&ctx.dirs))
-        .map_err(|e| failed(format!("cannot sync the block store: {e}")))?;
+    inner.blocks.sync_dirs(&lock(&ctx.dirs)).map_err(|e| {
+        let message = format!("cannot sync the block store: {e}");
+        if task::is_no_space(&e) {
+            TaskError::NoSpace(message)
+        } else {
+            failed(message)
+        }
+    })?;
     let snapshot = db::NewSnapshot {
         task,
         volume_size_bytes: built.size,
         blocks: &built.blocks,
         created_at: inner.clock.now(),
     };
-    let committed = db::commit_snapshot(&mut lock(&inner.db), &snapshot)
-        .map_err(|e| failed(format!("cannot record snapshot {}: {e}", task.snapshot_id)))?;
+    let committed = db::commit_snapshot(&mut lock(&inner.db), &snapshot).map_err(|e| {
+        let message = format!("cannot record snapshot {}: {e}", task.snapshot_id);
+        if task::is_db_full(&e) {
+            TaskError::NoSpace(message)
+        } else {
+            failed(message)
+        }
+    })?;
     if !committed {
         tracing::info!("image task was already finished elsewhere");
     }

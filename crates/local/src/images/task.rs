@@ -23,7 +23,20 @@ const BATCH: u64 = 8;
 pub(crate) enum TaskError {
     /// Shutdown (or the test hook) stopped the task; it stays active and resumes on next open.
     Cancelled,
+    /// The data directory's filesystem is full: the task waits for space and tries again
+    /// rather than failing the run over a condition that an operator can fix.
+    NoSpace(String),
     Failed(TaskFailure, String),
+}
+
+/// Whether an I/O error means the filesystem is full.
+pub(crate) fn is_no_space(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::StorageFull || e.raw_os_error() == Some(28)
+}
+
+/// Whether an SQLite error means the filesystem is full.
+pub(crate) fn is_db_full(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DiskFull)
 }
 
 fn invalid(message: String) -> TaskError {
@@ -96,10 +109,15 @@ impl TaskCtx<'_> {
         };
         if !exists {
             let dir = self.blocks.write(&d, data).map_err(|e| {
-                internal(format!(
+                let message = format!(
                     "cannot write block file {}: {e}",
                     self.blocks.path(&d).display()
-                ))
+                );
+                if is_no_space(&e) {
+                    TaskError::NoSpace(message)
+                } else {
+                    internal(message)
+                }
             })?;
             self.dirs
                 .lock()
