@@ -105,6 +105,11 @@ pub(crate) fn db_err(e: rusqlite::Error) -> ImagesError {
             | ErrorCode::DatabaseLocked
             | ErrorCode::FileLockingProtocolFailed,
         ) => ImagesError::transient_from("the image database is busy; retry", e),
+        // A full data directory is an operator's to fix; what failed may be retried after.
+        Some(ErrorCode::DiskFull) => ImagesError::transient_from(
+            "the data directory is full (free space on it; the call can be retried)",
+            e,
+        ),
         _ => ImagesError::internal_from("image database error", e),
     }
 }

@@ -695,3 +695,90 @@ async fn deleting_a_snapshot_during_an_import_of_the_same_blocks_loses_nothing()
         assert!(env.block_files().is_empty(), "round {round}");
     }
 }
+
+/// A tmpfs mounted for one test (the test runs as root, as CI does), unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size_mib: u64) -> Tmpfs {
+        std::fs::create_dir_all(at).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size_mib}m"), "tmpfs"])
+            .arg(at)
+            .output()
+            .expect("mount runs");
+        assert!(
+            out.status.success(),
+            "cannot mount a tmpfs at {} (this test needs root): {}",
+            at.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs(at.to_path_buf())
+    }
+
+    /// Writes a file until the filesystem is full; returns its path.
+    fn fill(&self) -> PathBuf {
+        use std::io::Write as _;
+        let path = self.0.join("filler");
+        let mut f = std::fs::File::create(&path).unwrap();
+        while f.write_all(&[0xa5; 64 * 1024]).is_ok() {}
+        while f.write_all(&[0xa5; 512]).is_ok() {}
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// A full data directory does not fail the import: the task stays active, says that it waits
+/// for disk space, and completes with the right snapshot once space returns.
+#[tokio::test]
+async fn an_import_on_a_full_disk_waits_for_space_and_then_completes() {
+    let env = Env::new();
+    let fs = Tmpfs::mount(&env.data, 16);
+    let raw = env.work.join("d.raw");
+    let data = make_disk(&raw, "rrrr", 0, 21);
+    let staged = env.stage("d.vmdk", &stream_vmdk_by_tern(&raw));
+    let images = env.open();
+    let filler = fs.fill();
+    // Recording a new task needs space too: that start is refused as retryable.
+    let err = images.start_import(&staged, "").await.unwrap_err();
+    assert!(err.is_retryable(), "{err:?}");
+    assert!(err.to_string().contains("data directory is full"), "{err}");
+    // With room for the task's record (128 KiB) but none for a 512 KiB block, the task waits.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&filler)
+        .unwrap();
+    f.set_len(f.metadata().unwrap().len() - 128 * 1024).unwrap();
+    drop(f); // an open file keeps its space after the unlink below
+    let task = images.start_import(&staged, "").await.unwrap();
+    let waiting = tern_test_support::poll::until_async(
+        std::time::Duration::from_secs(20),
+        std::time::Duration::from_millis(20),
+        || async {
+            match images.describe_task(&task).await.unwrap() {
+                TaskStatus::Active { message, .. }
+                    if message.starts_with("waiting for disk space") =>
+                {
+                    Some(message)
+                }
+                TaskStatus::Active { .. } => None,
+                other => panic!("the task ended on a full disk: {other:?}"),
+            }
+        },
+    )
+    .await
+    .expect("the task never said it waits for disk space");
+    assert!(waiting.contains("No space left on device"), "{waiting}");
+    std::fs::remove_file(&filler).unwrap();
+    let snap = completed(&images, &task).await;
+    assert!(export_raw(&images, &snap.snapshot_id, &env.work.join("o.raw")) == data);
+    drop(images);
+}
