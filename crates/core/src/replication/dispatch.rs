@@ -63,7 +63,7 @@ impl Replication {
             )),
         };
         // Announce what the task changed without waiting for the next tick.
-        self.publish_outbox().await;
+        self.publish_after_task().await;
         if let Err(e) = &out {
             if e.error != task_errors::SNAPSHOTS_PENDING {
                 tracing::warn!(function, error = %e.error, cause = %e.cause, "replication task failed");

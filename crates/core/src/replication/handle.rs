@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::outbox::{Announcer, Outbox};
+use super::outbox::{Announcer, Outbox, Published, Publishing};
 use super::staging::StagingLocation;
 use crate::enums::WorkKind;
 use crate::error::DomainError;
@@ -36,6 +36,8 @@ pub struct ReplicationSettings {
     pub paused_job_lifetime: Duration,
     /// Delete a run's staged objects once its image is registered.
     pub delete_staged_after_import: bool,
+    /// Who announces the outbox's state changes.
+    pub publishing: Publishing,
 }
 
 impl Default for ReplicationSettings {
@@ -48,6 +50,7 @@ impl Default for ReplicationSettings {
             max_manifest_bytes: 1 << 20,
             paused_job_lifetime: Duration::from_secs(4 * 24 * 3600),
             delete_staged_after_import: true,
+            publishing: Publishing::Inline,
         }
     }
 }
@@ -108,9 +111,31 @@ impl Replication {
         &self.settings
     }
 
-    /// Publishes the outbox and deletes what the bus accepted. Failures stay for the next try.
+    /// Publishes the outbox and deletes what the bus accepted; failures stay for the next
+    /// try. With [`Publishing::Stream`], only the changes the stream consumer left behind
+    /// (older than its `sweep_after`).
     pub async fn publish_outbox(&self) {
-        self.outbox.publish().await
+        match self.settings.publishing {
+            Publishing::Inline => self.outbox.publish(None).await,
+            Publishing::Stream { sweep_after } => {
+                let before = self.service.now() - sweep_after;
+                self.outbox.publish(Some(before)).await
+            }
+        }
+    }
+
+    /// What a task does after its work: announces the changes it made at once when this
+    /// process publishes inline; a stream consumer announces them otherwise.
+    pub(super) async fn publish_after_task(&self) {
+        if self.settings.publishing == Publishing::Inline {
+            self.outbox.publish(None).await
+        }
+    }
+
+    /// Publishes the outbox changes `ids` (a change-stream consumer's batch), in order; see
+    /// [`Outbox::publish_ids`].
+    pub async fn publish_changes(&self, ids: &[String]) -> Vec<(String, Published)> {
+        self.outbox.publish_ids(ids).await
     }
 
     /// The job and its run `run_id`, which must be the job's run in progress.

@@ -54,7 +54,7 @@ pub mod work;
 pub use contract::{functions, task_errors, TaskError};
 pub use handle::{Replication, ReplicationSettings};
 pub use manifest::{InvalidManifest, Manifest, ManifestDisk};
-pub use outbox::{Announcer, BusAnnouncer, Outbox, StateChange};
+pub use outbox::{Announcer, BusAnnouncer, Outbox, Published, Publishing, StateChange};
 pub use scheduler::TickReport;
 pub use staging::{ObjectKind, StagedRun, StagingLocation};
 pub use upload::{ObjectCreated, Progress, UploadOutcome};

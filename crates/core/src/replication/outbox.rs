@@ -10,6 +10,7 @@
 //! transitions), so it uses only the store, the keys and the event shape.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -164,6 +165,31 @@ impl Announcer for BusAnnouncer {
     }
 }
 
+/// Who publishes the outbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Publishing {
+    /// The process that wrote a change publishes it right after (each task, each tick): one
+    /// machine, `tern serve`.
+    Inline,
+    /// A consumer of the store's change stream publishes each change as it is written (the AWS
+    /// deployment's `event-publisher` on the table's DynamoDB stream, through
+    /// [`Outbox::publish_ids`]); the scheduler's tick only sweeps up changes older than
+    /// `sweep_after`, which the stream consumer must have failed to publish. Nothing else
+    /// publishes, so a change is not announced twice by racing publishers.
+    Stream { sweep_after: Duration },
+}
+
+/// What [`Outbox::publish_ids`] did with one change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Published {
+    /// Announced now and removed from the outbox.
+    Announced,
+    /// No longer in the outbox: announced before (a re-delivered stream record).
+    AlreadyGone,
+    /// The bus refused it or was unreachable; it stays in the outbox.
+    Failed(String),
+}
+
 /// Publishes the outbox through an [`Announcer`].
 #[derive(Clone)]
 pub struct Outbox {
@@ -184,11 +210,14 @@ impl Outbox {
     }
 
     /// Publishes the outbox and deletes what the announcer accepted. Failures stay for the
-    /// next try.
-    pub async fn publish(&self) {
+    /// next try. With `written_before`, only changes made before that time.
+    pub async fn publish(&self, written_before: Option<OffsetDateTime>) {
         let _one_at_a_time = self.publishing.lock().await;
         let pending = match self.pending().await {
-            Ok(p) => p,
+            Ok(p) => match written_before {
+                Some(t) => p.into_iter().filter(|(c, _)| c.time < t).collect(),
+                None => p,
+            },
             Err(e) => {
                 tracing::warn!(error = %e, "could not read the event outbox");
                 return;
@@ -209,6 +238,55 @@ impl Outbox {
                 })
                 .await;
         }
+    }
+
+    /// Publishes the changes `ids`, in this order, as a change-stream consumer does: a change
+    /// no longer in the outbox was announced before and is not announced again. Returns one
+    /// outcome per id. Store failures reading a change are `Failed` too (the stream retries).
+    pub async fn publish_ids(&self, ids: &[String]) -> Vec<(String, Published)> {
+        let _one_at_a_time = self.publishing.lock().await;
+        let mut outcomes: Vec<(String, Published)> = Vec::with_capacity(ids.len());
+        let mut present = Vec::new();
+        for id in ids {
+            match self.store.get(&keys::outbox(id)).await {
+                Ok(None) => outcomes.push((id.clone(), Published::AlreadyGone)),
+                Ok(Some(item)) => match serde_json::from_value::<StateChange>(item.body) {
+                    Ok(change) => {
+                        present.push((change, item.version));
+                        outcomes.push((id.clone(), Published::Announced));
+                    }
+                    Err(e) => outcomes.push((
+                        id.clone(),
+                        Published::Failed(format!("outbox item {id} is corrupt: {e}")),
+                    )),
+                },
+                Err(e) => outcomes.push((id.clone(), Published::Failed(e.to_string()))),
+            }
+        }
+        if present.is_empty() {
+            return outcomes;
+        }
+        let changes: Vec<StateChange> = present.iter().map(|(c, _)| c.clone()).collect();
+        let accepted = self.announcer.announce(&changes).await;
+        for (change, version) in &present {
+            let outcome = if accepted.contains(&change.id) {
+                // A failed delete only means a later sweep announces it once more.
+                let _ = self
+                    .store
+                    .write(Write::Delete {
+                        key: keys::outbox(&change.id),
+                        expect: Expect::Version(*version),
+                    })
+                    .await;
+                Published::Announced
+            } else {
+                Published::Failed("the event bus did not accept the event".into())
+            };
+            if let Some(o) = outcomes.iter_mut().find(|(id, _)| *id == change.id) {
+                o.1 = outcome;
+            }
+        }
+        outcomes
     }
 
     /// Every change in the outbox, with the version it was read at.
@@ -237,5 +315,98 @@ impl Outbox {
                 None => return Ok(out),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::memory_store::MemoryStore;
+
+    /// Accepts every change except those whose id is in `refuse`; records what it saw.
+    #[derive(Default)]
+    struct Recording {
+        seen: Mutex<Vec<String>>,
+        refuse: Vec<String>,
+    }
+
+    #[async_trait::async_trait]
+    impl Announcer for Recording {
+        async fn announce(&self, changes: &[StateChange]) -> Vec<String> {
+            let mut seen = self.seen.lock().unwrap();
+            changes
+                .iter()
+                .inspect(|c| seen.push(c.id.clone()))
+                .filter(|c| !self.refuse.contains(&c.id))
+                .map(|c| c.id.clone())
+                .collect()
+        }
+    }
+
+    fn change(id: &str, minutes_ago: i64) -> StateChange {
+        StateChange {
+            id: id.into(),
+            job_id: "sms-job-1".into(),
+            run_id: None,
+            server_id: "s-1".into(),
+            state: JobEventState::Active,
+            ami_id: None,
+            stage: None,
+            status_message: None,
+            time: OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000)
+                - time::Duration::minutes(minutes_ago),
+        }
+    }
+
+    async fn outbox_with(
+        changes: &[StateChange],
+        refuse: &[&str],
+    ) -> (Outbox, Arc<Recording>, Arc<MemoryStore>) {
+        let store = Arc::new(MemoryStore::new());
+        for c in changes {
+            store.write(c.write().unwrap()).await.unwrap();
+        }
+        let rec = Arc::new(Recording {
+            seen: Mutex::default(),
+            refuse: refuse.iter().map(|s| s.to_string()).collect(),
+        });
+        (Outbox::new(store.clone(), rec.clone()), rec, store)
+    }
+
+    async fn left(store: &MemoryStore) -> Vec<String> {
+        let page = store.query(keys::OUTBOX, "", None, 100).await.unwrap();
+        page.items.into_iter().map(|i| i.key.sk).collect()
+    }
+
+    #[tokio::test]
+    async fn a_stream_batch_announces_each_change_once_even_when_delivered_again() {
+        let (outbox, rec, store) =
+            outbox_with(&[change("a", 0), change("b", 0), change("c", 0)], &["b"]).await;
+        let ids: Vec<String> = ["a", "b", "c", "gone"].map(String::from).to_vec();
+        let first = outbox.publish_ids(&ids).await;
+        assert_eq!(first[0], ("a".into(), Published::Announced));
+        assert!(matches!(&first[1], (id, Published::Failed(_)) if id == "b"));
+        assert_eq!(first[2], ("c".into(), Published::Announced));
+        assert_eq!(first[3], ("gone".into(), Published::AlreadyGone));
+        assert_eq!(left(&store).await, ["b"], "only the refused change stays");
+        // The whole batch delivered again: only the change that failed is announced again.
+        let again = outbox.publish_ids(&ids).await;
+        assert_eq!(again[0].1, Published::AlreadyGone);
+        assert!(matches!(again[1].1, Published::Failed(_)));
+        assert_eq!(again[2].1, Published::AlreadyGone);
+        assert_eq!(*rec.seen.lock().unwrap(), ["a", "b", "c", "b"]);
+    }
+
+    #[tokio::test]
+    async fn a_sweep_publishes_only_changes_written_before_its_cut_off() {
+        let (outbox, rec, store) = outbox_with(&[change("old", 10), change("new", 1)], &[]).await;
+        let cut_off = change("x", 5).time;
+        outbox.publish(Some(cut_off)).await;
+        assert_eq!(*rec.seen.lock().unwrap(), ["old"]);
+        assert_eq!(left(&store).await, ["new"]);
+        outbox.publish(None).await;
+        assert!(left(&store).await.is_empty());
     }
 }
