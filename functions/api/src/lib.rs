@@ -33,13 +33,7 @@ pub struct Config {
     pub connector_role_name: String,
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum ConfigError {
-    #[error("environment variable {0} is not set")]
-    Missing(&'static str),
-    #[error("environment variable {name} is invalid: {problem}")]
-    Invalid { name: &'static str, problem: String },
-}
+pub use tern_fn_common::{event_source, ConfigError};
 
 impl Config {
     pub const TABLE_NAME: &'static str = "TERN_TABLE_NAME";
@@ -81,26 +75,6 @@ impl Config {
             connector_role_name,
         })
     }
-}
-
-/// The `source` of the events this deployment emits: `event_source` (`TERN_EVENT_SOURCE`, the
-/// stack parameter `EventSource`), default `tern.sms`. EventBridge refuses PutEvents entries
-/// whose source starts with `aws.` unless AWS sends them, so such a value fails at start
-/// instead of failing every publication.
-pub fn event_source(config: &tern_core::Config) -> Result<String, ConfigError> {
-    let source = config
-        .event_source
-        .clone()
-        .unwrap_or_else(|| tern_core::events::DEFAULT_SOURCE.to_string());
-    if source.starts_with("aws.") {
-        return Err(ConfigError::Invalid {
-            name: "TERN_EVENT_SOURCE",
-            problem: format!(
-                "{source:?}: EventBridge refuses PutEvents with an aws. source from anyone but AWS; use e.g. tern.sms and match it in your rules"
-            ),
-        });
-    }
-    Ok(source)
 }
 
 /// Why a request was refused before reaching the API.
