@@ -3,6 +3,7 @@
 //! `cargo lambda invoke --data-file` uses).
 
 mod event_publisher;
+mod template;
 
 use std::path::PathBuf;
 use std::sync::Arc;

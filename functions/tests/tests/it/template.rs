@@ -1,0 +1,128 @@
+//! `template.yaml` as a deployment meets it, offline (`tests/template/check.py`): cfn-lint
+//! clean; transformed by samtranslator as `sam deploy` does; every substitution of the ASL
+//! resolved to the function running that task; every function given the environment its code
+//! reads; each function's IAM actions exactly the calls its code makes (declared below, next
+//! to the code they come from); and the transformed stack created in moto's CloudFormation.
+
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+
+use serde_json::json;
+use tern_core::replication::functions;
+use tern_fn_common::Settings;
+
+/// DynamoStore's calls (crates/aws/src/dynamodb.rs); every function uses the store.
+const TABLE: &[&str] = &[
+    "dynamodb:GetItem",
+    "dynamodb:Query",
+    "dynamodb:UpdateItem",
+    "dynamodb:DeleteItem",
+    "dynamodb:ConditionCheckItem",
+];
+
+/// The AWS calls each function's code makes beyond the table, by the core's use of its ports:
+/// Workflows (Step Functions), Staging (S3), EventBus (EventBridge) and Images (EC2, EBS).
+fn permissions() -> serde_json::Value {
+    fn with(extra: &[&'static str]) -> Vec<&'static str> {
+        let mut all: Vec<&'static str> = TABLE.to_vec();
+        all.extend_from_slice(extra);
+        all
+    }
+    json!({
+        // report_progress heartbeats the waiting task; work_failed fails it.
+        "ApiFunction": with(&["states:SendTaskHeartbeat", "states:SendTaskFailure"]),
+        "PrepareFunction": with(&[]),
+        // A manifest recorded before the token arrived is handed over at once.
+        "WaitForUploadFunction": with(&["states:SendTaskSuccess"]),
+        "ImportFunction": with(&["ec2:ImportSnapshot", "iam:PassRole", "s3:GetObject"]),
+        "ApplyDeltaFunction": with(&["ebs:StartSnapshot", "s3:GetObject"]),
+        "CheckSnapshotsFunction": with(&[
+            "ebs:CompleteSnapshot",
+            "ec2:DescribeImportSnapshotTasks",
+            "ec2:DescribeSnapshots",
+        ]),
+        "RegisterImageFunction": with(&["ec2:RegisterImage", "ec2:CreateTags", "ec2:DescribeImages"]),
+        "RetainFunction": with(&["ec2:DeregisterImage", "ec2:DeleteSnapshot"]),
+        // Staging's delete_prefix: list, delete, abort open multipart uploads.
+        "CompleteFunction": with(&[
+            "s3:ListBucket",
+            "s3:ListBucketMultipartUploads",
+            "s3:DeleteObject",
+            "s3:AbortMultipartUpload",
+        ]),
+        "RecordFailureFunction": with(&[]),
+        // The manifest is read (bounded) and the waiting execution resumed or failed.
+        "UploadCompleteFunction": with(&[
+            "s3:GetObject",
+            "states:SendTaskSuccess",
+            "states:SendTaskFailure",
+        ]),
+        // Starts executions, re-signals lost hand-overs (HEAD of the manifest), sweeps the
+        // outbox.
+        "SchedulerFunction": with(&[
+            "states:StartExecution",
+            "states:SendTaskSuccess",
+            "s3:GetObject",
+            "events:PutEvents",
+        ]),
+        "EventPublisherFunction": with(&["events:PutEvents"]),
+    })
+}
+
+#[test]
+fn the_template_is_wired_least_privilege_and_creates_in_moto() {
+    let have = |module: &str| {
+        Command::new("python3")
+            .args(["-c", &format!("import {module}")])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let lint = Command::new("cfn-lint").arg("--version").output().is_ok();
+    if !(lint && have("samtranslator") && have("moto")) {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "cfn-lint, aws-sam-translator and moto are needed and CI is set: .ci/run installs them"
+        );
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n*** SKIPPED: the template check needs cfn-lint, aws-sam-translator and moto (pip) ***\n"
+        );
+        return;
+    }
+    let substitutions: serde_json::Map<String, serde_json::Value> = functions::SUBSTITUTIONS
+        .iter()
+        .map(|(name, task)| (name.to_string(), json!(task)))
+        .collect();
+    let spec = json!({
+        "substitutions": substitutions,
+        "required_env": Settings::REQUIRED,
+        "task_env": tern_fn_tasks::TASK_FUNCTION,
+        "permissions": permissions(),
+    });
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    let mut child = Command::new("python3")
+        .arg(format!("{root}/tests/template/check.py"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(spec.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the template check found problems:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .filter(|l| !l.contains("moto") && !l.contains("parse_resource"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(stdout.contains("status CREATE_COMPLETE"), "{stdout}");
+}
