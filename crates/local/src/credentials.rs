@@ -51,6 +51,14 @@ impl fmt::Debug for Credentials {
 impl Credentials {
     /// A fresh random key pair: a 20-character access key id starting with `TERN` and a
     /// 40-character secret, the shapes AWS uses, so clients that check lengths accept them.
+    /// The pair as the SigV4 verifier takes it.
+    pub fn key_pair(&self) -> tern_sigv4::KeyPair {
+        tern_sigv4::KeyPair {
+            access_key_id: self.access_key_id.clone(),
+            secret_access_key: self.secret_access_key.clone(),
+        }
+    }
+
     pub fn generate() -> Self {
         const ID_ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
         const SECRET_ALPHABET: &[u8] =

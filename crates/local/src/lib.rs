@@ -28,7 +28,7 @@ pub mod pause;
 pub mod replication;
 pub mod s3;
 pub mod server;
-pub mod sigv4;
+pub use tern_sigv4 as sigv4;
 pub mod sqlite;
 
 pub use credentials::Credentials;

@@ -318,13 +318,13 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
         SERVICE,
         [
             (
-                keys.admin.clone(),
+                keys.admin.key_pair(),
                 Principal::Admin {
                     id: keys.admin.access_key_id.clone(),
                 },
             ),
             (
-                keys.connector.clone(),
+                keys.connector.key_pair(),
                 Principal::Connector {
                     id: keys.connector.access_key_id.clone(),
                 },

@@ -1,4 +1,5 @@
-//! SigV4 verification of incoming requests against the local key pairs.
+//! SigV4 verification of incoming requests: the one verifier `tern serve` (against its key
+//! file) and the `api` Lambda's `sms` route (against the Tern-issued keys in its table) share.
 //!
 //! The signature is recomputed with the `aws-sigv4` crate — the same canonical-request code the
 //! AWS SDK for Rust signs with — fed with exactly the headers the client listed in
@@ -13,12 +14,10 @@ use std::time::{Duration, SystemTime};
 
 use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
 use aws_sigv4::sign::v4;
-use axum::http::{HeaderMap, Method, Uri};
+use http::{HeaderMap, Method, Uri};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use time::{macros::format_description, OffsetDateTime, PrimitiveDateTime};
-
-use crate::credentials::Credentials;
 
 /// The only algorithm accepted (SigV4A is not).
 pub const ALGORITHM: &str = "AWS4-HMAC-SHA256";
@@ -149,6 +148,13 @@ impl<'a> Authorization<'a> {
     }
 }
 
+/// An access key pair.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyPair {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+}
+
 /// Verifies requests for one service and region against a fixed set of key pairs.
 pub struct Verifier<P> {
     region: String,
@@ -156,12 +162,25 @@ pub struct Verifier<P> {
     keys: HashMap<String, (String, P)>,
 }
 
+/// The access key id a request claims to be signed with (to look its secret up before
+/// [`Verifier::verify_with`]); the same errors as verification for a missing or malformed
+/// `Authorization` header.
+pub fn claimed_key(headers: &HeaderMap) -> Result<String, AuthError> {
+    let Some(header) = headers.get("authorization") else {
+        return Err(AuthError::Missing);
+    };
+    let header = header
+        .to_str()
+        .map_err(|_| AuthError::Incomplete("Authorization header is not valid ASCII.".into()))?;
+    Ok(Authorization::parse(header)?.access_key_id.to_owned())
+}
+
 impl<P: Clone> Verifier<P> {
     /// `keys`: each key pair and the principal it authenticates.
     pub fn new(
         region: impl Into<String>,
         service: impl Into<String>,
-        keys: impl IntoIterator<Item = (Credentials, P)>,
+        keys: impl IntoIterator<Item = (KeyPair, P)>,
     ) -> Self {
         Self {
             region: region.into(),
@@ -182,6 +201,22 @@ impl<P: Clone> Verifier<P> {
         body: &[u8],
         now: SystemTime,
     ) -> Result<P, AuthError> {
+        self.verify_with(method, uri, headers, body, now, |id| {
+            self.keys.get(id).cloned()
+        })
+    }
+
+    /// [`Verifier::verify`] with the key pairs held elsewhere: `lookup` gives the secret and
+    /// principal of an access key id (`None`: unknown, or revoked).
+    pub fn verify_with<Q>(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        body: &[u8],
+        now: SystemTime,
+        lookup: impl FnOnce(&str) -> Option<(String, Q)>,
+    ) -> Result<Q, AuthError> {
         let Some(header) = headers.get("authorization") else {
             return Err(AuthError::Missing);
         };
@@ -212,7 +247,7 @@ impl<P: Clone> Verifier<P> {
             }
         }
 
-        let Some((secret, principal)) = self.keys.get(auth.access_key_id) else {
+        let Some((secret, principal)) = lookup(auth.access_key_id) else {
             return Err(AuthError::UnknownKey);
         };
 
@@ -247,9 +282,9 @@ impl<P: Clone> Verifier<P> {
             }
         }
 
-        let expected = self.signature(method, uri, headers, body, &auth, signed_at, secret)?;
+        let expected = self.signature(method, uri, headers, body, &auth, signed_at, &secret)?;
         if bool::from(expected.as_bytes().ct_eq(auth.signature.as_bytes())) {
-            Ok(principal.clone())
+            Ok(principal)
         } else {
             Err(AuthError::mismatch())
         }
@@ -295,14 +330,9 @@ impl<P: Clone> Verifier<P> {
         )
         .map_err(|_| AuthError::mismatch())?;
 
-        let identity = aws_credential_types::Credentials::new(
-            auth.access_key_id,
-            secret,
-            None,
-            None,
-            "tern-local",
-        )
-        .into();
+        let identity =
+            aws_credential_types::Credentials::new(auth.access_key_id, secret, None, None, "tern")
+                .into();
         let mut settings = SigningSettings::default();
         // Sign exactly what the client listed: the default exclusions (user-agent, …) would
         // drop headers a client chose to sign.
@@ -356,7 +386,7 @@ fn check_skew(amz_date: &str, signed_at: SystemTime, now: SystemTime) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::http::HeaderValue;
+    use http::HeaderValue;
 
     // Vectors from the AWS SigV4 test suite (shipped with the aws-sigv4 crate as
     // aws-signing-test-suite/v4): an independent check that verification agrees with AWS's
@@ -370,7 +400,7 @@ mod tests {
             "us-east-1",
             "service",
             [(
-                Credentials {
+                KeyPair {
                     access_key_id: AKID.into(),
                     secret_access_key: SECRET.into(),
                 },
@@ -385,7 +415,7 @@ mod tests {
         h.insert("x-amz-date", HeaderValue::from_static(DATE));
         for (k, v) in extra {
             h.append(
-                axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
                 HeaderValue::from_str(v).unwrap(),
             );
         }
