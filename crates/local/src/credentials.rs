@@ -23,8 +23,6 @@ use std::fs;
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
 
-use rand::Rng;
-
 /// File name of the credentials file inside the data directory.
 pub const CREDENTIALS_FILE: &str = "credentials";
 /// Profile of the administrator keys.
@@ -60,18 +58,7 @@ impl Credentials {
     }
 
     pub fn generate() -> Self {
-        const ID_ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
-        const SECRET_ALPHABET: &[u8] =
-            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        // ThreadRng is a CSPRNG seeded from the operating system.
-        let mut rng = rand::rng();
-        let mut pick = |alphabet: &[u8], n: usize| -> String {
-            (0..n)
-                .map(|_| alphabet[rng.random_range(0..alphabet.len())] as char)
-                .collect()
-        };
-        let access_key_id = format!("TERN{}", pick(ID_ALPHABET, 16));
-        let secret_access_key = pick(SECRET_ALPHABET, 40);
+        let (access_key_id, secret_access_key) = tern_core::service::generate_pair();
         Self {
             access_key_id,
             secret_access_key,

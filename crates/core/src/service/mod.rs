@@ -6,6 +6,7 @@
 //! from the reads, at most `config.max_write_attempts` times, then answers
 //! [`DomainError::Contention`] (TemporarilyUnavailableException on the wire, which SDKs retry).
 
+mod access_keys;
 mod apps;
 mod catalog;
 mod connectors;
@@ -25,6 +26,7 @@ use crate::error::{DomainError, Result};
 use crate::store::{Expect, Key, RawItem, Store, Write};
 use crate::{Clock, Config, Ids};
 
+pub use access_keys::{generate_pair, AccessKey, KeyRole, ACCESS_KEY};
 pub use apps::{
     App, AppDetails, AppServerView, AppSummary, AppUpdate, GroupReplication, GroupReplicationView,
     NewApp, NewServerGroup, NewTag, ServerGroupView, ServerReplication,
