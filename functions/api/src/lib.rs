@@ -85,10 +85,21 @@ struct Refusal {
     message: String,
 }
 
+/// Verification for the signed API: clients that sign for service `sms` (unmodified SMS
+/// clients) cannot pass API Gateway's IAM authorizer, which accepts only `execute-api`
+/// signatures, so the stack gives them a second HTTP API without an authorizer
+/// (`SmsEndpoint`) and the function checks their signature itself against Tern-issued keys
+/// (`tern keys issue`), with the verifier `tern serve` uses.
+struct SignedRoute {
+    verifier: tern_sigv4::Verifier<()>,
+    keys: tern_core::Service,
+}
+
 /// The Lambda handler: one per execution environment, shared by every invocation.
 pub struct Handler {
     api: Api,
     connector_role_name: String,
+    signed: Option<SignedRoute>,
 }
 
 impl Handler {
@@ -96,7 +107,20 @@ impl Handler {
         Self {
             api,
             connector_role_name: connector_role_name.into(),
+            signed: None,
         }
+    }
+
+    /// Admits requests that arrive without an IAM identity (from the signed API) when they are
+    /// signed for service `sms` in `region` with a key that `keys` (the table's use cases)
+    /// holds and has not revoked. The IAM API never forwards a request without an identity,
+    /// so a request with one is always judged by that identity.
+    pub fn with_signed_route(mut self, keys: tern_core::Service, region: &str) -> Self {
+        self.signed = Some(SignedRoute {
+            verifier: tern_sigv4::Verifier::new(region, "sms", std::iter::empty()),
+            keys,
+        });
+        self
     }
 
     /// Handles one API Gateway request. Never fails: every problem becomes an awsJson error
@@ -116,7 +140,7 @@ impl Handler {
             .get("x-amz-target")
             .and_then(|v| v.to_str().ok());
 
-        let (response, kind) = match self.admit(&request, context) {
+        let (response, kind) = match self.admit(&request, context).await {
             Err(refusal) => (error(refusal), None),
             Ok(principal) => {
                 let kind = match principal {
@@ -139,7 +163,7 @@ impl Handler {
         to_http(response, &request_id)
     }
 
-    fn admit(
+    async fn admit(
         &self,
         request: &Request,
         context: Option<&ApiGatewayV2httpRequestContext>,
@@ -164,8 +188,50 @@ impl Handler {
                 ),
             });
         }
-        let context = context.ok_or_else(no_identity)?;
-        principal(context, &self.connector_role_name).ok_or_else(no_identity)
+        if let Some(p) = context.and_then(|c| principal(c, &self.connector_role_name)) {
+            return Ok(p);
+        }
+        match &self.signed {
+            Some(signed) => signed.verify(request).await,
+            None => Err(no_identity()),
+        }
+    }
+}
+
+impl SignedRoute {
+    /// The principal of a correctly signed request, or AWS's refusal (the same codes and
+    /// messages as `tern serve`: UnrecognizedClientException for an unknown or revoked key,
+    /// InvalidSignatureException for a wrong secret or an expired signature, …).
+    async fn verify(&self, request: &Request) -> Result<Principal, Refusal> {
+        let refuse = |e: tern_sigv4::AuthError| Refusal {
+            status: e.status(),
+            error_type: e.error_type(),
+            message: e.to_string(),
+        };
+        let id = tern_sigv4::claimed_key(request.headers()).map_err(refuse)?;
+        let key = self.keys.usable_access_key(&id).await.map_err(|e| {
+            tracing::error!(error = %e, "cannot read access keys");
+            Refusal {
+                status: 503,
+                error_type: "TemporarilyUnavailableException",
+                message: "Access keys cannot be read right now; retry".into(),
+            }
+        })?;
+        let role = self
+            .verifier
+            .verify_with(
+                request.method(),
+                request.uri(),
+                request.headers(),
+                request.body().as_ref(),
+                std::time::SystemTime::now(),
+                |_| key.map(|(secret, role)| (secret, role)),
+            )
+            .map_err(refuse)?;
+        Ok(match role {
+            tern_core::service::KeyRole::Admin => Principal::Admin { id },
+            tern_core::service::KeyRole::Connector => Principal::Connector { id },
+        })
     }
 }
 

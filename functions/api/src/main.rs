@@ -5,7 +5,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use tern_api::{Api, Deps};
-use tern_core::{RandomIds, SystemClock};
+use tern_core::{RandomIds, Service, SystemClock};
 use tern_fn_api::{Config, Handler};
 
 #[tokio::main]
@@ -19,14 +19,24 @@ async fn main() -> Result<(), lambda_http::Error> {
         .region(aws_config::Region::new(config.region.clone()))
         .load()
         .await;
-    let store = tern_aws::DynamoStore::new(aws_sdk_dynamodb::Client::new(&aws), &config.table_name);
+    let store = Arc::new(tern_aws::DynamoStore::new(
+        aws_sdk_dynamodb::Client::new(&aws),
+        &config.table_name,
+    ));
+    let keys = Service::new(
+        store.clone(),
+        Arc::new(SystemClock),
+        Arc::new(RandomIds),
+        limits.clone(),
+    );
     let api = Api::new(Deps {
-        store: Arc::new(store),
+        store,
         clock: Arc::new(SystemClock),
         ids: Arc::new(RandomIds),
         config: limits,
     });
-    let handler = &Handler::new(api, config.connector_role_name);
+    let handler =
+        &Handler::new(api, config.connector_role_name).with_signed_route(keys, &config.region);
     lambda_http::run(lambda_http::service_fn(move |request| async move {
         Ok::<_, Infallible>(handler.handle(request).await)
     }))

@@ -161,10 +161,10 @@ async fn every_sample_event_is_a_valid_api_gateway_v2_event() {
     assert!(count >= 7, "expected the sample events, found {count}");
 }
 
-/// `template.yaml` must give the function every variable its configuration requires, and its
-/// policy must not fall back to wildcards.
+/// `template.yaml` must give the function every variable its configuration requires (its
+/// permissions are checked exactly by functions/tests' template test).
 #[test]
-fn the_template_configures_the_function_and_grants_no_wildcards() {
+fn the_template_configures_the_function() {
     let template =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../template.yaml"))
             .unwrap();
@@ -176,18 +176,6 @@ fn the_template_configures_the_function_and_grants_no_wildcards() {
                 "template.yaml does not set {name}"
             );
         }
-    }
-    for line in template.lines().map(str::trim) {
-        if line.starts_with('#') {
-            continue;
-        }
-        assert!(
-            !line.contains("'*'")
-                && !line.contains("\"*\"")
-                && !line.ends_with(": *")
-                && !line.contains(":*"),
-            "wildcard in template.yaml: {line}"
-        );
     }
 }
 
