@@ -12,6 +12,8 @@ mod demo;
 mod disk;
 #[cfg(feature = "server")]
 mod images;
+#[cfg(feature = "aws")]
+mod keys;
 #[cfg(feature = "server")]
 mod serve;
 #[cfg(feature = "client")]
@@ -56,6 +58,11 @@ enum Command {
     /// Validate and run Amazon States Language state machines offline.
     #[command(subcommand)]
     States(states::StatesCommand),
+    /// Issue, rotate, revoke and list the access keys of an AWS deployment (for unmodified SMS
+    /// clients and connectors calling its SmsEndpoint).
+    #[cfg(feature = "aws")]
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
 }
 
 fn main() -> ExitCode {
@@ -73,6 +80,8 @@ fn main() -> ExitCode {
         #[cfg(feature = "server")]
         Command::Images(cmd) => images::run(cmd),
         Command::States(cmd) => states::run(cmd),
+        #[cfg(feature = "aws")]
+        Command::Keys(cmd) => keys::run(cmd),
     };
     match result {
         Ok(code) => code,
