@@ -225,7 +225,7 @@ impl SignedRoute {
                 request.headers(),
                 request.body().as_ref(),
                 std::time::SystemTime::now(),
-                |_| key.map(|(secret, role)| (secret, role)),
+                |_| key,
             )
             .map_err(refuse)?;
         Ok(match role {
