@@ -4,6 +4,8 @@
 
 // `tern demo`, the same walk-through packed into one command.
 mod demo;
+// `tern sms` with the AWS CLI's habits: output formats, --query, pagination, input JSON, exit codes.
+mod habits;
 
 use std::path::Path;
 use std::process::Output;
