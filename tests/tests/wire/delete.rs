@@ -13,8 +13,8 @@ use tern_local::images::ImageCatalog;
 use tern_test_support::poll::until_async;
 
 use super::replication::{
-    clock_secs, create_job_at, events, inventory, lab_on, manual_clock, poll_replicate, runs_of,
-    state_changes, wait_done, Rng,
+    clock_secs, create_job_at, events, inventory, lab_on, manual_clock, poll_replicate, run_state,
+    runs_of, state_changes, upload, wait_done, Rng,
 };
 
 /// Objects and open multipart uploads under `prefix` in the staging bucket, as S3 lists them.
@@ -288,4 +288,71 @@ async fn the_scheduler_sweep_finishes_a_teardown_the_delete_did_not_do() {
     clock.advance(Config::default().work_lease + Duration::from_secs(1));
     assert_eq!(s.tick().await.teardowns_finished, 1);
     assert_eq!(s.tick().await.teardowns_finished, 0, "done once");
+}
+
+/// Deleted while its snapshots are being made: the import task started for the run ends, and
+/// the sweep deletes the snapshot it made; no image is registered. The engine runs on a clock
+/// this test does not move, so the run's WaitForSnapshots does not poll again after its first
+/// look, and only the teardown can act on the finished task.
+#[tokio::test]
+async fn a_job_deleted_during_its_import_leaves_no_snapshot() {
+    let clock = manual_clock();
+    let lab =
+        lab_on(TestServer::start_with_clock(Config::default(), Some(clock.clone())).await).await;
+    let s = &lab.server;
+    // 48 MiB of random data: an import that takes long enough to be met in progress.
+    let mut data = vec![0u8; 48 << 20];
+    Rng(31).fill(&mut data);
+    std::fs::write(&lab.disk, &data).unwrap();
+    let job_id = create_job_at(&lab, 0, clock_secs(&clock), 12).await;
+    let up = poll_replicate(s, &lab.connector_id).await;
+    upload(s, &up, &lab.disk, None, None).await;
+    // "Converting" is set once the run's import tasks are recorded on it.
+    let converting = until_async(
+        Duration::from_secs(30),
+        Duration::from_millis(20),
+        || async {
+            s.tick().await;
+            let (state, message, _) = run_state(s, &job_id, &up.run_id).await;
+            assert_ne!(
+                state,
+                ReplicationRunState::Completed,
+                "finished before the delete"
+            );
+            message
+                .is_some_and(|m| m.starts_with("Converting"))
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(converting.is_some(), "the import never started");
+
+    s.client
+        .delete_replication_job()
+        .replication_job_id(&job_id)
+        .send()
+        .await
+        .unwrap();
+    let runtime = s.running_server().replication().unwrap();
+    let images = runtime.images().clone();
+    tokio::task::spawn_blocking(move || images.wait_for_tasks())
+        .await
+        .unwrap();
+    s.tick().await;
+
+    let catalog = ImageCatalog::open(s.data_dir()).unwrap();
+    assert_eq!(catalog.list_snapshot_ids().unwrap(), Vec::<String>::new());
+    assert!(catalog.list_images().unwrap().is_empty());
+    let execution = runtime
+        .engine()
+        .list_executions(None, None)
+        .into_iter()
+        .find(|e| e.name == up.run_id)
+        .expect("the run's execution");
+    assert_eq!(execution.status.as_str(), "ABORTED", "{execution:?}");
+    // Moving the clock lets nothing of the run go on; the teardown ends after the work lease.
+    clock.advance(Config::default().work_lease + Duration::from_secs(1));
+    assert_eq!(s.tick().await.teardowns_finished, 1);
+    assert!(catalog.list_images().unwrap().is_empty());
+    assert_eq!(state_changes(s, &up.run_id, "Completed"), 0);
 }

@@ -146,7 +146,7 @@ async fn put(server: &TestServer, key: &str, body: Vec<u8>) {
 
 /// Uploads the disk as the run asks (seed VMDK, or the delta against `map`), then the manifest;
 /// returns the new block map and the bytes uploaded (objects and manifest).
-async fn upload(
+pub(super) async fn upload(
     server: &TestServer,
     up: &Upload,
     disk: &Path,
@@ -242,7 +242,7 @@ async fn report_error(server: &TestServer, up: &Upload, message: &str) {
     assert_eq!(out.status, 200, "ReportError: {:?}", out.json());
 }
 
-async fn run_state(
+pub(super) async fn run_state(
     server: &TestServer,
     job_id: &str,
     run_id: &str,
@@ -374,7 +374,7 @@ pub(super) struct Lab {
     pub(super) server: TestServer,
     agent: tern_connector::Agent,
     pub(super) connector_id: String,
-    disk: PathBuf,
+    pub(super) disk: PathBuf,
     server_id: String,
 }
 
