@@ -148,8 +148,9 @@ pub fn prepare(args: Vec<OsString>, root: &clap::Command) -> Prepared {
     if let Some((_, _, which)) = take("generate-cli-skeleton") {
         return match which.as_deref().unwrap_or("input") {
             "input" => {
-                let out = serde_json::to_string_pretty(&skeleton(sub)).expect("JSON prints");
-                println!("{out}");
+                let out = super::output::render(super::output::Format::Json, "", &skeleton(sub))
+                    .expect("JSON prints");
+                print!("{out}");
                 Prepared::Exit(ExitCode::SUCCESS)
             }
             other => usage(&format!(
