@@ -307,26 +307,27 @@ impl Worker {
                 withdrawn_seen || self.withdrawn(connector_id, work_id, last.as_ref()).await
             }
         };
-        match result {
-            _ if withdrawn => {
-                // Withdrawn, not interrupted: the upload is not to be resumed or finished.
-                match replicate::abandon_run(&work, &self.ctx).await {
-                    Ok(aborted) => {
-                        tracing::info!(work_id, run_id = %work.run_id, aborted, "multipart uploads of the withdrawn run aborted")
-                    }
-                    Err(e) => {
-                        tracing::warn!(work_id, run_id = %work.run_id, error = %e, "could not abandon the withdrawn run's uploads")
-                    }
+        if withdrawn {
+            // Withdrawn, not interrupted: the upload is not to be resumed or finished.
+            match replicate::abandon_run(&work, &self.ctx).await {
+                Ok(aborted) => {
+                    tracing::info!(work_id, run_id = %work.run_id, aborted, "multipart uploads of the withdrawn run aborted")
                 }
-                Ok(Uploaded::Cancelled)
+                Err(e) => {
+                    tracing::warn!(work_id, run_id = %work.run_id, error = %e, "could not abandon the withdrawn run's uploads")
+                }
             }
+            return Ok(Uploaded::Cancelled);
+        }
+        match result {
+            // Stopped by the reporter: withdrawn, handled above.
+            None => Ok(Uploaded::Cancelled),
             Some(Ok(outcome)) => {
                 tracing::info!(work_id, manifest = %outcome.manifest_key, "run uploaded");
                 Ok(Uploaded::Done)
             }
             Some(Err(ReplicateError::AlreadyCommitted { .. })) => Ok(Uploaded::AlreadyCommitted),
             Some(Err(e)) => Err(advise_run(&e, Some(&work), original)),
-            None => unreachable!("a withdrawn run is handled above"),
         }
     }
 
