@@ -387,8 +387,16 @@ impl Api {
             }
             "DeleteReplicationJob" => {
                 let req: ReplicationJobIdRequest = decode(input)?;
-                svc.delete_job(req.replication_job_id.as_deref().unwrap_or_default())
-                    .await?;
+                let id = req.replication_job_id.as_deref().unwrap_or_default();
+                svc.delete_job(id).await?;
+                if let Some(replication) = self.replication.get() {
+                    // The delete is recorded; what is left of its run in progress (execution,
+                    // staged objects, image tasks) goes now, or on the scheduler's sweep when a
+                    // dependency fails, so the caller is not answered with an error for it.
+                    if let Err(e) = replication.tear_down_job(id).await {
+                        tracing::warn!(replication_job_id = id, error = %e, "teardown of the deleted job's run is left to the scheduler");
+                    }
+                }
                 encode(&EmptyResponse {})
             }
             "StartOnDemandReplicationRun" => {

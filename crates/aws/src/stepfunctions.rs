@@ -4,6 +4,7 @@
 //! | port | Step Functions | errors |
 //! |---|---|---|
 //! | `start_execution` | StartExecution (idempotent by name and input for 90 days) | `ExecutionAlreadyExists` → `AlreadyExists`; `StateMachineDoesNotExist` → `NoSuchMachine` |
+//! | `stop_execution` | StopExecution on the execution's ARN (derived from the machine's) | `ExecutionDoesNotExist` → success (nothing to stop) |
 //! | `send_task_success` / `_failure` / `_heartbeat` | SendTaskSuccess / SendTaskFailure / SendTaskHeartbeat | `TaskDoesNotExist`, `TaskTimedOut`, `InvalidToken` → `TaskGone` |
 //!
 //! Throttling, timeouts, dropped connections and 5xx answers are `Transient` everywhere; the
@@ -17,11 +18,12 @@ use aws_sdk_sfn::operation::send_task_failure::SendTaskFailureError;
 use aws_sdk_sfn::operation::send_task_heartbeat::SendTaskHeartbeatError;
 use aws_sdk_sfn::operation::send_task_success::SendTaskSuccessError;
 use aws_sdk_sfn::operation::start_execution::StartExecutionError;
+use aws_sdk_sfn::operation::stop_execution::StopExecutionError;
 use aws_sdk_sfn::Client;
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
 use serde_json::Value;
-use tern_core::workflows::{WorkflowError, Workflows};
+use tern_core::workflows::{execution_arn, WorkflowError, Workflows};
 
 use crate::sdk::{classify, Failure};
 
@@ -159,6 +161,42 @@ impl Workflows for StepFunctions {
                     _ => Meaning::Other,
                 })
             })
+    }
+
+    async fn stop_execution(
+        &self,
+        machine: &str,
+        name: &str,
+        cause: &str,
+    ) -> Result<(), WorkflowError> {
+        let machine_arn = self
+            .machines
+            .get(machine)
+            .ok_or_else(|| WorkflowError::NoSuchMachine(machine.to_owned()))?;
+        let arn = execution_arn(machine_arn, name).ok_or_else(|| {
+            WorkflowError::internal(format!("{machine_arn} is not a state machine ARN"))
+        })?;
+        let stopped = self
+            .client
+            .stop_execution()
+            .execution_arn(arn)
+            .error("Tern.Stopped")
+            .cause(clip(cause, 32_768))
+            .send()
+            .await;
+        match stopped {
+            Ok(_) => Ok(()),
+            // Never started (the run was deleted before its execution began): nothing to stop.
+            Err(e)
+                if matches!(
+                    e.as_service_error(),
+                    Some(StopExecutionError::ExecutionDoesNotExist(_))
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(workflow_error("StopExecution", &e, |_| Meaning::Other)),
+        }
     }
 }
 

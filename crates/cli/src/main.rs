@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 #[cfg(feature = "server")]
 mod connector;
@@ -66,7 +66,26 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // `tern sms` takes an operation's options from --cli-input-json, and prints skeletons,
+    // before its command line is parsed.
+    #[cfg(feature = "client")]
+    let args = match sms::prepare(args, &Cli::command()) {
+        sms::Prepared::Args(args) => args,
+        sms::Prepared::Exit(code) => return code,
+    };
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // The AWS CLI's status for a refused command line is 252; clap's own elsewhere.
+            #[cfg(feature = "client")]
+            if e.use_stderr() && args.get(1).is_some_and(|a| a == "sms") {
+                return ExitCode::from(sms::USAGE_EXIT);
+            }
+            return ExitCode::from(e.exit_code() as u8);
+        }
+    };
     let result = match cli.command {
         #[cfg(feature = "server")]
         Command::Serve(args) => serve::run(args),

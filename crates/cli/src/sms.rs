@@ -1,27 +1,42 @@
-//! `tern sms <operation>`: a client of the SMS-compatible API built on the `aws-sdk-sms` crate.
+//! `tern sms <operation>`: a client of the SMS-compatible API built on the `aws-sdk-sms` crate,
+//! with the AWS CLI's habits, so existing scripts only change the program name:
 //!
-//! Option names follow the AWS CLI (`aws sms ...`), so existing scripts only change the program
-//! name. Endpoint, region and credentials come from the usual AWS settings (`AWS_ENDPOINT_URL`,
-//! `AWS_REGION`, `AWS_PROFILE`, `AWS_SHARED_CREDENTIALS_FILE`, `~/.aws/config`, ...), and
-//! `--endpoint-url`, `--region`, `--profile` override them. Output is the operation's response as
-//! JSON with the SMS wire member names (camelCase, timestamps in epoch seconds). A service error
-//! prints its SMS error code and message on stderr and exits with status 254, like the AWS CLI.
+//! * option names of `aws sms`, plus `--cli-input-json` / `--generate-cli-skeleton`
+//!   ([`input`]);
+//! * endpoint, region and credentials from the usual AWS settings (`AWS_ENDPOINT_URL_SMS`,
+//!   `AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_PROFILE`, `AWS_SHARED_CREDENTIALS_FILE`,
+//!   `~/.aws/config`, ...), overridden by `--endpoint-url`, `--region`, `--profile`;
+//! * automatic pagination of the listing operations, `--starting-token`, `--max-items`,
+//!   `--page-size`, `--no-paginate`, then `--query` (JMESPath) and `--output json|text|table`
+//!   ([`output`]); JSON has the SMS wire member names (camelCase, epoch-second timestamps);
+//! * exit status 0 on success, 254 when the service answered an error (printed as
+//!   `An error occurred (CODE) when calling the OPERATION operation: MESSAGE`), 255 for other
+//!   failures (no connection, no region, a bad `--starting-token`), 252 for a command line
+//!   refused before any call.
 
 mod apps;
+mod input;
+mod output;
+mod render;
 
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use aws_sdk_sms::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use aws_sdk_sms::types::{
-    Connector, LicenseType, ReplicationJob, ReplicationRun, Server, VmServer, VmServerAddress,
-};
+use aws_sdk_sms::types::{LicenseType, VmServerAddress};
 use aws_sdk_sms::Client;
 use aws_smithy_types::DateTime;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
+
+pub use input::USAGE_EXIT;
+pub use input::{prepare, Prepared};
+use output::{paginate, Format, Page};
+pub(crate) use render::{connector_json, job_json, put, run_json, server_json, time_json};
 
 /// Exit status for an error answered by the service (the AWS CLI uses the same number).
 const SERVICE_ERROR_EXIT: u8 = 254;
+/// Exit status for any other failure (the AWS CLI's).
+const CLIENT_ERROR_EXIT: u8 = 255;
 
 /// Settings every operation accepts, as in the AWS CLI.
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -36,21 +51,43 @@ pub struct Global {
     /// Named profile from the shared config and credentials files (default: AWS_PROFILE).
     #[arg(long)]
     profile: Option<String>,
+    /// Output format (default: AWS_DEFAULT_OUTPUT, else json).
+    #[arg(long, value_enum, env = "AWS_DEFAULT_OUTPUT", default_value = "json")]
+    output: Format,
+    /// A JMESPath query applied to the answer, e.g. `replicationJobList[].replicationJobId`.
+    #[arg(long, value_name = "JMESPATH")]
+    query: Option<String>,
+    /// The operation's input as JSON (inline or file://PATH), as --generate-cli-skeleton
+    /// prints it; options on the command line win.
+    #[arg(long, value_name = "JSON")]
+    cli_input_json: Option<String>,
+    /// Print the operation's input as JSON with empty values, and call nothing.
+    #[arg(long, value_name = "input", num_args = 0..=1, default_missing_value = "input")]
+    generate_cli_skeleton: Option<String>,
 }
 
-/// Page controls of the paginated operations. Without `--next-token`/`--max-results` every page
-/// is fetched and the lists are joined, as the AWS CLI does.
+/// Page controls of the listing operations. By default every page is fetched and the lists
+/// are joined, as the AWS CLI does.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct Paging {
-    /// Continue a listing where a previous page ended (fetches one page only).
+    /// The API's own token: fetch the one page after it (no automatic pagination).
     #[arg(long)]
     next_token: Option<String>,
-    /// Largest number of items per page (fetches one page only).
+    /// The API's own page size: fetch one page of at most this many (no automatic pagination).
     #[arg(long)]
     max_results: Option<i32>,
-    /// Fetch only the first page.
+    /// Fetch only the first page; its nextToken is printed.
     #[arg(long)]
     no_paginate: bool,
+    /// Continue from the NextToken a previous --max-items output printed.
+    #[arg(long)]
+    starting_token: Option<String>,
+    /// Print at most this many items in all, and a NextToken when there are more.
+    #[arg(long)]
+    max_items: Option<usize>,
+    /// Items asked for per call while paginating (every item is still fetched).
+    #[arg(long)]
+    page_size: Option<i32>,
 }
 
 impl Paging {
@@ -215,6 +252,18 @@ impl SmsCommand {
         }
     }
 
+    /// The page controls of a listing operation.
+    fn paging(&self) -> Option<&Paging> {
+        match self {
+            SmsCommand::GetConnectors { paging, .. }
+            | SmsCommand::GetServers { paging, .. }
+            | SmsCommand::GetReplicationJobs { paging, .. }
+            | SmsCommand::GetReplicationRuns { paging, .. } => Some(paging),
+            SmsCommand::Apps(cmd) => cmd.paging(),
+            _ => None,
+        }
+    }
+
     /// The API operation name, for error messages.
     fn operation(&self) -> &'static str {
         match self {
@@ -237,7 +286,12 @@ impl SmsCommand {
 /// Why an operation failed: answered by the service (code + message), or not (transport,
 /// configuration, bad input).
 enum Failure {
-    Service { code: String, message: String },
+    Service {
+        code: String,
+        message: String,
+    },
+    /// Refused before any call (conflicting options).
+    Usage(anyhow::Error),
     Other(anyhow::Error),
 }
 
@@ -269,19 +323,37 @@ pub fn run(cmd: SmsCommand) -> anyhow::Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     let operation = cmd.operation();
-    match runtime.block_on(execute(cmd)) {
-        Ok(Some(output)) => {
-            println!("{}", serde_json::to_string_pretty(&output)?);
-            Ok(ExitCode::SUCCESS)
+    let global = cmd.global().clone();
+    let printed = match runtime.block_on(execute(cmd)) {
+        Ok(None) => Ok(String::new()),
+        Ok(Some(answer)) => {
+            let answer = match &global.query {
+                Some(q) => output::query(q, &answer),
+                None => Ok(answer),
+            };
+            answer.and_then(|a| output::render(global.output, operation, &a))
         }
-        Ok(None) => Ok(ExitCode::SUCCESS),
         Err(Failure::Service { code, message }) => {
             eprintln!(
-                "An error occurred ({code}) when calling the {operation} operation: {message}"
+                "\nAn error occurred ({code}) when calling the {operation} operation: {message}"
             );
-            Ok(ExitCode::from(SERVICE_ERROR_EXIT))
+            return Ok(ExitCode::from(SERVICE_ERROR_EXIT));
+        }
+        Err(Failure::Usage(err)) => {
+            eprintln!("\n{err:#}\n");
+            return Ok(ExitCode::from(USAGE_EXIT));
         }
         Err(Failure::Other(err)) => Err(err.context(format!("calling {operation}"))),
+    };
+    match printed {
+        Ok(text) => {
+            print!("{text}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(err) => {
+            eprintln!("\n{err:#}\n");
+            Ok(ExitCode::from(CLIENT_ERROR_EXIT))
+        }
     }
 }
 
@@ -305,30 +377,35 @@ async fn client(global: &Global) -> anyhow::Result<Client> {
 
 /// Runs the operation; `None` means an output without members (nothing is printed, as in the AWS CLI).
 async fn execute(cmd: SmsCommand) -> Result<Option<Value>, Failure> {
+    if let Some(paging) = cmd.paging() {
+        output::check_paging(paging).map_err(Failure::Usage)?;
+    }
+    if let Some(q) = &cmd.global().query {
+        output::check_query(q).map_err(Failure::Usage)?;
+    }
     let client = client(cmd.global()).await?;
     let output = match cmd {
-        SmsCommand::GetConnectors { paging, .. } => {
-            let request = client
-                .get_connectors()
-                .set_next_token(paging.next_token.clone())
-                .set_max_results(paging.max_results);
-            let mut list = Vec::new();
-            let mut next_token = None;
-            if paging.single_page() {
-                let page = request.send().await?;
-                list.extend(page.connector_list().iter().map(connector_json));
-                next_token = page.next_token().map(str::to_owned);
-            } else {
-                let mut pages = request.into_paginator().send();
-                while let Some(page) = pages.next().await {
-                    list.extend(page?.connector_list().iter().map(connector_json));
+        SmsCommand::GetConnectors { paging, .. } => Some(
+            paginate(&paging, "connectorList", |token, max| {
+                let request = client
+                    .get_connectors()
+                    .set_next_token(token)
+                    .set_max_results(max);
+                async move {
+                    let page = request.send().await?;
+                    let mut members = Map::new();
+                    members.insert(
+                        "connectorList".into(),
+                        page.connector_list().iter().map(connector_json).collect(),
+                    );
+                    Ok(Page {
+                        members,
+                        next_token: page.next_token().map(str::to_owned),
+                    })
                 }
-            }
-            let mut out = Map::new();
-            out.insert("connectorList".into(), Value::Array(list));
-            put(&mut out, "nextToken", next_token.map(Value::String));
-            Some(Value::Object(out))
-        }
+            })
+            .await?,
+        ),
         SmsCommand::DisassociateConnector { connector_id, .. } => {
             client
                 .disassociate_connector()
@@ -351,45 +428,38 @@ async fn execute(cmd: SmsCommand) -> Result<Option<Value>, Failure> {
             } else {
                 Some(parse_addresses(&vm_server_address_list)?)
             };
-            let request = client
-                .get_servers()
-                .set_next_token(paging.next_token.clone())
-                .set_max_results(paging.max_results)
-                .set_vm_server_address_list(addresses);
-            let mut out = Map::new();
-            let mut list = Vec::new();
-            let mut next_token = None;
-            let mut first = true;
-            let mut pages = Vec::new();
-            if paging.single_page() {
-                let page = request.send().await?;
-                next_token = page.next_token().map(str::to_owned);
-                pages.push(page);
-            } else {
-                let mut stream = request.into_paginator().send();
-                while let Some(page) = stream.next().await {
-                    pages.push(page?);
-                }
-            }
-            for page in &pages {
-                if first {
-                    put(
-                        &mut out,
-                        "lastModifiedOn",
-                        page.last_modified_on().map(time_json),
-                    );
-                    put(
-                        &mut out,
-                        "serverCatalogStatus",
-                        page.server_catalog_status().map(|s| s.as_str().into()),
-                    );
-                    first = false;
-                }
-                list.extend(page.server_list().iter().map(server_json));
-            }
-            out.insert("serverList".into(), Value::Array(list));
-            put(&mut out, "nextToken", next_token.map(Value::String));
-            Some(Value::Object(out))
+            Some(
+                paginate(&paging, "serverList", |token, max| {
+                    let request = client
+                        .get_servers()
+                        .set_next_token(token)
+                        .set_max_results(max)
+                        .set_vm_server_address_list(addresses.clone());
+                    async move {
+                        let page = request.send().await?;
+                        let mut members = Map::new();
+                        put(
+                            &mut members,
+                            "lastModifiedOn",
+                            page.last_modified_on().map(time_json),
+                        );
+                        put(
+                            &mut members,
+                            "serverCatalogStatus",
+                            page.server_catalog_status().map(|s| s.as_str().into()),
+                        );
+                        members.insert(
+                            "serverList".into(),
+                            page.server_list().iter().map(server_json).collect(),
+                        );
+                        Ok(Page {
+                            members,
+                            next_token: page.next_token().map(str::to_owned),
+                        })
+                    }
+                })
+                .await?,
+            )
         }
         SmsCommand::DeleteServerCatalog { .. } => {
             client.delete_server_catalog().send().await?;
@@ -429,29 +499,28 @@ async fn execute(cmd: SmsCommand) -> Result<Option<Value>, Failure> {
             replication_job_id,
             paging,
             ..
-        } => {
-            let request = client
-                .get_replication_jobs()
-                .set_replication_job_id(replication_job_id)
-                .set_next_token(paging.next_token.clone())
-                .set_max_results(paging.max_results);
-            let mut list = Vec::new();
-            let mut next_token = None;
-            if paging.single_page() {
-                let page = request.send().await?;
-                list.extend(page.replication_job_list().iter().map(job_json));
-                next_token = page.next_token().map(str::to_owned);
-            } else {
-                let mut pages = request.into_paginator().send();
-                while let Some(page) = pages.next().await {
-                    list.extend(page?.replication_job_list().iter().map(job_json));
+        } => Some(
+            paginate(&paging, "replicationJobList", |token, max| {
+                let request = client
+                    .get_replication_jobs()
+                    .set_replication_job_id(replication_job_id.clone())
+                    .set_next_token(token)
+                    .set_max_results(max);
+                async move {
+                    let page = request.send().await?;
+                    let mut members = Map::new();
+                    members.insert(
+                        "replicationJobList".into(),
+                        page.replication_job_list().iter().map(job_json).collect(),
+                    );
+                    Ok(Page {
+                        members,
+                        next_token: page.next_token().map(str::to_owned),
+                    })
                 }
-            }
-            let mut out = Map::new();
-            out.insert("replicationJobList".into(), Value::Array(list));
-            put(&mut out, "nextToken", next_token.map(Value::String));
-            Some(Value::Object(out))
-        }
+            })
+            .await?,
+        ),
         SmsCommand::UpdateReplicationJob {
             replication_job_id,
             next_replication_run_start_time,
@@ -507,35 +576,34 @@ async fn execute(cmd: SmsCommand) -> Result<Option<Value>, Failure> {
             paging,
             ..
         } => {
-            let request = client
-                .get_replication_runs()
-                .replication_job_id(replication_job_id)
-                .set_next_token(paging.next_token.clone())
-                .set_max_results(paging.max_results);
-            let mut out = Map::new();
-            let mut list = Vec::new();
-            let mut next_token = None;
-            let mut pages = Vec::new();
-            if paging.single_page() {
-                let page = request.send().await?;
-                next_token = page.next_token().map(str::to_owned);
-                pages.push(page);
-            } else {
-                let mut stream = request.into_paginator().send();
-                while let Some(page) = stream.next().await {
-                    pages.push(page?);
-                }
-            }
-            // Every page repeats the job; the first one is as current as any.
-            if let Some(job) = pages.first().and_then(|p| p.replication_job()) {
-                out.insert("replicationJob".into(), job_json(job));
-            }
-            for page in &pages {
-                list.extend(page.replication_run_list().iter().map(run_json));
-            }
-            out.insert("replicationRunList".into(), Value::Array(list));
-            put(&mut out, "nextToken", next_token.map(Value::String));
-            Some(Value::Object(out))
+            Some(
+                paginate(&paging, "replicationRunList", |token, max| {
+                    let request = client
+                        .get_replication_runs()
+                        .replication_job_id(replication_job_id.clone())
+                        .set_next_token(token)
+                        .set_max_results(max);
+                    async move {
+                        let page = request.send().await?;
+                        let mut members = Map::new();
+                        // Every page repeats the job; the first one is as current as any.
+                        put(
+                            &mut members,
+                            "replicationJob",
+                            page.replication_job().map(job_json),
+                        );
+                        members.insert(
+                            "replicationRunList".into(),
+                            page.replication_run_list().iter().map(run_json).collect(),
+                        );
+                        Ok(Page {
+                            members,
+                            next_token: page.next_token().map(str::to_owned),
+                        })
+                    }
+                })
+                .await?,
+            )
         }
         SmsCommand::Apps(cmd) => apps::execute(&client, cmd).await?,
     };
@@ -640,190 +708,12 @@ fn parse_addresses(values: &[String]) -> anyhow::Result<Vec<VmServerAddress>> {
     Ok(out)
 }
 
-fn put(map: &mut Map<String, Value>, key: &str, value: Option<Value>) {
-    if let Some(value) = value {
-        map.insert(key.to_owned(), value);
-    }
-}
-
-/// Epoch seconds as the wire carries them: an integer when whole, else a fraction.
-pub(crate) fn time_json(t: &DateTime) -> Value {
-    if t.subsec_nanos() == 0 {
-        json!(t.secs())
-    } else {
-        json!(t.as_secs_f64())
-    }
-}
-
-fn connector_json(c: &Connector) -> Value {
-    let mut m = Map::new();
-    put(&mut m, "connectorId", c.connector_id().map(Value::from));
-    put(&mut m, "version", c.version().map(Value::from));
-    put(&mut m, "status", c.status().map(|v| v.as_str().into()));
-    put(
-        &mut m,
-        "capabilityList",
-        c.capability_list
-            .as_ref()
-            .map(|l| l.iter().map(|v| Value::from(v.as_str())).collect()),
-    );
-    put(
-        &mut m,
-        "vmManagerName",
-        c.vm_manager_name().map(Value::from),
-    );
-    put(
-        &mut m,
-        "vmManagerType",
-        c.vm_manager_type().map(|v| v.as_str().into()),
-    );
-    put(&mut m, "vmManagerId", c.vm_manager_id().map(Value::from));
-    put(&mut m, "ipAddress", c.ip_address().map(Value::from));
-    put(&mut m, "macAddress", c.mac_address().map(Value::from));
-    put(&mut m, "associatedOn", c.associated_on().map(time_json));
-    Value::Object(m)
-}
-
-fn address_json(a: &VmServerAddress) -> Value {
-    let mut m = Map::new();
-    put(&mut m, "vmManagerId", a.vm_manager_id().map(Value::from));
-    put(&mut m, "vmId", a.vm_id().map(Value::from));
-    Value::Object(m)
-}
-
-fn vm_server_json(v: &VmServer) -> Value {
-    let mut m = Map::new();
-    put(
-        &mut m,
-        "vmServerAddress",
-        v.vm_server_address().map(address_json),
-    );
-    put(&mut m, "vmName", v.vm_name().map(Value::from));
-    put(
-        &mut m,
-        "vmManagerName",
-        v.vm_manager_name().map(Value::from),
-    );
-    put(
-        &mut m,
-        "vmManagerType",
-        v.vm_manager_type().map(|t| t.as_str().into()),
-    );
-    put(&mut m, "vmPath", v.vm_path().map(Value::from));
-    Value::Object(m)
-}
-
-fn server_json(s: &Server) -> Value {
-    let mut m = Map::new();
-    put(&mut m, "serverId", s.server_id().map(Value::from));
-    put(
-        &mut m,
-        "serverType",
-        s.server_type().map(|t| t.as_str().into()),
-    );
-    put(&mut m, "vmServer", s.vm_server().map(vm_server_json));
-    put(
-        &mut m,
-        "replicationJobId",
-        s.replication_job_id().map(Value::from),
-    );
-    put(
-        &mut m,
-        "replicationJobTerminated",
-        s.replication_job_terminated().map(Value::from),
-    );
-    Value::Object(m)
-}
-
-fn job_json(j: &ReplicationJob) -> Value {
-    let mut m = Map::new();
-    put(
-        &mut m,
-        "replicationJobId",
-        j.replication_job_id().map(Value::from),
-    );
-    put(&mut m, "serverId", j.server_id().map(Value::from));
-    put(
-        &mut m,
-        "serverType",
-        j.server_type().map(|t| t.as_str().into()),
-    );
-    put(&mut m, "vmServer", j.vm_server().map(vm_server_json));
-    put(
-        &mut m,
-        "seedReplicationTime",
-        j.seed_replication_time().map(time_json),
-    );
-    put(&mut m, "frequency", j.frequency().map(Value::from));
-    put(&mut m, "runOnce", j.run_once().map(Value::from));
-    put(
-        &mut m,
-        "nextReplicationRunStartTime",
-        j.next_replication_run_start_time().map(time_json),
-    );
-    put(
-        &mut m,
-        "licenseType",
-        j.license_type().map(|t| t.as_str().into()),
-    );
-    put(&mut m, "roleName", j.role_name().map(Value::from));
-    put(&mut m, "latestAmiId", j.latest_ami_id().map(Value::from));
-    put(&mut m, "state", j.state().map(|t| t.as_str().into()));
-    put(&mut m, "statusMessage", j.status_message().map(Value::from));
-    put(&mut m, "description", j.description().map(Value::from));
-    put(
-        &mut m,
-        "numberOfRecentAmisToKeep",
-        j.number_of_recent_amis_to_keep().map(Value::from),
-    );
-    put(&mut m, "encrypted", j.encrypted().map(Value::from));
-    put(&mut m, "kmsKeyId", j.kms_key_id().map(Value::from));
-    put(
-        &mut m,
-        "replicationRunList",
-        j.replication_run_list
-            .as_ref()
-            .map(|runs| runs.iter().map(run_json).collect()),
-    );
-    Value::Object(m)
-}
-
-fn run_json(r: &ReplicationRun) -> Value {
-    let mut m = Map::new();
-    put(
-        &mut m,
-        "replicationRunId",
-        r.replication_run_id().map(Value::from),
-    );
-    put(&mut m, "state", r.state().map(|t| t.as_str().into()));
-    put(&mut m, "type", r.r#type().map(|t| t.as_str().into()));
-    put(
-        &mut m,
-        "stageDetails",
-        r.stage_details().map(|d| {
-            let mut s = Map::new();
-            put(&mut s, "stage", d.stage().map(Value::from));
-            put(&mut s, "stageProgress", d.stage_progress().map(Value::from));
-            Value::Object(s)
-        }),
-    );
-    put(&mut m, "statusMessage", r.status_message().map(Value::from));
-    put(&mut m, "amiId", r.ami_id().map(Value::from));
-    put(
-        &mut m,
-        "scheduledStartTime",
-        r.scheduled_start_time().map(time_json),
-    );
-    put(&mut m, "completedTime", r.completed_time().map(time_json));
-    put(&mut m, "description", r.description().map(Value::from));
-    put(&mut m, "encrypted", r.encrypted().map(Value::from));
-    put(&mut m, "kmsKeyId", r.kms_key_id().map(Value::from));
-    Value::Object(m)
-}
-
 #[cfg(test)]
 mod tests {
+    use super::render::address_json;
     use super::*;
+    use aws_sdk_sms::types::{ReplicationJob, ReplicationRun};
+    use serde_json::json;
 
     #[test]
     fn timestamps_accept_iso_8601_and_epoch_seconds() {

@@ -4,6 +4,8 @@
 
 // `tern demo`, the same walk-through packed into one command.
 mod demo;
+// `tern sms` with the AWS CLI's habits: output formats, --query, pagination, input JSON, exit codes.
+mod habits;
 
 use std::path::Path;
 use std::process::Output;
@@ -361,13 +363,13 @@ async fn cli_reports_bad_input_and_unreachable_endpoints() {
         .unwrap();
     assert_eq!(out.status.code(), Some(254));
     assert!(String::from_utf8_lossy(&out.stderr).contains("(UnrecognizedClientException)"));
-    // Nothing listening: a clear error, not a panic.
+    // Nothing listening: a clear error, not a panic, with the AWS CLI's client-error status.
     let out = run(
         &server,
         &["sms", "get-servers", "--endpoint-url", "http://127.0.0.1:9"],
     )
     .await;
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(255));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("GetServers") && !stderr.contains("panicked"),

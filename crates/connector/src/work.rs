@@ -269,10 +269,13 @@ impl Worker {
         let throttle = Mutex::new(Throttle::default());
         let observer = lock(&self.observer).clone();
         let run_id = original.run_id.clone();
+        let last = Arc::new(Mutex::new(None::<Progress>));
+        let seen = last.clone();
         let on_progress = move |p: Progress| {
             if let Some(o) = &observer {
                 o(&run_id, &p);
             }
+            *lock(&seen) = Some(p.clone());
             if lock(&throttle).due(&p) {
                 let _ = tx.send(p);
             }
@@ -292,8 +295,32 @@ impl Worker {
         // Dropping the callback drops the sender: the reporter sends what is queued and stops,
         // so the last report goes out before CompleteWork or ReportError.
         drop(on_progress);
-        let _ = reporter.await;
+        let withdrawn_seen = reporter.await.unwrap_or(false);
+        // A run that failed may have failed because its work was withdrawn (the control plane
+        // aborts the run's multipart uploads when its job is deleted, so the next part is
+        // refused): one more report of the last progress tells, before a failure is reported.
+        let withdrawn = match &result {
+            None => true,
+            Some(Err(ReplicateError::AlreadyCommitted { .. })) | Some(Ok(_)) => false,
+            Some(Err(_)) => {
+                let last = lock(&last).clone();
+                withdrawn_seen || self.withdrawn(connector_id, work_id, last.as_ref()).await
+            }
+        };
+        if withdrawn {
+            // Withdrawn, not interrupted: the upload is not to be resumed or finished.
+            match replicate::abandon_run(&work, &self.ctx).await {
+                Ok(aborted) => {
+                    tracing::info!(work_id, run_id = %work.run_id, aborted, "multipart uploads of the withdrawn run aborted")
+                }
+                Err(e) => {
+                    tracing::warn!(work_id, run_id = %work.run_id, error = %e, "could not abandon the withdrawn run's uploads")
+                }
+            }
+            return Ok(Uploaded::Cancelled);
+        }
         match result {
+            // Stopped by the reporter: withdrawn, handled above.
             None => Ok(Uploaded::Cancelled),
             Some(Ok(outcome)) => {
                 tracing::info!(work_id, manifest = %outcome.manifest_key, "run uploaded");
@@ -301,6 +328,23 @@ impl Worker {
             }
             Some(Err(ReplicateError::AlreadyCommitted { .. })) => Ok(Uploaded::AlreadyCommitted),
             Some(Err(e)) => Err(advise_run(&e, Some(&work), original)),
+        }
+    }
+
+    /// Whether the control plane no longer has the work item: a report of the run's last
+    /// progress (which changes nothing when the item is still there) is answered "no work item".
+    async fn withdrawn(&self, connector_id: &str, work_id: &str, last: Option<&Progress>) -> bool {
+        let Some(p) = last else {
+            return false;
+        };
+        let request = wire_progress(connector_id, work_id, p);
+        match self
+            .client
+            .call::<_, ReportProgressResponse>(op::REPORT_PROGRESS, &request)
+            .await
+        {
+            Err(e) => is_withdrawn(&e),
+            Ok(_) => false,
         }
     }
 
@@ -480,14 +524,14 @@ fn wire_progress(connector_id: &str, work_id: &str, p: &Progress) -> ReportProgr
 
 /// Sends the reports the throttle let through, in order. When the control plane answers that
 /// the item no longer exists (the run failed or the job was deleted meanwhile) it notifies
-/// `cancelled` and stops.
+/// `cancelled` and stops, returning `true`.
 async fn report_progress(
     client: ApiClient,
     connector_id: String,
     work_id: String,
     mut rx: mpsc::UnboundedReceiver<Progress>,
     cancelled: Arc<tokio::sync::Notify>,
-) {
+) -> bool {
     while let Some(mut p) = rx.recv().await {
         // Reports queued while the last one was on the wire: only the newest matters, unless
         // a stage change is among them.
@@ -504,16 +548,22 @@ async fn report_progress(
             .await
         {
             Ok(_) => {}
-            Err(ConnectorError::Service {
-                code, ref message, ..
-            }) if code == "InvalidParameterException" && message.contains("no work item") => {
+            Err(e) if is_withdrawn(&e) => {
                 cancelled.notify_one();
-                return;
+                return true;
             }
             // Progress is advisory: the upload goes on, the next report may get through.
             Err(e) => tracing::warn!(work_id, error = %e, "could not report progress"),
         }
     }
+    false
+}
+
+/// The control plane's answer for a work item it no longer has (the run failed or its job was
+/// deleted): the work is withdrawn.
+fn is_withdrawn(e: &ConnectorError) -> bool {
+    matches!(e, ConnectorError::Service { code, message, .. }
+        if code == "InvalidParameterException" && message.contains("no work item"))
 }
 
 /// The control plane's work item in `replicate`'s terms. Disks are the paths this connector

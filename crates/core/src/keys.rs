@@ -18,6 +18,7 @@
 //! | `LIMIT` | `REPLICATING_APPS` | `{"count": n}` | the replicating-application limit |
 //! | `INVREPORT` | connector id | the connector's latest paged inventory report | a re-delivered page is recognised |
 //! | `INVPAGE#<connectorId>#<reportId>` | page number, 8 digits | one page's VMs | kept until the last page arrives |
+//! | `TEARDOWN` | `<jobId>#<runId>` | [`Teardown`](crate::model::Teardown) | a deleted job's unfinished run still to undo |
 //! | `OUTBOX` | state-change id | [`StateChange`](crate::replication::StateChange) | events written with the change they announce, published after |
 //!
 //! **Stable server ids.** The `VMADDR` item maps a VM's `vmManagerId` + `vmId` to its server id.
@@ -115,6 +116,13 @@ pub fn work_partition(connector_id: &str) -> String {
 
 pub fn work(connector_id: &str, work_id: &str) -> Key {
     Key::new(work_partition(connector_id), work_id)
+}
+
+pub const TEARDOWN: &str = "TEARDOWN";
+
+/// Job and run ids are generated (`sms-job-…`, `sms-run-…`), so `#` cannot occur in them.
+pub fn teardown(job_id: &str, run_id: &str) -> Key {
+    Key::new(TEARDOWN, format!("{job_id}#{run_id}"))
 }
 
 pub const OUTBOX: &str = "OUTBOX";

@@ -207,6 +207,10 @@ pub struct RunWorkflow {
     /// Snapshot ids the run produced, root disk first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub snapshot_ids: Vec<String>,
+    /// Image tasks started for the run (Import / ApplyDelta), so that a deleted job's
+    /// unfinished run can have their snapshots removed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub snapshot_tasks: Vec<String>,
 }
 
 impl RunWorkflow {
@@ -440,4 +444,21 @@ pub struct Work {
         skip_serializing_if = "Option::is_none"
     )]
     pub leased_on: Option<OffsetDateTime>,
+}
+
+/// Tern: what is left to undo of a run whose job was deleted while the run was in progress
+/// (`TEARDOWN/<jobId>#<runId>`). Written in the DeleteReplicationJob transaction and removed
+/// once every step is done, so a crash in between leaves the record for the scheduler's sweep.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Teardown {
+    pub job_id: String,
+    pub run_id: String,
+    /// The connector the run's work item was queued for.
+    pub connector_id: String,
+    /// Image tasks the run started; their snapshots are deleted once the tasks end.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub snapshot_tasks: Vec<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub deleted_on: OffsetDateTime,
 }

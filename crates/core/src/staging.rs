@@ -44,7 +44,7 @@ pub trait Staging: Send + Sync {
     /// The object's size, or `None` when it does not exist.
     async fn object_size(&self, object: &StagedObject) -> Result<Option<u64>, StagingError>;
 
-    /// Deletes every object under `prefix`; returns how many were deleted. Deleting an empty
-    /// prefix succeeds.
+    /// Deletes every object under `prefix` and aborts every multipart upload in progress under
+    /// it; returns how many objects were deleted. Deleting an empty prefix succeeds.
     async fn delete_prefix(&self, bucket: &str, prefix: &str) -> Result<u64, StagingError>;
 }

@@ -68,4 +68,42 @@ pub trait Workflows: Send + Sync {
     ) -> Result<(), WorkflowError>;
 
     async fn send_task_heartbeat(&self, token: &str) -> Result<(), WorkflowError>;
+
+    /// Stops the execution of `machine` named `name` (Step Functions' StopExecution: the
+    /// execution ends ABORTED and runs no further state). Idempotent: an execution that
+    /// already ended, or was never started, is left as it is and the call succeeds.
+    async fn stop_execution(
+        &self,
+        machine: &str,
+        name: &str,
+        cause: &str,
+    ) -> Result<(), WorkflowError>;
+}
+
+/// The ARN of execution `name` of the state machine `state_machine_arn`, as Step Functions
+/// forms it (`arn:…:stateMachine:<machine>` → `arn:…:execution:<machine>:<name>`), or `None`
+/// when the ARN is not a state machine's.
+pub fn execution_arn(state_machine_arn: &str, name: &str) -> Option<String> {
+    let (head, machine) = state_machine_arn.split_once(":stateMachine:")?;
+    (!machine.is_empty() && !machine.contains(':'))
+        .then(|| format!("{head}:execution:{machine}:{name}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::execution_arn;
+
+    #[test]
+    fn execution_arns_are_formed_as_step_functions_forms_them() {
+        assert_eq!(
+            execution_arn(
+                "arn:aws:states:eu-west-1:123456789012:stateMachine:replication-run",
+                "sms-run-1"
+            )
+            .as_deref(),
+            Some("arn:aws:states:eu-west-1:123456789012:execution:replication-run:sms-run-1")
+        );
+        assert_eq!(execution_arn("arn:aws:lambda:x:1:function:f", "n"), None);
+        assert_eq!(execution_arn("arn:aws:states:r:1:stateMachine:", "n"), None);
+    }
 }

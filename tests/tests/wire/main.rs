@@ -5,6 +5,7 @@
 mod apps;
 mod catalog;
 mod connectors;
+mod delete;
 mod hostile;
 mod jobs;
 mod limits;

@@ -20,17 +20,17 @@ use tern_test_support::poll::until_async;
 const DISK_BYTES: u64 = 8 << 20;
 
 /// A small deterministic generator (xorshift): random content without a dependency.
-struct Rng(u64);
+pub(super) struct Rng(pub(super) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(super) fn next(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
         self.0
     }
 
-    fn fill(&mut self, buf: &mut [u8]) {
+    pub(super) fn fill(&mut self, buf: &mut [u8]) {
         for chunk in buf.chunks_mut(8) {
             let v = self.next().to_le_bytes();
             chunk.copy_from_slice(&v[..chunk.len()]);
@@ -69,7 +69,7 @@ fn open(path: &Path) -> Box<dyn VirtualDisk> {
     tern_disk::open(path, &Default::default()).unwrap()
 }
 
-fn inventory(disk: &Path) -> String {
+pub(super) fn inventory(disk: &Path) -> String {
     format!(
         "vm_manager_id = \"vc-rep\"\n\n[[vms]]\nid = \"vm-0\"\nname = \"app\"\nos_type = \"LINUX\"\ndisks = [{:?}]\n",
         disk.display().to_string()
@@ -77,16 +77,16 @@ fn inventory(disk: &Path) -> String {
 }
 
 /// The connector side of one run, played by the test.
-struct Upload {
+pub(super) struct Upload {
     connector_id: String,
     work_id: String,
     job_id: String,
-    run_id: String,
+    pub(super) run_id: String,
     seed: bool,
-    prefix: String,
+    pub(super) prefix: String,
 }
 
-async fn poll_replicate(server: &TestServer, connector_id: &str) -> Upload {
+pub(super) async fn poll_replicate(server: &TestServer, connector_id: &str) -> Upload {
     let last = RefCell::new(Value::Null);
     let found = until_async(
         Duration::from_secs(30),
@@ -146,7 +146,7 @@ async fn put(server: &TestServer, key: &str, body: Vec<u8>) {
 
 /// Uploads the disk as the run asks (seed VMDK, or the delta against `map`), then the manifest;
 /// returns the new block map and the bytes uploaded (objects and manifest).
-async fn upload(
+pub(super) async fn upload(
     server: &TestServer,
     up: &Upload,
     disk: &Path,
@@ -242,7 +242,7 @@ async fn report_error(server: &TestServer, up: &Upload, message: &str) {
     assert_eq!(out.status, 200, "ReportError: {:?}", out.json());
 }
 
-async fn run_state(
+pub(super) async fn run_state(
     server: &TestServer,
     job_id: &str,
     run_id: &str,
@@ -267,7 +267,7 @@ async fn run_state(
 }
 
 /// Steps the scheduler until the run is no longer in progress.
-async fn wait_done(
+pub(super) async fn wait_done(
     server: &TestServer,
     job_id: &str,
     run_id: &str,
@@ -346,7 +346,7 @@ fn image_disk(server: &TestServer, ami: &str) -> Vec<u8> {
     out
 }
 
-fn events(server: &TestServer) -> Vec<Value> {
+pub(super) fn events(server: &TestServer) -> Vec<Value> {
     let text = std::fs::read_to_string(server.data_dir().join("events.ndjson")).unwrap_or_default();
     text.lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -355,7 +355,7 @@ fn events(server: &TestServer) -> Vec<Value> {
 
 /// Transitions of the run into `state`, as announced: events with distinct ids (a repeated
 /// publication keeps its id, as EventBridge consumers expect).
-fn state_changes(server: &TestServer, run_id: &str, state: &str) -> usize {
+pub(super) fn state_changes(server: &TestServer, run_id: &str, state: &str) -> usize {
     let mut ids: Vec<String> = events(server)
         .iter()
         .filter(|e| {
@@ -370,11 +370,11 @@ fn state_changes(server: &TestServer, run_id: &str, state: &str) -> usize {
     ids.len()
 }
 
-struct Lab {
-    server: TestServer,
+pub(super) struct Lab {
+    pub(super) server: TestServer,
     agent: tern_connector::Agent,
-    connector_id: String,
-    disk: PathBuf,
+    pub(super) connector_id: String,
+    pub(super) disk: PathBuf,
     server_id: String,
 }
 
@@ -382,7 +382,7 @@ async fn lab(config: Config) -> Lab {
     lab_on(TestServer::start_with(config).await).await
 }
 
-async fn lab_on(server: TestServer) -> Lab {
+pub(super) async fn lab_on(server: TestServer) -> Lab {
     let disk = server.scratch().join("app-disk0.raw");
     make_disk(&disk, 7);
     let mut agent = server.connector_agent("lab", &inventory(&disk)).await;
@@ -405,7 +405,7 @@ async fn create_job(lab: &Lab, keep: i32) -> String {
     create_job_at(lab, keep, now_secs(), 12).await
 }
 
-async fn create_job_at(lab: &Lab, keep: i32, seed_secs: i64, frequency: i32) -> String {
+pub(super) async fn create_job_at(lab: &Lab, keep: i32, seed_secs: i64, frequency: i32) -> String {
     lab.server
         .client
         .create_replication_job()
@@ -722,11 +722,14 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-fn manual_clock() -> std::sync::Arc<tern_core::ManualClock> {
+pub(super) fn manual_clock() -> std::sync::Arc<tern_core::ManualClock> {
     std::sync::Arc::new(tern_core::ManualClock::new(time::OffsetDateTime::now_utc()))
 }
 
-async fn runs_of(server: &TestServer, job_id: &str) -> Vec<aws_sdk_sms::types::ReplicationRun> {
+pub(super) async fn runs_of(
+    server: &TestServer,
+    job_id: &str,
+) -> Vec<aws_sdk_sms::types::ReplicationRun> {
     server
         .client
         .get_replication_runs()
@@ -783,7 +786,7 @@ async fn a_scheduled_run_due_while_the_previous_one_runs_is_recorded_missed() {
     );
 }
 
-fn clock_secs(clock: &tern_core::ManualClock) -> i64 {
+pub(super) fn clock_secs(clock: &tern_core::ManualClock) -> i64 {
     use tern_core::Clock;
     clock.now().unix_timestamp()
 }

@@ -107,3 +107,69 @@ async fn task_token_errors_map_to_the_port() {
         other => panic!("expected Transient, got {other:?}"),
     }
 }
+
+/// DeleteReplicationJob stops the run's execution: StopExecution on the ARN derived from the
+/// machine's, ABORTED afterwards; stopping again, or a name never started, succeeds.
+#[tokio::test]
+async fn executions_stop_once_and_stopping_again_changes_nothing_on_moto() {
+    let Some(moto) = Moto::start(Flavor::Threaded, "the Step Functions adapter") else {
+        return;
+    };
+    let client = aws_sdk_sfn::Client::new(&crate::moto_config(&moto.endpoint));
+    const WAIT: &str = r#"{"StartAt": "Wait", "States": {"Wait": {"Type": "Wait", "Seconds": 3600, "End": true}}}"#;
+    let arn = client
+        .create_state_machine()
+        .name("replication-run")
+        .definition(WAIT)
+        .role_arn("arn:aws:iam::123456789012:role/tern-states")
+        .send()
+        .await
+        .expect("create the state machine")
+        .state_machine_arn;
+    let sfn = StepFunctions::new(
+        client.clone(),
+        HashMap::from([("replication-run".to_string(), arn)]),
+    );
+    let execution = sfn
+        .start_execution(
+            "replication-run",
+            "sms-run-2",
+            &json!({"runId": "sms-run-2"}),
+        )
+        .await
+        .expect("start");
+    let status = |client: aws_sdk_sfn::Client, arn: String| async move {
+        client
+            .describe_execution()
+            .execution_arn(arn)
+            .send()
+            .await
+            .expect("describe")
+            .status
+    };
+    assert_eq!(
+        status(client.clone(), execution.clone()).await,
+        aws_sdk_sfn::types::ExecutionStatus::Running
+    );
+    sfn.stop_execution(
+        "replication-run",
+        "sms-run-2",
+        "the replication job was deleted",
+    )
+    .await
+    .expect("stop");
+    assert_eq!(
+        status(client.clone(), execution.clone()).await,
+        aws_sdk_sfn::types::ExecutionStatus::Aborted
+    );
+    sfn.stop_execution("replication-run", "sms-run-2", "again")
+        .await
+        .expect("stopping a stopped execution succeeds");
+    sfn.stop_execution("replication-run", "sms-run-never", "never started")
+        .await
+        .expect("an execution never started has nothing to stop");
+    assert!(matches!(
+        sfn.stop_execution("no-such-workflow", "x", "c").await,
+        Err(WorkflowError::NoSuchMachine(_))
+    ));
+}

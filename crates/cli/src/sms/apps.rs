@@ -140,6 +140,13 @@ pub enum AppCommand {
 }
 
 impl AppCommand {
+    pub(super) fn paging(&self) -> Option<&Paging> {
+        match self {
+            AppCommand::ListApps { paging, .. } => Some(paging),
+            _ => None,
+        }
+    }
+
     pub(super) fn global(&self) -> &Global {
         match self {
             AppCommand::CreateApp { global, .. }
@@ -206,29 +213,30 @@ pub(super) async fn execute(client: &Client, cmd: AppCommand) -> Result<Option<V
             app_ids, paging, ..
         } => {
             let ids = (!app_ids.is_empty()).then_some(app_ids);
-            let mut list = Vec::new();
-            let mut next_token = paging.next_token.clone();
-            // The SDK has no ListApps paginator (no @paginated in the model): follow the token.
-            loop {
-                let page = client
-                    .list_apps()
-                    .set_app_ids(ids.clone())
-                    .set_next_token(next_token.clone())
-                    .set_max_results(paging.max_results)
-                    .send()
-                    .await?;
-                list.extend(page.apps().iter().map(summary_json));
-                next_token = page.next_token().map(str::to_owned);
-                if paging.single_page() || next_token.is_none() {
-                    break;
-                }
-            }
-            let mut out = Map::new();
-            out.insert("apps".into(), Value::Array(list));
-            if paging.single_page() {
-                put(&mut out, "nextToken", next_token.map(Value::String));
-            }
-            Some(Value::Object(out))
+            // The SDK has no ListApps paginator (no @paginated in the model): `paginate`
+            // follows the token.
+            Some(
+                super::output::paginate(&paging, "apps", |token, max| {
+                    let request = client
+                        .list_apps()
+                        .set_app_ids(ids.clone())
+                        .set_next_token(token)
+                        .set_max_results(max);
+                    async move {
+                        let page = request.send().await?;
+                        let mut members = Map::new();
+                        members.insert(
+                            "apps".into(),
+                            page.apps().iter().map(summary_json).collect(),
+                        );
+                        Ok(super::output::Page {
+                            members,
+                            next_token: page.next_token().map(str::to_owned),
+                        })
+                    }
+                })
+                .await?,
+            )
         }
         AppCommand::UpdateApp {
             app_id,

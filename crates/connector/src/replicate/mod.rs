@@ -718,6 +718,39 @@ fn produce(
     })
 }
 
+/// Gives a run up for good (the control plane withdrew its work item: the job was deleted):
+/// every multipart upload of the run that has not completed is aborted, so its parts stop
+/// costing storage, and the run's upload records are removed, so nothing resumes it. Returns
+/// how many uploads were aborted. The kept block maps are not touched.
+pub async fn abandon_run(
+    work: &ReplicationWork,
+    ctx: &ReplicateContext,
+) -> Result<usize, ReplicateError> {
+    check_id("jobId", &work.job_id)?;
+    check_id("runId", &work.run_id)?;
+    let state = JobState::new(&ctx.state_dir, &work.job_id);
+    let mut aborted = 0;
+    for disk in 0..work.disks.len() {
+        let Some(rec) = state.load_upload(&work.run_id, disk)? else {
+            continue;
+        };
+        if rec.completed.is_none() {
+            let t = Target {
+                s3: &ctx.s3,
+                bucket: &work.staging.bucket,
+                state: &state,
+                run_id: &work.run_id,
+                disk,
+                retry: &ctx.options.retry,
+            };
+            upload::abort(&t, &rec).await;
+            aborted += 1;
+        }
+        state.remove_upload(&work.run_id, disk)?;
+    }
+    Ok(aborted)
+}
+
 /// The run whose block maps are kept for `job_id` (the base of the next delta), if any run of
 /// the job was ever confirmed on this connector.
 pub fn committed_run(state_dir: &Path, job_id: &str) -> Result<Option<String>, ReplicateError> {

@@ -27,6 +27,8 @@
 //!     │
 //!  tasks       one typed method per task state (prepare … record_failure)
 //!     │
+//!  teardown    a deleted job's unfinished run undone: execution, work, staging, snapshots
+//!     │
 //!  upload      upload_complete (ObjectCreated), signal_upload, report_progress, work_failed
 //!     │
 //!  handle      Replication, ReplicationSettings, shared run reads and conditional writes
@@ -48,6 +50,7 @@ pub mod outbox;
 mod scheduler;
 pub mod staging;
 mod tasks;
+mod teardown;
 pub mod upload;
 pub mod work;
 
@@ -71,6 +74,7 @@ mod tests {
         ("outbox", include_str!("outbox.rs")),
         ("handle", include_str!("handle.rs")),
         ("upload", include_str!("upload.rs")),
+        ("teardown", include_str!("teardown.rs")),
         ("tasks", include_str!("tasks.rs")),
         ("scheduler", include_str!("scheduler.rs")),
         ("dispatch", include_str!("dispatch.rs")),

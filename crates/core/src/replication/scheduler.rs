@@ -1,6 +1,7 @@
 //! The scheduler's tick: due runs are created, pending runs get their execution, ended jobs
-//! go, deleted jobs past their retention are purged, lost manifest hand-overs are redone, and
-//! the outbox is published.
+//! go, deleted jobs' unfinished runs are torn down (the sweep that finishes what a crash or a
+//! failing dependency interrupted), deleted jobs past their retention are purged, lost
+//! manifest hand-overs are redone, and the outbox is published.
 
 use time::OffsetDateTime;
 
@@ -39,6 +40,8 @@ pub struct TickReport {
     pub executions_started: Vec<String>,
     pub jobs_ended: Vec<String>,
     pub uploads_resignalled: usize,
+    /// Deleted jobs' unfinished runs whose teardown finished in this tick.
+    pub teardowns_finished: usize,
 }
 
 impl Replication {
@@ -89,6 +92,10 @@ impl Replication {
         for one in driven {
             report.executions_started.extend(one.executions_started);
             report.uploads_resignalled += one.uploads_resignalled;
+        }
+        match self.sweep_teardowns().await {
+            Ok(n) => report.teardowns_finished = n,
+            Err(e) => tracing::warn!(error = %e, "scheduler could not sweep teardowns"),
         }
         if let Err(e) = self.service.purge_deleted_jobs().await {
             tracing::warn!(error = %e, "scheduler could not purge deleted jobs");

@@ -103,6 +103,22 @@ impl Replication {
             &work,
         )
         .await?;
+        // The job may have been deleted between the read above and the queueing, after its
+        // delete withdrew the (not yet queued) item: withdraw it now, so that no connector is
+        // handed work of a deleted job.
+        if let Err(e @ (DomainError::JobNotFound(_) | DomainError::OperationNotPermitted(_))) =
+            self.active_run(job_id, run_id).await
+        {
+            self.service
+                .store
+                .write(Write::Delete {
+                    key: keys::work(&j.connector_id, &replicate_work_id(run_id)),
+                    expect: Expect::Any,
+                })
+                .await
+                .map_err(DomainError::from)?;
+            return Err(e.into());
+        }
         self.update_run(job_id, run_id, |r| {
             if r.workflow.seed == Some(seed) {
                 return Ok(None);
@@ -206,6 +222,30 @@ impl Replication {
                 task_id,
             });
         }
+        // Recorded on the run, so that deleting the job meanwhile removes their snapshots; when
+        // the job was deleted already, they go to its teardown instead.
+        let ids: Vec<String> = tasks.iter().map(|t| t.task_id.clone()).collect();
+        let recorded = self
+            .update_run(job_id, run_id, |r| {
+                if ids.iter().all(|i| r.workflow.snapshot_tasks.contains(i)) {
+                    return Ok(None);
+                }
+                for i in &ids {
+                    if !r.workflow.snapshot_tasks.contains(i) {
+                        r.workflow.snapshot_tasks.push(i.clone());
+                    }
+                }
+                Ok(Some(false))
+            })
+            .await;
+        if let Err(e @ (DomainError::JobNotFound(_) | DomainError::OperationNotPermitted(_))) =
+            recorded
+        {
+            self.orphan_snapshot_tasks(job_id, run_id, &job.value.connector_id, &ids)
+                .await?;
+            return Err(e.into());
+        }
+        recorded?;
         self.set_stage(
             job_id,
             run_id,
@@ -230,6 +270,9 @@ impl Replication {
             mut tasks,
         } = input;
         tasks.sort_by_key(|t| t.index);
+        // A run whose job was deleted ends here (RUN_NOT_ACTIVE → RecordFailure records
+        // nothing); its teardown deletes the snapshots these tasks make.
+        self.active_run(&job_id, &run_id).await?;
         let (mut done, mut total) = (0u64, 0u64);
         let mut pending = 0;
         let mut snapshots = Vec::new();

@@ -113,9 +113,20 @@ impl Replication {
         let (job_id, run_id) = (staged.job_id.as_str(), staged.run_id.as_str());
         let run = match self.active_run(job_id, run_id).await {
             Ok((_, run)) => run,
-            Err(DomainError::OperationNotPermitted(m) | DomainError::JobNotFound(m)) => {
-                return Ok(UploadOutcome::Ignored(m))
+            Err(DomainError::JobNotFound(m)) => {
+                // A manifest that landed after its job was deleted (the connector wrote it
+                // before it learnt of the delete): the run's objects go, as the delete's own
+                // teardown removed the earlier ones.
+                let deleted = self.service.store.get(&keys::deleted_job(job_id)).await;
+                if deleted.map_err(DomainError::from)?.is_some() {
+                    let staging = self.settings.staging();
+                    self.staging
+                        .delete_prefix(&staging.bucket, &staging.run_prefix(job_id, run_id))
+                        .await?;
+                }
+                return Ok(UploadOutcome::Ignored(m));
             }
+            Err(DomainError::OperationNotPermitted(m)) => return Ok(UploadOutcome::Ignored(m)),
             Err(e) => return Err(e.into()),
         };
         if run.value.workflow.manifest.is_some() {

@@ -43,11 +43,11 @@ pub struct CommitRunWork {
 }
 
 /// The id of a run's `REPLICATE` item (one per run, so queueing it again changes nothing).
-pub(crate) fn replicate_work_id(run_id: &str) -> String {
+pub fn replicate_work_id(run_id: &str) -> String {
     format!("work-{run_id}")
 }
 
 /// The id of a run's `COMMIT_RUN` item.
-pub(crate) fn commit_work_id(run_id: &str) -> String {
+pub fn commit_work_id(run_id: &str) -> String {
     format!("work-commit-{run_id}")
 }

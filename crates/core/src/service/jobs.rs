@@ -27,7 +27,9 @@ use super::{decode, expect_of, put, required, retrying, Listing, Service, Versio
 use crate::enums::*;
 use crate::error::{DomainError, Result};
 use crate::keys;
-use crate::model::{Connector, ReplicationJob, ReplicationRun, RunRef, Server, StageDetails};
+use crate::model::{
+    Connector, ReplicationJob, ReplicationRun, RunRef, Server, StageDetails, Teardown,
+};
 use crate::replication::outbox::StateChange;
 use crate::states::{
     accepts_runs, job_transition, run_transition, JobEvent, JobTransition, RunEvent,
@@ -644,7 +646,41 @@ impl Service {
                     r.status_message = Some("Cancelled: the replication job was deleted".into());
                     Self::embed_run(&mut j, &r, usize::MAX);
                     writes.push(put(key, &r, run.expect())?);
+                    // The run is stopped all the way down (R10): its work item is withdrawn
+                    // here, in the same transaction, so no poll hands it out after the delete
+                    // and the uploading connector's next report learns that it is gone; the
+                    // execution, staged objects and image tasks are undone through the
+                    // teardown record (`Replication::tear_down`), which the scheduler's tick
+                    // sweeps until every step is done.
+                    let work_id =
+                        crate::replication::work::replicate_work_id(&r.replication_run_id);
+                    writes.push(Write::Delete {
+                        key: keys::work(&j.connector_id, &work_id),
+                        expect: Expect::Any,
+                    });
+                    let teardown = Teardown {
+                        job_id: j.replication_job_id.clone(),
+                        run_id: r.replication_run_id.clone(),
+                        connector_id: j.connector_id.clone(),
+                        snapshot_tasks: r.workflow.snapshot_tasks.clone(),
+                        deleted_on: now,
+                    };
+                    writes.push(put(
+                        keys::teardown(&teardown.job_id, &teardown.run_id),
+                        &teardown,
+                        Expect::Any,
+                    )?);
                 }
+            }
+            // Nor is the connector asked to keep the block maps of the job's last run.
+            if let Some(latest) = &j.latest_run_id {
+                writes.push(Write::Delete {
+                    key: keys::work(
+                        &j.connector_id,
+                        &crate::replication::work::commit_work_id(latest),
+                    ),
+                    expect: Expect::Any,
+                });
             }
             if t.releases_slot() {
                 writes.push(Self::release_slot());

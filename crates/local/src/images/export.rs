@@ -205,4 +205,18 @@ impl ImageCatalog {
     pub fn snapshot_disk(&self, snapshot_id: &str) -> Result<SnapshotDisk, ImagesError> {
         SnapshotDisk::load(&self.conn(), &self.blocks_dir, snapshot_id)
     }
+
+    /// Every snapshot's id, sorted (what exists, images or not).
+    pub fn list_snapshot_ids(&self) -> Result<Vec<String>, ImagesError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT snapshot_id FROM snapshots ORDER BY snapshot_id")
+            .map_err(db_err)?;
+        let ids = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(db_err)?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(db_err)?;
+        Ok(ids)
+    }
 }

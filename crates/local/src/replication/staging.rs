@@ -10,13 +10,58 @@ use crate::images::staging::{check_names, resolve};
 
 pub struct LocalStaging {
     root: PathBuf,
+    /// The endpoint's multipart uploads in progress (`staging-internal/uploads/<id>/`).
+    uploads: PathBuf,
 }
 
 impl LocalStaging {
+    /// `root` is `DATA_DIR/staging`; the uploads in progress are beside it, in the S3
+    /// endpoint's layout.
     pub fn new(root: &Path) -> Self {
         Self {
             root: root.to_path_buf(),
+            uploads: crate::s3::uploads_dir(root.parent().unwrap_or(root)),
         }
+    }
+
+    /// Aborts every multipart upload in progress of `bucket` whose key starts with `prefix`
+    /// (as AbortMultipartUpload does: its parts go). A completed upload's record is the
+    /// endpoint's (a retried Complete answers from it) and is left alone.
+    fn abort_uploads(&self, bucket: &str, prefix: &str) -> Result<u64, StagingError> {
+        #[derive(serde::Deserialize)]
+        struct Upload {
+            bucket: String,
+            key: String,
+        }
+        let entries = match std::fs::read_dir(&self.uploads) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(io(format!("cannot list {}", self.uploads.display()))(e)),
+        };
+        let mut aborted = 0;
+        for entry in entries {
+            let dir = entry
+                .map_err(io(format!("cannot list {}", self.uploads.display())))?
+                .path();
+            if dir.join("completed.json").exists() {
+                continue;
+            }
+            let Ok(bytes) = std::fs::read(dir.join("upload.json")) else {
+                continue; // being created or aborted meanwhile
+            };
+            let Ok(upload) = serde_json::from_slice::<Upload>(&bytes) else {
+                continue;
+            };
+            if upload.bucket != bucket || !upload.key.starts_with(prefix) {
+                continue;
+            }
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => aborted += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(format!("cannot abort the upload {}", dir.display()))(e)),
+            }
+        }
+        Ok(aborted)
     }
 }
 
@@ -76,8 +121,12 @@ impl Staging for LocalStaging {
             key: prefix.trim_end_matches('/').to_string(),
         };
         check_names(&probe).map_err(from_images)?;
+        if !prefix.ends_with('/') {
+            return Ok(0);
+        }
+        self.abort_uploads(bucket, prefix)?;
         let dir = self.root.join(bucket).join(&probe.key);
-        if !prefix.ends_with('/') || !dir.is_dir() {
+        if !dir.is_dir() {
             return Ok(0);
         }
         let mut count = 0u64;

@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 use async_trait::async_trait;
 use serde_json::Value;
 use tern_core::replication::{functions, Replication};
-use tern_core::workflows::{WorkflowError, Workflows, REPLICATION_RUN};
+use tern_core::workflows::{execution_arn, WorkflowError, Workflows, REPLICATION_RUN};
 use tern_states::{Engine, EngineError, StateError, TaskHandler, TaskRegistry, TaskRequest};
 
 /// The state machine file the AWS deployment uses too.
@@ -186,6 +186,31 @@ impl Workflows for LocalWorkflows {
     async fn send_task_heartbeat(&self, token: &str) -> Result<(), WorkflowError> {
         self.engine.send_task_heartbeat(token).map_err(map)
     }
+
+    async fn stop_execution(
+        &self,
+        machine: &str,
+        name: &str,
+        cause: &str,
+    ) -> Result<(), WorkflowError> {
+        if machine != REPLICATION_RUN {
+            return Err(WorkflowError::NoSuchMachine(machine.to_string()));
+        }
+        let arn = execution_arn(&self.replication_run, name).ok_or_else(|| {
+            WorkflowError::internal(format!(
+                "{} is not a state machine ARN",
+                self.replication_run
+            ))
+        })?;
+        match self
+            .engine
+            .stop_execution(&arn, Some("Tern.Stopped"), Some(cause))
+        {
+            // The engine stops a running execution and leaves an ended one as it is.
+            Ok(_) | Err(EngineError::ExecutionDoesNotExist(_)) => Ok(()),
+            Err(e) => Err(map(e)),
+        }
+    }
 }
 
 /// tern-core's clock as the engine's, so that `tern serve` decides schedules and workflow timers
@@ -219,9 +244,65 @@ impl tern_states::Clock for EngineClock {
 
 #[cfg(test)]
 mod tests {
-    use super::EngineClock;
+    use super::{EngineClock, LocalWorkflows, ReplicationTasks};
     use std::sync::Arc;
+    use tern_core::workflows::{WorkflowError, Workflows, REPLICATION_RUN};
     use tern_states::Clock as _;
+    use tern_states::{Engine, EngineConfig, ExecutionStatus, ManualClock, MemoryStore};
+
+    /// DeleteReplicationJob stops the run's execution: ABORTED afterwards, and stopping again
+    /// or stopping a name never started succeeds. The engine's driver is not spawned, so the
+    /// execution stays where it started until it is stopped.
+    #[tokio::test]
+    async fn executions_stop_once_and_stopping_again_changes_nothing() {
+        let engine = Engine::open(EngineConfig {
+            store: Arc::new(MemoryStore::new()),
+            tasks: ReplicationTasks::default().registry(),
+            clock: Arc::new(ManualClock::new(1_700_000_000_000)),
+            region: "local".into(),
+        })
+        .unwrap();
+        let workflows = LocalWorkflows::new(engine.clone()).unwrap();
+        let input = serde_json::json!({"jobId": "sms-job-1", "runId": "sms-run-1"});
+        let arn = workflows
+            .start_execution(REPLICATION_RUN, "sms-run-1", &input)
+            .await
+            .unwrap();
+        assert_eq!(
+            engine.describe_execution(&arn).unwrap().status,
+            ExecutionStatus::Running
+        );
+        workflows
+            .stop_execution(
+                REPLICATION_RUN,
+                "sms-run-1",
+                "the replication job was deleted",
+            )
+            .await
+            .unwrap();
+        let stopped = engine.describe_execution(&arn).unwrap();
+        assert_eq!(stopped.status, ExecutionStatus::Aborted);
+        assert_eq!(
+            stopped.cause.as_deref(),
+            Some("the replication job was deleted")
+        );
+        workflows
+            .stop_execution(REPLICATION_RUN, "sms-run-1", "again")
+            .await
+            .expect("stopping a stopped execution succeeds");
+        assert_eq!(
+            engine.describe_execution(&arn).unwrap().cause.as_deref(),
+            Some("the replication job was deleted")
+        );
+        workflows
+            .stop_execution(REPLICATION_RUN, "sms-run-never", "never started")
+            .await
+            .expect("an execution never started has nothing to stop");
+        assert!(matches!(
+            workflows.stop_execution("other", "x", "c").await,
+            Err(WorkflowError::NoSuchMachine(_))
+        ));
+    }
 
     #[tokio::test]
     async fn the_engine_clock_follows_a_moved_core_clock() {

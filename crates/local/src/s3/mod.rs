@@ -52,6 +52,12 @@ pub const STAGING_BUCKET: &str = "tern-staging";
 pub const STAGING_DIR: &str = "staging";
 /// Directory under the data directory for everything that is not a complete object.
 pub const INTERNAL_DIR: &str = "staging-internal";
+
+/// Where the multipart uploads in progress of the endpoint over `data_dir` are kept (see the
+/// layout above): what the `Staging` port's `delete_prefix` aborts.
+pub fn uploads_dir(data_dir: &std::path::Path) -> std::path::PathBuf {
+    store::Layout::new(data_dir).uploads
+}
 /// Account id in ARNs and events: the local deployment has no AWS account, and twelve zeros
 /// is what local AWS emulators use, so tools that parse account ids accept it.
 pub const LOCAL_ACCOUNT_ID: &str = "000000000000";
