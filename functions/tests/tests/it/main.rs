@@ -3,7 +3,9 @@
 //! `cargo lambda invoke --data-file` uses).
 
 mod event_publisher;
+mod scheduler;
 mod template;
+mod upload_complete;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -112,6 +114,18 @@ impl Stack {
             .send()
             .await
             .expect("target");
+
+        // The state machine (moto stores the definition; it cannot run Lambda tasks).
+        aws_sdk_sfn::Client::new(&aws)
+            .create_state_machine()
+            .name("ReplicationRun")
+            .definition(include_str!(
+                "../../../../statemachines/replication-run.asl.json"
+            ))
+            .role_arn(format!("arn:aws:iam::{ACCOUNT}:role/tern-states"))
+            .send()
+            .await
+            .expect("state machine");
 
         let data = tempfile::tempdir().unwrap();
         let images = tern_local::images::LocalImages::open(
