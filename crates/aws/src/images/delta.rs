@@ -1,0 +1,425 @@
+//! Incremental runs: a staged Tern delta becomes a child snapshot through the EBS direct APIs.
+//!
+//! `StartSnapshot` (with the parent) → one `PutSnapshotBlock` per changed block, written by
+//! the state machine's WriteBlocks Map a range at a time → `CompleteSnapshot` with the
+//! changed-block count and the LINEAR checksum on the first WaitForSnapshots poll. The delta is
+//! read straight from staging with ranged GETs: its footer, the index slice of a range, and
+//! each block's bytes, so no invocation holds more than `writes_in_flight` blocks in memory.
+
+use std::collections::HashMap;
+use std::io::{Read, Seek, SeekFrom};
+
+use aws_sdk_ebs::primitives::ByteStream;
+use aws_sdk_ebs::types::{ChecksumAggregationMethod, ChecksumAlgorithm, Status, Tag};
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use sha2::{Digest, Sha256};
+use tern_core::images::{BlockRange, ImagesError, StagedObject, TaskFailure, TaskStatus};
+use tern_disk::delta::{self, DeltaEntry, DeltaReader, ENTRY_LEN, FOOTER_LEN, HEADER_LEN};
+
+use super::{client_token, images_error, tags, Ec2Images, TaskId, EBS_BLOCK_SIZE};
+use crate::sdk::classify;
+
+/// What EBS stores for a block that must read as zeros (it has no "trim" call).
+static ZEROS: [u8; EBS_BLOCK_SIZE as usize] = [0; EBS_BLOCK_SIZE as usize];
+
+/// The delta's footer and the object's length.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Footer {
+    pub count: u64,
+    pub index_offset: u64,
+}
+
+/// The fetched parts of a delta object, readable as the whole object by
+/// [`DeltaReader::new`] (which reads only the header, the footer and the index).
+struct Parts {
+    len: u64,
+    pos: u64,
+    parts: Vec<(u64, Bytes)>,
+}
+
+impl Read for Parts {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        for (start, bytes) in &self.parts {
+            let end = start + bytes.len() as u64;
+            if (*start..end).contains(&self.pos) {
+                let from = (self.pos - start) as usize;
+                let n = buf.len().min(bytes.len() - from);
+                buf[..n].copy_from_slice(&bytes[from..from + n]);
+                self.pos += n as u64;
+                return Ok(n);
+            }
+        }
+        Err(std::io::Error::other(format!(
+            "byte {} of the delta was not fetched",
+            self.pos
+        )))
+    }
+}
+
+impl Seek for Parts {
+    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
+        self.pos = match to {
+            SeekFrom::Start(p) => p,
+            SeekFrom::End(d) => self.len.saturating_add_signed(d),
+            SeekFrom::Current(d) => self.pos.saturating_add_signed(d),
+        };
+        Ok(self.pos)
+    }
+}
+
+fn invalid(source: &StagedObject, e: impl std::fmt::Display) -> ImagesError {
+    ImagesError::InvalidImage(format!("{source}: {e}"))
+}
+
+/// The checksum EBS keeps for a block as written (zero-padded to the EBS block size).
+fn written_sha256(e: &DeltaEntry, data: &[u8]) -> [u8; 32] {
+    if e.length == EBS_BLOCK_SIZE {
+        e.sha256
+    } else {
+        Sha256::digest(data).into()
+    }
+}
+
+impl Ec2Images {
+    /// Bytes `range` (an HTTP range, e.g. `bytes=0-31`) of a staged object, and the object's
+    /// length when S3 said it.
+    async fn get_range(
+        &self,
+        source: &StagedObject,
+        range: String,
+    ) -> Result<(Bytes, Option<u64>), ImagesError> {
+        let out = self
+            .s3
+            .get_object()
+            .bucket(&source.bucket)
+            .key(&source.key)
+            .range(&range)
+            .send()
+            .await
+            .map_err(|e| {
+                let f = classify("GetObject", &e);
+                match f.code.as_deref() {
+                    Some("InvalidRange") => invalid(source, "too short to be a delta object"),
+                    _ => images_error(f, &["NoSuchKey", "NoSuchBucket", "NotFound"]),
+                }
+            })?;
+        let total = out
+            .content_range()
+            .and_then(|r| r.rsplit('/').next())
+            .and_then(|t| t.parse().ok());
+        let body = out.body.collect().await.map_err(|e| {
+            ImagesError::transient_from(format!("GetObject {source} {range}: reading the body"), e)
+        })?;
+        Ok((body.into_bytes(), total))
+    }
+
+    pub(super) async fn delta_footer(&self, source: &StagedObject) -> Result<Footer, ImagesError> {
+        let (tail, total) = self
+            .get_range(source, format!("bytes=-{FOOTER_LEN}"))
+            .await?;
+        let len = total.ok_or_else(|| {
+            ImagesError::internal(format!(
+                "GetObject {source}: no Content-Range in the answer"
+            ))
+        })?;
+        let (count, index_offset) = delta::parse_footer(&tail).map_err(|e| invalid(source, e))?;
+        let consistent = count
+            .checked_mul(ENTRY_LEN as u64)
+            .and_then(|n| n.checked_add(index_offset))
+            .and_then(|n| n.checked_add(FOOTER_LEN))
+            == Some(len)
+            && index_offset >= HEADER_LEN;
+        if !consistent {
+            return Err(invalid(
+                source,
+                "index offset and entry count do not match the object's length",
+            ));
+        }
+        Ok(Footer {
+            count,
+            index_offset,
+        })
+    }
+
+    /// The whole index, validated as [`DeltaReader`] validates it (checksum, order, bounds,
+    /// data placement): three ranged GETs however large the delta's data.
+    async fn delta_index(
+        &self,
+        source: &StagedObject,
+    ) -> Result<(u64, Vec<DeltaEntry>), ImagesError> {
+        let footer = self.delta_footer(source).await?;
+        let (header, _) = self
+            .get_range(source, format!("bytes=0-{}", HEADER_LEN - 1))
+            .await?;
+        let len = footer.index_offset + footer.count * ENTRY_LEN as u64 + FOOTER_LEN;
+        let (tail, _) = self
+            .get_range(source, format!("bytes={}-{}", footer.index_offset, len - 1))
+            .await?;
+        let reader = DeltaReader::new(Parts {
+            len,
+            pos: 0,
+            parts: vec![(0, header), (footer.index_offset, tail)],
+        })
+        .map_err(|e| invalid(source, e))?;
+        if reader.block_size != EBS_BLOCK_SIZE {
+            return Err(invalid(
+                source,
+                format!(
+                    "the delta uses {}-byte blocks; EBS snapshots use {EBS_BLOCK_SIZE}",
+                    reader.block_size
+                ),
+            ));
+        }
+        Ok((reader.disk_size, reader.entries().to_vec()))
+    }
+
+    /// One block's bytes as EBS must store them: read and checked against the index, and
+    /// zero-padded to a whole EBS block (the last block of a disk may be short).
+    async fn block_bytes(
+        &self,
+        source: &StagedObject,
+        e: &DeltaEntry,
+    ) -> Result<Bytes, ImagesError> {
+        if e.zero {
+            return Ok(Bytes::from_static(&ZEROS));
+        }
+        let (data, _) = self
+            .get_range(
+                source,
+                format!(
+                    "bytes={}-{}",
+                    e.data_offset,
+                    e.data_offset + e.length as u64 - 1
+                ),
+            )
+            .await?;
+        if data.len() != e.length as usize || Sha256::digest(&data).as_slice() != e.sha256 {
+            return Err(invalid(
+                source,
+                format!("block {}: SHA-256 mismatch", e.block),
+            ));
+        }
+        if data.len() == EBS_BLOCK_SIZE as usize {
+            return Ok(data);
+        }
+        let mut padded = data.to_vec();
+        padded.resize(EBS_BLOCK_SIZE as usize, 0);
+        Ok(Bytes::from(padded))
+    }
+
+    pub(super) async fn start_delta_snapshot(
+        &self,
+        parent_snapshot_id: &str,
+        source: &StagedObject,
+        description: &str,
+    ) -> Result<String, ImagesError> {
+        let (disk_size, entries) = self.delta_index(source).await?;
+        let token = client_token(&["delta", parent_snapshot_id, &source.bucket, &source.key]);
+        // EBS keeps a client token for a while; the tag finds the snapshot after that too.
+        if let Some(existing) = self.snapshot_by_token(&token).await? {
+            return Ok(TaskId::delta(&existing, source));
+        }
+        let tag = |k: &str, v: String| Tag::builder().key(k).value(v).build();
+        let out = self
+            .ebs
+            .start_snapshot()
+            .volume_size(disk_size.div_ceil(1 << 30).max(1) as i64)
+            .parent_snapshot_id(parent_snapshot_id)
+            .client_token(&token)
+            .description(description)
+            .tags(tag(tags::MANAGED_BY, self.settings.managed_by.clone()))
+            .tags(tag(tags::SOURCE, source.to_string()))
+            .tags(tag(tags::CLIENT_TOKEN, token.clone()))
+            .tags(tag(tags::CHANGED_BLOCKS, entries.len().to_string()))
+            .tags(tag(tags::PARENT, parent_snapshot_id.to_string()))
+            .tags(tag(tags::DISK_SIZE, disk_size.to_string()))
+            .send()
+            .await
+            .map_err(|e| {
+                let f = classify("StartSnapshot", &e);
+                match f.code.as_deref() {
+                    // e.g. a volume smaller than its parent: the delta does not fit.
+                    Some("ValidationException") if !f.transient => {
+                        ImagesError::InvalidImage(f.message)
+                    }
+                    Some("ConcurrentLimitExceededException") => ImagesError::Transient {
+                        message: f.message,
+                        source: None,
+                    },
+                    _ => images_error(f, &["ResourceNotFoundException"]),
+                }
+            })?;
+        let snapshot_id = out.snapshot_id.ok_or_else(|| {
+            ImagesError::internal(format!("StartSnapshot for {source} gave no snapshot id"))
+        })?;
+        Ok(TaskId::delta(&snapshot_id, source))
+    }
+
+    pub(super) async fn write_range(
+        &self,
+        snapshot_id: &str,
+        source: &StagedObject,
+        range: &BlockRange,
+    ) -> Result<u64, ImagesError> {
+        let footer = self.delta_footer(source).await?;
+        let end = range.first.checked_add(range.count);
+        if range.count == 0 || end.is_none_or(|end| end > footer.count) {
+            return Err(ImagesError::InvalidParameter(format!(
+                "blocks {}..+{} are not within the {} changed blocks of {source}",
+                range.first, range.count, footer.count
+            )));
+        }
+        let (header, _) = self
+            .get_range(source, format!("bytes=0-{}", HEADER_LEN - 1))
+            .await?;
+        let (block_size, disk_size) =
+            delta::parse_header(&header).map_err(|e| invalid(source, e))?;
+        let start = footer.index_offset + range.first * ENTRY_LEN as u64;
+        let (slice, _) = self
+            .get_range(
+                source,
+                format!(
+                    "bytes={start}-{}",
+                    start + range.count * ENTRY_LEN as u64 - 1
+                ),
+            )
+            .await?;
+        let entries = delta::decode_entries(&slice, range.first, block_size, disk_size)
+            .map_err(|e| invalid(source, e))?;
+        if block_size != EBS_BLOCK_SIZE || entries.len() as u64 != range.count {
+            return Err(invalid(source, "not a delta of 512 KiB blocks"));
+        }
+        futures::stream::iter(entries)
+            .map(|e| self.put_block(snapshot_id, source, e))
+            .buffer_unordered(self.settings.writes_in_flight.max(1))
+            .try_for_each(|()| async { Ok(()) })
+            .await?;
+        Ok(range.count)
+    }
+
+    async fn put_block(
+        &self,
+        snapshot_id: &str,
+        source: &StagedObject,
+        e: DeltaEntry,
+    ) -> Result<(), ImagesError> {
+        let index = i32::try_from(e.block)
+            .map_err(|_| invalid(source, format!("block {} is past EBS's largest", e.block)))?;
+        let data = self.block_bytes(source, &e).await?;
+        let checksum = BASE64.encode(written_sha256(&e, &data));
+        self.ebs
+            .put_snapshot_block()
+            .snapshot_id(snapshot_id)
+            .block_index(index)
+            .data_length(EBS_BLOCK_SIZE as i32)
+            .checksum(checksum)
+            .checksum_algorithm(ChecksumAlgorithm::ChecksumAlgorithmSha256)
+            .block_data(ByteStream::from(data))
+            .send()
+            .await
+            .map_err(|err| {
+                let f = classify("PutSnapshotBlock", &err);
+                images_error(f, &["ResourceNotFoundException"])
+            })?;
+        Ok(())
+    }
+
+    /// The LINEAR aggregate EBS checks on `CompleteSnapshot`: the SHA-256 of the written
+    /// blocks' SHA-256 digests, concatenated in block order.
+    async fn linear_checksum(
+        &self,
+        source: &StagedObject,
+        entries: &[DeltaEntry],
+    ) -> Result<String, ImagesError> {
+        let mut h = Sha256::new();
+        for e in entries {
+            if e.length == EBS_BLOCK_SIZE {
+                h.update(e.sha256);
+            } else {
+                // Only the disk's last block can be short: its padded digest needs its bytes.
+                let data = self.block_bytes(source, e).await?;
+                h.update(written_sha256(e, &data));
+            }
+        }
+        Ok(BASE64.encode(h.finalize()))
+    }
+
+    pub(super) async fn describe_delta(
+        &self,
+        snapshot_id: &str,
+        source: &StagedObject,
+    ) -> Result<TaskStatus, ImagesError> {
+        let (snapshot, info) = self.snapshot(snapshot_id).await?;
+        if info.state == "error" {
+            return Ok(TaskStatus::Failed {
+                kind: TaskFailure::Internal,
+                message: info
+                    .state_message
+                    .unwrap_or_else(|| format!("EBS reports snapshot {snapshot_id} as error")),
+            });
+        }
+        let mut sealed_now = None;
+        if !info.tags.contains_key(tags::SEALED) {
+            match self.seal(snapshot_id, source).await {
+                Ok(status) => sealed_now = Some(status),
+                // Sealed before, by a poll whose tag write was lost.
+                Err(_) if info.state == "completed" => {}
+                Err(ImagesError::Internal { message, .. }) => {
+                    return Ok(TaskStatus::Failed {
+                        kind: TaskFailure::Internal,
+                        message,
+                    })
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        match (info.state.as_str(), sealed_now) {
+            (_, Some(Status::Error)) => Ok(TaskStatus::Failed {
+                kind: TaskFailure::Internal,
+                message: format!("EBS could not complete snapshot {snapshot_id}"),
+            }),
+            ("completed", None | Some(Status::Completed)) => Ok(TaskStatus::Completed { snapshot }),
+            _ => {
+                let total = snapshot.volume_size_bytes;
+                let percent = info.progress.min(99);
+                Ok(TaskStatus::Active {
+                    progress_percent: percent,
+                    bytes_done: total / 100 * percent as u64,
+                    bytes_total: total,
+                    message: format!("EBS is completing snapshot {snapshot_id}"),
+                })
+            }
+        }
+    }
+
+    /// `CompleteSnapshot` with the delta's count and checksum, then the [`tags::SEALED`] tag
+    /// so that later polls only wait.
+    async fn seal(&self, snapshot_id: &str, source: &StagedObject) -> Result<Status, ImagesError> {
+        let (_, entries) = self.delta_index(source).await?;
+        let checksum = self.linear_checksum(source, &entries).await?;
+        let count = i32::try_from(entries.len())
+            .map_err(|_| invalid(source, "more changed blocks than EBS counts"))?;
+        let out = self
+            .ebs
+            .complete_snapshot()
+            .snapshot_id(snapshot_id)
+            .changed_blocks_count(count)
+            .checksum(checksum)
+            .checksum_algorithm(ChecksumAlgorithm::ChecksumAlgorithmSha256)
+            .checksum_aggregation_method(ChecksumAggregationMethod::ChecksumAggregationLinear)
+            .send()
+            .await
+            .map_err(|e| {
+                images_error(
+                    classify("CompleteSnapshot", &e),
+                    &["ResourceNotFoundException"],
+                )
+            })?;
+        self.tag(snapshot_id, &HashMap::from([(tags::SEALED, "true")]))
+            .await?;
+        Ok(out.status.unwrap_or(Status::Pending))
+    }
+}
