@@ -29,14 +29,16 @@ const IMAGE_GONE: &[&str] = &["InvalidAMIID.NotFound", "InvalidAMIID.Unavailable
 
 fn image_from(i: &aws_sdk_ec2::types::Image) -> Result<Image, ImagesError> {
     let image_id = i.image_id().unwrap_or_default().to_string();
-    let architecture = i
-        .architecture()
-        .and_then(|a| Architecture::parse(a.as_str()))
-        .ok_or_else(|| {
+    // EC2 always names the architecture; emulators (moto) may not, and Tern registers x86_64
+    // unless told otherwise.
+    let architecture = match i.architecture() {
+        None => Architecture::X86_64,
+        Some(a) => Architecture::parse(a.as_str()).ok_or_else(|| {
             ImagesError::internal(format!(
-                "image {image_id} has an architecture Tern does not make"
+                "image {image_id} has architecture {a}, which Tern does not make"
             ))
-        })?;
+        })?,
+    };
     let boot_mode = i
         .boot_mode()
         .and_then(|b| BootMode::parse(b.as_str()))
