@@ -402,22 +402,24 @@ impl Ec2Images {
         let checksum = self.linear_checksum(source, &entries).await?;
         let count = i32::try_from(entries.len())
             .map_err(|_| invalid(source, "more changed blocks than EBS counts"))?;
-        let out = self
+        let mut call = self
             .ebs
             .complete_snapshot()
             .snapshot_id(snapshot_id)
-            .changed_blocks_count(count)
-            .checksum(checksum)
-            .checksum_algorithm(ChecksumAlgorithm::ChecksumAlgorithmSha256)
-            .checksum_aggregation_method(ChecksumAggregationMethod::ChecksumAggregationLinear)
-            .send()
-            .await
-            .map_err(|e| {
-                images_error(
-                    classify("CompleteSnapshot", &e),
-                    &["ResourceNotFoundException"],
-                )
-            })?;
+            .changed_blocks_count(count);
+        // An aggregate of no blocks checks nothing.
+        if count > 0 {
+            call = call
+                .checksum(checksum)
+                .checksum_algorithm(ChecksumAlgorithm::ChecksumAlgorithmSha256)
+                .checksum_aggregation_method(ChecksumAggregationMethod::ChecksumAggregationLinear);
+        }
+        let out = call.send().await.map_err(|e| {
+            images_error(
+                classify("CompleteSnapshot", &e),
+                &["ResourceNotFoundException"],
+            )
+        })?;
         self.tag(snapshot_id, &HashMap::from([(tags::SEALED, "true")]))
             .await?;
         Ok(out.status.unwrap_or(Status::Pending))

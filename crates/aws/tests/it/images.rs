@@ -208,6 +208,44 @@ async fn a_delta_written_range_by_range_reads_back_as_the_new_disk() {
     images.write_delta_blocks(&task, &ranges[0]).await.unwrap();
     assert_eq!(snapshot_blocks(&c.ebs, &child).await, written);
 
+    // The first poll seals the snapshot: CompleteSnapshot with the number of blocks written
+    // and the LINEAR aggregate of their checksums as EBS computes it from what it stored (the
+    // SHA-256 of each zero-padded block, concatenated in block order). moto ignores both, so a
+    // mocked EBS checks them; EC2 and S3 stay moto's.
+    let mut padded = new.clone();
+    padded.resize(11 * BS, 0);
+    let mut aggregate = Sha256::new();
+    for i in [1usize, 2, 4, 8, 10] {
+        aggregate.update(Sha256::digest(&padded[i * BS..(i + 1) * BS]));
+    }
+    let expected_checksum = base64::engine::general_purpose::STANDARD.encode(aggregate.finalize());
+    let complete = aws_smithy_mocks::mock!(aws_sdk_ebs::Client::complete_snapshot)
+        .match_requests(move |r| {
+            r.changed_blocks_count() == Some(5)
+                && r.checksum() == Some(expected_checksum.as_str())
+                && r.checksum_aggregation_method()
+                    == Some(
+                        &aws_sdk_ebs::types::ChecksumAggregationMethod::ChecksumAggregationLinear,
+                    )
+        })
+        .then_output(|| {
+            aws_sdk_ebs::operation::complete_snapshot::CompleteSnapshotOutput::builder()
+                .status(aws_sdk_ebs::types::Status::Completed)
+                .build()
+        });
+    let mocked_ebs = aws_smithy_mocks::mock_client!(aws_sdk_ebs, [&complete]);
+    let sealing = Ec2Images::new(
+        c.ec2.clone(),
+        mocked_ebs,
+        c.s3.clone(),
+        Ec2ImagesSettings::new("vmimport", "tern-tests"),
+    );
+    assert!(matches!(
+        sealing.describe_task(&task).await.unwrap(),
+        TaskStatus::Completed { .. }
+    ));
+    assert_eq!(complete.num_calls(), 1);
+
     let snapshot = match images.describe_task(&task).await.unwrap() {
         TaskStatus::Completed { snapshot } => snapshot,
         other => panic!("expected a completed snapshot, got {other:?}"),
@@ -242,7 +280,7 @@ async fn a_delta_written_range_by_range_reads_back_as_the_new_disk() {
     ] {
         assert!(tags.contains(&(k.into(), v.into())), "{k}={v} in {tags:?}");
     }
-    // Asking again only reads: the snapshot is sealed once.
+    // Asking again only reads: the snapshot was sealed once.
     assert!(matches!(
         images.describe_task(&task).await.unwrap(),
         TaskStatus::Completed { .. }
