@@ -102,7 +102,7 @@ async fn main() -> anyhow::Result<()> {
     let rate = written as f64 / secs;
     println!(
         "one WriteBlocks iteration against moto: {written} blocks ({} MiB) in {secs:.2} s, {in_flight} in flight",
-        written as usize * BS >> 20
+        (written as usize * BS) >> 20
     );
     println!(
         "  {rate:.0} PutSnapshotBlock/s = {:.2}x the EBS ceiling of {EBS_CEILING:.0}/s per snapshot ({:.0} MiB/s)",

@@ -273,7 +273,7 @@ pub fn decode_entries(
     block_size: u32,
     disk_size: u64,
 ) -> Result<Vec<DeltaEntry>> {
-    if index.len() % ENTRY_LEN != 0 {
+    if !index.len().is_multiple_of(ENTRY_LEN) {
         return Err(bad(format!(
             "an index slice of {} bytes is not whole entries",
             index.len()

@@ -411,7 +411,7 @@ async fn images_are_listed_by_tag_and_go_away_idempotently() {
         .into_iter()
         .map(|i| i.image_id)
         .collect();
-    assert_eq!(listed, [image.image_id.clone()]);
+    assert_eq!(listed, std::slice::from_ref(&image.image_id));
 
     images.deregister_image(&image.image_id).await.unwrap();
     assert!(matches!(
