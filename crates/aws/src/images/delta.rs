@@ -3,8 +3,10 @@
 //! `StartSnapshot` (with the parent) → one `PutSnapshotBlock` per changed block, written by
 //! the state machine's WriteBlocks Map a range at a time → `CompleteSnapshot` with the
 //! changed-block count and the LINEAR checksum on the first WaitForSnapshots poll. The delta is
-//! read straight from staging with ranged GETs: its footer, the index slice of a range, and
-//! each block's bytes, so no invocation holds more than `writes_in_flight` blocks in memory.
+//! read straight from staging with ranged GETs: its footer, the index slice of a range, and the
+//! blocks' bytes, up to 8 blocks stored back to back per GET. An iteration holds at most about
+//! twice `writes_in_flight` blocks in memory (32 MiB at the defaults: the blocks being written
+//! and the groups read ahead), whatever the size of its range.
 
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
@@ -25,7 +27,7 @@ use crate::sdk::classify;
 /// What EBS stores for a block that must read as zeros (it has no "trim" call).
 static ZEROS: [u8; EBS_BLOCK_SIZE as usize] = [0; EBS_BLOCK_SIZE as usize];
 
-/// The delta's footer and the object's length.
+/// What the delta's footer says: how many changed blocks, and where their index starts.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Footer {
     pub count: u64,
