@@ -33,6 +33,9 @@ const TRANSIENT_CODES: &[&str] = &[
     "InternalException",
     "RequestTimeout",
     "RequestTimeoutException",
+    "RequestThrottledException",
+    "ConcurrentLimitExceededException",
+    "InsufficientCapacity",
 ];
 
 pub(crate) fn classify<E>(operation: &str, error: &SdkError<E, HttpResponse>) -> Failure

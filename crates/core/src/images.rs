@@ -7,7 +7,8 @@
 //! |---|---|---|
 //! | [`Images::start_import`] | ImportSnapshot of a stream-optimized VMDK in S3 | import into the block store |
 //! | [`Images::start_apply_delta`] | StartSnapshot(ParentSnapshotId) + PutSnapshotBlock + CompleteSnapshot | child block map from the parent's |
-//! | [`Images::describe_task`] | DescribeImportSnapshotTasks / DescribeSnapshots | the task table |
+//! | [`Images::delta_writes`], [`Images::write_delta_blocks`] | PutSnapshotBlock, one `WriteBlocks` Map iteration per range | none: the task writes its own blocks |
+//! | [`Images::describe_task`] | DescribeImportSnapshotTasks / CompleteSnapshot + DescribeSnapshots | the task table |
 //! | [`Images::register_image`] | RegisterImage | an image record |
 //! | [`Images::deregister_image`], [`Images::delete_snapshot`] | DeregisterImage, DeleteSnapshot | records removed, unreferenced blocks freed |
 //!
@@ -56,6 +57,28 @@ impl Snapshot {
     /// and the least a [`BlockDevice::volume_size`] over it may ask for.
     pub fn volume_size_gib(&self) -> u64 {
         self.volume_size_bytes.div_ceil(1 << 30).max(1)
+    }
+}
+
+/// A slice of an apply-delta task's changed blocks: positions `first .. first + count` in the
+/// delta's ascending list of changed blocks (not block numbers, so that every range holds the
+/// same number of blocks to write however the changes are spread over the disk).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct BlockRange {
+    pub first: u64,
+    pub count: u64,
+}
+
+impl BlockRange {
+    /// `total` changed blocks cut into ranges of at most `per_range` (≥ 1) blocks, in order.
+    pub fn split(total: u64, per_range: u64) -> Vec<BlockRange> {
+        let per_range = per_range.max(1);
+        (0..total.div_ceil(per_range))
+            .map(|i| BlockRange {
+                first: i * per_range,
+                count: per_range.min(total - i * per_range),
+            })
+            .collect()
     }
 }
 
@@ -342,8 +365,32 @@ pub trait Images: Send + Sync {
         description: &str,
     ) -> Result<String, ImagesError>;
 
+    /// The block ranges of an apply-delta task that the caller must write with
+    /// [`Images::write_delta_blocks`] (one state machine Map iteration each) before the task
+    /// can complete. Empty for a service that writes a task's blocks itself (the local one) and
+    /// for import tasks.
+    async fn delta_writes(&self, task_id: &str) -> Result<Vec<BlockRange>, ImagesError> {
+        let _ = task_id;
+        Ok(Vec::new())
+    }
+
+    /// Writes the blocks of one range returned by [`Images::delta_writes`]; returns how many
+    /// were written. Safe to run again (a block written twice holds the same bytes). A service
+    /// whose `delta_writes` is always empty is never asked.
+    async fn write_delta_blocks(
+        &self,
+        task_id: &str,
+        range: &BlockRange,
+    ) -> Result<u64, ImagesError> {
+        let _ = range;
+        Err(ImagesError::InvalidParameter(format!(
+            "task {task_id} has no block ranges to write: this image service writes a delta's blocks itself"
+        )))
+    }
+
     /// [`ImagesError::NotFound`] for an unknown task, and for a completed one whose snapshot
-    /// has been deleted since.
+    /// has been deleted since. For a task with [`Images::delta_writes`], called only once every
+    /// range is written: the first call seals the snapshot.
     async fn describe_task(&self, task_id: &str) -> Result<TaskStatus, ImagesError>;
 
     async fn describe_snapshot(&self, snapshot_id: &str) -> Result<Snapshot, ImagesError>;
@@ -413,6 +460,34 @@ mod tests {
             assert_eq!(err.to_string(), "staged object is not a VMDK");
             assert_eq!(TaskFailure::parse(kind.as_str()), Some(kind));
         }
+    }
+
+    #[test]
+    fn block_ranges_cover_every_changed_block_once() {
+        let ranges = BlockRange::split(4_001, 2_000);
+        assert_eq!(
+            ranges,
+            [
+                BlockRange {
+                    first: 0,
+                    count: 2_000
+                },
+                BlockRange {
+                    first: 2_000,
+                    count: 2_000
+                },
+                BlockRange {
+                    first: 4_000,
+                    count: 1
+                },
+            ]
+        );
+        assert!(BlockRange::split(0, 2_000).is_empty());
+        assert_eq!(
+            BlockRange::split(3, 0).len(),
+            3,
+            "a zero size means one block each"
+        );
     }
 
     #[test]

@@ -37,9 +37,11 @@ use crate::Progress;
 const MAGIC: &[u8; 8] = b"TERNDLTA";
 const FOOTER_MAGIC: &[u8; 8] = b"TERNDIDX";
 const VERSION: u32 = 1;
-const HEADER_LEN: u64 = 32;
-const ENTRY_LEN: usize = 56;
-const FOOTER_LEN: u64 = 56;
+/// Bytes of the header, of one index entry and of the footer: what a reader that fetches parts
+/// of the object (ranged GETs) needs to find them.
+pub const HEADER_LEN: u64 = 32;
+pub const ENTRY_LEN: usize = 56;
+pub const FOOTER_LEN: u64 = 56;
 const FLAG_ZERO: u32 = 1;
 
 /// One changed block in a delta.
@@ -231,6 +233,84 @@ pub fn create<W: Write>(
     })
 }
 
+/// The header's block size and new disk size, checked.
+pub fn parse_header(h: &[u8]) -> Result<(u32, u64)> {
+    if h.len() < HEADER_LEN as usize || &h[..8] != MAGIC {
+        return Err(bad("not a Tern delta object (bad magic)"));
+    }
+    let version = u32::from_le_bytes(h[8..12].try_into().expect("4"));
+    if version != VERSION {
+        return Err(bad(format!(
+            "version {version} (this reader knows {VERSION})"
+        )));
+    }
+    let block_size = u32::from_le_bytes(h[12..16].try_into().expect("4"));
+    let disk_size = u64::from_le_bytes(h[16..24].try_into().expect("8"));
+    if block_size == 0 || block_size % 512 != 0 {
+        return Err(bad(format!("block size {block_size}")));
+    }
+    Ok((block_size, disk_size))
+}
+
+/// The footer's entry count and index offset (the index checksum is checked by whoever reads
+/// the whole index).
+pub fn parse_footer(f: &[u8]) -> Result<(u64, u64)> {
+    if f.len() != FOOTER_LEN as usize || &f[..8] != FOOTER_MAGIC {
+        return Err(bad("no footer (truncated object?)"));
+    }
+    let count = u64::from_le_bytes(f[8..16].try_into().expect("8"));
+    let index_offset = u64::from_le_bytes(f[16..24].try_into().expect("8"));
+    Ok((count, index_offset))
+}
+
+/// Decodes consecutive index entries (`first` is the position of the first, for messages),
+/// each checked on its own: known flags, ascending blocks, inside the disk, the right length.
+/// Where the data of each lies relative to the others is checked by [`DeltaReader::new`],
+/// which sees the whole index; a reader of a slice relies on each block's SHA-256 instead.
+pub fn decode_entries(
+    index: &[u8],
+    first: u64,
+    block_size: u32,
+    disk_size: u64,
+) -> Result<Vec<DeltaEntry>> {
+    if !index.len().is_multiple_of(ENTRY_LEN) {
+        return Err(bad(format!(
+            "an index slice of {} bytes is not whole entries",
+            index.len()
+        )));
+    }
+    let bs = block_size as u64;
+    let mut entries: Vec<DeltaEntry> = Vec::with_capacity(index.len() / ENTRY_LEN);
+    for (n, c) in index.chunks_exact(ENTRY_LEN).enumerate() {
+        let i = first + n as u64;
+        let block = u64::from_le_bytes(c[0..8].try_into().expect("8"));
+        let data_offset = u64::from_le_bytes(c[8..16].try_into().expect("8"));
+        let length = u32::from_le_bytes(c[16..20].try_into().expect("4"));
+        let flags = u32::from_le_bytes(c[20..24].try_into().expect("4"));
+        if flags & !FLAG_ZERO != 0 {
+            return Err(bad(format!("entry {i}: unknown flags {flags:#x}")));
+        }
+        if entries.last().is_some_and(|p| p.block >= block) {
+            return Err(bad(format!("entry {i}: blocks out of order")));
+        }
+        let start = block
+            .checked_mul(bs)
+            .filter(|s| *s < disk_size)
+            .ok_or_else(|| bad(format!("entry {i}: block {block} past the end of the disk")))?;
+        if length as u64 != bs.min(disk_size - start) {
+            return Err(bad(format!("entry {i}: block {block} has length {length}")));
+        }
+        entries.push(DeltaEntry {
+            block,
+            zero: flags & FLAG_ZERO != 0,
+            length,
+            data_offset,
+            sha256: c[24..56].try_into().expect("32"),
+        });
+    }
+    Ok(entries)
+}
+
 /// Reads a delta object; the index is validated up front, block data when read.
 #[derive(Debug)]
 pub struct DeltaReader<R: Read + Seek> {
@@ -249,28 +329,11 @@ impl<R: Read + Seek> DeltaReader<R> {
         let mut h = [0u8; HEADER_LEN as usize];
         r.seek(SeekFrom::Start(0))?;
         r.read_exact(&mut h)?;
-        if &h[..8] != MAGIC {
-            return Err(bad("not a Tern delta object (bad magic)"));
-        }
-        let version = u32::from_le_bytes(h[8..12].try_into().expect("4"));
-        if version != VERSION {
-            return Err(bad(format!(
-                "version {version} (this reader knows {VERSION})"
-            )));
-        }
-        let block_size = u32::from_le_bytes(h[12..16].try_into().expect("4"));
-        let disk_size = u64::from_le_bytes(h[16..24].try_into().expect("8"));
-        if block_size == 0 || block_size % 512 != 0 {
-            return Err(bad(format!("block size {block_size}")));
-        }
+        let (block_size, disk_size) = parse_header(&h)?;
         let mut f = [0u8; FOOTER_LEN as usize];
         r.seek(SeekFrom::Start(len - FOOTER_LEN))?;
         r.read_exact(&mut f)?;
-        if &f[..8] != FOOTER_MAGIC {
-            return Err(bad("no footer (truncated object?)"));
-        }
-        let count = u64::from_le_bytes(f[8..16].try_into().expect("8"));
-        let index_offset = u64::from_le_bytes(f[16..24].try_into().expect("8"));
+        let (count, index_offset) = parse_footer(&f)?;
         let index_len = count
             .checked_mul(ENTRY_LEN as u64)
             .ok_or_else(|| bad("entry count overflows"))?;
@@ -287,34 +350,13 @@ impl<R: Read + Seek> DeltaReader<R> {
         if Sha256::digest(&index).as_slice() != &f[24..56] {
             return Err(bad("index checksum mismatch"));
         }
-        let bs = block_size as u64;
         let mut entries: Vec<DeltaEntry> = Vec::with_capacity(count as usize);
         let mut data_end = HEADER_LEN;
-        for (i, c) in index.chunks_exact(ENTRY_LEN).enumerate() {
-            let block = u64::from_le_bytes(c[0..8].try_into().expect("8"));
-            let data_offset = u64::from_le_bytes(c[8..16].try_into().expect("8"));
-            let length = u32::from_le_bytes(c[16..20].try_into().expect("4"));
-            let flags = u32::from_le_bytes(c[20..24].try_into().expect("4"));
-            let e = DeltaEntry {
-                block,
-                zero: flags & FLAG_ZERO != 0,
-                length,
-                data_offset,
-                sha256: c[24..56].try_into().expect("32"),
-            };
-            if flags & !FLAG_ZERO != 0 {
-                return Err(bad(format!("entry {i}: unknown flags {flags:#x}")));
-            }
-            if entries.last().is_some_and(|p| p.block >= block) {
-                return Err(bad(format!("entry {i}: blocks out of order")));
-            }
-            let start = block
-                .checked_mul(bs)
-                .filter(|s| *s < disk_size)
-                .ok_or_else(|| bad(format!("entry {i}: block {block} past the end of the disk")))?;
-            if length as u64 != bs.min(disk_size - start) {
-                return Err(bad(format!("entry {i}: block {block} has length {length}")));
-            }
+        for (i, e) in decode_entries(&index, 0, block_size, disk_size)?
+            .into_iter()
+            .enumerate()
+        {
+            let (data_offset, length) = (e.data_offset, e.length);
             if !e.zero {
                 // Data is stored in index order, back to back, before the index.
                 if data_offset != data_end || data_offset + length as u64 > index_offset {

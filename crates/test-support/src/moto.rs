@@ -22,10 +22,13 @@ pub enum Flavor {
     /// `<OperationResponse>` root where S3 (and so the Rust SDK, which checks the root) uses the
     /// model's name (`CompleteMultipartUploadResult`, `ListPartsResult`, …). The filter renames
     /// those roots and nothing else; with a moto that gets them right it changes nothing.
+    /// It also turns the `BlockIndex` strings of moto's EBS `ListSnapshotBlocks` /
+    /// `ListChangedBlocks` answers into the integers of EBS's model.
     S3RootsFixed,
 }
 
 const SERVE: &str = r#"
+import re
 import sys
 from werkzeug.serving import run_simple
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
@@ -55,6 +58,10 @@ def fixed(environ, start_response):
             headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
             headers.append(("Content-Length", str(len(body))))
             break
+    if head.startswith(b"{") and b'"BlockIndex": "' in body:
+        body = re.sub(rb'"BlockIndex": "(\d+)"', rb'"BlockIndex": \1', body)
+        headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
+        headers.append(("Content-Length", str(len(body))))
     start_response(seen["status"], headers)
     return [body]
 

@@ -12,7 +12,8 @@
 //! | (execution) | — | [`RunInput`] | — |
 //! | Prepare | [`functions::PREPARE`] | [`PrepareInput`] | [`PrepareOutput`] (`$.run`) |
 //! | WaitForUpload | [`functions::WAIT_FOR_UPLOAD`] | [`WaitForUploadInput`] | [`WaitForUploadOutput`]; the task's result is the [`Manifest`] sent with its token (`$.upload`) |
-//! | Import / ApplyDelta | [`functions::IMPORT`] / [`functions::APPLY_DELTA`] | [`ImportInput`] | [`ImportOutput`] (`$.tasks`) |
+//! | Import / ApplyDelta | [`functions::IMPORT`] / [`functions::APPLY_DELTA`] | [`ImportInput`] | [`ImportOutput`] (`$.started`) |
+//! | WriteBlocks (Map over `$.started.writes`) | [`functions::WRITE_BLOCKS`] per item | [`WriteBlocksInput`] | [`WriteBlocksOutput`] (discarded) |
 //! | WaitForSnapshots | [`functions::CHECK_SNAPSHOTS`] | [`CheckSnapshotsInput`] | [`CheckSnapshotsOutput`] (`$.snapshots`) |
 //! | RegisterImage | [`functions::REGISTER_IMAGE`] | [`RegisterImageInput`] | [`Image`] (`$.image`) |
 //! | Retain | [`functions::RETAIN`] | [`RetainInput`] | [`RetainOutput`] (`$.retained`) |
@@ -71,6 +72,7 @@ pub mod functions {
     pub const WAIT_FOR_UPLOAD: &str = "wait-for-upload";
     pub const IMPORT: &str = "import";
     pub const APPLY_DELTA: &str = "apply-delta";
+    pub const WRITE_BLOCKS: &str = "write-blocks";
     pub const CHECK_SNAPSHOTS: &str = "check-snapshots";
     pub const REGISTER_IMAGE: &str = "register-image";
     pub const RETAIN: &str = "retain";
@@ -83,6 +85,7 @@ pub mod functions {
         ("WaitForUploadFunctionArn", WAIT_FOR_UPLOAD),
         ("ImportFunctionArn", IMPORT),
         ("ApplyDeltaFunctionArn", APPLY_DELTA),
+        ("WriteBlocksFunctionArn", WRITE_BLOCKS),
         ("CheckSnapshotsFunctionArn", CHECK_SNAPSHOTS),
         ("RegisterImageFunctionArn", REGISTER_IMAGE),
         ("RetainFunctionArn", RETAIN),
@@ -265,14 +268,53 @@ pub struct SnapshotTask {
     pub task_id: String,
 }
 
-/// The snapshot tasks started, one per disk of the manifest (a JSON array).
+/// One range of one disk's changed blocks, for one iteration of the WriteBlocks Map state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BlockWrite {
+    /// The disk's index in the manifest.
+    pub index: usize,
+    pub task_id: String,
+    pub first: u64,
+    pub count: u64,
+}
+
+/// The snapshot tasks started, one per disk of the manifest, and the block ranges the
+/// WriteBlocks Map state writes before WaitForSnapshots (empty where the image service writes
+/// the blocks itself, and for imports).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
+#[serde(rename_all = "camelCase")]
 pub struct ImportOutput {
     pub tasks: Vec<SnapshotTask>,
+    pub writes: Vec<BlockWrite>,
 }
 
 pub type ApplyDeltaOutput = ImportOutput;
+
+/// One WriteBlocks iteration: the run (so that a deleted job stops writing) and the item.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WriteBlocksInput {
+    pub job_id: String,
+    pub run_id: String,
+    pub write: BlockWrite,
+}
+
+impl TaskInput for WriteBlocksInput {
+    fn required(&self) -> Vec<(&'static str, &str)> {
+        vec![
+            ("jobId", &self.job_id),
+            ("runId", &self.run_id),
+            ("write.taskId", &self.write.task_id),
+        ]
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WriteBlocksOutput {
+    pub blocks_written: u64,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

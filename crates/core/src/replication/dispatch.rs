@@ -37,6 +37,10 @@ impl Replication {
                 Ok(i) => output(self.start_snapshots(i).await),
                 Err(e) => Err(e),
             },
+            functions::WRITE_BLOCKS => match WriteBlocksInput::from_value(input) {
+                Ok(i) => output(self.write_blocks(i).await),
+                Err(e) => Err(e),
+            },
             functions::CHECK_SNAPSHOTS => match CheckSnapshotsInput::from_value(input) {
                 Ok(i) => output(self.check_snapshots(i).await),
                 Err(e) => Err(e),

@@ -14,7 +14,8 @@ use super::work::{commit_work_id, replicate_work_id, CommitRunWork, ReplicationW
 use crate::enums::{ReplicationRunState, WorkKind};
 use crate::error::DomainError;
 use crate::images::{
-    Architecture, BlockDevice, BootMode, ImagesError, RegisterImage, StagedObject, TaskStatus,
+    Architecture, BlockDevice, BlockRange, BootMode, ImagesError, RegisterImage, StagedObject,
+    TaskStatus,
 };
 use crate::keys;
 use crate::model::{JobImage, StageDetails};
@@ -180,6 +181,7 @@ impl Replication {
         } = &input;
         let (job, _) = self.active_run(job_id, run_id).await?;
         let mut tasks = Vec::new();
+        let mut writes = Vec::new();
         for disk in &manifest.disks {
             let source = StagedObject {
                 bucket: self.settings.staging_bucket.clone(),
@@ -217,6 +219,18 @@ impl Replication {
                         .await?
                 }
             };
+            writes.extend(
+                self.images
+                    .delta_writes(&task_id)
+                    .await?
+                    .into_iter()
+                    .map(|r| BlockWrite {
+                        index: disk.index,
+                        task_id: task_id.clone(),
+                        first: r.first,
+                        count: r.count,
+                    }),
+            );
             tasks.push(SnapshotTask {
                 index: disk.index,
                 task_id,
@@ -254,7 +268,39 @@ impl Replication {
             "Converting 0%".into(),
         )
         .await?;
-        Ok(ImportOutput { tasks })
+        Ok(ImportOutput { tasks, writes })
+    }
+
+    /// WriteBlocks (one Map iteration): writes one range of a disk's changed blocks onto its
+    /// new snapshot. Re-running it writes the same bytes again; a run that is no longer active
+    /// stops writing.
+    pub async fn write_blocks(&self, input: WriteBlocksInput) -> TaskResult<WriteBlocksOutput> {
+        let WriteBlocksInput {
+            job_id,
+            run_id,
+            write,
+        } = &input;
+        self.active_run(job_id, run_id).await?;
+        let range = BlockRange {
+            first: write.first,
+            count: write.count,
+        };
+        let blocks_written = self
+            .images
+            .write_delta_blocks(&write.task_id, &range)
+            .await
+            .map_err(|e| {
+                let mut e = TaskError::from(e);
+                e.cause = format!(
+                    "disk {}: blocks {}..{}: {}",
+                    write.index,
+                    write.first,
+                    write.first + write.count,
+                    e.cause
+                );
+                e
+            })?;
+        Ok(WriteBlocksOutput { blocks_written })
     }
 
     /// WaitForSnapshots: fails with `Tern.SnapshotsPending` while any task runs (the state

@@ -243,14 +243,49 @@ fn the_state_machine_data_flow_matches_the_typed_contract() {
         } else {
             ("ApplyDelta", functions::APPLY_DELTA)
         };
+        let write = BlockWrite {
+            index: 0,
+            task_id: "ebs-delta/snap-0/tern-staging/runs/sms-job-1/sms-run-2/disk-0.delta".into(),
+            first: 2_000,
+            count: 17,
+        };
         let tasks = ImportOutput {
             tasks: vec![SnapshotTask {
                 index: 0,
                 task_id: "import-snap-task-1".into(),
             }],
+            writes: if seed { vec![] } else { vec![write.clone()] },
         };
         let input: ImportInput = step(&machine, state, function, &mut doc, &tasks);
         assert_eq!(input.manifest, manifest);
+        assert_eq!(machine["States"][state]["Next"], "WriteBlocks");
+
+        // WriteBlocks maps its ItemProcessor's one task over the writes and keeps no result.
+        let map = &machine["States"]["WriteBlocks"];
+        assert_eq!(map["Type"], "Map");
+        assert_eq!(map["ResultPath"], Value::Null);
+        assert_eq!(map["Next"], "WaitForSnapshots");
+        let items = path(&doc, &Value::Null, map["ItemsPath"].as_str().unwrap());
+        assert_eq!(items, serde_json::to_value(&tasks.writes).unwrap());
+        for (i, item) in items.as_array().unwrap().iter().enumerate() {
+            let context = json!({ "Map": { "Item": { "Index": i, "Value": item } } });
+            let processor = &map["ItemProcessor"];
+            let task = &processor["States"][processor["StartAt"].as_str().unwrap()];
+            assert_eq!(task["Resource"], "${WriteBlocksFunctionArn}");
+            assert_eq!(task["End"], true);
+            let given = parameters(
+                &json!({ "Parameters": map["ItemSelector"] }),
+                &doc,
+                &context,
+            );
+            let typed = WriteBlocksInput::from_value(&given).unwrap();
+            assert_eq!(serde_json::to_value(&typed).unwrap(), given);
+            assert_eq!(typed.write, write);
+            assert_eq!(
+                (typed.job_id.as_str(), typed.run_id.as_str()),
+                ("sms-job-1", "sms-run-2")
+            );
+        }
 
         let snapshots = CheckSnapshotsOutput {
             snapshots: vec![SnapshotRef {
