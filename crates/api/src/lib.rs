@@ -9,9 +9,9 @@
 //!   GetConnectors, DisassociateConnector, ImportServerCatalog, GetServers, DeleteServerCatalog,
 //!   CreateReplicationJob, GetReplicationJobs, UpdateReplicationJob, DeleteReplicationJob,
 //!   StartOnDemandReplicationRun, GetReplicationRuns, and the application operations of
-//!   [`apps::OPERATIONS`] (applications and their replication). The other 13 SMS operations
-//!   (launch, validation, templates, ImportAppCatalog) answer `OperationNotPermittedException`
-//!   "… is not available yet in this Tern release".
+//!   [`apps::OPERATIONS`] (applications and their replication) and [`app_configs::OPERATIONS`]
+//!   (launch and validation configuration). The others of [`SMS_OPERATIONS_NOT_YET_AVAILABLE`]
+//!   answer `OperationNotPermittedException` "… is not available yet in this Tern release".
 //! * Connector operations (`TernConnectorService_V1.<Op>`, see [`connector`]), connectors only.
 //!
 //! Request handling: the body must be a JSON object (an empty body counts as `{}`), unknown
@@ -22,6 +22,7 @@
 //! (default `limits.default_page_size`, capped at `limits.max_page_size`, < 1 refused) and an
 //! opaque `nextToken` that is omitted on the last page. Errors: see [`error`].
 
+pub mod app_configs;
 pub mod apps;
 pub mod connector;
 pub mod error;
@@ -72,12 +73,6 @@ pub const SMS_OPERATIONS: &[&str] = &[
     "PutAppReplicationConfiguration",
     "GetAppReplicationConfiguration",
     "DeleteAppReplicationConfiguration",
-];
-
-/// The SMS operations a later release implements; they answer a well-formed error today.
-pub const SMS_OPERATIONS_NOT_YET_AVAILABLE: &[&str] = &[
-    "LaunchApp",
-    "TerminateApp",
     "PutAppLaunchConfiguration",
     "GetAppLaunchConfiguration",
     "DeleteAppLaunchConfiguration",
@@ -86,6 +81,12 @@ pub const SMS_OPERATIONS_NOT_YET_AVAILABLE: &[&str] = &[
     "DeleteAppValidationConfiguration",
     "GetAppValidationOutput",
     "NotifyAppValidationOutput",
+];
+
+/// The SMS operations a later release implements; they answer a well-formed error today.
+pub const SMS_OPERATIONS_NOT_YET_AVAILABLE: &[&str] = &[
+    "LaunchApp",
+    "TerminateApp",
     "GenerateTemplate",
     "GenerateChangeSet",
     "ImportAppCatalog",
@@ -237,6 +238,9 @@ impl Api {
         use wire::*;
         if apps::OPERATIONS.contains(&op) {
             return self.apps(op, input).await;
+        }
+        if app_configs::OPERATIONS.contains(&op) {
+            return self.app_configs(op, input).await;
         }
         let svc = &self.service;
         match op {

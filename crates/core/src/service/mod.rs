@@ -26,9 +26,13 @@ use crate::store::{Expect, Key, RawItem, Store, Write};
 use crate::{Clock, Config, Ids};
 
 pub use apps::{
-    App, AppDetails, AppServerView, AppSummary, AppUpdate, GroupReplication, GroupReplicationView,
-    NewApp, NewServerGroup, NewTag, ServerGroupView, ServerReplication,
-    ServerReplicationParameters, Tag,
+    App, AppDetails, AppLaunch, AppServerView, AppSummary, AppUpdate, AppValidation,
+    GroupLaunchView, GroupReplication, GroupReplicationView, LaunchConfiguration,
+    LaunchConfigurationView, NewApp, NewServerGroup, NewTag, NotificationContext,
+    RecordedValidation, S3Location, ServerGroupLaunchConfiguration, ServerGroupValidation,
+    ServerGroupView, ServerLaunchConfiguration, ServerReplication, ServerReplicationParameters,
+    ServerValidation, SsmValidationParameters, Tag, UserData, UserDataValidationParameters,
+    ValidationConfiguration, ValidationOutputView,
 };
 pub use catalog::{InventoryOutcome, InventoryPage, InventoryVm, ServerListing, MAX_REPORT_PAGES};
 pub use connectors::NewConnector;

@@ -227,6 +227,11 @@ impl Service {
                 replication_jobs: BTreeMap::new(),
                 replicating: false,
                 replication_stopped_on: None,
+                launch_configuration: None,
+                launch: None,
+                validation_configuration: None,
+                validation_outputs: BTreeMap::new(),
+                imported_app_id: None,
             };
             writes.push(put(keys::app(&app_id), &app, Expect::Absent)?);
             if let Some(t) = &token {
@@ -264,6 +269,7 @@ impl Service {
         let app = retrying!(self, id, async {
             let stored = self.app(&id).await?;
             let mut app = stored.value.clone();
+            app.refuse_if_imported("UpdateApp")?;
             if let Some(n) = &req.name {
                 app.name = Some(n.clone());
             }
