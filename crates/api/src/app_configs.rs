@@ -1,5 +1,7 @@
-//! Launch and validation configuration of applications (spec §2.5–2.6): wire shapes and
-//! dispatch onto `tern_core::service::apps`.
+//! Launch and validation configuration of applications, templates and change sets (spec
+//! §2.5–2.7): wire shapes and dispatch onto `tern_core::service::apps`. Templates and change
+//! sets are written to the staging bucket of the attached replication workflow; without one
+//! (a host that runs no replication) they answer "not available".
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -22,6 +24,8 @@ pub const OPERATIONS: &[&str] = &[
     "DeleteAppValidationConfiguration",
     "GetAppValidationOutput",
     "NotifyAppValidationOutput",
+    "GenerateTemplate",
+    "GenerateChangeSet",
 ];
 
 /// `Server` in a request: only `serverId` matters.
@@ -465,6 +469,23 @@ pub struct NotifyAppValidationOutputRequest {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
+pub struct GenerateRequest {
+    #[serde(default)]
+    pub app_id: Option<String>,
+    #[serde(default)]
+    pub template_format: Option<OutputFormat>,
+    #[serde(default)]
+    pub changeset_format: Option<OutputFormat>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct S3LocationResponse {
+    pub s3_location: S3Location,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct AppIdRequest {
     #[serde(default)]
     app_id: Option<String>,
@@ -574,6 +595,20 @@ impl Api {
                 svc.notify_app_validation_output(&req.app_id.unwrap_or_default(), ctx)
                     .await?;
                 encode(&EmptyResponse {})
+            }
+            "GenerateTemplate" | "GenerateChangeSet" => {
+                let req: GenerateRequest = decode(input)?;
+                let r = self.replication_for(op)?;
+                let bucket = &r.settings().staging_bucket;
+                let id = req.app_id.unwrap_or_default();
+                let loc = if op == "GenerateTemplate" {
+                    svc.generate_template(r.staging(), bucket, &id, req.template_format)
+                        .await?
+                } else {
+                    svc.generate_change_set(r.staging(), bucket, &id, req.changeset_format)
+                        .await?
+                };
+                encode(&S3LocationResponse { s3_location: loc })
             }
             other => Err(crate::ApiError::NotAvailableYet(other.to_string())),
         }

@@ -81,16 +81,13 @@ pub const SMS_OPERATIONS: &[&str] = &[
     "DeleteAppValidationConfiguration",
     "GetAppValidationOutput",
     "NotifyAppValidationOutput",
+    "GenerateTemplate",
+    "GenerateChangeSet",
 ];
 
 /// The SMS operations a later release implements; they answer a well-formed error today.
-pub const SMS_OPERATIONS_NOT_YET_AVAILABLE: &[&str] = &[
-    "LaunchApp",
-    "TerminateApp",
-    "GenerateTemplate",
-    "GenerateChangeSet",
-    "ImportAppCatalog",
-];
+pub const SMS_OPERATIONS_NOT_YET_AVAILABLE: &[&str] =
+    &["LaunchApp", "TerminateApp", "ImportAppCatalog"];
 
 /// Who is calling, as established by the transport's authentication.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,6 +154,13 @@ impl Api {
     /// connector API answer that replication is not available. Only the first call counts.
     pub fn attach_replication(&self, replication: tern_core::replication::Replication) {
         let _ = self.replication.set(replication);
+    }
+
+    /// The replication workflow, for an SMS operation `op` that needs its staging bucket.
+    fn replication_for(&self, op: &str) -> Result<&tern_core::replication::Replication, ApiError> {
+        self.replication.get().ok_or_else(|| {
+            ApiError::NotAvailableYet(format!("{op} (no staging bucket on this host)"))
+        })
     }
 
     fn replication(&self) -> Result<&tern_core::replication::Replication, ApiError> {

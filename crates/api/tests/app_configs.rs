@@ -513,3 +513,29 @@ async fn validation_constraints_name_the_member() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn templates_need_a_staging_bucket_and_a_known_format() {
+    let e = Env::new();
+    let (app, _, _) = e.app().await;
+    let m = e
+        .err(
+            "GenerateTemplate",
+            json!({"appId": app, "templateFormat": "XML"}),
+            "InvalidParameterException",
+        )
+        .await;
+    assert!(m.contains("XML"), "{m}");
+    // An API without a replication workflow (so no staging bucket) says so.
+    let m = e
+        .err(
+            "GenerateTemplate",
+            json!({"appId": app, "templateFormat": "JSON"}),
+            "OperationNotPermittedException",
+        )
+        .await;
+    assert!(
+        m.contains("GenerateTemplate") && m.contains("staging bucket"),
+        "{m}"
+    );
+}

@@ -45,7 +45,7 @@ fn inventory(server: &TestServer, n: usize) -> String {
 
 /// Registers a connector over `n` VMs with real disks and imports the catalog; returns the
 /// agent and the server ids in VM order.
-async fn catalog(server: &TestServer, n: usize) -> (tern_connector::Agent, Vec<String>) {
+pub(crate) async fn catalog(server: &TestServer, n: usize) -> (tern_connector::Agent, Vec<String>) {
     let mut agent = server.connector_agent("apps", &inventory(server, n)).await;
     agent.run_once().await.unwrap();
     server.client.import_server_catalog().send().await.unwrap();
@@ -69,7 +69,7 @@ async fn catalog(server: &TestServer, n: usize) -> (tern_connector::Agent, Vec<S
     (agent, ids)
 }
 
-fn group(name: &str, servers: &[&str]) -> ServerGroup {
+pub(crate) fn group(name: &str, servers: &[&str]) -> ServerGroup {
     let mut g = ServerGroup::builder().name(name);
     for s in servers {
         g = g.server_list(Server::builder().server_id(*s).build());

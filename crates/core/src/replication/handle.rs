@@ -108,6 +108,11 @@ impl Replication {
         &self.settings
     }
 
+    /// The staging bucket's port (templates and change sets are written there too).
+    pub fn staging(&self) -> &dyn Staging {
+        self.staging.as_ref()
+    }
+
     /// Publishes the outbox and deletes what the bus accepted. Failures stay for the next try.
     pub async fn publish_outbox(&self) {
         self.outbox.publish().await

@@ -36,6 +36,7 @@
 mod launch;
 mod membership;
 mod replication;
+mod template;
 mod validation;
 
 pub use launch::{
