@@ -26,6 +26,7 @@ pub const OPERATIONS: &[&str] = &[
     "NotifyAppValidationOutput",
     "GenerateTemplate",
     "GenerateChangeSet",
+    "ImportAppCatalog",
 ];
 
 /// `Server` in a request: only `serverId` matters.
@@ -478,6 +479,13 @@ pub struct GenerateRequest {
     pub changeset_format: Option<OutputFormat>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImportAppCatalogRequest {
+    #[serde(default)]
+    pub role_name: Option<String>,
+}
+
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct S3LocationResponse {
@@ -609,6 +617,11 @@ impl Api {
                         .await?
                 };
                 encode(&S3LocationResponse { s3_location: loc })
+            }
+            "ImportAppCatalog" => {
+                let req: ImportAppCatalogRequest = decode(input)?;
+                svc.import_app_catalog(req.role_name).await?;
+                encode(&EmptyResponse {})
             }
             other => Err(crate::ApiError::NotAvailableYet(other.to_string())),
         }

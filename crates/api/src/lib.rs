@@ -83,11 +83,11 @@ pub const SMS_OPERATIONS: &[&str] = &[
     "NotifyAppValidationOutput",
     "GenerateTemplate",
     "GenerateChangeSet",
+    "ImportAppCatalog",
 ];
 
 /// The SMS operations a later release implements; they answer a well-formed error today.
-pub const SMS_OPERATIONS_NOT_YET_AVAILABLE: &[&str] =
-    &["LaunchApp", "TerminateApp", "ImportAppCatalog"];
+pub const SMS_OPERATIONS_NOT_YET_AVAILABLE: &[&str] = &["LaunchApp", "TerminateApp"];
 
 /// Who is calling, as established by the transport's authentication.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -488,6 +488,7 @@ impl Api {
                             .collect(),
                         os_type: vm.os_type,
                         inspection: vm.inspection,
+                        application: vm.application,
                     })
                     .collect();
                 let outcome = match req.report_id {

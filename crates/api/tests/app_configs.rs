@@ -539,3 +539,131 @@ async fn templates_need_a_staging_bucket_and_a_known_format() {
         "{m}"
     );
 }
+
+#[tokio::test]
+async fn import_app_catalog_from_the_connectors_applications() {
+    let e = Env::new();
+    let c = e
+        .conn(
+            "RegisterConnector",
+            json!({"name": "c", "version": "1", "vmManagerId": "vc", "vmManagerType": "VSPHERE"}),
+        )
+        .await["connectorId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let report = |vms: Vec<Value>| {
+        let e = &e;
+        let c = c.clone();
+        async move {
+            e.ok("ImportServerCatalog", json!({})).await;
+            let work = e.conn("PollWork", json!({"connectorId": c})).await;
+            let request = work["workItems"][0]["payload"]["requestId"].clone();
+            e.conn(
+                "ReportInventory",
+                json!({"connectorId": c, "requestId": request, "vmList": vms}),
+            )
+            .await
+        }
+    };
+    let vm = |i: usize, app: Option<&str>| {
+        let mut v = json!({"vmId": format!("vm-{i}"), "vmName": format!("vm{i}"),
+            "disks": [{"path": format!("/d/{i}.raw"), "format": "raw", "sizeBytes": 1048576}]});
+        if let Some(a) = app {
+            v["application"] = json!(a);
+        }
+        v
+    };
+    // Without application definitions there is nothing to import, and the message says how.
+    report(vec![vm(0, None)]).await;
+    let m = e
+        .err("ImportAppCatalog", json!({}), "InvalidParameterException")
+        .await;
+    assert!(m.contains("[[applications]]"), "{m}");
+    let m = e
+        .err(
+            "ImportAppCatalog",
+            json!({"roleName": "a b"}),
+            "InvalidParameterException",
+        )
+        .await;
+    assert!(m.contains("roleName"), "{m}");
+
+    // vm-2 goes into an application of its own first: the import leaves it out.
+    let inv = report(vec![
+        vm(0, Some("shop")),
+        vm(1, Some("shop")),
+        vm(2, Some("shop")),
+        vm(3, Some("crm")),
+        vm(4, None),
+    ])
+    .await;
+    assert_eq!(inv["acceptedCount"], 5, "{inv}");
+    let servers = e.ok("GetServers", json!({})).await["serverList"].clone();
+    let id_of = |vm: &str| {
+        servers
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["vmServer"]["vmServerAddress"]["vmId"] == vm)
+            .unwrap()["serverId"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    e.ok(
+        "CreateApp",
+        json!({"name": "mine", "serverGroups": [{"serverList": [{"serverId": id_of("vm-2")}]}]}),
+    )
+    .await;
+    e.ok("ImportAppCatalog", json!({"roleName": "migration-hub"}))
+        .await;
+    let apps = e.ok("ListApps", json!({})).await["apps"].clone();
+    let imported: Vec<&Value> = apps
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a.get("importedAppId").is_some())
+        .collect();
+    assert_eq!(imported.len(), 2, "{apps}");
+    let shop = imported
+        .iter()
+        .find(|a| a["importedAppId"] == "shop")
+        .unwrap();
+    assert_eq!(shop["name"], "shop");
+    assert_eq!(shop["totalServers"], 2, "vm-2 is in another application");
+    assert_eq!(shop["roleName"], "migration-hub");
+    let shop_id = shop["appId"].as_str().unwrap().to_string();
+    let got = e.ok("GetApp", json!({"appId": shop_id})).await;
+    let mut members: Vec<String> = got["serverGroups"][0]["serverList"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["serverId"].as_str().unwrap().to_string())
+        .collect();
+    members.sort();
+    let mut want = vec![id_of("vm-0"), id_of("vm-1")];
+    want.sort();
+    assert_eq!(members, want);
+
+    // Imported applications are not editable, and a second import creates nothing.
+    let m = e
+        .err(
+            "UpdateApp",
+            json!({"appId": shop_id, "name": "renamed"}),
+            "OperationNotPermittedException",
+        )
+        .await;
+    assert!(m.contains("ImportAppCatalog"), "{m}");
+    e.ok("ImportAppCatalog", json!({})).await;
+    assert_eq!(
+        e.ok("ListApps", json!({})).await["apps"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+    // A bad application name in an inventory entry is refused for that VM only.
+    let inv = report(vec![vm(0, Some("shop")), vm(5, Some(""))]).await;
+    assert_eq!(inv["acceptedCount"], 1, "{inv}");
+}

@@ -491,3 +491,53 @@ async fn an_application_is_configured_validated_and_templated() {
         .unwrap();
     server_.shutdown().await;
 }
+
+#[tokio::test]
+async fn import_app_catalog_makes_the_connectors_applications() {
+    let server_ = TestServer::start().await;
+    let c = &server_.client;
+    let mut toml = crate::apps::inventory(&server_, 3);
+    toml.push_str("\n[[applications]]\nname = \"crm\"\nvms = [\"app0\", \"app2\"]\n");
+    let mut agent = server_.connector_agent("apps", &toml).await;
+    agent.run_once().await.unwrap();
+    c.import_server_catalog().send().await.unwrap();
+    agent.poll_once().await.unwrap();
+
+    c.import_app_catalog()
+        .role_name("sms-import")
+        .send()
+        .await
+        .unwrap();
+    let apps = c.list_apps().send().await.unwrap();
+    assert_eq!(apps.apps().len(), 1);
+    let a = &apps.apps()[0];
+    assert_eq!(a.imported_app_id(), Some("crm"));
+    assert_eq!(a.name(), Some("crm"));
+    assert_eq!(a.total_servers(), Some(2));
+    let app = c
+        .get_app()
+        .app_id(a.app_id().unwrap())
+        .send()
+        .await
+        .unwrap();
+    let mut names: Vec<&str> = app.server_groups()[0]
+        .server_list()
+        .iter()
+        .filter_map(|s| s.vm_server().and_then(|v| v.vm_name()))
+        .collect();
+    names.sort();
+    assert_eq!(names, ["app0", "app2"]);
+    // Not editable; a second import adds nothing.
+    let (code, message) = code_and_message(
+        c.update_app()
+            .app_id(a.app_id().unwrap())
+            .name("other")
+            .send()
+            .await,
+    );
+    assert_eq!(code, "OperationNotPermittedException");
+    assert!(message.contains("ImportAppCatalog"), "{message}");
+    c.import_app_catalog().send().await.unwrap();
+    assert_eq!(c.list_apps().send().await.unwrap().apps().len(), 1);
+    server_.shutdown().await;
+}

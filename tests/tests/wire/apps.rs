@@ -30,7 +30,7 @@ fn make_disk(path: &Path, seed: u8) {
 }
 
 /// An inventory of `n` Linux VMs, each with one raw disk in the server's scratch directory.
-fn inventory(server: &TestServer, n: usize) -> String {
+pub(crate) fn inventory(server: &TestServer, n: usize) -> String {
     let mut s = "vm_manager_id = \"vc-apps\"\nvm_manager_type = \"VSPHERE\"\n".to_string();
     for i in 0..n {
         let disk = server.scratch().join(format!("app-vm{i}.raw"));

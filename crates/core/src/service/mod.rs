@@ -27,7 +27,7 @@ use crate::{Clock, Config, Ids};
 
 pub use apps::{
     App, AppDetails, AppLaunch, AppServerView, AppSummary, AppUpdate, AppValidation,
-    GroupLaunchView, GroupReplication, GroupReplicationView, LaunchConfiguration,
+    GroupLaunchView, GroupReplication, GroupReplicationView, ImportOutcome, LaunchConfiguration,
     LaunchConfigurationView, NewApp, NewServerGroup, NewTag, NotificationContext,
     RecordedValidation, S3Location, ServerGroupLaunchConfiguration, ServerGroupValidation,
     ServerGroupView, ServerLaunchConfiguration, ServerReplication, ServerReplicationParameters,

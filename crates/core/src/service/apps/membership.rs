@@ -155,6 +155,15 @@ impl Service {
     /// CreateApp.
     #[tracing::instrument(name = "create_app", skip_all)]
     pub async fn create_app(&self, req: NewApp) -> Result<AppDetails> {
+        self.create_app_as(req, None).await
+    }
+
+    /// CreateApp, recording the catalog application it was imported from (if any).
+    pub(super) async fn create_app_as(
+        &self,
+        req: NewApp,
+        imported_app_id: Option<String>,
+    ) -> Result<AppDetails> {
         let token = req
             .client_token
             .as_deref()
@@ -231,7 +240,7 @@ impl Service {
                 launch: None,
                 validation_configuration: None,
                 validation_outputs: BTreeMap::new(),
-                imported_app_id: None,
+                imported_app_id: imported_app_id.clone(),
             };
             writes.push(put(keys::app(&app_id), &app, Expect::Absent)?);
             if let Some(t) = &token {

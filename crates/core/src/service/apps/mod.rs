@@ -33,12 +33,14 @@
 //! READY_FOR_CONFIGURATION until a launch configuration exists, READY_FOR_LAUNCH after, and then
 //! follows the application's launch.
 
+mod import;
 mod launch;
 mod membership;
 mod replication;
 mod template;
 mod validation;
 
+pub use import::ImportOutcome;
 pub use launch::{
     GroupLaunchView, LaunchConfiguration, LaunchConfigurationView, S3Location,
     ServerGroupLaunchConfiguration, ServerLaunchConfiguration, UserData,
