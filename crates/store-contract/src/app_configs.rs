@@ -10,12 +10,14 @@
 use std::sync::Arc;
 
 use tern_core::enums::*;
+use tern_core::model::Disk;
 use tern_core::service::{
     AppUpdate, AppValidation, LaunchConfiguration, NewApp, NewServerGroup, NotificationContext,
     S3Location, ServerGroupLaunchConfiguration, ServerGroupValidation, ServerLaunchConfiguration,
     ServerValidation, SsmValidationParameters, UserData, UserDataValidationParameters,
     ValidationConfiguration,
 };
+use tern_core::service::{InventoryVm, NewConnector};
 use tern_core::{Config, DomainError, Store};
 
 use crate::apps::service_with_catalog;
@@ -238,4 +240,54 @@ pub async fn use_cases(store: Arc<dyn Store>) {
     svc.delete_app_validation_configuration(&id).await.unwrap();
     assert!(svc.get_app_validation_output(&id).await.unwrap().is_empty());
     svc.delete_app(&id, false, false).await.unwrap();
+
+    // ImportAppCatalog: the catalog's applications, each made once by concurrent imports.
+    let c2 = svc
+        .register_connector(NewConnector {
+            name: "import".into(),
+            version: "1.0".into(),
+            vm_manager_id: format!("vc-import-{}", uuid::Uuid::new_v4()),
+            vm_manager_type: Some(VmManagerType::Vsphere),
+            ..Default::default()
+        })
+        .await
+        .expect("register");
+    svc.import_catalog().await.expect("import");
+    let work = svc.poll_work(&c2, 10).await.expect("poll");
+    let req = work
+        .iter()
+        .find(|w| w.kind == WorkKind::Inventory)
+        .expect("inventory work");
+    let vms = (0..3)
+        .map(|i| InventoryVm {
+            vm_id: format!("imp-{i}"),
+            vm_name: Some(format!("imp{i}")),
+            disks: vec![Disk {
+                path: format!("/disks/imp{i}.raw"),
+                format: Some("raw".into()),
+                size_bytes: Some(1 << 20),
+            }],
+            application: Some(if i < 2 { "erp" } else { "crm" }.into()),
+            ..Default::default()
+        })
+        .collect();
+    svc.report_inventory(&c2, Some(&req.work_id), vms)
+        .await
+        .expect("inventory");
+    let (a, b) = tokio::join!(svc.import_app_catalog(None), svc.import_app_catalog(None));
+    let (a, b) = (a.expect("import a"), b.expect("import b"));
+    let mut made: Vec<String> = a.imported.iter().chain(&b.imported).cloned().collect();
+    made.sort();
+    made.dedup();
+    let apps = svc.list_apps(None, None, None).await.unwrap().items;
+    let mut imported: Vec<(String, u32)> = apps
+        .iter()
+        .filter_map(|a| a.imported_app_id.clone().map(|n| (n, a.total_servers)))
+        .collect();
+    imported.sort();
+    assert_eq!(imported, [("crm".to_string(), 1), ("erp".to_string(), 2)]);
+    assert_eq!(made.len(), 2, "{made:?}");
+    let again = svc.import_app_catalog(None).await.unwrap();
+    assert!(again.imported.is_empty());
+    assert_eq!(again.already_imported, ["crm", "erp"]);
 }
