@@ -27,6 +27,8 @@ pub const OPERATIONS: &[&str] = &[
     "GenerateTemplate",
     "GenerateChangeSet",
     "ImportAppCatalog",
+    "LaunchApp",
+    "TerminateApp",
 ];
 
 /// `Server` in a request: only `serverId` matters.
@@ -509,6 +511,14 @@ impl Api {
             let r: AppIdRequest = decode(input.clone())?;
             Ok(r.app_id.unwrap_or_default())
         };
+        // The request is checked before the host's launcher or staging bucket is asked for,
+        // so a malformed request is told so wherever it is sent.
+        let required_app_id = |id: Option<String>| -> Result<String, crate::ApiError> {
+            match id {
+                Some(id) if !id.trim().is_empty() => Ok(id),
+                _ => Err(crate::ApiError::missing("appId is required")),
+            }
+        };
         match op {
             "PutAppLaunchConfiguration" => {
                 let req: PutAppLaunchConfigurationRequest = decode(input)?;
@@ -606,9 +616,9 @@ impl Api {
             }
             "GenerateTemplate" | "GenerateChangeSet" => {
                 let req: GenerateRequest = decode(input)?;
+                let id = required_app_id(req.app_id)?;
                 let r = self.replication_for(op)?;
                 let bucket = &r.settings().staging_bucket;
-                let id = req.app_id.unwrap_or_default();
                 let loc = if op == "GenerateTemplate" {
                     svc.generate_template(r.staging(), bucket, &id, req.template_format)
                         .await?
@@ -617,6 +627,19 @@ impl Api {
                         .await?
                 };
                 encode(&S3LocationResponse { s3_location: loc })
+            }
+            "LaunchApp" => {
+                let id = required_app_id(Some(app_id(&input)?))?;
+                let launcher = self.launcher_for(op)?;
+                let r = self.replication_for(op)?;
+                svc.launch_app(launcher, r.staging(), &id).await?;
+                encode(&EmptyResponse {})
+            }
+            "TerminateApp" => {
+                let id = required_app_id(Some(app_id(&input)?))?;
+                let launcher = self.launcher_for(op)?;
+                svc.terminate_app(launcher, &id).await?;
+                encode(&EmptyResponse {})
             }
             "ImportAppCatalog" => {
                 let req: ImportAppCatalogRequest = decode(input)?;

@@ -466,6 +466,18 @@ impl Api {
             }
             "DeleteApp" => {
                 let req: DeleteAppRequest = decode(input)?;
+                if req.force_terminate_app == Some(true) {
+                    let launched = svc
+                        .get_app(&id(req.app_id.clone()))
+                        .await?
+                        .summary
+                        .launch_details
+                        .is_some_and(|l| l.is_live());
+                    if launched {
+                        svc.terminate_app(self.launcher_for(op)?, &id(req.app_id.clone()))
+                            .await?;
+                    }
+                }
                 svc.delete_app(
                     &id(req.app_id),
                     req.force_stop_app_replication.unwrap_or(false),

@@ -10,8 +10,10 @@
 //!   CreateReplicationJob, GetReplicationJobs, UpdateReplicationJob, DeleteReplicationJob,
 //!   StartOnDemandReplicationRun, GetReplicationRuns, and the application operations of
 //!   [`apps::OPERATIONS`] (applications and their replication) and [`app_configs::OPERATIONS`]
-//!   (launch and validation configuration). The others of [`SMS_OPERATIONS_NOT_YET_AVAILABLE`]
-//!   answer `OperationNotPermittedException` "… is not available yet in this Tern release".
+//!   (launch and validation configuration, templates, ImportAppCatalog, LaunchApp and
+//!   TerminateApp). GenerateTemplate/GenerateChangeSet need the host's staging bucket and
+//!   LaunchApp/TerminateApp its launcher ([`Api::attach_launcher`]); a host without them answers
+//!   `OperationNotPermittedException` "… is not available yet in this Tern release".
 //! * Connector operations (`TernConnectorService_V1.<Op>`, see [`connector`]), connectors only.
 //!
 //! Request handling: the body must be a JSON object (an empty body counts as `{}`), unknown
@@ -84,10 +86,12 @@ pub const SMS_OPERATIONS: &[&str] = &[
     "GenerateTemplate",
     "GenerateChangeSet",
     "ImportAppCatalog",
+    "LaunchApp",
+    "TerminateApp",
 ];
 
 /// The SMS operations a later release implements; they answer a well-formed error today.
-pub const SMS_OPERATIONS_NOT_YET_AVAILABLE: &[&str] = &["LaunchApp", "TerminateApp"];
+pub const SMS_OPERATIONS_NOT_YET_AVAILABLE: &[&str] = &[];
 
 /// Who is calling, as established by the transport's authentication.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,6 +118,8 @@ pub struct Api {
     /// The replication workflow, where the host runs one (connector progress and results go
     /// there).
     replication: std::sync::OnceLock<tern_core::replication::Replication>,
+    /// The launcher of LaunchApp / TerminateApp, where the host has one.
+    launcher: std::sync::OnceLock<Arc<dyn tern_core::launcher::Launcher>>,
     /// Wire renderings of replication jobs for GetReplicationJobs listings.
     jobs_rendered: RenderCache,
 }
@@ -146,8 +152,23 @@ impl Api {
         Self {
             service: Service::new(deps.store, deps.clock, deps.ids, deps.config),
             replication: std::sync::OnceLock::new(),
+            launcher: std::sync::OnceLock::new(),
             jobs_rendered: RenderCache::new(RENDERED_JOBS_CACHED),
         }
+    }
+
+    /// Connects the launcher LaunchApp and TerminateApp use; until then they answer that
+    /// launching is not available on this host. Only the first call counts.
+    pub fn attach_launcher(&self, launcher: Arc<dyn tern_core::launcher::Launcher>) {
+        let _ = self.launcher.set(launcher);
+    }
+
+    /// The launcher, for the SMS operation `op`.
+    fn launcher_for(&self, op: &str) -> Result<&dyn tern_core::launcher::Launcher, ApiError> {
+        self.launcher
+            .get()
+            .map(|l| l.as_ref())
+            .ok_or_else(|| ApiError::NotAvailableYet(format!("{op} (no launcher on this host)")))
     }
 
     /// Connects the replication workflow; until then the replication operations of the

@@ -478,6 +478,26 @@ async fn an_application_is_configured_validated_and_templated() {
         json_bytes
     );
 
+    // LaunchApp on tern serve needs QEMU: without it the answer says what to install, and
+    // nothing is recorded (a host with QEMU is told guests are not run yet).
+    launch("scripts/db-user-data.sh").await.unwrap();
+    let (code, message) = code_and_message(c.launch_app().app_id(&app_id).send().await);
+    assert_eq!(code, "OperationNotPermittedException");
+    assert!(message.contains("qemu-system-x86_64"), "{message}");
+    if !message.contains("is installed") {
+        assert!(message.contains("install QEMU"), "{message}");
+    }
+    let summary = c.get_app().app_id(&app_id).send().await.unwrap();
+    let summary = summary.app_summary().unwrap();
+    assert_eq!(
+        summary.launch_status().map(|s| s.as_str()),
+        Some("READY_FOR_LAUNCH")
+    );
+    assert!(summary.launch_details().is_none());
+    let (code, message) = code_and_message(c.terminate_app().app_id(&app_id).send().await);
+    assert_eq!(code, "OperationNotPermittedException");
+    assert!(message.contains("has not been launched"), "{message}");
+
     // No change set before a launch.
     let (code, message) = code_and_message(c.generate_change_set().app_id(&app_id).send().await);
     assert_eq!(code, "InvalidParameterException");

@@ -464,23 +464,16 @@ async fn application_constraints_are_refused_naming_the_member() {
         "{message}"
     );
 
-    // Launch, validation, templates and import are for a later release.
-    for (result, op) in [
-        (
-            code_and_message(c.launch_app().app_id(&first_id).send().await),
-            "LaunchApp",
-        ),
-        (
-            code_and_message(c.generate_template().app_id(&first_id).send().await),
-            "GenerateTemplate",
-        ),
-    ] {
-        assert_eq!(result.0, "OperationNotPermittedException");
-        assert!(
-            result.1.contains(op) && result.1.contains("not available yet"),
-            "{result:?}"
-        );
-    }
+    // Launch and templates need a launch configuration and AMIs first.
+    let (code_, message) = code_and_message(c.launch_app().app_id(&first_id).send().await);
+    assert_eq!(code_, "OperationNotPermittedException");
+    assert!(message.contains("PutAppLaunchConfiguration"), "{message}");
+    let (code_, message) = code_and_message(c.generate_template().app_id(&first_id).send().await);
+    assert_eq!(code_, "InvalidParameterException");
+    assert!(
+        message.contains("launch before any AMI exists"),
+        "{message}"
+    );
     server.shutdown().await;
 }
 

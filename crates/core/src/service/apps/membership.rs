@@ -346,8 +346,8 @@ impl Service {
     }
 
     /// DeleteApp. Replication jobs still running are refused unless `force_stop_replication`
-    /// (then they are deleted first, through StopAppReplication). No application is ever
-    /// launched in this release, so `force_terminate` has no stack to terminate.
+    /// (then they are deleted first, through StopAppReplication). A launched application is
+    /// refused: TerminateApp first (the API does so for `forceTerminateApp`).
     #[tracing::instrument(name = "delete_app", skip(self))]
     pub async fn delete_app(
         &self,
@@ -356,8 +356,22 @@ impl Service {
         force_terminate: bool,
     ) -> Result<()> {
         let id = app_id("appId", id)?;
-        let _ = force_terminate;
         let app = self.app(&id).await?;
+        if let Some(l) = app.value.launch.as_ref().filter(|l| l.is_live()) {
+            // With forceTerminateApp the API terminates the stack (TerminateApp) first; one
+            // still live here is still terminating, or failed to.
+            return Err(not_permitted(if force_terminate {
+                format!(
+                    "application {id} is still launched (launchStatus {}); wait for TERMINATED, or TerminateApp again",
+                    l.status
+                )
+            } else {
+                format!(
+                    "application {id} is launched (launchStatus {}); terminate it (TerminateApp) or pass forceTerminateApp",
+                    l.status
+                )
+            }));
+        }
         let jobs = self.app_jobs(&app.value).await?;
         let mut live: Vec<String> = jobs
             .iter()

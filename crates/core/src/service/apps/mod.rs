@@ -35,6 +35,7 @@
 
 mod import;
 mod launch;
+mod launching;
 mod membership;
 mod replication;
 mod template;

@@ -32,11 +32,11 @@ const MAX_USER_DATA: usize = 16 * 1024;
 const DEFAULT_INSTANCE_TYPE: &str = "t3.medium";
 
 /// One server as the template launches it.
-struct Planned<'a> {
-    server: &'a AppServer,
+pub(super) struct Planned<'a> {
+    pub(super) server: &'a AppServer,
     config: Option<&'a ServerLaunchConfiguration>,
     logical_id: String,
-    image: String,
+    pub(super) image: String,
     /// The position of its group's launch order among the distinct orders (0 = first).
     level: usize,
 }
@@ -251,7 +251,7 @@ fn multipart(data: &str, script: &str) -> String {
 impl Service {
     /// Every server of the application with its launch settings, logical id, latest AMI and
     /// launch level, in launch order. Refused when a server has no AMI yet.
-    async fn plan<'a>(
+    pub(super) async fn plan<'a>(
         &self,
         app: &'a App,
         jobs: &HashMap<String, Option<ReplicationJob>>,
@@ -328,7 +328,7 @@ impl Service {
     }
 
     /// The CloudFormation template of `app` (see the module comment).
-    async fn template(
+    pub(super) async fn template(
         &self,
         staging: &dyn Staging,
         app: &App,

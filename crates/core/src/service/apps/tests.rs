@@ -43,7 +43,7 @@ pub(super) fn app(jobs: &[(&str, &str)]) -> App {
 }
 
 /// A job in `state`, with an image when `ami`, a run in progress when `running`.
-fn job(id: &str, state: &str, ami: bool, running: bool) -> ReplicationJob {
+pub(super) fn job(id: &str, state: &str, ami: bool, running: bool) -> ReplicationJob {
     let mut runs = vec![];
     if ami {
         runs.push(
