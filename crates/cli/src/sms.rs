@@ -7,6 +7,7 @@
 //! JSON with the SMS wire member names (camelCase, timestamps in epoch seconds). A service error
 //! prints its SMS error code and message on stderr and exits with status 254, like the AWS CLI.
 
+mod app_configs;
 mod apps;
 
 use std::process::ExitCode;
@@ -195,6 +196,9 @@ pub enum SmsCommand {
     /// The application operations (create-app, get-app, list-apps, …).
     #[command(flatten)]
     Apps(apps::AppCommand),
+    /// Launch and validation configuration, templates, import, launch and terminate.
+    #[command(flatten)]
+    AppConfigs(app_configs::AppConfigCommand),
 }
 
 impl SmsCommand {
@@ -212,6 +216,7 @@ impl SmsCommand {
             | SmsCommand::StartOnDemandReplicationRun { global, .. }
             | SmsCommand::GetReplicationRuns { global, .. } => global,
             SmsCommand::Apps(cmd) => cmd.global(),
+            SmsCommand::AppConfigs(cmd) => cmd.global(),
         }
     }
 
@@ -230,6 +235,7 @@ impl SmsCommand {
             SmsCommand::StartOnDemandReplicationRun { .. } => "StartOnDemandReplicationRun",
             SmsCommand::GetReplicationRuns { .. } => "GetReplicationRuns",
             SmsCommand::Apps(cmd) => cmd.operation(),
+            SmsCommand::AppConfigs(cmd) => cmd.operation(),
         }
     }
 }
@@ -538,6 +544,7 @@ async fn execute(cmd: SmsCommand) -> Result<Option<Value>, Failure> {
             Some(Value::Object(out))
         }
         SmsCommand::Apps(cmd) => apps::execute(&client, cmd).await?,
+        SmsCommand::AppConfigs(cmd) => app_configs::execute(&client, cmd).await?,
     };
     Ok(output)
 }
