@@ -1,6 +1,6 @@
 //! The application operations (spec §2.3–2.4): their wire shapes and their dispatch onto the
-//! core's use cases (`tern_core::service::apps`). Launch, validation, templates and
-//! ImportAppCatalog are not implemented yet and answer "not available yet".
+//! core's use cases (`tern_core::service::apps`). Launch and validation configuration are in
+//! [`crate::app_configs`].
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -243,6 +243,8 @@ pub struct PutAppReplicationConfigurationRequest {
 pub struct AppSummary {
     pub app_id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub imported_app_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
@@ -262,6 +264,8 @@ pub struct AppSummary {
     pub launch_status: AppLaunchStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub launch_status_message: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub launch_details: Option<LaunchDetails>,
     #[serde(serialize_with = "epoch::serialize")]
     pub creation_time: Option<OffsetDateTime>,
     #[serde(serialize_with = "epoch::serialize")]
@@ -276,6 +280,7 @@ impl From<core::AppSummary> for AppSummary {
     fn from(s: core::AppSummary) -> Self {
         Self {
             app_id: s.app_id,
+            imported_app_id: s.imported_app_id,
             name: s.name,
             description: s.description,
             status: s.status,
@@ -287,6 +292,11 @@ impl From<core::AppSummary> for AppSummary {
             launch_configuration_status: s.launch_configuration_status,
             launch_status: s.launch_status,
             launch_status_message: s.launch_status_message,
+            launch_details: s.launch_details.map(|l| LaunchDetails {
+                latest_launch_time: l.latest_launch_time,
+                stack_name: l.stack_name,
+                stack_id: l.stack_id,
+            }),
             creation_time: Some(s.creation_time),
             last_modified: Some(s.last_modified),
             role_name: s.role_name,
@@ -296,7 +306,22 @@ impl From<core::AppSummary> for AppSummary {
     }
 }
 
-fn server(s: core::AppServerView) -> Server {
+/// SMS `LaunchDetails`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LaunchDetails {
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "epoch::serialize"
+    )]
+    pub latest_launch_time: Option<OffsetDateTime>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stack_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stack_id: Option<String>,
+}
+
+pub(crate) fn server(s: core::AppServerView) -> Server {
     Server {
         server_id: s.server_id,
         server_type: s.server_type,
@@ -441,6 +466,18 @@ impl Api {
             }
             "DeleteApp" => {
                 let req: DeleteAppRequest = decode(input)?;
+                if req.force_terminate_app == Some(true) {
+                    let launched = svc
+                        .get_app(&id(req.app_id.clone()))
+                        .await?
+                        .summary
+                        .launch_details
+                        .is_some_and(|l| l.is_live());
+                    if launched {
+                        svc.terminate_app(self.launcher_for(op)?, &id(req.app_id.clone()))
+                            .await?;
+                    }
+                }
                 svc.delete_app(
                     &id(req.app_id),
                     req.force_stop_app_replication.unwrap_or(false),

@@ -147,6 +147,10 @@ pub struct InventoryVm {
     /// Whatever the connector learnt by inspecting the disks (a JSON object), kept verbatim.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inspection: Option<Value>,
+    /// The application the connector's configuration puts the VM in (`[[applications]]`);
+    /// ImportAppCatalog makes an SMS application of each.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub application: Option<String>,
 }
 
 /// The connector's complete current inventory, in one request or in pages. VMs it reported

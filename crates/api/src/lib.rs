@@ -9,9 +9,11 @@
 //!   GetConnectors, DisassociateConnector, ImportServerCatalog, GetServers, DeleteServerCatalog,
 //!   CreateReplicationJob, GetReplicationJobs, UpdateReplicationJob, DeleteReplicationJob,
 //!   StartOnDemandReplicationRun, GetReplicationRuns, and the application operations of
-//!   [`apps::OPERATIONS`] (applications and their replication). The other 13 SMS operations
-//!   (launch, validation, templates, ImportAppCatalog) answer `OperationNotPermittedException`
-//!   "… is not available yet in this Tern release".
+//!   [`apps::OPERATIONS`] (applications and their replication) and [`app_configs::OPERATIONS`]
+//!   (launch and validation configuration, templates, ImportAppCatalog, LaunchApp and
+//!   TerminateApp). GenerateTemplate/GenerateChangeSet need the host's staging bucket and
+//!   LaunchApp/TerminateApp its launcher ([`Api::attach_launcher`]); a host without them answers
+//!   `OperationNotPermittedException` "… is not available yet in this Tern release".
 //! * Connector operations (`TernConnectorService_V1.<Op>`, see [`connector`]), connectors only.
 //!
 //! Request handling: the body must be a JSON object (an empty body counts as `{}`), unknown
@@ -22,6 +24,7 @@
 //! (default `limits.default_page_size`, capped at `limits.max_page_size`, < 1 refused) and an
 //! opaque `nextToken` that is omitted on the last page. Errors: see [`error`].
 
+pub mod app_configs;
 pub mod apps;
 pub mod connector;
 pub mod error;
@@ -72,12 +75,6 @@ pub const SMS_OPERATIONS: &[&str] = &[
     "PutAppReplicationConfiguration",
     "GetAppReplicationConfiguration",
     "DeleteAppReplicationConfiguration",
-];
-
-/// The SMS operations a later release implements; they answer a well-formed error today.
-pub const SMS_OPERATIONS_NOT_YET_AVAILABLE: &[&str] = &[
-    "LaunchApp",
-    "TerminateApp",
     "PutAppLaunchConfiguration",
     "GetAppLaunchConfiguration",
     "DeleteAppLaunchConfiguration",
@@ -89,7 +86,12 @@ pub const SMS_OPERATIONS_NOT_YET_AVAILABLE: &[&str] = &[
     "GenerateTemplate",
     "GenerateChangeSet",
     "ImportAppCatalog",
+    "LaunchApp",
+    "TerminateApp",
 ];
+
+/// The SMS operations a later release implements; they answer a well-formed error today.
+pub const SMS_OPERATIONS_NOT_YET_AVAILABLE: &[&str] = &[];
 
 /// Who is calling, as established by the transport's authentication.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,6 +118,8 @@ pub struct Api {
     /// The replication workflow, where the host runs one (connector progress and results go
     /// there).
     replication: std::sync::OnceLock<tern_core::replication::Replication>,
+    /// The launcher of LaunchApp / TerminateApp, where the host has one.
+    launcher: std::sync::OnceLock<Arc<dyn tern_core::launcher::Launcher>>,
     /// Wire renderings of replication jobs for GetReplicationJobs listings.
     jobs_rendered: RenderCache,
 }
@@ -148,14 +152,36 @@ impl Api {
         Self {
             service: Service::new(deps.store, deps.clock, deps.ids, deps.config),
             replication: std::sync::OnceLock::new(),
+            launcher: std::sync::OnceLock::new(),
             jobs_rendered: RenderCache::new(RENDERED_JOBS_CACHED),
         }
+    }
+
+    /// Connects the launcher LaunchApp and TerminateApp use; until then they answer that
+    /// launching is not available on this host. Only the first call counts.
+    pub fn attach_launcher(&self, launcher: Arc<dyn tern_core::launcher::Launcher>) {
+        let _ = self.launcher.set(launcher);
+    }
+
+    /// The launcher, for the SMS operation `op`.
+    fn launcher_for(&self, op: &str) -> Result<&dyn tern_core::launcher::Launcher, ApiError> {
+        self.launcher
+            .get()
+            .map(|l| l.as_ref())
+            .ok_or_else(|| ApiError::NotAvailableYet(format!("{op} (no launcher on this host)")))
     }
 
     /// Connects the replication workflow; until then the replication operations of the
     /// connector API answer that replication is not available. Only the first call counts.
     pub fn attach_replication(&self, replication: tern_core::replication::Replication) {
         let _ = self.replication.set(replication);
+    }
+
+    /// The replication workflow, for an SMS operation `op` that needs its staging bucket.
+    fn replication_for(&self, op: &str) -> Result<&tern_core::replication::Replication, ApiError> {
+        self.replication.get().ok_or_else(|| {
+            ApiError::NotAvailableYet(format!("{op} (no staging bucket on this host)"))
+        })
     }
 
     fn replication(&self) -> Result<&tern_core::replication::Replication, ApiError> {
@@ -237,6 +263,9 @@ impl Api {
         use wire::*;
         if apps::OPERATIONS.contains(&op) {
             return self.apps(op, input).await;
+        }
+        if app_configs::OPERATIONS.contains(&op) {
+            return self.app_configs(op, input).await;
         }
         let svc = &self.service;
         match op {
@@ -488,6 +517,7 @@ impl Api {
                             .collect(),
                         os_type: vm.os_type,
                         inspection: vm.inspection,
+                        application: vm.application,
                     })
                     .collect();
                 let outcome = match req.report_id {

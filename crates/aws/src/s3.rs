@@ -100,6 +100,24 @@ impl Staging for S3Staging {
         }
     }
 
+    async fn put_object(
+        &self,
+        object: &StagedObject,
+        body: Vec<u8>,
+        content_type: &str,
+    ) -> Result<(), StagingError> {
+        self.client
+            .put_object()
+            .bucket(&object.bucket)
+            .key(&object.key)
+            .content_type(content_type)
+            .body(aws_sdk_s3::primitives::ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|e| staging_error(classify("PutObject", &e), false))?;
+        Ok(())
+    }
+
     async fn delete_prefix(&self, bucket: &str, prefix: &str) -> Result<u64, StagingError> {
         let mut deleted = 0u64;
         let mut pages = self

@@ -14,6 +14,7 @@
 //!   failures (no connection, no region, a bad `--starting-token`), 252 for a command line
 //!   refused before any call.
 
+mod app_configs;
 mod apps;
 mod input;
 mod output;
@@ -232,6 +233,9 @@ pub enum SmsCommand {
     /// The application operations (create-app, get-app, list-apps, …).
     #[command(flatten)]
     Apps(apps::AppCommand),
+    /// Launch and validation configuration, templates, import, launch and terminate.
+    #[command(flatten)]
+    AppConfigs(app_configs::AppConfigCommand),
 }
 
 impl SmsCommand {
@@ -249,6 +253,7 @@ impl SmsCommand {
             | SmsCommand::StartOnDemandReplicationRun { global, .. }
             | SmsCommand::GetReplicationRuns { global, .. } => global,
             SmsCommand::Apps(cmd) => cmd.global(),
+            SmsCommand::AppConfigs(cmd) => cmd.global(),
         }
     }
 
@@ -279,6 +284,7 @@ impl SmsCommand {
             SmsCommand::StartOnDemandReplicationRun { .. } => "StartOnDemandReplicationRun",
             SmsCommand::GetReplicationRuns { .. } => "GetReplicationRuns",
             SmsCommand::Apps(cmd) => cmd.operation(),
+            SmsCommand::AppConfigs(cmd) => cmd.operation(),
         }
     }
 }
@@ -606,6 +612,7 @@ async fn execute(cmd: SmsCommand) -> Result<Option<Value>, Failure> {
             )
         }
         SmsCommand::Apps(cmd) => apps::execute(&client, cmd).await?,
+        SmsCommand::AppConfigs(cmd) => app_configs::execute(&client, cmd).await?,
     };
     Ok(output)
 }

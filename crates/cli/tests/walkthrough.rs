@@ -583,3 +583,167 @@ async fn cli_applications() {
     assert!(listed["apps"].as_array().unwrap().is_empty());
     server.shutdown().await;
 }
+
+/// The launch and validation subcommands, with the SMS wire JSON in and out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_launch_and_validation_configuration() {
+    let server = TestServer::start().await;
+    let (_agent, s) = server.import_catalog(2).await;
+    let groups = format!(
+        r#"[{{"name":"web","serverList":[{{"serverId":"{}"}}]}},{{"name":"db","serverList":[{{"serverId":"{}"}}]}}]"#,
+        s[0], s[1]
+    );
+    let created = ok(
+        &server,
+        &[
+            "sms",
+            "create-app",
+            "--name",
+            "cli",
+            "--server-groups",
+            &groups,
+        ],
+    )
+    .await;
+    let app_id = str_of(&created, "/appSummary/appId").to_owned();
+    let web = str_of(&created, "/serverGroups/0/serverGroupId").to_owned();
+    let db = str_of(&created, "/serverGroups/1/serverGroupId").to_owned();
+
+    let launch = format!(
+        r#"[{{"serverGroupId":"{db}","launchOrder":1,"serverLaunchConfigurations":[{{"server":{{"serverId":"{}"}},"logicalId":"Db","instanceType":"m5.large","userData":{{"s3Location":{{"bucket":"sms-app-x","key":"db.sh"}}}},"configureScript":{{"bucket":"sms-app-x","key":"c.sh"}},"configureScriptType":"SHELL_SCRIPT"}}]}},{{"serverGroupId":"{web}","launchOrder":2}}]"#,
+        s[1]
+    );
+    let out = ok(
+        &server,
+        &[
+            "sms",
+            "put-app-launch-configuration",
+            "--app-id",
+            &app_id,
+            "--role-name",
+            "launcher",
+            "--auto-launch",
+            "--server-group-launch-configurations",
+            &launch,
+        ],
+    )
+    .await;
+    assert_eq!(out, Value::Null);
+    let got = ok(
+        &server,
+        &["sms", "get-app-launch-configuration", "--app-id", &app_id],
+    )
+    .await;
+    assert_eq!(got["roleName"], "launcher");
+    assert_eq!(got["autoLaunch"], true);
+    let db0 = &got["serverGroupLaunchConfigurations"][0]["serverLaunchConfigurations"][0];
+    assert_eq!(db0["logicalId"], "Db");
+    assert_eq!(db0["userData"]["s3Location"]["key"], "db.sh");
+    assert_eq!(db0["configureScriptType"], "SHELL_SCRIPT");
+    assert_eq!(db0["server"]["serverId"], s[1].as_str());
+
+    let validations = r#"[{"name":"smoke","appValidationStrategy":"SSM","ssmValidationParameters":{"source":{"s3Location":{"bucket":"sms-app-x","key":"v.sh"}},"instanceId":"i-0123456789abcdef0","scriptType":"SHELL_SCRIPT","executionTimeoutSeconds":120}}]"#;
+    ok(
+        &server,
+        &[
+            "sms",
+            "put-app-validation-configuration",
+            "--app-id",
+            &app_id,
+            "--app-validation-configurations",
+            validations,
+        ],
+    )
+    .await;
+    let got = ok(
+        &server,
+        &[
+            "sms",
+            "get-app-validation-configuration",
+            "--app-id",
+            &app_id,
+        ],
+    )
+    .await;
+    let v = &got["appValidationConfigurations"][0];
+    assert_eq!(v["ssmValidationParameters"]["executionTimeoutSeconds"], 120);
+    let vid = str_of(v, "/validationId").to_owned();
+    let ctx =
+        format!(r#"{{"validationId":"{vid}","status":"FAILED","statusMessage":"port 80 closed"}}"#);
+    ok(
+        &server,
+        &[
+            "sms",
+            "notify-app-validation-output",
+            "--app-id",
+            &app_id,
+            "--notification-context",
+            &ctx,
+        ],
+    )
+    .await;
+    let out = ok(
+        &server,
+        &["sms", "get-app-validation-output", "--app-id", &app_id],
+    )
+    .await;
+    assert_eq!(out["validationOutputList"][0]["status"], "FAILED");
+    assert_eq!(
+        out["validationOutputList"][0]["statusMessage"],
+        "port 80 closed"
+    );
+
+    // Refusals exit 254 with the SMS code and the message.
+    for (args, code, text) in [
+        (
+            vec![
+                "sms",
+                "generate-template",
+                "--app-id",
+                &app_id,
+                "--template-format",
+                "YAML",
+            ],
+            "InvalidParameterException",
+            "launch before any AMI exists",
+        ),
+        (
+            vec!["sms", "generate-change-set", "--app-id", &app_id],
+            "InvalidParameterException",
+            "has not been launched",
+        ),
+        (
+            vec!["sms", "launch-app", "--app-id", &app_id],
+            "InvalidParameterException",
+            "launch before any AMI exists",
+        ),
+        (
+            vec!["sms", "terminate-app", "--app-id", &app_id],
+            "OperationNotPermittedException",
+            "has not been launched",
+        ),
+        (
+            vec!["sms", "import-app-catalog", "--role-name", "r"],
+            "InvalidParameterException",
+            "[[applications]]",
+        ),
+    ] {
+        let out = run(&server, &args).await;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(254), "{args:?}: {err}");
+        assert!(err.contains(code) && err.contains(text), "{args:?}: {err}");
+    }
+
+    for op in [
+        "delete-app-validation-configuration",
+        "delete-app-launch-configuration",
+    ] {
+        ok(&server, &["sms", op, "--app-id", &app_id]).await;
+    }
+    let got = ok(&server, &["sms", "get-app", "--app-id", &app_id]).await;
+    assert_eq!(
+        got["appSummary"]["launchConfigurationStatus"],
+        "NOT_CONFIGURED"
+    );
+    server.shutdown().await;
+}

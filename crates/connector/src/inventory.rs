@@ -10,6 +10,10 @@
 //! reported in DiskSection order as `<archive>#disk=<n>` with format `ova`.
 //! [`Inventory::inspect`] opens every disk and puts what `tern_disk::inspect` finds into the
 //! VM's `inspection` member: `{"disks": [<report or {"error": …}>, …]}`.
+//!
+//! `[[applications]]` tables (`name`, `vms` = VM names) group VMs into applications: each
+//! member VM is reported with `application = <name>`, and ImportAppCatalog makes an SMS
+//! application of each. A VM may belong to one application; every name must be a VM of the file.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -46,6 +50,19 @@ struct FileFormat {
     vm_manager_type: Option<VmManagerType>,
     #[serde(default)]
     vms: Vec<VmEntry>,
+    /// Applications: named sets of VMs (by VM name), reported as each VM's `application` and
+    /// imported by ImportAppCatalog.
+    #[serde(default)]
+    applications: Vec<ApplicationEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApplicationEntry {
+    name: String,
+    /// VM names (`vms[].name`, else the id) of the application's members.
+    #[serde(default)]
+    vms: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -175,7 +192,33 @@ impl Inventory {
                 disks,
                 os_type: vm.os_type,
                 inspection,
+                application: None,
             });
+        }
+        for (i, app) in file.applications.iter().enumerate() {
+            if app.name.trim().is_empty() || app.name.len() > 128 {
+                return Err(format!(
+                    "applications[{i}]: name must be 1 to 128 characters"
+                ));
+            }
+            for name in &app.vms {
+                let vm = vms
+                    .iter_mut()
+                    .find(|v| v.vm_name.as_deref().unwrap_or(&v.vm_id) == name)
+                    .ok_or_else(|| {
+                        format!(
+                            "applications[{i}] ({}): there is no VM named {name:?} in vms",
+                            app.name
+                        )
+                    })?;
+                if let Some(other) = &vm.application {
+                    return Err(format!(
+                        "applications[{i}] ({}): VM {name:?} is already in application {other:?}",
+                        app.name
+                    ));
+                }
+                vm.application = Some(app.name.clone());
+            }
         }
         Ok(Self {
             vm_manager_id,
@@ -377,6 +420,41 @@ fn format_from_extension(path: &Path) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn applications_name_their_vms() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("inventory.toml");
+        let write = |apps: &str| {
+            std::fs::write(
+                &path,
+                format!(
+                    "[[vms]]\nid = \"vm-1\"\nname = \"web\"\n\n[[vms]]\nid = \"vm-2\"\nname = \"db\"\n\n[[vms]]\nid = \"vm-3\"\n{apps}"
+                ),
+            )
+            .unwrap();
+        };
+        write("\n[[applications]]\nname = \"shop\"\nvms = [\"web\", \"db\"]\n");
+        let inv = Inventory::load(&path, "vc").unwrap();
+        let apps: Vec<Option<&str>> = inv.vms.iter().map(|v| v.application.as_deref()).collect();
+        assert_eq!(apps, [Some("shop"), Some("shop"), None]);
+        // A VM without a name is named by its id.
+        write("\n[[applications]]\nname = \"misc\"\nvms = [\"vm-3\"]\n");
+        let inv = Inventory::load(&path, "vc").unwrap();
+        assert_eq!(inv.vms[2].application.as_deref(), Some("misc"));
+        for (apps, wanted) in [
+            ("\n[[applications]]\nname = \"shop\"\nvms = [\"nope\"]\n", "no VM named \"nope\""),
+            (
+                "\n[[applications]]\nname = \"a\"\nvms = [\"web\"]\n\n[[applications]]\nname = \"b\"\nvms = [\"web\"]\n",
+                "already in application \"a\"",
+            ),
+            ("\n[[applications]]\nname = \" \"\nvms = []\n", "applications[0]: name"),
+        ] {
+            write(apps);
+            let e = Inventory::load(&path, "vc").unwrap_err().to_string();
+            assert!(e.contains(wanted), "{e}");
+        }
+    }
 
     #[test]
     fn toml_inventory_with_defaults_and_overrides() {

@@ -190,6 +190,37 @@ wire_enum!(
 );
 
 wire_enum!(
+    /// `ScriptType`.
+    ScriptType { ShellScript => "SHELL_SCRIPT", PowershellScript => "POWERSHELL_SCRIPT" }
+);
+
+wire_enum!(
+    /// `OutputFormat` (GenerateTemplate / GenerateChangeSet).
+    OutputFormat { Json => "JSON", Yaml => "YAML" }
+);
+
+wire_enum!(
+    /// `AppValidationStrategy`.
+    AppValidationStrategy { Ssm => "SSM" }
+);
+
+wire_enum!(
+    /// `ServerValidationStrategy`.
+    ServerValidationStrategy { Userdata => "USERDATA" }
+);
+
+wire_enum!(
+    /// `ValidationStatus`.
+    ValidationStatus {
+        ReadyForValidation => "READY_FOR_VALIDATION",
+        Pending => "PENDING",
+        InProgress => "IN_PROGRESS",
+        Succeeded => "SUCCEEDED",
+        Failed => "FAILED",
+    }
+);
+
+wire_enum!(
     /// Tern's operating-system hint for a VM, reported by the connector. Decides which license
     /// types a job may use (Linux: BYOL only; Windows: AWS or BYOL).
     OsType { Linux => "LINUX", Windows => "WINDOWS" }

@@ -6,6 +6,7 @@
 //! * [`model`]: stored entities; [`enums`]: SMS enums with their wire strings.
 //! * [`states`]: the job and run state machines.
 //! * [`service`]: the use cases (connectors, catalog, jobs and runs).
+//! * [`launcher`]: the `Launcher` port (LaunchApp / TerminateApp).
 //! * [`replication`]: replication runs — the contract of the replication-run state machine and
 //!   its task functions, upload complete, the scheduler, the staging layout and the outbox.
 
@@ -15,6 +16,7 @@ pub mod error;
 pub mod events;
 pub mod images;
 pub mod keys;
+pub mod launcher;
 pub mod memory_store;
 pub mod model;
 pub mod ports;

@@ -113,6 +113,9 @@ pub struct Server {
     pub os_type: Option<OsType>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inspection: Option<Value>,
+    /// Tern: the application the connector's configuration puts the VM in (ImportAppCatalog).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub application: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     pub first_seen_on: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]

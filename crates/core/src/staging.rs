@@ -1,8 +1,9 @@
 //! The `Staging` port: the bucket connectors upload runs into.
 //!
 //! In AWS this is S3; on one machine it is the S3-compatible endpoint of `tern serve`, whose
-//! objects are files under the data directory. The domain only reads small objects (manifests)
-//! and removes a run's objects once its image exists; the image side reads the disk data itself.
+//! objects are files under the data directory. The domain reads small objects (manifests, user
+//! data), removes a run's objects once its image exists, and writes the templates it generates;
+//! the image side reads the disk data itself.
 
 use async_trait::async_trait;
 
@@ -47,4 +48,14 @@ pub trait Staging: Send + Sync {
     /// Deletes every object under `prefix` and aborts every multipart upload in progress under
     /// it; returns how many objects were deleted. Deleting an empty prefix succeeds.
     async fn delete_prefix(&self, bucket: &str, prefix: &str) -> Result<u64, StagingError>;
+
+    /// Writes a whole object (replacing one of the same key). It becomes visible complete or
+    /// not at all. Used for what the service itself produces (CloudFormation templates and
+    /// change sets).
+    async fn put_object(
+        &self,
+        object: &StagedObject,
+        body: Vec<u8>,
+        content_type: &str,
+    ) -> Result<(), StagingError>;
 }

@@ -24,6 +24,7 @@
 pub mod bus;
 pub mod credentials;
 pub mod images;
+pub mod launcher;
 pub mod pause;
 pub mod replication;
 pub mod s3;

@@ -301,6 +301,7 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
                 },
             )?;
             api.attach_replication(runtime.replication().clone());
+            api.attach_launcher(Arc::new(crate::launcher::QemuLauncher::from_env()));
             let listener = crate::replication::spawn_upload_listener(
                 bus.subscribe(),
                 runtime.replication().clone(),

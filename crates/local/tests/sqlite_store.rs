@@ -30,6 +30,13 @@ async fn application_use_cases_on_a_file() {
     tern_store_contract::apps::use_cases(Arc::new(store)).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn application_configurations_on_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("tern.db")).unwrap();
+    tern_store_contract::app_configs::use_cases(Arc::new(store)).await;
+}
+
 #[tokio::test]
 async fn data_survives_reopening_the_file() {
     let dir = tempfile::tempdir().unwrap();

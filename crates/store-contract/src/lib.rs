@@ -39,6 +39,7 @@ use serde_json::{json, Value};
 pub use tern_core::store::MAX_ITEM_BYTES;
 use tern_core::store::{Expect, Item, Key, Page, Store, StoreError, Write, MAX_TRANSACTION_WRITES};
 
+pub mod app_configs;
 pub mod apps;
 pub mod concurrency;
 pub mod counter;

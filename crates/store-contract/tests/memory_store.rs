@@ -12,3 +12,8 @@ async fn memory_store_honours_the_contract() {
 async fn application_use_cases_on_the_memory_store() {
     tern_store_contract::apps::use_cases(Arc::new(tern_core::MemoryStore::new())).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn application_configurations_on_the_memory_store() {
+    tern_store_contract::app_configs::use_cases(Arc::new(tern_core::MemoryStore::new())).await;
+}

@@ -30,7 +30,7 @@ fn make_disk(path: &Path, seed: u8) {
 }
 
 /// An inventory of `n` Linux VMs, each with one raw disk in the server's scratch directory.
-fn inventory(server: &TestServer, n: usize) -> String {
+pub(crate) fn inventory(server: &TestServer, n: usize) -> String {
     let mut s = "vm_manager_id = \"vc-apps\"\nvm_manager_type = \"VSPHERE\"\n".to_string();
     for i in 0..n {
         let disk = server.scratch().join(format!("app-vm{i}.raw"));
@@ -45,7 +45,7 @@ fn inventory(server: &TestServer, n: usize) -> String {
 
 /// Registers a connector over `n` VMs with real disks and imports the catalog; returns the
 /// agent and the server ids in VM order.
-async fn catalog(server: &TestServer, n: usize) -> (tern_connector::Agent, Vec<String>) {
+pub(crate) async fn catalog(server: &TestServer, n: usize) -> (tern_connector::Agent, Vec<String>) {
     let mut agent = server.connector_agent("apps", &inventory(server, n)).await;
     agent.run_once().await.unwrap();
     server.client.import_server_catalog().send().await.unwrap();
@@ -69,7 +69,7 @@ async fn catalog(server: &TestServer, n: usize) -> (tern_connector::Agent, Vec<S
     (agent, ids)
 }
 
-fn group(name: &str, servers: &[&str]) -> ServerGroup {
+pub(crate) fn group(name: &str, servers: &[&str]) -> ServerGroup {
     let mut g = ServerGroup::builder().name(name);
     for s in servers {
         g = g.server_list(Server::builder().server_id(*s).build());
@@ -464,23 +464,16 @@ async fn application_constraints_are_refused_naming_the_member() {
         "{message}"
     );
 
-    // Launch, validation, templates and import are for a later release.
-    for (result, op) in [
-        (
-            code_and_message(c.launch_app().app_id(&first_id).send().await),
-            "LaunchApp",
-        ),
-        (
-            code_and_message(c.generate_template().app_id(&first_id).send().await),
-            "GenerateTemplate",
-        ),
-    ] {
-        assert_eq!(result.0, "OperationNotPermittedException");
-        assert!(
-            result.1.contains(op) && result.1.contains("not available yet"),
-            "{result:?}"
-        );
-    }
+    // Launch and templates need a launch configuration and AMIs first.
+    let (code_, message) = code_and_message(c.launch_app().app_id(&first_id).send().await);
+    assert_eq!(code_, "OperationNotPermittedException");
+    assert!(message.contains("PutAppLaunchConfiguration"), "{message}");
+    let (code_, message) = code_and_message(c.generate_template().app_id(&first_id).send().await);
+    assert_eq!(code_, "InvalidParameterException");
+    assert!(
+        message.contains("launch before any AMI exists"),
+        "{message}"
+    );
     server.shutdown().await;
 }
 

@@ -448,6 +448,64 @@ fn operations() -> Vec<Op> {
             ),
         ],
     ));
+    // Launch and validation configuration, templates, launch and import.
+    for name in [
+        "GetAppLaunchConfiguration",
+        "DeleteAppLaunchConfiguration",
+        "GetAppValidationConfiguration",
+        "DeleteAppValidationConfiguration",
+        "GetAppValidationOutput",
+        "TerminateApp",
+        "LaunchApp",
+    ] {
+        ops.push(sms(name, vec![app_id()]));
+    }
+    ops.push(sms(
+        "PutAppLaunchConfiguration",
+        vec![
+            app_id(),
+            ("roleName", Str, false),
+            ("autoLaunch", Bool, false),
+            ("serverGroupLaunchConfigurations", List, false),
+            ("serverGroupLaunchConfigurations.serverGroupId", Str, false),
+            ("serverGroupLaunchConfigurations.launchOrder", Int, false),
+            (
+                "serverGroupLaunchConfigurations.serverLaunchConfigurations",
+                List,
+                false,
+            ),
+        ],
+    ));
+    ops.push(sms(
+        "PutAppValidationConfiguration",
+        vec![
+            app_id(),
+            ("appValidationConfigurations", List, false),
+            ("appValidationConfigurations.name", Str, false),
+            (
+                "appValidationConfigurations.appValidationStrategy",
+                Enum,
+                false,
+            ),
+            ("serverGroupValidationConfigurations", List, false),
+            (
+                "serverGroupValidationConfigurations.serverGroupId",
+                Str,
+                false,
+            ),
+        ],
+    ));
+    // (notificationContext is a structure; the matrix's Object stands for free-form JSON.)
+    ops.push(sms("NotifyAppValidationOutput", vec![app_id()]));
+    ops.push(sms(
+        "GenerateTemplate",
+        vec![app_id(), ("templateFormat", Enum, false)],
+    ));
+    ops.push(sms(
+        "GenerateChangeSet",
+        vec![app_id(), ("changesetFormat", Enum, false)],
+    ));
+    ops.push(sms("ImportAppCatalog", vec![("roleName", Str, false)]));
     // The later operations read no member yet; a few of the model's stand in for all.
     for name in SMS_NOT_YET {
         ops.push(sms(

@@ -2,6 +2,7 @@
 //! an in-process `tern serve` on an ephemeral port. Codes and shapes are those of the SMS spec
 //! (`shared/spec/sms-api.md`).
 
+mod app_launch;
 mod apps;
 mod catalog;
 mod connectors;

@@ -94,6 +94,14 @@ async fn dynamodb_store_on_moto() {
         .expect("create the applications table");
     tern_store_contract::apps::use_cases(Arc::new(apps)).await;
 
+    // Launch and validation configuration (conditional writes of the application's item).
+    let configs = DynamoStore::new(client(&moto.endpoint), "tern-app-configs");
+    configs
+        .create_table()
+        .await
+        .expect("create the application configurations table");
+    tern_store_contract::app_configs::use_cases(Arc::new(configs)).await;
+
     // The stored layout other tools see: a numeric version and the body as a JSON string.
     let key = Key::new("layout", "item");
     store

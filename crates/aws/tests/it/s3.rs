@@ -106,4 +106,27 @@ async fn manifests_are_read_bounded_and_a_runs_objects_and_uploads_removed() {
         0,
         "deleting an empty prefix succeeds"
     );
+
+    // put_object writes a whole object that reads back, with its content type.
+    let template = object("templates/app-1/template.json");
+    staging
+        .put_object(
+            &template,
+            b"{\"Resources\":{}}".to_vec(),
+            "application/json",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        staging.get_object(&template, 1024).await.unwrap(),
+        b"{\"Resources\":{}}"
+    );
+    let head = s3
+        .head_object()
+        .bucket("staging")
+        .key("templates/app-1/template.json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.content_type(), Some("application/json"));
 }

@@ -348,7 +348,7 @@ pub(super) async fn execute(client: &Client, cmd: AppCommand) -> Result<Option<V
 // ------------------------------------------------------------------------------ input JSON
 
 /// An option's JSON: inline, or the content of `file://PATH`.
-fn json_arg(option: &str, text: &str) -> anyhow::Result<Value> {
+pub(super) fn json_arg(option: &str, text: &str) -> anyhow::Result<Value> {
     let text = match text.strip_prefix("file://") {
         Some(path) => std::fs::read_to_string(path)
             .with_context(|| format!("--{option}: cannot read {path}"))?,
@@ -357,7 +357,7 @@ fn json_arg(option: &str, text: &str) -> anyhow::Result<Value> {
     serde_json::from_str(&text).with_context(|| format!("--{option}: not valid JSON"))
 }
 
-fn list(option: &str, value: Value) -> anyhow::Result<Vec<Value>> {
+pub(super) fn list(option: &str, value: Value) -> anyhow::Result<Vec<Value>> {
     match value {
         Value::Array(items) => Ok(items),
         item @ Value::Object(_) => Ok(vec![item]),
@@ -365,11 +365,11 @@ fn list(option: &str, value: Value) -> anyhow::Result<Vec<Value>> {
     }
 }
 
-fn string(v: &Value, key: &str) -> Option<String> {
+pub(super) fn string(v: &Value, key: &str) -> Option<String> {
     v.get(key).and_then(Value::as_str).map(str::to_owned)
 }
 
-fn server_in(v: &Value) -> aws_sdk_sms::types::Server {
+pub(super) fn server_in(v: &Value) -> aws_sdk_sms::types::Server {
     aws_sdk_sms::types::Server::builder()
         .set_server_id(string(v, "serverId"))
         .build()

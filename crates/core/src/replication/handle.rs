@@ -111,6 +111,11 @@ impl Replication {
         &self.settings
     }
 
+    /// The staging bucket's port (templates and change sets are written there too).
+    pub fn staging(&self) -> &dyn Staging {
+        self.staging.as_ref()
+    }
+
     /// Publishes the outbox and deletes what the bus accepted; failures stay for the next
     /// try. With [`Publishing::Stream`], only the changes the stream consumer left behind
     /// (older than its `sweep_after`).

@@ -35,6 +35,8 @@ pub struct InventoryVm {
     pub disks: Vec<Disk>,
     pub os_type: Option<OsType>,
     pub inspection: Option<Value>,
+    /// The application the connector's configuration puts the VM in (ImportAppCatalog).
+    pub application: Option<String>,
 }
 
 /// What a ReportInventory did.
@@ -116,6 +118,8 @@ struct StoredVm {
     os_type: Option<OsType>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     inspection: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    application: Option<String>,
 }
 
 impl From<&InventoryVm> for StoredVm {
@@ -130,6 +134,7 @@ impl From<&InventoryVm> for StoredVm {
             disks: vm.disks.clone(),
             os_type: vm.os_type,
             inspection: vm.inspection.clone(),
+            application: vm.application.clone(),
         }
     }
 }
@@ -146,6 +151,7 @@ impl From<StoredVm> for InventoryVm {
             disks: vm.disks,
             os_type: vm.os_type,
             inspection: vm.inspection,
+            application: vm.application,
         }
     }
 }
@@ -654,6 +660,13 @@ impl Service {
         if vm.inspection.as_ref().is_some_and(|i| !i.is_object()) {
             return Err((vm_id, "inspection must be a JSON object".into()));
         }
+        if vm
+            .application
+            .as_ref()
+            .is_some_and(|a| a.trim().is_empty() || a.len() > 128)
+        {
+            return Err((vm_id, "application must be 1 to 128 characters".into()));
+        }
         Ok((
             VmServerAddress {
                 vm_manager_id,
@@ -696,6 +709,7 @@ impl Service {
                 disks: vm.disks.clone(),
                 os_type: vm.os_type,
                 inspection: vm.inspection.clone(),
+                application: vm.application.clone(),
                 first_seen_on: now,
                 last_seen_on: now,
                 vanished_on: None,
@@ -728,6 +742,7 @@ impl Service {
                         .inspection
                         .clone()
                         .or_else(|| cur.value.inspection.clone()),
+                    application: vm.application.clone(),
                     last_seen_on: now,
                     vanished_on: None,
                     ..cur.value.clone()

@@ -28,9 +28,13 @@ use crate::{Clock, Config, Ids};
 
 pub use access_keys::{generate_pair, AccessKey, KeyRole, ACCESS_KEY};
 pub use apps::{
-    App, AppDetails, AppServerView, AppSummary, AppUpdate, GroupReplication, GroupReplicationView,
-    NewApp, NewServerGroup, NewTag, ServerGroupView, ServerReplication,
-    ServerReplicationParameters, Tag,
+    App, AppDetails, AppLaunch, AppServerView, AppSummary, AppUpdate, AppValidation,
+    GroupLaunchView, GroupReplication, GroupReplicationView, ImportOutcome, LaunchConfiguration,
+    LaunchConfigurationView, NewApp, NewServerGroup, NewTag, NotificationContext,
+    RecordedValidation, S3Location, ServerGroupLaunchConfiguration, ServerGroupValidation,
+    ServerGroupView, ServerLaunchConfiguration, ServerReplication, ServerReplicationParameters,
+    ServerValidation, SsmValidationParameters, Tag, UserData, UserDataValidationParameters,
+    ValidationConfiguration, ValidationOutputView,
 };
 pub use catalog::{InventoryOutcome, InventoryPage, InventoryVm, ServerListing, MAX_REPORT_PAGES};
 pub use connectors::NewConnector;

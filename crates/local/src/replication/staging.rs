@@ -149,4 +149,79 @@ impl Staging for LocalStaging {
         std::fs::remove_dir_all(&dir).map_err(io(format!("cannot delete {}", dir.display())))?;
         Ok(count)
     }
+
+    async fn put_object(
+        &self,
+        object: &StagedObject,
+        body: Vec<u8>,
+        _content_type: &str,
+    ) -> Result<(), StagingError> {
+        check_names(object).map_err(from_images)?;
+        let path = self.root.join(&object.bucket).join(&object.key);
+        let dir = path
+            .parent()
+            .ok_or_else(|| StagingError::Internal {
+                message: format!("{object} has no parent directory"),
+                source: None,
+            })?
+            .to_path_buf();
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(io(format!("cannot create the directory of {object}")))?;
+        // Written beside the staging root (not inside a bucket, so never listed as an object)
+        // and renamed into place, so readers see the whole object or none.
+        let tmp = self.root.join(format!(".put-{}", uuid::Uuid::new_v4()));
+        tokio::fs::write(&tmp, &body)
+            .await
+            .map_err(io(format!("cannot write {object}")))?;
+        if let Err(e) = tokio::fs::rename(&tmp, &path).await {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(io(format!("cannot move {object} into place"))(e));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn put_object_writes_whole_objects_inside_the_bucket() {
+        let dir = tempfile::tempdir().unwrap();
+        let staging = LocalStaging::new(dir.path());
+        let obj = StagedObject {
+            bucket: "staging".into(),
+            key: "templates/app-1/template.yaml".into(),
+        };
+        staging
+            .put_object(&obj, b"Resources: {}\n".to_vec(), "application/x-yaml")
+            .await
+            .unwrap();
+        assert_eq!(
+            staging.get_object(&obj, 100).await.unwrap(),
+            b"Resources: {}\n"
+        );
+        // Replacing it leaves no temporary file behind.
+        staging
+            .put_object(&obj, b"x".to_vec(), "text/plain")
+            .await
+            .unwrap();
+        assert_eq!(staging.get_object(&obj, 100).await.unwrap(), b"x");
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["staging"]);
+        for key in ["../escape", "/abs", "a//b"] {
+            let bad = StagedObject {
+                bucket: "staging".into(),
+                key: key.into(),
+            };
+            assert!(
+                staging.put_object(&bad, vec![], "x").await.is_err(),
+                "{key}"
+            );
+        }
+    }
 }

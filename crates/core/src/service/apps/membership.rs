@@ -155,6 +155,15 @@ impl Service {
     /// CreateApp.
     #[tracing::instrument(name = "create_app", skip_all)]
     pub async fn create_app(&self, req: NewApp) -> Result<AppDetails> {
+        self.create_app_as(req, None).await
+    }
+
+    /// CreateApp, recording the catalog application it was imported from (if any).
+    pub(super) async fn create_app_as(
+        &self,
+        req: NewApp,
+        imported_app_id: Option<String>,
+    ) -> Result<AppDetails> {
         let token = req
             .client_token
             .as_deref()
@@ -227,6 +236,11 @@ impl Service {
                 replication_jobs: BTreeMap::new(),
                 replicating: false,
                 replication_stopped_on: None,
+                launch_configuration: None,
+                launch: None,
+                validation_configuration: None,
+                validation_outputs: BTreeMap::new(),
+                imported_app_id: imported_app_id.clone(),
             };
             writes.push(put(keys::app(&app_id), &app, Expect::Absent)?);
             if let Some(t) = &token {
@@ -264,6 +278,7 @@ impl Service {
         let app = retrying!(self, id, async {
             let stored = self.app(&id).await?;
             let mut app = stored.value.clone();
+            app.refuse_if_imported("UpdateApp")?;
             if let Some(n) = &req.name {
                 app.name = Some(n.clone());
             }
@@ -331,8 +346,8 @@ impl Service {
     }
 
     /// DeleteApp. Replication jobs still running are refused unless `force_stop_replication`
-    /// (then they are deleted first, through StopAppReplication). No application is ever
-    /// launched in this release, so `force_terminate` has no stack to terminate.
+    /// (then they are deleted first, through StopAppReplication). A launched application is
+    /// refused: TerminateApp first (the API does so for `forceTerminateApp`).
     #[tracing::instrument(name = "delete_app", skip(self))]
     pub async fn delete_app(
         &self,
@@ -341,8 +356,22 @@ impl Service {
         force_terminate: bool,
     ) -> Result<()> {
         let id = app_id("appId", id)?;
-        let _ = force_terminate;
         let app = self.app(&id).await?;
+        if let Some(l) = app.value.launch.as_ref().filter(|l| l.is_live()) {
+            // With forceTerminateApp the API terminates the stack (TerminateApp) first; one
+            // still live here is still terminating, or failed to.
+            return Err(not_permitted(if force_terminate {
+                format!(
+                    "application {id} is still launched (launchStatus {}); wait for TERMINATED, or TerminateApp again",
+                    l.status
+                )
+            } else {
+                format!(
+                    "application {id} is launched (launchStatus {}); terminate it (TerminateApp) or pass forceTerminateApp",
+                    l.status
+                )
+            }));
+        }
         let jobs = self.app_jobs(&app.value).await?;
         let mut live: Vec<String> = jobs
             .iter()

@@ -26,12 +26,31 @@
 //!   `LIMIT/REPLICATING_APPS` the store adds to within the limit, `Write::Add`, like the
 //!   active-job counter).
 //!
-//! Launch configuration, LaunchApp/TerminateApp, templates, validation and ImportAppCatalog are
-//! not implemented yet: `launchStatus` is always READY_FOR_CONFIGURATION and no stack is ever
-//! launched, so DeleteApp never has one to leave behind.
+//! * Launch configuration (`launch`), validation configuration and outcomes (`validation`)
+//!   are members of the application's item, written with its version as condition.
+//!
+//! LaunchApp/TerminateApp, templates and ImportAppCatalog: see their modules; `launchStatus` is
+//! READY_FOR_CONFIGURATION until a launch configuration exists, READY_FOR_LAUNCH after, and then
+//! follows the application's launch.
 
+mod import;
+mod launch;
+mod launching;
 mod membership;
 mod replication;
+mod template;
+mod validation;
+
+pub use import::ImportOutcome;
+pub use launch::{
+    GroupLaunchView, LaunchConfiguration, LaunchConfigurationView, S3Location,
+    ServerGroupLaunchConfiguration, ServerLaunchConfiguration, UserData,
+};
+pub use validation::{
+    AppValidation, NotificationContext, RecordedValidation, ServerGroupValidation,
+    ServerValidation, SsmValidationParameters, UserDataValidationParameters,
+    ValidationConfiguration, ValidationOutputView,
+};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -135,9 +154,75 @@ pub struct App {
         skip_serializing_if = "Option::is_none"
     )]
     pub replication_stopped_on: Option<OffsetDateTime>,
+    /// PutAppLaunchConfiguration's checked configuration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launch_configuration: Option<LaunchConfiguration>,
+    /// The application's launch (LaunchApp), when there was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launch: Option<AppLaunch>,
+    /// PutAppValidationConfiguration's checked configuration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation_configuration: Option<ValidationConfiguration>,
+    /// The latest outcome of each validation (validation id → output).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub validation_outputs: BTreeMap<String, RecordedValidation>,
+    /// Made by ImportAppCatalog from this catalog application (not editable then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imported_app_id: Option<String>,
+}
+
+/// A launch of the application and what it made.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppLaunch {
+    pub status: AppLaunchStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack_id: Option<String>,
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub latest_launch_time: Option<OffsetDateTime>,
+    /// The image each server was launched from (server id → AMI id).
+    #[serde(default)]
+    pub images: BTreeMap<String, String>,
+}
+
+impl AppLaunch {
+    /// Something launched may still exist (a stack or instances to terminate).
+    pub fn is_live(&self) -> bool {
+        use AppLaunchStatus as L;
+        matches!(
+            self.status,
+            L::LaunchPending
+                | L::LaunchInProgress
+                | L::Launched
+                | L::PartiallyLaunched
+                | L::DeltaLaunchInProgress
+                | L::DeltaLaunchFailed
+                | L::TerminateInProgress
+                | L::TerminateFailed
+        )
+    }
 }
 
 impl App {
+    /// Imported applications are read-only (seed: "imported apps are not editable").
+    pub(super) fn refuse_if_imported(&self, op: &str) -> Result<()> {
+        if self.imported_app_id.is_some() {
+            return Err(not_permitted(format!(
+                "application {} was imported by ImportAppCatalog and is not editable ({op})",
+                self.app_id
+            )));
+        }
+        Ok(())
+    }
+
     fn servers(&self) -> impl Iterator<Item = &AppServer> {
         self.server_groups.iter().flat_map(|g| g.servers.iter())
     }
@@ -230,6 +315,7 @@ pub struct GroupReplication {
 #[derive(Debug, Clone, PartialEq)]
 pub struct AppSummary {
     pub app_id: String,
+    pub imported_app_id: Option<String>,
     pub name: Option<String>,
     pub description: Option<String>,
     pub status: AppStatus,
@@ -241,6 +327,8 @@ pub struct AppSummary {
     pub launch_configuration_status: AppConfigurationStatus,
     pub launch_status: AppLaunchStatus,
     pub launch_status_message: Option<String>,
+    /// SMS `LaunchDetails` (stackName, stackId, latestLaunchTime) of the latest launch.
+    pub launch_details: Option<AppLaunch>,
     pub creation_time: OffsetDateTime,
     pub last_modified: OffsetDateTime,
     pub role_name: Option<String>,
@@ -536,6 +624,7 @@ impl Service {
         let agg = aggregate(app, jobs);
         AppSummary {
             app_id: app.app_id.clone(),
+            imported_app_id: app.imported_app_id.clone(),
             name: app.name.clone(),
             description: app.description.clone(),
             status: AppStatus::Active,
@@ -548,9 +637,18 @@ impl Service {
             replication_status: agg.status,
             replication_status_message: agg.message,
             latest_replication_time: agg.latest,
-            launch_configuration_status: AppConfigurationStatus::NotConfigured,
-            launch_status: AppLaunchStatus::ReadyForConfiguration,
-            launch_status_message: None,
+            launch_configuration_status: if app.launch_configuration.is_some() {
+                AppConfigurationStatus::Configured
+            } else {
+                AppConfigurationStatus::NotConfigured
+            },
+            launch_status: match (&app.launch, &app.launch_configuration) {
+                (Some(l), _) => l.status,
+                (None, Some(_)) => AppLaunchStatus::ReadyForLaunch,
+                (None, None) => AppLaunchStatus::ReadyForConfiguration,
+            },
+            launch_status_message: app.launch.as_ref().and_then(|l| l.message.clone()),
+            launch_details: app.launch.clone(),
             creation_time: app.creation_time,
             last_modified: app.last_modified,
             role_name: app.role_name.clone(),
@@ -668,168 +766,4 @@ impl Service {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn server(id: &str) -> AppServer {
-        serde_json::from_value(json!({"serverId": id, "serverType": "VIRTUAL_MACHINE",
-            "vmServer": {"vmServerAddress": {"vmManagerId": "vc", "vmId": id}}}))
-        .unwrap()
-    }
-
-    fn app(jobs: &[(&str, &str)]) -> App {
-        let t = OffsetDateTime::UNIX_EPOCH;
-        App {
-            app_id: "app-00000000000000001".into(),
-            name: None,
-            description: None,
-            role_name: None,
-            server_groups: vec![AppServerGroup {
-                server_group_id: "sg-1".into(),
-                name: None,
-                servers: vec![server("s-a"), server("s-b")],
-            }],
-            tags: vec![],
-            creation_time: t,
-            last_modified: t,
-            client_token: None,
-            replication_configuration: Some(BTreeMap::from([
-                ("s-a".into(), ServerReplicationParameters::default()),
-                ("s-b".into(), ServerReplicationParameters::default()),
-            ])),
-            replication_jobs: jobs
-                .iter()
-                .map(|(s, j)| (s.to_string(), j.to_string()))
-                .collect(),
-            replicating: !jobs.is_empty(),
-            replication_stopped_on: None,
-        }
-    }
-
-    /// A job in `state`, with an image when `ami`, a run in progress when `running`.
-    fn job(id: &str, state: &str, ami: bool, running: bool) -> ReplicationJob {
-        let mut runs = vec![];
-        if ami {
-            runs.push(
-                json!({"replicationRunId": "sms-run-1", "state": "COMPLETED",
-                "type": "AUTOMATIC", "completedTime": "2026-01-02T00:00:00Z", "seq": 1}),
-            );
-        }
-        serde_json::from_value(json!({
-            "replicationJobId": id, "serverId": "s", "serverType": "VIRTUAL_MACHINE",
-            "vmServer": {"vmServerAddress": {"vmManagerId": "vc", "vmId": "v"}},
-            "seedReplicationTime": "2026-01-01T00:00:00Z", "runOnce": false, "state": state,
-            "statusMessage": "disk unreadable",
-            "numberOfRecentAmisToKeep": 0, "encrypted": false, "replicationRunList": runs,
-            "connectorId": "c", "createdOn": "2026-01-01T00:00:00Z", "runCount": 1,
-            "latestAmiId": if ami { json!("ami-1") } else { json!(null) },
-            "activeRun": if running { json!({"replicationRunId": "sms-run-2", "seq": 2}) } else { json!(null) },
-        }))
-        .unwrap()
-    }
-
-    fn status(
-        app: &App,
-        jobs: Vec<(&str, Option<ReplicationJob>)>,
-    ) -> (AppReplicationStatus, String) {
-        let jobs = jobs
-            .into_iter()
-            .map(|(id, j)| (id.to_string(), j))
-            .collect();
-        let a = aggregate(app, &jobs);
-        (a.status, a.message.unwrap_or_default())
-    }
-
-    #[test]
-    fn replication_status_follows_the_jobs() {
-        use AppReplicationStatus as S;
-        let two = app(&[("s-a", "j-a"), ("s-b", "j-b")]);
-        let j = |a: &str, b: &str, ami_a, ami_b, run_a, run_b| {
-            vec![
-                ("j-a", Some(job("j-a", a, ami_a, run_a))),
-                ("j-b", Some(job("j-b", b, ami_b, run_b))),
-            ]
-        };
-        assert_eq!(status(&app(&[]), vec![]).0, S::ReadyForReplication);
-        let (s, m) = status(&two, j("PENDING", "PENDING", false, false, false, false));
-        assert_eq!(s, S::ReplicationPending);
-        assert!(m.contains("s-a") && m.contains("s-b"), "{m}");
-        let (s, m) = status(&two, j("ACTIVE", "ACTIVE", true, false, false, true));
-        assert_eq!(s, S::ReplicationInProgress);
-        assert!(
-            m.contains("1 of 2") && m.contains("s-b") && !m.contains("s-a"),
-            "{m}"
-        );
-        assert_eq!(
-            status(&two, j("ACTIVE", "ACTIVE", true, true, false, false)).0,
-            S::Replicated
-        );
-        assert_eq!(
-            status(&two, j("ACTIVE", "ACTIVE", true, true, true, false)).0,
-            S::DeltaReplicationInProgress
-        );
-        let (s, m) = status(&two, j("ACTIVE", "FAILED", true, false, false, false));
-        assert_eq!(s, S::PartiallyReplicated);
-        assert!(m.contains("s-b") && m.contains("disk unreadable"), "{m}");
-        assert_eq!(
-            status(
-                &two,
-                j("PAUSED_ON_FAILURE", "ACTIVE", false, false, false, true)
-            )
-            .0,
-            S::ReplicationFailed
-        );
-        assert_eq!(
-            status(
-                &two,
-                j("ACTIVE", "PAUSED_ON_FAILURE", true, true, false, false)
-            )
-            .0,
-            S::DeltaReplicationFailed
-        );
-        let (s, m) = status(
-            &two,
-            vec![
-                ("j-a", Some(job("j-a", "ACTIVE", true, false))),
-                ("j-b", None),
-            ],
-        );
-        assert_eq!(s, S::PartiallyReplicated);
-        assert!(m.contains("j-b was deleted"), "{m}");
-        let latest = aggregate(
-            &two,
-            &j("ACTIVE", "ACTIVE", true, true, false, false)
-                .into_iter()
-                .map(|(id, j)| (id.to_string(), j))
-                .collect(),
-        )
-        .latest;
-        assert_eq!(latest, Some(time::macros::datetime!(2026-01-02 00:00 UTC)));
-        let mut stopped = app(&[]);
-        stopped.replication_stopped_on = Some(OffsetDateTime::UNIX_EPOCH);
-        assert_eq!(status(&stopped, vec![]).0, S::ReplicationStopped);
-        let mut unconfigured = app(&[]);
-        unconfigured.replication_configuration = None;
-        assert_eq!(status(&unconfigured, vec![]).0, S::ReadyForConfiguration);
-    }
-
-    #[test]
-    fn app_ids_are_checked_by_pattern() {
-        assert!(app_id("appId", "app-0123456789abcdef0").is_ok());
-        for bad in [
-            "app-0123456789abcdef",
-            "app-0123456789ABCDEF0",
-            "sg-0123456789abcdef0",
-        ] {
-            assert!(matches!(
-                app_id("appId", bad),
-                Err(DomainError::InvalidParameter(_))
-            ));
-        }
-        assert!(matches!(
-            app_id("appId", " "),
-            Err(DomainError::MissingParameter(_))
-        ));
-    }
-}
+mod tests;

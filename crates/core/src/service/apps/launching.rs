@@ -1,0 +1,467 @@
+//! LaunchApp and TerminateApp through the [`Launcher`] port.
+//!
+//! LaunchApp builds the template GenerateTemplate would write (so every refusal of
+//! GenerateTemplate — no AMI yet, an unreadable user-data object — refuses the launch too),
+//! asks the launcher whether this host can launch at all, and only then records the launch
+//! (LAUNCH_PENDING, conditional on the application's version, so of two concurrent LaunchApp
+//! one wins) and creates the stack `sms-app-<17 hex of the app id>`. From then on
+//! `launchStatus` follows the stack ([`Service::sync_launch`]):
+//!
+//! | stack | launchStatus |
+//! |---|---|
+//! | create in progress | LAUNCH_IN_PROGRESS |
+//! | create complete | LAUNCHED |
+//! | create failed | LAUNCH_FAILED (with the launcher's message) |
+//! | delete in progress | TERMINATE_IN_PROGRESS |
+//! | delete complete | TERMINATED |
+//! | delete failed | TERMINATE_FAILED |
+//!
+//! The launch records the AMI each server was launched from, which GenerateChangeSet compares
+//! with the newest ones.
+
+use super::*;
+use crate::launcher::{LaunchError, Launcher, StackState};
+use crate::staging::Staging;
+
+fn refused(e: LaunchError) -> DomainError {
+    not_permitted(e.to_string())
+}
+
+impl Service {
+    /// Changes the application's launch record in one conditional write.
+    async fn set_launch(&self, id: &str, f: impl Fn(&mut AppLaunch)) -> Result<Option<AppLaunch>> {
+        retrying!(self, id, async {
+            let stored = self.app(id).await?;
+            let mut app = stored.value.clone();
+            let Some(launch) = app.launch.as_mut() else {
+                return Ok(None);
+            };
+            let before = launch.clone();
+            f(launch);
+            if *launch == before {
+                return Ok(Some(before));
+            }
+            let after = launch.clone();
+            app.last_modified = self.now();
+            self.store
+                .write(put(keys::app(id), &app, stored.expect())?)
+                .await?;
+            Ok(Some(after))
+        })
+    }
+
+    /// LaunchApp (see the module comment).
+    #[tracing::instrument(name = "launch_app", skip(self, launcher, staging))]
+    pub async fn launch_app(
+        &self,
+        launcher: &dyn Launcher,
+        staging: &dyn Staging,
+        id: &str,
+    ) -> Result<()> {
+        let id = app_id("appId", id)?;
+        let app = self.app(&id).await?.value;
+        let role = match &app.launch_configuration {
+            Some(c) => c.role_name.clone(),
+            None => {
+                return Err(not_permitted(format!(
+                    "application {id} has no launch configuration; PutAppLaunchConfiguration first"
+                )))
+            }
+        };
+        if let Some(l) = app.launch.as_ref().filter(|l| l.is_live()) {
+            return Err(not_permitted(format!(
+                "application {id} is already launched (launchStatus {}); TerminateApp first",
+                l.status
+            )));
+        }
+        let jobs = self.app_jobs(&app).await?;
+        let planned = self.plan(&app, &jobs).await?;
+        let template = self.template(staging, &app, &planned).await?;
+        launcher.check().await.map_err(refused)?;
+        let stack_name = format!("sms-app-{}", id.trim_start_matches("app-"));
+        let images: BTreeMap<String, String> = planned
+            .iter()
+            .map(|p| (p.server.server_id.clone(), p.image.clone()))
+            .collect();
+        retrying!(self, id, async {
+            let stored = self.app(&id).await?;
+            let mut app = stored.value.clone();
+            if let Some(l) = app.launch.as_ref().filter(|l| l.is_live()) {
+                return Err(not_permitted(format!(
+                    "application {id} is already launched (launchStatus {}); TerminateApp first",
+                    l.status
+                )));
+            }
+            app.launch = Some(AppLaunch {
+                status: AppLaunchStatus::LaunchPending,
+                message: None,
+                stack_name: Some(stack_name.clone()),
+                stack_id: None,
+                latest_launch_time: Some(self.now()),
+                images: images.clone(),
+            });
+            app.last_modified = self.now();
+            self.store
+                .write(put(keys::app(&id), &app, stored.expect())?)
+                .await?;
+            Ok(())
+        })?;
+        match launcher
+            .create_stack(&stack_name, &template, role.as_deref())
+            .await
+        {
+            Ok(stack_id) => {
+                self.set_launch(&id, |l| {
+                    l.stack_id = Some(stack_id.clone());
+                    l.status = AppLaunchStatus::LaunchInProgress;
+                })
+                .await?;
+                tracing::info!(app_id = %id, stack = %stack_name, "application launching");
+                self.sync_launch(launcher, &id).await
+            }
+            Err(e) => {
+                let message = format!("the stack {stack_name} could not be created: {e}; fix the cause and LaunchApp again");
+                self.set_launch(&id, |l| {
+                    l.status = AppLaunchStatus::LaunchFailed;
+                    l.message = Some(message.clone());
+                })
+                .await?;
+                Err(not_permitted(message))
+            }
+        }
+    }
+
+    /// Brings `launchStatus` up to the stack's state.
+    pub async fn sync_launch(&self, launcher: &dyn Launcher, id: &str) -> Result<()> {
+        let id = app_id("appId", id)?;
+        let app = self.app(&id).await?.value;
+        let Some(stack) = app.launch.as_ref().and_then(|l| l.stack_id.clone()) else {
+            return Ok(());
+        };
+        let state = launcher.stack_state(&stack).await.map_err(refused)?;
+        let (status, message) = match state {
+            StackState::CreateInProgress => (AppLaunchStatus::LaunchInProgress, None),
+            StackState::CreateComplete => (AppLaunchStatus::Launched, None),
+            StackState::CreateFailed(m) => (
+                AppLaunchStatus::LaunchFailed,
+                Some(format!(
+                    "the stack failed: {m}; TerminateApp, fix the cause and LaunchApp again"
+                )),
+            ),
+            StackState::DeleteInProgress => (AppLaunchStatus::TerminateInProgress, None),
+            StackState::DeleteComplete => (AppLaunchStatus::Terminated, None),
+            StackState::DeleteFailed(m) => (
+                AppLaunchStatus::TerminateFailed,
+                Some(format!(
+                    "the stack could not be deleted: {m}; TerminateApp again"
+                )),
+            ),
+        };
+        self.set_launch(&id, |l| {
+            l.status = status;
+            l.message = message.clone();
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// TerminateApp: deletes the launched stack.
+    #[tracing::instrument(name = "terminate_app", skip(self, launcher))]
+    pub async fn terminate_app(&self, launcher: &dyn Launcher, id: &str) -> Result<()> {
+        let id = app_id("appId", id)?;
+        let app = self.app(&id).await?.value;
+        let Some(launch) = app.launch.as_ref().filter(|l| l.is_live()) else {
+            return Err(not_permitted(format!(
+                "application {id} has not been launched; there is nothing to terminate"
+            )));
+        };
+        let Some(stack) = launch.stack_id.clone() else {
+            return Err(not_permitted(format!(
+                "application {id} is still starting its launch (LAUNCH_PENDING); try again shortly"
+            )));
+        };
+        self.set_launch(&id, |l| {
+            l.status = AppLaunchStatus::TerminateInProgress;
+            l.message = None;
+        })
+        .await?;
+        if let Err(e) = launcher.delete_stack(&stack).await {
+            let message =
+                format!("the stack {stack} could not be deleted: {e}; TerminateApp again");
+            self.set_launch(&id, |l| {
+                l.status = AppLaunchStatus::TerminateFailed;
+                l.message = Some(message.clone());
+            })
+            .await?;
+            return Err(not_permitted(message));
+        }
+        self.sync_launch(launcher, &id).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use async_trait::async_trait;
+
+    use super::super::tests::{app, job};
+    use super::*;
+    use crate::images::StagedObject;
+    use crate::staging::StagingError;
+    use crate::{Config, ManualClock, MemoryStore, RandomIds};
+
+    /// A launcher whose stack state the test sets.
+    #[derive(Default)]
+    struct FakeLauncher {
+        unavailable: Option<String>,
+        fail_create: Option<String>,
+        state: Mutex<Option<StackState>>,
+        templates: Mutex<Vec<Value>>,
+    }
+
+    #[async_trait]
+    impl Launcher for FakeLauncher {
+        async fn check(&self) -> std::result::Result<(), LaunchError> {
+            match &self.unavailable {
+                Some(m) => Err(LaunchError::Unavailable(m.clone())),
+                None => Ok(()),
+            }
+        }
+        async fn create_stack(
+            &self,
+            name: &str,
+            template: &Value,
+            _role: Option<&str>,
+        ) -> std::result::Result<String, LaunchError> {
+            if let Some(m) = &self.fail_create {
+                return Err(LaunchError::Failed(m.clone()));
+            }
+            self.templates.lock().unwrap().push(template.clone());
+            *self.state.lock().unwrap() = Some(StackState::CreateInProgress);
+            Ok(format!("stack/{name}"))
+        }
+        async fn stack_state(&self, _id: &str) -> std::result::Result<StackState, LaunchError> {
+            Ok(self.state.lock().unwrap().clone().unwrap())
+        }
+        async fn delete_stack(&self, _id: &str) -> std::result::Result<(), LaunchError> {
+            *self.state.lock().unwrap() = Some(StackState::DeleteComplete);
+            Ok(())
+        }
+    }
+
+    /// Staging that holds what is put (no user data is configured here).
+    #[derive(Default)]
+    struct FakeStaging(Mutex<BTreeMap<String, Vec<u8>>>);
+
+    #[async_trait]
+    impl Staging for FakeStaging {
+        async fn get_object(
+            &self,
+            o: &StagedObject,
+            _max: u64,
+        ) -> std::result::Result<Vec<u8>, StagingError> {
+            self.0
+                .lock()
+                .unwrap()
+                .get(&o.key)
+                .cloned()
+                .ok_or_else(|| StagingError::NotFound(o.key.clone()))
+        }
+        async fn object_size(
+            &self,
+            _o: &StagedObject,
+        ) -> std::result::Result<Option<u64>, StagingError> {
+            Ok(None)
+        }
+        async fn delete_prefix(
+            &self,
+            _b: &str,
+            _p: &str,
+        ) -> std::result::Result<u64, StagingError> {
+            Ok(0)
+        }
+        async fn put_object(
+            &self,
+            o: &StagedObject,
+            body: Vec<u8>,
+            _t: &str,
+        ) -> std::result::Result<(), StagingError> {
+            self.0.lock().unwrap().insert(o.key.clone(), body);
+            Ok(())
+        }
+    }
+
+    /// A service holding application `app-00000000000000001` (servers s-a, s-b, each with an
+    /// AMI from its job) with a launch configuration.
+    async fn world() -> (Service, String) {
+        let svc = Service::new(
+            Arc::new(MemoryStore::new()),
+            Arc::new(ManualClock::new(OffsetDateTime::UNIX_EPOCH)),
+            Arc::new(RandomIds),
+            Config::default(),
+        );
+        let mut a = app(&[("s-a", "j-a"), ("s-b", "j-b")]);
+        a.launch_configuration = Some(LaunchConfiguration {
+            role_name: Some("launcher".into()),
+            ..Default::default()
+        });
+        for j in ["j-a", "j-b"] {
+            let w = put(keys::job(j), &job(j, "ACTIVE", true, false), Expect::Absent).unwrap();
+            svc.store.write(w).await.unwrap();
+        }
+        let id = a.app_id.clone();
+        svc.store
+            .write(put(keys::app(&id), &a, Expect::Absent).unwrap())
+            .await
+            .unwrap();
+        (svc, id)
+    }
+
+    async fn status(svc: &Service, id: &str) -> (AppLaunchStatus, Option<String>) {
+        let s = svc.get_app(id).await.unwrap().summary;
+        (s.launch_status, s.launch_status_message)
+    }
+
+    #[tokio::test]
+    async fn launch_status_follows_the_stack() {
+        let (svc, id) = world().await;
+        let staging = FakeStaging::default();
+        let l = FakeLauncher::default();
+        assert_eq!(status(&svc, &id).await.0, AppLaunchStatus::ReadyForLaunch);
+        svc.launch_app(&l, &staging, &id).await.unwrap();
+        assert_eq!(status(&svc, &id).await.0, AppLaunchStatus::LaunchInProgress);
+        let t = l.templates.lock().unwrap()[0].clone();
+        assert_eq!(t["Resources"]["Serversa"]["Properties"]["ImageId"], "ami-1");
+        let details = svc
+            .get_app(&id)
+            .await
+            .unwrap()
+            .summary
+            .launch_details
+            .unwrap();
+        assert_eq!(
+            details.stack_name.as_deref(),
+            Some("sms-app-00000000000000001")
+        );
+        assert_eq!(
+            details.stack_id.as_deref(),
+            Some("stack/sms-app-00000000000000001")
+        );
+        assert!(details.latest_launch_time.is_some());
+
+        *l.state.lock().unwrap() = Some(StackState::CreateComplete);
+        svc.sync_launch(&l, &id).await.unwrap();
+        assert_eq!(status(&svc, &id).await.0, AppLaunchStatus::Launched);
+        let e = svc
+            .launch_app(&l, &staging, &id)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("already launched"), "{e}");
+        let e = svc
+            .delete_app(&id, false, false)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("TerminateApp") && e.contains("forceTerminateApp"),
+            "{e}"
+        );
+        let e = svc
+            .delete_app_launch_configuration(&id)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("TerminateApp"), "{e}");
+
+        // The change set: nothing while the AMIs are those launched, then the new one.
+        let loc = svc
+            .generate_change_set(&staging, "b", &id, None)
+            .await
+            .unwrap();
+        let doc: Value =
+            serde_json::from_slice(&staging.0.lock().unwrap()[loc.key.as_deref().unwrap()])
+                .unwrap();
+        assert_eq!(doc["Changes"], serde_json::json!([]));
+        let mut newer = job("j-b", "ACTIVE", true, false);
+        newer.latest_ami_id = Some("ami-2".into());
+        let cur = svc
+            .read::<ReplicationJob>(&keys::job("j-b"))
+            .await
+            .unwrap()
+            .unwrap();
+        svc.store
+            .write(put(keys::job("j-b"), &newer, cur.expect()).unwrap())
+            .await
+            .unwrap();
+        svc.generate_change_set(&staging, "b", &id, Some(OutputFormat::Json))
+            .await
+            .unwrap();
+        let doc: Value =
+            serde_json::from_slice(&staging.0.lock().unwrap()[loc.key.as_deref().unwrap()])
+                .unwrap();
+        let rc = &doc["Changes"][0]["ResourceChange"];
+        assert_eq!(doc["Changes"].as_array().unwrap().len(), 1, "{doc}");
+        assert_eq!(rc["Action"], "Modify");
+        assert_eq!(rc["LogicalResourceId"], "Serversb");
+        assert_eq!(rc["Details"][0]["Before"], "ami-1");
+        assert_eq!(rc["Details"][0]["After"], "ami-2");
+
+        svc.terminate_app(&l, &id).await.unwrap();
+        assert_eq!(status(&svc, &id).await.0, AppLaunchStatus::Terminated);
+        let e = svc.terminate_app(&l, &id).await.unwrap_err().to_string();
+        assert!(e.contains("has not been launched"), "{e}");
+        // Terminated: DeleteApp no longer refuses for the launch (only for the jobs here).
+        let e = svc
+            .delete_app(&id, false, false)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("replication jobs") && !e.contains("TerminateApp"),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unavailable_launcher_writes_nothing_and_a_failed_stack_is_stated() {
+        let (svc, id) = world().await;
+        let staging = FakeStaging::default();
+        let l = FakeLauncher {
+            unavailable: Some("install QEMU".into()),
+            ..Default::default()
+        };
+        let e = svc.launch_app(&l, &staging, &id).await.unwrap_err();
+        assert!(
+            matches!(&e, DomainError::OperationNotPermitted(m) if m == "install QEMU"),
+            "{e}"
+        );
+        assert_eq!(
+            status(&svc, &id).await,
+            (AppLaunchStatus::ReadyForLaunch, None)
+        );
+
+        let l = FakeLauncher {
+            fail_create: Some("no capacity".into()),
+            ..Default::default()
+        };
+        let e = svc
+            .launch_app(&l, &staging, &id)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no capacity"), "{e}");
+        let (s, m) = status(&svc, &id).await;
+        assert_eq!(s, AppLaunchStatus::LaunchFailed);
+        assert!(m.unwrap().contains("LaunchApp again"));
+        // A failed launch can be launched again.
+        let ok = FakeLauncher::default();
+        svc.launch_app(&ok, &staging, &id).await.unwrap();
+        *ok.state.lock().unwrap() = Some(StackState::CreateFailed("instance limit".into()));
+        svc.sync_launch(&ok, &id).await.unwrap();
+        let (s, m) = status(&svc, &id).await;
+        assert_eq!(s, AppLaunchStatus::LaunchFailed);
+        assert!(m.unwrap().contains("instance limit"));
+    }
+}

@@ -1,0 +1,563 @@
+//! An application from replication to its CloudFormation template through `aws-sdk-sms`
+//! against a real `tern serve`: launch configuration → validation configuration and outcomes →
+//! GenerateTemplate (JSON and YAML, each checked with `cfn-lint`) → GenerateChangeSet refused
+//! before a launch. User data and the configure script are real objects in the staging bucket,
+//! uploaded with the S3 SDK.
+
+use std::path::Path;
+use std::time::Duration;
+
+use aws_sdk_sms::types::{
+    AppReplicationStatus, AppValidationConfiguration, AppValidationStrategy, LicenseType,
+    NotificationContext, OutputFormat, S3Location, ScriptType, Server,
+    ServerGroupLaunchConfiguration, ServerGroupReplicationConfiguration,
+    ServerGroupValidationConfiguration, ServerLaunchConfiguration, ServerReplicationConfiguration,
+    ServerReplicationParameters, ServerValidationConfiguration, ServerValidationStrategy, Source,
+    SsmValidationParameters, UserData, UserDataValidationParameters, ValidationStatus,
+};
+use aws_smithy_types::DateTime;
+use serde_json::Value;
+use tern_acceptance::{now_secs, TestServer};
+use tern_test_support::poll;
+
+use crate::apps::{catalog, group};
+use crate::code_and_message;
+
+/// Runs `cfn-lint` on `file` and asserts it finds nothing (exit 0: no error, warning or
+/// informational finding). A missing `cfn-lint` fails with how to install it.
+fn assert_cfn_lint_clean(file: &Path) {
+    let out = std::process::Command::new("cfn-lint")
+        .arg(file)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run cfn-lint ({e}); install it with `python3 -m pip install 'cfn-lint==1.51.0'` (.ci/run does)"
+            )
+        });
+    assert!(
+        out.status.success(),
+        "cfn-lint found problems in {} (exit {:?}):\n{}{}\n{}",
+        file.display(),
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(file).unwrap_or_default()
+    );
+}
+
+fn loc(bucket: &str, key: &str) -> S3Location {
+    S3Location::builder().bucket(bucket).key(key).build()
+}
+
+fn server(id: &str) -> Server {
+    Server::builder().server_id(id).build()
+}
+
+#[tokio::test]
+async fn an_application_is_configured_validated_and_templated() {
+    let server_ = TestServer::start().await;
+    let (agent, s) = catalog(&server_, 3).await;
+    let c = &server_.client;
+    let bucket = server_.replication().settings().staging_bucket.clone();
+    let s3 = server_.s3();
+
+    let created = c
+        .create_app()
+        .name("shop")
+        .server_groups(group("web", &[&s[0]]))
+        .server_groups(group("app", &[&s[1]]))
+        .server_groups(group("db", &[&s[2]]))
+        .tags(
+            aws_sdk_sms::types::Tag::builder()
+                .key("team")
+                .value("blue")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let app_id = created.app_summary().unwrap().app_id().unwrap().to_string();
+    let g: Vec<String> = created
+        .server_groups()
+        .iter()
+        .map(|g| g.server_group_id().unwrap().to_string())
+        .collect();
+
+    // No template before there are AMIs: the message says what to do.
+    let (code, message) = code_and_message(c.generate_template().app_id(&app_id).send().await);
+    assert_eq!(code, "InvalidParameterException");
+    assert!(
+        message.contains("launch before any AMI exists") && message.contains(&s[0]),
+        "{message}"
+    );
+
+    // Launch configuration: the database first, then the app tier, then the web tier.
+    for (key, body) in [
+        ("scripts/db-user-data.sh", "#!/bin/sh\necho db-user-data\n"),
+        ("scripts/db-configure.sh", "#!/bin/sh\necho db-configure\n"),
+        (
+            "scripts/web-user-data.yaml",
+            "#cloud-config\nruncmd:\n  - echo web\n",
+        ),
+    ] {
+        s3.put_object()
+            .bucket(&bucket)
+            .key(key)
+            .body(body.as_bytes().to_vec().into())
+            .send()
+            .await
+            .unwrap();
+    }
+    let launch = |db_user_data: &str| {
+        c.put_app_launch_configuration()
+            .app_id(&app_id)
+            .role_name("sms-launch")
+            .auto_launch(false)
+            .server_group_launch_configurations(
+                ServerGroupLaunchConfiguration::builder()
+                    .server_group_id(&g[0])
+                    .launch_order(3)
+                    .server_launch_configurations(
+                        ServerLaunchConfiguration::builder()
+                            .server(server(&s[0]))
+                            .logical_id("Web")
+                            .instance_type("t3.small")
+                            .associate_public_ip_address(true)
+                            .subnet("subnet-0123abcd")
+                            .security_group("sg-0123abcd")
+                            .user_data(
+                                UserData::builder()
+                                    .s3_location(loc(&bucket, "scripts/web-user-data.yaml"))
+                                    .build(),
+                            )
+                            .build(),
+                    )
+                    .build(),
+            )
+            .server_group_launch_configurations(
+                ServerGroupLaunchConfiguration::builder()
+                    .server_group_id(&g[1])
+                    .launch_order(2)
+                    .server_launch_configurations(
+                        ServerLaunchConfiguration::builder()
+                            .server(server(&s[1]))
+                            .build(),
+                    )
+                    .build(),
+            )
+            .server_group_launch_configurations(
+                ServerGroupLaunchConfiguration::builder()
+                    .server_group_id(&g[2])
+                    .launch_order(1)
+                    .server_launch_configurations(
+                        ServerLaunchConfiguration::builder()
+                            .server(server(&s[2]))
+                            .logical_id("Database")
+                            .instance_type("m5.large")
+                            .ec2_key_name("ops")
+                            .iam_instance_profile_name("db-profile")
+                            .subnet("subnet-0123abcd")
+                            .security_group("sg-0123abcd")
+                            .vpc("vpc-0123abcd")
+                            .user_data(
+                                UserData::builder()
+                                    .s3_location(loc(&bucket, db_user_data))
+                                    .build(),
+                            )
+                            .configure_script(loc(&bucket, "scripts/db-configure.sh"))
+                            .configure_script_type(ScriptType::ShellScript)
+                            .build(),
+                    )
+                    .build(),
+            )
+            .send()
+    };
+    launch("scripts/db-user-data.sh").await.unwrap();
+    let got = c
+        .get_app_launch_configuration()
+        .app_id(&app_id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.role_name(), Some("sms-launch"));
+    assert_eq!(got.auto_launch(), Some(false));
+    let db = &got.server_group_launch_configurations()[2];
+    assert_eq!(db.launch_order(), Some(1));
+    let db0 = &db.server_launch_configurations()[0];
+    assert_eq!(db0.logical_id(), Some("Database"));
+    assert_eq!(db0.configure_script_type(), Some(&ScriptType::ShellScript));
+    assert_eq!(
+        db0.server()
+            .and_then(|s| s.vm_server())
+            .and_then(|v| v.vm_name()),
+        Some("app2")
+    );
+    let summary = c.get_app().app_id(&app_id).send().await.unwrap();
+    let summary = summary.app_summary().unwrap();
+    assert_eq!(
+        summary.launch_configuration_status().map(|s| s.as_str()),
+        Some("CONFIGURED")
+    );
+    assert_eq!(
+        summary.launch_status().map(|s| s.as_str()),
+        Some("READY_FOR_LAUNCH")
+    );
+
+    // Validation: an app-level SSM script and a server-level user-data script.
+    c.put_app_validation_configuration()
+        .app_id(&app_id)
+        .app_validation_configurations(
+            AppValidationConfiguration::builder()
+                .name("smoke")
+                .app_validation_strategy(AppValidationStrategy::Ssm)
+                .ssm_validation_parameters(
+                    SsmValidationParameters::builder()
+                        .source(
+                            Source::builder()
+                                .s3_location(loc(&bucket, "scripts/smoke.sh"))
+                                .build(),
+                        )
+                        .instance_id("i-0123456789abcdef0")
+                        .script_type(ScriptType::ShellScript)
+                        .command("bash smoke.sh")
+                        .execution_timeout_seconds(600)
+                        .build(),
+                )
+                .build(),
+        )
+        .server_group_validation_configurations(
+            ServerGroupValidationConfiguration::builder()
+                .server_group_id(&g[0])
+                .server_validation_configurations(
+                    ServerValidationConfiguration::builder()
+                        .server(server(&s[0]))
+                        .name("web-up")
+                        .server_validation_strategy(ServerValidationStrategy::Userdata)
+                        .user_data_validation_parameters(
+                            UserDataValidationParameters::builder()
+                                .source(
+                                    Source::builder()
+                                        .s3_location(loc(&bucket, "scripts/web-check.sh"))
+                                        .build(),
+                                )
+                                .script_type(ScriptType::ShellScript)
+                                .build(),
+                        )
+                        .build(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let vc = c
+        .get_app_validation_configuration()
+        .app_id(&app_id)
+        .send()
+        .await
+        .unwrap();
+    let smoke = vc.app_validation_configurations()[0]
+        .validation_id()
+        .unwrap()
+        .to_string();
+    assert!(smoke.starts_with("val-") && smoke.len() == 21, "{smoke}");
+    let out = c
+        .get_app_validation_output()
+        .app_id(&app_id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.validation_output_list().len(), 2);
+    assert!(out
+        .validation_output_list()
+        .iter()
+        .all(|o| o.status() == Some(&ValidationStatus::ReadyForValidation)));
+    c.notify_app_validation_output()
+        .app_id(&app_id)
+        .notification_context(
+            NotificationContext::builder()
+                .validation_id(&smoke)
+                .status(ValidationStatus::Succeeded)
+                .status_message("all 3 tiers answer")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let out = c
+        .get_app_validation_output()
+        .app_id(&app_id)
+        .send()
+        .await
+        .unwrap();
+    let o = &out.validation_output_list()[0];
+    assert_eq!(o.validation_id(), Some(smoke.as_str()));
+    assert_eq!(o.status(), Some(&ValidationStatus::Succeeded));
+    assert_eq!(o.status_message(), Some("all 3 tiers answer"));
+    assert!(o.latest_validation_time().is_some());
+    assert_eq!(
+        out.validation_output_list()[1]
+            .server_validation_output()
+            .and_then(|v| v.server())
+            .and_then(|s| s.server_id()),
+        Some(s[0].as_str())
+    );
+
+    // Replicate: one job per server until every server has an AMI.
+    let mut put = c.put_app_replication_configuration().app_id(&app_id);
+    for (gid, sid) in g.iter().zip(&s) {
+        put = put.server_group_replication_configurations(
+            ServerGroupReplicationConfiguration::builder()
+                .server_group_id(gid)
+                .server_replication_configurations(
+                    ServerReplicationConfiguration::builder()
+                        .server(server(sid))
+                        .server_replication_parameters(
+                            ServerReplicationParameters::builder()
+                                .seed_time(DateTime::from_secs(now_secs()))
+                                .frequency(12)
+                                .license_type(LicenseType::Byol)
+                                .build(),
+                        )
+                        .build(),
+                )
+                .build(),
+        );
+    }
+    put.send().await.unwrap();
+    c.start_app_replication()
+        .app_id(&app_id)
+        .send()
+        .await
+        .unwrap();
+    let replicated = poll::until_async(
+        Duration::from_secs(120),
+        Duration::from_millis(100),
+        || async {
+            server_.tick().await;
+            agent.poll_once().await.unwrap();
+            let app = c.get_app().app_id(&app_id).send().await.unwrap();
+            let status = app.app_summary().unwrap().replication_status().cloned();
+            assert_ne!(status, Some(AppReplicationStatus::ReplicationFailed));
+            (status == Some(AppReplicationStatus::Replicated)).then_some(())
+        },
+    )
+    .await;
+    assert!(
+        replicated.is_some(),
+        "the application replicated within 120 s"
+    );
+    let mut amis = Vec::new();
+    let app = c.get_app().app_id(&app_id).send().await.unwrap();
+    for g in app.server_groups() {
+        let job = g.server_list()[0].replication_job_id().unwrap();
+        let jobs = c
+            .get_replication_jobs()
+            .replication_job_id(job)
+            .send()
+            .await
+            .unwrap();
+        amis.push(
+            jobs.replication_job_list()[0]
+                .latest_ami_id()
+                .unwrap()
+                .to_string(),
+        );
+    }
+
+    // GenerateTemplate, JSON: one instance per server from its AMI, in launch order.
+    let out = c
+        .generate_template()
+        .app_id(&app_id)
+        .template_format(OutputFormat::Json)
+        .send()
+        .await
+        .unwrap();
+    let at = out.s3_location().unwrap();
+    assert_eq!(at.bucket(), Some(bucket.as_str()));
+    assert_eq!(
+        at.key(),
+        Some(format!("apps/{app_id}/template.json").as_str())
+    );
+    let read = |key: String| {
+        let s3 = s3.clone();
+        let bucket = bucket.clone();
+        async move {
+            let o = s3
+                .get_object()
+                .bucket(bucket)
+                .key(key)
+                .send()
+                .await
+                .unwrap();
+            o.body.collect().await.unwrap().into_bytes().to_vec()
+        }
+    };
+    let json_bytes = read(at.key().unwrap().to_string()).await;
+    let t: Value = serde_json::from_slice(&json_bytes).unwrap();
+    let r = &t["Resources"];
+    let app_logical = format!("Server{}", s[1].replace('-', ""));
+    assert_eq!(r.as_object().unwrap().len(), 3, "{t}");
+    assert_eq!(r["Database"]["Properties"]["ImageId"], amis[2].as_str());
+    assert_eq!(r[&app_logical]["Properties"]["ImageId"], amis[1].as_str());
+    assert_eq!(r["Web"]["Properties"]["ImageId"], amis[0].as_str());
+    assert!(r["Database"].get("DependsOn").is_none());
+    assert_eq!(
+        r[&app_logical]["DependsOn"],
+        serde_json::json!(["Database"])
+    );
+    assert_eq!(r["Web"]["DependsOn"], serde_json::json!([app_logical]));
+    assert_eq!(r["Database"]["Properties"]["InstanceType"], "m5.large");
+    assert_eq!(
+        r[&app_logical]["Properties"]["InstanceType"],
+        serde_json::json!({"Ref": "DefaultInstanceType"})
+    );
+    assert_eq!(r["Database"]["Properties"]["KeyName"], "ops");
+    assert_eq!(
+        r["Database"]["Properties"]["IamInstanceProfile"],
+        "db-profile"
+    );
+    let db_user_data = r["Database"]["Properties"]["UserData"]["Fn::Base64"]
+        .as_str()
+        .unwrap();
+    assert!(
+        db_user_data.contains("echo db-user-data") && db_user_data.contains("echo db-configure"),
+        "{db_user_data}"
+    );
+    assert_eq!(
+        r["Web"]["Properties"]["UserData"]["Fn::Base64"],
+        "#cloud-config\nruncmd:\n  - echo web\n"
+    );
+    assert_eq!(
+        r["Web"]["Properties"]["NetworkInterfaces"][0]["AssociatePublicIpAddress"],
+        true
+    );
+    let tags = r["Web"]["Properties"]["Tags"].as_array().unwrap();
+    assert!(
+        tags.iter()
+            .any(|t| t["Key"] == "team" && t["Value"] == "blue"),
+        "{tags:?}"
+    );
+    assert!(t["Outputs"]["DatabaseInstanceId"].is_object());
+    assert!(t["Outputs"]["WebPrivateIp"].is_object());
+    let dir = tempfile::tempdir().unwrap();
+    let json_file = dir.path().join("template.json");
+    std::fs::write(&json_file, &json_bytes).unwrap();
+    assert_cfn_lint_clean(&json_file);
+
+    // YAML: the same template.
+    let out = c
+        .generate_template()
+        .app_id(&app_id)
+        .template_format(OutputFormat::Yaml)
+        .send()
+        .await
+        .unwrap();
+    let key = out.s3_location().unwrap().key().unwrap().to_string();
+    assert_eq!(key, format!("apps/{app_id}/template.yaml"));
+    let yaml_file = dir.path().join("template.yaml");
+    std::fs::write(&yaml_file, read(key).await).unwrap();
+    assert_cfn_lint_clean(&yaml_file);
+
+    // An unreadable user-data object is refused naming it, and the template stays as it was.
+    launch("scripts/missing.sh").await.unwrap();
+    let (code, message) = code_and_message(
+        c.generate_template()
+            .app_id(&app_id)
+            .template_format(OutputFormat::Json)
+            .send()
+            .await,
+    );
+    assert_eq!(code, "InvalidParameterException");
+    assert!(
+        message.contains("scripts/missing.sh") && message.contains(&s[2]),
+        "{message}"
+    );
+    assert_eq!(
+        read(format!("apps/{app_id}/template.json")).await,
+        json_bytes
+    );
+
+    // LaunchApp on tern serve needs QEMU: without it the answer says what to install, and
+    // nothing is recorded (a host with QEMU is told guests are not run yet).
+    launch("scripts/db-user-data.sh").await.unwrap();
+    let (code, message) = code_and_message(c.launch_app().app_id(&app_id).send().await);
+    assert_eq!(code, "OperationNotPermittedException");
+    assert!(message.contains("qemu-system-x86_64"), "{message}");
+    if !message.contains("is installed") {
+        assert!(message.contains("install QEMU"), "{message}");
+    }
+    let summary = c.get_app().app_id(&app_id).send().await.unwrap();
+    let summary = summary.app_summary().unwrap();
+    assert_eq!(
+        summary.launch_status().map(|s| s.as_str()),
+        Some("READY_FOR_LAUNCH")
+    );
+    assert!(summary.launch_details().is_none());
+    let (code, message) = code_and_message(c.terminate_app().app_id(&app_id).send().await);
+    assert_eq!(code, "OperationNotPermittedException");
+    assert!(message.contains("has not been launched"), "{message}");
+
+    // No change set before a launch.
+    let (code, message) = code_and_message(c.generate_change_set().app_id(&app_id).send().await);
+    assert_eq!(code, "InvalidParameterException");
+    assert!(message.contains("has not been launched"), "{message}");
+
+    c.delete_app()
+        .app_id(&app_id)
+        .force_stop_app_replication(true)
+        .send()
+        .await
+        .unwrap();
+    server_.shutdown().await;
+}
+
+#[tokio::test]
+async fn import_app_catalog_makes_the_connectors_applications() {
+    let server_ = TestServer::start().await;
+    let c = &server_.client;
+    let mut toml = crate::apps::inventory(&server_, 3);
+    toml.push_str("\n[[applications]]\nname = \"crm\"\nvms = [\"app0\", \"app2\"]\n");
+    let mut agent = server_.connector_agent("apps", &toml).await;
+    agent.run_once().await.unwrap();
+    c.import_server_catalog().send().await.unwrap();
+    agent.poll_once().await.unwrap();
+
+    c.import_app_catalog()
+        .role_name("sms-import")
+        .send()
+        .await
+        .unwrap();
+    let apps = c.list_apps().send().await.unwrap();
+    assert_eq!(apps.apps().len(), 1);
+    let a = &apps.apps()[0];
+    assert_eq!(a.imported_app_id(), Some("crm"));
+    assert_eq!(a.name(), Some("crm"));
+    assert_eq!(a.total_servers(), Some(2));
+    let app = c
+        .get_app()
+        .app_id(a.app_id().unwrap())
+        .send()
+        .await
+        .unwrap();
+    let mut names: Vec<&str> = app.server_groups()[0]
+        .server_list()
+        .iter()
+        .filter_map(|s| s.vm_server().and_then(|v| v.vm_name()))
+        .collect();
+    names.sort();
+    assert_eq!(names, ["app0", "app2"]);
+    // Not editable; a second import adds nothing.
+    let (code, message) = code_and_message(
+        c.update_app()
+            .app_id(a.app_id().unwrap())
+            .name("other")
+            .send()
+            .await,
+    );
+    assert_eq!(code, "OperationNotPermittedException");
+    assert!(message.contains("ImportAppCatalog"), "{message}");
+    c.import_app_catalog().send().await.unwrap();
+    assert_eq!(c.list_apps().send().await.unwrap().apps().len(), 1);
+    server_.shutdown().await;
+}
