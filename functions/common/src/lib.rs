@@ -13,6 +13,7 @@
 //! | `TERN_EVENT_BUS_NAME` | the bus the state-change events go to (default `default`) |
 //! | `TERN_EVENT_SOURCE` | their `source` (default `tern.sms`; never `aws.…`) |
 //! | `TERN_ACCOUNT_ID` | the account, for the events' `account` field |
+//! | `TERN_VMIMPORT_ROLE_NAME` | the role VM Import reads staged VMDKs with |
 //! | `TERN_OUTBOX_SWEEP_SECONDS` | age after which the scheduler publishes a change the stream consumer left behind (default 300) |
 //! | `AWS_REGION` | set by Lambda itself |
 //!
@@ -22,7 +23,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tern_aws::{DynamoStore, EventBridge, S3Staging, StepFunctions};
+use tern_aws::{DynamoStore, Ec2Images, Ec2ImagesSettings, EventBridge, S3Staging, StepFunctions};
 use tern_core::events::EventOrigin;
 use tern_core::images::Images;
 use tern_core::replication::{BusAnnouncer, Publishing, Replication, ReplicationSettings};
@@ -46,6 +47,7 @@ pub struct Settings {
     pub staging_prefix: String,
     pub state_machine_arn: String,
     pub event_bus_name: String,
+    pub vmimport_role_name: String,
     pub outbox_sweep_after: Duration,
 }
 
@@ -58,14 +60,16 @@ impl Settings {
     pub const STATE_MACHINE_ARN: &'static str = "TERN_STATE_MACHINE_ARN";
     pub const EVENT_BUS_NAME: &'static str = "TERN_EVENT_BUS_NAME";
     pub const OUTBOX_SWEEP_SECONDS: &'static str = "TERN_OUTBOX_SWEEP_SECONDS";
+    pub const VMIMPORT_ROLE_NAME: &'static str = "TERN_VMIMPORT_ROLE_NAME";
     /// The variables without a default; `template.yaml` must set the `TERN_*` ones on every
     /// replication function.
-    pub const REQUIRED: [&'static str; 5] = [
+    pub const REQUIRED: [&'static str; 6] = [
         Self::TABLE_NAME,
         Self::REGION,
         Self::ACCOUNT_ID,
         Self::STAGING_BUCKET,
         Self::STATE_MACHINE_ARN,
+        Self::VMIMPORT_ROLE_NAME,
     ];
 
     pub fn from_env() -> Result<Self, ConfigError> {
@@ -104,6 +108,7 @@ impl Settings {
             staging_prefix: value(Self::STAGING_PREFIX).unwrap_or_else(|| "runs".into()),
             state_machine_arn,
             event_bus_name: value(Self::EVENT_BUS_NAME).unwrap_or_else(|| "default".into()),
+            vmimport_role_name: get(Self::VMIMPORT_ROLE_NAME)?,
             outbox_sweep_after,
         })
     }
@@ -137,23 +142,25 @@ pub async fn aws_config(region: &str) -> aws_config::SdkConfig {
         .await
 }
 
-/// The stack's image service: EC2 snapshot import, EBS direct and AMIs.
-///
-/// Not wired yet: the EC2/EBS adapter lands separately; until then every replication function
-/// fails at start with this message rather than pretending.
-pub fn images(
-    _aws: &aws_config::SdkConfig,
-    _settings: &Settings,
-) -> Result<Arc<dyn Images>, ConfigError> {
-    Err(ConfigError::Invalid {
-        name: "images",
-        problem: "the EC2/EBS image adapter is not part of this build yet".into(),
-    })
+/// The stack's image service: EC2 ImportSnapshot for seeds, EBS direct for deltas, AMIs.
+/// Images and snapshots are tagged with the table's name, which tells this stack's images
+/// from others' in the account.
+pub fn images(aws: &aws_config::SdkConfig, settings: &Settings) -> Arc<dyn Images> {
+    Arc::new(Ec2Images::new(
+        aws_sdk_ec2::Client::new(aws),
+        aws_sdk_ebs::Client::new(aws),
+        aws_sdk_s3::Client::new(aws),
+        Ec2ImagesSettings::new(
+            &settings.vmimport_role_name,
+            format!("tern:{}", settings.table_name),
+        ),
+    ))
 }
 
 /// The use cases a replication Lambda runs, wired to the stack's resources.
 #[derive(Clone)]
 pub struct Deployment {
+    pub store: Arc<dyn tern_core::store::Store>,
     pub service: Service,
     pub replication: Replication,
 }
@@ -169,11 +176,16 @@ impl Deployment {
         images: Arc<dyn Images>,
     ) -> Result<Self, ConfigError> {
         let source = event_source(&limits)?;
-        let store = Arc::new(DynamoStore::new(
+        let store: Arc<dyn tern_core::store::Store> = Arc::new(DynamoStore::new(
             aws_sdk_dynamodb::Client::new(aws),
             &settings.table_name,
         ));
-        let service = Service::new(store, Arc::new(SystemClock), Arc::new(RandomIds), limits);
+        let service = Service::new(
+            store.clone(),
+            Arc::new(SystemClock),
+            Arc::new(RandomIds),
+            limits,
+        );
         let machines = HashMap::from([(
             tern_core::workflows::REPLICATION_RUN.to_string(),
             settings.state_machine_arn.clone(),
@@ -204,6 +216,7 @@ impl Deployment {
             },
         );
         Ok(Self {
+            store,
             service,
             replication,
         })
@@ -239,6 +252,7 @@ mod tests {
         ("AWS_REGION", "eu-west-1"),
         ("TERN_ACCOUNT_ID", "123456789012"),
         ("TERN_STAGING_BUCKET", "tern-staging-123"),
+        ("TERN_VMIMPORT_ROLE_NAME", "tern-VmImportRole-1"),
         (
             "TERN_STATE_MACHINE_ARN",
             "arn:aws:states:eu-west-1:123456789012:stateMachine:ReplicationRun",

@@ -12,7 +12,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let settings = Settings::from_env()?;
     let limits = tern_core::Config::from_env(|name| std::env::var(name).ok())?;
     let aws = aws_config(&settings.region).await;
-    let images = images(&aws, &settings)?;
+    let images = images(&aws, &settings);
     let deployment = Arc::new(Deployment::connect(&aws, &settings, limits, images)?);
     lambda_runtime::run(service_fn(move |_: LambdaEvent<Value>| {
         let deployment = deployment.clone();

@@ -70,6 +70,7 @@ impl Stack {
                     Settings::REGION => REGION,
                     Settings::ACCOUNT_ID => ACCOUNT,
                     Settings::STAGING_BUCKET => "tern-staging",
+                    Settings::VMIMPORT_ROLE_NAME => "tern-vmimport",
                     Settings::STATE_MACHINE_ARN => {
                         "arn:aws:states:us-east-1:123456789012:stateMachine:ReplicationRun"
                     }

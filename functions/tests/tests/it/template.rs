@@ -28,18 +28,55 @@ fn permissions() -> serde_json::Value {
         all.extend_from_slice(extra);
         all
     }
+    // Tearing down a deleted job's run (crates/core/src/replication/teardown.rs).
+    const TEARDOWN: &[&str] = &[
+        "states:StopExecution",
+        "s3:ListBucket",
+        "s3:ListBucketMultipartUploads",
+        "s3:GetObject",
+        "s3:DeleteObject",
+        "s3:AbortMultipartUpload",
+        "ebs:CompleteSnapshot",
+        "ec2:CreateTags",
+        "ec2:DeleteSnapshot",
+        "ec2:DeregisterImage",
+        "ec2:DescribeImportSnapshotTasks",
+        "ec2:DescribeSnapshots",
+        "ec2:DescribeImages",
+    ];
+    let with_teardown = |extra: &[&'static str]| {
+        let mut all = with(TEARDOWN);
+        all.extend_from_slice(extra);
+        all.sort_unstable();
+        all.dedup();
+        all
+    };
+    // The Images adapter's calls per method: crates/aws/README.md.
     json!({
-        // report_progress heartbeats the waiting task; work_failed fails it.
-        "ApiFunction": with(&["states:SendTaskHeartbeat", "states:SendTaskFailure"]),
+        // report_progress heartbeats the waiting task; work_failed fails it; DeleteReplicationJob
+        // tears the run down; GenerateTemplate writes templates and reads user data.
+        "ApiFunction": with_teardown(&[
+            "states:SendTaskHeartbeat",
+            "states:SendTaskFailure",
+            "s3:PutObject",
+        ]),
         "PrepareFunction": with(&[]),
         // A manifest recorded before the token arrived is handed over at once.
         "WaitForUploadFunction": with(&["states:SendTaskSuccess"]),
-        "ImportFunction": with(&["ec2:ImportSnapshot", "iam:PassRole", "s3:GetObject"]),
-        "ApplyDeltaFunction": with(&["ebs:StartSnapshot", "s3:GetObject"]),
+        "ImportFunction": with(&["ec2:ImportSnapshot", "ec2:CreateTags", "iam:PassRole"]),
+        "ApplyDeltaFunction": with(&[
+            "ebs:StartSnapshot",
+            "ec2:CreateTags",
+            "ec2:DescribeSnapshots",
+            "s3:GetObject",
+        ]),
+        "WriteBlocksFunction": with(&["ebs:PutSnapshotBlock", "s3:GetObject"]),
         "CheckSnapshotsFunction": with(&[
             "ebs:CompleteSnapshot",
+            "ec2:CreateTags",
             "ec2:DescribeImportSnapshotTasks",
             "ec2:DescribeSnapshots",
+            "s3:GetObject",
         ]),
         "RegisterImageFunction": with(&["ec2:RegisterImage", "ec2:CreateTags", "ec2:DescribeImages"]),
         "RetainFunction": with(&["ec2:DeregisterImage", "ec2:DeleteSnapshot"]),
@@ -51,18 +88,19 @@ fn permissions() -> serde_json::Value {
             "s3:AbortMultipartUpload",
         ]),
         "RecordFailureFunction": with(&[]),
-        // The manifest is read (bounded) and the waiting execution resumed or failed.
+        // The manifest is read (bounded), its objects' sizes checked, the waiting execution
+        // resumed or failed.
         "UploadCompleteFunction": with(&[
             "s3:GetObject",
+            "s3:ListBucket",
             "states:SendTaskSuccess",
             "states:SendTaskFailure",
         ]),
-        // Starts executions, re-signals lost hand-overs (HEAD of the manifest), sweeps the
-        // outbox.
-        "SchedulerFunction": with(&[
+        // Starts executions, re-signals lost hand-overs, sweeps the outbox and teardowns.
+        "SchedulerFunction": with_teardown(&[
             "states:StartExecution",
             "states:SendTaskSuccess",
-            "s3:GetObject",
+            "states:SendTaskFailure",
             "events:PutEvents",
         ]),
         "EventPublisherFunction": with(&["events:PutEvents"]),
