@@ -6,11 +6,13 @@
 //!   `tern serve`): never a fixed sleep.
 //! * [`qemu`]: `qemu-img` / `qemu-io` runners and random disks with blocks changed on purpose.
 //! * [`fixtures`]: disks with a real partition table, built in memory.
+//! * [`tmpfs`]: a small filesystem to fill up (disk-full tests).
 
 pub mod fixtures;
 pub mod moto;
 pub mod poll;
 pub mod qemu;
+pub mod tmpfs;
 
 use std::process::Command;
 

@@ -8,21 +8,18 @@ use std::sync::Arc;
 use tern_api::{Api, Deps};
 use tern_core::{RandomIds, SystemClock};
 use tern_fn_api::{Config, Handler};
-use tern_fn_common::{aws_config, images, Deployment, Settings};
+use tern_fn_common::Deployment;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
     lambda_http::tracing::init_default_subscriber();
     let config = Config::from_env()?;
-    let settings = Settings::from_env()?;
-    let limits = tern_core::Config::from_env(|name| std::env::var(name).ok())?;
-    let aws = aws_config(&settings.region).await;
-    let d = Deployment::connect(&aws, &settings, limits.clone(), images(&aws, &settings))?;
+    let (d, settings) = Deployment::from_env().await?;
     let api = Api::new(Deps {
         store: d.store.clone(),
         clock: Arc::new(SystemClock),
         ids: Arc::new(RandomIds),
-        config: limits,
+        config: d.service.config().clone(),
     });
     api.attach_replication(d.replication.clone());
     let handler = &Handler::new(api, config.connector_role_name)

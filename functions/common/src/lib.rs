@@ -166,6 +166,17 @@ pub struct Deployment {
 }
 
 impl Deployment {
+    /// What every replication function does at cold start: its settings and limits from the
+    /// environment, the SDK configuration of its region, and [`Deployment::connect`] with the
+    /// stack's image service.
+    pub async fn from_env() -> Result<(Self, Settings), lambda_runtime::Error> {
+        let settings = Settings::from_env()?;
+        let limits = tern_core::Config::from_env(|name| std::env::var(name).ok())?;
+        let aws = aws_config(&settings.region).await;
+        let deployment = Self::connect(&aws, &settings, limits, images(&aws, &settings))?;
+        Ok((deployment, settings))
+    }
+
     /// Wires the use cases: DynamoDB store, S3 staging, Step Functions workflows, EventBridge
     /// announcements published from the table's stream ([`Publishing::Stream`]), and `images`
     /// (EC2 and EBS in the stack; any [`Images`] in tests).

@@ -4,22 +4,17 @@ use std::sync::Arc;
 
 use aws_lambda_events::event::dynamodb::Event;
 use lambda_runtime::{service_fn, LambdaEvent};
-use tern_fn_common::{aws_config, images, Deployment, Settings};
+use tern_fn_common::Deployment;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
     lambda_runtime::tracing::init_default_subscriber();
-    let settings = Settings::from_env()?;
-    let limits = tern_core::Config::from_env(|name| std::env::var(name).ok())?;
-    let aws = aws_config(&settings.region).await;
-    let images = images(&aws, &settings);
-    let deployment = Arc::new(Deployment::connect(&aws, &settings, limits, images)?);
+    let deployment = Arc::new(Deployment::from_env().await?.0);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Event>| {
         let deployment = deployment.clone();
         async move {
-            Ok::<_, lambda_runtime::Error>(
-                tern_fn_event_publisher::handle(&deployment.replication, event.payload).await,
-            )
+            let response = tern_fn_event_publisher::handle(&deployment.replication, event.payload);
+            Ok::<_, lambda_runtime::Error>(response.await)
         }
     }))
     .await

@@ -4,17 +4,13 @@ use std::sync::Arc;
 
 use lambda_runtime::{service_fn, LambdaEvent};
 use serde_json::Value;
-use tern_fn_common::{aws_config, images, Deployment, Settings};
+use tern_fn_common::Deployment;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
     lambda_runtime::tracing::init_default_subscriber();
     let function = tern_fn_tasks::task_function(std::env::var(tern_fn_tasks::TASK_FUNCTION).ok())?;
-    let settings = Settings::from_env()?;
-    let limits = tern_core::Config::from_env(|name| std::env::var(name).ok())?;
-    let aws = aws_config(&settings.region).await;
-    let images = images(&aws, &settings);
-    let deployment = Arc::new(Deployment::connect(&aws, &settings, limits, images)?);
+    let deployment = Arc::new(Deployment::from_env().await?.0);
     tracing::info!(function, "task function ready");
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
         let deployment = deployment.clone();

@@ -5,60 +5,14 @@
 //! and once while the States engine commits a task result (the commit fails and is retried).
 //! The filesystem is a small tmpfs (the test runs as root, as CI does).
 
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use tern_test_support::tmpfs::Tmpfs;
 
 use crate::harness::{integrity, Lab};
-
-/// A tmpfs mounted for the test, unmounted when dropped.
-struct Mount(PathBuf);
-
-impl Mount {
-    fn tmpfs(at: &Path, size_mib: u64) -> Self {
-        std::fs::create_dir_all(at).expect("mount point");
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size_mib}m"), "tmpfs"])
-            .arg(at)
-            .output()
-            .expect("mount runs");
-        assert!(
-            out.status.success(),
-            "cannot mount a {size_mib} MiB tmpfs at {} (the disk-full test needs root): {}",
-            at.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Mount(at.to_path_buf())
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        let _ = std::fs::remove_dir(&self.0);
-    }
-}
-
-/// Fills the filesystem of `path` (a new file there) until writes fail with ENOSPC.
-fn fill(path: &Path) {
-    let mut f = std::fs::File::create(path).expect("filler");
-    let chunk = vec![0xa5u8; 1 << 20];
-    loop {
-        match f.write_all(&chunk) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(28) => break,
-            Err(e) => panic!("filling {}: {e}", path.display()),
-        }
-    }
-    // The last partial chunk may have left a few bytes; take them too.
-    while f.write_all(&[0u8; 512]).is_ok() {}
-    let _ = f.sync_all();
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disk_full_mid_run_then_space_returns() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mount = Mount::tmpfs(&dir.path().join("fs"), 128);
+    let mount = Tmpfs::mount(&dir.path().join("fs"), 128);
     let data = mount.0.join("data");
     let mut lab = Lab::start_in(dir, data.clone(), vec![("full".into(), false)]).await;
 
@@ -70,8 +24,7 @@ async fn disk_full_mid_run_then_space_returns() {
     let before = lab.sent();
     let run_id = lab.start_incremental(0).await;
     lab.wait_sent(before, 256 * 1024).await;
-    let filler = mount.0.join("filler");
-    fill(&filler);
+    let filler = mount.fill();
 
     // The failure is visible and clear, and nothing is corrupted meanwhile.
     // Whichever hits the full disk first says so: a staged part's write (ENOSPC) or a store
@@ -120,7 +73,7 @@ async fn disk_full_mid_run_then_space_returns() {
     lab.restart_with_pause("apply-delta").await;
     let run_id = lab.start_incremental(0).await;
     lab.wait_held("apply-delta", &run_id).await;
-    fill(&filler);
+    let filler = mount.fill();
     lab.release("apply-delta");
     let line = lab.wait_log(&["states: commit failed"], 60).await;
     eprintln!("disk full, the engine logs: {line}");

@@ -696,52 +696,12 @@ async fn deleting_a_snapshot_during_an_import_of_the_same_blocks_loses_nothing()
     }
 }
 
-/// A tmpfs mounted for one test (the test runs as root, as CI does), unmounted when dropped.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(at: &Path, size_mib: u64) -> Tmpfs {
-        std::fs::create_dir_all(at).unwrap();
-        let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size_mib}m"), "tmpfs"])
-            .arg(at)
-            .output()
-            .expect("mount runs");
-        assert!(
-            out.status.success(),
-            "cannot mount a tmpfs at {} (this test needs root): {}",
-            at.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Tmpfs(at.to_path_buf())
-    }
-
-    /// Writes a file until the filesystem is full; returns its path.
-    fn fill(&self) -> PathBuf {
-        use std::io::Write as _;
-        let path = self.0.join("filler");
-        let mut f = std::fs::File::create(&path).unwrap();
-        while f.write_all(&[0xa5; 64 * 1024]).is_ok() {}
-        while f.write_all(&[0xa5; 512]).is_ok() {}
-        path
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
-
 /// A full data directory does not fail the import: the task stays active, says that it waits
 /// for disk space, and completes with the right snapshot once space returns.
 #[tokio::test]
 async fn an_import_on_a_full_disk_waits_for_space_and_then_completes() {
     let env = Env::new();
-    let fs = Tmpfs::mount(&env.data, 16);
+    let fs = tern_test_support::tmpfs::Tmpfs::mount(&env.data, 16);
     let raw = env.work.join("d.raw");
     let data = make_disk(&raw, "rrrr", 0, 21);
     let staged = env.stage("d.vmdk", &stream_vmdk_by_tern(&raw));

@@ -3,6 +3,7 @@
 //! `cargo lambda invoke --data-file` uses).
 
 mod event_publisher;
+mod fixtures;
 mod scheduler;
 mod template;
 mod upload_complete;
