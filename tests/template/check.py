@@ -116,6 +116,11 @@ def main():
     globals_env = template.get("Globals", {}).get("Function", {}).get("Environment", {}).get("Variables", {})
 
     functions = {k: v for k, v in resources.items() if v["Type"] == "AWS::Lambda::Function"}
+    known = set(spec.get("known_env", []))
+    for name, fn in functions.items():
+        for var in fn["Properties"].get("Environment", {}).get("Variables", {}):
+            if var.startswith("TERN_") and known and var not in known:
+                problem(f"{name} sets {var}, which no code reads")
     for name, fn in functions.items():
         env = fn["Properties"].get("Environment", {}).get("Variables", {})
         for var in spec["required_env"]:

@@ -107,6 +107,23 @@ fn permissions() -> serde_json::Value {
     })
 }
 
+/// The `TERN_*` variables the functions read: their settings and Tern's `Config` keys.
+fn known_env() -> Vec<String> {
+    let mut names = tern_core::Config::env_names();
+    names.extend(Settings::REQUIRED.iter().map(|s| s.to_string()));
+    names.extend(
+        [
+            Settings::STAGING_PREFIX,
+            Settings::EVENT_BUS_NAME,
+            Settings::OUTBOX_SWEEP_SECONDS,
+            tern_fn_tasks::TASK_FUNCTION,
+            tern_fn_api::Config::CONNECTOR_ROLE_NAME,
+        ]
+        .map(String::from),
+    );
+    names
+}
+
 #[test]
 fn the_template_is_wired_least_privilege_and_creates_in_moto() {
     let have = |module: &str| {
@@ -135,6 +152,8 @@ fn the_template_is_wired_least_privilege_and_creates_in_moto() {
         "substitutions": substitutions,
         "required_env": Settings::REQUIRED,
         "task_env": tern_fn_tasks::TASK_FUNCTION,
+        // Every other TERN_ variable the template sets must be one the code reads.
+        "known_env": known_env(),
         "permissions": permissions(),
     });
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
