@@ -7,7 +7,10 @@
 //! * the per-block digests on one core (SHA-256, BLAKE3, xxh3), in memory;
 //! * raw → stream-optimized VMDK: ours vs `qemu-img convert -O vmdk -o subformat=streamOptimized`;
 //! * stream-optimized VMDK → raw: ours vs `qemu-img convert -O raw` (same input, qemu's VMDK);
-//! * block map (SHA-256 per 512 KiB block, every core) vs `sha256sum` of the raw image.
+//! * block map (SHA-256 per 512 KiB block, every core) vs `sha256sum` of the raw image;
+//! * stream-optimized VMDK → raw again on one kind of content at a time (all random, all text,
+//!   sparse: 5 % random), each a quarter of SIZE_GIB, since inflate speed depends on what was
+//!   compressed.
 //!
 //! Rates are virtual-disk bytes per second. Not a test: run it by hand on an idle machine.
 
@@ -63,6 +66,76 @@ fn make_image(path: &Path, size: u64) {
         }
     }
     f.sync_all().expect("sync");
+}
+
+/// A raw image of `size` bytes holding one kind of content.
+fn make_kind(path: &Path, size: u64, kind: &str) {
+    let f = std::fs::File::create(path).expect("create");
+    f.set_len(size).expect("set_len");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let text: Vec<u8> = b"Lorem ipsum dolor sit amet, tern migrates servers; 0123456789 "
+        .iter()
+        .cycle()
+        .take(MIB as usize)
+        .copied()
+        .collect();
+    let mut buf = vec![0u8; MIB as usize];
+    for m in 0..size / MIB {
+        let data: &[u8] = match kind {
+            "random" => {
+                rng.fill_bytes(&mut buf);
+                &buf
+            }
+            "text" => &text,
+            // 5 % of the megabytes random, the rest holes.
+            _ if m % 20 == 0 => {
+                rng.fill_bytes(&mut buf);
+                &buf
+            }
+            _ => continue,
+        };
+        std::os::unix::fs::FileExt::write_all_at(&f, data, m * MIB).expect("write");
+    }
+    f.sync_all().expect("sync");
+}
+
+/// qemu-img's stream-optimized VMDK of `kind` content read back to raw by tern and by qemu-img.
+fn read_case(dir: &Path, size: u64, kind: &str) {
+    let raw = dir.join(format!("{kind}.raw"));
+    make_kind(&raw, size, kind);
+    let vmdk = dir.join(format!("{kind}.vmdk"));
+    run(Command::new("qemu-img")
+        .args([
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "vmdk",
+            "-o",
+            "subformat=streamOptimized",
+        ])
+        .arg(&raw)
+        .arg(&vmdk));
+    let ours = dir.join(format!("{kind}.ours.raw"));
+    let (_, d_ours) = timed(|| {
+        let disk = open(&vmdk, &OpenOptions::default()).expect("open vmdk");
+        write::write_raw(disk.as_ref(), &ours, &no_progress).expect("write raw")
+    });
+    let theirs = dir.join(format!("{kind}.qemu.raw"));
+    let d_qemu = run(Command::new("qemu-img")
+        .args(["convert", "-f", "vmdk", "-O", "raw"])
+        .arg(&vmdk)
+        .arg(&theirs));
+    let (o, q) = (rate(size, d_ours), rate(size, d_qemu));
+    println!(
+        "stream VMDK -> raw, {kind} content ({} MiB, VMDK {} MiB): tern {o:.0} MB/s, qemu-img {q:.0} MB/s, ratio {:.2}x",
+        size / MIB,
+        std::fs::metadata(&vmdk).map_or(0, |m| m.len() / MIB),
+        o / q
+    );
+    for p in [&raw, &vmdk, &ours, &theirs] {
+        let _ = std::fs::remove_file(p);
+    }
 }
 
 /// Digests on one core, in memory (so the disk does not hide the difference); best of three.
@@ -179,5 +252,9 @@ fn main() {
 
     for p in [&raw, &ours_vmdk, &qemu_vmdk, &ours_raw, &qemu_raw] {
         let _ = std::fs::remove_file(p);
+    }
+
+    for kind in ["random", "text", "sparse"] {
+        read_case(&dir, (size / 4).max(256 * MIB), kind);
     }
 }
