@@ -323,8 +323,10 @@ impl Api {
                         .into_iter()
                         .map(|s| {
                             let why = svc.cannot_replicate(&s);
+                            let warnings = svc.preflight_warnings(&s);
                             Server {
                                 cannot_replicate_reason: why,
+                                preflight_warnings: warnings,
                                 ..s.into()
                             }
                         })

@@ -23,7 +23,7 @@
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use super::{decode, expect_of, put, required, retrying, Listing, Service, Versioned};
+use super::{decode, expect_of, preflight, put, required, retrying, Listing, Service, Versioned};
 use crate::enums::*;
 use crate::error::{DomainError, Result};
 use crate::keys;
@@ -147,7 +147,8 @@ impl Service {
     ) -> Result<()> {
         if os == Some(OsType::Linux) && license == Some(LicenseType::Aws) {
             return Err(invalid(format!(
-                "server {server_id} runs Linux, which can only use licenseType BYOL"
+                "{}: server {server_id} runs Linux, which can only use licenseType BYOL",
+                preflight::rule::LICENSE_TYPE
             )));
         }
         Ok(())
@@ -167,25 +168,67 @@ impl Service {
         Ok(())
     }
 
-    /// Why `server` cannot get a replication job, if it cannot: CreateReplicationJob refuses it
-    /// with this message, and GetServers shows it with the server (`cannotReplicateReason`).
-    pub fn cannot_replicate(&self, server: &Server) -> Option<String> {
+    /// Why `server` cannot get a replication job at all (it vanished from its connector's
+    /// inventory, or has no disks), before any import rule is looked at.
+    fn unavailable(server: &Server) -> Option<String> {
         let id = &server.server_id;
-        let max = self.config.limits.max_volumes_per_vm;
         if server.vanished_on.is_some() {
             Some(format!(
                 "server {id} is no longer in its connector's inventory"
             ))
         } else if server.disks.is_empty() {
             Some(format!("server {id} has no disks to replicate"))
-        } else if server.disks.len() > max as usize {
-            Some(format!(
-                "server {id} has {} volumes; at most {max} volumes per VM can be replicated (limits.max_volumes_per_vm)",
-                server.disks.len()
-            ))
         } else {
             None
         }
+    }
+
+    /// The import rules' findings about `server` (see [`preflight`]), with this service's
+    /// limits.
+    pub fn preflight(&self, server: &Server) -> Vec<preflight::Finding> {
+        preflight::check_server(server, &self.config.limits)
+    }
+
+    /// Why `server` cannot get a replication job, if it cannot: CreateReplicationJob refuses it
+    /// with this message, and GetServers shows it with the server (`cannotReplicateReason`).
+    /// Every preflight refusal is named, joined by "; ".
+    pub fn cannot_replicate(&self, server: &Server) -> Option<String> {
+        Self::unavailable(server).or_else(|| {
+            preflight::refusal_reason(&self.preflight(server))
+                .map(|why| format!("server {}: {why}", server.server_id))
+        })
+    }
+
+    /// The preflight warnings GetServers shows with `server` (`preflightWarnings`).
+    pub fn preflight_warnings(&self, server: &Server) -> Vec<String> {
+        if Self::unavailable(server).is_some() {
+            return Vec::new();
+        }
+        preflight::warnings(&self.preflight(server))
+    }
+
+    /// CreateReplicationJob's preflight: the server's rules and the licence asked for. A
+    /// refusal answers the first refusal's error (ServerCannotBeReplicatedException, or
+    /// InvalidParameterException for a licence) with every refusal's message; otherwise the
+    /// warnings that depend on the request, for the job's statusMessage.
+    fn preflight_job(&self, server: &Server, license: Option<LicenseType>) -> Result<Vec<String>> {
+        if let Some(why) = Self::unavailable(server) {
+            return Err(DomainError::ServerCannotBeReplicated(why));
+        }
+        let findings = preflight::check_job(server, &self.config.limits, license);
+        if let Some(first) = findings.iter().find(|f| f.is_refusal()) {
+            let why = preflight::refusal_reason(&findings).unwrap_or_default();
+            let message = format!("server {}: {why}", server.server_id);
+            return Err(match first.error() {
+                DomainError::InvalidParameter(_) => DomainError::InvalidParameter(message),
+                _ => DomainError::ServerCannotBeReplicated(message),
+            });
+        }
+        let server_only = preflight::warnings(&self.preflight(server));
+        Ok(preflight::warnings(&findings)
+            .into_iter()
+            .filter(|w| !server_only.contains(w))
+            .collect())
     }
 
     /// CreateReplicationJob; returns the new job id.
@@ -218,9 +261,7 @@ impl Service {
                 )));
             };
             let s = &server.value;
-            if let Some(why) = self.cannot_replicate(s) {
-                return Err(DomainError::ServerCannotBeReplicated(why));
-            }
+            let warnings = self.preflight_job(s, req.license_type)?;
             if s.replication_job_id.as_deref() == Some(job_id.as_str()) {
                 // An earlier attempt of this very request committed, though its answer was
                 // lost (see `commit_taking_slot`).
@@ -232,7 +273,6 @@ impl Service {
                     s.replication_job_id.as_deref().unwrap_or_default()
                 )));
             }
-            Self::check_license(s.os_type, req.license_type, &server_id)?;
             if self
                 .read::<Connector>(&keys::connector(&s.connector_id))
                 .await?
@@ -257,7 +297,8 @@ impl Service {
                 role_name: req.role_name.clone(),
                 latest_ami_id: None,
                 state: ReplicationJobState::Pending,
-                status_message: None,
+                status_message: (!warnings.is_empty())
+                    .then(|| format!("preflight warnings: {}", warnings.join("; "))),
                 description: req.description.clone(),
                 number_of_recent_amis_to_keep: amis,
                 encrypted: req.encrypted.unwrap_or(false),
