@@ -143,7 +143,7 @@ pub fn human_size(bytes: u64) -> String {
     } else {
         (GIB, "GiB")
     };
-    if bytes % unit == 0 {
+    if bytes.is_multiple_of(unit) {
         format!("{} {name}", bytes / unit)
     } else {
         format!("{:.1} {name}", bytes as f64 / unit as f64)
