@@ -322,8 +322,7 @@ impl Api {
                         .items
                         .into_iter()
                         .map(|s| {
-                            let why = svc.cannot_replicate(&s);
-                            let warnings = svc.preflight_warnings(&s);
+                            let (why, warnings) = svc.catalog_view(&s);
                             Server {
                                 cannot_replicate_reason: why,
                                 preflight_warnings: warnings,

@@ -76,6 +76,8 @@ async fn an_unpartitioned_boot_disk_is_refused_by_name_and_an_unreadable_one_onl
     let (code, message) = code_and_message(create(&blank_entry).await);
     assert_eq!(code, "ServerCannotBeReplicatedException");
     assert_eq!(message, why);
-    create(&gone_entry).await.expect("a warning does not refuse");
+    create(&gone_entry)
+        .await
+        .expect("a warning does not refuse");
     server.shutdown().await;
 }

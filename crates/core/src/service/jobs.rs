@@ -168,69 +168,6 @@ impl Service {
         Ok(())
     }
 
-    /// Why `server` cannot get a replication job at all (it vanished from its connector's
-    /// inventory, or has no disks), before any import rule is looked at.
-    fn unavailable(server: &Server) -> Option<String> {
-        let id = &server.server_id;
-        if server.vanished_on.is_some() {
-            Some(format!(
-                "server {id} is no longer in its connector's inventory"
-            ))
-        } else if server.disks.is_empty() {
-            Some(format!("server {id} has no disks to replicate"))
-        } else {
-            None
-        }
-    }
-
-    /// The import rules' findings about `server` (see [`preflight`]), with this service's
-    /// limits.
-    pub fn preflight(&self, server: &Server) -> Vec<preflight::Finding> {
-        preflight::check_server(server, &self.config.limits)
-    }
-
-    /// Why `server` cannot get a replication job, if it cannot: CreateReplicationJob refuses it
-    /// with this message, and GetServers shows it with the server (`cannotReplicateReason`).
-    /// Every preflight refusal is named, joined by "; ".
-    pub fn cannot_replicate(&self, server: &Server) -> Option<String> {
-        Self::unavailable(server).or_else(|| {
-            preflight::refusal_reason(&self.preflight(server))
-                .map(|why| format!("server {}: {why}", server.server_id))
-        })
-    }
-
-    /// The preflight warnings GetServers shows with `server` (`preflightWarnings`).
-    pub fn preflight_warnings(&self, server: &Server) -> Vec<String> {
-        if Self::unavailable(server).is_some() {
-            return Vec::new();
-        }
-        preflight::warnings(&self.preflight(server))
-    }
-
-    /// CreateReplicationJob's preflight: the server's rules and the licence asked for. A
-    /// refusal answers the first refusal's error (ServerCannotBeReplicatedException, or
-    /// InvalidParameterException for a licence) with every refusal's message; otherwise the
-    /// warnings that depend on the request, for the job's statusMessage.
-    fn preflight_job(&self, server: &Server, license: Option<LicenseType>) -> Result<Vec<String>> {
-        if let Some(why) = Self::unavailable(server) {
-            return Err(DomainError::ServerCannotBeReplicated(why));
-        }
-        let findings = preflight::check_job(server, &self.config.limits, license);
-        if let Some(first) = findings.iter().find(|f| f.is_refusal()) {
-            let why = preflight::refusal_reason(&findings).unwrap_or_default();
-            let message = format!("server {}: {why}", server.server_id);
-            return Err(match first.error() {
-                DomainError::InvalidParameter(_) => DomainError::InvalidParameter(message),
-                _ => DomainError::ServerCannotBeReplicated(message),
-            });
-        }
-        let server_only = preflight::warnings(&self.preflight(server));
-        Ok(preflight::warnings(&findings)
-            .into_iter()
-            .filter(|w| !server_only.contains(w))
-            .collect())
-    }
-
     /// CreateReplicationJob; returns the new job id.
     #[tracing::instrument(name = "create_job", skip_all, fields(server_id = %req.server_id))]
     pub async fn create_job(&self, req: NewJob) -> Result<String> {

@@ -35,9 +35,16 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+mod os;
+
+#[cfg(test)]
+use os::parse_version;
+use os::{show, GuestOs};
+
+use super::Service;
 use crate::config::Limits;
 use crate::enums::{LicenseType, OsType};
-use crate::error::DomainError;
+use crate::error::{DomainError, Result};
 use crate::model::Server;
 
 /// Stable rule names.
@@ -271,245 +278,6 @@ fn disks(server: &Server) -> Vec<DiskView<'_>> {
             }
         })
         .collect()
-}
-
-/// The guest OS as far as the inventory knows it.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct GuestOs {
-    pub os_type: Option<OsType>,
-    /// `inspection.os.name`, e.g. "Ubuntu", "Windows Server 2019".
-    pub name: Option<String>,
-    /// `inspection.os.version`, e.g. "22.04", "2019".
-    pub version: Option<String>,
-}
-
-impl GuestOs {
-    fn of(server: &Server) -> Self {
-        let os = server.inspection.as_ref().and_then(|i| i.get("os"));
-        let text = |k: &str| {
-            os.and_then(|o| o.get(k))
-                .and_then(Value::as_str)
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(str::to_string)
-        };
-        let name = text("name");
-        let os_type = server.os_type.or_else(|| {
-            let n = name.as_deref()?.to_ascii_lowercase();
-            Some(if n.contains("windows") {
-                OsType::Windows
-            } else {
-                OsType::Linux
-            })
-        });
-        Self {
-            os_type,
-            name,
-            version: text("version"),
-        }
-    }
-
-    fn describe(&self) -> String {
-        match (&self.name, &self.version) {
-            // A name that carries its version ("Windows Server 2019") says enough.
-            (Some(n), Some(v)) if !n.contains(|c: char| c.is_ascii_digit()) => format!("{n} {v}"),
-            (Some(n), _) => n.clone(),
-            (None, Some(v)) => v.clone(),
-            (None, None) => "an unknown version".into(),
-        }
-    }
-
-    /// Known well enough to be checked against VM Import's list.
-    fn release(&self) -> Option<Release> {
-        release(self.name.as_deref()?, self.version.as_deref())
-    }
-}
-
-/// A system of VM Import's list and the version found.
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct Release {
-    family: &'static Family,
-    version: (u32, u32),
-}
-
-struct Family {
-    /// Lower-case words that identify it in `os.name`.
-    keys: &'static [&'static str],
-    display: &'static str,
-    windows: bool,
-    /// Windows client editions are licensed only as BYOL.
-    client: bool,
-    /// Oldest and newest version VM Import lists (`(major, minor)`).
-    oldest: (u32, u32),
-    newest: (u32, u32),
-    /// Versions inside the range VM Import excludes, with why.
-    excluded: &'static [((u32, u32), &'static str)],
-    /// Oldest version that boots with UEFI after import (`None`: UEFI not supported).
-    uefi_from: Option<(u32, u32)>,
-}
-
-impl std::fmt::Debug for Family {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.display)
-    }
-}
-
-impl PartialEq for Family {
-    fn eq(&self, other: &Self) -> bool {
-        std::ptr::eq(self, other)
-    }
-}
-
-/// VM Import's operating systems (vmie_prereqs.md as SMS used it, newest versions as listed
-/// in 2019; a newer version only warns). Windows Server versions are years; client versions
-/// are the edition number (8.1 = (8, 1)).
-static FAMILIES: &[Family] = &[
-    Family {
-        keys: &["windows server"],
-        display: "Windows Server",
-        windows: true,
-        client: false,
-        oldest: (2003, 0),
-        newest: (2019, 0),
-        excluded: &[],
-        uefi_from: Some((2003, 0)),
-    },
-    Family {
-        keys: &["windows"],
-        display: "Windows",
-        windows: true,
-        client: true,
-        oldest: (7, 0),
-        newest: (10, 0),
-        excluded: &[],
-        uefi_from: Some((7, 0)),
-    },
-    Family {
-        keys: &["ubuntu"],
-        display: "Ubuntu",
-        windows: false,
-        client: false,
-        oldest: (12, 4),
-        newest: (18, 4),
-        excluded: &[],
-        uefi_from: Some((16, 4)),
-    },
-    Family {
-        keys: &["red hat", "rhel"],
-        display: "Red Hat Enterprise Linux",
-        windows: false,
-        client: false,
-        oldest: (5, 1),
-        newest: (7, 6),
-        excluded: &[((6, 0), "6.0 lacks required drivers")],
-        uefi_from: Some((7, 0)),
-    },
-    Family {
-        keys: &["centos"],
-        display: "CentOS",
-        windows: false,
-        client: false,
-        oldest: (5, 1),
-        newest: (7, 6),
-        excluded: &[((6, 0), "6.0 lacks required drivers")],
-        uefi_from: Some((7, 0)),
-    },
-    Family {
-        keys: &["oracle"],
-        display: "Oracle Linux",
-        windows: false,
-        client: false,
-        oldest: (5, 10),
-        newest: (7, 6),
-        excluded: &[],
-        uefi_from: Some((7, 0)),
-    },
-    Family {
-        keys: &["suse", "sles"],
-        display: "SUSE Linux Enterprise Server",
-        windows: false,
-        client: false,
-        oldest: (11, 1),
-        newest: (12, 3),
-        excluded: &[],
-        uefi_from: Some((12, 3)),
-    },
-    Family {
-        keys: &["debian"],
-        display: "Debian",
-        windows: false,
-        client: false,
-        oldest: (6, 0),
-        newest: (8, 0),
-        excluded: &[],
-        uefi_from: Some((10, 0)),
-    },
-    Family {
-        keys: &["fedora"],
-        display: "Fedora Server",
-        windows: false,
-        client: false,
-        oldest: (19, 0),
-        newest: (21, 0),
-        excluded: &[],
-        uefi_from: None,
-    },
-    Family {
-        keys: &["amazon linux"],
-        display: "Amazon Linux",
-        windows: false,
-        client: false,
-        oldest: (2, 0),
-        newest: (2, 0),
-        excluded: &[],
-        uefi_from: Some((2, 0)),
-    },
-];
-
-/// `"22.04"` → (22, 4); `"7"` → (7, 0); `"SP3"`-style suffixes are ignored.
-fn parse_version(text: &str) -> Option<(u32, u32)> {
-    let start = text.find(|c: char| c.is_ascii_digit())?;
-    let mut parts = text[start..]
-        .split(|c: char| !c.is_ascii_digit())
-        .filter(|p| !p.is_empty());
-    let major = parts.next()?.parse().ok()?;
-    let minor = parts.next().and_then(|m| m.parse().ok()).unwrap_or(0);
-    Some((major, minor))
-}
-
-fn release(name: &str, version: Option<&str>) -> Option<Release> {
-    let lower = name.to_ascii_lowercase();
-    let family = FAMILIES
-        .iter()
-        .find(|f| f.keys.iter().any(|k| lower.contains(k)))?;
-    let version = if family.windows {
-        // The name says it ("Windows Server 2012 R2", "Windows 8.1 Pro"); a version alone
-        // counts when it is one the list uses (a year for servers, not the kernel's "10.0").
-        let numeric = |t: &str| {
-            t.starts_with(|c: char| c.is_ascii_digit())
-                .then(|| parse_version(t))
-                .flatten()
-        };
-        let from_name = lower.split_whitespace().find_map(numeric);
-        let from_version = version
-            .and_then(numeric)
-            .filter(|v| family.client || v.0 >= 2000);
-        from_name.or(from_version)?
-    } else {
-        parse_version(version?)?
-    };
-    Some(Release { family, version })
-}
-
-/// A version as the family writes it: "2019", "8.1", "12.04", "7.6".
-fn show((major, minor): (u32, u32), family: &Family) -> String {
-    if family.windows && minor == 0 {
-        major.to_string()
-    } else if family.display == "Ubuntu" {
-        format!("{major}.{minor:02}")
-    } else {
-        format!("{major}.{minor}")
-    }
 }
 
 /// Findings about the server itself: run when an inventory report is stored, shown by
@@ -852,6 +620,76 @@ fn license_rules(server: &Server, license: Option<LicenseType>, out: &mut Vec<Fi
     }
 }
 
+impl Service {
+    /// Why `server` cannot get a replication job at all (it vanished from its connector's
+    /// inventory, or has no disks), before any import rule is looked at.
+    fn unavailable(server: &Server) -> Option<String> {
+        let id = &server.server_id;
+        if server.vanished_on.is_some() {
+            Some(format!(
+                "server {id} is no longer in its connector's inventory"
+            ))
+        } else if server.disks.is_empty() {
+            Some(format!("server {id} has no disks to replicate"))
+        } else {
+            None
+        }
+    }
+
+    /// The import rules' findings about `server` (see [`preflight`]), with this service's
+    /// limits.
+    pub fn preflight(&self, server: &Server) -> Vec<Finding> {
+        check_server(server, &self.config.limits)
+    }
+
+    /// Why `server` cannot get a replication job, if it cannot: CreateReplicationJob refuses it
+    /// with this message, and GetServers shows it with the server (`cannotReplicateReason`).
+    /// Every preflight refusal is named, joined by "; ".
+    pub fn cannot_replicate(&self, server: &Server) -> Option<String> {
+        self.catalog_view(server).0
+    }
+
+    /// What GetServers shows with `server`: [`Service::cannot_replicate`] and the preflight
+    /// warnings (`preflightWarnings`), from one evaluation of the rules.
+    pub fn catalog_view(&self, server: &Server) -> (Option<String>, Vec<String>) {
+        if let Some(why) = Self::unavailable(server) {
+            return (Some(why), Vec::new());
+        }
+        let findings = self.preflight(server);
+        let why =
+            refusal_reason(&findings).map(|why| format!("server {}: {why}", server.server_id));
+        (why, warnings(&findings))
+    }
+
+    /// CreateReplicationJob's preflight: the server's rules and the licence asked for. A
+    /// refusal answers the first refusal's error (ServerCannotBeReplicatedException, or
+    /// InvalidParameterException for a licence) with every refusal's message; otherwise the
+    /// warnings that depend on the request, for the job's statusMessage.
+    pub(crate) fn preflight_job(
+        &self,
+        server: &Server,
+        license: Option<LicenseType>,
+    ) -> Result<Vec<String>> {
+        if let Some(why) = Self::unavailable(server) {
+            return Err(DomainError::ServerCannotBeReplicated(why));
+        }
+        let findings = check_job(server, &self.config.limits, license);
+        if let Some(first) = findings.iter().find(|f| f.is_refusal()) {
+            let why = refusal_reason(&findings).unwrap_or_default();
+            let message = format!("server {}: {why}", server.server_id);
+            return Err(match first.error() {
+                DomainError::InvalidParameter(_) => DomainError::InvalidParameter(message),
+                _ => DomainError::ServerCannotBeReplicated(message),
+            });
+        }
+        // The server's own warnings are in the catalog already.
+        Ok(findings
+            .into_iter()
+            .filter(|f| f.rule == rule::WINDOWS_BYOL)
+            .map(|f| f.message)
+            .collect())
+    }
+}
+
 #[cfg(test)]
-#[path = "preflight_tests.rs"]
 mod tests;
