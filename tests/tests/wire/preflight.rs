@@ -9,7 +9,12 @@ use crate::code_and_message;
 
 #[tokio::test]
 async fn an_unpartitioned_boot_disk_is_refused_by_name_and_an_unreadable_one_only_warns() {
-    let server = TestServer::start().await;
+    // Every rule enforced (the harness waives boot-disk-unpartitioned for the other tests).
+    let config = tern_core::Config {
+        preflight_waive: Some(String::new()),
+        ..Default::default()
+    };
+    let server = TestServer::start_with(config).await;
     let disks = tempfile::tempdir().unwrap();
     // An empty raw disk (what `qemu-img create -f raw` makes): no partition table.
     let blank = disks.path().join("blank.raw");

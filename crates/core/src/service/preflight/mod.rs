@@ -62,6 +62,23 @@ pub mod rule {
     pub const DUAL_BOOT: &str = "dual-boot";
     pub const LICENSE_TYPE: &str = "license-type";
     pub const WINDOWS_BYOL: &str = "windows-byol";
+
+    /// Every rule (what `preflight_waive` may name).
+    pub const ALL: &[&str] = &[
+        VOLUME_COUNT,
+        VOLUME_SIZE,
+        BOOT_VOLUME_SIZE,
+        BOOT_DISK_UNPARTITIONED,
+        BOOT_DISK_ENCRYPTED,
+        BOOT_DISK_UNINSPECTED,
+        ENCRYPTED_VOLUME,
+        OS_SUPPORTED,
+        BOOT_MODE,
+        FILESYSTEM,
+        DUAL_BOOT,
+        LICENSE_TYPE,
+        WINDOWS_BYOL,
+    ];
 }
 
 const GIB: u64 = 1 << 30;
@@ -121,6 +138,18 @@ impl Finding {
             }
             _ => DomainError::ServerCannotBeReplicated(self.message.clone()),
         }
+    }
+}
+
+/// Turns the refusals of the `waived` rules into warnings that say so (the operator's
+/// `preflight_waive`).
+pub fn waive(findings: &mut [Finding], waived: &[&str]) {
+    for f in findings
+        .iter_mut()
+        .filter(|f| f.is_refusal() && waived.contains(&f.rule.as_str()))
+    {
+        f.outcome = Outcome::Warn;
+        f.message.push_str(" (waived by preflight_waive)");
     }
 }
 
@@ -639,7 +668,9 @@ impl Service {
     /// The import rules' findings about `server` (see [`preflight`]), with this service's
     /// limits.
     pub fn preflight(&self, server: &Server) -> Vec<Finding> {
-        check_server(server, &self.config.limits)
+        let mut findings = check_server(server, &self.config.limits);
+        waive(&mut findings, &self.config.waived_rules());
+        findings
     }
 
     /// Why `server` cannot get a replication job, if it cannot: CreateReplicationJob refuses it
@@ -673,7 +704,8 @@ impl Service {
         if let Some(why) = Self::unavailable(server) {
             return Err(DomainError::ServerCannotBeReplicated(why));
         }
-        let findings = check_job(server, &self.config.limits, license);
+        let mut findings = check_job(server, &self.config.limits, license);
+        waive(&mut findings, &self.config.waived_rules());
         if let Some(first) = findings.iter().find(|f| f.is_refusal()) {
             let why = refusal_reason(&findings).unwrap_or_default();
             let message = format!("server {}: {why}", server.server_id);

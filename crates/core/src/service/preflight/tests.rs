@@ -456,3 +456,24 @@ fn refusals_are_server_errors_and_all_are_named() {
     assert_eq!(parse_version("SP3"), Some((3, 0)));
     assert_eq!(parse_version("none"), None);
 }
+
+#[test]
+fn a_waived_rule_warns_instead_and_only_known_rules_can_be_waived() {
+    let blank = report("none", &[], None);
+    let s = server(&[GIB], Some(OsType::Linux), inspected(vec![blank], None));
+    let mut f = check(&s);
+    waive(&mut f, &[rule::BOOT_DISK_UNPARTITIONED]);
+    let m = only(&f, rule::BOOT_DISK_UNPARTITIONED, Outcome::Warn);
+    assert!(m.ends_with("(waived by preflight_waive)"), "{m}");
+    assert_eq!(refusal_reason(&f), None);
+
+    let lookup =
+        |v: &'static str| move |k: &str| (k == "TERN_PREFLIGHT_WAIVE").then(|| v.to_string());
+    let config = crate::Config::from_env(lookup("boot-disk-unpartitioned, volume-size")).unwrap();
+    assert_eq!(
+        config.waived_rules(),
+        vec![rule::BOOT_DISK_UNPARTITIONED, rule::VOLUME_SIZE]
+    );
+    let err = crate::Config::from_env(lookup("boot-disk")).unwrap_err();
+    assert!(err.to_string().contains("preflight_waive"), "{err}");
+}
