@@ -131,6 +131,12 @@ impl TestServer {
         );
         serve.region = REGION.into();
         serve.config = config;
+        // The tests' VMs are synthetic disks (random or empty bytes, no partition table); the
+        // preflight tests ask for every rule with `preflight_waive = Some("")`.
+        if serve.config.preflight_waive.is_none() {
+            serve.config.preflight_waive =
+                Some(tern_core::service::preflight::rule::BOOT_DISK_UNPARTITIONED.into());
+        }
         serve.clock = clock.map(tern_local::DomainClock);
         let events = Arc::new(RecordingSink::default());
         serve.object_created = Some(events.clone());

@@ -329,6 +329,7 @@ pub(crate) fn server(s: core::AppServerView) -> Server {
         replication_job_id: s.replication_job_id,
         replication_job_terminated: s.replication_job_terminated,
         cannot_replicate_reason: None,
+        preflight_warnings: Vec::new(),
     }
 }
 

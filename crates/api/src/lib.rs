@@ -322,9 +322,10 @@ impl Api {
                         .items
                         .into_iter()
                         .map(|s| {
-                            let why = svc.cannot_replicate(&s);
+                            let (why, warnings) = svc.catalog_view(&s);
                             Server {
                                 cannot_replicate_reason: why,
+                                preflight_warnings: warnings,
                                 ..s.into()
                             }
                         })

@@ -156,10 +156,15 @@ pub struct Server {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replication_job_terminated: Option<bool>,
     /// Tern's addition: why CreateReplicationJob would refuse this server (vanished from the
-    /// inventory, no disks, more volumes than `limits.max_volumes_per_vm`). SMS clients ignore
+    /// inventory, no disks, or the import rules' refusals, each named: `volume-count`,
+    /// `boot-disk-unpartitioned`, … see `tern_core::service::preflight`). SMS clients ignore
     /// members they do not know.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cannot_replicate_reason: Option<String>,
+    /// Tern's addition: the import rules' warnings (each message starts with its rule's
+    /// name); they do not stop a job. Absent when there are none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub preflight_warnings: Vec<String>,
 }
 
 impl From<model::Server> for Server {
@@ -171,6 +176,7 @@ impl From<model::Server> for Server {
             replication_job_id: s.replication_job_id,
             replication_job_terminated: s.replication_job_terminated,
             cannot_replicate_reason: None,
+            preflight_warnings: Vec::new(),
         }
     }
 }

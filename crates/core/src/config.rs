@@ -153,6 +153,10 @@ pub struct Config {
     /// `tern serve` (so rules written for SMS match unmodified), `tern.sms` in the AWS
     /// deployment (EventBridge refuses PutEvents with an `aws.` source from anyone but AWS).
     pub event_source: Option<String>,
+    /// Preflight rules (comma-separated names, see `service::preflight::rule`) whose refusals
+    /// the operator accepts: they are shown as warnings and do not refuse a job (e.g.
+    /// `boot-disk-unpartitioned` for a data-only VM). Unset: every rule refuses.
+    pub preflight_waive: Option<String>,
 }
 
 impl Default for Config {
@@ -165,6 +169,7 @@ impl Default for Config {
             deleted_job_retention: Duration::from_secs(7 * 24 * 60 * 60),
             max_write_attempts: 64,
             event_source: None,
+            preflight_waive: None,
         }
     }
 }
@@ -257,7 +262,19 @@ impl Config {
                 Slot::Count(&mut self.max_write_attempts),
             ),
             ("event_source", Slot::Text(&mut self.event_source)),
+            ("preflight_waive", Slot::Text(&mut self.preflight_waive)),
         ]
+    }
+
+    /// The rule names of `preflight_waive`.
+    pub fn waived_rules(&self) -> Vec<&str> {
+        self.preflight_waive
+            .as_deref()
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .collect()
     }
 
     /// The environment variable for a key: `limits.max_active_jobs` → `TERN_MAX_ACTIVE_JOBS`.
@@ -309,6 +326,17 @@ impl Config {
 
     /// Checks that every value is usable and that related values agree.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        for name in self.waived_rules() {
+            if !crate::service::preflight::rule::ALL.contains(&name) {
+                return Err(ConfigError::new(
+                    "preflight_waive",
+                    format!(
+                        "{name:?} is not a preflight rule (one of {})",
+                        crate::service::preflight::rule::ALL.join(", ")
+                    ),
+                ));
+            }
+        }
         let l = &self.limits;
         let positive = [
             ("limits.max_active_jobs", l.max_active_jobs),

@@ -116,6 +116,11 @@ pub struct Server {
     /// Tern: the application the connector's configuration puts the VM in (ImportAppCatalog).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub application: Option<String>,
+    /// Tern: the import rules' findings (refusals and warnings) as of the last inventory
+    /// report; GetServers and CreateReplicationJob evaluate them again with the current limits
+    /// (see `service::preflight`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub preflight: Vec<crate::service::preflight::Finding>,
     #[serde(with = "time::serde::rfc3339")]
     pub first_seen_on: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]

@@ -10,6 +10,7 @@ mod delete;
 mod hostile;
 mod jobs;
 mod limits;
+mod preflight;
 mod raw;
 mod replication;
 mod runs;

@@ -54,10 +54,15 @@ impl Server {
     /// Starts `tern serve` on `data_dir` (port 0), with `pause` as `TERN_TEST_PAUSE_AT`, and
     /// waits for it to announce its endpoint.
     pub async fn start(data_dir: &Path, log: &Path, pause: Option<&str>) -> Self {
+        // The harness's VMs are synthetic disks without a partition table.
+        let config = log.with_file_name("tern-serve.toml");
+        std::fs::write(&config, "preflight_waive = \"boot-disk-unpartitioned\"\n")
+            .expect("serve config written");
         let mut cmd = tern();
         cmd.args(["serve", "--data-dir"])
             .arg(data_dir)
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", "127.0.0.1:0", "--config"])
+            .arg(&config)
             .env("TERN_ACCESS_KEY_ID", ADMIN_KEY)
             .env("TERN_SECRET_ACCESS_KEY", ADMIN_SECRET)
             .stdout(Stdio::piped())

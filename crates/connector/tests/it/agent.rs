@@ -27,6 +27,10 @@ impl Lab {
         let mut serve =
             tern_local::ServeConfig::new(dir.path().join("data"), "127.0.0.1:0".parse().unwrap());
         serve.config = config;
+        // The tests' VMs are synthetic disks without a partition table.
+        if serve.config.preflight_waive.is_none() {
+            serve.config.preflight_waive = Some("boot-disk-unpartitioned".into());
+        }
         let running = tern_local::start(serve).await.expect("tern serve starts");
         Lab {
             running: Some(running),

@@ -710,12 +710,18 @@ impl Service {
                 os_type: vm.os_type,
                 inspection: vm.inspection.clone(),
                 application: vm.application.clone(),
+                preflight: Vec::new(),
                 first_seen_on: now,
                 last_seen_on: now,
                 vanished_on: None,
             };
+            // The import rules run on every report and are stored with the server.
+            let checked = |mut s: Server| {
+                s.preflight = self.preflight(&s);
+                s
+            };
             let Some(index) = index else {
-                let server = fresh(self.ids.new_id(crate::IdKind::Server));
+                let server = checked(fresh(self.ids.new_id(crate::IdKind::Server)));
                 let id = server.server_id.clone();
                 let entry = AddressIndex {
                     server_id: id.clone(),
@@ -731,7 +737,7 @@ impl Service {
             let id = index.value.server_id;
             let key = keys::server(generation, &id);
             let current: Option<Versioned<Server>> = self.read(&key).await?;
-            let server = match &current {
+            let server = checked(match &current {
                 None => fresh(id.clone()),
                 Some(cur) => Server {
                     vm_server: vm_server.clone(),
@@ -747,7 +753,7 @@ impl Service {
                     vanished_on: None,
                     ..cur.value.clone()
                 },
-            };
+            });
             self.store
                 .write(put(key, &server, expect_of(&current))?)
                 .await?;

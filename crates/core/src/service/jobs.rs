@@ -23,7 +23,7 @@
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use super::{decode, expect_of, put, required, retrying, Listing, Service, Versioned};
+use super::{decode, expect_of, preflight, put, required, retrying, Listing, Service, Versioned};
 use crate::enums::*;
 use crate::error::{DomainError, Result};
 use crate::keys;
@@ -147,7 +147,8 @@ impl Service {
     ) -> Result<()> {
         if os == Some(OsType::Linux) && license == Some(LicenseType::Aws) {
             return Err(invalid(format!(
-                "server {server_id} runs Linux, which can only use licenseType BYOL"
+                "{}: server {server_id} runs Linux, which can only use licenseType BYOL",
+                preflight::rule::LICENSE_TYPE
             )));
         }
         Ok(())
@@ -165,27 +166,6 @@ impl Service {
             ));
         }
         Ok(())
-    }
-
-    /// Why `server` cannot get a replication job, if it cannot: CreateReplicationJob refuses it
-    /// with this message, and GetServers shows it with the server (`cannotReplicateReason`).
-    pub fn cannot_replicate(&self, server: &Server) -> Option<String> {
-        let id = &server.server_id;
-        let max = self.config.limits.max_volumes_per_vm;
-        if server.vanished_on.is_some() {
-            Some(format!(
-                "server {id} is no longer in its connector's inventory"
-            ))
-        } else if server.disks.is_empty() {
-            Some(format!("server {id} has no disks to replicate"))
-        } else if server.disks.len() > max as usize {
-            Some(format!(
-                "server {id} has {} volumes; at most {max} volumes per VM can be replicated (limits.max_volumes_per_vm)",
-                server.disks.len()
-            ))
-        } else {
-            None
-        }
     }
 
     /// CreateReplicationJob; returns the new job id.
@@ -218,9 +198,7 @@ impl Service {
                 )));
             };
             let s = &server.value;
-            if let Some(why) = self.cannot_replicate(s) {
-                return Err(DomainError::ServerCannotBeReplicated(why));
-            }
+            let warnings = self.preflight_job(s, req.license_type)?;
             if s.replication_job_id.as_deref() == Some(job_id.as_str()) {
                 // An earlier attempt of this very request committed, though its answer was
                 // lost (see `commit_taking_slot`).
@@ -232,7 +210,6 @@ impl Service {
                     s.replication_job_id.as_deref().unwrap_or_default()
                 )));
             }
-            Self::check_license(s.os_type, req.license_type, &server_id)?;
             if self
                 .read::<Connector>(&keys::connector(&s.connector_id))
                 .await?
@@ -257,7 +234,8 @@ impl Service {
                 role_name: req.role_name.clone(),
                 latest_ami_id: None,
                 state: ReplicationJobState::Pending,
-                status_message: None,
+                status_message: (!warnings.is_empty())
+                    .then(|| format!("preflight warnings: {}", warnings.join("; "))),
                 description: req.description.clone(),
                 number_of_recent_amis_to_keep: amis,
                 encrypted: req.encrypted.unwrap_or(false),

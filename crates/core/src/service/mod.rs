@@ -11,6 +11,7 @@ mod apps;
 mod catalog;
 mod connectors;
 mod jobs;
+pub mod preflight;
 
 use std::future::Future;
 use std::pin::Pin;
