@@ -11,7 +11,6 @@
 
 use aws_lambda_events::event::dynamodb::{Event, EventRecord};
 use aws_lambda_events::event::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
-use serde_json::Value;
 use tern_core::keys::OUTBOX;
 use tern_core::replication::{Published, Replication};
 
@@ -20,15 +19,9 @@ fn change_id(record: &EventRecord) -> Option<String> {
     if record.event_name != "INSERT" && record.event_name != "MODIFY" {
         return None;
     }
+    // Keys serialise in the attribute-value shape: {"pk": {"S": "…"}, …}.
     let keys = serde_json::to_value(&record.change.keys).ok()?;
-    let string = |name: &str| -> Option<String> {
-        match &keys[name] {
-            Value::String(s) => Some(s.clone()),
-            // The attribute-value shape, {"S": "…"}, when the item is kept that way.
-            Value::Object(o) => o.get("S").and_then(Value::as_str).map(str::to_owned),
-            _ => None,
-        }
-    };
+    let string = |name: &str| keys[name]["S"].as_str().map(str::to_owned);
     (string("pk")? == OUTBOX).then(|| string("sk")).flatten()
 }
 

@@ -230,14 +230,20 @@ impl Outbox {
         changes.sort_by_key(|c| c.time);
         let accepted = self.announcer.announce(&changes).await;
         for (change, version) in pending.iter().filter(|(c, _)| accepted.contains(&c.id)) {
-            let _ = self
-                .store
-                .write(Write::Delete {
-                    key: keys::outbox(&change.id),
-                    expect: Expect::Version(*version),
-                })
-                .await;
+            self.forget(change, *version).await;
         }
+    }
+
+    /// Removes an announced change from the outbox, unless it changed since it was read. A
+    /// failed delete only means a later publication announces it once more (same event id).
+    async fn forget(&self, change: &StateChange, version: u64) {
+        let _ = self
+            .store
+            .write(Write::Delete {
+                key: keys::outbox(&change.id),
+                expect: Expect::Version(version),
+            })
+            .await;
     }
 
     /// Publishes the changes `ids`, in this order, as a change-stream consumer does: a change
@@ -270,14 +276,7 @@ impl Outbox {
         let accepted = self.announcer.announce(&changes).await;
         for (change, version) in &present {
             let outcome = if accepted.contains(&change.id) {
-                // A failed delete only means a later sweep announces it once more.
-                let _ = self
-                    .store
-                    .write(Write::Delete {
-                        key: keys::outbox(&change.id),
-                        expect: Expect::Version(*version),
-                    })
-                    .await;
+                self.forget(change, *version).await;
                 Published::Announced
             } else {
                 Published::Failed("the event bus did not accept the event".into())
