@@ -7,14 +7,16 @@
 //! it is present, LaunchApp fails saying that running guests is not implemented yet. It never
 //! pretends to have launched anything.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use async_trait::async_trait;
 use serde_json::Value;
 use tern_core::launcher::{LaunchError, Launcher, StackState};
 
+use crate::guest::is_executable;
+
 /// The QEMU binary the launcher runs.
-pub const QEMU: &str = "qemu-system-x86_64";
+pub const QEMU: &str = crate::guest::QEMU_SYSTEM;
 
 pub struct QemuLauncher {
     /// Directories searched for [`QEMU`] (the `PATH` of `tern serve`).
@@ -42,11 +44,6 @@ impl QemuLauncher {
             .map(|d| d.join(QEMU))
             .find(|p| is_executable(p))
     }
-}
-
-fn is_executable(p: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 /// What LaunchApp answers on a host without QEMU.

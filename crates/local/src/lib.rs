@@ -23,6 +23,7 @@
 
 pub mod bus;
 pub mod credentials;
+pub mod guest;
 pub mod images;
 pub mod launcher;
 pub mod pause;

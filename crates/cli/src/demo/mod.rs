@@ -12,8 +12,12 @@
 //!    from the schedule);
 //! 6. reports every run's stages, the bytes uploaded against the disk sizes and the AMI, the
 //!    events received, then exports the latest image's disks and checks that they are
-//!    byte-identical to the current source disks.
+//!    byte-identical to the current source disks;
+//! 7. with `--boot`, boots the exported disks under QEMU ([`boot`]) and checks that the VM
+//!    starts and reads both disks as the source had them at the last run.
 
+mod boot;
+mod bootable;
 mod replicate;
 mod report;
 mod services;
@@ -31,6 +35,7 @@ use anyhow::{anyhow, bail, Context as _};
 use aws_sdk_sms::error::DisplayErrorContext;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
+use tern_local::guest::{BootKit, Qemu};
 use tern_local::Running;
 
 use report::{bytes, Check, EventLine, RunReport, Summary};
@@ -102,6 +107,26 @@ pub struct DemoArgs {
     /// Longest wait for one replication run, seconds.
     #[arg(long, value_name = "SECS", default_value_t = 600)]
     run_timeout_secs: u64,
+    /// After the checks, boot the latest image's exported disks under qemu-system-x86_64 and
+    /// check that the VM starts and reads both disks as they were at the last run (needs the
+    /// boot kit; the boot disk must be at least 24 MiB).
+    #[arg(long)]
+    boot: bool,
+    /// The boot kit that makes the VM bootable (default: $TERN_BOOT_KIT, else
+    /// ~/.cache/tern/boot-kit when scripts/boot-kit.sh built one there).
+    #[arg(long, value_name = "DIR")]
+    boot_kit: Option<PathBuf>,
+    /// The QEMU for --boot (default: $TERN_QEMU_SYSTEM, else the boot kit's, else
+    /// qemu-system-x86_64 on PATH).
+    #[arg(long, value_name = "PATH")]
+    qemu: Option<PathBuf>,
+    /// QEMU's accelerator for --boot: auto (KVM when /dev/kvm can be opened, TCG if KVM does
+    /// not start the VM), kvm or tcg.
+    #[arg(long, value_name = "ACCEL", default_value = "auto", value_parser = ["auto", "kvm", "tcg"])]
+    accel: String,
+    /// Longest wait for the booted VM's report, seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    boot_timeout_secs: u64,
 }
 
 pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
@@ -109,6 +134,22 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     if !(args.change_percent > 0.0 && args.change_percent <= 50.0) {
         bail!("--change-percent must be more than 0 and at most 50");
     }
+    // Everything --boot needs is checked before anything runs.
+    let kit = BootKit::find(args.boot_kit.as_deref())?;
+    let qemu = if args.boot {
+        let Some(kit) = &kit else {
+            bail!("--boot needs the boot kit (a kernel, GRUB and QEMU from your distribution's packages): run scripts/boot-kit.sh, or name one with --boot-kit");
+        };
+        if args.size_mib < bootable::MIN_BOOTABLE_MIB {
+            bail!(
+                "--boot needs a boot disk of at least {} MiB (--size-mib) to hold the kernel",
+                bootable::MIN_BOOTABLE_MIB
+            );
+        }
+        Some(Qemu::locate(args.qemu.as_deref(), Some(kit))?)
+    } else {
+        None
+    };
     let (dir, temporary) = match &args.dir {
         Some(d) => {
             if d.exists() && std::fs::read_dir(d)?.next().is_some() {
@@ -139,6 +180,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         dir: dir.clone(),
         seed,
         rng: Rng::new(seed),
+        kit,
+        qemu,
+        boot: None,
         vm: None,
         endpoint: None,
         server_id: None,
@@ -317,6 +361,10 @@ struct Demo {
     dir: PathBuf,
     seed: u64,
     rng: Rng,
+    kit: Option<BootKit>,
+    qemu: Option<Qemu>,
+    /// What `--boot` saw, for the summary.
+    boot: Option<Value>,
     vm: Option<SampleVm>,
     endpoint: Option<String>,
     server_id: Option<String>,
@@ -377,6 +425,9 @@ impl Demo {
         if let Some(Ok(Err(e))) = agent_result {
             bail!("the connector stopped with an error: {e}");
         }
+        if self.args.boot {
+            self.boot_check()?;
+        }
         Ok(())
     }
 
@@ -391,9 +442,19 @@ impl Demo {
         self.ui.status("building the sample VM");
         let started = Instant::now();
         let vm = tokio::task::block_in_place(|| {
-            vm::build(&self.dir, boot, data, self.args.filesystem, &mut self.rng)
+            vm::build(
+                &self.dir,
+                boot,
+                data,
+                self.args.filesystem,
+                &mut self.rng,
+                self.kit.as_ref(),
+            )
         })
         .context("building the sample VM")?;
+        if self.args.boot && vm.boots.is_none() {
+            bail!("--boot: the sample VM is {}", vm.boot_note);
+        }
         let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or_default();
         self.ui.line(format!(
             "[1/6] Sample VM built in {:.1}s: {}",
@@ -413,6 +474,7 @@ impl Demo {
             vm.data.image.display(),
             bytes(size(&vm.data.image))
         ));
+        self.ui.line(format!("      {}", vm.boot_note));
         self.vm = Some(vm);
         Ok(())
     }
@@ -422,6 +484,8 @@ impl Demo {
             json!({
                 "filesystem": vm.filesystem.name(),
                 "filesystemNote": vm.filesystem_note,
+                "boots": vm.boots,
+                "bootNote": vm.boot_note,
                 "disks": vm.disks().iter().map(|d| json!({
                     "name": d.name,
                     "image": d.image.display().to_string(),
@@ -449,6 +513,7 @@ impl Demo {
             events,
             duplicate_events,
             checks: self.checks.clone(),
+            boot: self.boot.clone(),
             error,
         }
     }

@@ -219,6 +219,9 @@ pub struct Summary {
     /// Deliveries of an event already received (the bus delivers at least once).
     pub duplicate_events: usize,
     pub checks: Vec<Check>,
+    /// What `--boot` saw: the kernel, the accelerator, each disk's SHA-256 as the VM read it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub boot: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }

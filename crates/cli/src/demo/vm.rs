@@ -7,6 +7,7 @@
 //! Without mke2fs the partition is a FAT16 filesystem generated here ([`fat16`]), and the
 //! demo says so; either way the inspection of the exported image must find what was written.
 
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -15,6 +16,9 @@ use std::process::Command;
 use anyhow::{bail, Context};
 use tern_disk::inspect::Filesystem;
 use tern_disk::{Format, OpenOptions};
+use tern_local::guest::BootKit;
+
+use super::bootable;
 
 pub const MIB: u64 = 1 << 20;
 /// The block size of Tern's block maps and deltas: the unit the demo changes.
@@ -76,6 +80,8 @@ pub struct DiskFiles {
     pub image: PathBuf,
     pub format: Format,
     pub size: u64,
+    /// Blocks the demo's changes leave alone (on a bootable boot disk: what GRUB reads).
+    pub protected: BTreeSet<u64>,
 }
 
 /// The built VM.
@@ -86,6 +92,10 @@ pub struct SampleVm {
     /// The filesystem on the boot partition, and how it was made.
     pub filesystem: Filesystem,
     pub filesystem_note: String,
+    /// The kernel release the VM boots, when it was made bootable.
+    pub boots: Option<String>,
+    /// Whether and how the VM boots, in a sentence.
+    pub boot_note: String,
 }
 
 impl SampleVm {
@@ -101,6 +111,7 @@ pub fn build(
     data_mib: u64,
     fs: FsChoice,
     rng: &mut Rng,
+    kit: Option<&BootKit>,
 ) -> anyhow::Result<SampleVm> {
     if boot_mib < 8 || data_mib < 1 {
         bail!("the boot disk needs at least 8 MiB and the data disk at least 1 MiB");
@@ -114,12 +125,46 @@ pub fn build(
     let part_size = boot_size - PARTITION_START;
     let part_path = masters.join("boot-partition.img");
     let mke2fs = find_mke2fs();
+    let mut boot_blocks = BTreeSet::new();
+    let mut boots = None;
+    let mut boot_note = match kit {
+        None => "not bootable: no boot kit (scripts/boot-kit.sh builds one)".to_string(),
+        Some(_) => "not bootable: the boot kit needs an ext4 boot partition".to_string(),
+    };
     let (filesystem, note) = match (fs, &mke2fs) {
         (FsChoice::Auto | FsChoice::Ext4, Some(tool)) => {
             let tree = dir.join("rootfs");
             write_root_tree(&tree, rng, part_size / 8)?;
+            let debugfs = bootable::debugfs_next_to(tool);
+            let bootable_kit = match (kit, &debugfs) {
+                (Some(_), _) if boot_mib < bootable::MIN_BOOTABLE_MIB => {
+                    boot_note = format!(
+                        "not bootable: a {boot_mib} MiB boot disk has no room for the kernel (at least {} MiB)",
+                        bootable::MIN_BOOTABLE_MIB
+                    );
+                    None
+                }
+                (Some(_), None) => {
+                    boot_note = format!("not bootable: debugfs is not next to {}", tool.display());
+                    None
+                }
+                (Some(k), Some(d)) => Some((k, d)),
+                (None, _) => None,
+            };
+            if let Some((kit, _)) = bootable_kit {
+                bootable::add_boot_files(&tree, kit)?;
+            }
             make_ext4(tool, &part_path, part_size, &tree)?;
             std::fs::remove_dir_all(&tree).ok();
+            if let Some((kit, debugfs)) = bootable_kit {
+                boot_blocks = bootable::boot_blocks(debugfs, &part_path)?;
+                boots = Some(kit.kernel_release.clone());
+                boot_note = format!(
+                    "bootable: GRUB and Linux {} from the boot kit in {}",
+                    kit.kernel_release,
+                    kit.dir.display()
+                );
+            }
             (Filesystem::Ext4, format!("ext4 made by {}", tool.display()))
         }
         (FsChoice::Ext4, None) => {
@@ -148,6 +193,10 @@ pub fn build(
     let boot_master = masters.join("boot.raw");
     assemble_mbr_disk(&boot_master, boot_size, &part_path, mbr_type)?;
     std::fs::remove_file(&part_path).ok();
+    if boots.is_some() {
+        let kit = kit.expect("a bootable VM was built from a kit");
+        bootable::install_grub(&boot_master, kit)?;
+    }
 
     let data_size = data_mib * MIB;
     let data_master = masters.join("data.raw");
@@ -160,6 +209,7 @@ pub fn build(
             image: vm.join("boot.vmdk"),
             format: Format::Vmdk,
             size: boot_size,
+            protected: boot_blocks,
         },
         data: DiskFiles {
             name: "data",
@@ -167,9 +217,12 @@ pub fn build(
             image: vm.join("data.qcow2"),
             format: Format::Qcow2,
             size: data_size,
+            protected: BTreeSet::new(),
         },
         filesystem,
         filesystem_note: note,
+        boots,
+        boot_note,
     };
     for disk in vm.disks() {
         export_image(disk)?;
@@ -366,7 +419,8 @@ impl Changes {
 
 /// Changes `percent` % of the 512 KiB blocks of a disk's master (at least two): about a quarter
 /// of them (at least one) are zeroed — chosen among blocks that hold data — and the others get
-/// new random data. On the boot disk the MBR and the filesystem's first MiB are left alone.
+/// new random data. On the boot disk the MBR and the filesystem's first MiB are left alone, and
+/// so is every block in `disk.protected`.
 /// Then regenerates the disk's image file.
 pub fn mutate(disk: &DiskFiles, percent: f64, rng: &mut Rng) -> anyhow::Result<Changes> {
     let f = std::fs::OpenOptions::new()
@@ -380,14 +434,15 @@ pub fn mutate(disk: &DiskFiles, percent: f64, rng: &mut Rng) -> anyhow::Result<C
     } else {
         0
     };
-    let candidates = blocks.saturating_sub(first);
+    let free = |b: &u64| !disk.protected.contains(b);
+    let candidates = (first..blocks).filter(free).count() as u64;
     if candidates < 2 {
         bail!("disk {} is too small to change", disk.name);
     }
     let wanted = ((blocks as f64 * percent / 100.0).round() as u64).clamp(2, candidates);
     let mut buf = vec![0u8; BLOCK as usize];
     let mut nonzero = Vec::new();
-    for b in first..blocks {
+    for b in (first..blocks).filter(free) {
         f.read_exact_at(&mut buf, b * BLOCK)?;
         if !tern_disk::is_zero(&buf) {
             nonzero.push(b);
@@ -401,8 +456,8 @@ pub fn mutate(disk: &DiskFiles, percent: f64, rng: &mut Rng) -> anyhow::Result<C
     }
     let mut chosen: Vec<u64> = changes.zeroed.clone();
     while (chosen.len() as u64) < wanted {
-        let b = first + rng.below(candidates);
-        if !chosen.contains(&b) {
+        let b = first + rng.below(blocks - first);
+        if free(&b) && !chosen.contains(&b) {
             chosen.push(b);
             changes.rewritten.push(b);
         }
@@ -610,7 +665,7 @@ mod tests {
     fn check_vm(fs: FsChoice, expected: Filesystem) {
         let dir = temp(&format!("{fs:?}"));
         let mut rng = Rng::new(7);
-        let vm = build(&dir, 16, 4, fs, &mut rng).unwrap();
+        let vm = build(&dir, 16, 4, fs, &mut rng, None).unwrap();
         assert_eq!(vm.filesystem, expected);
         let boot = open(&vm.boot.image);
         assert_eq!(boot.format(), Format::Vmdk);

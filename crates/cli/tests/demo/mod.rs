@@ -170,3 +170,88 @@ fn demo_help_says_what_it_does() {
         assert!(help.contains(expected), "no {expected:?} in:\n{help}");
     }
 }
+
+/// The migrated VM boots: the demo builds its VM from the boot kit (`scripts/boot-kit.sh`, which
+/// `.ci/run` runs), replicates it three times, exports the latest AMI and boots it under QEMU
+/// (TCG, so the test does not depend on the host's KVM); the VM's own init reports the SHA-256 of
+/// each disk it reads, and both must be the source's at the last run.
+#[test]
+fn the_migrated_vm_boots_and_reads_its_disks_as_they_were() {
+    let kit = tern_local::guest::BootKit::find(None)
+        .expect("a readable boot kit")
+        .expect("no boot kit: run scripts/boot-kit.sh (as .ci/run does)");
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("demo");
+    let out = demo(&[
+        "--size-mib",
+        "32",
+        "--data-size-mib",
+        "8",
+        "--seed",
+        "7",
+        "--json",
+        "--boot",
+        "--accel",
+        "tcg",
+        "--boot-kit",
+        kit.dir.to_str().unwrap(),
+        "--dir",
+        work.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "tern demo --boot failed ({}):\n{stderr}\n{stdout}",
+        out.status
+    );
+    for expected in [
+        "PASS run 3 sent exactly the",
+        "PASS the exported image boots: Linux",
+        "PASS the booted VM reads its boot disk (vda, 32 MiB)",
+        "PASS the booted VM reads its data disk (vdb, 8 MiB)",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+    let summary: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(summary["vm"]["boots"], kit.kernel_release.as_str());
+    let boot = &summary["boot"];
+    assert_eq!(boot["booted"], true, "{boot}");
+    assert_eq!(boot["accel"], "TCG");
+    assert_eq!(boot["kernel"], kit.kernel_release.as_str());
+    let disks = boot["disks"].as_array().unwrap();
+    assert_eq!(disks.len(), 2);
+    for d in disks {
+        assert_eq!(d["sha256"], d["expected"], "{d}");
+    }
+    // The serial console the VM wrote, kept in the work directory.
+    let console = std::fs::read_to_string(work.join("boot-console.log")).unwrap();
+    assert!(console.contains("TERN-BOOT-MARKER"), "{console}");
+}
+
+#[test]
+fn boot_without_a_kit_or_room_is_refused_before_anything_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-kit");
+    let out = demo(&["--boot", "--boot-kit", missing.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("scripts/boot-kit.sh"), "{stderr}");
+
+    let kit = tern_local::guest::BootKit::find(None)
+        .expect("a readable boot kit")
+        .expect("no boot kit: run scripts/boot-kit.sh (as .ci/run does)");
+    let out = demo(&[
+        "--boot",
+        "--size-mib",
+        "16",
+        "--boot-kit",
+        kit.dir.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("at least 24 MiB"), "{stderr}");
+}
