@@ -366,7 +366,8 @@ inventory = "inv.toml"
     fn changed_blocks_per_source() {
         use crate::changed::ChangedBlocks;
         let dir = tempfile::tempdir().unwrap();
-        let base = "endpoint = \"http://api:8080\"\nstate_dir = \"s\"\n[files]\ninventory = \"i\"\n";
+        let base =
+            "endpoint = \"http://api:8080\"\nstate_dir = \"s\"\n[files]\ninventory = \"i\"\n";
         for (value, want) in [
             ("auto", ChangedBlocks::Auto),
             ("bitmap", ChangedBlocks::Bitmap),
@@ -380,7 +381,11 @@ inventory = "inv.toml"
             let c = ConnectorConfig::load(&p).unwrap();
             assert_eq!(c.replicate_options().changed_blocks, want, "{value}");
         }
-        let p = write(dir.path(), "c.toml", &format!("{base}changed_blocks = \"cbt\"\n"));
+        let p = write(
+            dir.path(),
+            "c.toml",
+            &format!("{base}changed_blocks = \"cbt\"\n"),
+        );
         let err = ConnectorConfig::load(&p).unwrap_err().to_string();
         assert!(err.contains("cbt"), "{err}");
     }

@@ -89,11 +89,7 @@ impl BitmapSource {
 
     /// The export and its connection.
     pub fn connect(&self) -> Result<(Export, Client), ToolError> {
-        let pre = self
-            .opened
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let pre = self.opened.lock().unwrap_or_else(|p| p.into_inner()).take();
         match pre {
             Some(c) => Ok(c),
             None => open(&self.image, &self.bitmap, &self.state_dir),
@@ -320,7 +316,11 @@ pub fn after_commit(record: &RunBitmaps) {
                 continue;
             }
         };
-        for name in d.older.iter().filter(|n| present.iter().any(|b| &b.name == *n)) {
+        for name in d
+            .older
+            .iter()
+            .filter(|n| present.iter().any(|b| &b.name == *n))
+        {
             match qemu::remove_bitmap(&d.image, name) {
                 Ok(()) => {
                     tracing::debug!(image = %d.image.display(), bitmap = %name, "superseded bitmap removed")

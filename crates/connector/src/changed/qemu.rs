@@ -106,7 +106,9 @@ pub fn parse_info(json: &str) -> Result<ImageInfo, String> {
         .as_str()
         .ok_or("info has no format")?
         .to_string();
-    let virtual_size = v["virtual-size"].as_u64().ok_or("info has no virtual-size")?;
+    let virtual_size = v["virtual-size"]
+        .as_u64()
+        .ok_or("info has no virtual-size")?;
     let backing = v["backing-filename"].as_str().map(str::to_string);
     let mut bitmaps = Vec::new();
     if let Some(list) = v["format-specific"]["data"]["bitmaps"].as_array() {
@@ -305,8 +307,18 @@ mod tests {
         assert_eq!(i.backing.as_deref(), Some("base.qcow2"));
         assert_eq!(i.bitmaps.len(), 3);
         assert_eq!(i.bitmap("tern-a").unwrap().unusable(), None);
-        assert!(i.bitmap("tern-b").unwrap().unusable().unwrap().contains("in-use"));
-        assert!(i.bitmap("tern-c").unwrap().unusable().unwrap().contains("disabled"));
+        assert!(i
+            .bitmap("tern-b")
+            .unwrap()
+            .unusable()
+            .unwrap()
+            .contains("in-use"));
+        assert!(i
+            .bitmap("tern-c")
+            .unwrap()
+            .unusable()
+            .unwrap()
+            .contains("disabled"));
         assert!(parse_info("{}").is_err());
         assert!(parse_info("not json").is_err());
         let raw = parse_info(r#"{"virtual-size": 1024, "format": "raw"}"#).unwrap();

@@ -30,9 +30,9 @@ use tern_disk::{DiskError, Format, OpenOptions, VirtualDisk};
 use tokio::sync::mpsc;
 
 use crate::changed::{self, ChangedBlocks, Changes};
-use produce::{prepare_changes, produce, SourceRead};
 use crate::ova::{self, OvaError};
 pub use manifest::{DiskManifest, Manifest, ObjectKind};
+use produce::{prepare_changes, produce, SourceRead};
 use state::JobState;
 use stream::LimitExceeded;
 use upload::{Limiter, PartCounts, Target};
@@ -250,7 +250,9 @@ pub enum ReplicateError {
     UnknownRun { job_id: String, run_id: String },
     #[error("run {run_id} of job {job_id} was already confirmed; a new run needs a new run id")]
     AlreadyCommitted { job_id: String, run_id: String },
-    #[error("disk {index}: changed_blocks = \"bitmap\" but the dirty bitmap cannot be used: {reason}")]
+    #[error(
+        "disk {index}: changed_blocks = \"bitmap\" but the dirty bitmap cannot be used: {reason}"
+    )]
     ChangedBlocks { index: usize, reason: String },
     #[error("internal error: {0}")]
     Internal(String),

@@ -57,7 +57,12 @@ pub(super) fn prepare_changes(
         state_dir: &ctx.state_dir,
         record: &record,
     };
-    let p = changed::prepare(ctx.options.changed_blocks, t.disk, &work.disks[t.disk], &run)?;
+    let p = changed::prepare(
+        ctx.options.changed_blocks,
+        t.disk,
+        &work.disks[t.disk],
+        &run,
+    )?;
     Ok(ChangePlan {
         bitmap: p.bitmap.map(Arc::new),
         fallback: p.fallback,
@@ -145,4 +150,3 @@ pub(super) fn take_map(d: &mut tern_disk::delta::DeltaSummary) -> BlockMap {
         },
     )
 }
-
