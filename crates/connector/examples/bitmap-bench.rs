@@ -96,7 +96,6 @@ fn main() {
     let full = delta::create(&old, &counted, &mut full_delta, &tern_disk::no_progress).unwrap();
     let full_time = t.elapsed();
     let full_read = counted.bytes_read();
-    drop(counted);
     drop(disk);
 
     // The bitmap path: export, block status, read the dirty blocks.
