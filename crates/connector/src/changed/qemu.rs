@@ -268,7 +268,7 @@ impl Export {
                 Ok(c) => return Ok(c),
                 // Not listening yet.
                 Err(NbdError::Connect { .. }) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(10))
+                    std::thread::sleep(Duration::from_millis(2))
                 }
                 Err(e) => {
                     return Err(ToolError::Failed {
