@@ -114,6 +114,10 @@ impl std::fmt::Debug for StaticCredentials {
 pub struct FilesSource {
     /// Path of the inventory file.
     pub inventory: PathBuf,
+    /// How incremental runs find changed blocks: `auto` (a qcow2 dirty bitmap when it can be
+    /// trusted, else the full comparison), `bitmap` (only the bitmap) or `compare`.
+    #[serde(default)]
+    pub changed_blocks: crate::changed::ChangedBlocks,
 }
 
 fn default_region() -> String {
@@ -224,6 +228,7 @@ impl ConnectorConfig {
                 .bandwidth_limit_mbps
                 .map(|mbps| ((mbps * 1_000_000.0 / 8.0) as u64).max(1)),
             max_delta_bytes: st.max_delta_gib << 30,
+            changed_blocks: self.files.changed_blocks,
             ..Default::default()
         }
     }
@@ -354,6 +359,35 @@ inventory = "inv.toml"
         assert_eq!(o.part_size, 25 << 20);
         assert_eq!(o.bandwidth_limit, None);
         assert_eq!(o.max_delta_bytes, 1024 << 30);
+        assert_eq!(o.changed_blocks, crate::changed::ChangedBlocks::Auto);
+    }
+
+    #[test]
+    fn changed_blocks_per_source() {
+        use crate::changed::ChangedBlocks;
+        let dir = tempfile::tempdir().unwrap();
+        let base =
+            "endpoint = \"http://api:8080\"\nstate_dir = \"s\"\n[files]\ninventory = \"i\"\n";
+        for (value, want) in [
+            ("auto", ChangedBlocks::Auto),
+            ("bitmap", ChangedBlocks::Bitmap),
+            ("compare", ChangedBlocks::Compare),
+        ] {
+            let p = write(
+                dir.path(),
+                "c.toml",
+                &format!("{base}changed_blocks = \"{value}\"\n"),
+            );
+            let c = ConnectorConfig::load(&p).unwrap();
+            assert_eq!(c.replicate_options().changed_blocks, want, "{value}");
+        }
+        let p = write(
+            dir.path(),
+            "c.toml",
+            &format!("{base}changed_blocks = \"cbt\"\n"),
+        );
+        let err = ConnectorConfig::load(&p).unwrap_err().to_string();
+        assert!(err.contains("cbt"), "{err}");
     }
 
     #[test]

@@ -15,6 +15,7 @@
 //! `TernConnectorService_V1`, signed with SigV4 (service `sms`) using connector credentials.
 
 pub mod agent;
+pub mod changed;
 pub mod client;
 pub mod config;
 pub mod inventory;

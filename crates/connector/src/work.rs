@@ -650,6 +650,9 @@ fn advise_run(
         ReplicateError::InvalidOptions(_) => {
             "Fix the connector's [staging] settings and restart it".to_string()
         }
+        ReplicateError::ChangedBlocks { .. } => {
+            "Set changed_blocks = \"auto\" in the connector's [files] section to fall back to reading the whole disk, or fix the cause above, then start a new run".to_string()
+        }
         // These say what to do themselves.
         ReplicateError::DeltaTooLarge { .. }
         | ReplicateError::Interrupted { .. }

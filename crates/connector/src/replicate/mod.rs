@@ -15,6 +15,7 @@
 //! See `README.md` in this crate for the state directory, the manifest and the options.
 
 pub mod manifest;
+mod produce;
 mod state;
 mod stream;
 mod upload;
@@ -28,10 +29,12 @@ use tern_disk::blockmap::{BlockMap, BLOCK_SIZE};
 use tern_disk::{DiskError, Format, OpenOptions, VirtualDisk};
 use tokio::sync::mpsc;
 
+use crate::changed::{self, ChangedBlocks, Changes};
 use crate::ova::{self, OvaError};
 pub use manifest::{DiskManifest, Manifest, ObjectKind};
+use produce::{prepare_changes, produce, SourceRead};
 use state::JobState;
-use stream::{LimitExceeded, PartSink, Recording};
+use stream::LimitExceeded;
 use upload::{Limiter, PartCounts, Target};
 
 /// S3's smallest part (except the last) and largest part.
@@ -121,6 +124,8 @@ pub struct ReplicateOptions {
     /// Fault injection for tests and drills: fail the run with [`ReplicateError::Interrupted`]
     /// after this many parts were sent by this call, as if the process had been killed.
     pub fail_after_parts: Option<u64>,
+    /// How incremental runs find changed blocks (the source's `changed_blocks`).
+    pub changed_blocks: ChangedBlocks,
 }
 
 impl Default for ReplicateOptions {
@@ -131,6 +136,7 @@ impl Default for ReplicateOptions {
             max_delta_bytes: 1 << 40,
             retry: RetryPolicy::default(),
             fail_after_parts: None,
+            changed_blocks: ChangedBlocks::default(),
         }
     }
 }
@@ -179,6 +185,12 @@ pub struct DiskOutcome {
     pub parts_skipped: u64,
     pub bytes_sent: u64,
     pub bytes_skipped: u64,
+    /// How the disk's changes were found, and why the bitmap was not used when it was not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changes: Option<Changes>,
+    /// Bytes of the virtual disk read from the source in this call.
+    #[serde(default)]
+    pub source_bytes_read: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -238,6 +250,10 @@ pub enum ReplicateError {
     UnknownRun { job_id: String, run_id: String },
     #[error("run {run_id} of job {job_id} was already confirmed; a new run needs a new run id")]
     AlreadyCommitted { job_id: String, run_id: String },
+    #[error(
+        "disk {index}: changed_blocks = \"bitmap\" but the dirty bitmap cannot be used: {reason}"
+    )]
+    ChangedBlocks { index: usize, reason: String },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -420,7 +436,7 @@ pub async fn run(
                 virtual_total,
             })
         };
-        let (entry, counts) =
+        let (entry, counts, read) =
             upload_disk(work, ctx, &t, opened, &limiter, fail_after, &mut report).await?;
         sent_before += counts.sent;
         bytes_before += entry.size;
@@ -431,6 +447,8 @@ pub async fn run(
             parts_skipped: counts.skipped,
             bytes_sent: counts.bytes_sent,
             bytes_skipped: counts.bytes_skipped,
+            changes: Some(read.changes),
+            source_bytes_read: read.bytes,
         });
         entries.push(entry);
     }
@@ -469,14 +487,6 @@ pub async fn run(
     })
 }
 
-/// What the blocking writer produced for one disk.
-struct Produced {
-    size: u64,
-    sha256: [u8; 32],
-    map: BlockMap,
-    delta: Option<tern_disk::delta::DeltaSummary>,
-}
-
 enum Plan {
     Seed,
     Delta {
@@ -494,7 +504,7 @@ async fn upload_disk(
     limiter: &Mutex<Limiter>,
     fail_after: Option<u64>,
     report: &mut (dyn FnMut(u64, u64) + Send),
-) -> Result<(DiskManifest, PartCounts), ReplicateError> {
+) -> Result<(DiskManifest, PartCounts, SourceRead), ReplicateError> {
     let index = t.disk;
     let disk = opened.disk.clone();
     let mut counts = PartCounts::default();
@@ -504,7 +514,11 @@ async fn upload_disk(
             counts.skipped = done.parts as u64;
             counts.bytes_skipped = done.size;
             report(done.size, done.virtual_size);
-            return Ok((done, counts));
+            let read = SourceRead {
+                bytes: 0,
+                changes: Changes::Resumed,
+            };
+            return Ok((done, counts, read));
         }
     }
 
@@ -524,6 +538,7 @@ async fn upload_disk(
         Plan::Seed => ObjectKind::SeedVmdk,
         Plan::Delta { .. } => ObjectKind::Delta,
     };
+    let changes = prepare_changes(work, ctx, t, &plan)?;
     let key = work
         .staging
         .disk_key(&work.job_id, &work.run_id, index, kind);
@@ -563,8 +578,9 @@ async fn upload_disk(
                 Plan::Delta { old, .. } => Some(old.clone()),
             };
             let name = format!("disk-{index}.vmdk");
+            let changes = changes.clone();
             tokio::task::spawn_blocking(move || {
-                produce(&*disk, old.as_deref(), tx, part_size, limit, &name)
+                produce(&*disk, old.as_deref(), changes, tx, part_size, limit, &name)
             })
         };
         let sent = upload::send_parts(
@@ -668,54 +684,11 @@ async fn upload_disk(
     t.state.write_pending_map(t.run_id, index, &produced.map)?;
     rec.completed = Some(entry.clone());
     t.state.save_upload(t.run_id, index, &rec)?;
-    Ok((entry, counts))
+    Ok((entry, counts, produced.read))
 }
 
 fn is_limit(e: &std::io::Error) -> bool {
     e.get_ref().is_some_and(|inner| inner.is::<LimitExceeded>())
-}
-
-/// Writes the disk's object into the part channel: a stream-optimized VMDK for a seed, a delta
-/// against `old` otherwise. Runs on a blocking thread.
-fn produce(
-    disk: &dyn VirtualDisk,
-    old: Option<&BlockMap>,
-    tx: mpsc::Sender<stream::Part>,
-    part_size: usize,
-    limit: u64,
-    name: &str,
-) -> Result<Produced, DiskError> {
-    let mut sink = PartSink::new(tx, part_size, limit);
-    let virtual_done = sink.virtual_done.clone();
-    let progress = move |n: u64| {
-        virtual_done.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-    };
-    let (map, delta) = match old {
-        None => {
-            let rec = Recording::new(disk);
-            tern_disk::write::write_vmdk_stream(&rec, &mut sink, name, &progress)?;
-            (rec.into_map()?, None)
-        }
-        Some(old) => {
-            let mut d = tern_disk::delta::create(old, disk, &mut sink, &progress)?;
-            let map = std::mem::replace(
-                &mut d.new_map,
-                BlockMap {
-                    block_size: BLOCK_SIZE,
-                    disk_size: 0,
-                    blocks: Vec::new(),
-                },
-            );
-            (map, Some(d))
-        }
-    };
-    let (size, sha256) = sink.finish(disk.size())?;
-    Ok(Produced {
-        size,
-        sha256,
-        map,
-        delta,
-    })
 }
 
 /// Gives a run up for good (the control plane withdrew its work item: the job was deleted):
@@ -774,7 +747,17 @@ pub fn has_pending_run(state_dir: &Path, job_id: &str, run_id: &str) -> bool {
 pub fn commit_run(state_dir: &Path, job_id: &str, run_id: &str) -> Result<(), ReplicateError> {
     check_id("jobId", job_id)?;
     check_id("runId", run_id)?;
-    JobState::new(state_dir, job_id).commit(run_id)
+    let state = JobState::new(state_dir, job_id);
+    // Read before the commit removes the run's folder.
+    let bitmaps = changed::read_record(&state.bitmaps_path(run_id))?;
+    state.commit(run_id)?;
+    changed::after_commit(&bitmaps);
+    Ok(())
+}
+
+/// Writes a file of the state directory atomically.
+pub(crate) fn write_state_file(path: &Path, bytes: &[u8]) -> Result<(), ReplicateError> {
+    state::write_atomic(path, bytes)
 }
 
 #[cfg(test)]

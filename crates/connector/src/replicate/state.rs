@@ -8,6 +8,7 @@
 //! <state_dir>/jobs/<job_id>/<run_id>/disk-<n>.map.pending block map of this run, until confirmed
 //! <state_dir>/jobs/<job_id>/<run_id>/upload-<n>.json     multipart upload record of disk n
 //! <state_dir>/jobs/<job_id>/<run_id>/manifest.json       copy of the manifest, once uploaded
+//! <state_dir>/jobs/<job_id>/<run_id>/bitmaps.json        dirty bitmaps the run added (qcow2)
 //! ```
 //!
 //! Every file is written to a temporary name and renamed into place, so a killed process
@@ -112,6 +113,11 @@ impl JobState {
     /// A copy of the manifest, written once it is in the staging bucket.
     pub fn manifest_copy_path(&self, run_id: &str) -> PathBuf {
         self.run_dir(run_id).join("manifest.json")
+    }
+
+    /// The dirty bitmaps the run added and found (`crate::changed::RunBitmaps`).
+    pub fn bitmaps_path(&self, run_id: &str) -> PathBuf {
+        self.run_dir(run_id).join("bitmaps.json")
     }
 
     pub fn upload_path(&self, run_id: &str, disk: usize) -> PathBuf {

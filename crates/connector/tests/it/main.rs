@@ -3,6 +3,7 @@
 //! archives built here, and the agent against an in-process `tern serve`.
 
 mod agent;
+mod bitmap;
 mod ova;
 mod replicate;
 mod support;
