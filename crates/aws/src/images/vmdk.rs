@@ -64,7 +64,7 @@ impl Layout {
         }
         let version = le32(footer, 4);
         let flags = le32(footer, 8);
-        let capacity = le64(footer, 12).checked_mul(512).unwrap_or(u64::MAX);
+        let capacity = le64(footer, 12).saturating_mul(512);
         let grain_sectors = le64(footer, 20);
         let gt_entries = le32(footer, 44) as u64;
         let gd_sector = le64(footer, 56);
@@ -96,7 +96,7 @@ impl Layout {
         }
         let grain = grain_sectors * 512;
         let gd_entries = capacity.div_ceil(grain * gt_entries);
-        let gd_at = gd_sector.checked_mul(512).unwrap_or(u64::MAX);
+        let gd_at = gd_sector.saturating_mul(512);
         let gd_len = gd_entries * 4;
         if gd_at
             .checked_add(gd_len)
