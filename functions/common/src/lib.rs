@@ -202,6 +202,24 @@ impl Deployment {
         limits: tern_core::Config,
         images: Arc<dyn Images>,
     ) -> Result<Self, ConfigError> {
+        let machines = HashMap::from([(
+            tern_core::workflows::REPLICATION_RUN.to_string(),
+            settings.state_machine_arn.clone(),
+        )]);
+        let workflows = StepFunctions::new(aws_sdk_sfn::Client::new(aws), machines);
+        Self::connect_with(aws, settings, limits, images, Arc::new(workflows))
+    }
+
+    /// [`Deployment::connect`] with another workflow engine than the stack's Step Functions:
+    /// the acceptance pipeline runs the same ASL on Tern's States engine, whose task tokens
+    /// only that engine knows.
+    pub fn connect_with(
+        aws: &aws_config::SdkConfig,
+        settings: &Settings,
+        limits: tern_core::Config,
+        images: Arc<dyn Images>,
+        workflows: Arc<dyn tern_core::workflows::Workflows>,
+    ) -> Result<Self, ConfigError> {
         let source = event_source(&limits)?;
         let store: Arc<dyn tern_core::store::Store> = Arc::new(DynamoStore::new(
             aws_sdk_dynamodb::Client::new(aws),
@@ -213,11 +231,6 @@ impl Deployment {
             Arc::new(RandomIds),
             limits,
         );
-        let machines = HashMap::from([(
-            tern_core::workflows::REPLICATION_RUN.to_string(),
-            settings.state_machine_arn.clone(),
-        )]);
-        let workflows = StepFunctions::new(aws_sdk_sfn::Client::new(aws), machines);
         let bus = EventBridge::new(
             aws_sdk_eventbridge::Client::new(aws),
             &settings.event_bus_name,
@@ -230,7 +243,7 @@ impl Deployment {
         let replication = Replication::new(
             service.clone(),
             images,
-            Arc::new(workflows),
+            workflows,
             Arc::new(S3Staging::new(aws_sdk_s3::Client::new(aws))),
             Arc::new(BusAnnouncer::new(Arc::new(bus), origin)),
             ReplicationSettings {
