@@ -9,8 +9,9 @@
 //! (through the parent: moto does not inherit a parent's blocks). Lambda invocations per
 //! function are counted and printed.
 //!
-//! Not here yet: the real connector (the test stages what it uploads), events through the
-//! table's stream to SQS, and failure injection.
+//! A late duplicate of a manifest event changes nothing; 3 runs failed on purpose pause the
+//! job. Not here yet: the real connector (the test stages what it uploads) and events through
+//! the table's stream to SQS.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -218,10 +219,13 @@ async fn the_asl_on_the_states_engine_replicates_through_the_lambda_handlers() {
     .unwrap();
     let workflows = LocalWorkflows::new(engine.clone()).unwrap();
     let driver = engine.spawn_driver();
+    // Five on-demand runs in a day: the incremental run and the three that fail.
+    let mut limits = tern_core::Config::default();
+    limits.limits.on_demand_runs_per_window = 5;
     let deployment = Deployment::connect_with(
         &stack.aws,
         &stack.settings,
-        tern_core::Config::default(),
+        limits,
         Arc::new(images),
         Arc::new(workflows),
     )
@@ -304,9 +308,68 @@ async fn the_asl_on_the_states_engine_replicates_through_the_lambda_handlers() {
     assert_eq!(child_blocks as u64, summary.changed_blocks);
     assert!(read == disk, "parent + child read back as the changed disk");
 
-    // A late duplicate of the first run's manifest event changes nothing.
+    // A late re-delivery of the seed's manifest event changes nothing.
+    let layout = StagingLocation::new(
+        &p.stack.settings.staging_bucket,
+        &p.stack.settings.staging_prefix,
+    );
+    let mut late = crate::fixture("s3/manifest-object-created.json");
+    late["detail"]["bucket"]["name"] = json!(p.stack.settings.staging_bucket);
+    late["detail"]["object"]["key"] = json!(layout.manifest_key(&p.job_id, &run1));
+    let outcome = tern_fn_upload_complete::handle(replication, &late)
+        .await
+        .unwrap();
+    assert_ne!(outcome["outcome"], "Accepted", "{outcome}");
     let job = p.deployment.service.get_job(&p.job_id).await.unwrap();
     assert_eq!(job.latest_run_id.as_deref(), Some(run2.as_str()));
+    assert_eq!(job.latest_snapshot_ids, [child.clone()]);
+
+    // 3 injected failures: each run's connector stages a delta that claims another base run,
+    // ApplyDelta refuses it (Tern.InvalidManifest), the Catch records the failure; after the
+    // third the job is PAUSED_ON_FAILURE, as SMS pauses it.
+    for n in 1..=3u32 {
+        let run = p
+            .deployment
+            .service
+            .start_on_demand_run(&p.job_id, None)
+            .await
+            .unwrap();
+        tern_fn_scheduler::handle(replication).await.unwrap();
+        p.upload(
+            &run,
+            ObjectKind::Delta,
+            vec![0; 64],
+            Some("sms-run-0123456789abcdef0"),
+        )
+        .await;
+        let service = &p.deployment.service;
+        let job = tern_test_support::poll::until_async(
+            Duration::from_secs(60),
+            Duration::from_millis(50),
+            || async {
+                let job = service.get_job(&p.job_id).await.ok()?;
+                (job.consecutive_failures == n).then_some(job)
+            },
+        )
+        .await
+        .unwrap_or_else(|| panic!("failure {n} was not recorded"));
+        let want = if n < 3 {
+            "FAILING"
+        } else {
+            "PAUSED_ON_FAILURE"
+        };
+        assert_eq!(job.state.as_str(), want, "after failure {n}");
+        assert_eq!(job.latest_run_id.as_deref(), Some(run2.as_str()));
+        let (_, runs) = service.list_runs(&p.job_id, None, 1).await.unwrap();
+        let failed = &runs.items[0];
+        assert_eq!(failed.replication_run_id, run);
+        let message = failed.status_message.as_deref().unwrap_or_default();
+        assert!(
+            message.contains("applies onto run sms-run-0123456789abcdef0")
+                && message.contains(&format!("{} re-try run(s) remaining", 3 - n)),
+            "{message}"
+        );
+    }
 
     for (what, calls, blocks, t) in [
         ("seed", &seed_calls, seed_blocks as u64, seed_time),
