@@ -10,8 +10,10 @@
 //! function are counted and printed.
 //!
 //! A late duplicate of a manifest event changes nothing; 3 runs failed on purpose pause the
-//! job. Not here yet: the real connector (the test stages what it uploads) and events through
-//! the table's stream to SQS.
+//! job; the state changes go through the event-publisher Lambda to an EventBridge rule's SQS
+//! queue once, even when the stream batch is delivered again. Not here yet: the real
+//! connector (the test stages what it uploads, as it does) and moto's own DynamoDB stream
+//! (the batch is built from the outbox items the stream would carry).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -21,6 +23,7 @@ use serde_json::{json, Value};
 use tern_aws::{Ec2Images, Ec2ImagesSettings, SeedMethod};
 use tern_core::replication::{functions, ObjectKind, Replication, StagingLocation};
 use tern_core::service::NewJob;
+use tern_core::store::Store as _;
 use tern_fn_common::Deployment;
 use tern_local::replication::{function_resource, LocalWorkflows};
 use tern_states::{Engine, EngineConfig, FnHandler, StateError, TaskRegistry, TaskRequest};
@@ -370,6 +373,80 @@ async fn the_asl_on_the_states_engine_replicates_through_the_lambda_handlers() {
             "{message}"
         );
     }
+
+    // Events: the outbox items the runs wrote, as the table's stream delivers them (moto's
+    // stream is not read here; the records carry the items' new images), through the
+    // event-publisher Lambda to EventBridge and the rule's SQS queue; the batch delivered
+    // again publishes nothing twice.
+    let outbox = p
+        .stack
+        .store
+        .query(tern_core::keys::OUTBOX, "", None, 100)
+        .await
+        .unwrap();
+    assert!(!outbox.items.is_empty());
+    let records: Vec<Value> = outbox
+        .items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let keys = json!({"pk": {"S": item.key.pk}, "sk": {"S": item.key.sk}});
+            let mut image = keys.clone();
+            image["version"] = json!({"N": item.version.to_string()});
+            image["body"] = json!({"S": item.body.to_string()});
+            json!({
+                "eventID": format!("{i:032x}"),
+                "eventName": "INSERT",
+                "eventVersion": "1.1",
+                "eventSource": "aws:dynamodb",
+                "awsRegion": "us-east-1",
+                "dynamodb": {
+                    "ApproximateCreationDateTime": 1796119200,
+                    "Keys": keys,
+                    "NewImage": image,
+                    "SequenceNumber": format!("{:024}", i + 1),
+                    "SizeBytes": 400,
+                    "StreamViewType": "NEW_IMAGE"
+                },
+                "eventSourceARN": "arn:aws:dynamodb:us-east-1:123456789012:table/tern/stream/2026-12-01T00:00:00.000"
+            })
+        })
+        .collect();
+    let batch = json!({ "Records": records });
+    let response = tern_fn_event_publisher::handle(
+        replication,
+        serde_json::from_value(batch.clone()).unwrap(),
+    )
+    .await;
+    assert!(response.batch_item_failures.is_empty(), "{response:?}");
+    let delivered = p.stack.delivered().await;
+    let seen = |state: &str, run: &str| {
+        delivered
+            .iter()
+            .any(|e| e["detail"]["state"] == state && e["detail"]["replication-run-id"] == run)
+    };
+    assert!(
+        seen("Completed", &run1) && seen("Completed", &run2),
+        "{delivered:#?}"
+    );
+    assert!(seen("Paused", "N/A"), "{delivered:#?}");
+    let amis: Vec<&Value> = delivered
+        .iter()
+        .filter(|e| e["detail"]["state"] == "Completed" && e["detail"]["ami-id"].is_string())
+        .collect();
+    assert_eq!(amis.len(), 2, "one event per AMI");
+    let again =
+        tern_fn_event_publisher::handle(replication, serde_json::from_value(batch).unwrap()).await;
+    assert!(again.batch_item_failures.is_empty(), "{again:?}");
+    assert!(
+        p.stack.delivered().await.is_empty(),
+        "a re-delivered batch published again"
+    );
+    println!(
+        "pipeline events: {} outbox changes, {} events delivered to the rule's queue",
+        outbox.items.len(),
+        delivered.len()
+    );
 
     for (what, calls, blocks, t) in [
         ("seed", &seed_calls, seed_blocks as u64, seed_time),
