@@ -33,6 +33,30 @@ use crate::Stack;
 
 type Calls = Arc<Mutex<BTreeMap<String, u32>>>;
 
+/// The image adapter's requests (EC2, EBS, S3) by operation.
+#[derive(Debug, Default, Clone)]
+struct Requests(Arc<Mutex<BTreeMap<String, u32>>>);
+
+impl aws_smithy_runtime_api::client::interceptors::Intercept for Requests {
+    fn name(&self) -> &'static str {
+        "request counter"
+    }
+
+    fn read_before_transmit(
+        &self,
+        _: &aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef<'_>,
+        _: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
+        cfg: &mut aws_smithy_types::config_bag::ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        let op = cfg
+            .load::<aws_smithy_runtime_api::client::orchestrator::Metadata>()
+            .map(|m| m.name().to_string())
+            .unwrap_or_default();
+        *self.0.lock().unwrap().entry(op).or_default() += 1;
+        Ok(())
+    }
+}
+
 /// The Lambda handler of `function` on `request`'s input, as Step Functions invokes it.
 async fn invoke(
     cell: &OnceLock<Replication>,
@@ -205,10 +229,24 @@ async fn the_asl_on_the_states_engine_replicates_through_the_lambda_handlers() {
     let mut settings = Ec2ImagesSettings::new("tern-vmimport", "tern:tern");
     settings.seed_method = SeedMethod::EbsDirect;
     settings.blocks_per_range = 8;
+    let requests = Requests::default();
     let images = Ec2Images::new(
-        aws_sdk_ec2::Client::new(&stack.aws),
-        ebs.clone(),
-        s3.clone(),
+        aws_sdk_ec2::Client::from_conf(
+            aws_sdk_ec2::config::Builder::from(&stack.aws)
+                .interceptor(requests.clone())
+                .build(),
+        ),
+        aws_sdk_ebs::Client::from_conf(
+            aws_sdk_ebs::config::Builder::from(&stack.aws)
+                .interceptor(requests.clone())
+                .build(),
+        ),
+        aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::config::Builder::from(&stack.aws)
+                .force_path_style(true)
+                .interceptor(requests.clone())
+                .build(),
+        ),
         settings,
     );
     let cell = Arc::new(OnceLock::new());
@@ -280,6 +318,7 @@ async fn the_asl_on_the_states_engine_replicates_through_the_lambda_handlers() {
     let seed_snapshot = p.completed(&run1).await;
     let seed_time = started.elapsed();
     let seed_calls = p.take_calls();
+    let seed_requests = std::mem::take(&mut *requests.0.lock().unwrap());
     let mut read = vec![0u8; disk.len()];
     let seed_blocks = read_back(&p.ebs, &seed_snapshot, &mut read).await;
     assert!(read == disk, "the seed's snapshot reads back as the disk");
@@ -304,6 +343,7 @@ async fn the_asl_on_the_states_engine_replicates_through_the_lambda_handlers() {
     let child = p.completed(&run2).await;
     let incremental_time = started.elapsed();
     let incremental_calls = p.take_calls();
+    let incremental_requests = std::mem::take(&mut *requests.0.lock().unwrap());
     assert_ne!(child, seed_snapshot);
     let mut read = vec![0u8; disk.len()];
     read_back(&p.ebs, &seed_snapshot, &mut read).await;
@@ -448,19 +488,28 @@ async fn the_asl_on_the_states_engine_replicates_through_the_lambda_handlers() {
         delivered.len()
     );
 
-    for (what, calls, blocks, t) in [
-        ("seed", &seed_calls, seed_blocks as u64, seed_time),
+    for (what, calls, images, blocks, t) in [
+        (
+            "seed",
+            &seed_calls,
+            &seed_requests,
+            seed_blocks as u64,
+            seed_time,
+        ),
         (
             "incremental (5 %)",
             &incremental_calls,
+            &incremental_requests,
             summary.changed_blocks,
             incremental_time,
         ),
     ] {
         let total: u32 = calls.values().sum();
+        let image_total: u32 = images.values().sum();
         println!(
             "pipeline {what}: 40-block disk, {blocks} blocks written, {total} task Lambda \
-             invocations {calls:?} + 2 upload-complete + scheduler ticks, {:.2} s",
+             invocations {calls:?} + 2 upload-complete + scheduler ticks; {image_total} image \
+             requests (EC2, EBS, S3 reads) {images:?}; {:.2} s",
             t.as_secs_f64()
         );
     }
