@@ -123,6 +123,23 @@ impl Pipeline {
     /// hands the manifest's Object Created event to upload-complete twice (EventBridge
     /// delivers at least once).
     async fn upload(&self, run_id: &str, kind: ObjectKind, object: Vec<u8>, base: Option<&str>) {
+        // A connector uploads after Prepare handed it the work and WaitForUpload parked: the
+        // test waits for that too. (Racing the parking task's write on moto loses one of
+        // the two writes: moto applies a conditional write in two unlocked steps.)
+        let service = &self.deployment.service;
+        tern_test_support::poll::until_async(
+            Duration::from_secs(60),
+            Duration::from_millis(20),
+            || async {
+                let (_, runs) = service.list_runs(&self.job_id, None, 1).await.ok()?;
+                let run = runs.items.into_iter().next()?;
+                (run.replication_run_id == run_id
+                    && run.status_message.as_deref() == Some("Waiting for the connector to upload"))
+                .then_some(())
+            },
+        )
+        .await
+        .unwrap_or_else(|| panic!("run {run_id} never waited for its upload"));
         let bucket = &self.stack.settings.staging_bucket;
         let layout = StagingLocation::new(bucket, &self.stack.settings.staging_prefix);
         let key = layout.disk_key(&self.job_id, run_id, 0, kind);
@@ -170,8 +187,14 @@ impl Pipeline {
                 (job.latest_run_id.as_deref() == Some(run_id)).then_some(job)
             },
         )
-        .await
-        .unwrap_or_else(|| panic!("run {run_id} did not complete within 120 s"));
+        .await;
+        let Some(job) = job else {
+            let (_, runs) = service.list_runs(&self.job_id, None, 3).await.unwrap();
+            panic!(
+                "run {run_id} did not complete within 120 s: {:#?}",
+                runs.items
+            );
+        };
         job.latest_snapshot_ids[0].clone()
     }
 
@@ -365,7 +388,7 @@ async fn the_asl_on_the_states_engine_replicates_through_the_lambda_handlers() {
     assert_ne!(outcome["outcome"], "Accepted", "{outcome}");
     let job = p.deployment.service.get_job(&p.job_id).await.unwrap();
     assert_eq!(job.latest_run_id.as_deref(), Some(run2.as_str()));
-    assert_eq!(job.latest_snapshot_ids, [child.clone()]);
+    assert_eq!(job.latest_snapshot_ids, std::slice::from_ref(&child));
 
     // 3 injected failures: each run's connector stages a delta that claims another base run,
     // ApplyDelta refuses it (Tern.InvalidManifest), the Catch records the failure; after the
