@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use aws_sdk_ebs::types::Tag;
 use aws_sdk_s3::primitives::ByteStream as S3Body;
 use bytes::Bytes;
-use futures::{FutureExt, StreamExt, TryStreamExt};
+use futures::{StreamExt, TryStreamExt};
 use sha2::{Digest, Sha256};
 use tern_core::images::{BlockRange, ImagesError, StagedObject};
 
@@ -263,11 +263,9 @@ impl Ec2Images {
             .tables(range.first, range.count)
             .chunks(TABLES_IN_FLIGHT)
         {
-            // Boxed: rustc cannot prove a collection of these futures Send otherwise
-            // (rust-lang/rust#102211).
             let reads: Vec<_> = chunk
                 .iter()
-                .map(|&(i, sector)| self.grain_table(&layout, source, i, sector).boxed())
+                .map(|&(i, sector)| self.grain_table(&layout, source, i, sector))
                 .collect();
             let got = futures::future::try_join_all(reads).await?;
             tables.extend(got);
@@ -303,16 +301,13 @@ impl Ec2Images {
         for batch in groups.chunks(reads_at_once) {
             let reads: Vec<_> = batch
                 .iter()
-                .map(|g| self.seed_group(&layout, source, g.clone()).boxed())
+                .map(|g| self.seed_group(&layout, source, g.clone()))
                 .collect();
             let read = futures::future::try_join_all(reads).await?;
             let puts: Vec<_> = read
                 .into_iter()
                 .flatten()
-                .map(|(block, data)| {
-                    self.put_seed_block(snapshot_id, source, block, data)
-                        .boxed()
-                })
+                .map(|(block, data)| self.put_seed_block(snapshot_id, source, block, data))
                 .collect();
             let put = futures::future::try_join_all(puts).await?;
             written.extend(put.into_iter().flatten());
