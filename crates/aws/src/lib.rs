@@ -19,6 +19,6 @@ pub mod stepfunctions;
 
 pub use dynamodb::DynamoStore;
 pub use eventbridge::EventBridge;
-pub use images::{Ec2Images, Ec2ImagesSettings};
+pub use images::{Ec2Images, Ec2ImagesSettings, SeedMethod};
 pub use s3::S3Staging;
 pub use stepfunctions::StepFunctions;

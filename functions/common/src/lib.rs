@@ -14,6 +14,7 @@
 //! | `TERN_EVENT_SOURCE` | their `source` (default `tern.sms`; never `aws.…`) |
 //! | `TERN_ACCOUNT_ID` | the account, for the events' `account` field |
 //! | `TERN_VMIMPORT_ROLE_NAME` | the role VM Import reads staged VMDKs with |
+//! | `TERN_SEED_METHOD` | how seeds become snapshots: `import-snapshot` (default, EC2 ImportSnapshot) or `ebs-direct` (written block by block by WriteBlocks) |
 //! | `TERN_OUTBOX_SWEEP_SECONDS` | age after which the scheduler publishes a change the stream consumer left behind (default 300) |
 //! | `AWS_REGION` | set by Lambda itself |
 //!
@@ -23,7 +24,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tern_aws::{DynamoStore, Ec2Images, Ec2ImagesSettings, EventBridge, S3Staging, StepFunctions};
+use tern_aws::{
+    DynamoStore, Ec2Images, Ec2ImagesSettings, EventBridge, S3Staging, SeedMethod, StepFunctions,
+};
 use tern_core::events::EventOrigin;
 use tern_core::images::Images;
 use tern_core::replication::{BusAnnouncer, Publishing, Replication, ReplicationSettings};
@@ -49,6 +52,7 @@ pub struct Settings {
     pub event_bus_name: String,
     pub vmimport_role_name: String,
     pub outbox_sweep_after: Duration,
+    pub seed_method: SeedMethod,
 }
 
 impl Settings {
@@ -61,6 +65,7 @@ impl Settings {
     pub const EVENT_BUS_NAME: &'static str = "TERN_EVENT_BUS_NAME";
     pub const OUTBOX_SWEEP_SECONDS: &'static str = "TERN_OUTBOX_SWEEP_SECONDS";
     pub const VMIMPORT_ROLE_NAME: &'static str = "TERN_VMIMPORT_ROLE_NAME";
+    pub const SEED_METHOD: &'static str = "TERN_SEED_METHOD";
     /// The variables without a default; `template.yaml` must set the `TERN_*` ones on every
     /// replication function.
     pub const REQUIRED: [&'static str; 6] = [
@@ -100,6 +105,13 @@ impl Settings {
                     problem: format!("{v:?} is not a whole number of seconds of at least 60"),
                 })?,
         };
+        let seed_method = match value(Self::SEED_METHOD) {
+            None => SeedMethod::default(),
+            Some(v) => SeedMethod::parse(&v).ok_or(ConfigError::Invalid {
+                name: Self::SEED_METHOD,
+                problem: format!("{v:?} is not import-snapshot or ebs-direct"),
+            })?,
+        };
         Ok(Self {
             table_name: get(Self::TABLE_NAME)?,
             region: get(Self::REGION)?,
@@ -110,6 +122,7 @@ impl Settings {
             event_bus_name: value(Self::EVENT_BUS_NAME).unwrap_or_else(|| "default".into()),
             vmimport_role_name: get(Self::VMIMPORT_ROLE_NAME)?,
             outbox_sweep_after,
+            seed_method,
         })
     }
 }
@@ -142,18 +155,21 @@ pub async fn aws_config(region: &str) -> aws_config::SdkConfig {
         .await
 }
 
-/// The stack's image service: EC2 ImportSnapshot for seeds, EBS direct for deltas, AMIs.
+/// The stack's image service: EC2 ImportSnapshot (or EBS direct, `TERN_SEED_METHOD`) for
+/// seeds, EBS direct for deltas, AMIs.
 /// Images and snapshots are tagged with the table's name, which tells this stack's images
 /// from others' in the account.
 pub fn images(aws: &aws_config::SdkConfig, settings: &Settings) -> Arc<dyn Images> {
+    let mut images = Ec2ImagesSettings::new(
+        &settings.vmimport_role_name,
+        format!("tern:{}", settings.table_name),
+    );
+    images.seed_method = settings.seed_method;
     Arc::new(Ec2Images::new(
         aws_sdk_ec2::Client::new(aws),
         aws_sdk_ebs::Client::new(aws),
         aws_sdk_s3::Client::new(aws),
-        Ec2ImagesSettings::new(
-            &settings.vmimport_role_name,
-            format!("tern:{}", settings.table_name),
-        ),
+        images,
     ))
 }
 
@@ -186,6 +202,24 @@ impl Deployment {
         limits: tern_core::Config,
         images: Arc<dyn Images>,
     ) -> Result<Self, ConfigError> {
+        let machines = HashMap::from([(
+            tern_core::workflows::REPLICATION_RUN.to_string(),
+            settings.state_machine_arn.clone(),
+        )]);
+        let workflows = StepFunctions::new(aws_sdk_sfn::Client::new(aws), machines);
+        Self::connect_with(aws, settings, limits, images, Arc::new(workflows))
+    }
+
+    /// [`Deployment::connect`] with another workflow engine than the stack's Step Functions:
+    /// the acceptance pipeline runs the same ASL on Tern's States engine, whose task tokens
+    /// only that engine knows.
+    pub fn connect_with(
+        aws: &aws_config::SdkConfig,
+        settings: &Settings,
+        limits: tern_core::Config,
+        images: Arc<dyn Images>,
+        workflows: Arc<dyn tern_core::workflows::Workflows>,
+    ) -> Result<Self, ConfigError> {
         let source = event_source(&limits)?;
         let store: Arc<dyn tern_core::store::Store> = Arc::new(DynamoStore::new(
             aws_sdk_dynamodb::Client::new(aws),
@@ -197,11 +231,6 @@ impl Deployment {
             Arc::new(RandomIds),
             limits,
         );
-        let machines = HashMap::from([(
-            tern_core::workflows::REPLICATION_RUN.to_string(),
-            settings.state_machine_arn.clone(),
-        )]);
-        let workflows = StepFunctions::new(aws_sdk_sfn::Client::new(aws), machines);
         let bus = EventBridge::new(
             aws_sdk_eventbridge::Client::new(aws),
             &settings.event_bus_name,
@@ -214,7 +243,7 @@ impl Deployment {
         let replication = Replication::new(
             service.clone(),
             images,
-            Arc::new(workflows),
+            workflows,
             Arc::new(S3Staging::new(aws_sdk_s3::Client::new(aws))),
             Arc::new(BusAnnouncer::new(Arc::new(bus), origin)),
             ReplicationSettings {
@@ -277,6 +306,13 @@ mod tests {
         assert_eq!(s.event_bus_name, "default");
         assert_eq!(s.outbox_sweep_after, Duration::from_secs(300));
         assert_eq!(s.account_id, "123456789012");
+        assert_eq!(s.seed_method, SeedMethod::ImportSnapshot);
+        let mut ebs = FULL.to_vec();
+        ebs.push(("TERN_SEED_METHOD", "ebs-direct"));
+        assert_eq!(
+            Settings::from_lookup(env(&ebs)).unwrap().seed_method,
+            SeedMethod::EbsDirect
+        );
     }
 
     #[test]
@@ -294,6 +330,15 @@ mod tests {
             Settings::from_lookup(env(&bad)).unwrap_err(),
             ConfigError::Invalid {
                 name: "TERN_OUTBOX_SWEEP_SECONDS",
+                ..
+            }
+        ));
+        let mut bad = FULL.to_vec();
+        bad.push(("TERN_SEED_METHOD", "ebs"));
+        assert!(matches!(
+            Settings::from_lookup(env(&bad)).unwrap_err(),
+            ConfigError::Invalid {
+                name: "TERN_SEED_METHOD",
                 ..
             }
         ));

@@ -111,7 +111,7 @@ fn written_sha256(e: &DeltaEntry, data: &[u8]) -> [u8; 32] {
 impl Ec2Images {
     /// Bytes `range` (an HTTP range, e.g. `bytes=0-31`) of a staged object, and the object's
     /// length when S3 said it.
-    async fn get_range(
+    pub(super) async fn get_range(
         &self,
         source: &StagedObject,
         range: String,
@@ -364,15 +364,28 @@ impl Ec2Images {
         e: &DeltaEntry,
         data: Bytes,
     ) -> Result<(), ImagesError> {
-        let index = i32::try_from(e.block)
-            .map_err(|_| invalid(source, format!("block {} is past EBS's largest", e.block)))?;
-        let checksum = BASE64.encode(written_sha256(e, &data));
+        let sha = written_sha256(e, &data);
+        self.put_raw_block(snapshot_id, source, e.block, data, sha)
+            .await
+    }
+
+    /// `PutSnapshotBlock` of one whole 512 KiB block with its SHA-256 (base64).
+    pub(super) async fn put_raw_block(
+        &self,
+        snapshot_id: &str,
+        source: &StagedObject,
+        block: u64,
+        data: Bytes,
+        sha256: [u8; 32],
+    ) -> Result<(), ImagesError> {
+        let index = i32::try_from(block)
+            .map_err(|_| invalid(source, format!("block {block} is past EBS's largest")))?;
         self.ebs
             .put_snapshot_block()
             .snapshot_id(snapshot_id)
             .block_index(index)
             .data_length(EBS_BLOCK_SIZE as i32)
-            .checksum(checksum)
+            .checksum(BASE64.encode(sha256))
             .checksum_algorithm(ChecksumAlgorithm::ChecksumAlgorithmSha256)
             .block_data(ByteStream::from(data))
             .send()
@@ -404,10 +417,13 @@ impl Ec2Images {
         Ok(BASE64.encode(h.finalize()))
     }
 
-    pub(super) async fn describe_delta(
+    /// The status of a snapshot written through EBS direct (a delta, or a seed when `seed`),
+    /// sealing it on the first poll.
+    pub(super) async fn describe_written(
         &self,
         snapshot_id: &str,
         source: &StagedObject,
+        seed: bool,
     ) -> Result<TaskStatus, ImagesError> {
         let (snapshot, info) = self.snapshot(snapshot_id).await?;
         if info.state == "error" {
@@ -420,17 +436,30 @@ impl Ec2Images {
         }
         let mut sealed_now = None;
         if !info.tags.contains_key(tags::SEALED) {
-            match self.seal(snapshot_id, source).await {
-                Ok(status) => sealed_now = Some(status),
-                // Sealed before, by a poll whose tag write was lost.
-                Err(_) if info.state == "completed" => {}
-                Err(ImagesError::Internal { message, .. }) => {
-                    return Ok(TaskStatus::Failed {
-                        kind: TaskFailure::Internal,
-                        message,
-                    })
-                }
+            let completed = info.state == "completed";
+            let failed = |message| {
+                Ok(TaskStatus::Failed {
+                    kind: TaskFailure::Internal,
+                    message,
+                })
+            };
+            let inputs = match self.seal_inputs(source, seed).await {
+                Ok(inputs) => Some(inputs),
+                // A delta sealed before, by a poll whose tag write was lost (its staged
+                // object may be gone since). A seed's missing write records never mean that:
+                // they say a range was not written (and moto completes at once).
+                Err(_) if completed && !seed => None,
+                Err(ImagesError::Internal { message, .. }) => return failed(message),
                 Err(e) => return Err(e),
+            };
+            if let Some((count, checksum)) = inputs {
+                match self.seal(snapshot_id, count, checksum).await {
+                    Ok(status) => sealed_now = Some(status),
+                    // Sealed before, by a poll whose tag write was lost.
+                    Err(_) if completed => {}
+                    Err(ImagesError::Internal { message, .. }) => return failed(message),
+                    Err(e) => return Err(e),
+                }
             }
         }
         match (info.state.as_str(), sealed_now) {
@@ -452,13 +481,37 @@ impl Ec2Images {
         }
     }
 
-    /// `CompleteSnapshot` with the delta's count and checksum, then the [`tags::SEALED`] tag
-    /// so that later polls only wait.
-    async fn seal(&self, snapshot_id: &str, source: &StagedObject) -> Result<Status, ImagesError> {
-        let (_, entries) = self.delta_index(source).await?;
-        let checksum = self.linear_checksum(source, &entries).await?;
-        let count = i32::try_from(entries.len())
+    /// `CompleteSnapshot` with the count and checksum of the blocks written (from the delta's
+    /// index, or a seed's write records), then the [`tags::SEALED`] tag so that later polls
+    /// only wait.
+    /// The count and LINEAR checksum of the blocks written: from the delta's index, or from
+    /// a seed's write records.
+    async fn seal_inputs(
+        &self,
+        source: &StagedObject,
+        seed: bool,
+    ) -> Result<(i32, String), ImagesError> {
+        let (count, checksum) = if seed {
+            let (count, linear) = self.seed_seal_inputs(source).await?;
+            (count as usize, BASE64.encode(linear.finalize()))
+        } else {
+            let (_, entries) = self.delta_index(source).await?;
+            let checksum = self.linear_checksum(source, &entries).await?;
+            (entries.len(), checksum)
+        };
+        let count = i32::try_from(count)
             .map_err(|_| invalid(source, "more changed blocks than EBS counts"))?;
+        Ok((count, checksum))
+    }
+
+    /// `CompleteSnapshot` with the count and checksum of the blocks written, then the
+    /// [`tags::SEALED`] tag so that later polls only wait.
+    async fn seal(
+        &self,
+        snapshot_id: &str,
+        count: i32,
+        checksum: String,
+    ) -> Result<Status, ImagesError> {
         let mut call = self
             .ebs
             .complete_snapshot()

@@ -2,7 +2,8 @@
 //!
 //! * A seed disk (a stream-optimized VMDK in staging) is imported with EC2 `ImportSnapshot`
 //!   running as the `vmimport` service role; [`Images::describe_task`] reads
-//!   `DescribeImportSnapshotTasks` ([`import`]).
+//!   `DescribeImportSnapshotTasks` ([`import`]). With [`SeedMethod::EbsDirect`] it is written
+//!   through EBS direct instead, by the same WriteBlocks Map as a delta ([`seed`]).
 //! * A delta (Tern's `TERNDLTA` object) becomes a child snapshot through EBS direct
 //!   ([`delta`]): `StartSnapshot` with the parent, then the state machine's WriteBlocks Map
 //!   writes ranges of about 2,000 blocks, one Lambda invocation each
@@ -12,13 +13,15 @@
 //! * Images are registered, listed (by Tern's tag), described and removed with EC2 ([`ami`]).
 //!
 //! Task ids say which kind they are: an import is EC2's `import-snap-…` id; a delta task is
-//! `ebs-delta/<snapshot id>/<bucket>/<key>`, so that a WriteBlocks iteration finds its staged
+//! `ebs-delta/<snapshot id>/<bucket>/<key>` (a seed through EBS direct `ebs-seed/…`), so that a WriteBlocks iteration finds its staged
 //! object and snapshot without a lookup (EC2's describe calls are eventually consistent, and
 //! an iteration may start within a second of `StartSnapshot`).
 
 mod ami;
 mod delta;
 mod import;
+mod seed;
+mod vmdk;
 
 use async_trait::async_trait;
 use aws_smithy_types::DateTime;
@@ -51,6 +54,34 @@ pub mod tags {
     pub const SEALED: &str = "tern:sealed";
 }
 
+/// How a seed (a run's full disk, staged as a stream-optimized VMDK) becomes a snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SeedMethod {
+    /// EC2 `ImportSnapshot` of the staged VMDK, run by VM Import as the vmimport role.
+    #[default]
+    ImportSnapshot,
+    /// EBS direct: `StartSnapshot` without a parent, the VMDK's non-zero blocks written by the
+    /// WriteBlocks Map ([`seed`]), sealed like a delta. No VM Import, minutes faster, and it
+    /// works where VM Import is not offered.
+    EbsDirect,
+}
+
+impl SeedMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SeedMethod::ImportSnapshot => "import-snapshot",
+            SeedMethod::EbsDirect => "ebs-direct",
+        }
+    }
+
+    /// `import-snapshot` or `ebs-direct` (the stack parameter's values).
+    pub fn parse(s: &str) -> Option<Self> {
+        [SeedMethod::ImportSnapshot, SeedMethod::EbsDirect]
+            .into_iter()
+            .find(|m| m.as_str() == s.trim())
+    }
+}
+
 /// How the adapter runs; [`Ec2ImagesSettings::new`] gives the defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ec2ImagesSettings {
@@ -63,6 +94,8 @@ pub struct Ec2ImagesSettings {
     pub blocks_per_range: u64,
     /// `PutSnapshotBlock` calls in flight within one iteration.
     pub writes_in_flight: usize,
+    /// How seeds become snapshots (default ImportSnapshot).
+    pub seed_method: SeedMethod,
 }
 
 impl Ec2ImagesSettings {
@@ -72,6 +105,7 @@ impl Ec2ImagesSettings {
             managed_by: managed_by.into(),
             blocks_per_range: 2_000,
             writes_in_flight: 32,
+            seed_method: SeedMethod::default(),
         }
     }
 }
@@ -109,9 +143,15 @@ enum TaskId {
         snapshot_id: String,
         source: StagedObject,
     },
+    /// A seed written through EBS direct.
+    Seed {
+        snapshot_id: String,
+        source: StagedObject,
+    },
 }
 
 const DELTA_PREFIX: &str = "ebs-delta/";
+const SEED_PREFIX: &str = "ebs-seed/";
 
 impl TaskId {
     fn delta(snapshot_id: &str, source: &StagedObject) -> String {
@@ -121,21 +161,44 @@ impl TaskId {
         )
     }
 
+    fn seed(snapshot_id: &str, source: &StagedObject) -> String {
+        format!(
+            "{SEED_PREFIX}{snapshot_id}/{}/{}",
+            source.bucket, source.key
+        )
+    }
+
     fn parse(id: &str) -> Result<TaskId, ImagesError> {
-        if let Some(rest) = id.strip_prefix(DELTA_PREFIX) {
+        let written = |rest: &str| {
             let mut parts = rest.splitn(3, '/');
-            if let (Some(snap), Some(bucket), Some(key)) =
-                (parts.next(), parts.next(), parts.next())
-            {
-                if snap.starts_with("snap-") && !bucket.is_empty() && !key.is_empty() {
-                    return Ok(TaskId::Delta {
-                        snapshot_id: snap.to_string(),
-                        source: StagedObject {
+            match (parts.next(), parts.next(), parts.next()) {
+                (Some(snap), Some(bucket), Some(key))
+                    if snap.starts_with("snap-") && !bucket.is_empty() && !key.is_empty() =>
+                {
+                    Some((
+                        snap.to_string(),
+                        StagedObject {
                             bucket: bucket.to_string(),
                             key: key.to_string(),
                         },
-                    });
+                    ))
                 }
+                _ => None,
+            }
+        };
+        if let Some(rest) = id.strip_prefix(DELTA_PREFIX) {
+            if let Some((snapshot_id, source)) = written(rest) {
+                return Ok(TaskId::Delta {
+                    snapshot_id,
+                    source,
+                });
+            }
+        } else if let Some(rest) = id.strip_prefix(SEED_PREFIX) {
+            if let Some((snapshot_id, source)) = written(rest) {
+                return Ok(TaskId::Seed {
+                    snapshot_id,
+                    source,
+                });
             }
         } else if id.starts_with("import-snap-") {
             return Ok(TaskId::Import(id.to_string()));
@@ -184,7 +247,10 @@ impl Images for Ec2Images {
         source: &StagedObject,
         description: &str,
     ) -> Result<String, ImagesError> {
-        self.import_snapshot(source, description).await
+        match self.settings.seed_method {
+            SeedMethod::ImportSnapshot => self.import_snapshot(source, description).await,
+            SeedMethod::EbsDirect => self.start_seed_snapshot(source, description).await,
+        }
     }
 
     async fn start_apply_delta(
@@ -204,6 +270,10 @@ impl Images for Ec2Images {
                 let count = self.delta_footer(&source).await?.count;
                 Ok(BlockRange::split(count, self.settings.blocks_per_range))
             }
+            TaskId::Seed { source, .. } => {
+                let layout = self.seed_layout(&source).await?;
+                Ok(self.seed_ranges(&layout))
+            }
         }
     }
 
@@ -220,6 +290,10 @@ impl Images for Ec2Images {
                 snapshot_id,
                 source,
             } => self.write_range(&snapshot_id, &source, range).await,
+            TaskId::Seed {
+                snapshot_id,
+                source,
+            } => self.write_seed_range(&snapshot_id, &source, range).await,
         }
     }
 
@@ -229,7 +303,11 @@ impl Images for Ec2Images {
             TaskId::Delta {
                 snapshot_id,
                 source,
-            } => self.describe_delta(&snapshot_id, &source).await,
+            } => self.describe_written(&snapshot_id, &source, false).await,
+            TaskId::Seed {
+                snapshot_id,
+                source,
+            } => self.describe_written(&snapshot_id, &source, true).await,
         }
     }
 
@@ -273,7 +351,16 @@ mod tests {
             TaskId::parse(&id).unwrap(),
             TaskId::Delta {
                 snapshot_id: "snap-0123456789abcdef0".into(),
-                source
+                source: source.clone()
+            }
+        );
+        let seed = TaskId::seed("snap-0123456789abcdef0", &source);
+        assert!(seed.starts_with("ebs-seed/"), "{seed}");
+        assert_eq!(
+            TaskId::parse(&seed).unwrap(),
+            TaskId::Seed {
+                snapshot_id: "snap-0123456789abcdef0".into(),
+                source: source.clone()
             }
         );
         assert_eq!(
@@ -285,6 +372,7 @@ mod tests {
             "task-1",
             "ebs-delta/snap-1/bucket",
             "ebs-delta/vol-1/b/k",
+            "ebs-seed/snap-1/bucket",
         ] {
             assert!(
                 matches!(TaskId::parse(bad), Err(ImagesError::NotFound(_))),

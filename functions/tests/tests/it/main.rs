@@ -4,7 +4,9 @@
 
 mod event_publisher;
 mod fixtures;
+mod pipeline;
 mod scheduler;
+mod seed_run;
 mod template;
 mod upload_complete;
 
@@ -62,7 +64,8 @@ pub struct Stack {
 
 impl Stack {
     pub async fn start(what: &str) -> Option<Stack> {
-        let moto = Moto::start(Flavor::Threaded, what)?;
+        // S3RootsFixed: EBS ListSnapshotBlocks answers as EBS does (the pipeline reads blocks back).
+        let moto = Moto::start(Flavor::S3RootsFixed, what)?;
         let aws = moto_config(&moto.endpoint);
         let settings = Settings::from_lookup(|name| {
             Some(

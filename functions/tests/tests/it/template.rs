@@ -63,14 +63,24 @@ fn permissions() -> serde_json::Value {
         "PrepareFunction": with(&[]),
         // A manifest recorded before the token arrived is handed over at once.
         "WaitForUploadFunction": with(&["states:SendTaskSuccess"]),
-        "ImportFunction": with(&["ec2:ImportSnapshot", "ec2:CreateTags", "iam:PassRole"]),
+        // ImportSnapshot, or with SeedMethod ebs-direct: the VMDK's layout read from staging,
+        // StartSnapshot, and DescribeSnapshots to find a retried task's snapshot.
+        "ImportFunction": with(&[
+            "ec2:ImportSnapshot",
+            "ec2:CreateTags",
+            "iam:PassRole",
+            "ebs:StartSnapshot",
+            "s3:GetObject",
+            "ec2:DescribeSnapshots",
+        ]),
         "ApplyDeltaFunction": with(&[
             "ebs:StartSnapshot",
             "ec2:CreateTags",
             "ec2:DescribeSnapshots",
             "s3:GetObject",
         ]),
-        "WriteBlocksFunction": with(&["ebs:PutSnapshotBlock", "s3:GetObject"]),
+        // A seed's iteration also writes its record of the blocks it wrote.
+        "WriteBlocksFunction": with(&["ebs:PutSnapshotBlock", "s3:GetObject", "s3:PutObject"]),
         "CheckSnapshotsFunction": with(&[
             "ebs:CompleteSnapshot",
             "ec2:CreateTags",
@@ -116,6 +126,7 @@ fn known_env() -> Vec<String> {
             Settings::STAGING_PREFIX,
             Settings::EVENT_BUS_NAME,
             Settings::OUTBOX_SWEEP_SECONDS,
+            Settings::SEED_METHOD,
             tern_fn_tasks::TASK_FUNCTION,
             tern_fn_api::Config::CONNECTOR_ROLE_NAME,
         ]

@@ -1,0 +1,546 @@
+//! The AWS-mode pipeline on Tern's States engine: `statemachines/replication-run.asl.json`
+//! run by the local engine with every Task resolved in-process to the tasks Lambda's handler
+//! (`tern_fn_tasks::handle`; WaitForUpload through `lambda:invoke.waitForTaskToken` as on
+//! AWS), the task tokens the engine gives handed back by the upload-complete Lambda's handler
+//! fed the manifest's S3 Object Created event, the scheduler Lambda's handler starting the
+//! executions, and every other AWS call through the adapters to moto (DynamoDB, S3, EC2, EBS
+//! direct, seeds through EBS direct). A seed and an incremental run with 5 % of the blocks
+//! changed; each run's snapshots read back with GetSnapshotBlock equal the source disk
+//! (through the parent: moto does not inherit a parent's blocks). Lambda invocations per
+//! function are counted and printed.
+//!
+//! A late duplicate of a manifest event changes nothing; 3 runs failed on purpose pause the
+//! job; the state changes go through the event-publisher Lambda to an EventBridge rule's SQS
+//! queue once, even when the stream batch is delivered again. Not here yet: the real
+//! connector (the test stages what it uploads, as it does) and moto's own DynamoDB stream
+//! (the batch is built from the outbox items the stream would carry).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tern_aws::{Ec2Images, Ec2ImagesSettings, SeedMethod};
+use tern_core::replication::{functions, ObjectKind, Replication, StagingLocation};
+use tern_core::service::NewJob;
+use tern_core::store::Store as _;
+use tern_fn_common::Deployment;
+use tern_local::replication::{function_resource, LocalWorkflows};
+use tern_states::{Engine, EngineConfig, FnHandler, StateError, TaskRegistry, TaskRequest};
+use tern_test_support::qemu::{change_blocks, make_raw, BLOCK};
+
+use crate::Stack;
+
+type Calls = Arc<Mutex<BTreeMap<String, u32>>>;
+
+/// The image adapter's requests (EC2, EBS, S3) by operation.
+#[derive(Debug, Default, Clone)]
+struct Requests(Arc<Mutex<BTreeMap<String, u32>>>);
+
+impl aws_smithy_runtime_api::client::interceptors::Intercept for Requests {
+    fn name(&self) -> &'static str {
+        "request counter"
+    }
+
+    fn read_before_transmit(
+        &self,
+        _: &aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef<'_>,
+        _: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
+        cfg: &mut aws_smithy_types::config_bag::ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        let op = cfg
+            .load::<aws_smithy_runtime_api::client::orchestrator::Metadata>()
+            .map(|m| m.name().to_string())
+            .unwrap_or_default();
+        *self.0.lock().unwrap().entry(op).or_default() += 1;
+        Ok(())
+    }
+}
+
+/// The Lambda handler of `function` on `request`'s input, as Step Functions invokes it.
+async fn invoke(
+    cell: &OnceLock<Replication>,
+    calls: &Calls,
+    function: &str,
+    input: Value,
+) -> Result<Value, StateError> {
+    *calls
+        .lock()
+        .unwrap()
+        .entry(function.to_string())
+        .or_default() += 1;
+    let replication = cell
+        .get()
+        .ok_or_else(|| StateError::new("Tern.Transient", "starting"))?;
+    tern_fn_tasks::handle(replication, function, input)
+        .await
+        .map_err(|d| StateError::new(&d.error_type, &d.error_message))
+}
+
+/// Each `${…FunctionArn}` and `lambda:invoke` resolved to the tasks Lambda's handler.
+fn registry(cell: Arc<OnceLock<Replication>>, calls: Calls) -> TaskRegistry {
+    let mut registry = TaskRegistry::new();
+    for (_, function) in functions::SUBSTITUTIONS {
+        let (cell, calls) = (cell.clone(), calls.clone());
+        registry.register(
+            &function_resource(function),
+            Arc::new(FnHandler(move |r: TaskRequest| {
+                let (cell, calls) = (cell.clone(), calls.clone());
+                async move { invoke(&cell, &calls, function, r.input).await }
+            })),
+        );
+    }
+    registry.register(
+        "arn:aws:states:::lambda:invoke",
+        Arc::new(FnHandler(move |r: TaskRequest| {
+            let (cell, calls) = (cell.clone(), calls.clone());
+            async move {
+                let name = r.input["FunctionName"].as_str().unwrap_or_default();
+                let function = name
+                    .strip_prefix("tern:function:")
+                    .unwrap_or(name)
+                    .to_string();
+                let payload = r.input.get("Payload").cloned().unwrap_or(Value::Null);
+                let out = invoke(&cell, &calls, &function, payload).await?;
+                Ok(json!({"Payload": out, "StatusCode": 200}))
+            }
+        })),
+    );
+    registry
+}
+
+struct Pipeline {
+    stack: Stack,
+    s3: aws_sdk_s3::Client,
+    ebs: aws_sdk_ebs::Client,
+    deployment: Deployment,
+    calls: Calls,
+    job_id: String,
+}
+
+impl Pipeline {
+    /// Stages `object` as disk 0 of `run_id` and its manifest, as the connector does, then
+    /// hands the manifest's Object Created event to upload-complete twice (EventBridge
+    /// delivers at least once).
+    async fn upload(&self, run_id: &str, kind: ObjectKind, object: Vec<u8>, base: Option<&str>) {
+        // A connector uploads after Prepare handed it the work and WaitForUpload parked: the
+        // test waits for that too. (Racing the parking task's write on moto loses one of
+        // the two writes: moto applies a conditional write in two unlocked steps.)
+        let service = &self.deployment.service;
+        tern_test_support::poll::until_async(
+            Duration::from_secs(60),
+            Duration::from_millis(20),
+            || async {
+                let (_, runs) = service.list_runs(&self.job_id, None, 1).await.ok()?;
+                let run = runs.items.into_iter().next()?;
+                (run.replication_run_id == run_id
+                    && run.status_message.as_deref() == Some("Waiting for the connector to upload"))
+                .then_some(())
+            },
+        )
+        .await
+        .unwrap_or_else(|| panic!("run {run_id} never waited for its upload"));
+        let bucket = &self.stack.settings.staging_bucket;
+        let layout = StagingLocation::new(bucket, &self.stack.settings.staging_prefix);
+        let key = layout.disk_key(&self.job_id, run_id, 0, kind);
+        let size = object.len();
+        let put = |key: String, body: Vec<u8>| {
+            self.s3
+                .put_object()
+                .bucket(bucket)
+                .key(key)
+                .body(body.into())
+                .send()
+        };
+        put(key.clone(), object).await.unwrap();
+        let mut disk = json!({"index": 0, "kind": kind.as_str(), "key": key, "size": size});
+        if let Some(base) = base {
+            disk["baseRunId"] = json!(base);
+        }
+        let manifest = json!({"jobId": self.job_id, "runId": run_id, "disks": [disk]});
+        let manifest_key = layout.manifest_key(&self.job_id, run_id);
+        put(manifest_key.clone(), manifest.to_string().into_bytes())
+            .await
+            .unwrap();
+        let mut event = crate::fixture("s3/manifest-object-created.json");
+        event["detail"]["bucket"]["name"] = json!(bucket);
+        event["detail"]["object"]["key"] = json!(manifest_key);
+        let replication = &self.deployment.replication;
+        let first = tern_fn_upload_complete::handle(replication, &event)
+            .await
+            .unwrap();
+        assert_eq!(first["outcome"], "Accepted", "{first}");
+        let again = tern_fn_upload_complete::handle(replication, &event)
+            .await
+            .unwrap();
+        // Duplicate while the run is in progress; once the execution has moved on (a failed
+        // run is recorded within milliseconds) the run no longer waits, and the event is
+        // refused. Either way nothing is accepted twice.
+        assert!(
+            ["Duplicate", "Refused", "Ignored"].contains(&again["outcome"].as_str().unwrap_or("")),
+            "a duplicated S3 event: {again}"
+        );
+    }
+
+    /// Waits (bounded) until `run_id` is the job's latest completed run; its snapshot.
+    async fn completed(&self, run_id: &str) -> String {
+        let service = &self.deployment.service;
+        let job = tern_test_support::poll::until_async(
+            Duration::from_secs(120),
+            Duration::from_millis(50),
+            || async {
+                let job = service.get_job(&self.job_id).await.ok()?;
+                (job.latest_run_id.as_deref() == Some(run_id)).then_some(job)
+            },
+        )
+        .await;
+        let Some(job) = job else {
+            let (_, runs) = service.list_runs(&self.job_id, None, 3).await.unwrap();
+            panic!(
+                "run {run_id} did not complete within 120 s: {:#?}",
+                runs.items
+            );
+        };
+        job.latest_snapshot_ids[0].clone()
+    }
+
+    fn take_calls(&self) -> BTreeMap<String, u32> {
+        std::mem::take(&mut *self.calls.lock().unwrap())
+    }
+}
+
+/// Blocks snapshot `id` holds itself, written over `disk`; answers how many.
+async fn read_back(ebs: &aws_sdk_ebs::Client, id: &str, disk: &mut [u8]) -> usize {
+    let listed = ebs
+        .list_snapshot_blocks()
+        .snapshot_id(id)
+        .send()
+        .await
+        .unwrap();
+    for b in listed.blocks() {
+        let i = b.block_index().unwrap() as usize;
+        let got = ebs
+            .get_snapshot_block()
+            .snapshot_id(id)
+            .block_index(i as i32)
+            .block_token(b.block_token().unwrap())
+            .send()
+            .await
+            .unwrap();
+        let data = got.block_data.collect().await.unwrap().into_bytes();
+        let at = i * BLOCK as usize;
+        let n = (disk.len() - at).min(BLOCK as usize);
+        disk[at..at + n].copy_from_slice(&data[..n]);
+    }
+    listed.blocks().len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_asl_on_the_states_engine_replicates_through_the_lambda_handlers() {
+    let Some(stack) = Stack::start("the AWS-mode pipeline").await else {
+        return;
+    };
+    if !tern_test_support::on_path("qemu-img") {
+        assert!(std::env::var_os("CI").is_none(), "qemu-img is needed in CI");
+        return;
+    }
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&stack.aws)
+            .force_path_style(true)
+            .build(),
+    );
+    let ebs = aws_sdk_ebs::Client::new(&stack.aws);
+    s3.create_bucket()
+        .bucket(&stack.settings.staging_bucket)
+        .send()
+        .await
+        .unwrap();
+    let mut settings = Ec2ImagesSettings::new("tern-vmimport", "tern:tern");
+    settings.seed_method = SeedMethod::EbsDirect;
+    settings.blocks_per_range = 8;
+    let requests = Requests::default();
+    let images = Ec2Images::new(
+        aws_sdk_ec2::Client::from_conf(
+            aws_sdk_ec2::config::Builder::from(&stack.aws)
+                .interceptor(requests.clone())
+                .build(),
+        ),
+        aws_sdk_ebs::Client::from_conf(
+            aws_sdk_ebs::config::Builder::from(&stack.aws)
+                .interceptor(requests.clone())
+                .build(),
+        ),
+        aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::config::Builder::from(&stack.aws)
+                .force_path_style(true)
+                .interceptor(requests.clone())
+                .build(),
+        ),
+        settings,
+    );
+    let cell = Arc::new(OnceLock::new());
+    let calls: Calls = Arc::default();
+    let engine = Engine::open(EngineConfig {
+        store: Arc::new(tern_states::MemoryStore::new()),
+        tasks: registry(cell.clone(), calls.clone()),
+        clock: Arc::new(tern_states::SystemClock),
+        region: "us-east-1".into(),
+    })
+    .unwrap();
+    let workflows = LocalWorkflows::new(engine.clone()).unwrap();
+    let driver = engine.spawn_driver();
+    // Five on-demand runs in a day: the incremental run and the three that fail.
+    let mut limits = tern_core::Config::default();
+    limits.limits.on_demand_runs_per_window = 5;
+    let deployment = Deployment::connect_with(
+        &stack.aws,
+        &stack.settings,
+        limits,
+        Arc::new(images),
+        Arc::new(workflows),
+    )
+    .unwrap();
+    let _ = cell.set(deployment.replication.clone());
+
+    let (_, servers) = tern_store_contract::apps::service_with_catalog(
+        Arc::new(stack.store.clone()),
+        tern_core::Config::default(),
+        1,
+    )
+    .await;
+    let job_id = deployment
+        .service
+        .create_job(NewJob {
+            server_id: servers[0].clone(),
+            seed_replication_time: Some(time::OffsetDateTime::now_utc()),
+            frequency: Some(12),
+            ..NewJob::default()
+        })
+        .await
+        .unwrap();
+    let p = Pipeline {
+        stack,
+        s3,
+        ebs,
+        deployment,
+        calls,
+        job_id,
+    };
+    let replication = &p.deployment.replication;
+
+    // Seed: the scheduler starts the execution; the engine runs Prepare and parks in
+    // WaitForUpload; the connector's upload resumes it.
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("disk.raw");
+    let mut disk = make_raw(&raw, 40 * BLOCK, 31);
+    let opened = tern_disk::open(&raw, &tern_disk::OpenOptions::default()).unwrap();
+    let mut vmdk = Vec::new();
+    tern_disk::write::write_vmdk_stream(opened.as_ref(), &mut vmdk, "disk.vmdk", &|_| {}).unwrap();
+    let map =
+        tern_disk::blockmap::BlockMap::compute(opened.as_ref(), &tern_disk::no_progress).unwrap();
+    let started = Instant::now();
+    let tick = tern_fn_scheduler::handle(replication).await.unwrap();
+    let run1 = tick["runsCreated"][0].as_str().unwrap().to_owned();
+    // A second tick starts nothing twice (the execution is named after the run).
+    tern_fn_scheduler::handle(replication).await.unwrap();
+    p.upload(&run1, ObjectKind::SeedVmdk, vmdk, None).await;
+    let seed_snapshot = p.completed(&run1).await;
+    let seed_time = started.elapsed();
+    let seed_calls = p.take_calls();
+    let seed_requests = std::mem::take(&mut *requests.0.lock().unwrap());
+    let mut read = vec![0u8; disk.len()];
+    let seed_blocks = read_back(&p.ebs, &seed_snapshot, &mut read).await;
+    assert!(read == disk, "the seed's snapshot reads back as the disk");
+
+    // Incremental: 2 of 40 blocks (5 %) changed, the connector's delta.
+    change_blocks(&mut disk, &[5, 30], &[], 32);
+    std::fs::write(&raw, &disk).unwrap();
+    let opened = tern_disk::open(&raw, &tern_disk::OpenOptions::default()).unwrap();
+    let mut delta = Vec::new();
+    let summary =
+        tern_disk::delta::create(&map, opened.as_ref(), &mut delta, &tern_disk::no_progress)
+            .unwrap();
+    let started = Instant::now();
+    let run2 = p
+        .deployment
+        .service
+        .start_on_demand_run(&p.job_id, None)
+        .await
+        .unwrap();
+    tern_fn_scheduler::handle(replication).await.unwrap();
+    p.upload(&run2, ObjectKind::Delta, delta, Some(&run1)).await;
+    let child = p.completed(&run2).await;
+    let incremental_time = started.elapsed();
+    let incremental_calls = p.take_calls();
+    let incremental_requests = std::mem::take(&mut *requests.0.lock().unwrap());
+    assert_ne!(child, seed_snapshot);
+    let mut read = vec![0u8; disk.len()];
+    read_back(&p.ebs, &seed_snapshot, &mut read).await;
+    let child_blocks = read_back(&p.ebs, &child, &mut read).await;
+    assert_eq!(child_blocks as u64, summary.changed_blocks);
+    assert!(read == disk, "parent + child read back as the changed disk");
+
+    // A late re-delivery of the seed's manifest event changes nothing.
+    let layout = StagingLocation::new(
+        &p.stack.settings.staging_bucket,
+        &p.stack.settings.staging_prefix,
+    );
+    let mut late = crate::fixture("s3/manifest-object-created.json");
+    late["detail"]["bucket"]["name"] = json!(p.stack.settings.staging_bucket);
+    late["detail"]["object"]["key"] = json!(layout.manifest_key(&p.job_id, &run1));
+    let outcome = tern_fn_upload_complete::handle(replication, &late)
+        .await
+        .unwrap();
+    assert_ne!(outcome["outcome"], "Accepted", "{outcome}");
+    let job = p.deployment.service.get_job(&p.job_id).await.unwrap();
+    assert_eq!(job.latest_run_id.as_deref(), Some(run2.as_str()));
+    assert_eq!(job.latest_snapshot_ids, std::slice::from_ref(&child));
+
+    // 3 injected failures: each run's connector stages a delta that claims another base run,
+    // ApplyDelta refuses it (Tern.InvalidManifest), the Catch records the failure; after the
+    // third the job is PAUSED_ON_FAILURE, as SMS pauses it.
+    for n in 1..=3u32 {
+        let run = p
+            .deployment
+            .service
+            .start_on_demand_run(&p.job_id, None)
+            .await
+            .unwrap();
+        tern_fn_scheduler::handle(replication).await.unwrap();
+        p.upload(
+            &run,
+            ObjectKind::Delta,
+            vec![0; 64],
+            Some("sms-run-0123456789abcdef0"),
+        )
+        .await;
+        let service = &p.deployment.service;
+        let job = tern_test_support::poll::until_async(
+            Duration::from_secs(60),
+            Duration::from_millis(50),
+            || async {
+                let job = service.get_job(&p.job_id).await.ok()?;
+                (job.consecutive_failures == n).then_some(job)
+            },
+        )
+        .await
+        .unwrap_or_else(|| panic!("failure {n} was not recorded"));
+        let want = if n < 3 {
+            "FAILING"
+        } else {
+            "PAUSED_ON_FAILURE"
+        };
+        assert_eq!(job.state.as_str(), want, "after failure {n}");
+        assert_eq!(job.latest_run_id.as_deref(), Some(run2.as_str()));
+        let (_, runs) = service.list_runs(&p.job_id, None, 1).await.unwrap();
+        let failed = &runs.items[0];
+        assert_eq!(failed.replication_run_id, run);
+        let message = failed.status_message.as_deref().unwrap_or_default();
+        assert!(
+            message.contains("applies onto run sms-run-0123456789abcdef0")
+                && message.contains(&format!("{} re-try run(s) remaining", 3 - n)),
+            "{message}"
+        );
+    }
+
+    // Events: the outbox items the runs wrote, as the table's stream delivers them (moto's
+    // stream is not read here; the records carry the items' new images), through the
+    // event-publisher Lambda to EventBridge and the rule's SQS queue; the batch delivered
+    // again publishes nothing twice.
+    let outbox = p
+        .stack
+        .store
+        .query(tern_core::keys::OUTBOX, "", None, 100)
+        .await
+        .unwrap();
+    assert!(!outbox.items.is_empty());
+    let records: Vec<Value> = outbox
+        .items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let keys = json!({"pk": {"S": item.key.pk}, "sk": {"S": item.key.sk}});
+            let mut image = keys.clone();
+            image["version"] = json!({"N": item.version.to_string()});
+            image["body"] = json!({"S": item.body.to_string()});
+            json!({
+                "eventID": format!("{i:032x}"),
+                "eventName": "INSERT",
+                "eventVersion": "1.1",
+                "eventSource": "aws:dynamodb",
+                "awsRegion": "us-east-1",
+                "dynamodb": {
+                    "ApproximateCreationDateTime": 1796119200,
+                    "Keys": keys,
+                    "NewImage": image,
+                    "SequenceNumber": format!("{:024}", i + 1),
+                    "SizeBytes": 400,
+                    "StreamViewType": "NEW_IMAGE"
+                },
+                "eventSourceARN": "arn:aws:dynamodb:us-east-1:123456789012:table/tern/stream/2026-12-01T00:00:00.000"
+            })
+        })
+        .collect();
+    let batch = json!({ "Records": records });
+    let response = tern_fn_event_publisher::handle(
+        replication,
+        serde_json::from_value(batch.clone()).unwrap(),
+    )
+    .await;
+    assert!(response.batch_item_failures.is_empty(), "{response:?}");
+    let delivered = p.stack.delivered().await;
+    let seen = |state: &str, run: &str| {
+        delivered
+            .iter()
+            .any(|e| e["detail"]["state"] == state && e["detail"]["replication-run-id"] == run)
+    };
+    assert!(
+        seen("Completed", &run1) && seen("Completed", &run2),
+        "{delivered:#?}"
+    );
+    assert!(seen("Paused", "N/A"), "{delivered:#?}");
+    let amis: Vec<&Value> = delivered
+        .iter()
+        .filter(|e| e["detail"]["state"] == "Completed" && e["detail"]["ami-id"].is_string())
+        .collect();
+    assert_eq!(amis.len(), 2, "one event per AMI");
+    let again =
+        tern_fn_event_publisher::handle(replication, serde_json::from_value(batch).unwrap()).await;
+    assert!(again.batch_item_failures.is_empty(), "{again:?}");
+    assert!(
+        p.stack.delivered().await.is_empty(),
+        "a re-delivered batch published again"
+    );
+    println!(
+        "pipeline events: {} outbox changes, {} events delivered to the rule's queue",
+        outbox.items.len(),
+        delivered.len()
+    );
+
+    for (what, calls, images, blocks, t) in [
+        (
+            "seed",
+            &seed_calls,
+            &seed_requests,
+            seed_blocks as u64,
+            seed_time,
+        ),
+        (
+            "incremental (5 %)",
+            &incremental_calls,
+            &incremental_requests,
+            summary.changed_blocks,
+            incremental_time,
+        ),
+    ] {
+        let total: u32 = calls.values().sum();
+        let image_total: u32 = images.values().sum();
+        println!(
+            "pipeline {what}: 40-block disk, {blocks} blocks written, {total} task Lambda \
+             invocations {calls:?} + 2 upload-complete + scheduler ticks; {image_total} image \
+             requests (EC2, EBS, S3 reads) {images:?}; {:.2} s",
+            t.as_secs_f64()
+        );
+    }
+    driver.abort();
+}
