@@ -266,7 +266,7 @@ impl Ec2Images {
             return Ok(TaskId::delta(&existing, source));
         }
         let tag = |k: &str, v: String| Tag::builder().key(k).value(v).build();
-        let out = self
+        let request = self
             .ebs
             .start_snapshot()
             .volume_size(disk_size.div_ceil(1 << 30).max(1) as i64)
@@ -278,26 +278,8 @@ impl Ec2Images {
             .tags(tag(tags::CLIENT_TOKEN, token.clone()))
             .tags(tag(tags::CHANGED_BLOCKS, entries.len().to_string()))
             .tags(tag(tags::PARENT, parent_snapshot_id.to_string()))
-            .tags(tag(tags::DISK_SIZE, disk_size.to_string()))
-            .send()
-            .await
-            .map_err(|e| {
-                let f = classify("StartSnapshot", &e);
-                match f.code.as_deref() {
-                    // e.g. a volume smaller than its parent: the delta does not fit.
-                    Some("ValidationException") if !f.transient => {
-                        ImagesError::InvalidImage(f.message)
-                    }
-                    Some("ConcurrentLimitExceededException") => ImagesError::Transient {
-                        message: f.message,
-                        source: None,
-                    },
-                    _ => images_error(f, &["ResourceNotFoundException"]),
-                }
-            })?;
-        let snapshot_id = out.snapshot_id.ok_or_else(|| {
-            ImagesError::internal(format!("StartSnapshot for {source} gave no snapshot id"))
-        })?;
+            .tags(tag(tags::DISK_SIZE, disk_size.to_string()));
+        let snapshot_id = start_snapshot(request, source, &["ResourceNotFoundException"]).await?;
         Ok(TaskId::delta(&snapshot_id, source))
     }
 
@@ -534,6 +516,30 @@ impl Ec2Images {
             .await?;
         Ok(out.status.unwrap_or(Status::Pending))
     }
+}
+
+/// Sends a StartSnapshot (seed or delta) and answers the new snapshot's id. `gone` names the
+/// codes that mean a referenced resource (the parent) no longer exists.
+pub(super) async fn start_snapshot(
+    request: aws_sdk_ebs::operation::start_snapshot::builders::StartSnapshotFluentBuilder,
+    source: &StagedObject,
+    gone: &[&str],
+) -> Result<String, ImagesError> {
+    let out = request.send().await.map_err(|e| {
+        let f = classify("StartSnapshot", &e);
+        match f.code.as_deref() {
+            // e.g. a volume smaller than its parent: the snapshot does not fit.
+            Some("ValidationException") if !f.transient => ImagesError::InvalidImage(f.message),
+            Some("ConcurrentLimitExceededException") => ImagesError::Transient {
+                message: f.message,
+                source: None,
+            },
+            _ => images_error(f, gone),
+        }
+    })?;
+    out.snapshot_id.ok_or_else(|| {
+        ImagesError::internal(format!("StartSnapshot for {source} gave no snapshot id"))
+    })
 }
 
 #[cfg(test)]

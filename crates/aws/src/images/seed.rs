@@ -208,7 +208,7 @@ impl Ec2Images {
             return Ok(TaskId::seed(&existing, source));
         }
         let tag = |k: &str, v: String| Tag::builder().key(k).value(v).build();
-        let out = self
+        let request = self
             .ebs
             .start_snapshot()
             .volume_size(layout.capacity.div_ceil(1 << 30).max(1) as i64)
@@ -217,25 +217,8 @@ impl Ec2Images {
             .tags(tag(tags::MANAGED_BY, self.settings.managed_by.clone()))
             .tags(tag(tags::SOURCE, source.to_string()))
             .tags(tag(tags::CLIENT_TOKEN, token.clone()))
-            .tags(tag(tags::DISK_SIZE, layout.capacity.to_string()))
-            .send()
-            .await
-            .map_err(|e| {
-                let f = classify("StartSnapshot", &e);
-                match f.code.as_deref() {
-                    Some("ValidationException") if !f.transient => {
-                        ImagesError::InvalidImage(f.message)
-                    }
-                    Some("ConcurrentLimitExceededException") => ImagesError::Transient {
-                        message: f.message,
-                        source: None,
-                    },
-                    _ => images_error(f, &[]),
-                }
-            })?;
-        let snapshot_id = out.snapshot_id.ok_or_else(|| {
-            ImagesError::internal(format!("StartSnapshot for {source} gave no snapshot id"))
-        })?;
+            .tags(tag(tags::DISK_SIZE, layout.capacity.to_string()));
+        let snapshot_id = super::delta::start_snapshot(request, source, &[]).await?;
         Ok(TaskId::seed(&snapshot_id, source))
     }
 

@@ -17,6 +17,7 @@ use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
 use tern_aws::DynamoStore;
 use tern_fn_common::{Deployment, Settings};
 use tern_test_support::moto::{Flavor, Moto};
+use tern_test_support::qemu::BLOCK;
 
 pub const ACCOUNT: &str = "123456789012";
 pub const REGION: &str = "us-east-1";
@@ -187,4 +188,30 @@ impl Stack {
             }
         }
     }
+}
+
+/// Blocks snapshot `id` holds itself, written over `disk`; answers how many.
+pub async fn read_back(ebs: &aws_sdk_ebs::Client, id: &str, disk: &mut [u8]) -> usize {
+    let listed = ebs
+        .list_snapshot_blocks()
+        .snapshot_id(id)
+        .send()
+        .await
+        .unwrap();
+    for b in listed.blocks() {
+        let i = b.block_index().unwrap() as usize;
+        let got = ebs
+            .get_snapshot_block()
+            .snapshot_id(id)
+            .block_index(i as i32)
+            .block_token(b.block_token().unwrap())
+            .send()
+            .await
+            .unwrap();
+        let data = got.block_data.collect().await.unwrap().into_bytes();
+        let at = i * BLOCK as usize;
+        let n = (disk.len() - at).min(BLOCK as usize);
+        disk[at..at + n].copy_from_slice(&data[..n]);
+    }
+    listed.blocks().len()
 }

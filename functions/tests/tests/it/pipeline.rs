@@ -29,7 +29,7 @@ use tern_local::replication::{function_resource, LocalWorkflows};
 use tern_states::{Engine, EngineConfig, FnHandler, StateError, TaskRegistry, TaskRequest};
 use tern_test_support::qemu::{change_blocks, make_raw, BLOCK};
 
-use crate::Stack;
+use crate::{read_back, Stack};
 
 type Calls = Arc<Mutex<BTreeMap<String, u32>>>;
 
@@ -207,32 +207,6 @@ impl Pipeline {
     fn take_calls(&self) -> BTreeMap<String, u32> {
         std::mem::take(&mut *self.calls.lock().unwrap())
     }
-}
-
-/// Blocks snapshot `id` holds itself, written over `disk`; answers how many.
-async fn read_back(ebs: &aws_sdk_ebs::Client, id: &str, disk: &mut [u8]) -> usize {
-    let listed = ebs
-        .list_snapshot_blocks()
-        .snapshot_id(id)
-        .send()
-        .await
-        .unwrap();
-    for b in listed.blocks() {
-        let i = b.block_index().unwrap() as usize;
-        let got = ebs
-            .get_snapshot_block()
-            .snapshot_id(id)
-            .block_index(i as i32)
-            .block_token(b.block_token().unwrap())
-            .send()
-            .await
-            .unwrap();
-        let data = got.block_data.collect().await.unwrap().into_bytes();
-        let at = i * BLOCK as usize;
-        let n = (disk.len() - at).min(BLOCK as usize);
-        disk[at..at + n].copy_from_slice(&data[..n]);
-    }
-    listed.blocks().len()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -24,7 +24,7 @@ use tern_core::service::NewJob;
 use tern_fn_common::Deployment;
 use tern_test_support::qemu::{make_raw, BLOCK};
 
-use crate::Stack;
+use crate::{read_back, Stack};
 
 async fn task(replication: &Replication, function: &str, input: Value, calls: &mut u32) -> Value {
     *calls += 1;
@@ -289,30 +289,4 @@ impl Run<'_> {
             elapsed: started.elapsed().as_secs_f64(),
         }
     }
-}
-
-/// Writes the blocks snapshot `id` holds itself into `disk`; answers how many.
-async fn read_back(ebs: &aws_sdk_ebs::Client, id: &str, disk: &mut [u8]) -> usize {
-    let listed = ebs
-        .list_snapshot_blocks()
-        .snapshot_id(id)
-        .send()
-        .await
-        .unwrap();
-    for b in listed.blocks() {
-        let i = b.block_index().unwrap() as usize;
-        let got = ebs
-            .get_snapshot_block()
-            .snapshot_id(id)
-            .block_index(i as i32)
-            .block_token(b.block_token().unwrap())
-            .send()
-            .await
-            .unwrap();
-        let data = got.block_data.collect().await.unwrap().into_bytes();
-        let at = i * BLOCK as usize;
-        let n = (disk.len() - at).min(BLOCK as usize);
-        disk[at..at + n].copy_from_slice(&data[..n]);
-    }
-    listed.blocks().len()
 }
