@@ -418,6 +418,31 @@ fn id(req: Option<String>) -> String {
 }
 
 impl Api {
+    /// Brings a launch that follows its stack (LAUNCH_IN_PROGRESS, TERMINATE_IN_PROGRESS) up to
+    /// the stack's state before the application is shown: the stack moves on its own and
+    /// nothing else asks it. Answers whether the status was looked up. A launcher that cannot
+    /// answer now leaves the status as it was (logged), rather than failing the read.
+    async fn follow_launch(&self, app: &core::AppSummary) -> bool {
+        let moving = matches!(
+            app.launch_status,
+            AppLaunchStatus::LaunchInProgress | AppLaunchStatus::TerminateInProgress
+        );
+        let Some(launcher) = self.launcher.get().filter(|_| moving) else {
+            return false;
+        };
+        match self
+            .service()
+            .sync_launch(launcher.as_ref(), &app.app_id)
+            .await
+        {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(app_id = %app.app_id, error = %e, "cannot follow the launch's stack");
+                false
+            }
+        }
+    }
+
     /// One application operation (one of [`OPERATIONS`]).
     pub(crate) async fn apps(&self, op: &str, input: Value) -> ApiResult {
         let svc = self.service();
@@ -438,14 +463,28 @@ impl Api {
             }
             "GetApp" => {
                 let req: AppIdRequest = decode(input)?;
-                encode(&AppResponse::from(svc.get_app(&id(req.app_id)).await?))
+                let app_id = id(req.app_id);
+                let mut app = svc.get_app(&app_id).await?;
+                if self.follow_launch(&app.summary).await {
+                    app = svc.get_app(&app_id).await?;
+                }
+                encode(&AppResponse::from(app))
             }
             "ListApps" => {
                 let req: ListAppsRequest = decode(input)?;
                 let after = token::decode("apps", req.next_token.as_deref())?;
-                let page = svc
-                    .list_apps(req.app_ids, req.max_results, after.as_deref())
+                let mut page = svc
+                    .list_apps(req.app_ids.clone(), req.max_results, after.as_deref())
                     .await?;
+                let mut moved = false;
+                for app in &page.items {
+                    moved |= self.follow_launch(app).await;
+                }
+                if moved {
+                    page = svc
+                        .list_apps(req.app_ids, req.max_results, after.as_deref())
+                        .await?;
+                }
                 encode(&ListAppsResponse {
                     apps: page.items.into_iter().map(Into::into).collect(),
                     next_token: token::encode("apps", page.last),
