@@ -304,11 +304,14 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
                 },
             )?;
             api.attach_replication(runtime.replication().clone());
-            api.attach_launcher(Arc::new(crate::launcher::QemuLauncher::new(
-                cfg.data_dir.clone(),
-                cfg.region.clone(),
-                options.launcher.clone(),
-            )));
+            let launcher: Arc<dyn tern_core::launcher::Launcher> =
+                Arc::new(crate::launcher::QemuLauncher::new(
+                    cfg.data_dir.clone(),
+                    cfg.region.clone(),
+                    options.launcher.clone(),
+                ));
+            api.attach_launcher(launcher.clone());
+            runtime.replication().attach_launcher(launcher);
             let listener = crate::replication::spawn_upload_listener(
                 bus.subscribe(),
                 runtime.replication().clone(),
