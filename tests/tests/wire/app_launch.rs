@@ -582,6 +582,52 @@ async fn an_application_is_configured_validated_and_templated() {
         assert!(!i.dir.join("disk0.qcow2").exists());
     }
 
+    // Each launch status and each validation report was announced once, as "Server Migration
+    // App State Change" (published by the next tick on tern serve).
+    server_.tick().await;
+    let text = std::fs::read_to_string(server_.data_dir().join("events.ndjson")).unwrap();
+    let app_events: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e["detail-type"] == "Server Migration App State Change")
+        .filter(|e| e["detail"]["app-id"] == app_id.as_str())
+        .collect();
+    let launch: Vec<&str> = app_events
+        .iter()
+        .filter(|e| e["detail"]["state-type"] == "launch")
+        .map(|e| e["detail"]["state"].as_str().unwrap())
+        .collect();
+    let mut sorted = launch.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(
+        sorted.len(),
+        launch.len(),
+        "an event announced twice: {launch:?}"
+    );
+    for want in [
+        "LAUNCH_PENDING",
+        "LAUNCH_IN_PROGRESS",
+        "LAUNCHED",
+        "TERMINATE_IN_PROGRESS",
+        "TERMINATED",
+    ] {
+        assert!(launch.contains(&want), "no {want} event: {launch:?}");
+    }
+    let launched = app_events
+        .iter()
+        .find(|e| e["detail"]["state"] == "LAUNCHED")
+        .unwrap();
+    assert_eq!(launched["detail"]["stack-id"], stack_id);
+    assert_eq!(launched["detail"]["app-name"], "shop");
+    assert!(
+        app_events
+            .iter()
+            .any(|e| e["detail"]["state-type"] == "validation"
+                && e["detail"]["validation-id"].is_string()),
+        "no validation event: {app_events:?}"
+    );
+
     c.delete_app()
         .app_id(&app_id)
         .force_stop_app_replication(true)

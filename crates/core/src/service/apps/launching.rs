@@ -21,7 +21,27 @@
 
 use super::*;
 use crate::launcher::{LaunchError, Launcher, StackState};
+use crate::replication::outbox::{AppChange, StateChange};
 use crate::staging::Staging;
+
+/// The outbox entry announcing that `launch` reached its status ("Server Migration App State
+/// Change", `state-type` launch). One per status per launch: the launch's time is in the id.
+fn launch_change(app: &App, launch: &AppLaunch, now: OffsetDateTime) -> StateChange {
+    let launched = launch
+        .latest_launch_time
+        .map_or(0, OffsetDateTime::unix_timestamp);
+    StateChange::App(AppChange {
+        id: format!("{}.launch.{launched}.{}", app.app_id, launch.status),
+        app_id: app.app_id.clone(),
+        app_name: app.name.clone(),
+        state_type: "launch".into(),
+        state: launch.status.to_string(),
+        validation_id: None,
+        stack_id: launch.stack_id.clone(),
+        status_message: launch.message.clone(),
+        time: now,
+    })
+}
 
 fn refused(e: LaunchError) -> DomainError {
     not_permitted(e.to_string())
@@ -43,9 +63,11 @@ impl Service {
             }
             let after = launch.clone();
             app.last_modified = self.now();
-            self.store
-                .write(put(keys::app(id), &app, stored.expect())?)
-                .await?;
+            let mut writes = vec![put(keys::app(id), &app, stored.expect())?];
+            if after.status != before.status {
+                writes.push(launch_change(&app, &after, self.now()).write()?);
+            }
+            self.store.transact(writes).await?;
             Ok(Some(after))
         })
     }
@@ -92,17 +114,22 @@ impl Service {
                     l.status
                 )));
             }
-            app.launch = Some(AppLaunch {
+            let launch = AppLaunch {
                 status: AppLaunchStatus::LaunchPending,
                 message: None,
                 stack_name: Some(stack_name.clone()),
                 stack_id: None,
                 latest_launch_time: Some(self.now()),
                 images: images.clone(),
-            });
+            };
+            let change = launch_change(&app, &launch, self.now());
+            app.launch = Some(launch);
             app.last_modified = self.now();
             self.store
-                .write(put(keys::app(&id), &app, stored.expect())?)
+                .transact(vec![
+                    put(keys::app(&id), &app, stored.expect())?,
+                    change.write()?,
+                ])
                 .await?;
             Ok(())
         })?;
