@@ -70,7 +70,8 @@ impl Service {
         let max = self.config.limits.max_servers_per_app as usize;
         let mut out = ImportOutcome::default();
         for (name, servers) in by_name {
-            if imported_names.contains(&name) {
+            let token = format!("ImportAppCatalog:{name}");
+            if imported_names.contains(&name) || self.token_used(&token).await? {
                 out.already_imported.push(name);
                 continue;
             }
@@ -96,7 +97,7 @@ impl Service {
                         .into(),
                 ),
                 role_name: role_name.clone(),
-                client_token: Some(format!("ImportAppCatalog:{name}")),
+                client_token: Some(token.clone()),
                 server_groups: Some(vec![NewServerGroup {
                     server_group_id: None,
                     name: Some(name.clone()),
@@ -104,10 +105,29 @@ impl Service {
                 }]),
                 tags: None,
             };
-            let app = self.create_app_as(req, Some(name.clone())).await?;
+            let app = match self.create_app_as(req, Some(name.clone())).await {
+                Ok(app) => app,
+                // A concurrent ImportAppCatalog imported it between this one's reads (it took
+                // some of the servers, so this one's request differs): imported once.
+                Err(_) if self.token_used(&token).await? => {
+                    out.already_imported.push(name);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             tracing::info!(app_id = %app.summary.app_id, name = %name, "application imported");
             out.imported.push(app.summary.app_id);
         }
         Ok(out)
+    }
+}
+
+impl Service {
+    /// Whether an application was created with client token `token`.
+    async fn token_used(&self, token: &str) -> Result<bool> {
+        Ok(self
+            .read::<TokenItem>(&keys::app_token(token))
+            .await?
+            .is_some())
     }
 }
