@@ -367,3 +367,39 @@ async fn a_stack_that_cannot_be_made_rolls_back_what_it_started() {
     assert!(e.to_string().contains("AWS::S3::Bucket"), "{e}");
     assert!(!env.data.join("instances/sms-app-bad").exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stack_left_half_made_by_a_stopped_server_is_rolled_back_when_asked() {
+    let env = Env::new();
+    let image = env.image(&["TERN-IMAGE-RESTART"]).await;
+    let template = json!({
+        "Parameters": {"DefaultInstanceType": {"Type": "String", "Default": "t3.nano"}},
+        "Resources": {"Only": instance(&image, &[], None)}});
+    let l = env.launcher();
+    let id = l
+        .create_stack("sms-app-restart", &template, None)
+        .await
+        .unwrap();
+    settle(&l, &id, |s| *s == StackState::CreateComplete).await;
+    // As if tern serve had stopped mid-launch: the record says CREATE_IN_PROGRESS, a guest runs.
+    let dir = env.data.join("instances/sms-app-restart");
+    let mut record = tern_local::launcher::StackRecord::load(&dir).unwrap();
+    record.status = status::CREATE_IN_PROGRESS.into();
+    record.save(&dir).unwrap();
+    let guest = record.instances[0].clone();
+    assert!(guest.running());
+    // A new launcher (a restarted tern serve) finds nobody making it, and rolls it back.
+    let restarted = env.launcher();
+    let StackState::CreateFailed(reason) = restarted.stack_state(&id).await.unwrap() else {
+        panic!("not rolled back")
+    };
+    assert!(reason.contains("tern serve stopped"), "{reason}");
+    assert!(!guest.running() && !guest.dir.join("disk0.qcow2").exists());
+    assert_eq!(
+        launcher::list(&env.data).unwrap()[0].status,
+        status::ROLLBACK_COMPLETE
+    );
+    // Deleting a rolled-back stack finishes it.
+    restarted.delete_stack(&id).await.unwrap();
+    settle(&restarted, &id, |s| *s == StackState::DeleteComplete).await;
+}
