@@ -296,6 +296,21 @@ pub struct AppStateChange {
 }
 
 impl AppStateChange {
+    /// A change of `state_type` (`launch` or `validation`) to `state`, without the optional
+    /// members.
+    pub fn new(app_id: &str, app_name: Option<&str>, state_type: &str, state: &str) -> Self {
+        Self {
+            app_id: app_id.to_owned(),
+            app_name: app_name.map(str::to_owned),
+            state_type: state_type.to_owned(),
+            state: state.to_owned(),
+            validation_id: None,
+            stack_id: None,
+            status_message: None,
+            version: "1.0".to_owned(),
+        }
+    }
+
     /// `arn:aws:sms:<region>:<account>:<app id>` in `resources`, as jobs are named; the id is
     /// derived from the app, the kind, the state and `transition`, so a re-published change
     /// keeps its id.

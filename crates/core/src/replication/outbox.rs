@@ -31,24 +31,14 @@ pub enum StateChange {
     App(AppChange),
 }
 
-/// An application's launch or validation status change.
+/// An application's launch or validation status change: the event's detail, with the
+/// outbox's id and time.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AppChange {
     /// Stable per transition: the outbox key and the seed of the event id.
     pub id: String,
-    pub app_id: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub app_name: Option<String>,
-    /// `launch` or `validation`.
-    pub state_type: String,
-    pub state: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub validation_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stack_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status_message: Option<String>,
+    pub detail: AppStateChange,
     #[serde(with = "time::serde::rfc3339")]
     pub time: OffsetDateTime,
 }
@@ -169,19 +159,7 @@ impl BusAnnouncer {
     pub fn event(&self, change: &StateChange) -> crate::events::Event {
         let change = match change {
             StateChange::Job(c) => c,
-            StateChange::App(c) => {
-                return AppStateChange {
-                    app_id: c.app_id.clone(),
-                    app_name: c.app_name.clone(),
-                    state_type: c.state_type.clone(),
-                    state: c.state.clone(),
-                    validation_id: c.validation_id.clone(),
-                    stack_id: c.stack_id.clone(),
-                    status_message: c.status_message.clone(),
-                    version: "1.0".into(),
-                }
-                .into_event(&self.origin, c.time, &c.id)
-            }
+            StateChange::App(c) => return c.detail.clone().into_event(&self.origin, c.time, &c.id),
         };
         let mut detail =
             JobStateChange::new(change.state, &change.job_id).with_server(&change.server_id);

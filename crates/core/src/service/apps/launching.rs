@@ -20,6 +20,7 @@
 //! with the newest ones.
 
 use super::*;
+use crate::events::AppStateChange;
 use crate::launcher::{LaunchError, Launcher, StackState};
 use crate::replication::outbox::{AppChange, StateChange};
 use crate::staging::Staging;
@@ -32,13 +33,16 @@ fn launch_change(app: &App, launch: &AppLaunch, now: OffsetDateTime) -> StateCha
         .map_or(0, OffsetDateTime::unix_timestamp);
     StateChange::App(AppChange {
         id: format!("{}.launch.{launched}.{}", app.app_id, launch.status),
-        app_id: app.app_id.clone(),
-        app_name: app.name.clone(),
-        state_type: "launch".into(),
-        state: launch.status.to_string(),
-        validation_id: None,
-        stack_id: launch.stack_id.clone(),
-        status_message: launch.message.clone(),
+        detail: AppStateChange {
+            stack_id: launch.stack_id.clone(),
+            status_message: launch.message.clone(),
+            ..AppStateChange::new(
+                &app.app_id,
+                app.name.as_deref(),
+                "launch",
+                launch.status.as_str(),
+            )
+        },
         time: now,
     })
 }

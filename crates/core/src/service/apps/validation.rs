@@ -556,17 +556,19 @@ impl Service {
             let change = crate::replication::outbox::StateChange::App(
                 crate::replication::outbox::AppChange {
                     id: format!(
-                        "{id}.validation.{vid}.{}.{}",
-                        status,
+                        "{id}.validation.{vid}.{status}.{}",
                         now.unix_timestamp_nanos()
                     ),
-                    app_id: id.clone(),
-                    app_name: app.name.clone(),
-                    state_type: "validation".into(),
-                    state: status.to_string(),
-                    validation_id: Some(vid.to_string()),
-                    stack_id: None,
-                    status_message: ctx.status_message.clone(),
+                    detail: crate::events::AppStateChange {
+                        validation_id: Some(vid.to_string()),
+                        status_message: ctx.status_message.clone(),
+                        ..crate::events::AppStateChange::new(
+                            &id,
+                            app.name.as_deref(),
+                            "validation",
+                            status.as_str(),
+                        )
+                    },
                     time: now,
                 },
             );
