@@ -19,6 +19,7 @@ pub mod changed;
 pub mod client;
 pub mod config;
 pub mod inventory;
+pub mod libvirt;
 pub mod ova;
 pub mod replicate;
 pub mod signing;

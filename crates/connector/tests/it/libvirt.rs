@@ -1,0 +1,462 @@
+//! The `libvirt` source against a real libvirt (feature `libvirt`): a private session daemon
+//! (`libvirtd`, unprivileged in a user namespace when the tests run as root, its runtime,
+//! config and cache directories in a temporary directory, stopped when the test ends) running a
+//! domain under the boot kit's QEMU 7.2 (TCG, no OS: its disk is written through the QEMU
+//! monitor with `qemu-io`). Every run's image is checked against a model of the disk kept by
+//! the test (the bytes written and when), so "point in time" is checked, not assumed.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tern_connector::changed::{ChangedBlocks, Changes};
+use tern_connector::libvirt::{
+    self, checkpoint_name, commit, replicate, Firmware, Hypervisor, LibvirtError, RunSpec,
+};
+use tern_disk::blockmap::BlockMap;
+use tern_disk::{delta, OpenOptions};
+use tern_local::guest::BootKit;
+use tern_test_support::poll::until;
+use tern_test_support::qemu::{convert, make_raw, p, BLOCK};
+
+const MIB: u64 = 1 << 20;
+const SIZE: u64 = 64 * MIB;
+const DOMAIN: &str = "tern-it";
+const JOB: &str = "sms-job-00000000000000001";
+
+const INSTALL: &str = "apt-get install -y --no-install-recommends libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev pkg-config";
+
+fn need(program: &str) {
+    if !tern_test_support::on_path(program) {
+        panic!("{program} is not installed: the libvirt tests (feature `libvirt`) need libvirt's daemon and client; install them with `{INSTALL}`");
+    }
+}
+
+/// A private `libvirtd` for `qemu:///session`, killed (with its domains destroyed) on drop.
+struct Daemon {
+    dir: tempfile::TempDir,
+    child: Child,
+    uri: String,
+    emulator: PathBuf,
+}
+
+impl Daemon {
+    fn start() -> Daemon {
+        need("libvirtd");
+        need("virsh");
+        let kit = BootKit::find(None).expect("boot kit").expect(
+            "no boot kit: build it with scripts/boot-kit.sh (its QEMU runs the test domain)",
+        );
+        let qemu = kit
+            .qemu
+            .clone()
+            .expect("the boot kit has no qemu-system-x86_64; rebuild it with scripts/boot-kit.sh");
+        // Short: the sockets inside must fit in 107 bytes.
+        let dir = tempfile::Builder::new()
+            .prefix("tlv")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let d = dir.path();
+        for sub in ["run", "config", "cache", "data", "home"] {
+            std::fs::create_dir_all(d.join(sub)).unwrap();
+        }
+        // libvirt probes the emulator it is given; the wrapper adds the kit's firmware dirs.
+        let emulator = d.join("qemu-kit");
+        let mut script = format!("#!/bin/sh\nexec {}", qemu.display());
+        for f in &kit.firmware {
+            script.push_str(&format!(" -L {}", f.display()));
+        }
+        script.push_str(" \"$@\"\n");
+        std::fs::write(&emulator, script).unwrap();
+        std::fs::set_permissions(
+            &emulator,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+
+        // As root libvirtd would be the system daemon; in a user namespace it is a session one.
+        let root = euid() == 0;
+        let mut cmd = if root {
+            need("unshare");
+            let mut c = Command::new("unshare");
+            c.args(["-U", "--map-user=1000", "--map-group=1000", "libvirtd"]);
+            c
+        } else {
+            Command::new("libvirtd")
+        };
+        cmd.env("XDG_RUNTIME_DIR", d.join("run"))
+            .env("XDG_CONFIG_HOME", d.join("config"))
+            .env("XDG_CACHE_HOME", d.join("cache"))
+            .env("XDG_DATA_HOME", d.join("data"))
+            .env("HOME", d.join("home"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(d.join("libvirtd.err")).unwrap());
+        let mut child = cmd.spawn().expect("start libvirtd");
+        let sock = d.join("run/libvirt/libvirt-sock");
+        until(Duration::from_secs(30), Duration::from_millis(50), || {
+            if let Ok(Some(st)) = child.try_wait() {
+                panic!(
+                    "libvirtd exited ({st}): {}",
+                    std::fs::read_to_string(d.join("libvirtd.err")).unwrap_or_default()
+                );
+            }
+            sock.exists().then_some(())
+        })
+        .unwrap_or_else(|| panic!("libvirtd did not open {} in 30 s", sock.display()));
+        let uri = format!("qemu:///session?socket={}", sock.display());
+        Daemon {
+            dir,
+            child,
+            uri,
+            emulator,
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn virsh(&self, args: &[&str]) -> String {
+        let out = Command::new("virsh")
+            .arg("-c")
+            .arg(&self.uri)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run virsh");
+        assert!(
+            out.status.success(),
+            "virsh {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Defines and starts a domain with one qcow2 disk (`vda`) and a user-mode NIC.
+    fn start_domain(&self, name: &str, disk: &Path) {
+        let xml = format!(
+            "<domain type='qemu'><name>{name}</name><memory unit='MiB'>64</memory><vcpu>2</vcpu>\
+             <os><type arch='x86_64' machine='pc'>hvm</type></os><devices>\
+             <emulator>{}</emulator>\
+             <disk type='file' device='disk'><driver name='qemu' type='qcow2'/>\
+             <source file='{}'/><target dev='vda' bus='virtio'/></disk>\
+             <interface type='user'><mac address='52:54:00:12:34:56'/><model type='virtio'/></interface>\
+             </devices></domain>",
+            self.emulator.display(),
+            disk.display()
+        );
+        let path = self.path().join(format!("{name}.xml"));
+        std::fs::write(&path, xml).unwrap();
+        self.virsh(&["define", p(&path)]);
+        self.virsh(&["start", name]);
+    }
+
+    /// Writes `len` bytes of `byte` at `offset` of the running domain's disk `vda` through the
+    /// QEMU monitor, and checks QEMU read them back (qemu-io prints into the domain's log).
+    fn write(&self, name: &str, offset: u64, len: u64, byte: u8) {
+        let dev = "/machine/peripheral/virtio-disk0/virtio-backend";
+        for cmd in [
+            format!("qemu-io -d {dev} \"write -P {byte:#x} {offset} {len}\""),
+            format!("qemu-io -d {dev} \"read -P {byte:#x} {offset} {len}\""),
+        ] {
+            let out = self.virsh(&["qemu-monitor-command", "--hmp", name, &cmd]);
+            assert!(!out.contains("rror"), "{cmd}: {out}");
+        }
+        let log = self
+            .path()
+            .join(format!("cache/libvirt/qemu/log/{name}.log"));
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(
+            !text.contains("Pattern verification failed"),
+            "qemu-io could not write the disk: {text}"
+        );
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(out) = Command::new("virsh")
+            .arg("-c")
+            .arg(&self.uri)
+            .args(["list", "--name"])
+            .output()
+        {
+            for name in String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| !l.is_empty())
+            {
+                let _ = Command::new("virsh")
+                    .arg("-c")
+                    .arg(&self.uri)
+                    .args(["destroy", name])
+                    .output();
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn euid() -> u32 {
+    // The owner of /proc/self is this process's effective uid.
+    std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap())
+}
+
+/// The disk as the test wrote it, and the seed and deltas so far.
+struct Model {
+    bytes: Vec<u8>,
+    dir: PathBuf,
+    /// Raw images of the runs so far (the seed's VMDK applied with every delta).
+    image: PathBuf,
+    maps: Vec<BlockMap>,
+}
+
+impl Model {
+    fn write(&mut self, d: &Daemon, offset: u64, len: u64, byte: u8) {
+        d.write(DOMAIN, offset, len, byte);
+        self.bytes[offset as usize..(offset + len) as usize].fill(byte);
+    }
+
+    fn spec<'a>(&'a self, run: &'a str, base: Option<&'a str>, mode: ChangedBlocks) -> RunSpec<'a> {
+        RunSpec {
+            job_id: JOB,
+            run_id: run,
+            domain: DOMAIN,
+            base_run: base,
+            mode,
+            work_dir: &self.dir,
+        }
+    }
+
+    /// Checks that `object` (seed VMDK or delta) gives the disk `expected` at the run's point.
+    fn check(&mut self, object: &Path, expected: &[u8], what: &str) {
+        let next = self.dir.join("next.raw");
+        if self.maps.is_empty() {
+            let seed = tern_disk::open(object, &OpenOptions::default()).unwrap();
+            tern_disk::write::write_raw(&*seed, &next, &tern_disk::no_progress).unwrap();
+        } else {
+            let base = tern_disk::open(&self.image, &OpenOptions::default()).unwrap();
+            let mut r = delta::DeltaReader::new(File::open(object).unwrap()).unwrap();
+            delta::apply(&*base, &mut r, &next, &tern_disk::no_progress).unwrap();
+        }
+        std::fs::rename(&next, &self.image).unwrap();
+        let got = std::fs::read(&self.image).unwrap();
+        assert_eq!(got.len(), expected.len(), "{what}: image size");
+        if let Some(at) = got.iter().zip(expected).position(|(a, b)| a != b) {
+            panic!(
+                "{what}: the image differs from the disk at the run's point in time at byte {at}"
+            );
+        }
+    }
+}
+
+/// Runs `run` and checks its object against the model's bytes at the moment the backup began;
+/// `during` writes into the disk after the backup began (before its read), which the run must
+/// not see and the next run must.
+fn run_and_check(
+    d: &Daemon,
+    hv: &Hypervisor,
+    m: &mut Model,
+    run: &str,
+    base: Option<&str>,
+    during: Option<(u64, u64, u8)>,
+) -> libvirt::DiskOutput {
+    let expected = m.bytes.clone();
+    let object = m.dir.join(format!("{run}.obj"));
+    let old = m.maps.last().cloned().map(|x| vec![x]);
+    let mut wrote = None;
+    let spec = m.spec(run, base, ChangedBlocks::Auto);
+    let out = replicate(hv, &spec, old.as_deref(), |_, target| {
+        assert_eq!(target, "vda");
+        if let Some((off, len, byte)) = during {
+            d.write(DOMAIN, off, len, byte);
+            wrote = Some((off, len, byte));
+        }
+        File::create(&object)
+    })
+    .unwrap_or_else(|e| panic!("run {run}: {e}"));
+    if let Some((off, len, byte)) = wrote {
+        m.bytes[off as usize..(off + len) as usize].fill(byte);
+    }
+    let mut out = out.into_iter().next().unwrap();
+    m.check(&object, &expected, run);
+    m.maps.push(std::mem::replace(
+        &mut out.map,
+        BlockMap {
+            block_size: 0,
+            disk_size: 0,
+            blocks: Vec::new(),
+        },
+    ));
+    assert!(!hv.has_job(DOMAIN).unwrap(), "run {run} left a backup job");
+    out
+}
+
+fn checkpoints(hv: &Hypervisor) -> Vec<String> {
+    let mut c = hv.checkpoints(DOMAIN).unwrap();
+    c.sort();
+    c
+}
+
+#[test]
+fn a_running_domain_is_seeded_and_replicated_from_its_checkpoints() {
+    let d = Daemon::start();
+    let work = d.path().join("w");
+    let raw = d.path().join("src.raw");
+    let bytes = make_raw(&raw, SIZE, 21);
+    let disk = d.path().join("vda.qcow2");
+    convert(&raw, &disk, "qcow2", &[]);
+    d.start_domain(DOMAIN, &disk);
+    let hv = Hypervisor::open(&d.uri).unwrap();
+
+    // Inventory: what the domain is, filtered by name.
+    let inv = hv.inventory(&[]).unwrap();
+    assert_eq!(inv.len(), 1);
+    let dom = &inv[0];
+    assert_eq!(dom.name, DOMAIN);
+    assert_eq!(dom.uuid.len(), 36, "{}", dom.uuid);
+    assert_eq!((dom.vcpus, dom.memory_bytes), (2, 64 * MIB));
+    assert_eq!(dom.firmware, Firmware::Bios);
+    assert!(dom.running);
+    assert_eq!(dom.disks.len(), 1);
+    assert_eq!(dom.disks[0].target, "vda");
+    assert_eq!(dom.disks[0].format.as_deref(), Some("qcow2"));
+    assert_eq!(dom.disks[0].virtual_size, Some(SIZE));
+    assert_eq!(dom.nics[0].mac.as_deref(), Some("52:54:00:12:34:56"));
+    let vm = libvirt::inventory_vm(dom);
+    assert_eq!(vm.vm_id, dom.uuid);
+    assert_eq!(vm.disks[0].path, format!("libvirt:{DOMAIN}/vda"));
+    assert!(hv.inventory(&["web*".into()]).unwrap().is_empty());
+    assert_eq!(hv.inventory(&["tern-*".into()]).unwrap().len(), 1);
+
+    let mut m = Model {
+        bytes,
+        dir: work.clone(),
+        image: work.join("image.raw"),
+        maps: Vec::new(),
+    };
+    std::fs::create_dir_all(&work).unwrap();
+    let runs: Vec<String> = (1..=6)
+        .map(|i| format!("sms-run-0000000000000000{i}"))
+        .collect();
+    let cp = |i: usize| checkpoint_name(JOB, &runs[i]);
+
+    // Seed: the allocated extents only; a write made after the backup began is not in it.
+    let s = run_and_check(
+        &d,
+        &hv,
+        &mut m,
+        &runs[0],
+        None,
+        Some((5 * MIB, 64 * 1024, 0x5e)),
+    );
+    assert_eq!(s.changes, Changes::Seed);
+    assert!(
+        s.bytes_read < SIZE,
+        "the seed read {} bytes of a sparse {SIZE}",
+        s.bytes_read
+    );
+    assert_eq!(
+        commit(&hv, DOMAIN, JOB, &runs[0]).unwrap(),
+        Vec::<String>::new()
+    );
+    assert_eq!(checkpoints(&hv), [cp(0)]);
+
+    // Writes while the domain runs; the incremental run reads only the dirty blocks.
+    m.write(&d, 20 * MIB + 4096, 300 * 1024, 0xab);
+    m.write(&d, 40 * MIB, 2 * BLOCK, 0xcd);
+    let r = run_and_check(
+        &d,
+        &hv,
+        &mut m,
+        &runs[1],
+        Some(&runs[0]),
+        Some((7 * MIB, 4096, 0x77)),
+    );
+    let Changes::Bitmap {
+        bitmap,
+        dirty_blocks,
+    } = &r.changes
+    else {
+        panic!("run 2 did not use the checkpoint: {:?}", r.changes)
+    };
+    assert_eq!(bitmap, &cp(0));
+    // The write during the seed's read (block 10), 300 KiB at 20 MiB + 4 KiB (block 40) and
+    // 1 MiB at 40 MiB (blocks 80-81); not the write made during this run's own read.
+    assert_eq!(*dirty_blocks, 4);
+    let changed = r.delta.as_ref().unwrap().changed_blocks * BLOCK;
+    assert!(changed > 0);
+    assert!(
+        r.bytes_read as f64 <= 1.05 * changed as f64,
+        "read {} bytes for {changed} changed",
+        r.bytes_read
+    );
+    assert_eq!(commit(&hv, DOMAIN, JOB, &runs[1]).unwrap(), [cp(0)]);
+    assert_eq!(checkpoints(&hv), [cp(1)]);
+
+    // A checkpoint deleted behind Tern's back: the full comparison, said so, still exact.
+    m.write(&d, 33 * MIB, 8192, 0x11);
+    d.virsh(&["checkpoint-delete", DOMAIN, &cp(1)]);
+    let strict = m.spec(&runs[2], Some(&runs[1]), ChangedBlocks::Bitmap);
+    let old = vec![m.maps.last().unwrap().clone()];
+    match replicate(&hv, &strict, Some(&old), |_, _| {
+        File::create(work.join("never"))
+    }) {
+        Err(LibvirtError::NoBitmap { reason, .. }) => {
+            assert!(reason.contains("missing"), "{reason}")
+        }
+        other => panic!("changed_blocks = bitmap without the checkpoint: {other:?}"),
+    }
+    assert!(!work.join("never").exists());
+    assert!(!hv.has_job(DOMAIN).unwrap());
+    let r = run_and_check(&d, &hv, &mut m, &runs[2], Some(&runs[1]), None);
+    match &r.changes {
+        Changes::Compare {
+            fallback: Some(why),
+        } => {
+            assert!(why.contains(&cp(1)) && why.contains("missing"), "{why}")
+        }
+        other => panic!("run 3 should compare: {other:?}"),
+    }
+    assert_eq!(r.bytes_read, SIZE, "the comparison reads the whole disk");
+    commit(&hv, DOMAIN, JOB, &runs[2]).unwrap();
+    assert_eq!(checkpoints(&hv), [cp(2)]);
+
+    // A run that fails after its backup began leaves no job and no checkpoint of its own;
+    // the next run is still correct (the failed run's checkpoint is merged into the base).
+    m.write(&d, 50 * MIB, 4096, 0x22);
+    let spec = m.spec(&runs[3], Some(&runs[2]), ChangedBlocks::Auto);
+    let old = vec![m.maps.last().unwrap().clone()];
+    let e = replicate(&hv, &spec, Some(&old), |_, _| -> std::io::Result<File> {
+        Err(std::io::Error::other("disk full"))
+    })
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("disk full") && e.to_string().contains("vda"),
+        "{e}"
+    );
+    assert!(
+        !hv.has_job(DOMAIN).unwrap(),
+        "the failed run left its backup job"
+    );
+    assert_eq!(
+        checkpoints(&hv),
+        [cp(2)],
+        "the failed run left its checkpoint"
+    );
+
+    let r = run_and_check(&d, &hv, &mut m, &runs[4], Some(&runs[2]), None);
+    assert!(
+        matches!(r.changes, Changes::Bitmap { .. }),
+        "{:?}",
+        r.changes
+    );
+    commit(&hv, DOMAIN, JOB, &runs[4]).unwrap();
+    assert_eq!(checkpoints(&hv), [cp(4)]);
+    assert!(
+        hv.domain(DOMAIN).unwrap().running,
+        "the domain kept running"
+    );
+}
