@@ -88,6 +88,9 @@ impl Drop for Hypervisor {
 
 impl Hypervisor {
     pub fn open(uri: &str) -> Result<Hypervisor> {
+        // libvirt's default handler prints every error to the terminal; Tern returns or logs
+        // each one with its context instead.
+        virt::error::clear_error_callback();
         let conn = Connect::open(Some(uri)).map_err(|e| LibvirtError::Connect {
             uri: uri.into(),
             detail: message(&e),
