@@ -145,12 +145,17 @@ impl Daemon {
     }
 
     /// Defines and starts a domain with one qcow2 disk (`vda`) and a user-mode NIC.
+    /// The disk is raw when its name ends in `.raw`, else qcow2.
     pub fn start_domain(&self, name: &str, disk: &Path) {
+        let format = match disk.extension().and_then(|e| e.to_str()) {
+            Some("raw") => "raw",
+            _ => "qcow2",
+        };
         let xml = format!(
             "<domain type='qemu'><name>{name}</name><memory unit='MiB'>64</memory><vcpu>2</vcpu>\
              <os><type arch='x86_64' machine='pc'>hvm</type></os><devices>\
              <emulator>{}</emulator>\
-             <disk type='file' device='disk'><driver name='qemu' type='qcow2'/>\
+             <disk type='file' device='disk'><driver name='qemu' type='{format}'/>\
              <source file='{}'/><target dev='vda' bus='virtio'/></disk>\
              <interface type='user'><mac address='52:54:00:12:34:56'/><model type='virtio'/></interface>\
              </devices></domain>",

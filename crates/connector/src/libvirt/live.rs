@@ -502,16 +502,17 @@ fn read_disks<W: Write>(
             target: target.into(),
             detail,
         };
+        // The seed and the comparison read only the allocated extents; an incremental run
+        // reads the dirty ones.
         let context = match how {
-            How::Seed => Some(BASE_ALLOCATION.to_string()),
-            How::Bitmap { .. } => Some(xml::backup_bitmap_context(target)),
-            How::Compare { .. } => None,
+            How::Seed | How::Compare { .. } => BASE_ALLOCATION.to_string(),
+            How::Bitmap { .. } => xml::backup_bitmap_context(target),
         };
         let client = Client::connect_unix(
             socket,
             &ConnectOptions {
                 export: target.into(),
-                meta_contexts: context.iter().cloned().collect(),
+                meta_contexts: vec![context.clone()],
                 timeout: Some(Duration::from_secs(120)),
                 ..ConnectOptions::default()
             },
@@ -544,7 +545,7 @@ fn read_disks<W: Write>(
             }
             How::Bitmap { base } => {
                 let mut client = client;
-                let ctx = context.as_deref().unwrap_or_default();
+                let ctx = context.as_str();
                 if client.context_id(ctx).is_none() {
                     return Err(rerr(format!("the export does not offer {ctx}")));
                 }
