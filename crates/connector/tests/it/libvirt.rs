@@ -293,13 +293,13 @@ fn a_running_domain_is_seeded_and_replicated_from_its_checkpoints() {
     );
 }
 
-/// A domain that stops while its run reads: the run fails naming the domain and the disk, and
-/// once the domain runs again the next run from the last confirmed checkpoint is still exact.
+/// An NBD server that goes away mid-run, then a domain that stops while its run reads: each
+/// run fails naming the domain and the disk, and once the domain runs again the next run from the last confirmed checkpoint is still exact.
 /// The failed run's checkpoint cannot be deleted while the domain is shut off (libvirt 9.0:
 /// "cannot delete checkpoint for inactive domain"; logged), so it stays until the next
 /// confirmation removes it with the other superseded ones.
 #[test]
-fn a_domain_that_stops_mid_run_fails_the_run_and_the_next_run_is_exact() {
+fn a_dropped_export_or_a_stopped_domain_fails_the_run_and_the_next_run_is_exact() {
     let kit = BootKit::find(None)
         .expect("boot kit")
         .expect("no boot kit: build it with scripts/boot-kit.sh (its QEMU runs the test domain)");
@@ -322,13 +322,27 @@ fn a_domain_that_stops_mid_run_fails_the_run_and_the_next_run_is_exact() {
         image: work.join("image.raw"),
         maps: Vec::new(),
     };
-    let runs: Vec<String> = (1..=3)
+    let runs: Vec<String> = (1..=4)
         .map(|i| format!("sms-run-0000000000000000{i}"))
         .collect();
     run_and_check(&d, &hv, &mut m, &runs[0], None, None);
     commit(&hv, DOMAIN, JOB, &runs[0]).unwrap();
 
+    // The NBD server goes away under the run (its backup job aborted from outside): the run
+    // fails naming the disk, leaves no job and no checkpoint of its own.
     m.write(&d, 9 * MIB, 64 * 1024, 0x42);
+    let spec = m.spec(&runs[3], Some(&runs[0]), ChangedBlocks::Auto);
+    let old = vec![m.maps.last().unwrap().clone()];
+    let e = replicate(&hv, &spec, Some(&old), |_, _| {
+        d.virsh(&["domjobabort", DOMAIN]);
+        File::create(work.join("cut"))
+    })
+    .unwrap_err();
+    assert!(matches!(e, LibvirtError::Read { .. }), "{e}");
+    assert!(e.to_string().contains("vda"), "{e}");
+    assert!(!hv.has_job(DOMAIN).unwrap());
+    assert_eq!(checkpoints(&hv), [checkpoint_name(JOB, &runs[0])]);
+
     let spec = m.spec(&runs[1], Some(&runs[0]), ChangedBlocks::Auto);
     let old = vec![m.maps.last().unwrap().clone()];
     let e = replicate(&hv, &spec, Some(&old), |_, _| {
