@@ -299,6 +299,26 @@ fn begin(dom: &Domain, backup: &str, checkpoint: Option<&str>) -> std::result::R
     Ok(())
 }
 
+/// Ends a pull backup that an earlier attempt left running (a crashed connector): one whose
+/// NBD socket is this job's `socket`. A backup job of anyone else is left alone (the new
+/// backup then fails, naming libvirt's refusal). Returns whether one was ended.
+fn end_leftover(dom: &Domain, socket: &Path) -> bool {
+    // SAFETY: valid domain pointer; a non-null result is a malloc'd C string freed below.
+    let p = unsafe { sys::virDomainBackupGetXMLDesc(dom.as_ptr(), 0) };
+    if p.is_null() {
+        return false; // no backup job
+    }
+    // SAFETY: libvirt returned a NUL-terminated string.
+    let text = unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned();
+    // SAFETY: allocated by libvirt with malloc.
+    unsafe { free(p as *mut c_void) };
+    if xml::backup_socket(&text).as_deref() != Some(socket) {
+        return false;
+    }
+    // SAFETY: valid domain pointer.
+    unsafe { sys::virDomainAbortJob(dom.as_ptr()) == 0 }
+}
+
 /// One run of one domain.
 pub struct RunSpec<'a> {
     pub job_id: &'a str,
@@ -443,6 +463,12 @@ pub fn replicate<W: Write>(
         ))
     })?;
     let socket = spec.work_dir.join("nbd.sock");
+    if end_leftover(&dom, &socket) {
+        tracing::warn!(
+            domain = name,
+            "ended a backup job an earlier attempt of this job left running"
+        );
+    }
     let _ = std::fs::remove_file(&socket);
     for t in &targets {
         let _ = std::fs::remove_file(spec.work_dir.join(format!("scratch-{t}.qcow2")));

@@ -230,6 +230,20 @@ pub fn backup_xml(
     s
 }
 
+/// The unix socket of a running pull backup (`virDomainBackupGetXMLDesc`), if it has one.
+pub fn backup_socket(xml: &str) -> Option<PathBuf> {
+    let doc = roxmltree::Document::parse(xml).ok()?;
+    let root = doc.root_element();
+    if !root.has_tag_name("domainbackup") {
+        return None;
+    }
+    let server = child(root, "server")?;
+    if server.attribute("transport") != Some("unix") {
+        return None;
+    }
+    server.attribute("socket").map(PathBuf::from)
+}
+
 /// The NBD meta context of an incremental backup's export of `target`: libvirt names the
 /// exported bitmap `backup-<target>`.
 pub fn backup_bitmap_context(target: &str) -> String {
@@ -410,6 +424,14 @@ mod tests {
             Some("/a'b")
         );
         assert_eq!(backup_bitmap_context("vda"), "qemu:dirty-bitmap:backup-vda");
+        // A running backup's description names its socket (how a leftover job is recognised).
+        let b = backup_xml(Path::new("/s/nbd.sock"), Path::new("/s"), &["vda"], None);
+        assert_eq!(backup_socket(&b), Some(PathBuf::from("/s/nbd.sock")));
+        let tcp =
+            "<domainbackup mode='pull'><server transport='tcp' name='h' port='1'/></domainbackup>";
+        assert_eq!(backup_socket(tcp), None);
+        assert_eq!(backup_socket("<domain/>"), None);
+        assert_eq!(backup_socket("not xml"), None);
     }
 
     #[test]

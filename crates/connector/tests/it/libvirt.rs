@@ -355,6 +355,14 @@ fn a_dropped_export_or_a_stopped_domain_fails_the_run_and_the_next_run_is_exact(
     assert!(!hv.domain(DOMAIN).unwrap().running);
 
     d.virsh(&["start", DOMAIN]);
+    // A backup job a crashed attempt left running (its socket in the job's work directory)
+    // is ended by the next run instead of blocking it.
+    let leftover = d.path().join("leftover.xml");
+    let xml =
+        tern_connector::libvirt::xml::backup_xml(&work.join("nbd.sock"), &work, &["vda"], None);
+    std::fs::write(&leftover, xml).unwrap();
+    d.virsh(&["backup-begin", DOMAIN, leftover.to_str().unwrap()]);
+    assert!(hv.has_job(DOMAIN).unwrap());
     let left = checkpoints(&hv);
     assert!(left.contains(&checkpoint_name(JOB, &runs[0])), "{left:?}");
     assert!(left.len() <= 2, "{left:?}");
