@@ -66,9 +66,16 @@ impl Daemon {
         // Short: the sockets inside must fit in 107 bytes.
         let dir = TempDir::new();
         let d = dir.path();
-        for sub in ["run", "config", "cache", "data", "home"] {
+        for sub in ["run", "config/libvirt", "cache", "data", "home"] {
             std::fs::create_dir_all(d.join(sub)).unwrap();
         }
+        // QEMU's output straight into the domain's log file: without this libvirtd starts a
+        // virtlogd of its own, which would outlive the test (by its 120 s idle timeout).
+        std::fs::write(
+            d.join("config/libvirt/qemu.conf"),
+            "stdio_handler = \"file\"\n",
+        )
+        .unwrap();
         // libvirt probes the emulator it is given; the wrapper adds the kit's firmware dirs.
         let emulator = d.join("qemu-kit");
         let mut script = format!("#!/bin/sh\nexec {}", qemu.display());
