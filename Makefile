@@ -13,11 +13,15 @@ ci: test
 fmt-check:
 	$(CARGO) fmt --all -- --check
 
+# The connector's libvirt source is an optional feature (it links libvirt, so it needs libvirt-dev):
+# checked and tested here with the feature on, on top of the default build.
 clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy -p tern-connector -p tern-cli --features libvirt --all-targets -- -D warnings
 
 unit:
 	$(CARGO) test --workspace --no-fail-fast
+	$(CARGO) test -p tern-connector --features libvirt --no-fail-fast libvirt
 
 build:
 	$(CARGO) build --workspace

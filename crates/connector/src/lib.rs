@@ -9,7 +9,9 @@
 //!
 //! [`replicate`] runs replication work: seeds as stream-optimized VMDKs, incremental runs as
 //! block deltas, both streamed into resumable S3 multipart uploads, manifest last. [`ova`]
-//! lists and reads the disks of OVA archives in place.
+//! lists and reads the disks of OVA archives in place. [`libvirt`] (feature `libvirt`) lists the
+//! domains of a libvirt URI and replicates a running domain from a checkpoint per run; the
+//! agent does not serve it yet.
 //!
 //! Requests use the same awsJson 1.1 protocol as the SMS API, under the target prefix
 //! `TernConnectorService_V1`, signed with SigV4 (service `sms`) using connector credentials.
@@ -19,6 +21,7 @@ pub mod changed;
 pub mod client;
 pub mod config;
 pub mod inventory;
+pub mod libvirt;
 pub mod ova;
 pub mod replicate;
 pub mod signing;

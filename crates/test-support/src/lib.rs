@@ -6,9 +6,11 @@
 //!   `tern serve`): never a fixed sleep.
 //! * [`qemu`]: `qemu-img` / `qemu-io` runners and random disks with blocks changed on purpose.
 //! * [`fixtures`]: disks with a real partition table, built in memory.
+//! * [`libvirt`]: a private `libvirtd` for `qemu:///session`, stopped when dropped.
 //! * [`tmpfs`]: a small filesystem to fill up (disk-full tests).
 
 pub mod fixtures;
+pub mod libvirt;
 pub mod moto;
 pub mod poll;
 pub mod qemu;

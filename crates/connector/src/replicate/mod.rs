@@ -17,7 +17,7 @@
 pub mod manifest;
 mod produce;
 mod state;
-mod stream;
+pub(crate) mod stream;
 mod upload;
 
 use std::path::{Path, PathBuf};
@@ -32,6 +32,8 @@ use tokio::sync::mpsc;
 use crate::changed::{self, ChangedBlocks, Changes};
 use crate::ova::{self, OvaError};
 pub use manifest::{DiskManifest, Manifest, ObjectKind};
+#[cfg(feature = "libvirt")]
+pub(crate) use produce::take_map;
 use produce::{prepare_changes, produce, SourceRead};
 use state::JobState;
 use stream::LimitExceeded;

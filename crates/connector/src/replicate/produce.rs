@@ -140,7 +140,7 @@ pub(super) fn produce(
 
 /// Moves the new block map out of a delta summary (the summary goes into the manifest, the
 /// map into the state directory).
-pub(super) fn take_map(d: &mut tern_disk::delta::DeltaSummary) -> BlockMap {
+pub(crate) fn take_map(d: &mut tern_disk::delta::DeltaSummary) -> BlockMap {
     std::mem::replace(
         &mut d.new_map,
         BlockMap {

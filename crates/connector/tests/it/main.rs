@@ -4,6 +4,8 @@
 
 mod agent;
 mod bitmap;
+#[cfg(feature = "libvirt")]
+mod libvirt;
 mod ova;
 mod replicate;
 mod support;
