@@ -418,6 +418,32 @@ fn id(req: Option<String>) -> String {
 }
 
 impl Api {
+    /// GetApp's application. While its launch or termination is in progress and this host has
+    /// a launcher, `launchStatus` is first brought up to the stack's state
+    /// (`Service::sync_launch`): a CloudFormation stack takes minutes, and GetApp is how SMS
+    /// clients wait for it. A launcher that cannot answer leaves the recorded status.
+    async fn app_following_launch(
+        &self,
+        app_id: &str,
+    ) -> Result<core::AppDetails, crate::ApiError> {
+        let svc = self.service();
+        let details = svc.get_app(app_id).await?;
+        let settling = matches!(
+            details.summary.launch_status,
+            AppLaunchStatus::LaunchInProgress | AppLaunchStatus::TerminateInProgress
+        );
+        let Some(launcher) = self.launcher.get().filter(|_| settling) else {
+            return Ok(details);
+        };
+        match svc.sync_launch(launcher.as_ref(), app_id).await {
+            Ok(()) => Ok(svc.get_app(app_id).await?),
+            Err(e) => {
+                tracing::warn!(app_id, error = %e, "the launch status could not be followed");
+                Ok(details)
+            }
+        }
+    }
+
     /// One application operation (one of [`OPERATIONS`]).
     pub(crate) async fn apps(&self, op: &str, input: Value) -> ApiResult {
         let svc = self.service();
@@ -438,7 +464,9 @@ impl Api {
             }
             "GetApp" => {
                 let req: AppIdRequest = decode(input)?;
-                encode(&AppResponse::from(svc.get_app(&id(req.app_id)).await?))
+                encode(&AppResponse::from(
+                    self.app_following_launch(&id(req.app_id)).await?,
+                ))
             }
             "ListApps" => {
                 let req: ListAppsRequest = decode(input)?;
