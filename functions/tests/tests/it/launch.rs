@@ -2,11 +2,20 @@
 //! itself (`tern_fn_api::deployment_api`), with the table, the staging bucket, EC2 and
 //! CloudFormation on moto: a connector's inventory, an application of two groups, its
 //! replication jobs with an AMI each, a launch configuration with user data in the staging
-//! bucket; LaunchApp creates the stack `sms-app-<id>` as the launch role, GetApp shows it
-//! LAUNCHED with the instances running from the AMIs; TerminateApp deletes it, GetApp shows
-//! TERMINATED with the instances terminated; a second launch is a new stack.
+//! bucket; LaunchApp creates the stack `sms-app-<id>` as the launch role, GetApp follows it to
+//! LAUNCHED with the instances running from the AMIs; TerminateApp deletes it, GetApp follows
+//! it to TERMINATED with the instances terminated; a second launch is a new stack.
+//!
+//! moto's CloudFormation finishes a stack within CreateStack; a real one takes minutes. So the
+//! launcher is wrapped to answer "in progress" for the first two looks after each create and
+//! delete, as a real stack would: GetApp must follow the stack to its end by itself.
 
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
+
+use async_trait::async_trait;
+use tern_core::launcher::{LaunchError, Launcher, StackState};
 
 use serde_json::{json, Value};
 use tern_core::service::RunUpdate;
@@ -52,6 +61,60 @@ async fn connector(h: &Handler, op: &str, body: Value) -> Value {
     .await;
     assert_eq!(status, 200, "{op}: {v}");
     v
+}
+
+/// The deployment's launcher, with stacks that take two looks to settle after each create
+/// and delete; counts the looks.
+struct Settling {
+    inner: Arc<dyn Launcher>,
+    /// (looks still answered "in progress", the state they answer).
+    pending: Mutex<(u32, StackState)>,
+    looks: AtomicU32,
+}
+
+impl Settling {
+    fn settle_after(&self, looks: u32, meanwhile: StackState) {
+        *self.pending.lock().unwrap() = (looks, meanwhile);
+    }
+}
+
+#[async_trait]
+impl Launcher for Settling {
+    async fn check(&self) -> Result<(), LaunchError> {
+        self.inner.check().await
+    }
+
+    async fn create_stack(
+        &self,
+        stack_name: &str,
+        template: &Value,
+        role_name: Option<&str>,
+    ) -> Result<String, LaunchError> {
+        let id = self
+            .inner
+            .create_stack(stack_name, template, role_name)
+            .await?;
+        self.settle_after(2, StackState::CreateInProgress);
+        Ok(id)
+    }
+
+    async fn stack_state(&self, stack_id: &str) -> Result<StackState, LaunchError> {
+        self.looks.fetch_add(1, Ordering::SeqCst);
+        {
+            let mut pending = self.pending.lock().unwrap();
+            if pending.0 > 0 {
+                pending.0 -= 1;
+                return Ok(pending.1.clone());
+            }
+        }
+        self.inner.stack_state(stack_id).await
+    }
+
+    async fn delete_stack(&self, stack_id: &str) -> Result<(), LaunchError> {
+        self.inner.delete_stack(stack_id).await?;
+        self.settle_after(2, StackState::DeleteInProgress);
+        Ok(())
+    }
 }
 
 /// An AMI over a snapshot, as a replication run registers one.
@@ -162,7 +225,14 @@ async fn launch_app_and_terminate_app_through_the_api_handler_on_cloudformation(
         .send()
         .await
         .unwrap();
-    let h = Handler::new(deployment_api(&stack.deployment), "TernConnector");
+    let settling = Arc::new(Settling {
+        inner: stack.deployment.launcher.clone(),
+        pending: Mutex::new((0, StackState::CreateInProgress)),
+        looks: AtomicU32::new(0),
+    });
+    let mut deployment = stack.deployment.clone();
+    deployment.launcher = settling.clone();
+    let h = Handler::new(deployment_api(&deployment), "TernConnector");
 
     // The catalog: two VMs reported by a connector.
     let registered = connector(
@@ -281,8 +351,15 @@ async fn launch_app_and_terminate_app_through_the_api_handler_on_cloudformation(
     // LaunchApp: the stack exists and, on moto, is complete by the time GetApp asks.
     let started = Instant::now();
     admin(&h, "LaunchApp", json!({"appId": app_id})).await;
+    let launch_status = |v: &Value| v["appSummary"]["launchStatus"].clone();
+    let got = admin(&h, "GetApp", json!({"appId": app_id})).await;
+    assert_eq!(launch_status(&got), "LAUNCH_IN_PROGRESS", "{got}");
     let got = admin(&h, "GetApp", json!({"appId": app_id})).await;
     let took = started.elapsed();
+    // LaunchApp looked once, each GetApp once; a launched application is not looked at again.
+    assert_eq!(settling.looks.load(Ordering::SeqCst), 3);
+    admin(&h, "GetApp", json!({"appId": app_id})).await;
+    assert_eq!(settling.looks.load(Ordering::SeqCst), 3);
     let summary = &got["appSummary"];
     assert_eq!(summary["launchStatus"], "LAUNCHED", "{summary}");
     let details = &summary["launchDetails"];
@@ -381,6 +458,8 @@ async fn launch_app_and_terminate_app_through_the_api_handler_on_cloudformation(
     // TerminateApp: the stack is deleted and its instances terminated.
     admin(&h, "TerminateApp", json!({"appId": app_id})).await;
     let got = admin(&h, "GetApp", json!({"appId": app_id})).await;
+    assert_eq!(launch_status(&got), "TERMINATE_IN_PROGRESS", "{got}");
+    let got = admin(&h, "GetApp", json!({"appId": app_id})).await;
     assert_eq!(got["appSummary"]["launchStatus"], "TERMINATED", "{got}");
     let after = instances(&ec2, &stack_id).await;
     assert_eq!(after.len(), 2, "{after:?}");
@@ -396,6 +475,7 @@ async fn launch_app_and_terminate_app_through_the_api_handler_on_cloudformation(
 
     // Launched again: a new stack of the same name.
     admin(&h, "LaunchApp", json!({"appId": app_id})).await;
+    admin(&h, "GetApp", json!({"appId": app_id})).await;
     let got = admin(&h, "GetApp", json!({"appId": app_id})).await;
     assert_eq!(got["appSummary"]["launchStatus"], "LAUNCHED", "{got}");
     let second = got["appSummary"]["launchDetails"]["stackId"]
