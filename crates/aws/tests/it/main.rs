@@ -7,6 +7,7 @@ mod eventbridge;
 mod images;
 mod images_mocked;
 mod launcher;
+mod launcher_mocked;
 mod s3;
 mod seed;
 mod stepfunctions;
