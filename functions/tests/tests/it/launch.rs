@@ -412,6 +412,24 @@ async fn launch_app_and_terminate_app_through_the_api_handler_on_cloudformation(
         ]
     );
 
+    // The template CloudFormation was given, for the README's size figures.
+    let body = cfn
+        .get_template()
+        .stack_name(&stack_id)
+        .send()
+        .await
+        .unwrap()
+        .template_body
+        .unwrap_or_default();
+    let _ = std::io::Write::write_fmt(
+        &mut std::io::stderr(),
+        format_args!(
+            "template of 2 servers (one with 20 bytes of user data): {} bytes\n",
+            body.len()
+        ),
+    );
+    assert!(body.contains(&amis[&db]), "{body}");
+
     // The web server's user data is the object the launch configuration named.
     let web_instance = cfn
         .describe_stack_resource()
