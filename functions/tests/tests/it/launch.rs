@@ -8,9 +8,10 @@
 //!
 //! moto's CloudFormation finishes a stack within CreateStack; a real one takes minutes. So the
 //! launcher is wrapped to answer "in progress" for the first two looks after each create and
-//! delete, as a real stack would: GetApp must follow the stack to its end by itself.
+//! delete, as a real stack would: GetApp must follow the stack to its end by itself, and a
+//! look that fails (CloudFormation out of reach) leaves GetApp answering the recorded status.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -70,6 +71,8 @@ struct Settling {
     /// (looks still answered "in progress", the state they answer).
     pending: Mutex<(u32, StackState)>,
     looks: AtomicU32,
+    /// The next look fails as CloudFormation out of reach would.
+    fail_next: AtomicBool,
 }
 
 impl Settling {
@@ -100,6 +103,11 @@ impl Launcher for Settling {
 
     async fn stack_state(&self, stack_id: &str) -> Result<StackState, LaunchError> {
         self.looks.fetch_add(1, Ordering::SeqCst);
+        if self.fail_next.swap(false, Ordering::SeqCst) {
+            return Err(LaunchError::Transient(
+                "CloudFormation DescribeStacks: dispatch failure".into(),
+            ));
+        }
         {
             let mut pending = self.pending.lock().unwrap();
             if pending.0 > 0 {
@@ -229,6 +237,7 @@ async fn launch_app_and_terminate_app_through_the_api_handler_on_cloudformation(
         inner: stack.deployment.launcher.clone(),
         pending: Mutex::new((0, StackState::CreateInProgress)),
         looks: AtomicU32::new(0),
+        fail_next: AtomicBool::new(false),
     });
     let mut deployment = stack.deployment.clone();
     deployment.launcher = settling.clone();
@@ -354,12 +363,16 @@ async fn launch_app_and_terminate_app_through_the_api_handler_on_cloudformation(
     let launch_status = |v: &Value| v["appSummary"]["launchStatus"].clone();
     let got = admin(&h, "GetApp", json!({"appId": app_id})).await;
     assert_eq!(launch_status(&got), "LAUNCH_IN_PROGRESS", "{got}");
+    // CloudFormation out of reach: GetApp still answers, with the status recorded.
+    settling.fail_next.store(true, Ordering::SeqCst);
+    let got = admin(&h, "GetApp", json!({"appId": app_id})).await;
+    assert_eq!(launch_status(&got), "LAUNCH_IN_PROGRESS", "{got}");
     let got = admin(&h, "GetApp", json!({"appId": app_id})).await;
     let took = started.elapsed();
     // LaunchApp looked once, each GetApp once; a launched application is not looked at again.
-    assert_eq!(settling.looks.load(Ordering::SeqCst), 3);
+    assert_eq!(settling.looks.load(Ordering::SeqCst), 4);
     admin(&h, "GetApp", json!({"appId": app_id})).await;
-    assert_eq!(settling.looks.load(Ordering::SeqCst), 3);
+    assert_eq!(settling.looks.load(Ordering::SeqCst), 4);
     let summary = &got["appSummary"];
     assert_eq!(summary["launchStatus"], "LAUNCHED", "{summary}");
     let details = &summary["launchDetails"];
