@@ -5,7 +5,7 @@
 //! |---|---|---|
 //! | `check` | nothing (the calls themselves say what is wrong) | — |
 //! | `create_stack` | CreateStack: the template as compact JSON `TemplateBody`, `RoleARN` from the role name and the deployment's account, a `ClientRequestToken` derived from the stack name, the deployment's `tern:managed-by` tag | `AlreadyExistsException` → DescribeStacks by name, its id (idempotent by name) |
-//! | `stack_state` | DescribeStacks by stack id | a stack that no longer exists → `DeleteComplete` |
+//! | `stack_state` | DescribeStacks by stack id; for a failed stack also DescribeStackEvents, whose first failed resource of the last operation is added to the stack's reason | a stack that no longer exists → `DeleteComplete` |
 //! | `delete_stack` | DeleteStack by stack id | a stack that no longer exists → success |
 //!
 //! Throttling, timeouts, dropped connections and 5xx answers are `Transient`; everything else
@@ -17,7 +17,7 @@
 use async_trait::async_trait;
 use aws_sdk_cloudformation::error::ProvideErrorMetadata;
 use aws_sdk_cloudformation::operation::create_stack::CreateStackError;
-use aws_sdk_cloudformation::types::{Stack, StackStatus, Tag};
+use aws_sdk_cloudformation::types::{ResourceStatus, Stack, StackEvent, StackStatus, Tag};
 use aws_sdk_cloudformation::Client;
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
@@ -89,6 +89,28 @@ impl CfnLauncher {
             })
     }
 
+    /// `message` (the stack's reason) with the failed resource's own, when the stack's events
+    /// can be read; otherwise `message` alone (the failure is reported either way).
+    async fn with_cause(&self, stack_id: &str, message: String) -> String {
+        match self
+            .client
+            .describe_stack_events()
+            .stack_name(stack_id)
+            .send()
+            .await
+        {
+            Ok(out) => match first_failure(out.stack_events()) {
+                Some(cause) => format!("{message}; {cause}"),
+                None => message,
+            },
+            Err(e) => {
+                let e = launch_error("DescribeStackEvents", &e);
+                tracing::warn!(stack = stack_id, error = %e, "the failed resource's reason is not known");
+                message
+            }
+        }
+    }
+
     async fn create(
         &self,
         stack_name: &str,
@@ -113,6 +135,35 @@ impl CfnLauncher {
             .await?;
         Ok(out.stack_id.unwrap_or_default())
     }
+}
+
+/// What failed in the stack's last operation, from its events (newest first): the oldest
+/// resource failure since the stack's own CREATE_IN_PROGRESS or DELETE_IN_PROGRESS, as
+/// `Logical: reason`. Resources cancelled because another failed are left out: a rolled-back
+/// stack's own reason only lists the failed resources, this says why.
+pub fn first_failure(events: &[StackEvent]) -> Option<String> {
+    let mut first = None;
+    for e in events {
+        let status = e.resource_status();
+        if e.resource_type() == Some("AWS::CloudFormation::Stack") {
+            if matches!(
+                status,
+                Some(ResourceStatus::CreateInProgress | ResourceStatus::DeleteInProgress)
+            ) {
+                break;
+            }
+            continue;
+        }
+        let failed = status.is_some_and(|s| s.as_str().ends_with("_FAILED"));
+        let reason = e.resource_status_reason().unwrap_or_default();
+        if failed && !reason.is_empty() && !reason.to_ascii_lowercase().contains("cancelled") {
+            first = Some(format!(
+                "{}: {reason}",
+                e.logical_resource_id().unwrap_or("a resource")
+            ));
+        }
+    }
+    first
 }
 
 /// `arn:<partition>:iam::<account>:role/<name>`; a value that is already an ARN is kept.
@@ -296,7 +347,16 @@ impl Launcher for CfnLauncher {
                 "CloudFormation described the stack {stack_id} without its status"
             )));
         };
-        Ok(state_of(status, stack.stack_status_reason()))
+        let state = state_of(status, stack.stack_status_reason());
+        Ok(match state {
+            StackState::CreateFailed(m) => {
+                StackState::CreateFailed(self.with_cause(stack_id, m).await)
+            }
+            StackState::DeleteFailed(m) => {
+                StackState::DeleteFailed(self.with_cause(stack_id, m).await)
+            }
+            other => other,
+        })
     }
 
     async fn delete_stack(&self, stack_id: &str) -> Result<(), LaunchError> {

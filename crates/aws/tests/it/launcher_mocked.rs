@@ -1,18 +1,21 @@
 //! `CfnLauncher` on the CloudFormation answers moto never gives: access denied (a launch role
 //! the function may not pass), throttling, a request token left by an earlier stack of the same
-//! name, and a stack of that name still being deleted.
+//! name, a stack of that name still being deleted, and a failed stack's events.
 
 use aws_sdk_cloudformation::error::ErrorMetadata;
 use aws_sdk_cloudformation::operation::create_stack::{CreateStackError, CreateStackOutput};
+use aws_sdk_cloudformation::operation::describe_stack_events::{
+    DescribeStackEventsError, DescribeStackEventsOutput,
+};
 use aws_sdk_cloudformation::operation::describe_stacks::{
     DescribeStacksError, DescribeStacksOutput,
 };
 use aws_sdk_cloudformation::types::error::{AlreadyExistsException, TokenAlreadyExistsException};
-use aws_sdk_cloudformation::types::{Stack, StackStatus};
+use aws_sdk_cloudformation::types::{ResourceStatus, Stack, StackEvent, StackStatus};
 use aws_smithy_mocks::{mock, mock_client, RuleMode};
 use serde_json::json;
 use tern_aws::{CfnLauncher, CfnLauncherSettings};
-use tern_core::launcher::{LaunchError, Launcher};
+use tern_core::launcher::{LaunchError, Launcher, StackState};
 
 const NAME: &str = "sms-app-0123456789abcdef0";
 const ID: &str = "arn:aws:cloudformation:eu-west-1:123456789012:stack/sms-app-0123456789abcdef0/2";
@@ -160,4 +163,126 @@ async fn a_stack_of_the_name_still_being_deleted_is_said_so() {
         }
         other => panic!("expected Failed, got {other:?}"),
     }
+}
+
+fn event(logical: &str, kind: &str, status: ResourceStatus, reason: Option<&str>) -> StackEvent {
+    StackEvent::builder()
+        .stack_id(ID)
+        .stack_name(NAME)
+        .event_id(format!("{logical}-{}", status.as_str()))
+        .logical_resource_id(logical)
+        .resource_type(kind)
+        .resource_status(status)
+        .set_resource_status_reason(reason.map(str::to_owned))
+        .timestamp(aws_smithy_types::DateTime::from_secs(0))
+        .build()
+}
+
+#[tokio::test]
+async fn a_rolled_back_stack_says_which_resource_failed_and_why() {
+    let rolled_back = mock!(aws_sdk_cloudformation::Client::describe_stacks).then_output(|| {
+        let mut s = stack(StackStatus::RollbackComplete);
+        s.stack_status_reason =
+            Some("The following resource(s) failed to create: [Web, Database].".into());
+        DescribeStacksOutput::builder().stacks(s).build()
+    });
+    const STACK: &str = "AWS::CloudFormation::Stack";
+    const INSTANCE: &str = "AWS::EC2::Instance";
+    // Newest first, as CloudFormation lists them; an older launch's failure sits behind the
+    // stack's CREATE_IN_PROGRESS and is not this launch's cause.
+    let events = mock!(aws_sdk_cloudformation::Client::describe_stack_events)
+        .match_requests(|r| r.stack_name() == Some(ID))
+        .then_output(|| {
+            DescribeStackEventsOutput::builder()
+                .stack_events(event(
+                    NAME,
+                    STACK,
+                    ResourceStatus::from("ROLLBACK_COMPLETE"),
+                    None,
+                ))
+                .stack_events(event("Web", INSTANCE, ResourceStatus::DeleteComplete, None))
+                .stack_events(event(
+                    NAME,
+                    STACK,
+                    ResourceStatus::from("ROLLBACK_IN_PROGRESS"),
+                    Some("The following resource(s) failed to create: [Web, Database]."),
+                ))
+                .stack_events(event(
+                    "Database",
+                    INSTANCE,
+                    ResourceStatus::CreateFailed,
+                    Some("Resource creation cancelled"),
+                ))
+                .stack_events(event(
+                    "Web",
+                    INSTANCE,
+                    ResourceStatus::CreateFailed,
+                    Some(
+                        "The image id '[ami-0abc]' does not exist (Service: Ec2, Status Code: 400)",
+                    ),
+                ))
+                .stack_events(event(
+                    "Web",
+                    INSTANCE,
+                    ResourceStatus::CreateInProgress,
+                    None,
+                ))
+                .stack_events(event(
+                    NAME,
+                    STACK,
+                    ResourceStatus::CreateInProgress,
+                    Some("User Initiated"),
+                ))
+                .stack_events(event(
+                    "Old",
+                    INSTANCE,
+                    ResourceStatus::CreateFailed,
+                    Some("an older launch"),
+                ))
+                .build()
+        });
+    let client = mock_client!(
+        aws_sdk_cloudformation,
+        RuleMode::MatchAny,
+        [&rolled_back, &events]
+    );
+    match launcher(client).stack_state(ID).await.unwrap() {
+        StackState::CreateFailed(m) => {
+            assert!(
+                m.starts_with("The following resource(s) failed to create: [Web, Database]. (ROLLBACK_COMPLETE)")
+                    && m.ends_with("; Web: The image id '[ami-0abc]' does not exist (Service: Ec2, Status Code: 400)"),
+                "{m}"
+            );
+        }
+        other => panic!("expected CreateFailed, got {other:?}"),
+    }
+    assert_eq!(events.num_calls(), 1);
+}
+
+#[tokio::test]
+async fn unreadable_events_leave_the_stacks_own_reason() {
+    let failed = mock!(aws_sdk_cloudformation::Client::describe_stacks).then_output(|| {
+        let mut s = stack(StackStatus::DeleteFailed);
+        s.stack_status_reason = Some("The following resource(s) failed to delete: [Web].".into());
+        DescribeStacksOutput::builder().stacks(s).build()
+    });
+    let denied = mock!(aws_sdk_cloudformation::Client::describe_stack_events).then_error(|| {
+        DescribeStackEventsError::generic(
+            ErrorMetadata::builder()
+                .code("AccessDenied")
+                .message("not authorized to perform: cloudformation:DescribeStackEvents")
+                .build(),
+        )
+    });
+    let client = mock_client!(
+        aws_sdk_cloudformation,
+        RuleMode::MatchAny,
+        [&failed, &denied]
+    );
+    assert_eq!(
+        launcher(client).stack_state(ID).await.unwrap(),
+        StackState::DeleteFailed(
+            "The following resource(s) failed to delete: [Web]. (DELETE_FAILED)".into()
+        )
+    );
 }

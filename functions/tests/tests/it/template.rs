@@ -63,6 +63,7 @@ fn permissions() -> serde_json::Value {
             "s3:PutObject",
             "cloudformation:CreateStack",
             "cloudformation:DescribeStacks",
+            "cloudformation:DescribeStackEvents",
             "cloudformation:DeleteStack",
             "iam:PassRole",
         ]),
