@@ -144,6 +144,11 @@ impl TestServer {
         // them; the workflow engine and the image service run in real time.
         serve.replication = Some(tern_local::ReplicationOptions {
             tick_interval: std::time::Duration::from_secs(24 * 3600),
+            // LaunchApp's guests run under TCG: deterministic on any host.
+            launcher: tern_local::launcher::LauncherOptions {
+                accel: tern_local::guest::Accel::Tcg,
+                ..Default::default()
+            },
             ..Default::default()
         });
         adjust(&mut serve, dir.path());
@@ -362,6 +367,18 @@ impl TestServer {
     pub async fn shutdown(mut self) {
         if let Some(running) = self.running.take() {
             running.shutdown().await;
+        }
+    }
+}
+
+impl Drop for TestServer {
+    /// Guests LaunchApp started outlive the server (as instances do); a test that stops
+    /// half-way must not leave them running.
+    fn drop(&mut self) {
+        for stack in tern_local::launcher::list(&self.serve.data_dir).unwrap_or_default() {
+            for i in &stack.instances {
+                let _ = tern_local::launcher::stop_instance(i);
+            }
         }
     }
 }

@@ -418,28 +418,27 @@ fn id(req: Option<String>) -> String {
 }
 
 impl Api {
-    /// GetApp's application. While its launch or termination is in progress and this host has
-    /// a launcher, `launchStatus` is first brought up to the stack's state
-    /// (`Service::sync_launch`): a CloudFormation stack takes minutes, and GetApp is how SMS
-    /// clients wait for it. A launcher that cannot answer leaves the recorded status.
-    async fn app_following_launch(
-        &self,
-        app_id: &str,
-    ) -> Result<core::AppDetails, crate::ApiError> {
-        let svc = self.service();
-        let details = svc.get_app(app_id).await?;
-        let settling = matches!(
-            details.summary.launch_status,
+    /// Brings a launch that follows its stack (LAUNCH_IN_PROGRESS, TERMINATE_IN_PROGRESS) up to
+    /// the stack's state before the application is shown: the stack moves on its own and
+    /// nothing else asks it. Answers whether the status was looked up. A launcher that cannot
+    /// answer now leaves the status as it was (logged), rather than failing the read.
+    async fn follow_launch(&self, app: &core::AppSummary) -> bool {
+        let moving = matches!(
+            app.launch_status,
             AppLaunchStatus::LaunchInProgress | AppLaunchStatus::TerminateInProgress
         );
-        let Some(launcher) = self.launcher.get().filter(|_| settling) else {
-            return Ok(details);
+        let Some(launcher) = self.launcher.get().filter(|_| moving) else {
+            return false;
         };
-        match svc.sync_launch(launcher.as_ref(), app_id).await {
-            Ok(()) => Ok(svc.get_app(app_id).await?),
+        match self
+            .service()
+            .sync_launch(launcher.as_ref(), &app.app_id)
+            .await
+        {
+            Ok(()) => true,
             Err(e) => {
-                tracing::warn!(app_id, error = %e, "the launch status could not be followed");
-                Ok(details)
+                tracing::warn!(app_id = %app.app_id, error = %e, "cannot follow the launch's stack");
+                false
             }
         }
     }
@@ -464,16 +463,28 @@ impl Api {
             }
             "GetApp" => {
                 let req: AppIdRequest = decode(input)?;
-                encode(&AppResponse::from(
-                    self.app_following_launch(&id(req.app_id)).await?,
-                ))
+                let app_id = id(req.app_id);
+                let mut app = svc.get_app(&app_id).await?;
+                if self.follow_launch(&app.summary).await {
+                    app = svc.get_app(&app_id).await?;
+                }
+                encode(&AppResponse::from(app))
             }
             "ListApps" => {
                 let req: ListAppsRequest = decode(input)?;
                 let after = token::decode("apps", req.next_token.as_deref())?;
-                let page = svc
-                    .list_apps(req.app_ids, req.max_results, after.as_deref())
+                let mut page = svc
+                    .list_apps(req.app_ids.clone(), req.max_results, after.as_deref())
                     .await?;
+                let mut moved = false;
+                for app in &page.items {
+                    moved |= self.follow_launch(app).await;
+                }
+                if moved {
+                    page = svc
+                        .list_apps(req.app_ids, req.max_results, after.as_deref())
+                        .await?;
+                }
                 encode(&ListAppsResponse {
                     apps: page.items.into_iter().map(Into::into).collect(),
                     next_token: token::encode("apps", page.last),

@@ -52,7 +52,7 @@ pub struct DataDir {
         default_value = "./tern-data",
         env = "TERN_DATA_DIR"
     )]
-    data_dir: PathBuf,
+    pub data_dir: PathBuf,
 }
 
 fn open(dir: &Path) -> anyhow::Result<ImageCatalog> {

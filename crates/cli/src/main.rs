@@ -12,6 +12,8 @@ mod demo;
 mod disk;
 #[cfg(feature = "server")]
 mod images;
+#[cfg(feature = "server")]
+mod instances;
 #[cfg(feature = "aws")]
 mod keys;
 #[cfg(feature = "server")]
@@ -55,6 +57,10 @@ enum Command {
     #[cfg(feature = "server")]
     #[command(subcommand)]
     Images(images::ImagesCommand),
+    /// See the QEMU guests LaunchApp started on tern serve: list them, read a console, stop one.
+    #[cfg(feature = "server")]
+    #[command(subcommand)]
+    Instances(instances::InstancesCommand),
     /// Validate and run Amazon States Language state machines offline.
     #[command(subcommand)]
     States(states::StatesCommand),
@@ -98,6 +104,8 @@ fn main() -> ExitCode {
         Command::Disk(cmd) => disk::run(cmd),
         #[cfg(feature = "server")]
         Command::Images(cmd) => images::run(cmd),
+        #[cfg(feature = "server")]
+        Command::Instances(cmd) => instances::run(cmd),
         Command::States(cmd) => states::run(cmd),
         #[cfg(feature = "aws")]
         Command::Keys(cmd) => keys::run(cmd),

@@ -56,6 +56,27 @@ pub struct ServeArgs {
     /// written for SMS match unmodified; overrides `event_source` of the --config file).
     #[arg(long, value_name = "SOURCE", env = "TERN_EVENT_SOURCE")]
     event_source: Option<String>,
+    /// How LaunchApp runs the application's instances as QEMU guests: kvm, tcg (software
+    /// emulation), or auto (KVM when /dev/kvm may be opened, and TCG for a guest KVM shows
+    /// nothing of within 10 s). The QEMU run is $TERN_QEMU_SYSTEM, else the boot kit's
+    /// (scripts/boot-kit.sh), else qemu-system-x86_64 on PATH.
+    #[arg(
+        long,
+        value_name = "ACCEL",
+        default_value = "auto",
+        env = "TERN_LAUNCH_ACCEL"
+    )]
+    launch_accel: tern_local::guest::Accel,
+    /// The most memory one launched instance gets, in MiB, whatever its instance type has
+    /// (the instance's record says when it got less).
+    #[arg(
+        long,
+        value_name = "MIB",
+        default_value_t = 2048,
+        value_parser = clap::value_parser!(u32).range(64..),
+        env = "TERN_LAUNCH_MAX_MEMORY_MIB"
+    )]
+    launch_max_memory_mib: u32,
     /// Log line format.
     #[arg(long, value_enum, default_value_t = LogFormat::Compact)]
     log_format: LogFormat,
@@ -85,13 +106,17 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         config.event_source = Some(source.clone());
         config.validate().context("--event-source")?;
     }
-    let cfg = ServeConfig {
+    let mut cfg = ServeConfig {
         region: args.region.clone(),
         config,
         credentials,
         rules: args.rules.clone(),
         ..ServeConfig::new(args.data_dir, args.listen)
     };
+    if let Some(replication) = cfg.replication.as_mut() {
+        replication.launcher.accel = args.launch_accel;
+        replication.launcher.max_memory_mib = args.launch_max_memory_mib;
+    }
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let mut signals = Signals::new()?;

@@ -1,8 +1,9 @@
 //! EventBridge events Tern emits, and the `EventBus` port that publishes them.
 //!
-//! The one event type today is "Server Migration Job State Change" (spec §7): the SMS detail
-//! keys exactly as AWS sent them, plus Tern's additions `server-id`, `stage` and
-//! `status-message`.
+//! "Server Migration Job State Change" (spec §7): the SMS detail keys exactly as AWS sent them,
+//! plus Tern's additions `server-id`, `stage` and `status-message`. And Tern's own "Server
+//! Migration App State Change" ([`AppStateChange`]): an application's launch or validation
+//! status moved.
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -14,6 +15,8 @@ use crate::enums::{ReplicationJobState, ReplicationRunState};
 
 /// `detail-type` of job and run state changes, as SMS named it.
 pub const JOB_STATE_CHANGE: &str = "Server Migration Job State Change";
+/// `detail-type` of application launch and validation changes (Tern's; SMS sent none).
+pub const APP_STATE_CHANGE: &str = "Server Migration App State Change";
 /// EventBridge reserves `aws.*` sources for AWS services, so Tern uses its own by default.
 pub const DEFAULT_SOURCE: &str = "tern.sms";
 /// `replication-run-id` when the transition concerns the job alone.
@@ -263,6 +266,64 @@ impl JobStateChange {
 
 /// A name-based (v5) UUID over the origin and the parts; a separator that cannot occur in ids
 /// keeps `("ab", "c")` and `("a", "bc")` apart.
+/// The detail of a "Server Migration App State Change": `app-id`, `state-type` (`launch` or
+/// `validation`), `state` (the API's enum value, e.g. `LAUNCHED`, `SUCCEEDED`), and as they
+/// apply `app-name`, `validation-id`, `stack-id`, `status-message`, `version` "1.0".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppStateChange {
+    #[serde(rename = "app-id")]
+    pub app_id: String,
+    #[serde(rename = "app-name", default, skip_serializing_if = "Option::is_none")]
+    pub app_name: Option<String>,
+    #[serde(rename = "state-type")]
+    pub state_type: String,
+    pub state: String,
+    #[serde(
+        rename = "validation-id",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub validation_id: Option<String>,
+    #[serde(rename = "stack-id", default, skip_serializing_if = "Option::is_none")]
+    pub stack_id: Option<String>,
+    #[serde(
+        rename = "status-message",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub status_message: Option<String>,
+    pub version: String,
+}
+
+impl AppStateChange {
+    /// `arn:aws:sms:<region>:<account>:<app id>` in `resources`, as jobs are named; the id is
+    /// derived from the app, the kind, the state and `transition`, so a re-published change
+    /// keeps its id.
+    pub fn into_event(self, origin: &EventOrigin, time: OffsetDateTime, transition: &str) -> Event {
+        let id = event_id(
+            origin,
+            &[
+                APP_STATE_CHANGE,
+                &self.app_id,
+                &self.state_type,
+                &self.state,
+                transition,
+            ],
+        );
+        Event {
+            version: "0".to_owned(),
+            id,
+            detail_type: APP_STATE_CHANGE.to_owned(),
+            source: origin.source.clone(),
+            account: origin.account.clone(),
+            time: to_second(time),
+            region: origin.region.clone(),
+            resources: vec![origin.job_arn(&self.app_id)],
+            detail: serde_json::to_value(&self).unwrap_or(Value::Null),
+        }
+    }
+}
+
 fn event_id(origin: &EventOrigin, parts: &[&str]) -> String {
     let mut name = Vec::new();
     for part in [

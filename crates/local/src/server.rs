@@ -95,6 +95,8 @@ pub struct ReplicationOptions {
     pub settings: tern_core::replication::ReplicationSettings,
     /// How often the scheduler looks for due runs.
     pub tick_interval: Duration,
+    /// How LaunchApp runs application instances as QEMU guests.
+    pub launcher: crate::launcher::LauncherOptions,
 }
 
 impl Default for ReplicationOptions {
@@ -102,6 +104,7 @@ impl Default for ReplicationOptions {
         Self {
             settings: Default::default(),
             tick_interval: Duration::from_secs(1),
+            launcher: Default::default(),
         }
     }
 }
@@ -301,7 +304,14 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
                 },
             )?;
             api.attach_replication(runtime.replication().clone());
-            api.attach_launcher(Arc::new(crate::launcher::QemuLauncher::from_env()));
+            let launcher: Arc<dyn tern_core::launcher::Launcher> =
+                Arc::new(crate::launcher::QemuLauncher::new(
+                    cfg.data_dir.clone(),
+                    cfg.region.clone(),
+                    options.launcher.clone(),
+                ));
+            api.attach_launcher(launcher.clone());
+            runtime.replication().attach_launcher(launcher);
             let listener = crate::replication::spawn_upload_listener(
                 bus.subscribe(),
                 runtime.replication().clone(),

@@ -1,7 +1,8 @@
 //! An application from replication to its CloudFormation template through `aws-sdk-sms`
 //! against a real `tern serve`: launch configuration → validation configuration and outcomes →
 //! GenerateTemplate (JSON and YAML, each checked with `cfn-lint`) → GenerateChangeSet refused
-//! before a launch. User data and the configure script are real objects in the staging bucket,
+//! before a launch → LaunchApp running each instance as a QEMU guest in launch order →
+//! TerminateApp. User data and the configure script are real objects in the staging bucket,
 //! uploaded with the S3 SDK.
 
 use std::path::Path;
@@ -22,6 +23,28 @@ use tern_test_support::poll;
 
 use crate::apps::{catalog, group};
 use crate::code_and_message;
+
+/// Reads the application until its launchStatus is `want` (at most 180 s; a guest under TCG
+/// shows its firmware within seconds).
+async fn launch_status_becomes(
+    c: &aws_sdk_sms::Client,
+    app_id: &str,
+    want: &str,
+) -> aws_sdk_sms::types::AppSummary {
+    let got = poll::until_async(
+        Duration::from_secs(180),
+        Duration::from_millis(250),
+        || async {
+            let app = c.get_app().app_id(app_id).send().await.unwrap();
+            let summary = app.app_summary().unwrap().clone();
+            let status = summary.launch_status().map(|s| s.as_str().to_string());
+            assert_ne!(status.as_deref(), Some("LAUNCH_FAILED"), "{summary:?}");
+            (status.as_deref() == Some(want)).then_some(summary)
+        },
+    )
+    .await;
+    got.unwrap_or_else(|| panic!("launchStatus of {app_id} did not become {want} within 180 s"))
+}
 
 /// Runs `cfn-lint` on `file` and asserts it finds nothing (exit 0: no error, warning or
 /// informational finding). A missing `cfn-lint` fails with how to install it.
@@ -478,30 +501,132 @@ async fn an_application_is_configured_validated_and_templated() {
         json_bytes
     );
 
-    // LaunchApp on tern serve needs QEMU: without it the answer says what to install, and
-    // nothing is recorded (a host with QEMU is told guests are not run yet).
+    // Before a launch: no change set, nothing to terminate.
     launch("scripts/db-user-data.sh").await.unwrap();
-    let (code, message) = code_and_message(c.launch_app().app_id(&app_id).send().await);
-    assert_eq!(code, "OperationNotPermittedException");
-    assert!(message.contains("qemu-system-x86_64"), "{message}");
-    if !message.contains("is installed") {
-        assert!(message.contains("install QEMU"), "{message}");
-    }
-    let summary = c.get_app().app_id(&app_id).send().await.unwrap();
-    let summary = summary.app_summary().unwrap();
-    assert_eq!(
-        summary.launch_status().map(|s| s.as_str()),
-        Some("READY_FOR_LAUNCH")
-    );
-    assert!(summary.launch_details().is_none());
+    let (code, message) = code_and_message(c.generate_change_set().app_id(&app_id).send().await);
+    assert_eq!(code, "InvalidParameterException");
+    assert!(message.contains("has not been launched"), "{message}");
     let (code, message) = code_and_message(c.terminate_app().app_id(&app_id).send().await);
     assert_eq!(code, "OperationNotPermittedException");
     assert!(message.contains("has not been launched"), "{message}");
 
-    // No change set before a launch.
-    let (code, message) = code_and_message(c.generate_change_set().app_id(&app_id).send().await);
-    assert_eq!(code, "InvalidParameterException");
-    assert!(message.contains("has not been launched"), "{message}");
+    // LaunchApp on tern serve: every instance a QEMU guest (the boot kit's QEMU, TCG), the
+    // database first, then the app tier, then the web tier.
+    c.launch_app().app_id(&app_id).send().await.unwrap();
+    let summary = launch_status_becomes(c, &app_id, "LAUNCHED").await;
+    let details = summary.launch_details().unwrap();
+    let stack_id = details.stack_id().unwrap();
+    assert!(details.stack_name().unwrap().starts_with("sms-app-"));
+    assert!(
+        stack_id.contains(&format!(":stack/{}/", details.stack_name().unwrap())),
+        "{stack_id}"
+    );
+    let stacks = tern_local::launcher::list(server_.data_dir()).unwrap();
+    assert_eq!(stacks.len(), 1);
+    assert_eq!(stacks[0].stack_id, stack_id);
+    let by = |l: &str| {
+        stacks[0]
+            .instances
+            .iter()
+            .find(|i| i.logical_id == l)
+            .unwrap()
+            .clone()
+    };
+    let (db, mid, web) = (by("Database"), by(&app_logical), by("Web"));
+    assert_eq!(
+        (db.launch_level, mid.launch_level, web.launch_level),
+        (0, 1, 2)
+    );
+    for i in [&db, &mid, &web] {
+        assert!(
+            i.running(),
+            "{} ({}) is not running",
+            i.logical_id,
+            i.instance_id
+        );
+        assert_eq!(i.accel.as_deref(), Some("TCG"));
+    }
+    // m5.large has 8 GiB; the guest gets tern serve's cap and its record says so.
+    assert_eq!(
+        (db.instance_type.as_str(), db.memory_mib),
+        ("m5.large", 2048)
+    );
+    assert!(
+        db.size_note
+            .as_deref()
+            .is_some_and(|n| n.contains("8192 MiB")),
+        "{db:?}"
+    );
+    assert_eq!(
+        (
+            web.instance_type.as_str(),
+            web.memory_mib,
+            web.size_note.as_deref()
+        ),
+        ("t3.small", 2048, None)
+    );
+    let seed = std::fs::read_to_string(db.dir.join("seed/user-data")).unwrap();
+    assert!(
+        seed.contains("echo db-user-data") && seed.contains("echo db-configure"),
+        "{seed}"
+    );
+    let (code, message) = code_and_message(c.launch_app().app_id(&app_id).send().await);
+    assert_eq!(code, "OperationNotPermittedException");
+    assert!(message.contains("already launched"), "{message}");
+
+    // TerminateApp stops every guest and removes its disks.
+    c.terminate_app().app_id(&app_id).send().await.unwrap();
+    launch_status_becomes(c, &app_id, "TERMINATED").await;
+    for i in [&db, &mid, &web] {
+        assert!(!i.running(), "{} still runs", i.instance_id);
+        assert!(!i.dir.join("disk0.qcow2").exists());
+    }
+
+    // Each launch status and each validation report was announced once, as "Server Migration
+    // App State Change" (published by the next tick on tern serve).
+    server_.tick().await;
+    let text = std::fs::read_to_string(server_.data_dir().join("events.ndjson")).unwrap();
+    let app_events: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e["detail-type"] == "Server Migration App State Change")
+        .filter(|e| e["detail"]["app-id"] == app_id.as_str())
+        .collect();
+    let launch: Vec<&str> = app_events
+        .iter()
+        .filter(|e| e["detail"]["state-type"] == "launch")
+        .map(|e| e["detail"]["state"].as_str().unwrap())
+        .collect();
+    let mut sorted = launch.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(
+        sorted.len(),
+        launch.len(),
+        "an event announced twice: {launch:?}"
+    );
+    for want in [
+        "LAUNCH_PENDING",
+        "LAUNCH_IN_PROGRESS",
+        "LAUNCHED",
+        "TERMINATE_IN_PROGRESS",
+        "TERMINATED",
+    ] {
+        assert!(launch.contains(&want), "no {want} event: {launch:?}");
+    }
+    let launched = app_events
+        .iter()
+        .find(|e| e["detail"]["state"] == "LAUNCHED")
+        .unwrap();
+    assert_eq!(launched["detail"]["stack-id"], stack_id);
+    assert_eq!(launched["detail"]["app-name"], "shop");
+    assert!(
+        app_events
+            .iter()
+            .any(|e| e["detail"]["state-type"] == "validation"
+                && e["detail"]["validation-id"].is_string()),
+        "no validation event: {app_events:?}"
+    );
 
     c.delete_app()
         .app_id(&app_id)

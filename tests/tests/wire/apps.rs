@@ -268,6 +268,52 @@ async fn an_application_replicates_stops_and_is_deleted() {
         assert_eq!(job.number_of_recent_amis_to_keep(), Some(2));
     }
 
+    // autoLaunch: the next tick launches the replicated application (QEMU guests on tern
+    // serve); GetApp follows it to LAUNCHED; a terminated application is not launched again.
+    c.put_app_launch_configuration()
+        .app_id(&app_id)
+        .role_name("sms-launch")
+        .auto_launch(true)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(server.tick().await.apps_launched, vec![app_id.clone()]);
+    let launch_status = || async {
+        let app = c.get_app().app_id(&app_id).send().await.unwrap();
+        let summary = app.app_summary().unwrap().clone();
+        summary
+            .launch_status()
+            .map(|s| s.as_str().to_string())
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let status = launch_status().await;
+        if status == "LAUNCHED" {
+            break;
+        }
+        assert_eq!(status, "LAUNCH_IN_PROGRESS");
+        assert!(
+            Instant::now() < deadline,
+            "autoLaunch did not finish in 120 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let stacks = tern_local::launcher::list(server.data_dir()).unwrap();
+    assert_eq!(stacks[0].instances.len(), 3);
+    assert!(stacks[0].instances.iter().all(|i| i.running()));
+    c.terminate_app().app_id(&app_id).send().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while launch_status().await != "TERMINATED" {
+        assert!(
+            Instant::now() < deadline,
+            "TerminateApp did not finish in 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(server.tick().await.apps_launched.is_empty());
+    assert!(!stacks[0].instances.iter().any(|i| i.running()));
+
     // An on-demand replication of the application: each job gets a run.
     c.start_on_demand_app_replication()
         .app_id(&app_id)

@@ -18,6 +18,7 @@
 
 mod boot;
 mod bootable;
+mod launch;
 mod replicate;
 mod report;
 mod services;
@@ -112,6 +113,13 @@ pub struct DemoArgs {
     /// boot kit; the boot disk must be at least 24 MiB).
     #[arg(long)]
     boot: bool,
+    /// After the checks (and before --boot), launch the migrated server as a one-server
+    /// application on tern serve's local launcher (CreateApp, PutAppReplicationConfiguration,
+    /// StartAppReplication adopting the demo's job, PutAppLaunchConfiguration, LaunchApp) and
+    /// check that the instance boots the migrated disk: its console shows the VM's boot marker.
+    /// Then TerminateApp. Needs what --boot needs.
+    #[arg(long)]
+    launch: bool,
     /// The boot kit that makes the VM bootable (default: $TERN_BOOT_KIT, else
     /// ~/.cache/tern/boot-kit when scripts/boot-kit.sh built one there).
     #[arg(long, value_name = "DIR")]
@@ -134,15 +142,16 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     if !(args.change_percent > 0.0 && args.change_percent <= 50.0) {
         bail!("--change-percent must be more than 0 and at most 50");
     }
-    // Everything --boot needs is checked before anything runs.
+    // Everything --boot and --launch need is checked before anything runs.
     let kit = BootKit::find(args.boot_kit.as_deref())?;
-    let qemu = if args.boot {
+    let qemu = if args.boot || args.launch {
+        let flag = if args.boot { "--boot" } else { "--launch" };
         let Some(kit) = &kit else {
-            bail!("--boot needs the boot kit (a kernel, GRUB and QEMU from your distribution's packages): run scripts/boot-kit.sh, or name one with --boot-kit");
+            bail!("{flag} needs the boot kit (a kernel, GRUB and QEMU from your distribution's packages): run scripts/boot-kit.sh, or name one with --boot-kit");
         };
         if args.size_mib < bootable::MIN_BOOTABLE_MIB {
             bail!(
-                "--boot needs a boot disk of at least {} MiB (--size-mib) to hold the kernel",
+                "{flag} needs a boot disk of at least {} MiB (--size-mib) to hold the kernel",
                 bootable::MIN_BOOTABLE_MIB
             );
         }
@@ -183,6 +192,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         kit,
         qemu,
         boot: None,
+        launch: None,
         vm: None,
         endpoint: None,
         server_id: None,
@@ -365,6 +375,8 @@ struct Demo {
     qemu: Option<Qemu>,
     /// What `--boot` saw, for the summary.
     boot: Option<Value>,
+    /// What `--launch` saw, for the summary.
+    launch: Option<Value>,
     vm: Option<SampleVm>,
     endpoint: Option<String>,
     server_id: Option<String>,
@@ -405,7 +417,10 @@ impl Demo {
         ));
         self.build_vm()?;
         let mut services = self.start_services().await?;
-        let result = self.replicate(&mut services).await;
+        let mut result = self.replicate(&mut services).await;
+        if result.is_ok() && self.args.launch {
+            result = self.launch_check(&services).await;
+        }
         if result.is_ok() {
             self.step = "stopping the connector and the server".into();
         }
@@ -452,8 +467,8 @@ impl Demo {
             )
         })
         .context("building the sample VM")?;
-        if self.args.boot && vm.boots.is_none() {
-            bail!("--boot: the sample VM is {}", vm.boot_note);
+        if (self.args.boot || self.args.launch) && vm.boots.is_none() {
+            bail!("--boot/--launch: the sample VM is {}", vm.boot_note);
         }
         let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or_default();
         self.ui.line(format!(
@@ -514,6 +529,7 @@ impl Demo {
             duplicate_events,
             checks: self.checks.clone(),
             boot: self.boot.clone(),
+            launch: self.launch.clone(),
             error,
         }
     }

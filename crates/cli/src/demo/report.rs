@@ -222,6 +222,9 @@ pub struct Summary {
     /// What `--boot` saw: the kernel, the accelerator, each disk's SHA-256 as the VM read it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub boot: Option<Value>,
+    /// What `--launch` saw: the application, its stack, the instance and its boot marker.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub launch: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }

@@ -34,6 +34,14 @@ impl Demo {
         if let Some(replication) = cfg.replication.as_mut() {
             // Runs start within a quarter second of being due, instead of a second.
             replication.tick_interval = Duration::from_millis(250);
+            // --launch runs the instance with the QEMU and accelerator --boot would use.
+            replication.launcher.qemu = self.args.qemu.clone();
+            replication.launcher.boot_kit = self.args.boot_kit.clone();
+            replication.launcher.accel = self
+                .args
+                .accel
+                .parse()
+                .map_err(|e: String| anyhow::anyhow!(e))?;
         }
         let running = tern_local::start(cfg)
             .await

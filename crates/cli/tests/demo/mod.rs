@@ -176,7 +176,7 @@ fn demo_help_says_what_it_does() {
 /// (TCG, so the test does not depend on the host's KVM); the VM's own init reports the SHA-256 of
 /// each disk it reads, and both must be the source's at the last run.
 #[test]
-fn the_migrated_vm_boots_and_reads_its_disks_as_they_were() {
+fn the_migrated_vm_boots_reads_its_disks_as_they_were_and_launches_as_an_application() {
     let kit = tern_local::guest::BootKit::find(None)
         .expect("a readable boot kit")
         .expect("no boot kit: run scripts/boot-kit.sh (as .ci/run does)");
@@ -191,6 +191,7 @@ fn the_migrated_vm_boots_and_reads_its_disks_as_they_were() {
         "7",
         "--json",
         "--boot",
+        "--launch",
         "--accel",
         "tcg",
         "--boot-kit",
@@ -210,6 +211,8 @@ fn the_migrated_vm_boots_and_reads_its_disks_as_they_were() {
         "PASS the exported image boots: Linux",
         "PASS the booted VM reads its boot disk (vda, 32 MiB)",
         "PASS the booted VM reads its data disk (vdb, 8 MiB)",
+        "and it booted its migrated disk: \"TERN-BOOT-MARKER",
+        "PASS TerminateApp stopped instance",
     ] {
         assert!(
             stderr.contains(expected),
@@ -230,6 +233,22 @@ fn the_migrated_vm_boots_and_reads_its_disks_as_they_were() {
     // The serial console the VM wrote, kept in the work directory.
     let console = std::fs::read_to_string(work.join("boot-console.log")).unwrap();
     assert!(console.contains("TERN-BOOT-MARKER"), "{console}");
+    // --launch: LaunchApp ran the latest AMI as an instance that booted, under TCG.
+    let launch = &summary["launch"];
+    assert_eq!(launch["booted"], true, "{launch}");
+    assert_eq!(launch["accel"], "TCG");
+    assert!(
+        launch["stackId"]
+            .as_str()
+            .unwrap()
+            .contains(":stack/sms-app-"),
+        "{launch}"
+    );
+    let console = std::fs::read_to_string(launch["console"].as_str().unwrap()).unwrap();
+    assert!(
+        console.contains(&format!("TERN-BOOT-MARKER {}", kit.kernel_release)),
+        "{console}"
+    );
 }
 
 #[test]

@@ -71,6 +71,8 @@ pub struct Replication {
     pub(super) staging: Arc<dyn Staging>,
     pub(super) outbox: Outbox,
     pub(super) settings: ReplicationSettings,
+    /// The launcher autoLaunch uses, where the deployment has one (shared by clones).
+    pub(super) launcher: Arc<std::sync::OnceLock<Arc<dyn crate::launcher::Launcher>>>,
 }
 
 /// Sizes as SMS status messages show them ("3.1 GiB"), in MiB below a GiB so that small disks
@@ -100,7 +102,13 @@ impl Replication {
             staging,
             outbox,
             settings,
+            launcher: Arc::default(),
         }
+    }
+
+    /// Connects the launcher the scheduler's tick launches `autoLaunch` applications with.
+    pub fn attach_launcher(&self, launcher: Arc<dyn crate::launcher::Launcher>) {
+        let _ = self.launcher.set(launcher);
     }
 
     pub fn service(&self) -> &Service {

@@ -17,15 +17,46 @@ use time::OffsetDateTime;
 
 use crate::enums::ReplicationJobState as J;
 use crate::error::{DomainError, Result};
-use crate::events::{EventBus, EventOrigin, JobEventState, JobStateChange};
+use crate::events::{AppStateChange, EventBus, EventOrigin, JobEventState, JobStateChange};
 use crate::keys;
 use crate::model::{ReplicationJob, ReplicationRun};
 use crate::store::{Expect, Store, Write};
 
+/// One change waiting in the outbox: of a job or run, or of an application. Stored as the inner
+/// shape (no tag), so the job changes written before applications had events read as they were.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum StateChange {
+    Job(JobChange),
+    App(AppChange),
+}
+
+/// An application's launch or validation status change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppChange {
+    /// Stable per transition: the outbox key and the seed of the event id.
+    pub id: String,
+    pub app_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_name: Option<String>,
+    /// `launch` or `validation`.
+    pub state_type: String,
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_message: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub time: OffsetDateTime,
+}
+
 /// One job or run state change, as the event announcing it needs it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct StateChange {
+pub struct JobChange {
     /// Unique per transition and stable when the transition is retried: the outbox key, and
     /// the seed of the event id.
     pub id: String,
@@ -46,6 +77,20 @@ pub struct StateChange {
 }
 
 impl StateChange {
+    pub fn id(&self) -> &str {
+        match self {
+            StateChange::Job(c) => &c.id,
+            StateChange::App(c) => &c.id,
+        }
+    }
+
+    pub fn time(&self) -> OffsetDateTime {
+        match self {
+            StateChange::Job(c) => c.time,
+            StateChange::App(c) => c.time,
+        }
+    }
+
     /// A run reaches each of its states once, so run id + state identifies the transition.
     pub fn of_run(
         job_id: &str,
@@ -54,7 +99,7 @@ impl StateChange {
         time: OffsetDateTime,
     ) -> Option<StateChange> {
         let state = JobEventState::of_run(run.state)?;
-        Some(StateChange {
+        Some(StateChange::Job(JobChange {
             id: format!("{job_id}.{}.{state}", run.replication_run_id),
             job_id: job_id.to_string(),
             run_id: Some(run.replication_run_id.clone()),
@@ -64,14 +109,14 @@ impl StateChange {
             stage: run.stage_details.as_ref().and_then(|d| d.stage.clone()),
             status_message: run.status_message.clone(),
             time,
-        })
+        }))
     }
 
     /// A job can pass through a state more than once (ACTIVE after each resume), so the
     /// number of runs so far is part of the id.
     pub fn of_job(job: &ReplicationJob, state: J, time: OffsetDateTime) -> Option<StateChange> {
         let name = JobEventState::of_job(state)?;
-        Some(StateChange {
+        Some(StateChange::Job(JobChange {
             id: format!("{}.job.{name}.{}", job.replication_job_id, job.run_count),
             job_id: job.replication_job_id.clone(),
             run_id: None,
@@ -84,13 +129,13 @@ impl StateChange {
             stage: None,
             status_message: job.status_message.clone(),
             time,
-        })
+        }))
     }
 
     /// The write that puts this change into the outbox (overwriting a retried copy).
     pub fn write(&self) -> Result<Write> {
         Ok(Write::Put {
-            key: keys::outbox(&self.id),
+            key: keys::outbox(self.id()),
             body: serde_json::to_value(self).map_err(|e| DomainError::Corrupt {
                 key: "(new item)".into(),
                 message: e.to_string(),
@@ -122,6 +167,22 @@ impl BusAnnouncer {
     /// The event announcing `change`; its id is derived from the change's id, so a repeated
     /// publication is recognisable downstream.
     pub fn event(&self, change: &StateChange) -> crate::events::Event {
+        let change = match change {
+            StateChange::Job(c) => c,
+            StateChange::App(c) => {
+                return AppStateChange {
+                    app_id: c.app_id.clone(),
+                    app_name: c.app_name.clone(),
+                    state_type: c.state_type.clone(),
+                    state: c.state.clone(),
+                    validation_id: c.validation_id.clone(),
+                    stack_id: c.stack_id.clone(),
+                    status_message: c.status_message.clone(),
+                    version: "1.0".into(),
+                }
+                .into_event(&self.origin, c.time, &c.id)
+            }
+        };
         let mut detail =
             JobStateChange::new(change.state, &change.job_id).with_server(&change.server_id);
         if let Some(run) = &change.run_id {
@@ -148,13 +209,13 @@ impl Announcer for BusAnnouncer {
             Ok(outcome) => {
                 let failed: Vec<usize> = outcome.failed.iter().map(|f| f.index).collect();
                 for f in &outcome.failed {
-                    tracing::warn!(change = %changes[f.index].id, code = %f.error_code, error = %f.error_message, "event not accepted; kept in the outbox");
+                    tracing::warn!(change = %changes[f.index].id(), code = %f.error_code, error = %f.error_message, "event not accepted; kept in the outbox");
                 }
                 changes
                     .iter()
                     .enumerate()
                     .filter(|(i, _)| !failed.contains(i))
-                    .map(|(_, c)| c.id.clone())
+                    .map(|(_, c)| c.id().to_string())
                     .collect()
             }
             Err(e) => {
@@ -215,7 +276,7 @@ impl Outbox {
         let _one_at_a_time = self.publishing.lock().await;
         let pending = match self.pending().await {
             Ok(p) => match written_before {
-                Some(t) => p.into_iter().filter(|(c, _)| c.time < t).collect(),
+                Some(t) => p.into_iter().filter(|(c, _)| c.time() < t).collect(),
                 None => p,
             },
             Err(e) => {
@@ -227,9 +288,12 @@ impl Outbox {
             return;
         }
         let mut changes: Vec<StateChange> = pending.iter().map(|(c, _)| c.clone()).collect();
-        changes.sort_by_key(|c| c.time);
+        changes.sort_by_key(|c| c.time());
         let accepted = self.announcer.announce(&changes).await;
-        for (change, version) in pending.iter().filter(|(c, _)| accepted.contains(&c.id)) {
+        for (change, version) in pending
+            .iter()
+            .filter(|(c, _)| accepted.iter().any(|a| a == c.id()))
+        {
             self.forget(change, *version).await;
         }
     }
@@ -240,7 +304,7 @@ impl Outbox {
         let _ = self
             .store
             .write(Write::Delete {
-                key: keys::outbox(&change.id),
+                key: keys::outbox(change.id()),
                 expect: Expect::Version(version),
             })
             .await;
@@ -275,13 +339,13 @@ impl Outbox {
         let changes: Vec<StateChange> = present.iter().map(|(c, _)| c.clone()).collect();
         let accepted = self.announcer.announce(&changes).await;
         for (change, version) in &present {
-            let outcome = if accepted.contains(&change.id) {
+            let outcome = if accepted.iter().any(|a| a == change.id()) {
                 self.forget(change, *version).await;
                 Published::Announced
             } else {
                 Published::Failed("the event bus did not accept the event".into())
             };
-            if let Some(o) = outcomes.iter_mut().find(|(id, _)| *id == change.id) {
+            if let Some(o) = outcomes.iter_mut().find(|(id, _)| id == change.id()) {
                 o.1 = outcome;
             }
         }
@@ -337,15 +401,15 @@ mod tests {
             let mut seen = self.seen.lock().unwrap();
             changes
                 .iter()
-                .inspect(|c| seen.push(c.id.clone()))
-                .filter(|c| !self.refuse.contains(&c.id))
-                .map(|c| c.id.clone())
+                .inspect(|c| seen.push(c.id().to_string()))
+                .filter(|c| !self.refuse.iter().any(|r| r == c.id()))
+                .map(|c| c.id().to_string())
                 .collect()
         }
     }
 
     fn change(id: &str, minutes_ago: i64) -> StateChange {
-        StateChange {
+        StateChange::Job(JobChange {
             id: id.into(),
             job_id: "sms-job-1".into(),
             run_id: None,
@@ -356,7 +420,7 @@ mod tests {
             status_message: None,
             time: OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000)
                 - time::Duration::minutes(minutes_ago),
-        }
+        })
     }
 
     async fn outbox_with(
@@ -401,7 +465,7 @@ mod tests {
     #[tokio::test]
     async fn a_sweep_publishes_only_changes_written_before_its_cut_off() {
         let (outbox, rec, store) = outbox_with(&[change("old", 10), change("new", 1)], &[]).await;
-        let cut_off = change("x", 5).time;
+        let cut_off = change("x", 5).time();
         outbox.publish(Some(cut_off)).await;
         assert_eq!(*rec.seen.lock().unwrap(), ["old"]);
         assert_eq!(left(&store).await, ["new"]);

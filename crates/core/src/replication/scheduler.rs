@@ -1,7 +1,8 @@
 //! The scheduler's tick: due runs are created, pending runs get their execution, ended jobs
 //! go, deleted jobs' unfinished runs are torn down (the sweep that finishes what a crash or a
 //! failing dependency interrupted), deleted jobs past their retention are purged, lost
-//! manifest hand-overs are redone, and the outbox is published.
+//! manifest hand-overs are redone, the outbox is published, and replicated applications that
+//! ask for `autoLaunch` are launched.
 
 use time::OffsetDateTime;
 
@@ -42,6 +43,8 @@ pub struct TickReport {
     pub uploads_resignalled: usize,
     /// Deleted jobs' unfinished runs whose teardown finished in this tick.
     pub teardowns_finished: usize,
+    /// Applications launched by their launch configuration's `autoLaunch`.
+    pub apps_launched: Vec<String>,
 }
 
 impl Replication {
@@ -101,6 +104,12 @@ impl Replication {
             tracing::warn!(error = %e, "scheduler could not purge deleted jobs");
         }
         self.publish_outbox().await;
+        if let Some(launcher) = self.launcher.get() {
+            report.apps_launched = self
+                .service
+                .auto_launch(launcher.as_ref(), self.staging.as_ref())
+                .await;
+        }
         Ok(report)
     }
 

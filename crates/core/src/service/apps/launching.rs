@@ -21,7 +21,27 @@
 
 use super::*;
 use crate::launcher::{LaunchError, Launcher, StackState};
+use crate::replication::outbox::{AppChange, StateChange};
 use crate::staging::Staging;
+
+/// The outbox entry announcing that `launch` reached its status ("Server Migration App State
+/// Change", `state-type` launch). One per status per launch: the launch's time is in the id.
+fn launch_change(app: &App, launch: &AppLaunch, now: OffsetDateTime) -> StateChange {
+    let launched = launch
+        .latest_launch_time
+        .map_or(0, OffsetDateTime::unix_timestamp);
+    StateChange::App(AppChange {
+        id: format!("{}.launch.{launched}.{}", app.app_id, launch.status),
+        app_id: app.app_id.clone(),
+        app_name: app.name.clone(),
+        state_type: "launch".into(),
+        state: launch.status.to_string(),
+        validation_id: None,
+        stack_id: launch.stack_id.clone(),
+        status_message: launch.message.clone(),
+        time: now,
+    })
+}
 
 fn refused(e: LaunchError) -> DomainError {
     not_permitted(e.to_string())
@@ -43,9 +63,11 @@ impl Service {
             }
             let after = launch.clone();
             app.last_modified = self.now();
-            self.store
-                .write(put(keys::app(id), &app, stored.expect())?)
-                .await?;
+            let mut writes = vec![put(keys::app(id), &app, stored.expect())?];
+            if after.status != before.status {
+                writes.push(launch_change(&app, &after, self.now()).write()?);
+            }
+            self.store.transact(writes).await?;
             Ok(Some(after))
         })
     }
@@ -92,17 +114,22 @@ impl Service {
                     l.status
                 )));
             }
-            app.launch = Some(AppLaunch {
+            let launch = AppLaunch {
                 status: AppLaunchStatus::LaunchPending,
                 message: None,
                 stack_name: Some(stack_name.clone()),
                 stack_id: None,
                 latest_launch_time: Some(self.now()),
                 images: images.clone(),
-            });
+            };
+            let change = launch_change(&app, &launch, self.now());
+            app.launch = Some(launch);
             app.last_modified = self.now();
             self.store
-                .write(put(keys::app(&id), &app, stored.expect())?)
+                .transact(vec![
+                    put(keys::app(&id), &app, stored.expect())?,
+                    change.write()?,
+                ])
                 .await?;
             Ok(())
         })?;
@@ -196,6 +223,69 @@ impl Service {
             return Err(not_permitted(message));
         }
         self.sync_launch(launcher, &id).await
+    }
+}
+
+impl Service {
+    /// autoLaunch, and the launches in progress followed to their stacks: launches every
+    /// application whose launch configuration asks for it, once all its servers have
+    /// replicated (replicationStatus REPLICATED) and it was never launched; a terminated
+    /// application is not launched again by itself. Run by the scheduler's tick; answers the
+    /// ids it launched. Two ticks at once launch an application
+    /// once (LaunchApp's conditional write), and a launch refused before anything is recorded
+    /// (e.g. an unreadable user-data object) is logged and tried again next tick.
+    pub async fn auto_launch(&self, launcher: &dyn Launcher, staging: &dyn Staging) -> Vec<String> {
+        let apps = match self.list_all::<App>(keys::APP).await {
+            Ok(apps) => apps,
+            Err(e) => {
+                tracing::warn!(error = %e, "autoLaunch could not list the applications");
+                return vec![];
+            }
+        };
+        let mut launched = Vec::new();
+        for stored in apps {
+            let app = &stored.value;
+            let asked = app
+                .launch_configuration
+                .as_ref()
+                .is_some_and(|c| c.auto_launch);
+            if let Some(l) = &app.launch {
+                // A launch moving on its own (the stack) is followed here too, so its status
+                // moves without anyone reading the application.
+                if matches!(
+                    l.status,
+                    AppLaunchStatus::LaunchInProgress | AppLaunchStatus::TerminateInProgress
+                ) {
+                    if let Err(e) = self.sync_launch(launcher, &app.app_id).await {
+                        tracing::warn!(app_id = %app.app_id, error = %e, "cannot follow the launch's stack");
+                    }
+                }
+                continue;
+            }
+            if !asked {
+                continue;
+            }
+            let ready = match self.details(app).await {
+                Ok(d) => d.summary.replication_status == AppReplicationStatus::Replicated,
+                Err(e) => {
+                    tracing::warn!(app_id = %app.app_id, error = %e, "autoLaunch could not read the application");
+                    false
+                }
+            };
+            if !ready {
+                continue;
+            }
+            match self.launch_app(launcher, staging, &app.app_id).await {
+                Ok(()) => {
+                    tracing::info!(app_id = %app.app_id, "autoLaunch launched the replicated application");
+                    launched.push(app.app_id.clone());
+                }
+                Err(e) => {
+                    tracing::warn!(app_id = %app.app_id, error = %e, "autoLaunch could not launch the application")
+                }
+            }
+        }
+        launched
     }
 }
 
@@ -463,5 +553,38 @@ mod tests {
         let (s, m) = status(&svc, &id).await;
         assert_eq!(s, AppLaunchStatus::LaunchFailed);
         assert!(m.unwrap().contains("instance limit"));
+    }
+
+    #[tokio::test]
+    async fn auto_launch_launches_a_replicated_application_once() {
+        let (svc, id) = world().await;
+        let staging = FakeStaging::default();
+        let l = FakeLauncher::default();
+        assert_eq!(
+            svc.get_app(&id).await.unwrap().summary.replication_status,
+            AppReplicationStatus::Replicated
+        );
+        // Not asked: nothing launches.
+        assert!(svc.auto_launch(&l, &staging).await.is_empty());
+        assert_eq!(status(&svc, &id).await.0, AppLaunchStatus::ReadyForLaunch);
+
+        let stored = svc.app(&id).await.unwrap();
+        let mut a = stored.value.clone();
+        a.launch_configuration.as_mut().unwrap().auto_launch = true;
+        svc.store
+            .write(put(keys::app(&id), &a, stored.expect()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(svc.auto_launch(&l, &staging).await, vec![id.clone()]);
+        assert_eq!(status(&svc, &id).await.0, AppLaunchStatus::LaunchInProgress);
+        assert_eq!(l.templates.lock().unwrap().len(), 1);
+        // Launched (and later terminated) applications are not launched again by themselves.
+        assert!(svc.auto_launch(&l, &staging).await.is_empty());
+        *l.state.lock().unwrap() = Some(StackState::CreateComplete);
+        svc.sync_launch(&l, &id).await.unwrap();
+        svc.terminate_app(&l, &id).await.unwrap();
+        assert_eq!(status(&svc, &id).await.0, AppLaunchStatus::Terminated);
+        assert!(svc.auto_launch(&l, &staging).await.is_empty());
+        assert_eq!(l.templates.lock().unwrap().len(), 1);
     }
 }

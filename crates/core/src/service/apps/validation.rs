@@ -551,8 +551,30 @@ impl Service {
                 },
             );
             app.last_modified = self.now();
+            let now = self.now();
+            // One event per report: the report's time is in the id.
+            let change = crate::replication::outbox::StateChange::App(
+                crate::replication::outbox::AppChange {
+                    id: format!(
+                        "{id}.validation.{vid}.{}.{}",
+                        status,
+                        now.unix_timestamp_nanos()
+                    ),
+                    app_id: id.clone(),
+                    app_name: app.name.clone(),
+                    state_type: "validation".into(),
+                    state: status.to_string(),
+                    validation_id: Some(vid.to_string()),
+                    stack_id: None,
+                    status_message: ctx.status_message.clone(),
+                    time: now,
+                },
+            );
             self.store
-                .write(put(keys::app(&id), &app, stored.expect())?)
+                .transact(vec![
+                    put(keys::app(&id), &app, stored.expect())?,
+                    change.write()?,
+                ])
                 .await?;
             Ok(())
         })

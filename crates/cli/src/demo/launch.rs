@@ -1,0 +1,228 @@
+//! `tern demo --launch`: the migrated server launched as a one-server application on tern serve's
+//! local launcher, and its instance's console checked for the VM's boot marker: LaunchApp boots
+//! what replication made.
+
+use std::time::{Duration, Instant};
+
+use aws_sdk_sms::types::{
+    LicenseType, Server, ServerGroup, ServerGroupLaunchConfiguration,
+    ServerGroupReplicationConfiguration, ServerLaunchConfiguration, ServerReplicationConfiguration,
+    ServerReplicationParameters,
+};
+use aws_smithy_types::DateTime;
+use serde_json::json;
+
+use super::*;
+
+/// What the VM's `/init` prints first (scripts/boot-kit/init).
+const MARKER: &str = "TERN-BOOT-MARKER";
+
+impl Demo {
+    pub(super) async fn launch_check(&mut self, services: &Services) -> anyhow::Result<()> {
+        self.step = "launching the migrated server".into();
+        self.ui.line("Launch");
+        let c = &services.client;
+        let server_id = self
+            .server_id
+            .clone()
+            .ok_or_else(|| anyhow!("no server was imported"))?;
+        self.ui.status("creating the application");
+        let created = c
+            .create_app()
+            .name("tern-demo")
+            .description("the demo's VM, launched from its latest AMI")
+            .server_groups(
+                ServerGroup::builder()
+                    .name("vm")
+                    .server_list(Server::builder().server_id(&server_id).build())
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(sdk)?;
+        let app_id = created
+            .app_summary()
+            .and_then(|s| s.app_id())
+            .ok_or_else(|| anyhow!("CreateApp answered no appId"))?
+            .to_string();
+        let group_id = created
+            .server_groups()
+            .first()
+            .and_then(|g| g.server_group_id())
+            .ok_or_else(|| anyhow!("CreateApp answered no server group"))?
+            .to_string();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        // The application adopts the demo's replication job (a server has one live job).
+        c.put_app_replication_configuration()
+            .app_id(&app_id)
+            .server_group_replication_configurations(
+                ServerGroupReplicationConfiguration::builder()
+                    .server_group_id(&group_id)
+                    .server_replication_configurations(
+                        ServerReplicationConfiguration::builder()
+                            .server(Server::builder().server_id(&server_id).build())
+                            .server_replication_parameters(
+                                ServerReplicationParameters::builder()
+                                    .seed_time(DateTime::from_secs(now))
+                                    .frequency(12)
+                                    .license_type(LicenseType::Byol)
+                                    .number_of_recent_amis_to_keep(2)
+                                    .build(),
+                            )
+                            .build(),
+                    )
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(sdk)?;
+        c.start_app_replication()
+            .app_id(&app_id)
+            .send()
+            .await
+            .map_err(sdk)?;
+        c.put_app_launch_configuration()
+            .app_id(&app_id)
+            .role_name("tern-demo")
+            .auto_launch(false)
+            .server_group_launch_configurations(
+                ServerGroupLaunchConfiguration::builder()
+                    .server_group_id(&group_id)
+                    .launch_order(1)
+                    .server_launch_configurations(
+                        ServerLaunchConfiguration::builder()
+                            .server(Server::builder().server_id(&server_id).build())
+                            .logical_id("DemoVm")
+                            .instance_type("t3.micro")
+                            .build(),
+                    )
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(sdk)?;
+        self.ui.status("LaunchApp: starting the instance");
+        let started = Instant::now();
+        c.launch_app().app_id(&app_id).send().await.map_err(sdk)?;
+        let timeout = Duration::from_secs(self.args.boot_timeout_secs);
+        let summary = self
+            .launch_status_becomes(c, &app_id, "LAUNCHED", timeout)
+            .await?;
+        let details = summary.launch_details();
+        let stack_id = details
+            .and_then(|d| d.stack_id())
+            .unwrap_or_default()
+            .to_string();
+        let data_dir = self.dir.join("server");
+        let instance = tern_local::launcher::list(&data_dir)
+            .map_err(|e| anyhow!(e))?
+            .into_iter()
+            .find(|s| s.stack_id == stack_id)
+            .and_then(|s| s.instances.into_iter().next())
+            .ok_or_else(|| anyhow!("stack {stack_id} has no instance record"))?;
+        self.ui.status(format!(
+            "waiting for {}'s boot marker on its console",
+            instance.instance_id
+        ));
+        let console = instance.console();
+        let deadline = started + timeout;
+        let booted = tokio::task::block_in_place(|| loop {
+            let text = std::fs::read_to_string(&console).unwrap_or_default();
+            if let Some(line) = text.lines().find(|l| l.contains(MARKER)) {
+                break Some(line.trim().to_string());
+            }
+            if Instant::now() > deadline {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        });
+        let seconds = started.elapsed().as_secs_f64();
+        self.check(
+            booted.is_some(),
+            match &booted {
+                Some(line) => format!(
+                    "LaunchApp ran the migrated server as instance {} ({}, {} vCPU, {} MiB, {}), and it booted its migrated disk: \"{line}\" on its console {seconds:.1}s after LaunchApp ({})",
+                    instance.instance_id,
+                    instance.instance_type,
+                    instance.vcpus,
+                    instance.memory_mib,
+                    instance.accel.as_deref().unwrap_or("?"),
+                    console.display()
+                ),
+                None => format!(
+                    "LaunchApp's instance {} showed no boot marker within {}s ({})",
+                    instance.instance_id,
+                    timeout.as_secs(),
+                    console.display()
+                ),
+            },
+        );
+        self.ui.status("TerminateApp");
+        c.terminate_app()
+            .app_id(&app_id)
+            .send()
+            .await
+            .map_err(sdk)?;
+        self.launch_status_becomes(c, &app_id, "TERMINATED", Duration::from_secs(60))
+            .await?;
+        self.check(
+            !instance.running() && !instance.dir.join("disk0.qcow2").exists(),
+            format!(
+                "TerminateApp stopped instance {} and removed its disk",
+                instance.instance_id
+            ),
+        );
+        self.launch = Some(json!({
+            "appId": app_id,
+            "stackId": stack_id,
+            "instanceId": instance.instance_id,
+            "instanceType": instance.instance_type,
+            "accel": instance.accel,
+            "booted": booted.is_some(),
+            "marker": booted,
+            "seconds": seconds,
+            "console": console.display().to_string(),
+        }));
+        Ok(())
+    }
+
+    async fn launch_status_becomes(
+        &self,
+        c: &aws_sdk_sms::Client,
+        app_id: &str,
+        want: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<aws_sdk_sms::types::AppSummary> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let app = c.get_app().app_id(app_id).send().await.map_err(sdk)?;
+            let summary = app
+                .app_summary()
+                .cloned()
+                .ok_or_else(|| anyhow!("GetApp answered no appSummary"))?;
+            let status = summary.launch_status().map(|s| s.as_str().to_string());
+            if status.as_deref() == Some(want) {
+                return Ok(summary);
+            }
+            if matches!(
+                status.as_deref(),
+                Some("LAUNCH_FAILED" | "TERMINATE_FAILED")
+            ) {
+                bail!(
+                    "launchStatus {}: {}",
+                    status.unwrap_or_default(),
+                    summary.launch_status_message().unwrap_or_default()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "launchStatus is still {status:?}, not {want}, after {}s",
+                    timeout.as_secs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
