@@ -195,7 +195,8 @@ pub struct Deployment {
     pub store: Arc<dyn tern_core::store::Store>,
     pub service: Service,
     pub replication: Replication,
-    /// LaunchApp / TerminateApp's stacks ([`launcher`]); only the `api` function uses it.
+    /// LaunchApp / TerminateApp's stacks ([`launcher`]): the `api` function's API and the
+    /// scheduler's tick (autoLaunch, following launches in progress) use it.
     pub launcher: Arc<dyn Launcher>,
 }
 
@@ -273,11 +274,15 @@ impl Deployment {
                 ..ReplicationSettings::default()
             },
         );
+        // The scheduler's tick launches autoLaunch applications and follows launches in
+        // progress with the same launcher the API uses.
+        let launcher = launcher(aws, settings);
+        replication.attach_launcher(launcher.clone());
         Ok(Self {
             store,
             service,
             replication,
-            launcher: launcher(aws, settings),
+            launcher,
         })
     }
 }

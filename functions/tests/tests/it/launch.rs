@@ -4,13 +4,15 @@
 //! replication jobs with an AMI each, a launch configuration with user data in the staging
 //! bucket; LaunchApp creates the stack `sms-app-<id>` as the launch role, GetApp follows it to
 //! LAUNCHED with the instances running from the AMIs; TerminateApp deletes it, GetApp follows
-//! it to TERMINATED with the instances terminated; a second launch is a new stack.
+//! it to TERMINATED with the instances terminated; a second launch is a new stack. The
+//! scheduler Lambda's tick launches an `autoLaunch` application once, with the same launcher.
 //!
 //! moto's CloudFormation finishes a stack within CreateStack; a real one takes minutes. So the
 //! launcher is wrapped to answer "in progress" for the first two looks after each create and
 //! delete, as a real stack would: GetApp must follow the stack to its end by itself, and a
 //! look that fails (CloudFormation out of reach) leaves GetApp answering the recorded status.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -210,11 +212,17 @@ fn decoded(text: &str) -> String {
         .unwrap_or_default()
 }
 
-#[tokio::test]
-async fn launch_app_and_terminate_app_through_the_api_handler_on_cloudformation() {
-    let Some(stack) = Stack::start("LaunchApp / TerminateApp through the api Lambda").await else {
-        return;
-    };
+/// What a launch needs, made through the handler: two VMs in the catalog, the application
+/// `shop` (group db: the database, group web: the web server), its replication with a completed
+/// run and an AMI per server, and a launch configuration (launch role `sms-launch`, the
+/// database first, the web server with user data from the staging bucket) asking for
+/// `autoLaunch` or not. Answers the application id and the AMI of each server id, and the
+/// (database, web) server ids.
+async fn replicated_app(
+    stack: &Stack,
+    h: &Handler,
+    auto_launch: bool,
+) -> (String, HashMap<String, String>, String, String) {
     let ec2 = aws_sdk_ec2::Client::new(&stack.aws);
     let s3 = aws_sdk_s3::Client::from_conf(
         aws_sdk_s3::config::Builder::from(&stack.aws)
@@ -233,26 +241,16 @@ async fn launch_app_and_terminate_app_through_the_api_handler_on_cloudformation(
         .send()
         .await
         .unwrap();
-    let settling = Arc::new(Settling {
-        inner: stack.deployment.launcher.clone(),
-        pending: Mutex::new((0, StackState::CreateInProgress)),
-        looks: AtomicU32::new(0),
-        fail_next: AtomicBool::new(false),
-    });
-    let mut deployment = stack.deployment.clone();
-    deployment.launcher = settling.clone();
-    let h = Handler::new(deployment_api(&deployment), "TernConnector");
-
     // The catalog: two VMs reported by a connector.
     let registered = connector(
-        &h,
+        h,
         "RegisterConnector",
         json!({"name": "lab", "version": "1.0.0", "vmManagerId": "vc-1", "vmManagerType": "VSPHERE"}),
     )
     .await;
     let c = registered["connectorId"].as_str().unwrap().to_owned();
-    admin(&h, "ImportServerCatalog", json!({})).await;
-    let work = connector(&h, "PollWork", json!({"connectorId": c})).await;
+    admin(h, "ImportServerCatalog", json!({})).await;
+    let work = connector(h, "PollWork", json!({"connectorId": c})).await;
     let request_id = work["workItems"][0]["payload"]["requestId"].clone();
     let vms: Vec<Value> = ["db", "web"]
         .iter()
@@ -262,12 +260,12 @@ async fn launch_app_and_terminate_app_through_the_api_handler_on_cloudformation(
         })
         .collect();
     connector(
-        &h,
+        h,
         "ReportInventory",
         json!({"connectorId": c, "requestId": request_id, "vmList": vms}),
     )
     .await;
-    let servers = admin(&h, "GetServers", json!({})).await["serverList"].clone();
+    let servers = admin(h, "GetServers", json!({})).await["serverList"].clone();
     let server = |vm: &str| {
         servers
             .as_array()
@@ -282,7 +280,7 @@ async fn launch_app_and_terminate_app_through_the_api_handler_on_cloudformation(
 
     // The application, replicated: one job per server, each with a completed run's AMI.
     let app = admin(
-        &h,
+        h,
         "CreateApp",
         json!({"name": "shop", "serverGroups": [
             {"name": "db", "serverList": [{"serverId": db}]},
@@ -300,7 +298,7 @@ async fn launch_app_and_terminate_app_through_the_api_handler_on_cloudformation(
     let tomorrow = time::OffsetDateTime::now_utc().unix_timestamp() + 86_400;
     let params = json!({"seedTime": tomorrow, "frequency": 12, "licenseType": "BYOL"});
     admin(
-        &h,
+        h,
         "PutAppReplicationConfiguration",
         json!({"appId": app_id, "serverGroupReplicationConfigurations": [
             {"serverGroupId": db_group, "serverReplicationConfigurations": [
@@ -309,15 +307,15 @@ async fn launch_app_and_terminate_app_through_the_api_handler_on_cloudformation(
                 {"server": {"serverId": web}, "serverReplicationParameters": params}]}]}),
     )
     .await;
-    admin(&h, "StartAppReplication", json!({"appId": app_id})).await;
-    let jobs = admin(&h, "GetReplicationJobs", json!({})).await["replicationJobList"].clone();
-    let mut amis = std::collections::HashMap::new();
+    admin(h, "StartAppReplication", json!({"appId": app_id})).await;
+    let jobs = admin(h, "GetReplicationJobs", json!({})).await["replicationJobList"].clone();
+    let mut amis = HashMap::new();
     for j in jobs.as_array().unwrap() {
         let job = j["replicationJobId"].as_str().unwrap();
         let server_id = j["serverId"].as_str().unwrap().to_owned();
         let ami = register_ami(&ec2, &format!("tern-{server_id}")).await;
         let run = admin(
-            &h,
+            h,
             "StartOnDemandReplicationRun",
             json!({"replicationJobId": job}),
         )
@@ -345,9 +343,9 @@ async fn launch_app_and_terminate_app_through_the_api_handler_on_cloudformation(
 
     // The launch configuration: the database first, the web tier with user data after it.
     admin(
-        &h,
+        h,
         "PutAppLaunchConfiguration",
-        json!({"appId": app_id, "roleName": "sms-launch", "autoLaunch": false,
+        json!({"appId": app_id, "roleName": "sms-launch", "autoLaunch": auto_launch,
             "serverGroupLaunchConfigurations": [
                 {"serverGroupId": db_group, "launchOrder": 1, "serverLaunchConfigurations": [
                     {"server": {"serverId": db}, "logicalId": "Database", "instanceType": "t3.medium"}]},
@@ -356,6 +354,27 @@ async fn launch_app_and_terminate_app_through_the_api_handler_on_cloudformation(
                      "userData": {"s3Location": {"bucket": "tern-staging", "key": "scripts/web.sh"}}}]}]}),
     )
     .await;
+
+    (app_id, amis, db, web)
+}
+
+#[tokio::test]
+async fn launch_app_and_terminate_app_through_the_api_handler_on_cloudformation() {
+    let Some(stack) = Stack::start("LaunchApp / TerminateApp through the api Lambda").await else {
+        return;
+    };
+    let ec2 = aws_sdk_ec2::Client::new(&stack.aws);
+    let settling = Arc::new(Settling {
+        inner: stack.deployment.launcher.clone(),
+        pending: Mutex::new((0, StackState::CreateInProgress)),
+        looks: AtomicU32::new(0),
+        fail_next: AtomicBool::new(false),
+    });
+    let mut deployment = stack.deployment.clone();
+    deployment.launcher = settling.clone();
+    let h = Handler::new(deployment_api(&deployment), "TernConnector");
+
+    let (app_id, amis, db, web) = replicated_app(&stack, &h, false).await;
 
     // LaunchApp: the stack exists and, on moto, is complete by the time GetApp asks.
     let started = Instant::now();
@@ -514,4 +533,61 @@ async fn launch_app_and_terminate_app_through_the_api_handler_on_cloudformation(
         .unwrap();
     assert_ne!(second, stack_id);
     assert_eq!(instances(&ec2, second).await.len(), 2);
+}
+
+#[tokio::test]
+async fn the_scheduler_lambda_auto_launches_a_replicated_application_once() {
+    let Some(stack) = Stack::start("autoLaunch through the scheduler Lambda").await else {
+        return;
+    };
+    let h = Handler::new(deployment_api(&stack.deployment), "TernConnector");
+    let (app_id, amis, db, web) = replicated_app(&stack, &h, true).await;
+    let got = admin(&h, "GetApp", json!({"appId": app_id})).await;
+    assert_eq!(
+        got["appSummary"]["replicationStatus"], "REPLICATED",
+        "{got}"
+    );
+    assert_eq!(
+        got["appSummary"]["launchStatus"], "READY_FOR_LAUNCH",
+        "{got}"
+    );
+
+    // The tick, as the every-minute schedule invokes the scheduler function.
+    let tick = tern_fn_scheduler::handle(&stack.deployment.replication)
+        .await
+        .expect("tick");
+    assert_eq!(tick["appsLaunched"], json!([app_id]), "{tick}");
+    let got = admin(&h, "GetApp", json!({"appId": app_id})).await;
+    assert_eq!(got["appSummary"]["launchStatus"], "LAUNCHED", "{got}");
+    let stack_id = got["appSummary"]["launchDetails"]["stackId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let ec2 = aws_sdk_ec2::Client::new(&stack.aws);
+    assert_eq!(
+        instances(&ec2, &stack_id).await,
+        vec![
+            ("Database".into(), amis[&db].clone(), "running".into()),
+            ("Web".into(), amis[&web].clone(), "running".into()),
+        ]
+    );
+
+    // Once: later ticks launch nothing more, and a terminated application stays terminated.
+    let tick = tern_fn_scheduler::handle(&stack.deployment.replication)
+        .await
+        .expect("tick");
+    assert_eq!(tick["appsLaunched"], json!([]), "{tick}");
+    admin(&h, "TerminateApp", json!({"appId": app_id})).await;
+    let tick = tern_fn_scheduler::handle(&stack.deployment.replication)
+        .await
+        .expect("tick");
+    assert_eq!(tick["appsLaunched"], json!([]), "{tick}");
+    let got = admin(&h, "GetApp", json!({"appId": app_id})).await;
+    assert_eq!(got["appSummary"]["launchStatus"], "TERMINATED", "{got}");
+    let stacks = aws_sdk_cloudformation::Client::new(&stack.aws)
+        .list_stacks()
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stacks.stack_summaries().len(), 1, "{stacks:?}");
 }

@@ -113,12 +113,17 @@ fn permissions() -> serde_json::Value {
             "states:SendTaskSuccess",
             "states:SendTaskFailure",
         ]),
-        // Starts executions, re-signals lost hand-overs, sweeps the outbox and teardowns.
+        // Starts executions, re-signals lost hand-overs, sweeps the outbox and teardowns;
+        // launches autoLaunch applications and follows launches in progress (CfnLauncher).
         "SchedulerFunction": with_teardown(&[
             "states:StartExecution",
             "states:SendTaskSuccess",
             "states:SendTaskFailure",
             "events:PutEvents",
+            "cloudformation:CreateStack",
+            "cloudformation:DescribeStacks",
+            "cloudformation:DescribeStackEvents",
+            "iam:PassRole",
         ]),
         "EventPublisherFunction": with(&["events:PutEvents"]),
     })
