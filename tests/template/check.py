@@ -176,6 +176,27 @@ def main():
                     for a in [acts] if isinstance(acts, str) else acts:
                         if not a.startswith(no_resource_level):
                             problem(f"{name} allows {a} on every resource")
+    # A role passed that is not one of the stack's own (the launch roles LaunchApp hands to
+    # CloudFormation, a pattern) goes to one service only; the launcher touches only the
+    # applications' stacks, sms-app-<id>.
+    for name, res in resources.items():
+        if res["Type"] != "AWS::IAM::Role":
+            continue
+        for p in res["Properties"].get("Policies", []):
+            for st in p["PolicyDocument"].get("Statement", []):
+                acts = st.get("Action", [])
+                acts = [acts] if isinstance(acts, str) else acts
+                targets = st.get("Resource", [])
+                targets = targets if isinstance(targets, list) else [targets]
+                texts = [str(resolve_sub(t)) for t in targets]
+                foreign = [t for t, raw in zip(texts, targets) if not (isinstance(raw, dict) and "Fn::GetAtt" in raw)]
+                if "iam:PassRole" in acts and foreign:
+                    passed = st.get("Condition", {}).get("StringEquals", {}).get("iam:PassedToService")
+                    if not passed:
+                        problem(f"{name} passes roles {foreign} to any service (no iam:PassedToService)")
+                if any(a.startswith("cloudformation:") for a in acts):
+                    if not all(t.endswith(":stack/sms-app-*/*") for t in texts):
+                        problem(f"{name} may use CloudFormation on {texts}, not only the applications' stacks sms-app-*")
     for name in sorted(set(functions) - set(spec["permissions"])):
         problem(f"{name} has no expected permissions in the test")
 

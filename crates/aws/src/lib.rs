@@ -6,6 +6,8 @@
 //! * [`s3::S3Staging`]: the `Staging` port on the S3 staging bucket.
 //! * [`images::Ec2Images`]: the `Images` port on EC2 ImportSnapshot, the EBS direct APIs and
 //!   EC2 images.
+//! * [`launcher::CfnLauncher`]: the `Launcher` port (LaunchApp / TerminateApp) on CloudFormation
+//!   stacks.
 //!
 //! Each maps its service's errors onto its port's kinds in one function, through the shared
 //! classification of [`sdk`] (throttling, timeouts and 5xx are transient).
@@ -13,6 +15,7 @@
 pub mod dynamodb;
 pub mod eventbridge;
 pub mod images;
+pub mod launcher;
 pub mod s3;
 mod sdk;
 pub mod stepfunctions;
@@ -20,5 +23,6 @@ pub mod stepfunctions;
 pub use dynamodb::DynamoStore;
 pub use eventbridge::EventBridge;
 pub use images::{Ec2Images, Ec2ImagesSettings, SeedMethod};
+pub use launcher::{CfnLauncher, CfnLauncherSettings};
 pub use s3::S3Staging;
 pub use stepfunctions::StepFunctions;

@@ -77,6 +77,21 @@ impl Config {
     }
 }
 
+/// The deployment's API: its table and limits, with replication (the staging bucket, the state
+/// machine) and the CloudFormation launcher of LaunchApp / TerminateApp attached. The function's
+/// `main` and the handler tests build it the same way.
+pub fn deployment_api(d: &tern_fn_common::Deployment) -> Api {
+    let api = Api::new(tern_api::Deps {
+        store: d.store.clone(),
+        clock: std::sync::Arc::new(tern_core::SystemClock),
+        ids: std::sync::Arc::new(tern_core::RandomIds),
+        config: d.service.config().clone(),
+    });
+    api.attach_replication(d.replication.clone());
+    api.attach_launcher(d.launcher.clone());
+    api
+}
+
 /// Why a request was refused before reaching the API.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Refusal {

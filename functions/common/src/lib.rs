@@ -2,7 +2,7 @@
 //! environment `template.yaml` sets, and [`Deployment::connect`], which wires the core's
 //! replication use cases to the stack's table (DynamoDB), staging bucket (S3), state machine
 //! (Step Functions) and event bus (EventBridge) — the same use cases `tern serve` runs on its
-//! embedded parts.
+//! embedded parts — and LaunchApp's launcher to CloudFormation ([`launcher`]).
 //!
 //! | variable | meaning |
 //! |---|---|
@@ -25,10 +25,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tern_aws::{
-    DynamoStore, Ec2Images, Ec2ImagesSettings, EventBridge, S3Staging, SeedMethod, StepFunctions,
+    CfnLauncher, CfnLauncherSettings, DynamoStore, Ec2Images, Ec2ImagesSettings, EventBridge,
+    S3Staging, SeedMethod, StepFunctions,
 };
 use tern_core::events::EventOrigin;
 use tern_core::images::Images;
+use tern_core::launcher::Launcher;
 use tern_core::replication::{BusAnnouncer, Publishing, Replication, ReplicationSettings};
 use tern_core::{RandomIds, Service, SystemClock};
 
@@ -173,12 +175,29 @@ pub fn images(aws: &aws_config::SdkConfig, settings: &Settings) -> Arc<dyn Image
     ))
 }
 
+/// LaunchApp's launcher: CloudFormation stacks in the function's account and region, run as
+/// the launch role the application's launch configuration names
+/// (`arn:…:iam::TERN_ACCOUNT_ID:role/<roleName>`), tagged with the table's name as images are.
+pub fn launcher(aws: &aws_config::SdkConfig, settings: &Settings) -> Arc<dyn Launcher> {
+    Arc::new(CfnLauncher::new(
+        aws_sdk_cloudformation::Client::new(aws),
+        CfnLauncherSettings {
+            account_id: settings.account_id.clone(),
+            region: settings.region.clone(),
+            managed_by: format!("tern:{}", settings.table_name),
+        },
+    ))
+}
+
 /// The use cases a replication Lambda runs, wired to the stack's resources.
 #[derive(Clone)]
 pub struct Deployment {
     pub store: Arc<dyn tern_core::store::Store>,
     pub service: Service,
     pub replication: Replication,
+    /// LaunchApp / TerminateApp's stacks ([`launcher`]): the `api` function's API and the
+    /// scheduler's tick (autoLaunch, following launches in progress) use it.
+    pub launcher: Arc<dyn Launcher>,
 }
 
 impl Deployment {
@@ -255,10 +274,15 @@ impl Deployment {
                 ..ReplicationSettings::default()
             },
         );
+        // The scheduler's tick launches autoLaunch applications and follows launches in
+        // progress with the same launcher the API uses.
+        let launcher = launcher(aws, settings);
+        replication.attach_launcher(launcher.clone());
         Ok(Self {
             store,
             service,
             replication,
+            launcher,
         })
     }
 }

@@ -29,6 +29,7 @@ pub async fn handle(replication: &Replication) -> Result<Value, lambda_runtime::
                 "executionsStarted": report.executions_started,
                 "jobsEnded": report.jobs_ended,
                 "uploadsResignalled": report.uploads_resignalled,
+                "appsLaunched": report.apps_launched,
             }))
         }
         // The next minute's tick does the same work; the error shows in the function's metrics.

@@ -1,11 +1,13 @@
 //! The AWS adapters through the real SDK: against moto's server where it models the service
-//! (DynamoDB, S3, Step Functions, EventBridge, EC2 snapshots and images, EBS direct), and with `aws-smithy-mocks` for the answers moto
+//! (DynamoDB, S3, Step Functions, EventBridge, EC2 snapshots and images, EBS direct, CloudFormation stacks), and with `aws-smithy-mocks` for the answers moto
 //! never gives (Step Functions' task-token errors, throttling, per-entry PutEvents failures).
 
 mod dynamodb;
 mod eventbridge;
 mod images;
 mod images_mocked;
+mod launcher;
+mod launcher_mocked;
 mod s3;
 mod seed;
 mod stepfunctions;

@@ -4,6 +4,7 @@
 
 mod event_publisher;
 mod fixtures;
+mod launch;
 mod pipeline;
 mod scheduler;
 mod seed_run;

@@ -54,11 +54,18 @@ fn permissions() -> serde_json::Value {
     // The Images adapter's calls per method: crates/aws/README.md.
     json!({
         // report_progress heartbeats the waiting task; work_failed fails it; DeleteReplicationJob
-        // tears the run down; GenerateTemplate writes templates and reads user data.
+        // tears the run down; GenerateTemplate writes templates and reads user data; LaunchApp
+        // and TerminateApp create, follow and delete the application's stack as its launch
+        // role (CfnLauncher, crates/aws/src/launcher.rs).
         "ApiFunction": with_teardown(&[
             "states:SendTaskHeartbeat",
             "states:SendTaskFailure",
             "s3:PutObject",
+            "cloudformation:CreateStack",
+            "cloudformation:DescribeStacks",
+            "cloudformation:DescribeStackEvents",
+            "cloudformation:DeleteStack",
+            "iam:PassRole",
         ]),
         "PrepareFunction": with(&[]),
         // A manifest recorded before the token arrived is handed over at once.
@@ -106,12 +113,17 @@ fn permissions() -> serde_json::Value {
             "states:SendTaskSuccess",
             "states:SendTaskFailure",
         ]),
-        // Starts executions, re-signals lost hand-overs, sweeps the outbox and teardowns.
+        // Starts executions, re-signals lost hand-overs, sweeps the outbox and teardowns;
+        // launches autoLaunch applications and follows launches in progress (CfnLauncher).
         "SchedulerFunction": with_teardown(&[
             "states:StartExecution",
             "states:SendTaskSuccess",
             "states:SendTaskFailure",
             "events:PutEvents",
+            "cloudformation:CreateStack",
+            "cloudformation:DescribeStacks",
+            "cloudformation:DescribeStackEvents",
+            "iam:PassRole",
         ]),
         "EventPublisherFunction": with(&["events:PutEvents"]),
     })

@@ -429,7 +429,7 @@ impl Service {
             outputs.insert(
                 format!("{}PrivateIp", p.logical_id),
                 json!({"Description": format!("Private IP address of {described}"),
-                       "Value": {"Fn::GetAtt": [p.logical_id, "PrivateIpAddress"]}}),
+                       "Value": {"Fn::GetAtt": [p.logical_id, "PrivateIp"]}}),
             );
         }
         let levels = planned.iter().map(|p| p.level).max().map_or(0, |l| l + 1);
