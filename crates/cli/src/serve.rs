@@ -126,6 +126,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             "  and the S3 staging store (bucket {}) at the same URL, path-style",
             tern_local::s3::STAGING_BUCKET
         );
+        if let Some(launch) = running.launch_summary() {
+            println!("{launch}");
+        }
         println!("Credentials file: {}", running.credentials_file().display());
         if from_env {
             println!("  administrator: the keys from {ENV_ACCESS_KEY_ID}/{ENV_SECRET_ACCESS_KEY}");

@@ -77,6 +77,15 @@ fn serve_announces_itself_and_stops_cleanly_on_sigterm_and_sigint() {
             served.announced
         );
         assert!(credentials.exists());
+        // What LaunchApp will run (the boot kit's QEMU here), or why it cannot.
+        assert!(
+            served
+                .announced
+                .contains("LaunchApp runs each instance as a QEMU guest")
+                || served.announced.contains("LaunchApp is unavailable"),
+            "LaunchApp's launcher not announced:\n{}",
+            served.announced
+        );
         TcpStream::connect(&served.endpoint).expect("server accepts connections");
         let endpoint = served.endpoint.clone();
         let status = signal_and_wait(served, signal);

@@ -176,9 +176,16 @@ pub struct Running {
     task: JoinHandle<std::io::Result<()>>,
     bus: crate::bus::LocalBus,
     replication: Option<(crate::replication::ReplicationRuntime, JoinHandle<()>)>,
+    launch: Option<String>,
 }
 
 impl Running {
+    /// How LaunchApp runs instances here (the QEMU and accelerator), or why it cannot; `None`
+    /// without replication.
+    pub fn launch_summary(&self) -> Option<&str> {
+        self.launch.as_deref()
+    }
+
     /// The address actually bound (useful with port 0).
     pub fn addr(&self) -> SocketAddr {
         self.addr
@@ -280,6 +287,7 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
         bus_config.archive = Some(cfg.data_dir.join(EVENTS_FILE));
     }
     let bus = crate::bus::LocalBus::new(bus_config)?;
+    let mut launch = None;
     let replication = match &cfg.replication {
         Some(options) => {
             let origin = tern_core::events::EventOrigin::new(
@@ -304,12 +312,13 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
                 },
             )?;
             api.attach_replication(runtime.replication().clone());
-            let launcher: Arc<dyn tern_core::launcher::Launcher> =
-                Arc::new(crate::launcher::QemuLauncher::new(
-                    cfg.data_dir.clone(),
-                    cfg.region.clone(),
-                    options.launcher.clone(),
-                ));
+            let qemu_launcher = crate::launcher::QemuLauncher::new(
+                cfg.data_dir.clone(),
+                cfg.region.clone(),
+                options.launcher.clone(),
+            );
+            launch = Some(qemu_launcher.summary());
+            let launcher: Arc<dyn tern_core::launcher::Launcher> = Arc::new(qemu_launcher);
             api.attach_launcher(launcher.clone());
             runtime.replication().attach_launcher(launcher);
             let listener = crate::replication::spawn_upload_listener(
@@ -388,6 +397,7 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
         task,
         bus,
         replication,
+        launch,
     })
 }
 

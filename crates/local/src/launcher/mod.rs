@@ -121,6 +121,23 @@ impl QemuLauncher {
         self.qemu.as_ref().ok()
     }
 
+    /// One line for `tern serve`'s banner: what LaunchApp runs, or why it cannot.
+    pub fn summary(&self) -> String {
+        match &self.qemu {
+            Ok(q) => format!(
+                "LaunchApp runs each instance as a QEMU guest: {} ({}, at most {} MiB each); `tern instances list` shows them",
+                q.binary.display(),
+                match self.opts.accel {
+                    Accel::Auto => "KVM when /dev/kvm opens, else TCG",
+                    Accel::Kvm => "KVM",
+                    Accel::Tcg => "TCG",
+                },
+                self.opts.max_memory_mib
+            ),
+            Err(e) => format!("LaunchApp is unavailable: {e}"),
+        }
+    }
+
     fn ctl(&self, name: &str) -> Arc<StackCtl> {
         let mut m = self.stacks.lock().unwrap_or_else(|p| p.into_inner());
         m.entry(name.to_string()).or_default().clone()
