@@ -311,6 +311,10 @@ pub struct ReportProgressRequest {
     pub bytes_done: u64,
     #[serde(default)]
     pub bytes_total: u64,
+    /// Tern's: what the run's statusMessage should also say (e.g. why a disk's changes are
+    /// found by reading it whole); at most 400 characters are kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]

@@ -607,6 +607,7 @@ impl Api {
                             percent: req.percent,
                             bytes_done: req.bytes_done,
                             bytes_total: req.bytes_total,
+                            note: req.note,
                         },
                     )
                     .await?;

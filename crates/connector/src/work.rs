@@ -507,6 +507,7 @@ impl Throttle {
 /// is compressed, a delta holds only changed blocks), then the objects' total.
 fn wire_progress(connector_id: &str, work_id: &str, p: &Progress) -> ReportProgressRequest {
     ReportProgressRequest {
+        note: p.note.clone(),
         connector_id: connector_id.to_string(),
         work_id: work_id.to_string(),
         stage: match p.stage {
@@ -756,6 +757,7 @@ mod tests {
             bytes_done: done,
             bytes_total: total,
             virtual_total: 1000,
+            note: None,
         }
     }
 

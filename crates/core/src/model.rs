@@ -219,6 +219,10 @@ pub struct RunWorkflow {
     /// unfinished run can have their snapshots removed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub snapshot_tasks: Vec<String>,
+    /// What the connector said besides its progress (e.g. why a disk's changes were found by
+    /// reading it whole); repeated in the run's final status message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 impl RunWorkflow {

@@ -369,6 +369,7 @@ impl Connector {
                         percent: p.percent.clamp(0.0, 100.0).floor() as u8,
                         bytes_done: p.bytes_done,
                         bytes_total: p.bytes_total.unwrap_or(virtual_total),
+                        note: p.note.clone(),
                     };
                     if let Err(e) = api
                         .call::<_, ReportProgressResponse>(op::REPORT_PROGRESS, &request)

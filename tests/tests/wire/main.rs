@@ -5,6 +5,7 @@
 mod app_launch;
 mod apps;
 mod catalog;
+mod changed;
 mod connectors;
 mod delete;
 mod hostile;

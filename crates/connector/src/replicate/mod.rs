@@ -176,6 +176,10 @@ pub struct Progress {
     /// Virtual bytes of all the server's disks (0 until the disks are opened): the
     /// denominator of `percent`.
     pub virtual_total: u64,
+    /// What the run's status message should also say: why a disk's changes are found by
+    /// reading it whole, when the bitmap could not be used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// What one disk's upload did in this call.
@@ -399,6 +403,7 @@ pub async fn run(
         bytes_done: 0,
         bytes_total: None,
         virtual_total: 0,
+        note: None,
     });
     // Every source is opened before anything is uploaded, so a missing or unreadable disk
     // fails the run at once instead of after the disks before it.
@@ -412,6 +417,12 @@ pub async fn run(
     let total_virtual = virtual_total.max(1);
 
     let limiter = Mutex::new(Limiter::new(ctx.options.bandwidth_limit));
+    // Fallback reasons, carried by every later report so the run's status message shows them.
+    let notes = std::sync::Mutex::new(Vec::<String>::new());
+    let note_now = || {
+        let n = notes.lock().unwrap_or_else(|p| p.into_inner());
+        (!n.is_empty()).then(|| n.join("; "))
+    };
     let mut entries = Vec::new();
     let mut outcomes = Vec::new();
     let (mut bytes_before, mut virtual_before, mut sent_before) = (0u64, 0u64, 0u64);
@@ -436,10 +447,23 @@ pub async fn run(
                 bytes_done: bytes_before + done,
                 bytes_total: None,
                 virtual_total,
+                note: note_now(),
             })
         };
-        let (entry, counts, read) =
-            upload_disk(work, ctx, &t, opened, &limiter, fail_after, &mut report).await?;
+        let mut add_note = |n: String| {
+            notes.lock().unwrap_or_else(|p| p.into_inner()).push(n);
+        };
+        let (entry, counts, read) = upload_disk(
+            work,
+            ctx,
+            &t,
+            opened,
+            &limiter,
+            fail_after,
+            &mut report,
+            &mut add_note,
+        )
+        .await?;
         sent_before += counts.sent;
         bytes_before += entry.size;
         virtual_before += entry.virtual_size;
@@ -481,6 +505,7 @@ pub async fn run(
         bytes_done: bytes_before,
         bytes_total: Some(bytes_before),
         virtual_total,
+        note: note_now(),
     });
     Ok(RunOutcome {
         manifest_key,
@@ -506,6 +531,7 @@ async fn upload_disk(
     limiter: &Mutex<Limiter>,
     fail_after: Option<u64>,
     report: &mut (dyn FnMut(u64, u64) + Send),
+    note: &mut (dyn FnMut(String) + Send),
 ) -> Result<(DiskManifest, PartCounts, SourceRead), ReplicateError> {
     let index = t.disk;
     let disk = opened.disk.clone();
@@ -541,6 +567,13 @@ async fn upload_disk(
         Plan::Delta { .. } => ObjectKind::Delta,
     };
     let changes = prepare_changes(work, ctx, t, &plan)?;
+    if let Some(reason) = changes.fallback() {
+        note(format!(
+            "disk {index}: changes found by reading the whole disk ({reason})"
+        ));
+        // Said at once, before the disk is read.
+        report(0, 0);
+    }
     let key = work
         .staging
         .disk_key(&work.job_id, &work.run_id, index, kind);

@@ -36,6 +36,13 @@ pub(super) struct ChangePlan {
     fallback: Option<String>,
 }
 
+impl ChangePlan {
+    /// Why an incremental run reads the whole disk although bitmaps are enabled.
+    pub(super) fn fallback(&self) -> Option<&str> {
+        self.fallback.as_deref()
+    }
+}
+
 /// Adds the run's own bitmap (before the disk is read) and picks the bitmap or the comparison.
 pub(super) fn prepare_changes(
     work: &ReplicationWork,

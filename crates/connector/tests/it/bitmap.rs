@@ -224,9 +224,25 @@ async fn deleted_bitmap_and_locked_image_fall_back_with_the_reason() {
         matches!(&e, ReplicateError::ChangedBlocks { reason, .. } if reason.contains("missing")),
         "{e}"
     );
-    let out = run(&work(job, "sms-run-00000000000000003", &img), &c)
-        .await
-        .expect("falls back");
+    let notes = std::sync::Mutex::new(Vec::new());
+    let out = replicate::run(&work(job, "sms-run-00000000000000003", &img), &c, &|p| {
+        notes.lock().unwrap().push(p.note.clone());
+    })
+    .await
+    .expect("falls back");
+    // The reason goes out with the progress reports (the run's statusMessage), from before
+    // the disk is read to the last report.
+    let notes = notes.into_inner().unwrap();
+    let first = notes
+        .iter()
+        .position(Option::is_some)
+        .expect("a report with the reason");
+    assert!(
+        notes[first..].iter().all(|n| n.as_deref().is_some_and(|n| {
+            n.contains("disk 0: changes found by reading the whole disk") && n.contains(&r1)
+        })),
+        "{notes:?}"
+    );
     match &out.disks[0].changes {
         Some(Changes::Compare {
             fallback: Some(reason),

@@ -506,7 +506,10 @@ impl Replication {
                                 stage: Some("Completed".into()),
                                 stage_progress: Some("100%".into()),
                             }),
-                            status_message: Some(format!("Completed: {}", done.image_id)),
+                            status_message: Some(match &run.value.workflow.note {
+                                Some(note) => format!("Completed: {}; {note}", done.image_id),
+                                None => format!("Completed: {}", done.image_id),
+                            }),
                             ami_id: Some(done.image_id.clone()),
                             snapshot_ids: done.snapshot_ids.clone(),
                         },

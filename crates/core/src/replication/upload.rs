@@ -67,7 +67,12 @@ pub struct Progress {
     pub percent: u8,
     pub bytes_done: u64,
     pub bytes_total: u64,
+    /// Appended to the status message (at most [`MAX_NOTE`] characters).
+    pub note: Option<String>,
 }
+
+/// The longest progress note kept in a run's status message, in characters.
+pub const MAX_NOTE: usize = 400;
 
 /// What [`Replication::upload_complete`] made of a notification.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -255,12 +260,21 @@ impl Replication {
         let work = self.replicate_work(connector_id, &progress.work_id).await?;
         self.renew_lease(connector_id, &progress.work_id).await?;
         let percent = progress.percent.min(100);
-        let message = format!(
+        let mut message = format!(
             "{} {percent}% ({} of {})",
             progress.stage,
             gib(progress.bytes_done),
             gib(progress.bytes_total)
         );
+        let note: Option<String> = progress
+            .note
+            .as_deref()
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(|n| n.chars().take(MAX_NOTE).collect());
+        if let Some(note) = &note {
+            message = format!("{message}; {note}");
+        }
         let run = self
             .update_run(&work.job_id, &work.run_id, |r| {
                 if r.workflow.manifest.is_some() {
@@ -272,6 +286,9 @@ impl Replication {
                     stage_progress: Some(format!("{percent}%")),
                 });
                 r.status_message = Some(message.clone());
+                if note.is_some() {
+                    r.workflow.note = note.clone();
+                }
                 Ok(Some(true))
             })
             .await?;

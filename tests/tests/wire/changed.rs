@@ -1,0 +1,122 @@
+//! The real connector on a qcow2 disk: an incremental run whose dirty bitmap was deleted behind
+//! Tern's back reads the whole disk instead, and the run's statusMessage says so and why.
+
+use std::time::{Duration, Instant};
+
+use aws_sdk_sms::types::{LicenseType, ReplicationRunState};
+use aws_smithy_types::DateTime;
+use tern_acceptance::{now_secs, TestServer};
+use tern_test_support::qemu::{qemu_img, qemu_io};
+
+async fn run_to_end(
+    server: &TestServer,
+    agent: &mut tern_connector::Agent,
+    job_id: &str,
+    run_id: Option<&str>,
+) -> aws_sdk_sms::types::ReplicationRun {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        server.tick().await;
+        agent.poll_once().await.unwrap();
+        let runs = server
+            .client
+            .get_replication_runs()
+            .replication_job_id(job_id)
+            .send()
+            .await
+            .unwrap();
+        let run = runs
+            .replication_run_list()
+            .iter()
+            .find(|r| run_id.is_none_or(|id| r.replication_run_id() == Some(id)))
+            .cloned();
+        if let Some(r) = run.filter(|r| {
+            matches!(
+                r.state(),
+                Some(ReplicationRunState::Completed | ReplicationRunState::Failed)
+            )
+        }) {
+            assert_eq!(r.state(), Some(&ReplicationRunState::Completed), "{r:?}");
+            return r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "run of {job_id} not done in 120 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_that_cannot_use_the_bitmap_says_why_in_its_status_message() {
+    let server = TestServer::start().await;
+    let disk = server.scratch().join("vm.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", disk.to_str().unwrap(), "8M"]);
+    let d = disk.to_str().unwrap();
+    qemu_io(&["-f", "qcow2", "-c", "write -P 0x11 0 2M", d]);
+    let inventory = format!(
+        "vm_manager_id = \"vc-changed\"\nvm_manager_type = \"VSPHERE\"\n\n[[vms]]\nid = \"vm-q\"\nname = \"q\"\nos_type = \"LINUX\"\ndisks = [{:?}]\n",
+        disk.display().to_string()
+    );
+    let mut agent = server.connector_agent("changed", &inventory).await;
+    agent.run_once().await.unwrap();
+    let c = &server.client;
+    c.import_server_catalog().send().await.unwrap();
+    agent.poll_once().await.unwrap();
+    let servers = c.get_servers().send().await.unwrap();
+    let server_id = servers.server_list()[0].server_id().unwrap().to_string();
+    let job_id = c
+        .create_replication_job()
+        .server_id(&server_id)
+        .seed_replication_time(DateTime::from_secs(now_secs()))
+        .frequency(12)
+        .license_type(LicenseType::Byol)
+        .send()
+        .await
+        .unwrap()
+        .replication_job_id()
+        .unwrap()
+        .to_string();
+    let seed = run_to_end(&server, &mut agent, &job_id, None).await;
+    let seed_message = seed.status_message().unwrap_or_default();
+    assert!(!seed_message.contains("whole disk"), "{seed_message}");
+
+    // Every bitmap Tern added is removed behind its back; the disk changes.
+    let info = std::process::Command::new("qemu-img")
+        .args(["info", "--output=json"])
+        .arg(&disk)
+        .output()
+        .unwrap();
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    let names: Vec<String> = info["format-specific"]["data"]["bitmaps"]
+        .as_array()
+        .map(|b| {
+            b.iter()
+                .map(|x| x["name"].as_str().unwrap().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(!names.is_empty(), "the seed left no bitmap: {info}");
+    for n in &names {
+        qemu_img(&["bitmap", "--remove", d, n]);
+    }
+    qemu_io(&["-f", "qcow2", "-c", "write -P 0x22 4M 512k", d]);
+    let run_id = c
+        .start_on_demand_replication_run()
+        .replication_job_id(&job_id)
+        .send()
+        .await
+        .unwrap()
+        .replication_run_id()
+        .unwrap()
+        .to_string();
+    let run = run_to_end(&server, &mut agent, &job_id, Some(&run_id)).await;
+    let message = run.status_message().unwrap_or_default();
+    assert!(
+        message.starts_with("Completed: ami-")
+            && message.contains("disk 0: changes found by reading the whole disk")
+            && message.contains(&names[0]),
+        "{message}"
+    );
+    server.shutdown().await;
+}
