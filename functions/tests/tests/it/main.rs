@@ -216,3 +216,23 @@ pub async fn read_back(ebs: &aws_sdk_ebs::Client, id: &str, disk: &mut [u8]) -> 
     }
     listed.blocks().len()
 }
+
+/// A server in the catalog of the stack's table and a 12-hourly replication job for it, seeded
+/// now (so the next scheduler tick creates its first run); answers the job id.
+pub async fn job_seeded_now(stack: &Stack, service: &tern_core::service::Service) -> String {
+    let (_, servers) = tern_store_contract::apps::service_with_catalog(
+        Arc::new(stack.store.clone()),
+        tern_core::Config::default(),
+        1,
+    )
+    .await;
+    service
+        .create_job(tern_core::service::NewJob {
+            server_id: servers[0].clone(),
+            seed_replication_time: Some(time::OffsetDateTime::now_utc()),
+            frequency: Some(12),
+            ..Default::default()
+        })
+        .await
+        .expect("a replication job")
+}

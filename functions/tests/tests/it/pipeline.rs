@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tern_aws::{Ec2Images, Ec2ImagesSettings, SeedMethod};
 use tern_core::replication::{functions, ObjectKind, Replication, StagingLocation};
-use tern_core::service::NewJob;
 use tern_core::store::Store as _;
 use tern_fn_common::Deployment;
 use tern_local::replication::{function_resource, LocalWorkflows};
@@ -276,22 +275,7 @@ async fn the_asl_on_the_states_engine_replicates_through_the_lambda_handlers() {
     .unwrap();
     let _ = cell.set(deployment.replication.clone());
 
-    let (_, servers) = tern_store_contract::apps::service_with_catalog(
-        Arc::new(stack.store.clone()),
-        tern_core::Config::default(),
-        1,
-    )
-    .await;
-    let job_id = deployment
-        .service
-        .create_job(NewJob {
-            server_id: servers[0].clone(),
-            seed_replication_time: Some(time::OffsetDateTime::now_utc()),
-            frequency: Some(12),
-            ..NewJob::default()
-        })
-        .await
-        .unwrap();
+    let job_id = crate::job_seeded_now(&stack, &deployment.service).await;
     let p = Pipeline {
         stack,
         s3,

@@ -1,10 +1,6 @@
 //! scheduler: the every-minute tick starts a due run's execution on Step Functions (moto)
 //! exactly once, named after the run, however often it is invoked.
 
-use std::sync::Arc;
-
-use tern_core::service::NewJob;
-
 use crate::{fixture, Stack};
 
 #[tokio::test]
@@ -12,22 +8,8 @@ async fn a_due_run_gets_one_execution_named_after_it_however_often_the_tick_runs
     let Some(stack) = Stack::start("the scheduler Lambda").await else {
         return;
     };
-    let (_, servers) = tern_store_contract::apps::service_with_catalog(
-        Arc::new(stack.store.clone()),
-        tern_core::Config::default(),
-        1,
-    )
-    .await;
     let svc = &stack.deployment.service;
-    let job = svc
-        .create_job(NewJob {
-            server_id: servers[0].clone(),
-            seed_replication_time: Some(time::OffsetDateTime::now_utc()),
-            frequency: Some(12),
-            ..NewJob::default()
-        })
-        .await
-        .expect("job");
+    let job = crate::job_seeded_now(&stack, svc).await;
     // The Scheduler invocation's payload is not read; the fixture documents its shape.
     assert_eq!(
         fixture("scheduler/every-minute.json")["source"],

@@ -20,7 +20,6 @@ use std::time::Instant;
 use serde_json::{json, Value};
 use tern_aws::{Ec2Images, Ec2ImagesSettings, SeedMethod};
 use tern_core::replication::{functions, ObjectKind, Replication, StagingLocation};
-use tern_core::service::NewJob;
 use tern_fn_common::Deployment;
 use tern_test_support::qemu::{make_raw, BLOCK};
 
@@ -68,22 +67,7 @@ async fn a_seed_through_ebs_direct_becomes_an_image_of_the_disk() {
     .expect("deployment");
     let replication = &deployment.replication;
 
-    let (_, servers) = tern_store_contract::apps::service_with_catalog(
-        Arc::new(stack.store.clone()),
-        tern_core::Config::default(),
-        1,
-    )
-    .await;
-    let job_id = deployment
-        .service
-        .create_job(NewJob {
-            server_id: servers[0].clone(),
-            seed_replication_time: Some(time::OffsetDateTime::now_utc()),
-            frequency: Some(12),
-            ..NewJob::default()
-        })
-        .await
-        .unwrap();
+    let job_id = crate::job_seeded_now(&stack, &deployment.service).await;
     let tick = tern_fn_scheduler::handle(replication).await.unwrap();
     let run_id = tick["runsCreated"][0].as_str().unwrap().to_owned();
 

@@ -4,11 +4,8 @@
 //! object is ignored, and a task called with a bad payload fails with the error name the state
 //! machine matches.
 
-use std::sync::Arc;
-
 use serde_json::json;
 use tern_core::replication::{functions, ObjectKind, StagingLocation};
-use tern_core::service::NewJob;
 
 use crate::{fixture, Stack};
 
@@ -27,24 +24,8 @@ async fn a_manifest_resumes_its_run_once_and_other_objects_change_nothing() {
     let bucket = stack.settings.staging_bucket.clone();
     let s3 = aws_sdk_s3::Client::new(&stack.aws);
     s3.create_bucket().bucket(&bucket).send().await.unwrap();
-    let (_, servers) = tern_store_contract::apps::service_with_catalog(
-        Arc::new(stack.store.clone()),
-        tern_core::Config::default(),
-        1,
-    )
-    .await;
     let replication = &stack.deployment.replication;
-    let job_id = stack
-        .deployment
-        .service
-        .create_job(NewJob {
-            server_id: servers[0].clone(),
-            seed_replication_time: Some(time::OffsetDateTime::now_utc()),
-            frequency: Some(12),
-            ..NewJob::default()
-        })
-        .await
-        .unwrap();
+    let job_id = crate::job_seeded_now(&stack, &stack.deployment.service).await;
     let tick = tern_fn_scheduler::handle(replication).await.unwrap();
     let run_id = tick["runsCreated"][0].as_str().unwrap().to_owned();
 
