@@ -423,10 +423,7 @@ impl Api {
     /// nothing else asks it. Answers whether the status was looked up. A launcher that cannot
     /// answer now leaves the status as it was (logged), rather than failing the read.
     async fn follow_launch(&self, app: &core::AppSummary) -> bool {
-        let moving = matches!(
-            app.launch_status,
-            AppLaunchStatus::LaunchInProgress | AppLaunchStatus::TerminateInProgress
-        );
+        let moving = app.launch_status.follows_stack();
         let Some(launcher) = self.launcher.get().filter(|_| moving) else {
             return false;
         };

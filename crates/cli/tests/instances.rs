@@ -3,10 +3,11 @@
 //! QEMU's `-name` does), and an unknown instance named in the error.
 
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use tern_local::launcher::{status, InstanceRecord, StackRecord};
+use tern_test_support::poll::until;
 
 fn tern(data: &std::path::Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_tern"))
@@ -88,14 +89,10 @@ fn instances_are_listed_read_and_stopped() {
 
     let stopped = ok(data, &["stop", "Database"]);
     assert!(stopped.contains(&format!("stopped {id}")), "{stopped}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while guest.try_wait().unwrap().is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "the instance's process still runs"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    until(Duration::from_secs(10), Duration::from_millis(50), || {
+        guest.try_wait().unwrap()
+    })
+    .expect("the instance's process stops within 10 s");
     let listed: Value = serde_json::from_str(&ok(data, &["list", "--json"])).unwrap();
     assert_eq!(listed[0]["instances"][0]["state"], "stopped");
     assert!(ok(data, &["stop", id]).contains("is not running"));

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 use tern_core::images::{
@@ -16,6 +16,7 @@ use tern_core::{RandomIds, SystemClock};
 use tern_local::guest::Accel;
 use tern_local::images::{LocalImages, LocalImagesOptions};
 use tern_local::launcher::{self, status, LauncherOptions, QemuLauncher};
+use tern_test_support::poll;
 use tern_test_support::qemu::stream_vmdk;
 
 const BUCKET: &str = "tern-staging";
@@ -164,27 +165,22 @@ fn instance(image: &str, depends: &[&str], user_data: Option<&str>) -> Value {
 }
 
 async fn settle(l: &QemuLauncher, id: &str, done: impl Fn(&StackState) -> bool) -> StackState {
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        let s = l.stack_state(id).await.unwrap();
-        if done(&s) {
-            return s;
-        }
-        assert!(Instant::now() < deadline, "stack {id} is still {s:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let settled = poll::until_async(
+        Duration::from_secs(180),
+        Duration::from_millis(200),
+        || async { Some(l.stack_state(id).await.unwrap()).filter(|s| done(s)) },
+    )
+    .await;
+    settled.unwrap_or_else(|| panic!("stack {id} did not settle within 180 s"))
 }
 
-/// Waits until `file` holds `text` (the guest prints after the firmware).
+/// What `file` holds once it holds `text` (the guest prints after the firmware), or after 60 s.
 fn wait_for_text(file: &Path, text: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let got = std::fs::read_to_string(file).unwrap_or_default();
-        if got.contains(text) || Instant::now() > deadline {
-            return got;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let read = || std::fs::read_to_string(file).unwrap_or_default();
+    poll::until(Duration::from_secs(60), Duration::from_millis(100), || {
+        Some(read()).filter(|got| got.contains(text))
+    })
+    .unwrap_or_else(read)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

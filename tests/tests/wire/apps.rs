@@ -286,31 +286,31 @@ async fn an_application_replicates_stops_and_is_deleted() {
             .map(|s| s.as_str().to_string())
             .unwrap()
     };
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let status = launch_status().await;
-        if status == "LAUNCHED" {
-            break;
-        }
-        assert_eq!(status, "LAUNCH_IN_PROGRESS");
-        assert!(
-            Instant::now() < deadline,
-            "autoLaunch did not finish in 120 s"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    tern_test_support::poll::until_async(
+        Duration::from_secs(120),
+        Duration::from_millis(200),
+        || async {
+            let status = launch_status().await;
+            assert!(
+                status == "LAUNCHED" || status == "LAUNCH_IN_PROGRESS",
+                "{status}"
+            );
+            (status == "LAUNCHED").then_some(())
+        },
+    )
+    .await
+    .expect("autoLaunch finishes in 120 s");
     let stacks = tern_local::launcher::list(server.data_dir()).unwrap();
     assert_eq!(stacks[0].instances.len(), 3);
     assert!(stacks[0].instances.iter().all(|i| i.running()));
     c.terminate_app().app_id(&app_id).send().await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while launch_status().await != "TERMINATED" {
-        assert!(
-            Instant::now() < deadline,
-            "TerminateApp did not finish in 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    tern_test_support::poll::until_async(
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || async { (launch_status().await == "TERMINATED").then_some(()) },
+    )
+    .await
+    .expect("TerminateApp finishes in 60 s");
     assert!(server.tick().await.apps_launched.is_empty());
     assert!(!stacks[0].instances.iter().any(|i| i.running()));
 

@@ -101,13 +101,24 @@ impl QemuLauncher {
         Self::with_qemu(data_dir, region, qemu, opts)
     }
 
-    /// A launcher running `qemu` (an `Err` is the reason there is none).
+    /// A launcher running `qemu` (an `Err` is the reason there is none). The tools are looked
+    /// for once, here: `qemu-img` too, which makes each instance's disk overlays.
     pub fn with_qemu(
         data_dir: PathBuf,
         region: String,
         qemu: Result<Qemu, String>,
         opts: LauncherOptions,
     ) -> Self {
+        let qemu = qemu.and_then(|q| {
+            let img = std::process::Command::new("qemu-img")
+                .arg("--version")
+                .output();
+            if img.is_ok_and(|o| o.status.success()) {
+                Ok(q)
+            } else {
+                Err("qemu-img, which makes each instance's disk overlays, is not installed (Debian/Ubuntu: apt-get install qemu-utils)".to_string())
+            }
+        });
         Self {
             data_dir,
             region,
@@ -177,18 +188,10 @@ fn failed(e: String) -> LaunchError {
 #[async_trait]
 impl Launcher for QemuLauncher {
     async fn check(&self) -> Result<(), LaunchError> {
-        if let Err(e) = &self.qemu {
-            return Err(LaunchError::Unavailable(missing_qemu_message(e)));
+        match &self.qemu {
+            Ok(_) => Ok(()),
+            Err(e) => Err(LaunchError::Unavailable(missing_qemu_message(e))),
         }
-        let img = std::process::Command::new("qemu-img")
-            .arg("--version")
-            .output();
-        if !img.is_ok_and(|o| o.status.success()) {
-            return Err(LaunchError::Unavailable(missing_qemu_message(
-                "qemu-img, which makes each instance's disk overlays, is not installed (Debian/Ubuntu: apt-get install qemu-utils)",
-            )));
-        }
-        Ok(())
     }
 
     async fn create_stack(
@@ -415,6 +418,8 @@ impl Job {
         ctl: &StackCtl,
     ) -> Result<bool, String> {
         let qemu = self.qemu.clone()?;
+        // One read-only view of the image store for every instance of the stack.
+        let catalog = ImageCatalog::open(&self.data_dir).map_err(|e| e.to_string())?;
         let levels = record
             .instances
             .iter()
@@ -432,7 +437,9 @@ impl Job {
                 let inst = record.instances[i].clone();
                 let what =
                     |e: String| format!("instance {} ({}): {e}", inst.logical_id, inst.instance_id);
-                let disks = self.prepare(&inst, user_data[i].as_deref()).map_err(what)?;
+                let disks = self
+                    .prepare(&catalog, &inst, user_data[i].as_deref())
+                    .map_err(what)?;
                 let accel = self.opts.accel.resolve();
                 let pid = instances::start(&instances::Start {
                     qemu: &qemu,
@@ -513,10 +520,10 @@ impl Job {
     /// The instance's disks (overlays on its image's exported disks) and its NoCloud seed.
     fn prepare(
         &self,
+        catalog: &ImageCatalog,
         inst: &InstanceRecord,
         user_data: Option<&str>,
     ) -> Result<Vec<PathBuf>, String> {
-        let catalog = ImageCatalog::open(&self.data_dir).map_err(|e| e.to_string())?;
         let image = catalog.describe_image(&inst.image_id).map_err(|_| {
             format!(
                 "image {} is not in this Tern's image store (`tern images list` shows them)",

@@ -230,6 +230,17 @@ impl Service {
     }
 }
 
+impl AppLaunchStatus {
+    /// A status that moves on by itself as the stack does (LAUNCH_IN_PROGRESS,
+    /// TERMINATE_IN_PROGRESS): whoever shows or drives the application asks the stack.
+    pub fn follows_stack(self) -> bool {
+        matches!(
+            self,
+            AppLaunchStatus::LaunchInProgress | AppLaunchStatus::TerminateInProgress
+        )
+    }
+}
+
 impl Service {
     /// autoLaunch, and the launches in progress followed to their stacks: launches every
     /// application whose launch configuration asks for it, once all its servers have
@@ -256,10 +267,7 @@ impl Service {
             if let Some(l) = &app.launch {
                 // A launch moving on its own (the stack) is followed here too, so its status
                 // moves without anyone reading the application.
-                if matches!(
-                    l.status,
-                    AppLaunchStatus::LaunchInProgress | AppLaunchStatus::TerminateInProgress
-                ) {
+                if l.status.follows_stack() {
                     if let Err(e) = self.sync_launch(launcher, &app.app_id).await {
                         tracing::warn!(app_id = %app.app_id, error = %e, "cannot follow the launch's stack");
                     }
