@@ -119,8 +119,8 @@ fn checkpoints(hv: &Hypervisor) -> Vec<String> {
     c
 }
 
-#[test]
-fn a_running_domain_is_seeded_and_replicated_from_its_checkpoints() {
+/// A private libvirtd whose domains run the boot kit's QEMU.
+fn kit_daemon() -> Daemon {
     let kit = BootKit::find(None)
         .expect("boot kit")
         .expect("no boot kit: build it with scripts/boot-kit.sh (its QEMU runs the test domain)");
@@ -128,7 +128,12 @@ fn a_running_domain_is_seeded_and_replicated_from_its_checkpoints() {
         .qemu
         .clone()
         .expect("the boot kit has no qemu-system-x86_64; rebuild it with scripts/boot-kit.sh");
-    let d = Daemon::start(&qemu, &kit.firmware);
+    Daemon::start(&qemu, &kit.firmware)
+}
+
+#[test]
+fn a_running_domain_is_seeded_and_replicated_from_its_checkpoints() {
+    let d = kit_daemon();
     let work = d.path().join("w");
     let raw = d.path().join("src.raw");
     let bytes = make_raw(&raw, SIZE, 21);
@@ -300,14 +305,7 @@ fn a_running_domain_is_seeded_and_replicated_from_its_checkpoints() {
 /// confirmation removes it with the other superseded ones.
 #[test]
 fn a_dropped_export_or_a_stopped_domain_fails_the_run_and_the_next_run_is_exact() {
-    let kit = BootKit::find(None)
-        .expect("boot kit")
-        .expect("no boot kit: build it with scripts/boot-kit.sh (its QEMU runs the test domain)");
-    let qemu = kit
-        .qemu
-        .clone()
-        .expect("the boot kit has no qemu-system-x86_64; rebuild it with scripts/boot-kit.sh");
-    let d = Daemon::start(&qemu, &kit.firmware);
+    let d = kit_daemon();
     let work = d.path().join("w");
     std::fs::create_dir_all(&work).unwrap();
     let raw = d.path().join("src.raw");
@@ -390,14 +388,7 @@ fn a_dropped_export_or_a_stopped_domain_fails_the_run_and_the_next_run_is_exact(
 /// `changed_blocks = "bitmap"` refuses the run.
 #[test]
 fn a_domain_without_checkpoints_falls_back_to_the_comparison_saying_why() {
-    let kit = BootKit::find(None)
-        .expect("boot kit")
-        .expect("no boot kit: build it with scripts/boot-kit.sh (its QEMU runs the test domain)");
-    let qemu = kit
-        .qemu
-        .clone()
-        .expect("the boot kit has no qemu-system-x86_64; rebuild it with scripts/boot-kit.sh");
-    let d = Daemon::start(&qemu, &kit.firmware);
+    let d = kit_daemon();
     let work = d.path().join("w");
     std::fs::create_dir_all(&work).unwrap();
     let raw = d.path().join("vda.raw");
