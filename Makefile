@@ -17,11 +17,12 @@ fmt-check:
 # checked and tested here with the feature on, on top of the default build.
 clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
-	$(CARGO) clippy -p tern-connector -p tern-cli --features libvirt --all-targets -- -D warnings
+	$(CARGO) clippy -p tern-connector -p tern-cli -p tern-acceptance --features libvirt --all-targets -- -D warnings
 
 unit:
 	$(CARGO) test --workspace --no-fail-fast
 	$(CARGO) test -p tern-connector --features libvirt --no-fail-fast libvirt
+	$(CARGO) test -p tern-acceptance --features libvirt --test wire --no-fail-fast libvirt
 
 build:
 	$(CARGO) build --workspace

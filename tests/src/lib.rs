@@ -303,8 +303,16 @@ impl TestServer {
         let dir = self.scratch().join(name);
         std::fs::create_dir_all(&dir).expect("connector dir");
         std::fs::write(dir.join("inventory.toml"), inventory_toml).expect("inventory");
+        self.write_connector_source(name, "[files]\ninventory = \"inventory.toml\"\n")
+    }
+
+    /// Writes `SCRATCH/NAME/connector.toml` for this server, whose source is the TOML section
+    /// `source` (`[files]` or `[libvirt]`); returns its path.
+    pub fn write_connector_source(&self, name: &str, source: &str) -> PathBuf {
+        let dir = self.scratch().join(name);
+        std::fs::create_dir_all(&dir).expect("connector dir");
         let config = format!(
-            "endpoint = {endpoint:?}\nregion = {REGION:?}\nname = {name:?}\nprofile = \"connector\"\ncredentials_file = {creds:?}\nstate_dir = \"state\"\nheartbeat_interval_secs = 1\npoll_interval_secs = 1\n\n[files]\ninventory = \"inventory.toml\"\n",
+            "endpoint = {endpoint:?}\nregion = {REGION:?}\nname = {name:?}\nprofile = \"connector\"\ncredentials_file = {creds:?}\nstate_dir = \"state\"\nheartbeat_interval_secs = 1\npoll_interval_secs = 1\n\n{source}",
             endpoint = self.endpoint(),
             creds = self.credentials_file().display().to_string(),
         );

@@ -81,6 +81,7 @@ fn main() {
         base_run: base,
         mode,
         work_dir: &dir,
+        progress: &tern_disk::no_progress,
     };
 
     let t = Instant::now();

@@ -162,7 +162,8 @@ impl Agent {
                     options: config.replicate_options(),
                 },
             )
-            .limit_uploads(config.max_concurrent_uploads),
+            .limit_uploads(config.max_concurrent_uploads)
+            .serve_libvirt(config.libvirt.clone()),
         );
         Ok(Self {
             config,
@@ -195,12 +196,37 @@ impl Agent {
         self.connector_id.as_deref()
     }
 
-    fn default_manager_id(&self) -> String {
-        format!("files-{}", self.config.name)
+    /// The source's VMs, and a digest of them (a changed inventory starts a new report).
+    async fn load_inventory(&self) -> Result<(Inventory, String), ConnectorError> {
+        use sha2::Digest;
+        if let Some(files) = &self.config.files {
+            let manager_id = format!("files-{}", self.config.name);
+            let digest = file_digest(&files.inventory)?;
+            return Ok((Inventory::load(&files.inventory, &manager_id)?, digest));
+        }
+        let inventory = self.load_libvirt_inventory().await?;
+        let listed = serde_json::to_vec(&inventory.vms).unwrap_or_default();
+        Ok((inventory, hex::encode(sha2::Sha256::digest(&listed))))
     }
 
-    fn load_inventory(&self) -> Result<Inventory, ConnectorError> {
-        Inventory::load(&self.config.files.inventory, &self.default_manager_id())
+    #[cfg(feature = "libvirt")]
+    async fn load_libvirt_inventory(&self) -> Result<Inventory, ConnectorError> {
+        let Some(source) = self.config.libvirt.clone() else {
+            return Err(ConnectorError::Source(
+                "the connector config names no source".into(),
+            ));
+        };
+        let manager_id = format!("libvirt-{}", self.config.name);
+        tokio::task::spawn_blocking(move || crate::libvirt::run::inventory(&source, &manager_id))
+            .await
+            .map_err(|e| ConnectorError::Source(format!("listing the libvirt domains: {e}")))?
+    }
+
+    #[cfg(not(feature = "libvirt"))]
+    async fn load_libvirt_inventory(&self) -> Result<Inventory, ConnectorError> {
+        Err(ConnectorError::Source(
+            "[libvirt] needs a connector built with the libvirt feature".into(),
+        ))
     }
 
     /// Registers with the service, passing back the id kept in the state directory so that a
@@ -209,7 +235,7 @@ impl Agent {
     pub async fn register(&mut self) -> Result<String, ConnectorError> {
         let state_path = self.config.state_dir.join(STATE_FILE);
         let previous = read_state(&state_path)?;
-        let inventory = self.load_inventory()?;
+        let (inventory, _) = self.load_inventory().await?;
         let request = RegisterConnectorRequest {
             connector_id: previous.map(|s| s.connector_id),
             name: self.config.name.clone(),
@@ -441,9 +467,7 @@ impl Agent {
         request_id: Option<String>,
     ) -> Result<InventorySent, ConnectorError> {
         let connector_id = self.id()?;
-        let path = self.config.files.inventory.clone();
-        let digest = file_digest(&path)?;
-        let mut inventory = self.load_inventory()?;
+        let (mut inventory, digest) = self.load_inventory().await?;
         let total = inventory.vms.len();
         let state_path = self.config.state_dir.join(REPORT_FILE);
         let wanted = request_id.clone().unwrap_or_else(|| UNSOLICITED.into());

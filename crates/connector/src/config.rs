@@ -47,11 +47,12 @@ pub struct ConnectorConfig {
     /// free slots (plus one that waits), so the rest stay queued on the service.
     #[serde(default = "default_max_concurrent_uploads")]
     pub max_concurrent_uploads: usize,
-    /// The `files` source: VMs listed in an inventory file.
-    pub files: FilesSource,
-    /// `[libvirt]`: the domains of a libvirt URI. Parsed and checked, but not served by the
-    /// agent yet (its inventory and replication are the library API `crate::libvirt`), so a
-    /// config holding it is refused with that reason rather than silently ignored.
+    /// `[files]`: VMs listed in an inventory file. A connector serves one source: this or
+    /// `[libvirt]`.
+    #[serde(default)]
+    pub files: Option<FilesSource>,
+    /// `[libvirt]`: the domains of a libvirt URI (needs a connector built with the `libvirt`
+    /// feature).
     #[serde(default)]
     pub libvirt: Option<crate::libvirt::LibvirtSource>,
     /// Where and how replication runs upload (the S3 staging bucket).
@@ -163,7 +164,9 @@ impl ConnectorConfig {
         };
         let base = path.parent().unwrap_or(Path::new("."));
         config.state_dir = base.join(&config.state_dir);
-        config.files.inventory = base.join(&config.files.inventory);
+        if let Some(files) = &mut config.files {
+            files.inventory = base.join(&files.inventory);
+        }
         if let Some(file) = &config.credentials_file {
             config.credentials_file = Some(base.join(file));
         }
@@ -182,6 +185,11 @@ impl ConnectorConfig {
         {
             return Err("give either [credentials] or profile/credentials_file, not both".into());
         }
+        match (&self.files, &self.libvirt) {
+            (Some(_), Some(_)) => return Err("give one source, [files] or [libvirt], not both (run one connector per source)".into()),
+            (None, None) => return Err("no source: add [files] with inventory = \"FILE\" (VMs listed in an inventory file) or [libvirt] with uri = \"qemu:///system\" (the domains of a libvirt host)".into()),
+            _ => {}
+        }
         if let Some(l) = &self.libvirt {
             if l.uri.trim().is_empty() {
                 return Err("libvirt.uri must name a libvirt URI, e.g. \"qemu:///system\"".into());
@@ -189,7 +197,6 @@ impl ConnectorConfig {
             if !cfg!(feature = "libvirt") {
                 return Err("[libvirt] needs a connector built with the libvirt feature (cargo build -p tern-cli --features libvirt, with libvirt-dev installed)".into());
             }
-            return Err("[libvirt] is not served by `tern connector run` yet: the libvirt source's inventory and checkpoint replication exist as a library (tern_connector::libvirt) but the agent does not report or replicate domains; list the domains' disk files in the files inventory meanwhile".into());
         }
         if self.heartbeat_interval_secs == 0 || self.poll_interval_secs == 0 {
             return Err("heartbeat_interval_secs and poll_interval_secs must be at least 1".into());
@@ -228,6 +235,15 @@ impl ConnectorConfig {
         Ok(())
     }
 
+    /// `changed_blocks` of the configured source.
+    pub fn changed_blocks(&self) -> crate::changed::ChangedBlocks {
+        match (&self.files, &self.libvirt) {
+            (Some(f), _) => f.changed_blocks,
+            (None, Some(l)) => l.changed_blocks,
+            (None, None) => Default::default(),
+        }
+    }
+
     /// The S3 endpoint replication uploads go to.
     pub fn staging_endpoint(&self) -> &str {
         self.staging.endpoint.as_deref().unwrap_or(&self.endpoint)
@@ -242,7 +258,7 @@ impl ConnectorConfig {
                 .bandwidth_limit_mbps
                 .map(|mbps| ((mbps * 1_000_000.0 / 8.0) as u64).max(1)),
             max_delta_bytes: st.max_delta_gib << 30,
-            changed_blocks: self.files.changed_blocks,
+            changed_blocks: self.changed_blocks(),
             ..Default::default()
         }
     }
@@ -342,20 +358,30 @@ mod tests {
     }
 
     #[test]
-    fn a_libvirt_section_is_refused_with_what_is_missing() {
+    fn a_connector_serves_exactly_one_source() {
         let dir = tempfile::tempdir().unwrap();
-        let base = "endpoint = \"http://127.0.0.1:8080\"\nstate_dir = \"s\"\n[files]\ninventory = \"i.toml\"\n";
-        let p = write(
-            dir.path(),
-            "c.toml",
-            &format!("{base}[libvirt]\nuri = \"qemu:///system\"\ndomains = [\"web*\"]\n"),
-        );
-        let e = ConnectorConfig::load(&p).unwrap_err().to_string();
+        let base = "endpoint = \"http://127.0.0.1:8080\"\nstate_dir = \"s\"\n";
+        let files = "[files]\ninventory = \"i.toml\"\n";
+        let libvirt = "[libvirt]\nuri = \"qemu:///system\"\ndomains = [\"web*\"]\nchanged_blocks = \"bitmap\"\n";
+        let p = write(dir.path(), "c.toml", &format!("{base}{libvirt}"));
         if cfg!(feature = "libvirt") {
-            assert!(e.contains("not served by `tern connector run` yet"), "{e}");
+            let c = ConnectorConfig::load(&p).unwrap();
+            assert!(c.files.is_none());
+            assert_eq!(c.libvirt.as_ref().unwrap().domains, ["web*"]);
+            assert_eq!(
+                c.replicate_options().changed_blocks,
+                crate::changed::ChangedBlocks::Bitmap
+            );
         } else {
+            let e = ConnectorConfig::load(&p).unwrap_err().to_string();
             assert!(e.contains("libvirt feature"), "{e}");
         }
+        let p = write(dir.path(), "both.toml", &format!("{base}{files}{libvirt}"));
+        let e = ConnectorConfig::load(&p).unwrap_err().to_string();
+        assert!(e.contains("not both"), "{e}");
+        let p = write(dir.path(), "none.toml", base);
+        let e = ConnectorConfig::load(&p).unwrap_err().to_string();
+        assert!(e.contains("no source") && e.contains("[libvirt]"), "{e}");
         let p = write(
             dir.path(),
             "d.toml",
@@ -392,7 +418,10 @@ inventory = "inv.toml"
         assert_eq!(c.heartbeat_interval(), Duration::from_secs(60));
         assert_eq!(c.poll_interval(), Duration::from_secs(10));
         assert_eq!(c.state_dir, dir.path().join("state"));
-        assert_eq!(c.files.inventory, dir.path().join("inv.toml"));
+        assert_eq!(
+            c.files.as_ref().unwrap().inventory,
+            dir.path().join("inv.toml")
+        );
         assert_eq!(
             c.credentials_file,
             Some(dir.path().join("data/credentials"))

@@ -37,6 +37,9 @@ pub struct Inventory {
     /// Per VM and disk: whether the file stated the format (else it is a guess from the
     /// extension, which inspection replaces with what the content says).
     stated_formats: Vec<Vec<bool>>,
+    /// Per VM and disk: the image file inspection reads when the disk's path is not one (a
+    /// hypervisor's disk, `libvirt:web01/vda`); empty for inventory files.
+    read_paths: Vec<Vec<Option<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -226,6 +229,7 @@ impl Inventory {
             vm_manager_type: file.vm_manager_type,
             vms,
             stated_formats,
+            read_paths: Vec::new(),
         })
     }
 }
@@ -247,6 +251,24 @@ impl Inventory {
         }
     }
 
+    /// An inventory a hypervisor reported: its disk formats are the hypervisor's (stated), and
+    /// `read_paths[vm][disk]` names the image file inspection reads, where there is one.
+    pub fn from_hypervisor(
+        vm_manager_id: String,
+        vm_manager_name: Option<String>,
+        vms: Vec<InventoryVm>,
+        read_paths: Vec<Vec<Option<String>>>,
+    ) -> Inventory {
+        Inventory {
+            vm_manager_id,
+            vm_manager_name,
+            vm_manager_type: None,
+            stated_formats: vms.iter().map(|v| vec![true; v.disks.len()]).collect(),
+            vms,
+            read_paths,
+        }
+    }
+
     /// Inspects the disks of VM `index` (see [`Inventory::inspect`]); a disk several VMs share
     /// is opened once per `inspector`.
     pub fn inspect_vm(&mut self, index: usize, inspector: &mut Inspector) {
@@ -257,11 +279,28 @@ impl Inventory {
         if vm.disks.is_empty() {
             return;
         }
+        let reads = self.read_paths.get(index);
         let reports: Vec<Value> = vm
             .disks
             .iter_mut()
             .zip(stated)
-            .map(|(d, &stated)| inspector.disk(d, stated))
+            .enumerate()
+            .map(|(j, (d, &stated))| {
+                match reads.and_then(|r| r.get(j)).cloned().flatten() {
+                    None => inspector.disk(d, stated),
+                    Some(file) => {
+                        // The image file stands in for the disk; the disk keeps its own path.
+                        let mut f = InventoryDisk {
+                            path: file,
+                            format: d.format.clone(),
+                            size_bytes: d.size_bytes,
+                        };
+                        let report = inspector.disk(&mut f, stated);
+                        d.size_bytes = d.size_bytes.or(f.size_bytes);
+                        report
+                    }
+                }
+            })
             .collect();
         let mut inspection = match vm.inspection.take() {
             Some(Value::Object(m)) => m,

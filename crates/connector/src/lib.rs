@@ -2,16 +2,17 @@
 //!
 //! It registers with the control plane (keeping its `connectorId` in a state directory so that a
 //! restart is the same connector), sends heartbeats, polls for work and answers it. In this
-//! release the only source is `files` — an inventory file listing VMs and their disk images or
-//! OVA archives (see `README.md` in this crate for both file formats). Work is `INVENTORY`
+//! release a connector serves one source: `files` — an inventory file listing VMs and their disk
+//! images or OVA archives (see `README.md` in this crate for both file formats) — or `libvirt`
+//! (feature `libvirt`), the domains of a libvirt URI. Work is `INVENTORY`
 //! (report the VMs, each disk inspected, so that `ImportServerCatalog` fills the server
 //! catalog), `REPLICATE` and `COMMIT_RUN` ([`work`], in background tasks).
 //!
 //! [`replicate`] runs replication work: seeds as stream-optimized VMDKs, incremental runs as
 //! block deltas, both streamed into resumable S3 multipart uploads, manifest last. [`ova`]
 //! lists and reads the disks of OVA archives in place. [`libvirt`] (feature `libvirt`) lists the
-//! domains of a libvirt URI and replicates a running domain from a checkpoint per run; the
-//! agent does not serve it yet.
+//! domains of a libvirt URI and replicates a running domain from a checkpoint per run, its
+//! objects made before the upload ([`replicate::prepared`]).
 //!
 //! Requests use the same awsJson 1.1 protocol as the SMS API, under the target prefix
 //! `TernConnectorService_V1`, signed with SigV4 (service `sms`) using connector credentials.
@@ -39,6 +40,9 @@ use std::path::PathBuf;
 pub enum ConnectorError {
     #[error("config file {path}: {message}")]
     Config { path: PathBuf, message: String },
+    /// The hypervisor the connector reads could not list its VMs (the message says why).
+    #[error("{0}")]
+    Source(String),
     #[error("inventory file {path}: {message}")]
     Inventory { path: PathBuf, message: String },
     #[error("credentials: {0}")]

@@ -26,6 +26,7 @@ use tern_api::connector::{
 use tern_disk::Format;
 use tokio::sync::mpsc;
 
+use crate::libvirt::LibvirtSource;
 use crate::replicate::{self, DiskSource, Progress, ReplicateContext, ReplicateError, Stage};
 use crate::{ApiClient, ConnectorError};
 
@@ -97,6 +98,8 @@ pub(crate) struct Worker {
     /// Uploads that may run at once (the rest of the items wait for a permit).
     uploads: tokio::sync::Semaphore,
     pub max_uploads: usize,
+    /// The libvirt source, when the connector serves one: its runs are backups of domains.
+    libvirt: Option<LibvirtSource>,
 }
 
 /// Sees every progress update of every run (unthrottled), e.g. to draw progress bars: the
@@ -129,7 +132,14 @@ impl Worker {
             observer: Mutex::default(),
             uploads: tokio::sync::Semaphore::new(crate::config::DEFAULT_MAX_CONCURRENT_UPLOADS),
             max_uploads: crate::config::DEFAULT_MAX_CONCURRENT_UPLOADS,
+            libvirt: None,
         }
+    }
+
+    /// Serves the domains of a libvirt source: their runs are taken with backups.
+    pub fn serve_libvirt(mut self, source: Option<LibvirtSource>) -> Self {
+        self.libvirt = source;
+        self
     }
 
     /// Waits for an upload slot. Meanwhile a `Queued` progress report every minute keeps the
@@ -265,6 +275,8 @@ impl Worker {
         let mut work = translate(original).map_err(|e| advise_run(&e, None, original))?;
         self.settle_parent(&mut work, original.parent_run_id.as_deref())
             .map_err(|e| advise_run(&e, Some(&work), original))?;
+        let domain = crate::libvirt::domain_of(&work.disks)
+            .map_err(|e| advise_run(&e, Some(&work), original))?;
         let (tx, rx) = mpsc::unbounded_channel();
         let throttle = Mutex::new(Throttle::default());
         let observer = lock(&self.observer).clone();
@@ -288,9 +300,23 @@ impl Worker {
             rx,
             cancelled.clone(),
         ));
-        let result = tokio::select! {
-            r = replicate::run(&work, &self.ctx, &on_progress) => Some(r),
-            _ = cancelled.notified() => None,
+        // A backup is not cut short by a withdrawal (it ends within the time to read the
+        // changes, and a half-taken one would leave its checkpoint): the upload is.
+        let result = match self
+            .prepare(&mut work, domain.as_deref(), &on_progress)
+            .await
+        {
+            Err(e) => Some(Err(e)),
+            Ok(prepared) => {
+                let result = tokio::select! {
+                    r = replicate::run(&work, &self.ctx, &on_progress) => Some(r),
+                    _ = cancelled.notified() => None,
+                };
+                if let (Some(Ok(_)), Some(p)) = (&result, &prepared) {
+                    replicate::prepared::release_objects(p);
+                }
+                result
+            }
         };
         // Dropping the callback drops the sender: the reporter sends what is queued and stops,
         // so the last report goes out before CompleteWork or ReportError.
@@ -307,6 +333,11 @@ impl Worker {
                 withdrawn_seen || self.withdrawn(connector_id, work_id, last.as_ref()).await
             }
         };
+        let given_up = withdrawn
+            || matches!(&result, Some(Err(e)) if !matches!(e, ReplicateError::AlreadyCommitted { .. } | ReplicateError::Interrupted { .. }));
+        if let (true, Some(domain)) = (given_up, &domain) {
+            self.give_up_libvirt(&work, domain).await;
+        }
         if withdrawn {
             // Withdrawn, not interrupted: the upload is not to be resumed or finished.
             match replicate::abandon_run(&work, &self.ctx).await {
@@ -371,7 +402,7 @@ impl Worker {
         }
         if replicate::has_pending_run(dir, &work.job_id, parent) {
             tracing::info!(job_id = %work.job_id, run_id = parent, "committing the parent run, whose COMMIT_RUN never arrived");
-            if let Err(e) = replicate::commit_run(dir, &work.job_id, parent) {
+            if let Err(e) = self.commit_run(&work.job_id, parent) {
                 tracing::warn!(job_id = %work.job_id, run_id = parent, error = %e, "could not commit the parent run");
             }
         }
@@ -397,7 +428,7 @@ impl Worker {
     ) -> WorkOutcome {
         let job_lock = self.job_lock(&work.job_id);
         let _job = job_lock.lock().await;
-        let outcome = match replicate::commit_run(self.state_dir(), &work.job_id, &work.run_id) {
+        let outcome = match self.commit_run(&work.job_id, &work.run_id) {
             Ok(()) => {
                 tracing::info!(job_id = %work.job_id, run_id = %work.run_id, "run confirmed; its block maps are kept");
                 WorkOutcome::Committed
@@ -442,6 +473,143 @@ impl Worker {
             tracing::warn!(work_id, error = %e, "could not complete the work item");
         }
         outcome
+    }
+
+    /// Confirms a run: its block maps become the kept ones, and for a libvirt domain its
+    /// checkpoint becomes the only one of the job.
+    fn commit_run(&self, job_id: &str, run_id: &str) -> Result<(), ReplicateError> {
+        let dir = self.state_dir();
+        // Read before the commit removes the run's folder.
+        let prepared = replicate::prepared::prepared_dir(dir, job_id, run_id)
+            .ok()
+            .and_then(|d| replicate::prepared::load(&d).ok().flatten());
+        replicate::commit_run(dir, job_id, run_id)?;
+        #[cfg(feature = "libvirt")]
+        if let (Some(source), Some(domain)) = (
+            &self.libvirt,
+            prepared
+                .as_ref()
+                .and_then(crate::libvirt::run::prepared_domain),
+        ) {
+            crate::libvirt::run::after_commit(source, dir, job_id, run_id, domain);
+        }
+        #[cfg(not(feature = "libvirt"))]
+        let _ = prepared;
+        Ok(())
+    }
+
+    /// Before the upload: a libvirt domain's disks are read at one point in time into prepared
+    /// objects (or found there from an earlier attempt), which become the work's disks; they
+    /// are freed once the manifest is up.
+    async fn prepare(
+        &self,
+        work: &mut replicate::ReplicationWork,
+        domain: Option<&str>,
+        progress: &(dyn Fn(Progress) + Send + Sync),
+    ) -> Result<Option<replicate::PreparedRun>, ReplicateError> {
+        let Some(domain) = domain else {
+            return Ok(None);
+        };
+        if replicate::committed_run(self.state_dir(), &work.job_id)?.as_deref()
+            == Some(work.run_id.as_str())
+        {
+            return Err(ReplicateError::AlreadyCommitted {
+                job_id: work.job_id.clone(),
+                run_id: work.run_id.clone(),
+            });
+        }
+        let prepared = self.prepare_libvirt(work, domain, progress).await?;
+        work.disks = prepared
+            .disks
+            .iter()
+            .cloned()
+            .map(DiskSource::Prepared)
+            .collect();
+        Ok(Some(prepared))
+    }
+
+    /// Reads the domain's disks on a blocking thread, reporting `Preparing` about once a
+    /// second meanwhile (which also keeps the item's lease).
+    #[cfg(feature = "libvirt")]
+    async fn prepare_libvirt(
+        &self,
+        work: &replicate::ReplicationWork,
+        domain: &str,
+        progress: &(dyn Fn(Progress) + Send + Sync),
+    ) -> Result<replicate::PreparedRun, ReplicateError> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let Some(source) = self.libvirt.clone() else {
+            return Err(ReplicateError::InvalidWork(format!(
+                "the server is libvirt domain {domain}, but this connector has no [libvirt] source; run the connector configured with the domain's libvirt URI"
+            )));
+        };
+        let read = Arc::new(AtomicU64::new(0));
+        let task = {
+            let (read, state_dir, work, domain) = (
+                read.clone(),
+                self.state_dir().to_path_buf(),
+                work.clone(),
+                domain.to_string(),
+            );
+            tokio::task::spawn_blocking(move || {
+                let on_read = move |n: u64| {
+                    read.fetch_add(n, Ordering::Relaxed);
+                };
+                crate::libvirt::run::prepare(&source, &state_dir, &work, &domain, &on_read)
+            })
+        };
+        tokio::pin!(task);
+        let mut every = tokio::time::interval(PROGRESS_EVERY);
+        loop {
+            tokio::select! {
+                done = &mut task => {
+                    return done.map_err(|e| ReplicateError::Internal(format!("libvirt backup: {e}")))?;
+                }
+                _ = every.tick() => progress(Progress {
+                    stage: Stage::Preparing,
+                    disk: None,
+                    percent: 0.0,
+                    bytes_done: 0,
+                    bytes_total: None,
+                    virtual_total: 0,
+                    note: Some(format!(
+                        "reading domain {domain} from its backup: {} MiB read",
+                        read.load(Ordering::Relaxed) >> 20
+                    )),
+                }),
+            }
+        }
+    }
+
+    #[cfg(not(feature = "libvirt"))]
+    async fn prepare_libvirt(
+        &self,
+        _work: &replicate::ReplicationWork,
+        domain: &str,
+        _progress: &(dyn Fn(Progress) + Send + Sync),
+    ) -> Result<replicate::PreparedRun, ReplicateError> {
+        Err(ReplicateError::InvalidWork(format!(
+            "the server is libvirt domain {domain}, but this connector was built without the libvirt feature; run one built with it (cargo build -p tern-cli --features libvirt)"
+        )))
+    }
+
+    /// A libvirt run that will not be resumed: its checkpoint and prepared objects go.
+    async fn give_up_libvirt(&self, work: &replicate::ReplicationWork, domain: &str) {
+        #[cfg(feature = "libvirt")]
+        if let Some(source) = self.libvirt.clone() {
+            let (state_dir, job, run, domain) = (
+                self.state_dir().to_path_buf(),
+                work.job_id.clone(),
+                work.run_id.clone(),
+                domain.to_string(),
+            );
+            let _ = tokio::task::spawn_blocking(move || {
+                crate::libvirt::run::give_up(&source, &state_dir, &job, &run, &domain)
+            })
+            .await;
+        }
+        #[cfg(not(feature = "libvirt"))]
+        let _ = (work, domain);
     }
 
     /// A call that closes an item, retried with backoff while the service is unreachable or
@@ -601,6 +769,12 @@ pub fn translate_disk(path: &str, format: Option<&str>) -> Result<DiskSource, St
     if path.trim().is_empty() {
         return Err("the disk has no path; re-import the server catalog".into());
     }
+    if let Some((domain, target)) = crate::libvirt::parse_disk_path(path) {
+        return Ok(DiskSource::Libvirt {
+            domain: domain.into(),
+            target: target.into(),
+        });
+    }
     if format.is_some_and(|f| f.eq_ignore_ascii_case(OVA_FORMAT)) {
         let (archive, n) = path
             .rsplit_once(OVA_DISK_MARK)
@@ -650,6 +824,9 @@ fn advise_run(
         }
         ReplicateError::InvalidOptions(_) => {
             "Fix the connector's [staging] settings and restart it".to_string()
+        }
+        ReplicateError::Hypervisor(_) => {
+            "Check that the domain runs and that the connector can reach its libvirt URI, then start a new run".to_string()
         }
         ReplicateError::ChangedBlocks { .. } => {
             "Set changed_blocks = \"auto\" in the connector's [files] section to fall back to reading the whole disk, or fix the cause above, then start a new run".to_string()

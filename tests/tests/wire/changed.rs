@@ -1,54 +1,12 @@
 //! The real connector on a qcow2 disk: an incremental run whose dirty bitmap was deleted behind
 //! Tern's back reads the whole disk instead, and the run's statusMessage says so and why.
 
-use std::time::Duration;
-
-use aws_sdk_sms::types::{LicenseType, ReplicationRunState};
+use aws_sdk_sms::types::LicenseType;
 use aws_smithy_types::DateTime;
 use tern_acceptance::{now_secs, TestServer};
-use tern_test_support::poll;
 use tern_test_support::qemu::{qemu_img, qemu_io};
 
-async fn run_to_end(
-    server: &TestServer,
-    agent: &mut tern_connector::Agent,
-    job_id: &str,
-    run_id: Option<&str>,
-) -> aws_sdk_sms::types::ReplicationRun {
-    let done = poll::until_async(
-        Duration::from_secs(120),
-        Duration::from_millis(100),
-        || async {
-            server.tick().await;
-            agent.poll_once().await.unwrap();
-            let runs = server
-                .client
-                .get_replication_runs()
-                .replication_job_id(job_id)
-                .send()
-                .await
-                .unwrap();
-            runs.replication_run_list()
-                .iter()
-                .find(|r| run_id.is_none_or(|id| r.replication_run_id() == Some(id)))
-                .filter(|r| {
-                    matches!(
-                        r.state(),
-                        Some(ReplicationRunState::Completed | ReplicationRunState::Failed)
-                    )
-                })
-                .cloned()
-        },
-    )
-    .await
-    .unwrap_or_else(|| panic!("run of {job_id} not done in 120 s"));
-    assert_eq!(
-        done.state(),
-        Some(&ReplicationRunState::Completed),
-        "{done:?}"
-    );
-    done
-}
+use super::run_to_end;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_that_cannot_use_the_bitmap_says_why_in_its_status_message() {

@@ -10,6 +10,8 @@ mod connectors;
 mod delete;
 mod hostile;
 mod jobs;
+#[cfg(feature = "libvirt")]
+mod libvirt;
 mod limits;
 mod preflight;
 mod raw;
@@ -17,7 +19,66 @@ mod replication;
 mod runs;
 mod s3;
 
+use std::time::Duration;
+
 use aws_sdk_sms::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_sms::types::ReplicationRunState;
+use tern_acceptance::TestServer;
+use tern_test_support::poll;
+
+/// Ticks the server and polls the connector until the run (`run_id`, else the job's first) is
+/// over; panics unless it completed.
+pub async fn run_to_end(
+    server: &TestServer,
+    agent: &mut tern_connector::Agent,
+    job_id: &str,
+    run_id: Option<&str>,
+) -> aws_sdk_sms::types::ReplicationRun {
+    let done = run_over(server, agent, job_id, run_id).await;
+    assert_eq!(
+        done.state(),
+        Some(&ReplicationRunState::Completed),
+        "{done:?}"
+    );
+    done
+}
+
+/// Ticks the server and polls the connector until the run (`run_id`, else the job's first)
+/// completed or failed.
+pub async fn run_over(
+    server: &TestServer,
+    agent: &mut tern_connector::Agent,
+    job_id: &str,
+    run_id: Option<&str>,
+) -> aws_sdk_sms::types::ReplicationRun {
+    poll::until_async(
+        Duration::from_secs(120),
+        Duration::from_millis(100),
+        || async {
+            server.tick().await;
+            agent.poll_once().await.unwrap();
+            let runs = server
+                .client
+                .get_replication_runs()
+                .replication_job_id(job_id)
+                .send()
+                .await
+                .unwrap();
+            runs.replication_run_list()
+                .iter()
+                .find(|r| run_id.is_none_or(|id| r.replication_run_id() == Some(id)))
+                .filter(|r| {
+                    matches!(
+                        r.state(),
+                        Some(ReplicationRunState::Completed | ReplicationRunState::Failed)
+                    )
+                })
+                .cloned()
+        },
+    )
+    .await
+    .unwrap_or_else(|| panic!("run of {job_id} not done in 120 s"))
+}
 
 /// The error code of a failed SDK call (panics on success, naming what was expected).
 pub fn code<T: std::fmt::Debug, E: ProvideErrorMetadata + std::fmt::Debug, R: std::fmt::Debug>(

@@ -333,7 +333,7 @@ async fn job_state(server: &TestServer, job_id: &str) -> (ReplicationJobState, O
 }
 
 /// The image's root disk, read back from the block store.
-fn image_disk(server: &TestServer, ami: &str) -> Vec<u8> {
+pub(super) fn image_disk(server: &TestServer, ami: &str) -> Vec<u8> {
     let catalog = ImageCatalog::open(server.data_dir()).unwrap();
     let image = catalog.describe_image(ami).unwrap();
     assert_eq!(image.block_devices[0].device_name, "/dev/sda1");

@@ -330,6 +330,8 @@ pub struct RunSpec<'a> {
     /// Where the NBD socket and the backup's scratch files go (short path: unix sockets are
     /// limited to 107 bytes).
     pub work_dir: &'a Path,
+    /// Called with the virtual bytes of each disk gone through as the disks are read.
+    pub progress: tern_disk::Progress<'a>,
 }
 
 /// What a run made of one disk.
@@ -554,7 +556,7 @@ fn read_disks<W: Write>(
                     &rec,
                     w,
                     &format!("{target}.vmdk"),
-                    &tern_disk::no_progress,
+                    spec.progress,
                 )
                 .map_err(|e| rerr(e.to_string()))?;
                 let map = rec.into_map().map_err(|e| rerr(e.to_string()))?;
@@ -576,9 +578,8 @@ fn read_disks<W: Write>(
                     return Err(rerr(format!("the export does not offer {ctx}")));
                 }
                 let old = &old.expect("incremental runs have maps")[i];
-                let found =
-                    changed::bitmap_delta(&mut client, ctx, old, w, &tern_disk::no_progress)
-                        .map_err(|e| rerr(e.to_string()))?;
+                let found = changed::bitmap_delta(&mut client, ctx, old, w, spec.progress)
+                    .map_err(|e| rerr(e.to_string()))?;
                 let bytes_read = client.stats().bytes_read;
                 let _ = client.disconnect();
                 let mut summary = found.summary;
@@ -597,13 +598,9 @@ fn read_disks<W: Write>(
             How::Compare { fallback } => {
                 let disk = NbdDisk::new(client);
                 let old = &old.expect("incremental runs have maps")[i];
-                let mut summary = tern_disk::delta::create(
-                    old,
-                    &disk as &dyn VirtualDisk,
-                    w,
-                    &tern_disk::no_progress,
-                )
-                .map_err(|e| rerr(e.to_string()))?;
+                let mut summary =
+                    tern_disk::delta::create(old, &disk as &dyn VirtualDisk, w, spec.progress)
+                        .map_err(|e| rerr(e.to_string()))?;
                 let bytes_read = disk.stats().bytes_read;
                 let _ = disk.into_client().disconnect();
                 DiskOutput {

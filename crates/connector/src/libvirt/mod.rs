@@ -11,6 +11,8 @@ pub mod xml;
 
 #[cfg(feature = "libvirt")]
 mod live;
+#[cfg(feature = "libvirt")]
+pub mod run;
 
 #[cfg(feature = "libvirt")]
 pub use live::{
@@ -40,7 +42,37 @@ pub struct LibvirtSource {
 
 /// The disk path a libvirt disk is reported with: `libvirt:<domain>/<target>`.
 pub fn disk_path(domain: &str, target: &str) -> String {
-    format!("libvirt:{domain}/{target}")
+    format!("{DISK_PREFIX}{domain}/{target}")
+}
+
+/// The domain and target of a disk path made by [`disk_path`].
+pub fn parse_disk_path(path: &str) -> Option<(&str, &str)> {
+    let (domain, target) = path.strip_prefix(DISK_PREFIX)?.rsplit_once('/')?;
+    (!domain.is_empty() && !target.is_empty()).then_some((domain, target))
+}
+
+const DISK_PREFIX: &str = "libvirt:";
+
+/// The one domain whose disks a run lists, when it lists libvirt disks; an error when it mixes
+/// them with other disks or names two domains.
+pub fn domain_of(
+    disks: &[crate::replicate::DiskSource],
+) -> Result<Option<String>, crate::replicate::ReplicateError> {
+    use crate::replicate::DiskSource;
+    let names: Vec<Option<&str>> = disks
+        .iter()
+        .map(|d| match d {
+            DiskSource::Libvirt { domain, .. } => Some(domain.as_str()),
+            _ => None,
+        })
+        .collect();
+    match names.first() {
+        None | Some(None) if names.iter().all(Option::is_none) => Ok(None),
+        Some(Some(first)) if names.iter().all(|n| n == &Some(*first)) => Ok(Some(first.to_string())),
+        _ => Err(crate::replicate::ReplicateError::InvalidWork(
+            "a server's disks must all be disks of one libvirt domain, or none; re-import the server catalog".into(),
+        )),
+    }
 }
 
 /// A domain as an inventory VM: the UUID is the VM id; the disks are reported as
@@ -104,6 +136,45 @@ mod tests {
         assert_eq!(l["firmware"], "uefi");
         assert_eq!(l["nics"][0]["mac"], "52:54:00:6b:3c:58");
         assert_eq!(l["disks"][0]["source"], "/img/web01.qcow2");
+    }
+
+    #[test]
+    fn disk_paths_name_one_domain_per_server() {
+        use crate::replicate::DiskSource;
+        assert_eq!(
+            parse_disk_path(&disk_path("web01", "vdb")),
+            Some(("web01", "vdb"))
+        );
+        for bad in [
+            "libvirt:",
+            "libvirt:/vda",
+            "libvirt:web01/",
+            "/img/web01.qcow2",
+        ] {
+            assert_eq!(parse_disk_path(bad), None, "{bad}");
+        }
+        let lv = |domain: &str, target: &str| DiskSource::Libvirt {
+            domain: domain.into(),
+            target: target.into(),
+        };
+        let file = DiskSource::File {
+            path: "/img/a.qcow2".into(),
+            format: None,
+            backing_chain: Vec::new(),
+        };
+        assert_eq!(
+            domain_of(&[lv("web01", "vda"), lv("web01", "vdb")]).unwrap(),
+            Some("web01".into())
+        );
+        assert_eq!(domain_of(&[file.clone(), file.clone()]).unwrap(), None);
+        for mixed in [
+            vec![lv("web01", "vda"), lv("db01", "vdb")],
+            vec![lv("web01", "vda"), file.clone()],
+            vec![file, lv("web01", "vda")],
+        ] {
+            let e = domain_of(&mixed).unwrap_err().to_string();
+            assert!(e.contains("one libvirt domain"), "{e}");
+        }
     }
 
     #[test]

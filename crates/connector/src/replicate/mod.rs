@@ -15,6 +15,7 @@
 //! See `README.md` in this crate for the state directory, the manifest and the options.
 
 pub mod manifest;
+pub mod prepared;
 mod produce;
 mod state;
 pub(crate) mod stream;
@@ -32,6 +33,7 @@ use tokio::sync::mpsc;
 use crate::changed::{self, ChangedBlocks, Changes};
 use crate::ova::{self, OvaError};
 pub use manifest::{DiskManifest, Manifest, ObjectKind};
+pub use prepared::{PreparedObject, PreparedRun};
 #[cfg(feature = "libvirt")]
 pub(crate) use produce::take_map;
 use produce::{prepare_changes, produce, SourceRead};
@@ -83,6 +85,12 @@ pub enum DiskSource {
     /// The `disk`-th disk (in DiskSection order, from 0) of an OVA archive, read in place.
     #[serde(rename_all = "camelCase")]
     Ova { path: PathBuf, disk: usize },
+    /// Disk `target` (`vda`) of libvirt domain `domain`: read with the domain's other disks
+    /// through a backup ([`crate::libvirt`]), which turns them into [`DiskSource::Prepared`].
+    #[serde(rename_all = "camelCase")]
+    Libvirt { domain: String, target: String },
+    /// An object made before the upload ([`prepared`]): uploaded as it is.
+    Prepared(PreparedObject),
 }
 
 impl DiskSource {
@@ -90,6 +98,8 @@ impl DiskSource {
         match self {
             DiskSource::File { path, .. } => format!("file {}", path.display()),
             DiskSource::Ova { path, disk } => format!("ova {} disk {disk}", path.display()),
+            DiskSource::Libvirt { domain, target } => format!("libvirt {domain}/{target}"),
+            DiskSource::Prepared(p) => p.what.clone(),
         }
     }
 }
@@ -260,6 +270,10 @@ pub enum ReplicateError {
         "disk {index}: changed_blocks = \"bitmap\" but the dirty bitmap cannot be used: {reason}"
     )]
     ChangedBlocks { index: usize, reason: String },
+    /// The hypervisor could not give the run's point in time (the message names the VM and
+    /// what to do).
+    #[error("{0}")]
+    Hypervisor(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -333,8 +347,31 @@ fn part_size_for(configured: u64, virtual_size: u64) -> u64 {
 }
 
 struct OpenedDisk {
-    disk: Arc<dyn VirtualDisk>,
+    read: Read,
     what: String,
+}
+
+/// How a disk's object is made: read from the disk, or already made.
+enum Read {
+    Disk(Arc<dyn VirtualDisk>),
+    Prepared(Arc<PreparedObject>),
+}
+
+impl OpenedDisk {
+    fn size(&self) -> u64 {
+        match &self.read {
+            Read::Disk(d) => d.size(),
+            Read::Prepared(p) => p.virtual_size,
+        }
+    }
+
+    /// The manifest's `sourceFormat` and `sourceVariant`.
+    fn format(&self) -> (String, String) {
+        match &self.read {
+            Read::Disk(d) => (d.format().name().to_string(), d.variant()),
+            Read::Prepared(p) => (p.source_format.clone(), p.source_variant.clone()),
+        }
+    }
 }
 
 fn open_source(index: usize, src: &DiskSource) -> Result<OpenedDisk, ReplicateError> {
@@ -368,16 +405,34 @@ fn open_source(index: usize, src: &DiskSource) -> Result<OpenedDisk, ReplicateEr
             })?;
             ova::open_disk(path, d).map_err(disk_err)?
         }
+        DiskSource::Libvirt { domain, .. } => {
+            return Err(ReplicateError::InvalidWork(format!(
+                "disk {index} is a disk of libvirt domain {domain}, which this connector does not serve: run a connector built with the libvirt feature whose [libvirt] uri names the domain's host"
+            )))
+        }
+        // Its file is read when its upload starts (a disk whose upload completed needs none).
+        DiskSource::Prepared(p) => {
+            return Ok(OpenedDisk {
+                read: Read::Prepared(Arc::new(p.clone())),
+                what,
+            });
+        }
     };
     Ok(OpenedDisk {
-        disk: Arc::from(disk),
+        read: Read::Disk(Arc::from(disk)),
         what,
     })
 }
 
 /// Opens one disk source the way a run reads it (for inspection).
 pub fn open_disk(src: &DiskSource) -> Result<Arc<dyn VirtualDisk>, ReplicateError> {
-    open_source(0, src).map(|o| o.disk)
+    match open_source(0, src)?.read {
+        Read::Disk(d) => Ok(d),
+        Read::Prepared(p) => Err(ReplicateError::InvalidWork(format!(
+            "{} is a run object, not a disk",
+            p.object.display()
+        ))),
+    }
 }
 
 /// Runs one replication run: uploads every disk's object, then the manifest. Calling it again
@@ -413,7 +468,7 @@ pub async fn run(
         .enumerate()
         .map(|(i, s)| open_source(i, s))
         .collect::<Result<Vec<_>, _>>()?;
-    let virtual_total: u64 = disks.iter().map(|d| d.disk.size()).sum();
+    let virtual_total: u64 = disks.iter().map(|d| d.size()).sum();
     let total_virtual = virtual_total.max(1);
 
     let limiter = Mutex::new(Limiter::new(ctx.options.bandwidth_limit));
@@ -520,6 +575,8 @@ enum Plan {
         old: Arc<BlockMap>,
         base_run: Option<String>,
     },
+    /// The object was made before the upload.
+    Prepared(Arc<PreparedObject>),
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -534,7 +591,6 @@ async fn upload_disk(
     note: &mut (dyn FnMut(String) + Send),
 ) -> Result<(DiskManifest, PartCounts, SourceRead), ReplicateError> {
     let index = t.disk;
-    let disk = opened.disk.clone();
     let mut counts = PartCounts::default();
     let mut rec = t.state.load_upload(t.run_id, index)?;
     if let Some(done) = rec.as_ref().and_then(|r| r.completed.clone()) {
@@ -550,24 +606,34 @@ async fn upload_disk(
         }
     }
 
-    let kept = if work.seed {
-        None
-    } else {
-        t.state.kept_map(index)?
-    };
-    let plan = match kept {
-        None => Plan::Seed,
-        Some(old) => Plan::Delta {
-            old: Arc::new(old),
-            base_run: t.state.committed_run()?,
+    let plan = match &opened.read {
+        Read::Prepared(p) => Plan::Prepared(p.clone()),
+        Read::Disk(_) if work.seed => Plan::Seed,
+        Read::Disk(_) => match t.state.kept_map(index)? {
+            None => Plan::Seed,
+            Some(old) => Plan::Delta {
+                old: Arc::new(old),
+                base_run: t.state.committed_run()?,
+            },
         },
     };
-    let kind = match plan {
+    let kind = match &plan {
         Plan::Seed => ObjectKind::SeedVmdk,
         Plan::Delta { .. } => ObjectKind::Delta,
+        Plan::Prepared(p) => p.kind,
     };
-    let changes = prepare_changes(work, ctx, t, &plan)?;
-    if let Some(reason) = changes.fallback() {
+    let (changes, fallback) = match &plan {
+        Plan::Prepared(p) => match &p.changes {
+            Changes::Compare { fallback } => (None, fallback.clone()),
+            _ => (None, None),
+        },
+        _ => {
+            let c = prepare_changes(work, ctx, t, &plan)?;
+            let fallback = c.fallback().map(str::to_string);
+            (Some(c), fallback)
+        }
+    };
+    if let Some(reason) = fallback {
         note(format!(
             "disk {index}: changes found by reading the whole disk ({reason})"
         ));
@@ -593,30 +659,43 @@ async fn upload_disk(
     let mut rec = match rec {
         Some(r) => r,
         None => {
-            let ps = part_size_for(ctx.options.part_size, disk.size());
+            let ps = part_size_for(ctx.options.part_size, opened.size());
             upload::create(t, &key, kind, ps).await?
         }
     };
 
-    let limit = match plan {
-        Plan::Seed => u64::MAX,
-        Plan::Delta { .. } => ctx.options.max_delta_bytes,
+    let limit = match kind {
+        ObjectKind::Delta => ctx.options.max_delta_bytes,
+        _ => u64::MAX,
     };
     let mut restarted = false;
     let produced = loop {
         let (tx, mut rx) = mpsc::channel(1);
         let part_size = rec.part_size as usize;
-        let producer = {
-            let disk = disk.clone();
-            let old = match &plan {
-                Plan::Seed => None,
-                Plan::Delta { old, .. } => Some(old.clone()),
-            };
-            let name = format!("disk-{index}.vmdk");
-            let changes = changes.clone();
-            tokio::task::spawn_blocking(move || {
-                produce(&*disk, old.as_deref(), changes, tx, part_size, limit, &name)
-            })
+        let producer = match (&opened.read, &changes) {
+            (Read::Disk(disk), Some(changes)) => {
+                let disk = disk.clone();
+                let old = match &plan {
+                    Plan::Delta { old, .. } => Some(old.clone()),
+                    _ => None,
+                };
+                let name = format!("disk-{index}.vmdk");
+                let changes = changes.clone();
+                tokio::task::spawn_blocking(move || {
+                    produce(&*disk, old.as_deref(), changes, tx, part_size, limit, &name)
+                })
+            }
+            _ => {
+                let Plan::Prepared(p) = &plan else {
+                    return Err(ReplicateError::Internal(format!(
+                        "disk {index}: no change plan for a disk read now"
+                    )));
+                };
+                let p = p.clone();
+                tokio::task::spawn_blocking(move || {
+                    prepared::produce(&p, stream::PartSink::new(tx, part_size, limit))
+                })
+            }
         };
         let sent = upload::send_parts(
             t,
@@ -694,14 +773,22 @@ async fn upload_disk(
                 Some(d.zero_blocks),
                 Some(d.data_bytes),
             ),
+            (Plan::Prepared(p), _) if p.kind == ObjectKind::Delta => (
+                p.base_run_id.clone(),
+                Some(BLOCK_SIZE),
+                p.changed_blocks,
+                p.zero_blocks,
+                p.data_bytes,
+            ),
             _ => (None, None, None, None, None),
         };
+    let (source_format, source_variant) = opened.format();
     let entry = DiskManifest {
         index,
         source: opened.what.clone(),
-        source_format: disk.format().name().to_string(),
-        source_variant: disk.variant(),
-        virtual_size: disk.size(),
+        source_format,
+        source_variant,
+        virtual_size: opened.size(),
         kind,
         key: key.clone(),
         size: produced.size,
@@ -764,6 +851,16 @@ pub async fn abandon_run(
 pub fn committed_run(state_dir: &Path, job_id: &str) -> Result<Option<String>, ReplicateError> {
     check_id("jobId", job_id)?;
     JobState::new(state_dir, job_id).committed_run()
+}
+
+/// The kept block map of disk `disk` of `job_id` (the base of its next delta), if any.
+pub fn kept_map(
+    state_dir: &Path,
+    job_id: &str,
+    disk: usize,
+) -> Result<Option<BlockMap>, ReplicateError> {
+    check_id("jobId", job_id)?;
+    JobState::new(state_dir, job_id).kept_map(disk)
 }
 
 /// Whether `run_id` of `job_id` uploaded its manifest and waits for confirmation (its pending

@@ -51,7 +51,8 @@ pub(super) fn prepare_changes(
     plan: &Plan,
 ) -> Result<ChangePlan, ReplicateError> {
     let (incremental, base_run, base_size) = match plan {
-        Plan::Seed => (false, None, None),
+        // A prepared object's changes were found when it was made.
+        Plan::Seed | Plan::Prepared(_) => (false, None, None),
         Plan::Delta { old, base_run } => (true, base_run.as_deref(), Some(old.disk_size)),
     };
     let record = t.state.bitmaps_path(t.run_id);

@@ -120,6 +120,11 @@ impl JobState {
         self.run_dir(run_id).join("bitmaps.json")
     }
 
+    /// Objects made before the upload ([`super::prepared`]).
+    pub fn prepared_dir(&self, run_id: &str) -> PathBuf {
+        self.run_dir(run_id).join("prepared")
+    }
+
     pub fn upload_path(&self, run_id: &str, disk: usize) -> PathBuf {
         self.run_dir(run_id).join(format!("upload-{disk}.json"))
     }

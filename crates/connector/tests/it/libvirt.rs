@@ -46,6 +46,7 @@ impl Model {
             base_run: base,
             mode,
             work_dir: &self.dir,
+            progress: &tern_disk::no_progress,
         }
     }
 

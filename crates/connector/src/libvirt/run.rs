@@ -1,0 +1,233 @@
+//! The agent's side of the libvirt source (feature `libvirt`): the inventory of the domains,
+//! and replication work turned into a backup of the domain whose objects are uploaded as
+//! [prepared objects](crate::replicate::prepared).
+//!
+//! * [`prepare`]: the work's disks (`libvirt:<domain>/<target>`) are checked against the
+//!   domain's disks now, then one backup reads them all at one point in time (a checkpoint per
+//!   run: [`super::replicate`]) into the run's `prepared` folder, relative to the kept block
+//!   maps of the last confirmed run and its checkpoint. A run prepared by an earlier attempt
+//!   against the same base is reused as it is: resuming never takes a second point in time.
+//! * [`after_commit`]: once a run is confirmed, the job's older checkpoints are removed (its
+//!   own is the next run's base), and prepared folders of the job's failed runs with them.
+//! * [`give_up`]: a run that failed or was withdrawn removes its checkpoint (libvirt merges its
+//!   bitmap into the parent, so the base still covers every write) and its prepared objects.
+
+use std::fs::File;
+use std::path::Path;
+
+use tern_disk::blockmap::BlockMap;
+
+use super::{checkpoint_name, inventory_vm, Hypervisor, LibvirtSource, RunSpec};
+use crate::replicate::{
+    self, prepared, DiskSource, ObjectKind, PreparedObject, PreparedRun, ReplicateError,
+    ReplicationWork,
+};
+use crate::{ConnectorError, Inventory};
+
+const SOURCE_PREFIX: &str = "libvirt:";
+
+/// The domains of the source's URI (after its name filters) as an inventory; each disk is
+/// inspected through its image file, where it has one.
+pub fn inventory(source: &LibvirtSource, manager_id: &str) -> Result<Inventory, ConnectorError> {
+    let hv = Hypervisor::open(&source.uri).map_err(|e| ConnectorError::Source(e.to_string()))?;
+    let domains = hv
+        .inventory(&source.domains)
+        .map_err(|e| ConnectorError::Source(e.to_string()))?;
+    let read_paths = domains
+        .iter()
+        .map(|d| {
+            d.disks
+                .iter()
+                .map(|k| k.source.as_ref().map(|p| p.to_string_lossy().into_owned()))
+                .collect()
+        })
+        .collect();
+    Ok(Inventory::from_hypervisor(
+        manager_id.to_string(),
+        Some(source.uri.clone()),
+        domains.iter().map(inventory_vm).collect(),
+        read_paths,
+    ))
+}
+
+/// Reads the domain's disks at one point in time into the run's prepared folder (or finds
+/// them there from an earlier attempt) and returns the run with its disks as prepared objects.
+/// `progress` gets the virtual bytes read. Blocking.
+pub fn prepare(
+    source: &LibvirtSource,
+    state_dir: &Path,
+    work: &ReplicationWork,
+    domain: &str,
+    progress: tern_disk::Progress<'_>,
+) -> Result<PreparedRun, ReplicateError> {
+    let dir = prepared::prepared_dir(state_dir, &work.job_id, &work.run_id)?;
+    let targets: Vec<&str> = work
+        .disks
+        .iter()
+        .map(|d| match d {
+            DiskSource::Libvirt { target, .. } => target.as_str(),
+            _ => "",
+        })
+        .collect();
+    // The base: the last confirmed run, when every disk has its kept map.
+    let mut base = if work.seed {
+        None
+    } else {
+        replicate::committed_run(state_dir, &work.job_id)?
+    };
+    let mut old = Vec::new();
+    if base.is_some() {
+        for i in 0..targets.len() {
+            match replicate::kept_map(state_dir, &work.job_id, i)? {
+                Some(m) => old.push(m),
+                None => {
+                    base = None;
+                    old.clear();
+                    break;
+                }
+            }
+        }
+    }
+    if let Some(run) = prepared::load(&dir)? {
+        // Once the manifest is uploaded the objects are freed; the record still stands for them.
+        let uploaded = replicate::has_pending_run(state_dir, &work.job_id, &work.run_id);
+        let complete = run.disks.len() == targets.len()
+            && run.disks.iter().all(|d| uploaded || d.object.is_file());
+        if complete && run.base_run_id == base {
+            tracing::info!(run_id = %work.run_id, %domain, "the run's backup was taken by an earlier attempt; uploading it");
+            return Ok(run);
+        }
+        prepared::remove(&dir);
+    }
+
+    let hv_err = |e: super::LibvirtError| ReplicateError::Hypervisor(e.to_string());
+    let hv = Hypervisor::open(&source.uri).map_err(hv_err)?;
+    let info = hv.domain(domain).map_err(hv_err)?;
+    let now: Vec<&str> = info.disks.iter().map(|d| d.target.as_str()).collect();
+    if now != targets {
+        return Err(ReplicateError::Hypervisor(format!(
+            "domain {domain} now has disks [{}] but the server catalog lists [{}]: re-import the server catalog (ImportServerCatalog) and create the job again",
+            now.join(", "),
+            targets.join(", ")
+        )));
+    }
+    std::fs::create_dir_all(&dir).map_err(|source| ReplicateError::State {
+        path: dir.clone(),
+        source,
+    })?;
+    let work_dir = super::work_dir(state_dir, &work.job_id);
+    let spec = RunSpec {
+        job_id: &work.job_id,
+        run_id: &work.run_id,
+        domain,
+        base_run: base.as_deref(),
+        mode: source.changed_blocks,
+        work_dir: &work_dir,
+        progress,
+    };
+    let object = |i: usize| dir.join(format!("disk-{i}.obj"));
+    let outputs = super::replicate(
+        &hv,
+        &spec,
+        (!old.is_empty()).then_some(old.as_slice()),
+        |i, _| File::create(object(i)),
+    )
+    .map_err(hv_err)?;
+    let mut disks = Vec::with_capacity(outputs.len());
+    for (i, out) in outputs.into_iter().enumerate() {
+        let map = dir.join(format!("disk-{i}.map"));
+        write_map(&map, &out.map)?;
+        let delta = out.delta.as_ref();
+        disks.push(PreparedObject {
+            object: object(i),
+            map,
+            kind: if delta.is_some() {
+                ObjectKind::Delta
+            } else {
+                ObjectKind::SeedVmdk
+            },
+            what: format!("libvirt {domain}/{}", out.target),
+            source_format: info.disks[i].format.clone().unwrap_or_else(|| "raw".into()),
+            source_variant: "libvirt backup".into(),
+            virtual_size: out.virtual_size,
+            base_run_id: delta.and(base.clone()),
+            changed_blocks: delta.map(|d| d.changed_blocks),
+            zero_blocks: delta.map(|d| d.zero_blocks),
+            data_bytes: delta.map(|d| d.data_bytes),
+            changes: out.changes,
+            bytes_read: out.bytes_read,
+        });
+    }
+    let run = PreparedRun {
+        source: format!("{SOURCE_PREFIX}{domain}"),
+        base_run_id: base,
+        disks,
+    };
+    prepared::save(&dir, &run)?;
+    Ok(run)
+}
+
+fn write_map(path: &Path, map: &BlockMap) -> Result<(), ReplicateError> {
+    let state = |source| ReplicateError::State {
+        path: path.to_path_buf(),
+        source,
+    };
+    let f = File::create(path).map_err(state)?;
+    map.write_to(std::io::BufWriter::new(f))
+        .map_err(|e| state(std::io::Error::other(e)))
+}
+
+/// The domain a prepared run of this source read.
+pub fn prepared_domain(run: &PreparedRun) -> Option<&str> {
+    run.source.strip_prefix(SOURCE_PREFIX)
+}
+
+/// After run `run_id` of `job_id` is confirmed: the job's other checkpoints on `domain` go, and
+/// so do the prepared folders of its other runs. Failures are logged (a little metadata left
+/// behind, never a wrong delta). Blocking.
+pub fn after_commit(
+    source: &LibvirtSource,
+    state_dir: &Path,
+    job_id: &str,
+    run_id: &str,
+    domain: &str,
+) {
+    match Hypervisor::open(&source.uri).and_then(|hv| super::commit(&hv, domain, job_id, run_id)) {
+        Ok(removed) if !removed.is_empty() => {
+            tracing::info!(%domain, ?removed, "superseded checkpoints removed")
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(%domain, error = %e, "could not remove the job's superseded checkpoints")
+        }
+    }
+    let job_dir = state_dir.join("jobs").join(job_id);
+    if let Ok(entries) = std::fs::read_dir(&job_dir) {
+        for e in entries.flatten() {
+            if e.file_name() != *run_id {
+                let dir = e.path().join("prepared");
+                if dir.is_dir() {
+                    prepared::remove(&dir);
+                }
+            }
+        }
+    }
+}
+
+/// A run that will not be resumed (it failed, or its work was withdrawn): its checkpoint and
+/// prepared objects go. Blocking.
+pub fn give_up(source: &LibvirtSource, state_dir: &Path, job_id: &str, run_id: &str, domain: &str) {
+    let own = checkpoint_name(job_id, run_id);
+    let result = Hypervisor::open(&source.uri).and_then(|hv| {
+        if hv.checkpoints(domain)?.contains(&own) {
+            hv.delete_checkpoint(domain, &own)?;
+        }
+        Ok(())
+    });
+    if let Err(e) = result {
+        tracing::warn!(%domain, checkpoint = %own, error = %e, "could not remove the checkpoint of a run given up");
+    }
+    if let Ok(dir) = prepared::prepared_dir(state_dir, job_id, run_id) {
+        prepared::remove(&dir);
+    }
+}

@@ -1,0 +1,188 @@
+//! The connector's `[libvirt]` source end to end (feature `libvirt`): a private libvirtd runs a
+//! domain under the boot kit's QEMU; the connector reports it, and its runs are backups of the
+//! running domain. Each AMI's root disk is checked against the disk as the test wrote it, the
+//! checkpoints against what a confirmed run leaves, and a domain that stopped against a failed
+//! run that names it, after which the next run is exact again.
+
+use aws_sdk_sms::types::{LicenseType, ReplicationRunState};
+use aws_smithy_types::DateTime;
+use tern_acceptance::{now_secs, TestServer};
+use tern_local::guest::BootKit;
+use tern_test_support::libvirt::Daemon;
+use tern_test_support::qemu::{convert, make_raw};
+
+use super::replication::image_disk;
+use super::{run_over, run_to_end};
+
+const MIB: u64 = 1 << 20;
+const SIZE: u64 = 32 * MIB;
+const DOMAIN: &str = "tern-wire";
+
+/// A private libvirtd whose domains run the boot kit's QEMU.
+fn kit_daemon() -> Daemon {
+    let kit = BootKit::find(None)
+        .expect("boot kit")
+        .expect("no boot kit: build it with scripts/boot-kit.sh (its QEMU runs the test domain)");
+    let qemu = kit
+        .qemu
+        .clone()
+        .expect("the boot kit has no qemu-system-x86_64; rebuild it with scripts/boot-kit.sh");
+    Daemon::start(&qemu, &kit.firmware)
+}
+
+fn checkpoints(d: &Daemon) -> Vec<String> {
+    let mut c: Vec<String> = d
+        .virsh(&["checkpoint-list", DOMAIN, "--name"])
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.trim().to_string())
+        .collect();
+    c.sort();
+    c
+}
+
+/// Files under `dir` whose name ends in `suffix`.
+fn files_ending(dir: &std::path::Path, suffix: &str) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else if p.to_string_lossy().ends_with(suffix) {
+                found.push(p);
+            }
+        }
+    }
+    found
+}
+
+fn assert_image(server: &TestServer, run: &aws_sdk_sms::types::ReplicationRun, want: &[u8]) {
+    let ami = run.ami_id().expect("the run made an AMI");
+    let got = image_disk(server, ami);
+    assert_eq!(got.len(), want.len(), "{ami}: disk size");
+    if let Some(at) = got.iter().zip(want).position(|(a, b)| a != b) {
+        panic!("{ami} differs from the domain's disk at the run's point in time at byte {at}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_libvirt_domain_is_listed_and_replicated_through_its_backups() {
+    let d = kit_daemon();
+    let raw = d.path().join("src.raw");
+    let mut bytes = make_raw(&raw, SIZE, 7);
+    let disk = d.path().join("vda.qcow2");
+    convert(&raw, &disk, "qcow2", &[]);
+    d.start_domain(DOMAIN, &disk);
+    let uuid = d.virsh(&["domuuid", DOMAIN]).trim().to_string();
+
+    // Four runs in a row: more on-demand runs than SMS allows a day.
+    let mut config = tern_acceptance::Config::default();
+    config.limits.on_demand_runs_per_window = 10;
+    let server = TestServer::start_with(config).await;
+    let config = server.write_connector_source(
+        "lv",
+        &format!("[libvirt]\nuri = {:?}\ndomains = [\"tern-*\"]\n", d.uri),
+    );
+    let mut agent = tern_connector::Agent::new(
+        tern_connector::ConnectorConfig::load(&config).expect("a [libvirt] config loads"),
+    )
+    .await
+    .unwrap();
+    agent.run_once().await.unwrap();
+    let c = &server.client;
+
+    // The catalog: the domain, by UUID and name, with its disk inspected through its file.
+    c.import_server_catalog().send().await.unwrap();
+    agent.poll_once().await.unwrap();
+    let servers = c.get_servers().send().await.unwrap();
+    let list = servers.server_list();
+    assert_eq!(list.len(), 1, "{list:?}");
+    let vm = list[0].vm_server().unwrap();
+    assert_eq!(vm.vm_name(), Some(DOMAIN));
+    assert_eq!(
+        vm.vm_server_address().and_then(|a| a.vm_id()),
+        Some(uuid.as_str())
+    );
+    let server_id = list[0].server_id().unwrap().to_string();
+
+    let job_id = c
+        .create_replication_job()
+        .server_id(&server_id)
+        .seed_replication_time(DateTime::from_secs(now_secs()))
+        .frequency(12)
+        .license_type(LicenseType::Byol)
+        .send()
+        .await
+        .unwrap()
+        .replication_job_id()
+        .unwrap()
+        .to_string();
+
+    // The seed: the disk as it is, and the run's checkpoint the base of the next.
+    let seed = run_to_end(&server, &mut agent, &job_id, None).await;
+    assert_image(&server, &seed, &bytes);
+    let cp = |run: &aws_sdk_sms::types::ReplicationRun| {
+        format!("tern-{job_id}-{}", run.replication_run_id().unwrap())
+    };
+    agent.poll_once().await.unwrap();
+    assert_eq!(checkpoints(&d), [cp(&seed)]);
+
+    // Writes while the domain runs; the next run reads its changes from the checkpoint.
+    for (offset, len, byte) in [(3 * MIB + 512, 200 * 1024, 0xa1u8), (30 * MIB, MIB, 0)] {
+        d.write(DOMAIN, offset, len, byte);
+        bytes[offset as usize..(offset + len) as usize].fill(byte);
+    }
+    let start = |c: &aws_sdk_sms::Client| {
+        let c = c.clone();
+        let job_id = job_id.clone();
+        async move {
+            c.start_on_demand_replication_run()
+                .replication_job_id(&job_id)
+                .send()
+                .await
+                .unwrap()
+                .replication_run_id()
+                .unwrap()
+                .to_string()
+        }
+    };
+    let run_id = start(c).await;
+    let second = run_to_end(&server, &mut agent, &job_id, Some(&run_id)).await;
+    let message = second.status_message().unwrap_or_default();
+    assert!(
+        message.starts_with("Completed: ami-") && !message.contains("whole disk"),
+        "the incremental run used the checkpoint: {message}"
+    );
+    assert_image(&server, &second, &bytes);
+    // Confirmed: the seed's checkpoint is superseded; the run's objects are freed.
+    agent.poll_once().await.unwrap();
+    assert_eq!(checkpoints(&d), [cp(&second)]);
+    let state = config.parent().unwrap().join("state");
+    assert_eq!(
+        files_ending(&state, ".obj"),
+        Vec::<std::path::PathBuf>::new()
+    );
+
+    // The domain stops: the run fails naming it, and leaves no checkpoint of its own.
+    d.virsh(&["destroy", DOMAIN]);
+    let run_id = start(c).await;
+    let failed = run_over(&server, &mut agent, &job_id, Some(&run_id)).await;
+    assert_eq!(failed.state(), Some(&ReplicationRunState::Failed));
+    let message = failed.status_message().unwrap_or_default();
+    assert!(
+        message.contains(DOMAIN) && message.contains("not running"),
+        "{message}"
+    );
+    assert_eq!(checkpoints(&d), [cp(&second)]);
+
+    // Started again and written: the next run is exact.
+    d.virsh(&["start", DOMAIN]);
+    d.write(DOMAIN, 9 * MIB, 64 * 1024, 0x3c);
+    bytes[9 * MIB as usize..(9 * MIB + 64 * 1024) as usize].fill(0x3c);
+    let run_id = start(c).await;
+    let third = run_to_end(&server, &mut agent, &job_id, Some(&run_id)).await;
+    assert_image(&server, &third, &bytes);
+    server.shutdown().await;
+}
