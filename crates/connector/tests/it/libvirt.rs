@@ -439,3 +439,85 @@ fn a_domain_without_checkpoints_falls_back_to_the_comparison_saying_why() {
     );
     assert!(checkpoints(&hv).is_empty());
 }
+
+/// The agent's side: a run's backup is taken once. Its objects wait in the run's `prepared`
+/// folder; another attempt of the run uploads the same objects (the same point in time, not a
+/// second backup), and a run given up removes its checkpoint and objects.
+#[test]
+fn a_prepared_run_is_taken_once_and_given_up_cleanly() {
+    use tern_connector::libvirt::{run, LibvirtSource};
+    use tern_connector::replicate::{DiskSource, ObjectKind, ReplicationWork, Staging};
+
+    let d = kit_daemon();
+    let raw = d.path().join("src.raw");
+    let bytes = make_raw(&raw, SIZE, 23);
+    let disk = d.path().join("vda.qcow2");
+    convert(&raw, &disk, "qcow2", &[]);
+    d.start_domain(DOMAIN, &disk);
+    let hv = Hypervisor::open(&d.uri).unwrap();
+    let state = d.path().join("state");
+    let source = LibvirtSource {
+        uri: d.uri.clone(),
+        domains: Vec::new(),
+        changed_blocks: ChangedBlocks::Auto,
+    };
+    let run_id = "sms-run-00000000000000001";
+    let work = ReplicationWork {
+        job_id: JOB.into(),
+        run_id: run_id.into(),
+        server_id: "s-00000000000000001".into(),
+        disks: vec![DiskSource::Libvirt {
+            domain: DOMAIN.into(),
+            target: "vda".into(),
+        }],
+        staging: Staging {
+            bucket: "tern-staging".into(),
+            prefix: "runs".into(),
+        },
+        seed: false,
+    };
+
+    let first = run::prepare(&source, &state, &work, DOMAIN, &tern_disk::no_progress)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(first.disks.len(), 1);
+    let p = &first.disks[0];
+    assert_eq!(
+        (p.kind, p.base_run_id.as_deref()),
+        (ObjectKind::SeedVmdk, None)
+    );
+    assert_eq!(p.what, format!("libvirt {DOMAIN}/vda"));
+    assert_eq!((p.source_format.as_str(), p.virtual_size), ("qcow2", SIZE));
+    assert_eq!(checkpoints(&hv), [checkpoint_name(JOB, run_id)]);
+    let object = std::fs::read(&p.object).unwrap();
+
+    // The disk changes; the run's next attempt still uploads the backup's instant.
+    d.write(DOMAIN, MIB, 256 * 1024, 0x77);
+    let again = run::prepare(&source, &state, &work, DOMAIN, &tern_disk::no_progress).unwrap();
+    assert_eq!(again, first);
+    assert_eq!(std::fs::read(&p.object).unwrap(), object);
+    let image = d.path().join("seed.raw");
+    let seed = tern_disk::open(&p.object, &OpenOptions::default()).unwrap();
+    tern_disk::write::write_raw(&*seed, &image, &tern_disk::no_progress).unwrap();
+    assert!(
+        std::fs::read(&image).unwrap() == bytes,
+        "the seed is the disk before the write"
+    );
+
+    // Given up: no checkpoint, no objects.
+    run::give_up(&source, &state, JOB, run_id, DOMAIN);
+    assert_eq!(checkpoints(&hv), Vec::<String>::new());
+    assert!(!p.object.exists() && !p.map.exists());
+
+    // A domain whose disks are not those of the work is refused, naming both.
+    let mut two = work.clone();
+    two.run_id = "sms-run-00000000000000002".into();
+    two.disks.push(DiskSource::Libvirt {
+        domain: DOMAIN.into(),
+        target: "vdb".into(),
+    });
+    let e = run::prepare(&source, &state, &two, DOMAIN, &tern_disk::no_progress)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("[vda]") && e.contains("[vda, vdb]"), "{e}");
+    assert_eq!(checkpoints(&hv), Vec::<String>::new());
+}
