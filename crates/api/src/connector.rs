@@ -27,14 +27,15 @@
 //! last, report progress with `ReportProgress` on the way, and `CompleteWork` once the manifest
 //! is written (or `ReportError`, which fails the run). A `COMMIT_RUN` item ([`CommitRunWork`])
 //! says the run succeeded: keep its block maps as the base of the next delta, then
-//! `CompleteWork`.
+//! `CompleteWork`. A `FORGET_JOB` item ([`ForgetJobWork`]) says the job was deleted: remove what
+//! is kept for it on the source VM and in the state directory, then `CompleteWork`.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use tern_core::enums::{ConnectorCapability, OsType, VmManagerType, WorkKind};
 pub use tern_core::replication::{
-    CommitRunWork, ObjectKind, ReplicationWork, StagingLocation, WorkDisk,
+    CommitRunWork, ForgetJobWork, ObjectKind, ReplicationWork, StagingLocation, WorkDisk,
 };
 
 /// Operation names (the part after `TernConnectorService_V1.`).
@@ -257,6 +258,14 @@ impl WorkItem {
     pub fn commit_run(&self) -> Option<CommitRunWork> {
         match self.known_kind() {
             Some(WorkKind::CommitRun) => serde_json::from_value(self.payload.clone()).ok(),
+            _ => None,
+        }
+    }
+
+    /// The deleted job whose traces to remove, when this is a `FORGET_JOB` item.
+    pub fn forget_job(&self) -> Option<ForgetJobWork> {
+        match self.known_kind() {
+            Some(WorkKind::ForgetJob) => serde_json::from_value(self.payload.clone()).ok(),
             _ => None,
         }
     }

@@ -406,7 +406,7 @@ impl Agent {
                     }
                 }
             }
-            Some(kind @ (WorkKind::Replicate | WorkKind::CommitRun)) => {
+            Some(kind @ (WorkKind::Replicate | WorkKind::CommitRun | WorkKind::ForgetJob)) => {
                 let connector_id = self.id()?;
                 let work_id = item.work_id.clone();
                 let worker = self.worker.clone();
@@ -420,6 +420,10 @@ impl Agent {
                     }
                     (WorkKind::CommitRun, _, Some(work)) => {
                         Box::pin(worker.commit(connector_id, work_id.clone(), work))
+                    }
+                    (WorkKind::ForgetJob, _, _) if item.forget_job().is_some() => {
+                        let work = item.forget_job().expect("checked");
+                        Box::pin(worker.forget(connector_id, work_id.clone(), work))
                     }
                     _ => {
                         tracing::warn!(work_id, kind = %item.kind, "malformed work item");

@@ -232,7 +232,8 @@ wire_enum!(
     WorkKind {
         Inventory => "INVENTORY",
         Replicate => "REPLICATE",
-        CommitRun => "COMMIT_RUN"
+        CommitRun => "COMMIT_RUN",
+        ForgetJob => "FORGET_JOB"
     }
 );
 

@@ -184,5 +184,18 @@ async fn a_libvirt_domain_is_listed_and_replicated_through_its_backups() {
     let run_id = start(c).await;
     let third = run_to_end(&server, &mut agent, &job_id, Some(&run_id)).await;
     assert_image(&server, &third, &bytes);
+    agent.poll_once().await.unwrap();
+    assert_eq!(checkpoints(&d), [cp(&third)]);
+
+    // Deleted: the domain is left as it was before Tern, with no checkpoint of the job.
+    c.delete_replication_job()
+        .replication_job_id(&job_id)
+        .send()
+        .await
+        .unwrap();
+    let report = agent.poll_once().await.unwrap();
+    assert_eq!(report.replication.jobs_forgotten, 1, "{report:?}");
+    assert_eq!(checkpoints(&d), Vec::<String>::new());
+    assert!(!state.join("jobs").join(&job_id).exists());
     server.shutdown().await;
 }

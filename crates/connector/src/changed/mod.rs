@@ -69,7 +69,8 @@ pub fn bitmap_name(job_id: &str, run_id: &str) -> String {
     format!("tern-{job_id}-{run_id}")
 }
 
-fn job_prefix(job_id: &str) -> String {
+/// What every bitmap (and libvirt checkpoint) of `job_id` is named with first.
+pub(crate) fn job_prefix(job_id: &str) -> String {
     format!("tern-{job_id}-")
 }
 
@@ -307,6 +308,19 @@ pub fn read_record(path: &Path) -> Result<RunBitmaps, ReplicateError> {
 /// After a run is confirmed: the job's bitmaps older than the run's own are superseded and
 /// removed. A failure only leaves a bitmap behind (a little metadata, never a wrong delta), so
 /// it is logged, not returned.
+/// A deleted job: every bitmap of `job_id` in `image` is removed. Returns their names.
+pub fn forget_job(image: &Path, job_id: &str) -> Result<Vec<String>, ToolError> {
+    let prefix = job_prefix(job_id);
+    let mut removed = Vec::new();
+    for b in qemu::info(image)?.bitmaps {
+        if b.name.starts_with(&prefix) {
+            qemu::remove_bitmap(image, &b.name)?;
+            removed.push(b.name);
+        }
+    }
+    Ok(removed)
+}
+
 pub fn after_commit(record: &RunBitmaps) {
     for d in &record.disks {
         let present = match qemu::info(&d.image) {

@@ -214,6 +214,27 @@ pub fn after_commit(
     }
 }
 
+/// A deleted job: every checkpoint of `job_id` on `domain` goes, and the job's work directory.
+/// Returns the checkpoints removed. Blocking.
+pub fn forget(
+    source: &LibvirtSource,
+    state_dir: &Path,
+    domain: &str,
+    job_id: &str,
+) -> Result<Vec<String>, super::LibvirtError> {
+    let prefix = crate::changed::job_prefix(job_id);
+    let hv = Hypervisor::open(&source.uri)?;
+    let mut removed = Vec::new();
+    for c in hv.checkpoints(domain)? {
+        if c.starts_with(&prefix) {
+            hv.delete_checkpoint(domain, &c)?;
+            removed.push(c);
+        }
+    }
+    let _ = std::fs::remove_dir_all(super::work_dir(state_dir, job_id));
+    Ok(removed)
+}
+
 /// A run that will not be resumed (it failed, or its work was withdrawn): its checkpoint and
 /// prepared objects go. Blocking.
 pub fn give_up(source: &LibvirtSource, state_dir: &Path, job_id: &str, run_id: &str, domain: &str) {

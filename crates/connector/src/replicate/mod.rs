@@ -887,6 +887,20 @@ pub fn commit_run(state_dir: &Path, job_id: &str, run_id: &str) -> Result<(), Re
     Ok(())
 }
 
+/// A deleted job: its folder in the state directory (kept maps, upload records, prepared
+/// objects) is removed.
+pub fn forget_job(state_dir: &Path, job_id: &str) -> Result<(), ReplicateError> {
+    check_id("jobId", job_id)?;
+    let dir = state_dir.join("jobs").join(job_id);
+    match std::fs::remove_dir_all(&dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(ReplicateError::State {
+            path: dir,
+            source: e,
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Writes a file of the state directory atomically.
 pub(crate) fn write_state_file(path: &Path, bytes: &[u8]) -> Result<(), ReplicateError> {
     state::write_atomic(path, bytes)

@@ -61,7 +61,7 @@ pub use outbox::{Announcer, BusAnnouncer, Outbox, Published, Publishing, StateCh
 pub use scheduler::TickReport;
 pub use staging::{ObjectKind, StagedRun, StagingLocation};
 pub use upload::{ObjectCreated, Progress, UploadOutcome};
-pub use work::{CommitRunWork, ReplicationWork, WorkDisk};
+pub use work::{CommitRunWork, ForgetJobWork, ReplicationWork, WorkDisk};
 
 #[cfg(test)]
 mod tests {

@@ -42,6 +42,25 @@ pub struct CommitRunWork {
     pub run_id: String,
 }
 
+/// Payload of a `FORGET_JOB` work item: the job was deleted, so what the connector keeps for it
+/// on the source VM (dirty bitmaps in qcow2 images, libvirt checkpoints) and in its state
+/// directory (block maps, upload records) is to go.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ForgetJobWork {
+    pub job_id: String,
+    pub vm_id: String,
+    /// The server's disks as the connector reported them (none when the server left the
+    /// catalog: then only the state directory is cleared).
+    #[serde(default)]
+    pub disks: Vec<WorkDisk>,
+}
+
+/// The id of a deleted job's `FORGET_JOB` item.
+pub fn forget_work_id(job_id: &str) -> String {
+    format!("work-forget-{job_id}")
+}
+
 /// The id of a run's `REPLICATE` item (one per run, so queueing it again changes nothing).
 pub fn replicate_work_id(run_id: &str) -> String {
     format!("work-{run_id}")

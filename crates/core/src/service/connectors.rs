@@ -330,7 +330,9 @@ impl Service {
         let work_id = self.ids.new_id(crate::IdKind::Work);
         let payload = match kind {
             WorkKind::Inventory => json!({ "requestId": work_id }),
-            WorkKind::Replicate | WorkKind::CommitRun => json!({ "workId": work_id }),
+            WorkKind::Replicate | WorkKind::CommitRun | WorkKind::ForgetJob => {
+                json!({ "workId": work_id })
+            }
         };
         Work {
             work_id,

@@ -660,6 +660,9 @@ impl Service {
                     expect: Expect::Any,
                 });
             }
+            // The connector is asked to remove what it keeps for the job on the source VM (its
+            // dirty bitmaps or checkpoints) and in its state directory.
+            writes.push(self.forget_work(&j, now).await?);
             if t.releases_slot() {
                 writes.push(Self::release_slot());
             }
@@ -685,6 +688,45 @@ impl Service {
             tracing::info!(replication_job_id = %j.replication_job_id, "replication job deleted");
             Ok(())
         })
+    }
+
+    /// The `FORGET_JOB` item of a job being deleted, naming the server's disks as the catalog
+    /// has them.
+    async fn forget_work(&self, j: &ReplicationJob, now: OffsetDateTime) -> Result<Write> {
+        use crate::replication::work::{forget_work_id, ForgetJobWork, WorkDisk};
+        let (_, server) = self.current_server(&j.server_id).await?;
+        let (vm_id, disks) = server.map_or((String::new(), Vec::new()), |s| {
+            let disks = s
+                .value
+                .disks
+                .iter()
+                .enumerate()
+                .map(|(index, d)| WorkDisk {
+                    index,
+                    path: d.path.clone(),
+                    format: d.format.clone(),
+                })
+                .collect();
+            (s.value.vm_server.vm_server_address.vm_id.clone(), disks)
+        });
+        let work_id = forget_work_id(&j.replication_job_id);
+        let payload = ForgetJobWork {
+            job_id: j.replication_job_id.clone(),
+            vm_id,
+            disks,
+        };
+        let work = crate::model::Work {
+            work_id: work_id.clone(),
+            connector_id: j.connector_id.clone(),
+            kind: WorkKind::ForgetJob,
+            payload: serde_json::to_value(&payload).map_err(|e| DomainError::Corrupt {
+                key: work_id.clone(),
+                message: e.to_string(),
+            })?,
+            queued_on: now,
+            leased_on: None,
+        };
+        put(keys::work(&j.connector_id, &work_id), &work, Expect::Any)
     }
 
     /// Puts `run` into the job's embedded run list (replacing the same run), keeping at most
