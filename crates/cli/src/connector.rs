@@ -17,6 +17,11 @@ use tern_connector::{Agent, ConnectorConfig};
 pub enum ConnectorCommand {
     /// Register with the Tern API, heartbeat, poll for work and answer it (inventory requests,
     /// replication uploads in the background) until SIGINT/SIGTERM.
+    ///
+    /// The config names one source: `[files]` (an inventory file listing VMs and their disk
+    /// images or OVA archives) or `[libvirt]` (the running domains of a libvirt URI, read
+    /// through a backup with a checkpoint per run; needs a build with `--features libvirt`).
+    /// See crates/connector/README.md for every setting.
     Run {
         /// Connector config file (TOML, or JSON when named *.json).
         #[arg(long, value_name = "FILE")]
