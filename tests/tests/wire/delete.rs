@@ -179,7 +179,11 @@ async fn deleting_a_job_mid_upload_stops_its_run_all_the_way_down() {
         .filter(|w| w["payload"]["jobId"] == job_id.as_str())
         .collect();
     let kinds: Vec<&str> = for_job.iter().filter_map(|w| w["kind"].as_str()).collect();
-    assert_eq!(kinds, ["FORGET_JOB"], "work for the deleted job: {for_job:?}");
+    assert_eq!(
+        kinds,
+        ["FORGET_JOB"],
+        "work for the deleted job: {for_job:?}"
+    );
 
     // Nothing of the run left in staging: no object, no open multipart upload.
     let (objects, uploads) = staged(&s, &staging.bucket, &prefix).await;
