@@ -20,14 +20,16 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tern_api::connector::{
-    op, CommitRunWork, CompleteWorkRequest, CompleteWorkResponse, ForgetJobWork,
-    ReplicationWork as ApiWork, ReportErrorRequest, ReportErrorResponse, ReportProgressRequest,
-    ReportProgressResponse,
+    op, CommitRunWork, CompleteWorkRequest, CompleteWorkResponse, ReplicationWork as ApiWork,
+    ReportErrorRequest, ReportErrorResponse, ReportProgressRequest, ReportProgressResponse,
 };
 use tern_disk::Format;
 use tokio::sync::mpsc;
 
 use crate::libvirt::LibvirtSource;
+
+mod forget;
+mod libvirt;
 use crate::replicate::{self, DiskSource, Progress, ReplicateContext, ReplicateError, Stage};
 use crate::{ApiClient, ConnectorError};
 
@@ -239,18 +241,9 @@ impl Worker {
                 if let Ok(Uploaded::AlreadyCommitted) = result {
                     tracing::warn!(work_id, run_id = %work.run_id, "run was already uploaded and confirmed; closing the item");
                 }
-                let request = CompleteWorkRequest {
-                    connector_id,
-                    work_id: work_id.clone(),
-                };
-                if let Err(e) = self
-                    .close::<_, CompleteWorkResponse>(op::COMPLETE_WORK, &request)
-                    .await
-                {
-                    // The manifest is in the bucket, so the run goes on regardless; the item
-                    // comes back after its lease and finds the upload done.
-                    tracing::warn!(work_id, error = %e, "could not complete the work item");
-                }
+                // The manifest is in the bucket, so the run goes on regardless; the item
+                // comes back after its lease and finds the upload done.
+                self.complete(connector_id, &work_id).await;
                 WorkOutcome::Replicated
             }
             Ok(Uploaded::Cancelled) => {
@@ -259,17 +252,7 @@ impl Worker {
             }
             Err(message) => {
                 tracing::warn!(work_id, run_id = %work.run_id, error = %message, "replication run failed");
-                let request = ReportErrorRequest {
-                    connector_id,
-                    work_id: Some(work_id.clone()),
-                    message,
-                };
-                if let Err(e) = self
-                    .close::<_, ReportErrorResponse>(op::REPORT_ERROR, &request)
-                    .await
-                {
-                    tracing::warn!(work_id, error = %e, "could not report the failure");
-                }
+                self.fail(connector_id, &work_id, message).await;
                 WorkOutcome::ReplicationFailed
             }
         }
@@ -456,31 +439,12 @@ impl Worker {
                     self.state_dir().display()
                 );
                 tracing::warn!(work_id, error = %message, "commit failed");
-                let request = ReportErrorRequest {
-                    connector_id,
-                    work_id: Some(work_id.clone()),
-                    message,
-                };
-                if let Err(e) = self
-                    .close::<_, ReportErrorResponse>(op::REPORT_ERROR, &request)
-                    .await
-                {
-                    tracing::warn!(work_id, error = %e, "could not report the failure");
-                }
+                self.fail(connector_id, &work_id, message).await;
                 return WorkOutcome::CommitFailed;
             }
         };
-        let request = CompleteWorkRequest {
-            connector_id,
-            work_id: work_id.clone(),
-        };
-        if let Err(e) = self
-            .close::<_, CompleteWorkResponse>(op::COMPLETE_WORK, &request)
-            .await
-        {
-            // Committing again when the item comes back is a no-op.
-            tracing::warn!(work_id, error = %e, "could not complete the work item");
-        }
+        // Committing again when the item comes back is a no-op.
+        self.complete(connector_id, &work_id).await;
         outcome
     }
 
@@ -507,168 +471,33 @@ impl Worker {
         Ok(())
     }
 
-    /// Before the upload: a libvirt domain's disks are read at one point in time into prepared
-    /// objects (or found there from an earlier attempt), which become the work's disks; they
-    /// are freed once the manifest is up.
-    async fn prepare(
-        &self,
-        work: &mut replicate::ReplicationWork,
-        domain: Option<&str>,
-        progress: &(dyn Fn(Progress) + Send + Sync),
-    ) -> Result<Option<replicate::PreparedRun>, ReplicateError> {
-        let Some(domain) = domain else {
-            return Ok(None);
+    /// Closes an item as done (CompleteWork, retried); a failure is logged, and the item
+    /// comes back after its lease.
+    async fn complete(&self, connector_id: String, work_id: &str) {
+        let request = CompleteWorkRequest {
+            connector_id,
+            work_id: work_id.to_string(),
         };
-        if replicate::committed_run(self.state_dir(), &work.job_id)?.as_deref()
-            == Some(work.run_id.as_str())
-        {
-            return Err(ReplicateError::AlreadyCommitted {
-                job_id: work.job_id.clone(),
-                run_id: work.run_id.clone(),
-            });
-        }
-        let prepared = self.prepare_libvirt(work, domain, progress).await?;
-        work.disks = prepared
-            .disks
-            .iter()
-            .cloned()
-            .map(DiskSource::Prepared)
-            .collect();
-        Ok(Some(prepared))
-    }
-
-    /// Reads the domain's disks on a blocking thread, reporting `Preparing` about once a
-    /// second meanwhile (which also keeps the item's lease).
-    #[cfg(feature = "libvirt")]
-    async fn prepare_libvirt(
-        &self,
-        work: &replicate::ReplicationWork,
-        domain: &str,
-        progress: &(dyn Fn(Progress) + Send + Sync),
-    ) -> Result<replicate::PreparedRun, ReplicateError> {
-        use std::sync::atomic::{AtomicU64, Ordering};
-        let Some(source) = self.libvirt.clone() else {
-            return Err(ReplicateError::InvalidWork(format!(
-                "the server is libvirt domain {domain}, but this connector has no [libvirt] source; run the connector configured with the domain's libvirt URI"
-            )));
-        };
-        let read = Arc::new(AtomicU64::new(0));
-        let task = {
-            let (read, state_dir, work, domain) = (
-                read.clone(),
-                self.state_dir().to_path_buf(),
-                work.clone(),
-                domain.to_string(),
-            );
-            tokio::task::spawn_blocking(move || {
-                let on_read = move |n: u64| {
-                    read.fetch_add(n, Ordering::Relaxed);
-                };
-                crate::libvirt::run::prepare(&source, &state_dir, &work, &domain, &on_read)
-            })
-        };
-        tokio::pin!(task);
-        let mut every = tokio::time::interval(PROGRESS_EVERY);
-        loop {
-            tokio::select! {
-                done = &mut task => {
-                    return done.map_err(|e| ReplicateError::Internal(format!("libvirt backup: {e}")))?;
-                }
-                _ = every.tick() => progress(Progress {
-                    stage: Stage::Preparing,
-                    disk: None,
-                    percent: 0.0,
-                    bytes_done: 0,
-                    bytes_total: None,
-                    virtual_total: 0,
-                    note: Some(format!(
-                        "reading domain {domain} from its backup: {} MiB read",
-                        read.load(Ordering::Relaxed) >> 20
-                    )),
-                }),
-            }
-        }
-    }
-
-    #[cfg(not(feature = "libvirt"))]
-    async fn prepare_libvirt(
-        &self,
-        _work: &replicate::ReplicationWork,
-        domain: &str,
-        _progress: &(dyn Fn(Progress) + Send + Sync),
-    ) -> Result<replicate::PreparedRun, ReplicateError> {
-        Err(ReplicateError::InvalidWork(format!(
-            "the server is libvirt domain {domain}, but this connector was built without the libvirt feature; run one built with it (cargo build -p tern-cli --features libvirt)"
-        )))
-    }
-
-    /// A libvirt run that will not be resumed: its checkpoint and prepared objects go.
-    async fn give_up_libvirt(&self, work: &replicate::ReplicationWork, domain: &str) {
-        #[cfg(feature = "libvirt")]
-        if let Some(source) = self.libvirt.clone() {
-            let (state_dir, job, run, domain) = (
-                self.state_dir().to_path_buf(),
-                work.job_id.clone(),
-                work.run_id.clone(),
-                domain.to_string(),
-            );
-            let _ = tokio::task::spawn_blocking(move || {
-                crate::libvirt::run::give_up(&source, &state_dir, &job, &run, &domain)
-            })
-            .await;
-        }
-        #[cfg(not(feature = "libvirt"))]
-        let _ = (work, domain);
-    }
-
-    /// Runs one `FORGET_JOB` item: the deleted job's bitmaps (qcow2 disks) or checkpoints
-    /// (libvirt domain) are removed from the source, and its folder from the state directory.
-    /// What cannot be removed is reported with ReportError, naming it.
-    pub async fn forget(
-        self: Arc<Self>,
-        connector_id: String,
-        work_id: String,
-        work: ForgetJobWork,
-    ) -> WorkOutcome {
-        let job_lock = self.job_lock(&work.job_id);
-        let _job = job_lock.lock().await;
-        let state_dir = self.state_dir().to_path_buf();
-        let libvirt = self.libvirt.clone();
-        let job_id = work.job_id.clone();
-        let left = tokio::task::spawn_blocking(move || forget_job(&work, &state_dir, libvirt))
+        if let Err(e) = self
+            .close::<_, CompleteWorkResponse>(op::COMPLETE_WORK, &request)
             .await
-            .unwrap_or_else(|e| vec![format!("the cleanup stopped: {e}")]);
-        if left.is_empty() {
-            tracing::info!(%job_id, "deleted job forgotten: its bitmaps, checkpoints and state are removed");
-            let request = CompleteWorkRequest {
-                connector_id,
-                work_id: work_id.clone(),
-            };
-            if let Err(e) = self
-                .close::<_, CompleteWorkResponse>(op::COMPLETE_WORK, &request)
-                .await
-            {
-                tracing::warn!(work_id, error = %e, "could not complete the work item");
-            }
-            WorkOutcome::Forgotten
-        } else {
-            let message = format!(
-                "could not remove everything kept for deleted replication job {job_id}: {}",
-                left.join("; ")
-            );
-            tracing::warn!(work_id, error = %message, "forget failed");
-            let request = ReportErrorRequest {
-                connector_id,
-                work_id: Some(work_id.clone()),
-                message,
-            };
-            if let Err(e) = self
-                .close::<_, ReportErrorResponse>(op::REPORT_ERROR, &request)
-                .await
-            {
-                tracing::warn!(work_id, error = %e, "could not report the failure");
-            }
-            WorkOutcome::ForgetFailed
+        {
+            tracing::warn!(work_id, error = %e, "could not complete the work item");
+        }
+    }
+
+    /// Closes an item as failed with `message` (ReportError, retried); a failure is logged.
+    async fn fail(&self, connector_id: String, work_id: &str, message: String) {
+        let request = ReportErrorRequest {
+            connector_id,
+            work_id: Some(work_id.to_string()),
+            message,
+        };
+        if let Err(e) = self
+            .close::<_, ReportErrorResponse>(op::REPORT_ERROR, &request)
+            .await
+        {
+            tracing::warn!(work_id, error = %e, "could not report the failure");
         }
     }
 
@@ -693,85 +522,6 @@ impl Worker {
             }
         }
     }
-}
-
-/// Removes what is kept for a deleted job; returns what could not be removed, in words.
-fn forget_job(
-    work: &ForgetJobWork,
-    state_dir: &Path,
-    libvirt: Option<LibvirtSource>,
-) -> Vec<String> {
-    let mut left = Vec::new();
-    let sources: Vec<DiskSource> = work
-        .disks
-        .iter()
-        .filter_map(|d| translate_disk(&d.path, d.format.as_deref()).ok())
-        .collect();
-    match crate::libvirt::domain_of(&sources) {
-        Ok(Some(domain)) => {
-            forget_checkpoints(&work.job_id, &domain, state_dir, libvirt, &mut left)
-        }
-        _ => {
-            for s in &sources {
-                let DiskSource::File { path, .. } = s else {
-                    continue;
-                };
-                // Only qcow2 images carry Tern's bitmaps; the others have nothing to remove.
-                if !matches!(tern_disk::detect(path), Ok(Format::Qcow2)) {
-                    continue;
-                }
-                match crate::changed::forget_job(path, &work.job_id) {
-                    Ok(removed) if !removed.is_empty() => {
-                        tracing::info!(image = %path.display(), ?removed, "bitmaps of the deleted job removed")
-                    }
-                    Ok(_) => {}
-                    Err(e) => left.push(format!("the bitmaps in {}: {e}", path.display())),
-                }
-            }
-        }
-    }
-    if replicate::forget_job(state_dir, &work.job_id).is_err() {
-        left.push(format!(
-            "its folder in the state directory {}",
-            state_dir.join("jobs").join(&work.job_id).display()
-        ));
-    }
-    left
-}
-
-#[cfg(feature = "libvirt")]
-fn forget_checkpoints(
-    job_id: &str,
-    domain: &str,
-    state_dir: &Path,
-    libvirt: Option<LibvirtSource>,
-    left: &mut Vec<String>,
-) {
-    let Some(source) = libvirt else {
-        left.push(format!(
-            "the checkpoints on libvirt domain {domain} (this connector has no [libvirt] source)"
-        ));
-        return;
-    };
-    match crate::libvirt::run::forget(&source, state_dir, domain, job_id) {
-        Ok(removed) => {
-            tracing::info!(%domain, ?removed, "checkpoints of the deleted job removed")
-        }
-        Err(e) => left.push(format!("the checkpoints on domain {domain}: {e}")),
-    }
-}
-
-#[cfg(not(feature = "libvirt"))]
-fn forget_checkpoints(
-    _job_id: &str,
-    domain: &str,
-    _state_dir: &Path,
-    _libvirt: Option<LibvirtSource>,
-    left: &mut Vec<String>,
-) {
-    left.push(format!(
-        "the checkpoints on libvirt domain {domain} (this connector was built without the libvirt feature)"
-    ));
 }
 
 enum Uploaded {
