@@ -4,15 +4,14 @@
 //! checkpoints against what a confirmed run leaves, and a domain that stopped against a failed
 //! run that names it, after which the next run is exact again.
 
-use aws_sdk_sms::types::{LicenseType, ReplicationRunState};
-use aws_smithy_types::DateTime;
-use tern_acceptance::{now_secs, TestServer};
+use aws_sdk_sms::types::ReplicationRunState;
+use tern_acceptance::TestServer;
 use tern_local::guest::BootKit;
 use tern_test_support::libvirt::Daemon;
 use tern_test_support::qemu::{convert, make_raw};
 
 use super::replication::image_disk;
-use super::{run_over, run_to_end};
+use super::{create_job, run_over, run_to_end};
 
 const MIB: u64 = 1 << 20;
 const SIZE: u64 = 32 * MIB;
@@ -107,18 +106,7 @@ async fn a_libvirt_domain_is_listed_and_replicated_through_its_backups() {
     );
     let server_id = list[0].server_id().unwrap().to_string();
 
-    let job_id = c
-        .create_replication_job()
-        .server_id(&server_id)
-        .seed_replication_time(DateTime::from_secs(now_secs()))
-        .frequency(12)
-        .license_type(LicenseType::Byol)
-        .send()
-        .await
-        .unwrap()
-        .replication_job_id()
-        .unwrap()
-        .to_string();
+    let job_id = create_job(c, &server_id).await;
 
     // The seed: the disk as it is, and the run's checkpoint the base of the next.
     let seed = run_to_end(&server, &mut agent, &job_id, None).await;

@@ -26,6 +26,23 @@ use aws_sdk_sms::types::ReplicationRunState;
 use tern_acceptance::TestServer;
 use tern_test_support::poll;
 
+/// CreateReplicationJob for `server_id`: seeding now, every 12 hours, BYOL. Returns the job id.
+pub async fn create_job(c: &aws_sdk_sms::Client, server_id: &str) -> String {
+    c.create_replication_job()
+        .server_id(server_id)
+        .seed_replication_time(aws_smithy_types::DateTime::from_secs(
+            tern_acceptance::now_secs(),
+        ))
+        .frequency(12)
+        .license_type(aws_sdk_sms::types::LicenseType::Byol)
+        .send()
+        .await
+        .unwrap()
+        .replication_job_id()
+        .unwrap()
+        .to_string()
+}
+
 /// Ticks the server and polls the connector until the run (`run_id`, else the job's first) is
 /// over; panics unless it completed.
 pub async fn run_to_end(
