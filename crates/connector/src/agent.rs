@@ -163,7 +163,8 @@ impl Agent {
                 },
             )
             .limit_uploads(config.max_concurrent_uploads)
-            .serve_libvirt(config.libvirt.clone()),
+            .serve_libvirt(config.libvirt.clone())
+            .serve_vsphere(config.vsphere.clone()),
         );
         Ok(Self {
             config,
@@ -204,7 +205,17 @@ impl Agent {
             let digest = file_digest(&files.inventory)?;
             return Ok((Inventory::load(&files.inventory, &manager_id)?, digest));
         }
-        let inventory = self.load_libvirt_inventory().await?;
+        let inventory = match self.config.vsphere.clone() {
+            Some(source) => {
+                let manager_id = format!("vsphere-{}", self.config.name);
+                tokio::task::spawn_blocking(move || {
+                    crate::vsphere::run::inventory(&source, &manager_id)
+                })
+                .await
+                .map_err(|e| ConnectorError::Source(format!("listing the vSphere VMs: {e}")))??
+            }
+            None => self.load_libvirt_inventory().await?,
+        };
         let listed = serde_json::to_vec(&inventory.vms).unwrap_or_default();
         Ok((inventory, hex::encode(sha2::Sha256::digest(&listed))))
     }

@@ -47,14 +47,17 @@ pub struct ConnectorConfig {
     /// free slots (plus one that waits), so the rest stay queued on the service.
     #[serde(default = "default_max_concurrent_uploads")]
     pub max_concurrent_uploads: usize,
-    /// `[files]`: VMs listed in an inventory file. A connector serves one source: this or
-    /// `[libvirt]`.
+    /// `[files]`: VMs listed in an inventory file. A connector serves one source: this,
+    /// `[libvirt]` or `[vsphere]`.
     #[serde(default)]
     pub files: Option<FilesSource>,
     /// `[libvirt]`: the domains of a libvirt URI (needs a connector built with the `libvirt`
     /// feature).
     #[serde(default)]
     pub libvirt: Option<crate::libvirt::LibvirtSource>,
+    /// `[vsphere]`: the VMs of a vCenter or ESXi host.
+    #[serde(default)]
+    pub vsphere: Option<crate::vsphere::VsphereSource>,
     /// Where and how replication runs upload (the S3 staging bucket).
     #[serde(default)]
     pub staging: StagingConfig,
@@ -185,10 +188,13 @@ impl ConnectorConfig {
         {
             return Err("give either [credentials] or profile/credentials_file, not both".into());
         }
-        match (&self.files, &self.libvirt) {
-            (Some(_), Some(_)) => return Err("give one source, [files] or [libvirt], not both (run one connector per source)".into()),
-            (None, None) => return Err("no source: add [files] with inventory = \"FILE\" (VMs listed in an inventory file) or [libvirt] with uri = \"qemu:///system\" (the domains of a libvirt host)".into()),
-            _ => {}
+        match [self.files.is_some(), self.libvirt.is_some(), self.vsphere.is_some()].iter().filter(|s| **s).count() {
+            0 => return Err("no source: add [files] with inventory = \"FILE\" (VMs listed in an inventory file), [libvirt] with uri = \"qemu:///system\" (the domains of a libvirt host) or [vsphere] with url = \"https://vcenter/sdk\" (the VMs of a vCenter)".into()),
+            1 => {}
+            _ => return Err("give one source, [files], [libvirt] or [vsphere], not several (run one connector per source)".into()),
+        }
+        if let Some(v) = &self.vsphere {
+            v.validate()?;
         }
         if let Some(l) = &self.libvirt {
             if l.uri.trim().is_empty() {
@@ -378,7 +384,7 @@ mod tests {
         }
         let p = write(dir.path(), "both.toml", &format!("{base}{files}{libvirt}"));
         let e = ConnectorConfig::load(&p).unwrap_err().to_string();
-        assert!(e.contains("not both"), "{e}");
+        assert!(e.contains("not several"), "{e}");
         let p = write(dir.path(), "none.toml", base);
         let e = ConnectorConfig::load(&p).unwrap_err().to_string();
         assert!(e.contains("no source") && e.contains("[libvirt]"), "{e}");

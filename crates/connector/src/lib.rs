@@ -26,6 +26,7 @@ pub mod libvirt;
 pub mod ova;
 pub mod replicate;
 pub mod signing;
+pub mod vsphere;
 pub mod work;
 
 pub use agent::{Agent, CycleReport};

@@ -29,7 +29,7 @@ use tokio::sync::mpsc;
 use crate::libvirt::LibvirtSource;
 
 mod forget;
-mod libvirt;
+mod hypervisor;
 use crate::replicate::{self, DiskSource, Progress, ReplicateContext, ReplicateError, Stage};
 use crate::{ApiClient, ConnectorError};
 
@@ -111,6 +111,8 @@ pub(crate) struct Worker {
     pub max_uploads: usize,
     /// The libvirt source, when the connector serves one: its runs are backups of domains.
     libvirt: Option<LibvirtSource>,
+    /// The vSphere source, when the connector serves one: its runs read VM snapshots.
+    vsphere: Option<crate::vsphere::VsphereSource>,
 }
 
 /// Sees every progress update of every run (unthrottled), e.g. to draw progress bars: the
@@ -144,12 +146,19 @@ impl Worker {
             uploads: tokio::sync::Semaphore::new(crate::config::DEFAULT_MAX_CONCURRENT_UPLOADS),
             max_uploads: crate::config::DEFAULT_MAX_CONCURRENT_UPLOADS,
             libvirt: None,
+            vsphere: None,
         }
     }
 
     /// Serves the domains of a libvirt source: their runs are taken with backups.
     pub fn serve_libvirt(mut self, source: Option<LibvirtSource>) -> Self {
         self.libvirt = source;
+        self
+    }
+
+    /// Serves the VMs of a vSphere source: their runs read a snapshot per run.
+    pub fn serve_vsphere(mut self, source: Option<crate::vsphere::VsphereSource>) -> Self {
+        self.vsphere = source;
         self
     }
 
@@ -267,7 +276,7 @@ impl Worker {
         let mut work = translate(original).map_err(|e| advise_run(&e, None, original))?;
         self.settle_parent(&mut work, original.parent_run_id.as_deref())
             .map_err(|e| advise_run(&e, Some(&work), original))?;
-        let domain = crate::libvirt::domain_of(&work.disks)
+        let vm = hypervisor::SourceVm::of(&work.disks)
             .map_err(|e| advise_run(&e, Some(&work), original))?;
         let (tx, rx) = mpsc::unbounded_channel();
         let throttle = Mutex::new(Throttle::default());
@@ -294,10 +303,7 @@ impl Worker {
         ));
         // A backup is not cut short by a withdrawal (it ends within the time to read the
         // changes, and a half-taken one would leave its checkpoint): the upload is.
-        let result = match self
-            .prepare(&mut work, domain.as_deref(), &on_progress)
-            .await
-        {
+        let result = match self.prepare(&mut work, vm.as_ref(), &on_progress).await {
             Err(e) => Some(Err(e)),
             Ok(prepared) => {
                 let result = tokio::select! {
@@ -327,8 +333,8 @@ impl Worker {
         };
         let given_up = withdrawn
             || matches!(&result, Some(Err(e)) if !matches!(e, ReplicateError::AlreadyCommitted { .. } | ReplicateError::Interrupted { .. }));
-        if let (true, Some(domain)) = (given_up, &domain) {
-            self.give_up_libvirt(&work, domain).await;
+        if let (true, Some(vm)) = (given_up, &vm) {
+            self.give_up(&work, vm).await;
         }
         if withdrawn {
             // Withdrawn, not interrupted: the upload is not to be resumed or finished.
@@ -457,6 +463,14 @@ impl Worker {
             .ok()
             .and_then(|d| replicate::prepared::load(&d).ok().flatten());
         replicate::commit_run(dir, job_id, run_id)?;
+        if prepared
+            .as_ref()
+            .and_then(crate::vsphere::run::prepared_vm)
+            .is_some()
+        {
+            // Each run's snapshot is gone once read: only failed attempts' folders are left.
+            replicate::prepared::remove_other_runs(dir, job_id, run_id);
+        }
         #[cfg(feature = "libvirt")]
         if let (Some(source), Some(domain)) = (
             &self.libvirt,
@@ -658,6 +672,9 @@ pub fn translate_disk(path: &str, format: Option<&str>) -> Result<DiskSource, St
     if path.trim().is_empty() {
         return Err("the disk has no path; re-import the server catalog".into());
     }
+    if let Some((vm, key)) = crate::vsphere::parse_disk_path(path) {
+        return Ok(DiskSource::Vsphere { vm: vm.into(), key });
+    }
     if let Some((domain, target)) = crate::libvirt::parse_disk_path(path) {
         return Ok(DiskSource::Libvirt {
             domain: domain.into(),
@@ -713,6 +730,9 @@ fn advise_run(
         }
         ReplicateError::InvalidOptions(_) => {
             "Fix the connector's [staging] settings and restart it".to_string()
+        }
+        ReplicateError::Hypervisor(_) if work.is_some_and(|w| crate::vsphere::vm_of(&w.disks).ok().flatten().is_some()) => {
+            "Check that the VM exists in vSphere and that the connector can reach its vCenter, then start a new run".to_string()
         }
         ReplicateError::Hypervisor(_) => {
             "Check that the domain runs and that the connector can reach its libvirt URI, then start a new run".to_string()

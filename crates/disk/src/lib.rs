@@ -25,6 +25,7 @@ pub mod write;
 
 pub use disk::{detect, open, open_bytes, open_range, Extent, Format, OpenOptions, VirtualDisk};
 pub use error::{DiskError, Result};
+pub use formats::vmdk::{flat_extents as vmdk_flat_extents, FlatExtent as VmdkFlatExtent};
 pub use io::is_zero;
 
 /// Called with the number of virtual-disk bytes just processed; used for progress bars.

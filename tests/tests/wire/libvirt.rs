@@ -10,8 +10,7 @@ use tern_local::guest::BootKit;
 use tern_test_support::libvirt::Daemon;
 use tern_test_support::qemu::{convert, make_raw};
 
-use super::replication::image_disk;
-use super::{create_job, run_over, run_to_end};
+use super::{assert_image, create_job, files_ending, run_over, run_to_end, start_run};
 
 const MIB: u64 = 1 << 20;
 const SIZE: u64 = 32 * MIB;
@@ -38,32 +37,6 @@ fn checkpoints(d: &Daemon) -> Vec<String> {
         .collect();
     c.sort();
     c
-}
-
-/// Files under `dir` whose name ends in `suffix`.
-fn files_ending(dir: &std::path::Path, suffix: &str) -> Vec<std::path::PathBuf> {
-    let mut found = Vec::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                todo.push(p);
-            } else if p.to_string_lossy().ends_with(suffix) {
-                found.push(p);
-            }
-        }
-    }
-    found
-}
-
-fn assert_image(server: &TestServer, run: &aws_sdk_sms::types::ReplicationRun, want: &[u8]) {
-    let ami = run.ami_id().expect("the run made an AMI");
-    let got = image_disk(server, ami);
-    assert_eq!(got.len(), want.len(), "{ami}: disk size");
-    if let Some(at) = got.iter().zip(want).position(|(a, b)| a != b) {
-        panic!("{ami} differs from the domain's disk at the run's point in time at byte {at}");
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -110,7 +83,7 @@ async fn a_libvirt_domain_is_listed_and_replicated_through_its_backups() {
 
     // The seed: the disk as it is, and the run's checkpoint the base of the next.
     let seed = run_to_end(&server, &mut agent, &job_id, None).await;
-    assert_image(&server, &seed, &bytes);
+    assert_image(&server, "the domain's disk", &seed, &bytes);
     let cp = |run: &aws_sdk_sms::types::ReplicationRun| {
         format!("tern-{job_id}-{}", run.replication_run_id().unwrap())
     };
@@ -122,28 +95,14 @@ async fn a_libvirt_domain_is_listed_and_replicated_through_its_backups() {
         d.write(DOMAIN, offset, len, byte);
         bytes[offset as usize..(offset + len) as usize].fill(byte);
     }
-    let start = |c: &aws_sdk_sms::Client| {
-        let c = c.clone();
-        let job_id = job_id.clone();
-        async move {
-            c.start_on_demand_replication_run()
-                .replication_job_id(&job_id)
-                .send()
-                .await
-                .unwrap()
-                .replication_run_id()
-                .unwrap()
-                .to_string()
-        }
-    };
-    let run_id = start(c).await;
+    let run_id = start_run(c, &job_id).await;
     let second = run_to_end(&server, &mut agent, &job_id, Some(&run_id)).await;
     let message = second.status_message().unwrap_or_default();
     assert!(
         message.starts_with("Completed: ami-") && !message.contains("whole disk"),
         "the incremental run used the checkpoint: {message}"
     );
-    assert_image(&server, &second, &bytes);
+    assert_image(&server, "the domain's disk", &second, &bytes);
     // Confirmed: the seed's checkpoint is superseded; the run's objects are freed.
     agent.poll_once().await.unwrap();
     assert_eq!(checkpoints(&d), [cp(&second)]);
@@ -155,7 +114,7 @@ async fn a_libvirt_domain_is_listed_and_replicated_through_its_backups() {
 
     // The domain stops: the run fails naming it, and leaves no checkpoint of its own.
     d.virsh(&["destroy", DOMAIN]);
-    let run_id = start(c).await;
+    let run_id = start_run(c, &job_id).await;
     let failed = run_over(&server, &mut agent, &job_id, Some(&run_id)).await;
     assert_eq!(failed.state(), Some(&ReplicationRunState::Failed));
     let message = failed.status_message().unwrap_or_default();
@@ -169,9 +128,9 @@ async fn a_libvirt_domain_is_listed_and_replicated_through_its_backups() {
     d.virsh(&["start", DOMAIN]);
     d.write(DOMAIN, 9 * MIB, 64 * 1024, 0x3c);
     bytes[9 * MIB as usize..(9 * MIB + 64 * 1024) as usize].fill(0x3c);
-    let run_id = start(c).await;
+    let run_id = start_run(c, &job_id).await;
     let third = run_to_end(&server, &mut agent, &job_id, Some(&run_id)).await;
-    assert_image(&server, &third, &bytes);
+    assert_image(&server, "the domain's disk", &third, &bytes);
     agent.poll_once().await.unwrap();
     assert_eq!(checkpoints(&d), [cp(&third)]);
 

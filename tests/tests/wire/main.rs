@@ -18,6 +18,7 @@ mod raw;
 mod replication;
 mod runs;
 mod s3;
+mod vsphere;
 
 use std::time::Duration;
 
@@ -126,5 +127,49 @@ pub fn code_and_message<
                 .to_owned(),
             e.message().unwrap_or_default().to_owned(),
         ),
+    }
+}
+
+/// StartOnDemandReplicationRun for `job_id`; returns the run id.
+pub async fn start_run(c: &aws_sdk_sms::Client, job_id: &str) -> String {
+    c.start_on_demand_replication_run()
+        .replication_job_id(job_id)
+        .send()
+        .await
+        .unwrap()
+        .replication_run_id()
+        .unwrap()
+        .to_string()
+}
+
+/// Files under `dir` whose name ends in `suffix`.
+pub fn files_ending(dir: &std::path::Path, suffix: &str) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else if p.to_string_lossy().ends_with(suffix) {
+                found.push(p);
+            }
+        }
+    }
+    found
+}
+
+/// Checks that the AMI `run` made holds `want` (`what`, for the message) byte for byte.
+pub fn assert_image(
+    server: &TestServer,
+    what: &str,
+    run: &aws_sdk_sms::types::ReplicationRun,
+    want: &[u8],
+) {
+    let ami = run.ami_id().expect("the run made an AMI");
+    let got = replication::image_disk(server, ami);
+    assert_eq!(got.len(), want.len(), "{ami}: disk size");
+    if let Some(at) = got.iter().zip(want).position(|(a, b)| a != b) {
+        panic!("{ami} differs from {what} at the run's point in time at byte {at}");
     }
 }

@@ -15,13 +15,8 @@
 use std::fs::File;
 use std::path::Path;
 
-use tern_disk::blockmap::BlockMap;
-
 use super::{checkpoint_name, inventory_vm, Hypervisor, LibvirtSource, RunSpec};
-use crate::replicate::{
-    self, prepared, DiskSource, ObjectKind, PreparedObject, PreparedRun, ReplicateError,
-    ReplicationWork,
-};
+use crate::replicate::{prepared, DiskSource, PreparedRun, ReplicateError, ReplicationWork};
 use crate::{ConnectorError, Inventory};
 
 const SOURCE_PREFIX: &str = "libvirt:";
@@ -69,35 +64,9 @@ pub fn prepare(
             _ => "",
         })
         .collect();
-    // The base: the last confirmed run, when every disk has its kept map.
-    let mut base = if work.seed {
-        None
-    } else {
-        replicate::committed_run(state_dir, &work.job_id)?
-    };
-    let mut old = Vec::new();
-    if base.is_some() {
-        for i in 0..targets.len() {
-            match replicate::kept_map(state_dir, &work.job_id, i)? {
-                Some(m) => old.push(m),
-                None => {
-                    base = None;
-                    old.clear();
-                    break;
-                }
-            }
-        }
-    }
-    if let Some(run) = prepared::load(&dir)? {
-        // Once the manifest is uploaded the objects are freed; the record still stands for them.
-        let uploaded = replicate::has_pending_run(state_dir, &work.job_id, &work.run_id);
-        let complete = run.disks.len() == targets.len()
-            && run.disks.iter().all(|d| uploaded || d.object.is_file());
-        if complete && run.base_run_id == base {
-            tracing::info!(run_id = %work.run_id, %domain, "the run's backup was taken by an earlier attempt; uploading it");
-            return Ok(run);
-        }
-        prepared::remove(&dir);
+    let (base, old) = prepared::base_maps(state_dir, work, targets.len())?;
+    if let Some(run) = prepared::reusable(&dir, state_dir, work, &base)? {
+        return Ok(run);
     }
 
     let hv_err = |e: super::LibvirtError| ReplicateError::Hypervisor(e.to_string());
@@ -125,38 +94,26 @@ pub fn prepare(
         work_dir: &work_dir,
         progress,
     };
-    let object = |i: usize| dir.join(format!("disk-{i}.obj"));
     let outputs = super::replicate(
         &hv,
         &spec,
         (!old.is_empty()).then_some(old.as_slice()),
-        |i, _| File::create(object(i)),
+        |i, _| File::create(prepared::object_path(&dir, i)),
     )
     .map_err(hv_err)?;
     let mut disks = Vec::with_capacity(outputs.len());
     for (i, out) in outputs.into_iter().enumerate() {
-        let map = dir.join(format!("disk-{i}.map"));
-        write_map(&map, &out.map)?;
-        let delta = out.delta.as_ref();
-        disks.push(PreparedObject {
-            object: object(i),
-            map,
-            kind: if delta.is_some() {
-                ObjectKind::Delta
-            } else {
-                ObjectKind::SeedVmdk
-            },
+        let made = prepared::Made {
             what: format!("libvirt {domain}/{}", out.target),
             source_format: info.disks[i].format.clone().unwrap_or_else(|| "raw".into()),
             source_variant: "libvirt backup".into(),
             virtual_size: out.virtual_size,
-            base_run_id: delta.and(base.clone()),
-            changed_blocks: delta.map(|d| d.changed_blocks),
-            zero_blocks: delta.map(|d| d.zero_blocks),
-            data_bytes: delta.map(|d| d.data_bytes),
             changes: out.changes,
             bytes_read: out.bytes_read,
-        });
+            map: out.map,
+            delta: out.delta,
+        };
+        disks.push(prepared::made(&dir, i, made, &base)?);
     }
     let run = PreparedRun {
         source: format!("{SOURCE_PREFIX}{domain}"),
@@ -165,16 +122,6 @@ pub fn prepare(
     };
     prepared::save(&dir, &run)?;
     Ok(run)
-}
-
-fn write_map(path: &Path, map: &BlockMap) -> Result<(), ReplicateError> {
-    let state = |source| ReplicateError::State {
-        path: path.to_path_buf(),
-        source,
-    };
-    let f = File::create(path).map_err(state)?;
-    map.write_to(std::io::BufWriter::new(f))
-        .map_err(|e| state(std::io::Error::other(e)))
 }
 
 /// The domain a prepared run of this source read.
@@ -201,17 +148,7 @@ pub fn after_commit(
             tracing::warn!(%domain, error = %e, "could not remove the job's superseded checkpoints")
         }
     }
-    let job_dir = state_dir.join("jobs").join(job_id);
-    if let Ok(entries) = std::fs::read_dir(&job_dir) {
-        for e in entries.flatten() {
-            if e.file_name() != *run_id {
-                let dir = e.path().join("prepared");
-                if dir.is_dir() {
-                    prepared::remove(&dir);
-                }
-            }
-        }
-    }
+    prepared::remove_other_runs(state_dir, job_id, run_id);
 }
 
 /// A deleted job: every checkpoint of `job_id` on `domain` goes, and the job's work directory.

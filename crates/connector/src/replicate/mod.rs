@@ -34,7 +34,6 @@ use crate::changed::{self, ChangedBlocks, Changes};
 use crate::ova::{self, OvaError};
 pub use manifest::{DiskManifest, Manifest, ObjectKind};
 pub use prepared::{PreparedObject, PreparedRun};
-#[cfg(feature = "libvirt")]
 pub(crate) use produce::take_map;
 use produce::{prepare_changes, produce, SourceRead};
 use state::JobState;
@@ -89,6 +88,10 @@ pub enum DiskSource {
     /// through a backup ([`crate::libvirt`]), which turns them into [`DiskSource::Prepared`].
     #[serde(rename_all = "camelCase")]
     Libvirt { domain: String, target: String },
+    /// The disk with device key `key` of vSphere VM `vm` (`vm-42`): read with the VM's other
+    /// disks from a snapshot ([`crate::vsphere`]), which turns them into [`DiskSource::Prepared`].
+    #[serde(rename_all = "camelCase")]
+    Vsphere { vm: String, key: i32 },
     /// An object made before the upload ([`prepared`]): uploaded as it is.
     Prepared(PreparedObject),
 }
@@ -99,6 +102,7 @@ impl DiskSource {
             DiskSource::File { path, .. } => format!("file {}", path.display()),
             DiskSource::Ova { path, disk } => format!("ova {} disk {disk}", path.display()),
             DiskSource::Libvirt { domain, target } => format!("libvirt {domain}/{target}"),
+            DiskSource::Vsphere { vm, key } => format!("vsphere {vm} disk {key}"),
             DiskSource::Prepared(p) => p.what.clone(),
         }
     }
@@ -408,6 +412,11 @@ fn open_source(index: usize, src: &DiskSource) -> Result<OpenedDisk, ReplicateEr
         DiskSource::Libvirt { domain, .. } => {
             return Err(ReplicateError::InvalidWork(format!(
                 "disk {index} is a disk of libvirt domain {domain}, which this connector does not serve: run a connector built with the libvirt feature whose [libvirt] uri names the domain's host"
+            )))
+        }
+        DiskSource::Vsphere { vm, .. } => {
+            return Err(ReplicateError::InvalidWork(format!(
+                "disk {index} is a disk of vSphere VM {vm}, which this connector does not serve: run a connector whose [vsphere] url names the VM's vCenter"
             )))
         }
         // Its file is read when its upload starts (a disk whose upload completed needs none).

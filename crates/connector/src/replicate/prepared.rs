@@ -135,6 +135,125 @@ pub fn remove(dir: &Path) {
     }
 }
 
+/// The base of a run a source prepares: the last confirmed run and the kept block maps of its
+/// `disks` disks, or `(None, [])` for a seed (asked for, or a disk without a kept map).
+pub fn base_maps(
+    state_dir: &Path,
+    work: &super::ReplicationWork,
+    disks: usize,
+) -> Result<(Option<String>, Vec<BlockMap>), ReplicateError> {
+    if work.seed {
+        return Ok((None, Vec::new()));
+    }
+    let Some(base) = super::committed_run(state_dir, &work.job_id)? else {
+        return Ok((None, Vec::new()));
+    };
+    let mut old = Vec::with_capacity(disks);
+    for i in 0..disks {
+        match super::kept_map(state_dir, &work.job_id, i)? {
+            Some(m) => old.push(m),
+            None => return Ok((None, Vec::new())),
+        }
+    }
+    Ok((Some(base), old))
+}
+
+/// The run an earlier attempt prepared in `dir` against the same base, if it is complete (its
+/// objects are on disk, or were freed because its manifest is uploaded): resuming uploads it
+/// instead of reading the source at a second point in time. Anything else there is removed.
+pub fn reusable(
+    dir: &Path,
+    state_dir: &Path,
+    work: &super::ReplicationWork,
+    base: &Option<String>,
+) -> Result<Option<PreparedRun>, ReplicateError> {
+    let Some(run) = load(dir)? else {
+        return Ok(None);
+    };
+    let uploaded = super::has_pending_run(state_dir, &work.job_id, &work.run_id);
+    let complete = run.disks.len() == work.disks.len()
+        && run.disks.iter().all(|d| uploaded || d.object.is_file());
+    if complete && &run.base_run_id == base {
+        tracing::info!(run_id = %work.run_id, source = %run.source, "the run was read by an earlier attempt; uploading it");
+        return Ok(Some(run));
+    }
+    remove(dir);
+    Ok(None)
+}
+
+/// The file disk `i`'s object is written to.
+pub fn object_path(dir: &Path, i: usize) -> PathBuf {
+    dir.join(format!("disk-{i}.obj"))
+}
+
+/// What a source made of one disk, before it is recorded with [`made`].
+pub struct Made {
+    /// Where it was read, for people.
+    pub what: String,
+    pub source_format: String,
+    pub source_variant: String,
+    pub virtual_size: u64,
+    pub changes: Changes,
+    pub bytes_read: u64,
+    pub map: BlockMap,
+    /// Incremental runs: the delta's summary (its map already taken into `map`).
+    pub delta: Option<tern_disk::delta::DeltaSummary>,
+}
+
+/// Writes disk `i`'s block map next to its object ([`object_path`]) and describes both.
+pub fn made(
+    dir: &Path,
+    i: usize,
+    m: Made,
+    base: &Option<String>,
+) -> Result<PreparedObject, ReplicateError> {
+    let map = dir.join(format!("disk-{i}.map"));
+    let state = |source| ReplicateError::State {
+        path: map.clone(),
+        source,
+    };
+    let f = File::create(&map).map_err(state)?;
+    m.map
+        .write_to(std::io::BufWriter::new(f))
+        .map_err(|e| state(std::io::Error::other(e)))?;
+    let delta = m.delta.as_ref();
+    Ok(PreparedObject {
+        object: object_path(dir, i),
+        map,
+        kind: if delta.is_some() {
+            ObjectKind::Delta
+        } else {
+            ObjectKind::SeedVmdk
+        },
+        what: m.what,
+        source_format: m.source_format,
+        source_variant: m.source_variant,
+        virtual_size: m.virtual_size,
+        base_run_id: delta.and(base.clone()),
+        changed_blocks: delta.map(|d| d.changed_blocks),
+        zero_blocks: delta.map(|d| d.zero_blocks),
+        data_bytes: delta.map(|d| d.data_bytes),
+        changes: m.changes,
+        bytes_read: m.bytes_read,
+    })
+}
+
+/// Once run `run_id` is confirmed, the prepared folders of the job's other runs (failed or
+/// superseded attempts) go.
+pub fn remove_other_runs(state_dir: &Path, job_id: &str, run_id: &str) {
+    let job_dir = state_dir.join("jobs").join(job_id);
+    if let Ok(entries) = fs::read_dir(&job_dir) {
+        for e in entries.flatten() {
+            if e.file_name() != *run_id {
+                let dir = e.path().join("prepared");
+                if dir.is_dir() {
+                    remove(&dir);
+                }
+            }
+        }
+    }
+}
+
 /// Writes a prepared object's file into the part channel, as [`super::produce`] writes a disk
 /// it reads. Runs on a blocking thread.
 pub(super) fn produce(

@@ -546,6 +546,57 @@ fn open_extent_file(dir: &Path, name: Option<&str>) -> Result<Source> {
     Source::open(&canon)
 }
 
+/// One extent of a flat VMDK descriptor, as a reader of the disk's files needs it: the disk's
+/// bytes `[start, start + len)` are in `file` from byte `offset` (`None`: a ZERO extent).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlatExtent {
+    pub start: u64,
+    pub len: u64,
+    pub file: Option<String>,
+    pub offset: u64,
+}
+
+/// The extents of a descriptor whose data is in flat files (monolithicFlat, twoGbMaxExtentFlat,
+/// vmfs), for a reader that fetches those files itself (a datastore over HTTP). Sparse, delta
+/// and raw-device descriptors are refused, naming why.
+pub fn flat_extents(text: &str) -> Result<Vec<FlatExtent>> {
+    let d = parse_descriptor(text)?;
+    if d.extents.is_empty() {
+        return Err(malformed(FMT, "descriptor", "no extent lines"));
+    }
+    let mut out = Vec::with_capacity(d.extents.len());
+    let mut start = 0u64;
+    for e in &d.extents {
+        let too_big = || malformed(FMT, "extent line", "size overflows");
+        let len = e.sectors.checked_mul(512).ok_or_else(too_big)?;
+        let file = match e.kind.as_str() {
+            "ZERO" => None,
+            "FLAT" | "VMFS" => Some(
+                e.file
+                    .clone()
+                    .ok_or_else(|| malformed(FMT, "extent line", "a flat extent names no file"))?,
+            ),
+            other => {
+                return Err(unsupported(
+                    FMT,
+                    format!("extent type {other} (only flat extents are read this way)"),
+                ))
+            }
+        };
+        if e.access == "NOACCESS" {
+            return Err(unsupported(FMT, "NOACCESS extents"));
+        }
+        out.push(FlatExtent {
+            start,
+            len,
+            file,
+            offset: e.offset.checked_mul(512).ok_or_else(too_big)?,
+        });
+        start = start.checked_add(len).ok_or_else(too_big)?;
+    }
+    Ok(out)
+}
+
 #[derive(Debug, Default)]
 struct Descriptor {
     create_type: Option<String>,
@@ -711,4 +762,55 @@ impl VirtualDisk for VmdkDisk {
 /// falls back to stored blocks; anything beyond this bound is damage, not compression.
 fn max_compressed_grain(grain_bytes: u64) -> u64 {
     grain_bytes + grain_bytes / 8 + 1024
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flat_descriptors_give_their_extents_and_sparse_ones_are_refused() {
+        let two = "# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType=\"twoGbMaxExtentFlat\"\n\nRW 4 FLAT \"d-f001.vmdk\" 0\nRW 2 ZERO\nRW 8 VMFS \"d-f002.vmdk\" 16\n";
+        assert_eq!(
+            flat_extents(two).unwrap(),
+            vec![
+                FlatExtent {
+                    start: 0,
+                    len: 2048,
+                    file: Some("d-f001.vmdk".into()),
+                    offset: 0
+                },
+                FlatExtent {
+                    start: 2048,
+                    len: 1024,
+                    file: None,
+                    offset: 0
+                },
+                FlatExtent {
+                    start: 3072,
+                    len: 4096,
+                    file: Some("d-f002.vmdk".into()),
+                    offset: 8192
+                },
+            ]
+        );
+        for (bad, says) in [
+            (
+                "createType=\"vmfsSparse\"\nRW 8 VMFSSPARSE \"d-delta.vmdk\"\n",
+                "vmfsSparse",
+            ),
+            (
+                "parentFileNameHint=\"base.vmdk\"\nRW 8 VMFS \"d-flat.vmdk\"\n",
+                "delta disks",
+            ),
+            (
+                "createType=\"monolithicSparse\"\nRW 8 SPARSE \"d.vmdk\"\n",
+                "extent type SPARSE",
+            ),
+            ("createType=\"vmfs\"\n", "no extent lines"),
+        ] {
+            let e = flat_extents(bad).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad:?}: {e}");
+        }
+    }
 }

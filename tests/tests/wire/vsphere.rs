@@ -1,0 +1,204 @@
+//! The connector's `[vsphere]` source end to end against a vCenter simulator (govmomi's vcsim,
+//! HTTPS with its own CA): the catalog lists the VMs with their folder paths, each run reads a
+//! snapshot of the VM through datastore file access, and every AMI's disk is compared byte
+//! for byte with the VM's disk at the run's point in time. No run leaves a snapshot behind:
+//! not a completed one, not one whose read failed, not a crashed attempt's (removed by the next
+//! run), and a deleted job's FORGET_JOB removes what is left.
+
+use aws_sdk_sms::types::ReplicationRunState;
+use tern_acceptance::TestServer;
+use tern_connector::vsphere::soap::{MoRef, Session};
+use tern_connector::vsphere::{run as vsphere_run, VsphereSource};
+use tern_test_support::qemu::make_raw;
+use tern_test_support::vcsim::{Vcsim, VM0};
+
+use super::{assert_image, create_job, files_ending, run_over, run_to_end, start_run};
+
+const MIB: u64 = 1 << 20;
+const DISK_MIB: u64 = 24;
+
+fn source(sim: &Vcsim) -> VsphereSource {
+    VsphereSource {
+        url: sim.url.clone(),
+        username: tern_test_support::vcsim::USER.into(),
+        password: Some(tern_test_support::vcsim::PASSWORD.into()),
+        password_env: None,
+        ca_file: Some(sim.ca_file.clone()),
+        insecure: false,
+        vms: vec![VM0.into()],
+        quiesce: false,
+    }
+}
+
+/// The names of the VM's snapshots, asked of the simulator with the connector's own (blocking)
+/// client.
+fn snapshots(sim: &Vcsim, vm: &str) -> Vec<String> {
+    tokio::task::block_in_place(|| snapshot_names(sim, vm))
+}
+
+fn snapshot_names(sim: &Vcsim, vm: &str) -> Vec<String> {
+    let session = Session::login(&source(sim)).unwrap();
+    let names = vsphere_run::snapshots(&session, &MoRef::new("VirtualMachine", vm))
+        .unwrap()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    session.logout();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vsphere_vm_is_listed_and_replicated_from_a_snapshot_per_run() {
+    let sim = Vcsim::start(DISK_MIB);
+    let scratch = tempfile::tempdir().unwrap();
+    let mut bytes = make_raw(&scratch.path().join("src.raw"), DISK_MIB * MIB, 11);
+    sim.write_disk(VM0, &bytes);
+
+    let mut config = tern_acceptance::Config::default();
+    config.limits.on_demand_runs_per_window = 10;
+    let server = TestServer::start_with(config).await;
+    let config = server.write_connector_source("vs", &sim.source_toml(&[VM0]));
+    let mut agent = tern_connector::Agent::new(
+        tern_connector::ConnectorConfig::load(&config).expect("a [vsphere] config loads"),
+    )
+    .await
+    .unwrap();
+    agent.run_once().await.unwrap();
+    let c = &server.client;
+
+    // The catalog: the one VM the glob selects, by its managed object id, with its folder path.
+    c.import_server_catalog().send().await.unwrap();
+    agent.poll_once().await.unwrap();
+    let servers = c.get_servers().send().await.unwrap();
+    let list = servers.server_list();
+    assert_eq!(list.len(), 1, "{list:?}");
+    let vm = list[0].vm_server().unwrap();
+    assert_eq!(vm.vm_name(), Some(VM0));
+    assert_eq!(
+        vm.vm_server_address().and_then(|a| a.vm_manager_id()),
+        Some("vsphere-vs")
+    );
+    let vm_id = vm
+        .vm_server_address()
+        .and_then(|a| a.vm_id())
+        .unwrap()
+        .to_string();
+    assert!(vm_id.starts_with("vm-"), "{vm_id}");
+    assert_eq!(vm.vm_path(), Some(format!("/DC0/vm/{VM0}").as_str()));
+    assert_eq!(
+        vm.vm_manager_type(),
+        Some(&aws_sdk_sms::types::VmManagerType::VSphere)
+    );
+    let server_id = list[0].server_id().unwrap().to_string();
+    let job_id = create_job(c, &server_id).await;
+
+    // The seed: the disk as it is; the run's snapshot is gone once read.
+    let seed = run_to_end(&server, &mut agent, &job_id, None).await;
+    assert_image(&server, "the VM's disk", &seed, &bytes);
+    assert_eq!(snapshots(&sim, &vm_id), Vec::<String>::new());
+
+    // The guest writes; the next run finds the changes by comparing every block (vcsim has no
+    // changed block tracking) and says so.
+    for (offset, len, byte) in [(2 * MIB + 512, 300 * 1024, 0x5au8), (20 * MIB, MIB, 0)] {
+        sim.write_at(VM0, offset, &vec![byte; len as usize]);
+        bytes[offset as usize..(offset + len) as usize].fill(byte);
+    }
+    let run_id = start_run(c, &job_id).await;
+    let second = run_to_end(&server, &mut agent, &job_id, Some(&run_id)).await;
+    let message = second.status_message().unwrap_or_default();
+    assert!(
+        message.starts_with("Completed: ami-") && message.contains("changed block tracking"),
+        "the incremental run says how it found the changes: {message}"
+    );
+    assert_image(&server, "the VM's disk", &second, &bytes);
+    agent.poll_once().await.unwrap();
+    let state = config.parent().unwrap().join("state");
+    assert_eq!(
+        files_ending(&state, ".obj"),
+        Vec::<std::path::PathBuf>::new()
+    );
+
+    // A flat extent shorter than its descriptor: the run fails naming the disk, and the
+    // snapshot it took is removed anyway.
+    let flat = sim.flat(VM0);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&flat)
+        .unwrap()
+        .set_len(DISK_MIB * MIB / 2)
+        .unwrap();
+    let run_id = start_run(c, &job_id).await;
+    let failed = run_over(&server, &mut agent, &job_id, Some(&run_id)).await;
+    assert_eq!(failed.state(), Some(&ReplicationRunState::Failed));
+    let message = failed.status_message().unwrap_or_default();
+    assert!(
+        message.contains(&vm_id) && message.contains("disk1-flat.vmdk"),
+        "{message}"
+    );
+    assert_eq!(snapshots(&sim, &vm_id), Vec::<String>::new());
+
+    // Repaired, and a snapshot a crashed attempt left behind: the next run removes it first and
+    // is exact.
+    sim.write_at(VM0, 0, &bytes);
+    tokio::task::block_in_place(|| {
+        let session = Session::login(&source(&sim)).unwrap();
+        let crashed = format!(
+            "<name>tern-{job_id}-crashed</name><memory>false</memory><quiesce>false</quiesce>"
+        );
+        let vm = MoRef::new("VirtualMachine", &vm_id);
+        let limit = std::time::Duration::from_secs(60);
+        session
+            .invoke_task("CreateSnapshot_Task", &vm, &crashed, limit)
+            .unwrap();
+        session.logout();
+    });
+    assert_eq!(snapshots(&sim, &vm_id), [format!("tern-{job_id}-crashed")]);
+    sim.write_at(VM0, 7 * MIB, &[0xc3; 4096]);
+    bytes[7 * MIB as usize..7 * MIB as usize + 4096].fill(0xc3);
+    let run_id = start_run(c, &job_id).await;
+    let third = run_to_end(&server, &mut agent, &job_id, Some(&run_id)).await;
+    assert_image(&server, "the VM's disk", &third, &bytes);
+    assert_eq!(snapshots(&sim, &vm_id), Vec::<String>::new());
+
+    // Deleted: nothing of the job is left in the connector's state.
+    c.delete_replication_job()
+        .replication_job_id(&job_id)
+        .send()
+        .await
+        .unwrap();
+    let report = agent.poll_once().await.unwrap();
+    assert_eq!(report.replication.jobs_forgotten, 1, "{report:?}");
+    assert!(!state.join("jobs").join(&job_id).exists());
+    server.shutdown().await;
+}
+
+#[test]
+fn a_vsphere_source_names_what_is_wrong_with_its_connection() {
+    let sim = Vcsim::start(1);
+    let good = source(&sim);
+    let wrong_password = VsphereSource {
+        password: Some("not-the-password".into()),
+        ..good.clone()
+    };
+    let e = Session::login(&wrong_password).err().unwrap().to_string();
+    assert!(e.contains("refused the login of tern"), "{e}");
+    // Without the CA file the simulator's certificate is not trusted.
+    let no_ca = VsphereSource {
+        ca_file: None,
+        ..good.clone()
+    };
+    let e = Session::login(&no_ca).err().unwrap().to_string();
+    assert!(
+        e.contains("cannot reach vSphere") && e.contains("ca_file"),
+        "{e}"
+    );
+    // An unknown VM in a run: named, with what to do.
+    let session = Session::login(&good).unwrap();
+    let vms = vsphere_run::vms(&session, &[]).unwrap();
+    assert_eq!(vms.len(), 2, "{vms:?}");
+    assert!(vms
+        .iter()
+        .all(|v| v.disks.len() == 1 && v.disks[0].capacity_bytes == MIB));
+    assert!(vms.iter().all(|v| v.datacenter.as_deref() == Some("DC0")));
+    session.logout();
+}
