@@ -5,9 +5,20 @@
 //
 // Built offline from Debian's golang-go and golang-github-vmware-govmomi-dev by scripts/vcsim.sh.
 // On start it prints one JSON line: {"url": ..., "datastores": {name: local directory}}.
+//
+// Two things vcsim lacks are added in front of it (see cbt below): changed block tracking
+// (`-cbt`: QueryChangedDiskAreas answered from copies of each disk taken at every snapshot), and
+// a vCenter that refuses a VM's snapshots (while the file DIR/refuse-snapshot-<vm id> exists);
+// and DIR/served, the bytes served to ranged datastore reads so far.
 package main
 
 import (
+	"bytes"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -89,6 +100,7 @@ func main() {
 	pass := flag.String("pass", "tern-secret", "its password")
 	vms := flag.Int("vms", 2, "VMs in the cluster")
 	diskMB := flag.Int64("disk-mb", 32, "capacity of each VM's disk, MiB")
+	tracking := flag.Bool("cbt", false, "turn changed block tracking on for every VM")
 	flag.Parse()
 
 	model := simulator.VPX()
@@ -111,6 +123,9 @@ func main() {
 				disk.CapacityInBytes = *diskMB << 20
 			}
 		}
+		if *tracking {
+			vm.Config.ChangeTrackingEnabled = types.NewBool(true)
+		}
 	}
 	model.Service.Listen = &url.URL{Host: *listen, User: url.UserPassword(*user, *pass)}
 	model.Service.TLS = &tls.Config{Certificates: []tls.Certificate{certificates(*dir)}}
@@ -121,6 +136,9 @@ func main() {
 		ds := simulator.Map.Get(ref.Reference()).(*simulator.Datastore)
 		stores[ds.Name] = ds.Info.GetDatastoreInfo().Url
 	}
+	// Set before the first request: the server reads its handler per request.
+	c := &cbt{dir: *dir, stores: stores, copies: map[string]string{}}
+	s.Config.Handler = c.wrap(s.Config.Handler)
 	u := *s.URL
 	u.User = nil
 	line, _ := json.Marshal(map[string]interface{}{"url": u.String(), "datastores": stores})
@@ -131,4 +149,229 @@ func main() {
 	<-sig
 	s.Close()
 	model.Remove()
+}
+
+// cbt stands in for vSphere's changed block tracking: each snapshot of a VM with tracking on
+// gives its disks a new change id and keeps a copy of each disk's flat extent as of that id;
+// QueryChangedDiskAreas compares the snapshot's flat extent with the copy of the change id
+// asked for, in 64 KiB areas ("*": every area holding data). A copy removed from DIR (a
+// tracking reset) makes its change id invalid, as on vSphere.
+type cbt struct {
+	dir    string
+	stores map[string]string
+	mu     sync.Mutex
+	seq    int
+	copies map[string]string
+	// Bytes served to ranged datastore reads, for tests to see what a run read (DIR/served).
+	served int64
+}
+
+type counting struct {
+	http.ResponseWriter
+	n *int64
+	mu *sync.Mutex
+}
+
+func (c counting) Write(b []byte) (int, error) {
+	n, err := c.ResponseWriter.Write(b)
+	c.mu.Lock()
+	*c.n += int64(n)
+	c.mu.Unlock()
+	return n, err
+}
+
+const area = 64 << 10
+
+// element returns the text of the first <name ...>text</name> in a request.
+func element(body []byte, name string) string {
+	s := string(body)
+	i := strings.Index(s, "<"+name)
+	if i < 0 {
+		return ""
+	}
+	j := strings.Index(s[i:], ">")
+	k := strings.Index(s[i:], "</"+name+">")
+	if j < 0 || k < 0 || k < j {
+		return ""
+	}
+	return strings.TrimSpace(s[i+j+1 : i+k])
+}
+
+func fault(w http.ResponseWriter, kind, message string) {
+	w.Header().Set("Content-Type", "text/xml; charset=utf-8")
+	w.WriteHeader(http.StatusInternalServerError)
+	fmt.Fprintf(w, `<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><soapenv:Body><soapenv:Fault><faultcode>ServerFaultCode</faultcode><faultstring>%s</faultstring><detail><%sFault xmlns="urn:vim25" xsi:type="%s"></%sFault></detail></soapenv:Fault></soapenv:Body></soapenv:Envelope>`, message, kind, kind, kind)
+}
+
+func (c *cbt) wrap(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet && strings.HasPrefix(r.URL.Path, "/folder/") && r.Header.Get("Range") != "" {
+			next.ServeHTTP(counting{w, &c.served, &c.mu}, r)
+			c.mu.Lock()
+			tmp := filepath.Join(c.dir, "served.tmp")
+			if os.WriteFile(tmp, []byte(strconv.FormatInt(c.served, 10)), 0o644) == nil {
+				_ = os.Rename(tmp, filepath.Join(c.dir, "served"))
+			}
+			c.mu.Unlock()
+			return
+		}
+		if r.Method != http.MethodPost || !strings.HasSuffix(r.URL.Path, "/sdk") {
+			next.ServeHTTP(w, r)
+			return
+		}
+		body, _ := io.ReadAll(r.Body)
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		switch {
+		case bytes.Contains(body, []byte("<QueryChangedDiskAreas")):
+			c.query(w, body)
+		case bytes.Contains(body, []byte("<CreateSnapshot_Task")):
+			vm := element(body, "_this")
+			if _, err := os.Stat(filepath.Join(c.dir, "refuse-snapshot-"+vm)); err == nil {
+				fault(w, "SnapshotDisabled", "Snapshots are disabled for this virtual machine by its administrator")
+				return
+			}
+			next.ServeHTTP(w, r)
+			c.snapshotTaken(vm)
+		default:
+			next.ServeHTTP(w, r)
+		}
+	})
+}
+
+// flat is the local file of a disk's flat extent.
+func (c *cbt) flat(b *types.VirtualDiskFlatVer2BackingInfo) string {
+	name := strings.TrimPrefix(b.FileName, "[")
+	parts := strings.SplitN(name, "] ", 2)
+	if len(parts) != 2 {
+		return ""
+	}
+	return filepath.Join(c.stores[parts[0]], strings.TrimSuffix(parts[1], ".vmdk")+"-flat.vmdk")
+}
+
+func disks(devices object) []*types.VirtualDisk {
+	var out []*types.VirtualDisk
+	for _, d := range devices {
+		if disk, ok := d.(*types.VirtualDisk); ok {
+			out = append(out, disk)
+		}
+	}
+	return out
+}
+
+type object = []types.BaseVirtualDevice
+
+func (c *cbt) snapshotTaken(id string) {
+	vm, ok := simulator.Map.Get(types.ManagedObjectReference{Type: "VirtualMachine", Value: id}).(*simulator.VirtualMachine)
+	if !ok {
+		return
+	}
+	simulator.Map.WithLock(vm, func() {
+		if vm.Config.ChangeTrackingEnabled == nil || !*vm.Config.ChangeTrackingEnabled {
+			return
+		}
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		for _, disk := range disks(vm.Config.Hardware.Device) {
+			b, ok := disk.Backing.(*types.VirtualDiskFlatVer2BackingInfo)
+			if !ok {
+				continue
+			}
+			c.seq++
+			data, err := os.ReadFile(c.flat(b))
+			if err != nil {
+				continue
+			}
+			copyPath := filepath.Join(c.dir, fmt.Sprintf("cbt-%d", c.seq))
+			if os.WriteFile(copyPath, data, 0o600) != nil {
+				continue
+			}
+			// The snapshot's configuration shares its devices with the VM's: both now carry the id.
+			b.ChangeId = fmt.Sprintf("52 74 65 72 6e %d/%d", c.seq, c.seq)
+			c.copies[b.ChangeId] = copyPath
+		}
+	})
+}
+
+func (c *cbt) query(w http.ResponseWriter, body []byte) {
+	snap, ok := simulator.Map.Get(types.ManagedObjectReference{Type: "VirtualMachineSnapshot", Value: element(body, "snapshot")}).(*simulator.VirtualMachineSnapshot)
+	if !ok {
+		fault(w, "ManagedObjectNotFound", "The object has already been deleted or has not been completely created")
+		return
+	}
+	key, _ := strconv.Atoi(element(body, "deviceKey"))
+	start, _ := strconv.ParseInt(element(body, "startOffset"), 10, 64)
+	id := element(body, "changeId")
+	var disk *types.VirtualDisk
+	for _, d := range disks(snap.Config.Hardware.Device) {
+		if int(d.Key) == key {
+			disk = d
+		}
+	}
+	if disk == nil {
+		fault(w, "InvalidArgument", "A specified parameter was not correct: deviceKey")
+		return
+	}
+	b, _ := disk.Backing.(*types.VirtualDiskFlatVer2BackingInfo)
+	if b == nil || snap.Config.ChangeTrackingEnabled == nil || !*snap.Config.ChangeTrackingEnabled {
+		fault(w, "FileFault", "Change tracking is not active on the disk")
+		return
+	}
+	now, err := os.ReadFile(c.flat(b))
+	if err != nil {
+		fault(w, "FileFault", err.Error())
+		return
+	}
+	var then []byte
+	if id != "*" {
+		c.mu.Lock()
+		path, known := c.copies[id]
+		c.mu.Unlock()
+		if known {
+			then, err = os.ReadFile(path)
+		}
+		if !known || err != nil {
+			fault(w, "InvalidArgument", "A specified parameter was not correct: changeId")
+			return
+		}
+	}
+	size := disk.CapacityInBytes
+	var areas strings.Builder
+	runStart, runLen := int64(-1), int64(0)
+	flush := func() {
+		if runStart >= 0 {
+			fmt.Fprintf(&areas, "<changedArea><start>%d</start><length>%d</length></changedArea>", runStart, runLen)
+		}
+		runStart, runLen = -1, 0
+	}
+	chunk := func(data []byte, at, n int64) []byte {
+		out := make([]byte, n)
+		if at < int64(len(data)) {
+			copy(out, data[at:])
+		}
+		return out
+	}
+	for at := start; at < size; at += area {
+		n := int64(area)
+		if at+n > size {
+			n = size - at
+		}
+		cur := chunk(now, at, n)
+		changed := false
+		if then == nil {
+			changed = !bytes.Equal(cur, make([]byte, n))
+		} else {
+			changed = !bytes.Equal(cur, chunk(then, at, n))
+		}
+		if changed {
+			if runStart < 0 {
+				runStart = at
+			}
+			runLen += n
+		} else {
+			flush()
+		}
+	}
+	flush()
+	w.Header().Set("Content-Type", "text/xml; charset=utf-8")
+	fmt.Fprintf(w, `<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><soapenv:Body><QueryChangedDiskAreasResponse xmlns="urn:vim25"><returnval><startOffset>%d</startOffset><length>%d</length>%s</returnval></QueryChangedDiskAreasResponse></soapenv:Body></soapenv:Envelope>`, start, size-start, areas.String())
 }

@@ -243,10 +243,11 @@ impl ConnectorConfig {
 
     /// `changed_blocks` of the configured source.
     pub fn changed_blocks(&self) -> crate::changed::ChangedBlocks {
-        match (&self.files, &self.libvirt) {
-            (Some(f), _) => f.changed_blocks,
-            (None, Some(l)) => l.changed_blocks,
-            (None, None) => Default::default(),
+        match (&self.files, &self.libvirt, &self.vsphere) {
+            (Some(f), _, _) => f.changed_blocks,
+            (None, Some(l), _) => l.changed_blocks,
+            (None, None, Some(v)) => v.changed_blocks,
+            (None, None, None) => Default::default(),
         }
     }
 

@@ -463,13 +463,11 @@ impl Worker {
             .ok()
             .and_then(|d| replicate::prepared::load(&d).ok().flatten());
         replicate::commit_run(dir, job_id, run_id)?;
-        if prepared
+        if let Some(run) = prepared
             .as_ref()
-            .and_then(crate::vsphere::run::prepared_vm)
-            .is_some()
+            .filter(|r| crate::vsphere::run::prepared_vm(r).is_some())
         {
-            // Each run's snapshot is gone once read: only failed attempts' folders are left.
-            replicate::prepared::remove_other_runs(dir, job_id, run_id);
+            crate::vsphere::run::after_commit(dir, job_id, run_id, run);
         }
         #[cfg(feature = "libvirt")]
         if let (Some(source), Some(domain)) = (

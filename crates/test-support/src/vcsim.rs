@@ -4,7 +4,7 @@
 //! the command that builds it.
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
 pub const USER: &str = "tern";
@@ -35,8 +35,9 @@ pub fn binary() -> PathBuf {
 }
 
 impl Vcsim {
-    /// Starts a simulator whose VMs have one disk of `disk_mib` MiB each.
-    pub fn start(disk_mib: u64) -> Vcsim {
+    /// Starts a simulator whose VMs have one disk of `disk_mib` MiB each, with changed block
+    /// tracking on when `cbt`.
+    pub fn start(disk_mib: u64, cbt: bool) -> Vcsim {
         let bin = binary();
         assert!(
             bin.is_file(),
@@ -61,7 +62,7 @@ impl Vcsim {
                 "-pass",
                 PASSWORD,
             ])
-            .args(["-disk-mb", &disk_mib.to_string()])
+            .args(["-disk-mb", &disk_mib.to_string(), &format!("-cbt={cbt}")])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -126,8 +127,33 @@ impl Vcsim {
         f.sync_all().unwrap();
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    /// Resets changed block tracking, as vSphere does after some storage operations: every
+    /// change id given so far becomes invalid.
+    pub fn reset_tracking(&self) {
+        for e in std::fs::read_dir(&self.dir).unwrap().flatten() {
+            if e.file_name().to_string_lossy().starts_with("cbt-") {
+                std::fs::remove_file(e.path()).unwrap();
+            }
+        }
+    }
+
+    /// Bytes the simulator served to ranged datastore reads so far (a disk's data as a run
+    /// reads it).
+    pub fn bytes_served(&self) -> u64 {
+        match std::fs::read_to_string(self.dir.join("served")) {
+            Ok(n) => n.trim().parse().expect("vcsim's served counter"),
+            Err(_) => 0,
+        }
+    }
+
+    /// Makes the simulator refuse (or allow again) snapshots of VM `vm_id` (`vm-42`).
+    pub fn refuse_snapshots(&self, vm_id: &str, refuse: bool) {
+        let flag = self.dir.join(format!("refuse-snapshot-{vm_id}"));
+        if refuse {
+            std::fs::write(flag, b"").unwrap();
+        } else {
+            let _ = std::fs::remove_file(flag);
+        }
     }
 }
 

@@ -27,6 +27,7 @@ fn source(sim: &Vcsim) -> VsphereSource {
         insecure: false,
         vms: vec![VM0.into()],
         quiesce: false,
+        changed_blocks: Default::default(),
     }
 }
 
@@ -49,7 +50,7 @@ fn snapshot_names(sim: &Vcsim, vm: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vsphere_vm_is_listed_and_replicated_from_a_snapshot_per_run() {
-    let sim = Vcsim::start(DISK_MIB);
+    let sim = Vcsim::start(DISK_MIB, true);
     let scratch = tempfile::tempdir().unwrap();
     let mut bytes = make_raw(&scratch.path().join("src.raw"), DISK_MIB * MIB, 11);
     sim.write_disk(VM0, &bytes);
@@ -97,26 +98,57 @@ async fn a_vsphere_vm_is_listed_and_replicated_from_a_snapshot_per_run() {
     assert_image(&server, "the VM's disk", &seed, &bytes);
     assert_eq!(snapshots(&sim, &vm_id), Vec::<String>::new());
 
-    // The guest writes; the next run finds the changes by comparing every block (vcsim has no
-    // changed block tracking) and says so.
+    // The guest writes; the next run reads only the areas vSphere's changed block tracking
+    // reports since the seed's change id.
     for (offset, len, byte) in [(2 * MIB + 512, 300 * 1024, 0x5au8), (20 * MIB, MIB, 0)] {
         sim.write_at(VM0, offset, &vec![byte; len as usize]);
         bytes[offset as usize..(offset + len) as usize].fill(byte);
     }
+    let served = sim.bytes_served();
     let run_id = start_run(c, &job_id).await;
     let second = run_to_end(&server, &mut agent, &job_id, Some(&run_id)).await;
     let message = second.status_message().unwrap_or_default();
     assert!(
-        message.starts_with("Completed: ami-") && message.contains("changed block tracking"),
-        "the incremental run says how it found the changes: {message}"
+        message.starts_with("Completed: ami-") && !message.contains("whole disk"),
+        "the incremental run used changed block tracking: {message}"
     );
     assert_image(&server, "the VM's disk", &second, &bytes);
+    // What the run read: the three 512 KiB blocks the written areas touch, nothing else.
+    assert_eq!(sim.bytes_served() - served, 3 * 512 * 1024);
     agent.poll_once().await.unwrap();
     let state = config.parent().unwrap().join("state");
     assert_eq!(
         files_ending(&state, ".obj"),
         Vec::<std::path::PathBuf>::new()
     );
+
+    // Tracking reset behind Tern's back: the kept change id is refused, and the run compares
+    // every block instead, saying why, and is still exact.
+    sim.reset_tracking();
+    sim.write_at(VM0, 11 * MIB, &[0x77; 8192]);
+    bytes[11 * MIB as usize..11 * MIB as usize + 8192].fill(0x77);
+    let served = sim.bytes_served();
+    let run_id = start_run(c, &job_id).await;
+    let reset = run_to_end(&server, &mut agent, &job_id, Some(&run_id)).await;
+    let message = reset.status_message().unwrap_or_default();
+    assert!(
+        message.contains("whole disk") && message.contains("tracking reset"),
+        "{message}"
+    );
+    assert_image(&server, "the VM's disk", &reset, &bytes);
+    assert_eq!(sim.bytes_served() - served, DISK_MIB * MIB);
+
+    // vCenter refuses the snapshot: the run fails naming the VM and the refusal.
+    sim.refuse_snapshots(&vm_id, true);
+    let run_id = start_run(c, &job_id).await;
+    let refused = run_over(&server, &mut agent, &job_id, Some(&run_id)).await;
+    assert_eq!(refused.state(), Some(&ReplicationRunState::Failed));
+    let message = refused.status_message().unwrap_or_default();
+    assert!(
+        message.contains(&vm_id) && message.contains("SnapshotDisabled"),
+        "{message}"
+    );
+    sim.refuse_snapshots(&vm_id, false);
 
     // A flat extent shorter than its descriptor: the run fails naming the disk, and the
     // snapshot it took is removed anyway.
@@ -174,7 +206,7 @@ async fn a_vsphere_vm_is_listed_and_replicated_from_a_snapshot_per_run() {
 
 #[test]
 fn a_vsphere_source_names_what_is_wrong_with_its_connection() {
-    let sim = Vcsim::start(1);
+    let sim = Vcsim::start(1, false);
     let good = source(&sim);
     let wrong_password = VsphereSource {
         password: Some("not-the-password".into()),

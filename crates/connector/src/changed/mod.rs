@@ -33,7 +33,7 @@ use tern_nbd::Client;
 
 use crate::replicate::{DiskSource, ReplicateError};
 pub use qemu::{parse_info, Bitmap, Export, ImageInfo, ToolError};
-pub use read::{bitmap_delta, dirty_blocks, BitmapRead, Counting};
+pub use read::{bitmap_delta, dirty_blocks, extents_delta, BitmapRead, Counting};
 
 /// `changed_blocks` of a source: how incremental runs find the changed blocks.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -49,12 +49,6 @@ pub fn bitmap_delta<W: Write>(
     progress: tern_disk::Progress,
 ) -> Result<BitmapRead, DiskError> {
     let size = client.size();
-    if old.block_size != BLOCK_SIZE || old.disk_size != size {
-        return Err(DiskError::Mismatch(format!(
-            "the kept block map is of a {}-byte disk in {}-byte blocks; the export has {size} bytes",
-            old.disk_size, old.block_size
-        )));
-    }
     let status = client.block_status(context, 0, size).map_err(nbd_err)?;
     let dirty: Vec<Extent> = status
         .iter()
@@ -64,7 +58,37 @@ pub fn bitmap_delta<W: Write>(
             length: e.length,
         })
         .collect();
-    let blocks = dirty_blocks(&dirty, size);
+    extents_delta(
+        |at, buf| client.read(at, buf).map_err(nbd_err),
+        size,
+        &dirty,
+        old,
+        out,
+        progress,
+    )
+}
+
+/// Writes the delta of the blocks that `dirty` extents touch (a dirty bitmap's, or the areas
+/// a hypervisor's change tracking reports), each read with `read` and compared with `old`
+/// exactly as [`tern_disk::delta::create`] compares every block, so the delta is the one the
+/// full comparison would make (a block rewritten with the same bytes is dirty but unchanged).
+/// The new map is `old` with the dirty blocks' entries replaced, so a later full comparison
+/// stays correct.
+pub fn extents_delta<W: Write>(
+    mut read: impl FnMut(u64, &mut [u8]) -> Result<(), DiskError>,
+    size: u64,
+    dirty: &[Extent],
+    old: &BlockMap,
+    out: W,
+    progress: tern_disk::Progress,
+) -> Result<BitmapRead, DiskError> {
+    if old.block_size != BLOCK_SIZE || old.disk_size != size {
+        return Err(DiskError::Mismatch(format!(
+            "the kept block map is of a {}-byte disk in {}-byte blocks; the disk has {size} bytes",
+            old.disk_size, old.block_size
+        )));
+    }
+    let blocks = dirty_blocks(dirty, size);
     let bs = BLOCK_SIZE as u64;
     let mut w = DeltaWriter::new(out, BLOCK_SIZE, size)?;
     let mut map = old.clone();
@@ -75,7 +99,7 @@ pub fn bitmap_delta<W: Write>(
         let start = b * bs;
         let len = bs.min(size - start) as usize;
         let data = &mut buf[..len];
-        client.read(start, data).map_err(nbd_err)?;
+        read(start, data)?;
         let entry = if is_zero(data) {
             BlockEntry {
                 zero: true,

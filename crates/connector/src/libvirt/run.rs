@@ -112,6 +112,7 @@ pub fn prepare(
             bytes_read: out.bytes_read,
             map: out.map,
             delta: out.delta,
+            change_id: None,
         };
         disks.push(prepared::made(&dir, i, made, &base)?);
     }

@@ -93,7 +93,7 @@ pub enum DiskSource {
     #[serde(rename_all = "camelCase")]
     Vsphere { vm: String, key: i32 },
     /// An object made before the upload ([`prepared`]): uploaded as it is.
-    Prepared(PreparedObject),
+    Prepared(Box<PreparedObject>),
 }
 
 impl DiskSource {
@@ -422,7 +422,7 @@ fn open_source(index: usize, src: &DiskSource) -> Result<OpenedDisk, ReplicateEr
         // Its file is read when its upload starts (a disk whose upload completed needs none).
         DiskSource::Prepared(p) => {
             return Ok(OpenedDisk {
-                read: Read::Prepared(Arc::new(p.clone())),
+                read: Read::Prepared(Arc::new((**p).clone())),
                 what,
             });
         }

@@ -51,6 +51,10 @@ pub struct PreparedObject {
     /// How the changes were found, and the bytes read from the source to make the object.
     pub changes: Changes,
     pub bytes_read: u64,
+    /// The hypervisor's change-tracking id of the disk at the run's point in time (vSphere
+    /// CBT), kept once the run is confirmed for the next run to ask what changed since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change_id: Option<String>,
 }
 
 /// A prepared run: what the source read and the objects it made, one per disk in order.
@@ -198,6 +202,8 @@ pub struct Made {
     pub map: BlockMap,
     /// Incremental runs: the delta's summary (its map already taken into `map`).
     pub delta: Option<tern_disk::delta::DeltaSummary>,
+    /// See [`PreparedObject::change_id`].
+    pub change_id: Option<String>,
 }
 
 /// Writes disk `i`'s block map next to its object ([`object_path`]) and describes both.
@@ -235,6 +241,7 @@ pub fn made(
         data_bytes: delta.map(|d| d.data_bytes),
         changes: m.changes,
         bytes_read: m.bytes_read,
+        change_id: m.change_id,
     })
 }
 

@@ -10,8 +10,10 @@
 //!   source asks), the snapshot's disks read through the datastore's HTTP file access (ranged
 //!   GETs of each disk's flat extents, [`disk::DatastoreDisk`]) into the run's prepared
 //!   objects, then the snapshot removed — also when the read fails. The seed reads every
-//!   block; an incremental run compares every block with the kept block map (the changed-
-//!   block-tracking path, `QueryChangedDiskAreas`, is not built yet: see the crate README).
+//!   block. An incremental run asks vSphere's changed block tracking for the areas changed
+//!   since the base run's change id (`QueryChangedDiskAreas`) and reads only the 512 KiB blocks
+//!   they touch; without tracking (off on the VM, a reset that invalidated the change id, no
+//!   id kept) it compares every block with the kept block map and says why.
 //!
 //! See [`soap`] for the calls made.
 
@@ -52,6 +54,11 @@ pub struct VsphereSource {
     /// Quiesce the guest's file systems for each run's snapshot (needs VMware Tools).
     #[serde(default)]
     pub quiesce: bool,
+    /// How incremental runs find changed blocks: `auto` asks vSphere's changed block tracking
+    /// (QueryChangedDiskAreas) where the VM has it on and compares every block otherwise,
+    /// `bitmap` allows only tracking, `compare` never asks.
+    #[serde(default)]
+    pub changed_blocks: crate::changed::ChangedBlocks,
 }
 
 impl VsphereSource {
@@ -271,6 +278,7 @@ mod tests {
             insecure: false,
             vms: vec![],
             quiesce: false,
+            changed_blocks: Default::default(),
         };
         ok.validate().unwrap();
         let both = VsphereSource {

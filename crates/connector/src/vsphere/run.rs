@@ -20,7 +20,7 @@ use tern_disk::VirtualDisk;
 use super::disk::DatastoreDisk;
 use super::soap::{self, escape, MoRef, ObjectContent, Session};
 use super::{inventory_vm, VmDisk, VmInfo, VmNic, VsphereError, VsphereSource};
-use crate::changed::{bitmap_name, job_prefix, Changes};
+use crate::changed::{bitmap_name, job_prefix, ChangedBlocks, Changes};
 use crate::replicate::stream::Recording;
 use crate::replicate::{prepared, DiskSource, PreparedRun, ReplicateError, ReplicationWork};
 use crate::{ConnectorError, Inventory};
@@ -250,10 +250,17 @@ pub fn prepare(
         return Ok(run);
     }
     let hv = |e: VsphereError| ReplicateError::Hypervisor(e.to_string());
+    let base_ids = match &base {
+        Some(b) => kept_change_ids(state_dir, &work.job_id, b),
+        None => Vec::new(),
+    };
     let session = Arc::new(Session::login(source).map_err(hv)?);
-    let result = read_vm(
-        &session, source, &dir, work, vm, &keys, &base, &old, progress,
-    );
+    let bases = Bases {
+        run: &base,
+        maps: &old,
+        change_ids: &base_ids,
+    };
+    let result = read_vm(&session, source, &dir, work, vm, &keys, &bases, progress);
     session.logout();
     let disks = result?;
     let run = PreparedRun {
@@ -265,6 +272,14 @@ pub fn prepare(
     Ok(run)
 }
 
+/// What an incremental run starts from: the confirmed run, its block maps and its disks'
+/// change ids (empty for a seed).
+struct Bases<'a> {
+    run: &'a Option<String>,
+    maps: &'a [tern_disk::blockmap::BlockMap],
+    change_ids: &'a [Option<String>],
+}
+
 #[allow(clippy::too_many_arguments)]
 fn read_vm(
     session: &Arc<Session>,
@@ -273,8 +288,7 @@ fn read_vm(
     work: &ReplicationWork,
     vm: &str,
     keys: &[i32],
-    base: &Option<String>,
-    old: &[tern_disk::blockmap::BlockMap],
+    bases: &Bases<'_>,
     progress: tern_disk::Progress<'_>,
 ) -> Result<Vec<prepared::PreparedObject>, ReplicateError> {
     let hv = |e: VsphereError| ReplicateError::Hypervisor(e.to_string());
@@ -335,12 +349,12 @@ fn read_vm(
         })?;
     let read = read_snapshot(
         session,
+        source,
         &snapshot,
         &datacenter,
         dir,
         &info,
-        base,
-        old,
+        bases,
         progress,
     );
     let removed = session.invoke_task(
@@ -365,12 +379,12 @@ fn read_vm(
 #[allow(clippy::too_many_arguments)]
 fn read_snapshot(
     session: &Arc<Session>,
+    source: &VsphereSource,
     snapshot: &MoRef,
     datacenter: &str,
     dir: &Path,
     info: &VmInfo,
-    base: &Option<String>,
-    old: &[tern_disk::blockmap::BlockMap],
+    bases: &Bases<'_>,
     progress: tern_disk::Progress<'_>,
 ) -> Result<Vec<prepared::PreparedObject>, ReplicateError> {
     let hv = |e: VsphereError| ReplicateError::Hypervisor(e.to_string());
@@ -389,7 +403,6 @@ fn read_snapshot(
                 detail: format!("disk {} is not in the run's snapshot", now.label),
             })
         })?;
-        let what = format!("vsphere {} {}", info.name, d.label);
         let rerr = |detail: String| {
             hv(VsphereError::Vm {
                 vm: info.moref.clone(),
@@ -398,56 +411,208 @@ fn read_snapshot(
         };
         let disk =
             DatastoreDisk::open(session.clone(), datacenter, d).map_err(|e| rerr(e.to_string()))?;
-        let w = File::create(prepared::object_path(dir, i)).map_err(|source| {
-            ReplicateError::State {
-                path: prepared::object_path(dir, i),
-                source,
-            }
+        let object = prepared::object_path(dir, i);
+        let w = File::create(&object).map_err(|source| ReplicateError::State {
+            path: object.clone(),
+            source,
         })?;
         let w = std::io::BufWriter::new(w);
-        let made = match old.get(i) {
+        let (changes, map, delta) = match bases.maps.get(i) {
             None => {
                 let rec = Recording::new(&disk);
                 tern_disk::write::write_vmdk_stream(&rec, w, &format!("disk-{i}.vmdk"), progress)
                     .map_err(|e| rerr(e.to_string()))?;
-                let map = rec.into_map().map_err(|e| rerr(e.to_string()))?;
-                prepared::Made {
-                    what,
-                    source_format: "vmdk".into(),
-                    source_variant: disk.variant(),
-                    virtual_size: disk.size(),
-                    changes: Changes::Seed,
-                    bytes_read: disk.bytes_read(),
-                    map,
-                    delta: None,
-                }
+                (
+                    Changes::Seed,
+                    rec.into_map().map_err(|e| rerr(e.to_string()))?,
+                    None,
+                )
             }
             Some(old) => {
-                let mut summary =
-                    tern_disk::delta::create(old, &disk as &dyn VirtualDisk, w, progress)
-                        .map_err(|e| rerr(e.to_string()))?;
-                let reason = if info.change_tracking {
-                    "Tern does not query vSphere changed block tracking yet"
-                } else {
-                    "changed block tracking is off on this VM"
+                let base_id = bases.change_ids.get(i).cloned().flatten();
+                let tracked = match tracked_areas(session, source, snapshot, info, d, base_id.as_deref()) {
+                    Ok(areas) => Ok(areas),
+                    Err(Some(reason)) if source.changed_blocks == ChangedBlocks::Bitmap => {
+                        return Err(rerr(format!(
+                            "{reason}; changed_blocks = \"bitmap\" allows no full comparison (use \"auto\" to fall back)"
+                        )))
+                    }
+                    Err(reason) => Err(reason),
                 };
-                prepared::Made {
-                    what,
-                    source_format: "vmdk".into(),
-                    source_variant: disk.variant(),
-                    virtual_size: disk.size(),
-                    changes: Changes::Compare {
-                        fallback: Some(reason.into()),
-                    },
-                    bytes_read: disk.bytes_read(),
-                    map: crate::replicate::take_map(&mut summary),
-                    delta: Some(summary),
-                }
+                let mut read = match tracked {
+                    Ok(areas) => {
+                        let found = crate::changed::extents_delta(
+                            |at, buf| disk.read_at(buf, at),
+                            disk.size(),
+                            &areas,
+                            old,
+                            w,
+                            progress,
+                        )
+                        .map_err(|e| rerr(e.to_string()))?;
+                        let changes = Changes::Bitmap {
+                            bitmap: format!(
+                                "vSphere changed block tracking since change id {}",
+                                base_id.unwrap_or_default()
+                            ),
+                            dirty_blocks: found.dirty_blocks,
+                        };
+                        (changes, found.summary)
+                    }
+                    Err(reason) => {
+                        if reason.is_some() {
+                            tracing::warn!(vm = %info.moref, disk = %d.label, ?reason, "reading the whole disk to find its changes");
+                        }
+                        let summary =
+                            tern_disk::delta::create(old, &disk as &dyn VirtualDisk, w, progress)
+                                .map_err(|e| rerr(e.to_string()))?;
+                        (Changes::Compare { fallback: reason }, summary)
+                    }
+                };
+                let map = crate::replicate::take_map(&mut read.1);
+                (read.0, map, Some(read.1))
             }
         };
-        out.push(prepared::made(dir, i, made, base)?);
+        let made = prepared::Made {
+            what: format!("vsphere {} {}", info.name, d.label),
+            source_format: "vmdk".into(),
+            source_variant: disk.variant(),
+            virtual_size: disk.size(),
+            changes,
+            bytes_read: disk.bytes_read(),
+            map,
+            delta,
+            change_id: d.change_id.clone().filter(|id| !id.is_empty()),
+        };
+        out.push(prepared::made(dir, i, made, bases.run)?);
     }
     Ok(out)
+}
+
+/// The areas of `disk` changed since change id `base_id`, as vSphere's changed block tracking
+/// reports them; or why they cannot be had (`None`: the source compares by choice).
+fn tracked_areas(
+    session: &Session,
+    source: &VsphereSource,
+    snapshot: &MoRef,
+    info: &VmInfo,
+    disk: &VmDisk,
+    base_id: Option<&str>,
+) -> Result<Vec<tern_disk::Extent>, Option<String>> {
+    if source.changed_blocks == ChangedBlocks::Compare {
+        return Err(None);
+    }
+    if !info.change_tracking {
+        return Err(Some("changed block tracking is off on this VM".into()));
+    }
+    let Some(base_id) = base_id else {
+        return Err(Some(
+            "no change id of the base run is kept (tracking was off then)".into(),
+        ));
+    };
+    if disk.change_id.as_deref().is_none_or(str::is_empty) {
+        return Err(Some(
+            "vSphere reports no change id for the disk in the run's snapshot".into(),
+        ));
+    }
+    changed_areas(session, &MoRef::new("VirtualMachine", &info.moref), snapshot, disk, base_id).map_err(|e| {
+        Some(format!(
+            "vSphere answered no changed areas since the base run's change id ({e}); was tracking reset?"
+        ))
+    })
+}
+
+/// QueryChangedDiskAreas from offset 0 to the disk's end (vSphere may answer in parts).
+fn changed_areas(
+    session: &Session,
+    vm: &MoRef,
+    snapshot: &MoRef,
+    disk: &VmDisk,
+    change_id: &str,
+) -> Result<Vec<tern_disk::Extent>, VsphereError> {
+    let mut areas = Vec::new();
+    let mut offset = 0u64;
+    while offset < disk.capacity_bytes {
+        let params = format!(
+            "<snapshot type=\"VirtualMachineSnapshot\">{}</snapshot><deviceKey>{}</deviceKey><startOffset>{offset}</startOffset><changeId>{}</changeId>",
+            escape(&snapshot.value),
+            disk.key,
+            escape(change_id)
+        );
+        let answer = session.invoke("QueryChangedDiskAreas", vm, &params)?;
+        let doc = roxmltree::Document::parse(&answer)
+            .map_err(|e| VsphereError::Protocol(format!("QueryChangedDiskAreas: {e}")))?;
+        let rv = doc
+            .descendants()
+            .find(|n| n.is_element() && n.tag_name().name() == "returnval")
+            .ok_or_else(|| VsphereError::Protocol("QueryChangedDiskAreas: no returnval".into()))?;
+        let num = |n: roxmltree::Node<'_, '_>, name: &str| {
+            soap::text_of(n, name).and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        let (start, length) = (num(rv, "startOffset"), num(rv, "length"));
+        let (Some(start), Some(length)) = (start, length) else {
+            return Err(VsphereError::Protocol(
+                "QueryChangedDiskAreas: no startOffset/length".into(),
+            ));
+        };
+        if start != offset || length == 0 {
+            return Err(VsphereError::Protocol(format!(
+                "QueryChangedDiskAreas answered {length} bytes from {start} when asked from {offset}"
+            )));
+        }
+        for a in rv
+            .children()
+            .filter(|n| n.is_element() && n.tag_name().name() == "changedArea")
+        {
+            if let (Some(s), Some(l)) = (num(a, "start"), num(a, "length")) {
+                areas.push(tern_disk::Extent {
+                    offset: s,
+                    length: l,
+                });
+            }
+        }
+        offset = start + length;
+    }
+    Ok(areas)
+}
+
+const CHANGE_IDS: &str = "vsphere-change-ids.json";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct KeptChangeIds {
+    run_id: String,
+    change_ids: Vec<Option<String>>,
+}
+
+/// The change ids kept with confirmed run `base` of `job_id`, one per disk (empty when none).
+fn kept_change_ids(state_dir: &Path, job_id: &str, base: &str) -> Vec<Option<String>> {
+    std::fs::read(state_dir.join("jobs").join(job_id).join(CHANGE_IDS))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<KeptChangeIds>(&b).ok())
+        .filter(|k| k.run_id == base)
+        .map(|k| k.change_ids)
+        .unwrap_or_default()
+}
+
+/// After run `run_id` of `job_id` (prepared as `run`) is confirmed: its disks' change ids are
+/// kept for the next run, and the prepared folders of the job's other runs go.
+pub fn after_commit(state_dir: &Path, job_id: &str, run_id: &str, run: &PreparedRun) {
+    let path = state_dir.join("jobs").join(job_id).join(CHANGE_IDS);
+    let kept = KeptChangeIds {
+        run_id: run_id.into(),
+        change_ids: run.disks.iter().map(|d| d.change_id.clone()).collect(),
+    };
+    let tmp = path.with_extension("json.tmp");
+    let written = serde_json::to_vec(&kept)
+        .map_err(std::io::Error::other)
+        .and_then(|b| std::fs::write(&tmp, b))
+        .and_then(|_| std::fs::rename(&tmp, &path));
+    if let Err(e) = written {
+        // The next run then compares every block: slower, never wrong.
+        tracing::warn!(path = %path.display(), error = %e, "could not keep the run's change ids");
+    }
+    prepared::remove_other_runs(state_dir, job_id, run_id);
 }
 
 /// The snapshots of a VM, by name (the whole tree).

@@ -57,7 +57,7 @@ impl Worker {
             .disks
             .iter()
             .cloned()
-            .map(DiskSource::Prepared)
+            .map(|p| DiskSource::Prepared(Box::new(p)))
             .collect();
         Ok(Some(prepared))
     }
