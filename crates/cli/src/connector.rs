@@ -19,8 +19,10 @@ pub enum ConnectorCommand {
     /// replication uploads in the background) until SIGINT/SIGTERM.
     ///
     /// The config names one source: `[files]` (an inventory file listing VMs and their disk
-    /// images or OVA archives) or `[libvirt]` (the running domains of a libvirt URI, read
-    /// through a backup with a checkpoint per run; needs a build with `--features libvirt`).
+    /// images or OVA archives), `[libvirt]` (the running domains of a libvirt URI, read
+    /// through a backup with a checkpoint per run; needs a build with `--features libvirt`) or
+    /// `[vsphere]` (the VMs of a vCenter, read from a snapshot per run, changed blocks from
+    /// vSphere's change tracking where it is on).
     /// See crates/connector/README.md for every setting.
     Run {
         /// Connector config file (TOML, or JSON when named *.json).
