@@ -105,15 +105,7 @@ async fn a_deleted_job_leaves_no_bitmap_in_the_image() {
     let job_dir = server.scratch().join("forget/state/jobs").join(&job_id);
     assert!(job_dir.is_dir(), "{}", job_dir.display());
 
-    server
-        .client
-        .delete_replication_job()
-        .replication_job_id(&job_id)
-        .send()
-        .await
-        .unwrap();
-    let report = agent.poll_once().await.unwrap();
-    assert_eq!(report.replication.jobs_forgotten, 1, "{report:?}");
+    super::delete_and_forget(&server, &mut agent, &job_id).await;
     assert_eq!(bitmaps(), Vec::<String>::new());
     assert!(!job_dir.exists(), "{}", job_dir.display());
     // The item is done: the next poll hands out nothing.

@@ -10,7 +10,10 @@ use tern_local::guest::BootKit;
 use tern_test_support::libvirt::Daemon;
 use tern_test_support::qemu::{convert, make_raw};
 
-use super::{assert_image, create_job, files_ending, run_over, run_to_end, start_run};
+use super::{
+    assert_image, create_job, delete_and_forget, files_ending, only_server, run_over, run_to_end,
+    source_agent, start_run,
+};
 
 const MIB: u64 = 1 << 20;
 const SIZE: u64 = 32 * MIB;
@@ -53,31 +56,23 @@ async fn a_libvirt_domain_is_listed_and_replicated_through_its_backups() {
     let mut config = tern_acceptance::Config::default();
     config.limits.on_demand_runs_per_window = 10;
     let server = TestServer::start_with(config).await;
-    let config = server.write_connector_source(
+    let (mut agent, config) = source_agent(
+        &server,
         "lv",
         &format!("[libvirt]\nuri = {:?}\ndomains = [\"tern-*\"]\n", d.uri),
-    );
-    let mut agent = tern_connector::Agent::new(
-        tern_connector::ConnectorConfig::load(&config).expect("a [libvirt] config loads"),
     )
-    .await
-    .unwrap();
-    agent.run_once().await.unwrap();
+    .await;
     let c = &server.client;
 
     // The catalog: the domain, by UUID and name, with its disk inspected through its file.
-    c.import_server_catalog().send().await.unwrap();
-    agent.poll_once().await.unwrap();
-    let servers = c.get_servers().send().await.unwrap();
-    let list = servers.server_list();
-    assert_eq!(list.len(), 1, "{list:?}");
-    let vm = list[0].vm_server().unwrap();
+    let listed = only_server(&server, &mut agent).await;
+    let vm = listed.vm_server().unwrap();
     assert_eq!(vm.vm_name(), Some(DOMAIN));
     assert_eq!(
         vm.vm_server_address().and_then(|a| a.vm_id()),
         Some(uuid.as_str())
     );
-    let server_id = list[0].server_id().unwrap().to_string();
+    let server_id = listed.server_id().unwrap().to_string();
 
     let job_id = create_job(c, &server_id).await;
 
@@ -135,13 +130,7 @@ async fn a_libvirt_domain_is_listed_and_replicated_through_its_backups() {
     assert_eq!(checkpoints(&d), [cp(&third)]);
 
     // Deleted: the domain is left as it was before Tern, with no checkpoint of the job.
-    c.delete_replication_job()
-        .replication_job_id(&job_id)
-        .send()
-        .await
-        .unwrap();
-    let report = agent.poll_once().await.unwrap();
-    assert_eq!(report.replication.jobs_forgotten, 1, "{report:?}");
+    delete_and_forget(&server, &mut agent, &job_id).await;
     assert_eq!(checkpoints(&d), Vec::<String>::new());
     assert!(!state.join("jobs").join(&job_id).exists());
     server.shutdown().await;

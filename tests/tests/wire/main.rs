@@ -173,3 +173,52 @@ pub fn assert_image(
         panic!("{ami} differs from {what} at the run's point in time at byte {at}");
     }
 }
+
+/// A connector agent for `server` whose config has the source section `source_toml`
+/// (registered already); returns it with its config file (the state directory is beside it).
+pub async fn source_agent(
+    server: &TestServer,
+    name: &str,
+    source_toml: &str,
+) -> (tern_connector::Agent, std::path::PathBuf) {
+    let config = server.write_connector_source(name, source_toml);
+    let mut agent = tern_connector::Agent::new(
+        tern_connector::ConnectorConfig::load(&config)
+            .unwrap_or_else(|e| panic!("the {name} config loads: {e}")),
+    )
+    .await
+    .unwrap();
+    agent.run_once().await.unwrap();
+    (agent, config)
+}
+
+/// ImportServerCatalog answered by `agent`; the catalog's only server.
+pub async fn only_server(
+    server: &TestServer,
+    agent: &mut tern_connector::Agent,
+) -> aws_sdk_sms::types::Server {
+    let c = &server.client;
+    c.import_server_catalog().send().await.unwrap();
+    agent.poll_once().await.unwrap();
+    let servers = c.get_servers().send().await.unwrap();
+    let list = servers.server_list();
+    assert_eq!(list.len(), 1, "{list:?}");
+    list[0].clone()
+}
+
+/// DeleteReplicationJob, then one poll of `agent`, which must forget the job.
+pub async fn delete_and_forget(
+    server: &TestServer,
+    agent: &mut tern_connector::Agent,
+    job_id: &str,
+) {
+    server
+        .client
+        .delete_replication_job()
+        .replication_job_id(job_id)
+        .send()
+        .await
+        .unwrap();
+    let report = agent.poll_once().await.unwrap();
+    assert_eq!(report.replication.jobs_forgotten, 1, "{report:?}");
+}

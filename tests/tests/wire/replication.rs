@@ -422,16 +422,7 @@ pub(super) async fn create_job_at(lab: &Lab, keep: i32, seed_secs: i64, frequenc
 }
 
 async fn on_demand(lab: &Lab, job_id: &str) -> String {
-    lab.server
-        .client
-        .start_on_demand_replication_run()
-        .replication_job_id(job_id)
-        .send()
-        .await
-        .unwrap()
-        .replication_run_id()
-        .unwrap()
-        .to_owned()
+    super::start_run(&lab.server.client, job_id).await
 }
 
 #[tokio::test]

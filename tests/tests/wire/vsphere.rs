@@ -12,7 +12,10 @@ use tern_connector::vsphere::{run as vsphere_run, VsphereSource};
 use tern_test_support::qemu::make_raw;
 use tern_test_support::vcsim::{Vcsim, VM0};
 
-use super::{assert_image, create_job, files_ending, run_over, run_to_end, start_run};
+use super::{
+    assert_image, create_job, delete_and_forget, files_ending, only_server, run_over, run_to_end,
+    source_agent, start_run,
+};
 
 const MIB: u64 = 1 << 20;
 const DISK_MIB: u64 = 24;
@@ -58,22 +61,12 @@ async fn a_vsphere_vm_is_listed_and_replicated_from_a_snapshot_per_run() {
     let mut config = tern_acceptance::Config::default();
     config.limits.on_demand_runs_per_window = 10;
     let server = TestServer::start_with(config).await;
-    let config = server.write_connector_source("vs", &sim.source_toml(&[VM0]));
-    let mut agent = tern_connector::Agent::new(
-        tern_connector::ConnectorConfig::load(&config).expect("a [vsphere] config loads"),
-    )
-    .await
-    .unwrap();
-    agent.run_once().await.unwrap();
+    let (mut agent, config) = source_agent(&server, "vs", &sim.source_toml(&[VM0])).await;
     let c = &server.client;
 
     // The catalog: the one VM the glob selects, by its managed object id, with its folder path.
-    c.import_server_catalog().send().await.unwrap();
-    agent.poll_once().await.unwrap();
-    let servers = c.get_servers().send().await.unwrap();
-    let list = servers.server_list();
-    assert_eq!(list.len(), 1, "{list:?}");
-    let vm = list[0].vm_server().unwrap();
+    let listed = only_server(&server, &mut agent).await;
+    let vm = listed.vm_server().unwrap();
     assert_eq!(vm.vm_name(), Some(VM0));
     assert_eq!(
         vm.vm_server_address().and_then(|a| a.vm_manager_id()),
@@ -90,7 +83,7 @@ async fn a_vsphere_vm_is_listed_and_replicated_from_a_snapshot_per_run() {
         vm.vm_manager_type(),
         Some(&aws_sdk_sms::types::VmManagerType::VSphere)
     );
-    let server_id = list[0].server_id().unwrap().to_string();
+    let server_id = listed.server_id().unwrap().to_string();
     let job_id = create_job(c, &server_id).await;
 
     // The seed: the disk as it is; the run's snapshot is gone once read.
@@ -193,13 +186,7 @@ async fn a_vsphere_vm_is_listed_and_replicated_from_a_snapshot_per_run() {
     assert_eq!(snapshots(&sim, &vm_id), Vec::<String>::new());
 
     // Deleted: nothing of the job is left in the connector's state.
-    c.delete_replication_job()
-        .replication_job_id(&job_id)
-        .send()
-        .await
-        .unwrap();
-    let report = agent.poll_once().await.unwrap();
-    assert_eq!(report.replication.jobs_forgotten, 1, "{report:?}");
+    delete_and_forget(&server, &mut agent, &job_id).await;
     assert!(!state.join("jobs").join(&job_id).exists());
     server.shutdown().await;
 }
