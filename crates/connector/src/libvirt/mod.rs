@@ -58,21 +58,10 @@ const DISK_PREFIX: &str = "libvirt:";
 pub fn domain_of(
     disks: &[crate::replicate::DiskSource],
 ) -> Result<Option<String>, crate::replicate::ReplicateError> {
-    use crate::replicate::DiskSource;
-    let names: Vec<Option<&str>> = disks
-        .iter()
-        .map(|d| match d {
-            DiskSource::Libvirt { domain, .. } => Some(domain.as_str()),
-            _ => None,
-        })
-        .collect();
-    match names.first() {
-        None | Some(None) if names.iter().all(Option::is_none) => Ok(None),
-        Some(Some(first)) if names.iter().all(|n| n == &Some(*first)) => Ok(Some(first.to_string())),
-        _ => Err(crate::replicate::ReplicateError::InvalidWork(
-            "a server's disks must all be disks of one libvirt domain, or none; re-import the server catalog".into(),
-        )),
-    }
+    crate::replicate::one_owner(disks, "libvirt domain", |d| match d {
+        crate::replicate::DiskSource::Libvirt { domain, .. } => Some(domain),
+        _ => None,
+    })
 }
 
 /// A domain as an inventory VM: the UUID is the VM id; the disks are reported as

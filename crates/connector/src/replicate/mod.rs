@@ -108,6 +108,23 @@ impl DiskSource {
     }
 }
 
+/// The one hypervisor VM (`what`: "libvirt domain") whose disks `disks` are, as `owner` names
+/// a disk's VM; `None` when no disk is one; an error when the disks mix VMs or kinds.
+pub(crate) fn one_owner<'a>(
+    disks: &'a [DiskSource],
+    what: &str,
+    owner: impl Fn(&'a DiskSource) -> Option<&'a String>,
+) -> Result<Option<String>, ReplicateError> {
+    let names: Vec<Option<&String>> = disks.iter().map(owner).collect();
+    match names.first() {
+        None | Some(None) if names.iter().all(Option::is_none) => Ok(None),
+        Some(Some(first)) if names.iter().all(|n| n == &Some(*first)) => Ok(Some((*first).clone())),
+        _ => Err(ReplicateError::InvalidWork(format!(
+            "a server's disks must all be disks of one {what}, or none; re-import the server catalog"
+        ))),
+    }
+}
+
 /// Retry policy for S3 calls: exponential backoff with full jitter.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RetryPolicy {

@@ -196,20 +196,10 @@ pub fn parse_disk_path(path: &str) -> Option<(&str, i32)> {
 
 /// The VM whose disks a run reads, when its disks are vSphere disks (all of one VM).
 pub fn vm_of(disks: &[DiskSource]) -> Result<Option<String>, ReplicateError> {
-    let vms: Vec<Option<&str>> = disks
-        .iter()
-        .map(|d| match d {
-            DiskSource::Vsphere { vm, .. } => Some(vm.as_str()),
-            _ => None,
-        })
-        .collect();
-    match vms.first() {
-        None | Some(None) if vms.iter().all(Option::is_none) => Ok(None),
-        Some(Some(first)) if vms.iter().all(|v| v == &Some(*first)) => Ok(Some(first.to_string())),
-        _ => Err(ReplicateError::InvalidWork(
-            "a server's disks must all be disks of one vSphere VM, or none; re-import the server catalog".into(),
-        )),
-    }
+    crate::replicate::one_owner(disks, "vSphere VM", |d| match d {
+        DiskSource::Vsphere { vm, .. } => Some(vm),
+        _ => None,
+    })
 }
 
 /// A VM as the connector reports it in its inventory.
