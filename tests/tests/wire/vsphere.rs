@@ -7,7 +7,7 @@
 
 use aws_sdk_sms::types::ReplicationRunState;
 use tern_acceptance::TestServer;
-use tern_connector::vsphere::soap::{MoRef, Session};
+use tern_connector::vsphere::soap::{self, MoRef, Session};
 use tern_connector::vsphere::{run as vsphere_run, VsphereSource};
 use tern_test_support::qemu::make_raw;
 use tern_test_support::vcsim::{Vcsim, VM0};
@@ -29,6 +29,7 @@ fn source(sim: &Vcsim) -> VsphereSource {
         ca_file: Some(sim.ca_file.clone()),
         insecure: false,
         vms: vec![VM0.into()],
+        applications_from_folders: false,
         quiesce: false,
         changed_blocks: Default::default(),
     }
@@ -51,17 +52,48 @@ fn snapshot_names(sim: &Vcsim, vm: &str) -> Vec<String> {
     names
 }
 
+/// Creates folder `name` in the VM's folder and moves the VM into it, as an administrator would.
+fn move_into_folder(sim: &Vcsim, vm_name: &str, name: &str) {
+    let session = Session::login(&source(sim)).unwrap();
+    let vm = vsphere_run::vms(&session, &[vm_name.into()]).unwrap()[0]
+        .moref
+        .clone();
+    let vm = MoRef::new("VirtualMachine", &vm);
+    let parent = session.properties(&vm, &["parent"]).unwrap();
+    let parent = soap::value_moref(parent.prop("parent").unwrap()).unwrap();
+    let made = session
+        .invoke("CreateFolder", &parent, &format!("<name>{name}</name>"))
+        .unwrap();
+    let folder = soap::answer_moref(&made).unwrap();
+    let list = format!("<list type=\"VirtualMachine\">{}</list>", vm.value);
+    session
+        .invoke_task(
+            "MoveIntoFolder_Task",
+            &folder,
+            &list,
+            std::time::Duration::from_secs(60),
+        )
+        .unwrap();
+    session.logout();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vsphere_vm_is_listed_and_replicated_from_a_snapshot_per_run() {
     let sim = Vcsim::start(DISK_MIB, true);
     let scratch = tempfile::tempdir().unwrap();
     let mut bytes = make_raw(&scratch.path().join("src.raw"), DISK_MIB * MIB, 11);
     sim.write_disk(VM0, &bytes);
+    // The VM sits in folder web-tier: with applications_from_folders that is its application.
+    tokio::task::block_in_place(|| move_into_folder(&sim, VM0, "web-tier"));
 
     let mut config = tern_acceptance::Config::default();
     config.limits.on_demand_runs_per_window = 10;
     let server = TestServer::start_with(config).await;
-    let (mut agent, config) = source_agent(&server, "vs", &sim.source_toml(&[VM0])).await;
+    let toml = format!(
+        "{}applications_from_folders = true\n",
+        sim.source_toml(&[VM0])
+    );
+    let (mut agent, config) = source_agent(&server, "vs", &toml).await;
     let c = &server.client;
 
     // The catalog: the one VM the glob selects, by its managed object id, with its folder path.
@@ -78,12 +110,21 @@ async fn a_vsphere_vm_is_listed_and_replicated_from_a_snapshot_per_run() {
         .unwrap()
         .to_string();
     assert!(vm_id.starts_with("vm-"), "{vm_id}");
-    assert_eq!(vm.vm_path(), Some(format!("/DC0/vm/{VM0}").as_str()));
+    assert_eq!(
+        vm.vm_path(),
+        Some(format!("/DC0/vm/web-tier/{VM0}").as_str())
+    );
     assert_eq!(
         vm.vm_manager_type(),
         Some(&aws_sdk_sms::types::VmManagerType::VSphere)
     );
     let server_id = listed.server_id().unwrap().to_string();
+    // ImportAppCatalog makes the folder an application holding the VM.
+    c.import_app_catalog().send().await.unwrap();
+    let apps = c.list_apps().send().await.unwrap();
+    assert_eq!(apps.apps().len(), 1, "{apps:?}");
+    assert_eq!(apps.apps()[0].name(), Some("web-tier"));
+    assert_eq!(apps.apps()[0].total_servers(), Some(1));
     let job_id = create_job(c, &server_id).await;
 
     // The seed: the disk as it is; the run's snapshot is gone once read.

@@ -51,6 +51,11 @@ pub struct VsphereSource {
     /// VM name globs (`web*`); none: every VM.
     #[serde(default)]
     pub vms: Vec<String>,
+    /// Report each VM's folder below its datacenter's VM folder (`prod/web` for
+    /// `/DC0/vm/prod/web`) as its application, which ImportAppCatalog turns into an SMS
+    /// application; VMs right in the VM folder belong to none.
+    #[serde(default)]
+    pub applications_from_folders: bool,
     /// Quiesce the guest's file systems for each run's snapshot (needs VMware Tools).
     #[serde(default)]
     pub quiesce: bool,
@@ -202,9 +207,27 @@ pub fn vm_of(disks: &[DiskSource]) -> Result<Option<String>, ReplicateError> {
     })
 }
 
-/// A VM as the connector reports it in its inventory.
-pub fn inventory_vm(v: &VmInfo) -> InventoryVm {
+/// The application a VM in `folder` (`/DC0/vm/prod/web`) belongs to: the folders below the
+/// datacenter's VM folder (`prod/web`), if any (and if they fit SMS's 128 characters).
+pub fn folder_application(folder: &str) -> Option<String> {
+    let parts: Vec<&str> = folder.split('/').filter(|p| !p.is_empty()).collect();
+    match parts.as_slice() {
+        [_datacenter, "vm", rest @ ..] if !rest.is_empty() => {
+            Some(rest.join("/")).filter(|a| a.len() <= 128)
+        }
+        _ => None,
+    }
+}
+
+/// A VM as the connector reports it in its inventory (with its folder as its application
+/// when `applications_from_folders`).
+pub fn inventory_vm(v: &VmInfo, applications_from_folders: bool) -> InventoryVm {
     InventoryVm {
+        application: v
+            .folder
+            .as_deref()
+            .filter(|_| applications_from_folders)
+            .and_then(folder_application),
         vm_id: v.moref.clone(),
         vm_name: Some(v.name.clone()),
         vm_path: v.folder.as_ref().map(|f| format!("{f}/{}", v.name)),
@@ -258,6 +281,21 @@ mod tests {
     }
 
     #[test]
+    fn folders_below_the_vm_folder_are_applications() {
+        assert_eq!(
+            folder_application("/DC0/vm/prod/web").as_deref(),
+            Some("prod/web")
+        );
+        assert_eq!(folder_application("/DC0/vm/crm").as_deref(), Some("crm"));
+        assert_eq!(folder_application("/DC0/vm"), None);
+        assert_eq!(folder_application("/DC0/host/cluster"), None);
+        assert_eq!(
+            folder_application(&format!("/DC0/vm/{}", "x".repeat(129))),
+            None
+        );
+    }
+
+    #[test]
     fn a_config_names_its_mistakes() {
         let ok = VsphereSource {
             url: "https://vc.example.com/sdk".into(),
@@ -267,6 +305,7 @@ mod tests {
             ca_file: None,
             insecure: false,
             vms: vec![],
+            applications_from_folders: false,
             quiesce: false,
             changed_blocks: Default::default(),
         };

@@ -215,7 +215,9 @@ pub fn inventory(source: &VsphereSource, manager_id: &str) -> Result<Inventory, 
         reqwest::Url::parse(&source.url)
             .ok()
             .and_then(|u| u.host_str().map(str::to_string)),
-        vms.iter().map(inventory_vm).collect(),
+        vms.iter()
+            .map(|v| inventory_vm(v, source.applications_from_folders))
+            .collect(),
         vms.iter().map(|v| vec![None; v.disks.len()]).collect(),
     );
     inventory.vm_manager_type = Some(tern_api::connector::VmManagerType::Vsphere);

@@ -275,12 +275,8 @@ impl Session {
                 escape(kind)
             ),
         )?;
-        let view = {
-            let doc = parse(&view)?;
-            returnval(&doc)
-                .and_then(moref_of)
-                .ok_or_else(|| VsphereError::Protocol("CreateContainerView: no view".into()))?
-        };
+        let view = answer_moref(&view)
+            .ok_or_else(|| VsphereError::Protocol("CreateContainerView: no view".into()))?;
         let objects = format!(
             "<objectSet>{}<skip>true</skip><selectSet xsi:type=\"TraversalSpec\"><type>ContainerView</type><path>view</path><skip>false</skip></selectSet></objectSet>",
             view.xml("obj")
@@ -362,12 +358,8 @@ impl Session {
     /// (the `<result>` element), if any.
     pub fn run_task(&self, method: &str, body: &str, limit: Duration) -> Result<Option<String>> {
         let answer = self.call(method, body)?;
-        let task = {
-            let doc = parse(&answer)?;
-            returnval(&doc)
-                .and_then(moref_of)
-                .ok_or_else(|| VsphereError::Protocol(format!("{method}: no task")))?
-        };
+        let task = answer_moref(&answer)
+            .ok_or_else(|| VsphereError::Protocol(format!("{method}: no task")))?;
         let started = Instant::now();
         let mut pause = Duration::from_millis(100);
         loop {
@@ -521,6 +513,12 @@ pub fn with_value<T>(
 /// The text of a simple `<val>` (a string, a number or an enum).
 pub fn value_text(val_xml: &str) -> Option<String> {
     with_value(val_xml, |v| v.text().map(|t| t.trim().to_string()))
+}
+
+/// The managed object reference an answer returns (`CreateFolder`, a `…_Task` method).
+pub fn answer_moref(answer: &str) -> Option<MoRef> {
+    let doc = roxmltree::Document::parse(answer).ok()?;
+    returnval(&doc).and_then(moref_of)
 }
 
 /// The managed object reference a `<val>` holds.
