@@ -1,17 +1,16 @@
 //! The connector's `[libvirt]` source end to end (feature `libvirt`): a private libvirtd runs a
 //! domain under the boot kit's QEMU; the connector reports it, and its runs are backups of the
 //! running domain. Each AMI's root disk is checked against the disk as the test wrote it, the
-//! checkpoints against what a confirmed run leaves, and a domain that stopped against a failed
-//! run that names it, after which the next run is exact again.
+//! checkpoints against what a confirmed run leaves; a shut-off domain is read from its image
+//! file, and the next run after it starts again is exact.
 
-use aws_sdk_sms::types::ReplicationRunState;
 use tern_acceptance::TestServer;
 use tern_local::guest::BootKit;
 use tern_test_support::libvirt::Daemon;
-use tern_test_support::qemu::{convert, make_raw};
+use tern_test_support::qemu::{convert, make_raw, p, qemu_io};
 
 use super::{
-    assert_image, create_job, delete_and_forget, files_ending, only_server, run_over, run_to_end,
+    assert_image, create_job, delete_and_forget, files_ending, only_server, run_to_end,
     source_agent, start_run,
 };
 
@@ -107,19 +106,26 @@ async fn a_libvirt_domain_is_listed_and_replicated_through_its_backups() {
         Vec::<std::path::PathBuf>::new()
     );
 
-    // The domain stops: the run fails naming it, and leaves no checkpoint of its own.
+    // The domain is shut off and its disk written offline: the run reads the image file whole
+    // (there is no backup of a shut-off domain) and says so, and is exact.
     d.virsh(&["destroy", DOMAIN]);
+    qemu_io(&[
+        "-f",
+        "qcow2",
+        "-c",
+        &format!("write -P 0x5e {} 65536", 13 * MIB),
+        p(&disk),
+    ]);
+    bytes[13 * MIB as usize..(13 * MIB + 65536) as usize].fill(0x5e);
     let run_id = start_run(c, &job_id).await;
-    let failed = run_over(&server, &mut agent, &job_id, Some(&run_id)).await;
-    assert_eq!(failed.state(), Some(&ReplicationRunState::Failed));
-    let message = failed.status_message().unwrap_or_default();
-    assert!(
-        message.contains(DOMAIN) && message.contains("not running"),
-        "{message}"
-    );
-    assert_eq!(checkpoints(&d), [cp(&second)]);
+    let offline = run_to_end(&server, &mut agent, &job_id, Some(&run_id)).await;
+    let message = offline.status_message().unwrap_or_default();
+    assert!(message.contains("shut off"), "{message}");
+    assert_image(&server, "the shut-off domain's disk", &offline, &bytes);
+    agent.poll_once().await.unwrap();
 
-    // Started again and written: the next run is exact.
+    // Started again and written: the next run is exact (compared whole, since the shut-off
+    // run left no checkpoint to read changes from), and its checkpoint is the only one left.
     d.virsh(&["start", DOMAIN]);
     d.write(DOMAIN, 9 * MIB, 64 * 1024, 0x3c);
     bytes[9 * MIB as usize..(9 * MIB + 64 * 1024) as usize].fill(0x3c);

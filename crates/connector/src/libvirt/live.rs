@@ -26,7 +26,6 @@ use std::time::Duration;
 
 use tern_disk::blockmap::BlockMap;
 use tern_disk::delta::DeltaSummary;
-use tern_disk::VirtualDisk;
 use tern_nbd::{Client, ConnectOptions, NbdDisk, BASE_ALLOCATION};
 use virt::connect::Connect;
 use virt::domain::Domain;
@@ -34,7 +33,7 @@ use virt_sys as sys;
 
 use super::xml::{self, DomainInfo};
 use crate::changed::{self, bitmap_name, ChangedBlocks, Changes};
-use crate::replicate::stream::Recording;
+use crate::replicate::prepared;
 
 /// Why a libvirt call or a domain's backup failed, naming the domain and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -551,15 +550,9 @@ fn read_disks<W: Write>(
         let output = match how {
             How::Seed => {
                 let disk = NbdDisk::new(client);
-                let rec = Recording::new(&disk);
-                tern_disk::write::write_vmdk_stream(
-                    &rec,
-                    w,
-                    &format!("{target}.vmdk"),
-                    spec.progress,
-                )
-                .map_err(|e| rerr(e.to_string()))?;
-                let map = rec.into_map().map_err(|e| rerr(e.to_string()))?;
+                let name = format!("{target}.vmdk");
+                let (map, _) = prepared::read_whole(&disk, &name, None, w, spec.progress)
+                    .map_err(|e| rerr(e.to_string()))?;
                 let bytes_read = disk.stats().bytes_read;
                 let _ = disk.into_client().disconnect();
                 DiskOutput {
@@ -598,9 +591,9 @@ fn read_disks<W: Write>(
             How::Compare { fallback } => {
                 let disk = NbdDisk::new(client);
                 let old = &old.expect("incremental runs have maps")[i];
-                let mut summary =
-                    tern_disk::delta::create(old, &disk as &dyn VirtualDisk, w, spec.progress)
-                        .map_err(|e| rerr(e.to_string()))?;
+                let name = format!("{target}.vmdk");
+                let (map, delta) = prepared::read_whole(&disk, &name, Some(old), w, spec.progress)
+                    .map_err(|e| rerr(e.to_string()))?;
                 let bytes_read = disk.stats().bytes_read;
                 let _ = disk.into_client().disconnect();
                 DiskOutput {
@@ -610,8 +603,8 @@ fn read_disks<W: Write>(
                         fallback: fallback.clone(),
                     },
                     bytes_read,
-                    map: take_map(&mut summary),
-                    delta: Some(summary),
+                    map,
+                    delta,
                 }
             }
         };

@@ -7,6 +7,8 @@
 //!   run: [`super::replicate`]) into the run's `prepared` folder, relative to the kept block
 //!   maps of the last confirmed run and its checkpoint. A run prepared by an earlier attempt
 //!   against the same base is reused as it is: resuming never takes a second point in time.
+//!   A shut-off domain (no backup job possible, nothing writing) is read from its image files
+//!   whole instead ([`read_shut_off`]).
 //! * [`after_commit`]: once a run is confirmed, the job's older checkpoints are removed (its
 //!   own is the next run's base), and prepared folders of the job's failed runs with them.
 //! * [`give_up`]: a run that failed or was withdrawn removes its checkpoint (libvirt merges its
@@ -84,6 +86,10 @@ pub fn prepare(
         path: dir.clone(),
         source,
     })?;
+    if !info.running {
+        let disks = read_shut_off(source, &hv, &info, &dir, &base, &old, progress)?;
+        return finish(&dir, domain, base, disks);
+    }
     let work_dir = super::work_dir(state_dir, &work.job_id);
     let spec = RunSpec {
         job_id: &work.job_id,
@@ -116,13 +122,112 @@ pub fn prepare(
         };
         disks.push(prepared::made(&dir, i, made, &base)?);
     }
+    finish(&dir, domain, base, disks)
+}
+
+fn finish(
+    dir: &Path,
+    domain: &str,
+    base: Option<String>,
+    disks: Vec<prepared::PreparedObject>,
+) -> Result<PreparedRun, ReplicateError> {
     let run = PreparedRun {
         source: format!("{SOURCE_PREFIX}{domain}"),
         base_run_id: base,
         disks,
     };
-    prepared::save(&dir, &run)?;
+    prepared::save(dir, &run)?;
     Ok(run)
+}
+
+/// A shut-off domain has no backup job (the backup API reads running domains), and nothing
+/// writes its disks: they are read from their image files, whole — the seed as a VMDK, an
+/// incremental run compared block by block (there is no checkpoint to read changes from; the
+/// next running run compares too, since this run left no checkpoint). A domain started while
+/// its files were read fails the run: the next one reads it through a backup.
+fn read_shut_off(
+    source: &LibvirtSource,
+    hv: &Hypervisor,
+    info: &super::DomainInfo,
+    dir: &Path,
+    base: &Option<String>,
+    old: &[tern_disk::blockmap::BlockMap],
+    progress: tern_disk::Progress<'_>,
+) -> Result<Vec<prepared::PreparedObject>, ReplicateError> {
+    let domain = info.name.as_str();
+    let fail = |detail: String| {
+        ReplicateError::Hypervisor(format!("domain {domain} (shut off): {detail}"))
+    };
+    if !old.is_empty() && source.changed_blocks == crate::changed::ChangedBlocks::Bitmap {
+        return Err(fail("its changes can only be found by reading its disks whole, and changed_blocks = \"bitmap\" allows no full comparison (start the domain, or use \"auto\")".into()));
+    }
+    let mut out = Vec::with_capacity(info.disks.len());
+    for (i, d) in info.disks.iter().enumerate() {
+        let Some(path) = &d.source else {
+            return Err(fail(format!("disk {} has no image file to read", d.target)));
+        };
+        let format = d
+            .format
+            .as_deref()
+            .and_then(|f| f.parse::<tern_disk::Format>().ok());
+        let opened = tern_disk::open(
+            path,
+            &tern_disk::OpenOptions {
+                format,
+                ..Default::default()
+            },
+        )
+        .map_err(|e| fail(format!("disk {} ({}): {e}", d.target, path.display())))?;
+        let counted = crate::changed::Counting::new(&*opened);
+        let object = prepared::object_path(dir, i);
+        let w = File::create(&object).map_err(|source| ReplicateError::State {
+            path: object.clone(),
+            source,
+        })?;
+        let name = format!("{}.vmdk", d.target);
+        let (map, delta) = prepared::read_whole(
+            &counted,
+            &name,
+            old.get(i),
+            std::io::BufWriter::new(w),
+            progress,
+        )
+        .map_err(|e| fail(format!("disk {} ({}): {e}", d.target, path.display())))?;
+        let made = prepared::Made {
+            what: format!(
+                "libvirt {domain}/{} (shut off: {})",
+                d.target,
+                path.display()
+            ),
+            source_format: opened.format().to_string(),
+            source_variant: opened.variant(),
+            virtual_size: opened.size(),
+            changes: if old.is_empty() {
+                crate::changed::Changes::Seed
+            } else {
+                crate::changed::Changes::Compare {
+                    fallback: Some(
+                        "the domain is shut off, so its disk files were read whole".into(),
+                    ),
+                }
+            },
+            bytes_read: counted.bytes_read(),
+            map,
+            delta,
+            change_id: None,
+        };
+        out.push(prepared::made(dir, i, made, base)?);
+    }
+    let now = hv
+        .domain(domain)
+        .map_err(|e| ReplicateError::Hypervisor(e.to_string()))?;
+    if now.running {
+        return Err(fail(
+            "it was started while its disk files were read; the next run reads it through a backup"
+                .into(),
+        ));
+    }
+    Ok(out)
 }
 
 /// The domain a prepared run of this source read.

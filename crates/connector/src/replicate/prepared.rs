@@ -206,6 +206,29 @@ pub struct Made {
     pub change_id: Option<String>,
 }
 
+/// Reads `disk` whole into `w`: a stream-optimized VMDK named `name` when `old` is `None` (a
+/// seed), else the delta against `old` (every block compared). Returns the disk's block map and,
+/// for a delta, its summary.
+pub fn read_whole(
+    disk: &dyn tern_disk::VirtualDisk,
+    name: &str,
+    old: Option<&BlockMap>,
+    w: impl std::io::Write,
+    progress: tern_disk::Progress<'_>,
+) -> Result<(BlockMap, Option<tern_disk::delta::DeltaSummary>), tern_disk::DiskError> {
+    match old {
+        None => {
+            let rec = super::stream::Recording::new(disk);
+            tern_disk::write::write_vmdk_stream(&rec, w, name, progress)?;
+            Ok((rec.into_map()?, None))
+        }
+        Some(old) => {
+            let mut summary = tern_disk::delta::create(old, disk, w, progress)?;
+            Ok((super::take_map(&mut summary), Some(summary)))
+        }
+    }
+}
+
 /// Writes disk `i`'s block map next to its object ([`object_path`]) and describes both.
 pub fn made(
     dir: &Path,

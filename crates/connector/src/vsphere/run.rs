@@ -21,7 +21,6 @@ use super::disk::DatastoreDisk;
 use super::soap::{self, escape, MoRef, ObjectContent, Session};
 use super::{inventory_vm, VmDisk, VmInfo, VmNic, VsphereError, VsphereSource};
 use crate::changed::{bitmap_name, job_prefix, ChangedBlocks, Changes};
-use crate::replicate::stream::Recording;
 use crate::replicate::{prepared, DiskSource, PreparedRun, ReplicateError, ReplicationWork};
 use crate::{ConnectorError, Inventory};
 
@@ -44,6 +43,48 @@ const VM_PROPERTIES: &[&str] = &[
     "config.hardware.device",
     "runtime.powerState",
 ];
+
+/// Takes snapshot `name` of `vm` (no memory, not quiesced); returns it.
+pub fn take_snapshot(
+    session: &Session,
+    vm: &MoRef,
+    name: &str,
+    quiesce: bool,
+) -> Result<MoRef, VsphereError> {
+    let params = format!(
+        "<name>{}</name><description>Tern replication run; removed when the run has read it</description><memory>false</memory><quiesce>{quiesce}</quiesce>",
+        escape(name)
+    );
+    session
+        .invoke_task("CreateSnapshot_Task", vm, &params, TASK_LIMIT)?
+        .and_then(|r| soap::value_moref(&r))
+        .ok_or_else(|| {
+            VsphereError::Protocol(format!(
+                "CreateSnapshot_Task {name}: the task returned no snapshot"
+            ))
+        })
+}
+
+/// Removes a snapshot (its disks consolidated into the VM's).
+pub fn remove_snapshot(session: &Session, snapshot: &MoRef) -> Result<(), VsphereError> {
+    session
+        .invoke_task(
+            "RemoveSnapshot_Task",
+            snapshot,
+            "<removeChildren>false</removeChildren><consolidate>true</consolidate>",
+            TASK_LIMIT,
+        )
+        .map(|_| ())
+}
+
+/// The disks of a snapshot, as its configuration lists them.
+pub fn snapshot_disks(session: &Session, snapshot: &MoRef) -> Result<Vec<VmDisk>, VsphereError> {
+    let o = session.properties(snapshot, &["config.hardware.device"])?;
+    Ok(o.prop("config.hardware.device")
+        .map(devices)
+        .unwrap_or_default()
+        .0)
+}
 
 /// The VMs of the source (after its name globs), sorted by name, templates left out.
 pub fn vms(session: &Session, filters: &[String]) -> Result<Vec<VmInfo>, VsphereError> {
@@ -333,22 +374,8 @@ fn read_vm(
         source,
     })?;
     let name = snapshot_name(&work.job_id, &work.run_id);
-    let params = format!(
-        "<name>{}</name><description>Tern replication run {} of job {}; removed when the run has read it</description><memory>false</memory><quiesce>{}</quiesce>",
-        escape(&name),
-        escape(&work.run_id),
-        escape(&work.job_id),
-        source.quiesce
-    );
-    let snapshot = session
-        .invoke_task("CreateSnapshot_Task", &vm_ref, &params, TASK_LIMIT)
-        .map_err(|e| vm_err(format!("taking snapshot {name}: {e}")))?
-        .and_then(|r| soap::value_moref(&r))
-        .ok_or_else(|| {
-            vm_err(format!(
-                "taking snapshot {name}: the task returned no snapshot"
-            ))
-        })?;
+    let snapshot = take_snapshot(session, &vm_ref, &name, source.quiesce)
+        .map_err(|e| vm_err(format!("taking snapshot {name}: {e}")))?;
     let read = read_snapshot(
         session,
         source,
@@ -359,12 +386,7 @@ fn read_vm(
         bases,
         progress,
     );
-    let removed = session.invoke_task(
-        "RemoveSnapshot_Task",
-        &snapshot,
-        "<removeChildren>false</removeChildren><consolidate>true</consolidate>",
-        TASK_LIMIT,
-    );
+    let removed = remove_snapshot(session, &snapshot);
     match (read, removed) {
         (Ok(disks), Ok(_)) => Ok(disks),
         (Ok(_), Err(e)) => Err(vm_err(format!(
@@ -390,13 +412,7 @@ fn read_snapshot(
     progress: tern_disk::Progress<'_>,
 ) -> Result<Vec<prepared::PreparedObject>, ReplicateError> {
     let hv = |e: VsphereError| ReplicateError::Hypervisor(e.to_string());
-    let at_snapshot = session
-        .properties(snapshot, &["config.hardware.device"])
-        .map_err(hv)?;
-    let (disks, _) = at_snapshot
-        .prop("config.hardware.device")
-        .map(devices)
-        .unwrap_or_default();
+    let disks = snapshot_disks(session, snapshot).map_err(hv)?;
     let mut out = Vec::with_capacity(info.disks.len());
     for (i, now) in info.disks.iter().enumerate() {
         let d = disks.iter().find(|d| d.key == now.key).ok_or_else(|| {
@@ -421,14 +437,10 @@ fn read_snapshot(
         let w = std::io::BufWriter::new(w);
         let (changes, map, delta) = match bases.maps.get(i) {
             None => {
-                let rec = Recording::new(&disk);
-                tern_disk::write::write_vmdk_stream(&rec, w, &format!("disk-{i}.vmdk"), progress)
-                    .map_err(|e| rerr(e.to_string()))?;
-                (
-                    Changes::Seed,
-                    rec.into_map().map_err(|e| rerr(e.to_string()))?,
-                    None,
-                )
+                let (map, _) =
+                    prepared::read_whole(&disk, &format!("disk-{i}.vmdk"), None, w, progress)
+                        .map_err(|e| rerr(e.to_string()))?;
+                (Changes::Seed, map, None)
             }
             Some(old) => {
                 let base_id = bases.change_ids.get(i).cloned().flatten();
@@ -441,7 +453,7 @@ fn read_snapshot(
                     }
                     Err(reason) => Err(reason),
                 };
-                let mut read = match tracked {
+                match tracked {
                     Ok(areas) => {
                         let found = crate::changed::extents_delta(
                             |at, buf| disk.read_at(buf, at),
@@ -459,20 +471,21 @@ fn read_snapshot(
                             ),
                             dirty_blocks: found.dirty_blocks,
                         };
-                        (changes, found.summary)
+                        let mut summary = found.summary;
+                        let map = crate::replicate::take_map(&mut summary);
+                        (changes, map, Some(summary))
                     }
                     Err(reason) => {
                         if reason.is_some() {
                             tracing::warn!(vm = %info.moref, disk = %d.label, ?reason, "reading the whole disk to find its changes");
                         }
-                        let summary =
-                            tern_disk::delta::create(old, &disk as &dyn VirtualDisk, w, progress)
+                        let name = format!("disk-{i}.vmdk");
+                        let (map, delta) =
+                            prepared::read_whole(&disk, &name, Some(old), w, progress)
                                 .map_err(|e| rerr(e.to_string()))?;
-                        (Changes::Compare { fallback: reason }, summary)
+                        (Changes::Compare { fallback: reason }, map, delta)
                     }
-                };
-                let map = crate::replicate::take_map(&mut read.1);
-                (read.0, map, Some(read.1))
+                }
             }
         };
         let made = prepared::Made {
@@ -525,7 +538,7 @@ fn tracked_areas(
 }
 
 /// QueryChangedDiskAreas from offset 0 to the disk's end (vSphere may answer in parts).
-fn changed_areas(
+pub fn changed_areas(
     session: &Session,
     vm: &MoRef,
     snapshot: &MoRef,
@@ -659,12 +672,7 @@ fn remove_snapshots(
     let mut removed = Vec::new();
     for (name, snap) in snapshots(session, vm)? {
         if name.starts_with(prefix) {
-            session.invoke_task(
-                "RemoveSnapshot_Task",
-                &snap,
-                "<removeChildren>false</removeChildren><consolidate>true</consolidate>",
-                TASK_LIMIT,
-            )?;
+            remove_snapshot(session, &snap)?;
             tracing::info!(vm = %vm.value, snapshot = %name, "removed a snapshot an earlier attempt left");
             removed.push(name);
         }
