@@ -37,7 +37,8 @@ async fn qcow2_job(
 }
 
 /// The dirty bitmaps of a qcow2 image, by name.
-fn bitmap_names(image: &str) -> Vec<String> {
+/// The names of the persistent bitmaps in qcow2 image `image`.
+pub(super) fn bitmap_names(image: &str) -> Vec<String> {
     let info: serde_json::Value =
         serde_json::from_str(&qemu_img(&["info", "--output=json", image])).unwrap();
     info["format-specific"]["data"]["bitmaps"]

@@ -135,9 +135,14 @@ async fn a_libvirt_domain_is_listed_and_replicated_through_its_backups() {
     agent.poll_once().await.unwrap();
     assert_eq!(checkpoints(&d), [cp(&third)]);
 
-    // Deleted: the domain is left as it was before Tern, with no checkpoint of the job.
+    // Shut off and deleted: the domain is left as it was before Tern, with no checkpoint of the
+    // job and no bitmap of it in its image (libvirt deletes only the metadata of a shut-off
+    // domain's checkpoints; the connector removes the bitmaps from the image itself).
+    d.virsh(&["destroy", DOMAIN]);
+    assert!(!super::changed::bitmap_names(p(&disk)).is_empty());
     delete_and_forget(&server, &mut agent, &job_id).await;
     assert_eq!(checkpoints(&d), Vec::<String>::new());
+    assert_eq!(super::changed::bitmap_names(p(&disk)), Vec::<String>::new());
     assert!(!state.join("jobs").join(&job_id).exists());
     server.shutdown().await;
 }

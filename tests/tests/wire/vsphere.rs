@@ -52,6 +52,16 @@ fn snapshot_names(sim: &Vcsim, vm: &str) -> Vec<String> {
     names
 }
 
+/// Takes snapshot `name` of VM `vm_id`, as a run that crashed after taking it would leave it.
+fn leave_snapshot(sim: &Vcsim, vm_id: &str, name: &str) {
+    tokio::task::block_in_place(|| {
+        let session = Session::login(&source(sim)).unwrap();
+        let vm = MoRef::new("VirtualMachine", vm_id);
+        vsphere_run::take_snapshot(&session, &vm, name, false).unwrap();
+        session.logout();
+    });
+}
+
 /// Creates folder `name` in the VM's folder and moves the VM into it, as an administrator would.
 fn move_into_folder(sim: &Vcsim, vm_name: &str, name: &str) {
     let session = Session::login(&source(sim)).unwrap();
@@ -206,18 +216,7 @@ async fn a_vsphere_vm_is_listed_and_replicated_from_a_snapshot_per_run() {
     // Repaired, and a snapshot a crashed attempt left behind: the next run removes it first and
     // is exact.
     sim.write_at(VM0, 0, &bytes);
-    tokio::task::block_in_place(|| {
-        let session = Session::login(&source(&sim)).unwrap();
-        let crashed = format!(
-            "<name>tern-{job_id}-crashed</name><memory>false</memory><quiesce>false</quiesce>"
-        );
-        let vm = MoRef::new("VirtualMachine", &vm_id);
-        let limit = std::time::Duration::from_secs(60);
-        session
-            .invoke_task("CreateSnapshot_Task", &vm, &crashed, limit)
-            .unwrap();
-        session.logout();
-    });
+    leave_snapshot(&sim, &vm_id, &format!("tern-{job_id}-crashed"));
     assert_eq!(snapshots(&sim, &vm_id), [format!("tern-{job_id}-crashed")]);
     sim.write_at(VM0, 7 * MIB, &[0xc3; 4096]);
     bytes[7 * MIB as usize..7 * MIB as usize + 4096].fill(0xc3);
@@ -226,8 +225,11 @@ async fn a_vsphere_vm_is_listed_and_replicated_from_a_snapshot_per_run() {
     assert_image(&server, "the VM's disk", &third, &bytes);
     assert_eq!(snapshots(&sim, &vm_id), Vec::<String>::new());
 
-    // Deleted: nothing of the job is left in the connector's state.
+    // Deleted, with a snapshot of the job left behind: FORGET_JOB removes it, and nothing of
+    // the job is left in the connector's state.
+    leave_snapshot(&sim, &vm_id, &format!("tern-{job_id}-left"));
     delete_and_forget(&server, &mut agent, &job_id).await;
+    assert_eq!(snapshots(&sim, &vm_id), Vec::<String>::new());
     assert!(!state.join("jobs").join(&job_id).exists());
     server.shutdown().await;
 }

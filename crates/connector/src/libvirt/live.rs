@@ -193,6 +193,18 @@ impl Hypervisor {
         })
     }
 
+    /// Deletes one checkpoint's libvirt metadata only, leaving its bitmap in the disk images:
+    /// what libvirt allows for a shut-off domain, whose images the caller then edits itself.
+    pub fn delete_checkpoint_metadata(&self, domain: &str, name: &str) -> Result<()> {
+        let d = self.lookup(domain)?;
+        delete_checkpoint_flags(&d, name, sys::VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY).map_err(
+            |detail| LibvirtError::Domain {
+                domain: domain.into(),
+                detail: format!("deleting the metadata of checkpoint {name}: {detail}"),
+            },
+        )
+    }
+
     /// Whether the domain has a job (a backup) running.
     pub fn has_job(&self, domain: &str) -> Result<bool> {
         let d = self.lookup(domain)?;
@@ -233,6 +245,10 @@ fn list_checkpoints(d: &Domain) -> std::result::Result<Vec<String>, String> {
 }
 
 fn delete_checkpoint(d: &Domain, name: &str) -> std::result::Result<(), String> {
+    delete_checkpoint_flags(d, name, 0)
+}
+
+fn delete_checkpoint_flags(d: &Domain, name: &str, flags: u32) -> std::result::Result<(), String> {
     let cname = CString::new(name).map_err(|_| "the name holds a NUL byte".to_string())?;
     // SAFETY: valid domain pointer and C string; the checkpoint reference is freed below.
     unsafe {
@@ -240,7 +256,7 @@ fn delete_checkpoint(d: &Domain, name: &str) -> std::result::Result<(), String> 
         if c.is_null() {
             return Err(last_error());
         }
-        let rc = sys::virDomainCheckpointDelete(c, 0);
+        let rc = sys::virDomainCheckpointDelete(c, flags);
         let err = (rc != 0).then(last_error);
         sys::virDomainCheckpointFree(c);
         err.map_or(Ok(()), Err)

@@ -267,11 +267,36 @@ pub fn forget(
 ) -> Result<Vec<String>, super::LibvirtError> {
     let prefix = crate::changed::job_prefix(job_id);
     let hv = Hypervisor::open(&source.uri)?;
+    let info = hv.domain(domain)?;
     let mut removed = Vec::new();
     for c in hv.checkpoints(domain)? {
-        if c.starts_with(&prefix) {
+        if !c.starts_with(&prefix) {
+            continue;
+        }
+        if info.running {
             hv.delete_checkpoint(domain, &c)?;
-            removed.push(c);
+        } else {
+            // libvirt deletes no checkpoint of a shut-off domain but its metadata; the job's
+            // bitmaps (named after its checkpoints) are then removed from the images below.
+            hv.delete_checkpoint_metadata(domain, &c)?;
+        }
+        removed.push(c);
+    }
+    if !info.running {
+        for d in &info.disks {
+            let Some(path) = &d.source else { continue };
+            if d.format.as_deref() == Some("qcow2") {
+                crate::changed::forget_job(path, job_id).map_err(|e| {
+                    super::LibvirtError::Domain {
+                        domain: domain.into(),
+                        detail: format!(
+                            "removing the job's bitmaps from {} (disk {}): {e}",
+                            path.display(),
+                            d.target
+                        ),
+                    }
+                })?;
+            }
         }
     }
     let _ = std::fs::remove_dir_all(super::work_dir(state_dir, job_id));

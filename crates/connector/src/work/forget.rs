@@ -1,5 +1,6 @@
-//! `FORGET_JOB`: a deleted job's traces on the source VM (qcow2 dirty bitmaps or libvirt
-//! checkpoints) and in the state directory are removed.
+//! `FORGET_JOB`: a deleted job's traces on the source VM (qcow2 dirty bitmaps, libvirt
+//! checkpoints, or a vSphere snapshot a crashed run left) and in the state directory are
+//! removed.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -24,11 +25,12 @@ impl Worker {
         let job_lock = self.job_lock(&work.job_id);
         let _job = job_lock.lock().await;
         let state_dir = self.state_dir().to_path_buf();
-        let libvirt = self.libvirt.clone();
+        let (libvirt, vsphere) = (self.libvirt.clone(), self.vsphere.clone());
         let job_id = work.job_id.clone();
-        let left = tokio::task::spawn_blocking(move || forget_job(&work, &state_dir, libvirt))
-            .await
-            .unwrap_or_else(|e| vec![format!("the cleanup stopped: {e}")]);
+        let left =
+            tokio::task::spawn_blocking(move || forget_job(&work, &state_dir, libvirt, vsphere))
+                .await
+                .unwrap_or_else(|e| vec![format!("the cleanup stopped: {e}")]);
         if left.is_empty() {
             tracing::info!(%job_id, "deleted job forgotten: its bitmaps, checkpoints and state are removed");
             self.complete(connector_id, &work_id).await;
@@ -50,6 +52,7 @@ fn forget_job(
     work: &ForgetJobWork,
     state_dir: &Path,
     libvirt: Option<LibvirtSource>,
+    vsphere: Option<crate::vsphere::VsphereSource>,
 ) -> Vec<String> {
     let mut left = Vec::new();
     let sources: Vec<DiskSource> = work
@@ -57,9 +60,23 @@ fn forget_job(
         .iter()
         .filter_map(|d| translate_disk(&d.path, d.format.as_deref()).ok())
         .collect();
+    let vm = crate::vsphere::vm_of(&sources).ok().flatten();
     match crate::libvirt::domain_of(&sources) {
         Ok(Some(domain)) => {
             forget_checkpoints(&work.job_id, &domain, state_dir, libvirt, &mut left)
+        }
+        _ if vm.is_some() => {
+            let vm = vm.unwrap_or_default();
+            match vsphere.map(|source| crate::vsphere::run::forget(&source, &vm, &work.job_id)) {
+                None => left.push(format!(
+                    "any snapshot of the job on vSphere VM {vm} (this connector has no [vsphere] source)"
+                )),
+                Some(Ok(removed)) if !removed.is_empty() => {
+                    tracing::info!(%vm, ?removed, "snapshots of the deleted job removed")
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => left.push(format!("the snapshots on VM {vm}: {e}")),
+            }
         }
         _ => {
             for s in &sources {
