@@ -218,6 +218,33 @@ pub struct PollWorkRequest {
     /// At most this many items (default and cap: the server's page-size limit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_results: Option<i64>,
+    /// The work kinds this connector runs. Without it, the kinds every connector has run
+    /// ([`LEGACY_WORK_KINDS`]): items of a kind added later (`FORGET_JOB`) wait for a connector
+    /// that names it, instead of being leased again and again to one that skips them. Names
+    /// this server does not know are ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kinds: Option<Vec<String>>,
+}
+
+/// The work kinds a connector that names none in PollWork is handed.
+pub const LEGACY_WORK_KINDS: [WorkKind; 3] = [
+    WorkKind::Inventory,
+    WorkKind::Replicate,
+    WorkKind::CommitRun,
+];
+
+impl PollWorkRequest {
+    /// The kinds to hand out (see [`PollWorkRequest::kinds`]).
+    pub fn work_kinds(&self) -> Vec<WorkKind> {
+        match &self.kinds {
+            None => LEGACY_WORK_KINDS.to_vec(),
+            Some(names) => WorkKind::ALL
+                .iter()
+                .copied()
+                .filter(|k| names.iter().any(|n| n == k.as_str()))
+                .collect(),
+        }
+    }
 }
 
 /// A unit of work for a connector. `kind` is a string so that older connectors can skip kinds
@@ -346,6 +373,23 @@ pub struct CompleteWorkResponse {}
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_poll_names_the_kinds_it_runs_or_gets_the_legacy_ones() {
+        let poll = |json: &str| serde_json::from_str::<PollWorkRequest>(json).unwrap();
+        assert_eq!(
+            poll(r#"{"connectorId":"c"}"#).work_kinds(),
+            LEGACY_WORK_KINDS.to_vec()
+        );
+        assert_eq!(
+            poll(r#"{"connectorId":"c","kinds":["FORGET_JOB","NEWER_KIND","REPLICATE"]}"#)
+                .work_kinds(),
+            [WorkKind::Replicate, WorkKind::ForgetJob]
+        );
+        assert!(poll(r#"{"connectorId":"c","kinds":[]}"#)
+            .work_kinds()
+            .is_empty());
+    }
+
     use super::*;
     use serde_json::json;
 

@@ -566,7 +566,9 @@ impl Api {
             op::POLL_WORK => {
                 let req: PollWorkRequest = decode(input)?;
                 let limit = svc.page_size(req.max_results)?;
-                let work = svc.poll_work(&req.connector_id, limit).await?;
+                let work = svc
+                    .poll_work_of(&req.connector_id, limit, &req.work_kinds())
+                    .await?;
                 encode(&PollWorkResponse {
                     work_items: work
                         .into_iter()

@@ -23,6 +23,15 @@ use crate::replicate::ReplicateContext;
 use crate::work::{WorkCounts, WorkOutcome, Worker};
 use crate::{ApiClient, ConnectorConfig, ConnectorError, Inventory};
 
+/// The work kinds this connector runs, named in PollWork: items of kinds a connector would skip
+/// stay queued for one that runs them.
+const RUNS: [WorkKind; 4] = [
+    WorkKind::Inventory,
+    WorkKind::Replicate,
+    WorkKind::CommitRun,
+    WorkKind::ForgetJob,
+];
+
 /// What one poll cycle did; `--once` prints it, tests check it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -324,6 +333,7 @@ impl Agent {
                     &PollWorkRequest {
                         connector_id: connector_id.clone(),
                         max_results: Some(room as i64),
+                        kinds: Some(RUNS.iter().map(|k| k.as_str().to_string()).collect()),
                     },
                 )
                 .await?

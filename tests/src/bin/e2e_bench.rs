@@ -246,6 +246,7 @@ impl Connector {
                 &PollWorkRequest {
                     connector_id: self.id.clone(),
                     max_results: None,
+                    kinds: None,
                 },
             )
             .await?;

@@ -161,13 +161,38 @@ async fn deleting_a_job_mid_upload_stops_its_run_all_the_way_down() {
     s.tick().await;
 
     // No replication work for the job any more: only the request to forget it (its bitmaps
-    // and state on the connector's side).
+    // and state on the connector's side), handed to a connector that names FORGET_JOB among
+    // the kinds it runs; one that names none (an older connector) is not handed it.
+    let poll = |kinds: Option<Vec<&str>>| {
+        let mut body = json!({ "connectorId": connector_id });
+        if let Some(k) = kinds {
+            body["kinds"] = json!(k);
+        }
+        body.to_string()
+    };
+    let older = s
+        .raw(
+            Some(&connector_target("PollWork")),
+            poll(None).as_bytes(),
+            Some(&s.connector()),
+        )
+        .await
+        .json();
+    assert!(
+        !older.to_string().contains("FORGET_JOB"),
+        "an older connector is not handed FORGET_JOB: {older}"
+    );
     let polled = s
         .raw(
             Some(&connector_target("PollWork")),
-            json!({ "connectorId": connector_id })
-                .to_string()
-                .as_bytes(),
+            poll(Some(vec![
+                "INVENTORY",
+                "REPLICATE",
+                "COMMIT_RUN",
+                "FORGET_JOB",
+                "FUTURE_KIND",
+            ]))
+            .as_bytes(),
             Some(&s.connector()),
         )
         .await

@@ -300,12 +300,25 @@ impl Service {
     /// PollWork: hands out up to `limit` work items that are not leased (or whose lease ran out),
     /// oldest first, and leases them.
     pub async fn poll_work(&self, connector_id: &str, limit: usize) -> Result<Vec<Work>> {
+        self.poll_work_of(connector_id, limit, WorkKind::ALL).await
+    }
+
+    /// [`Service::poll_work`] for a connector that runs only work of `kinds`: items of other
+    /// kinds stay queued, unleased, for a connector that runs them.
+    pub async fn poll_work_of(
+        &self,
+        connector_id: &str,
+        limit: usize,
+        kinds: &[WorkKind],
+    ) -> Result<Vec<Work>> {
         let c = self.associated_connector(connector_id).await?;
         let id = c.value.connector_id;
         let now = self.now();
         let lease = self.config.work_lease;
         let mut queued = self.list_all::<Work>(&keys::work_partition(&id)).await?;
-        queued.retain(|w| w.value.leased_on.is_none_or(|t| now - t > lease));
+        queued.retain(|w| {
+            kinds.contains(&w.value.kind) && w.value.leased_on.is_none_or(|t| now - t > lease)
+        });
         queued.sort_by_key(|w| w.value.queued_on);
         let mut out = Vec::new();
         for w in queued.into_iter().take(limit) {
