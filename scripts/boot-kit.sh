@@ -65,11 +65,13 @@ if ldd "$root/usr/bin/qemu-system-x86_64" | grep -q "not found"; then
   exit 1
 fi
 
-# The initramfs: static busybox, the virtio disk drivers, and Tern's /init.
+# The initramfs: static busybox, the virtio disk drivers, FAT (to read the NoCloud seed the
+# local launcher attaches: the instance's user data), and Tern's /init.
 ir="$work/initramfs"
 mkdir -p "$ir/bin" "$ir/lib/modules" "$ir/dev" "$ir/proc" "$ir/sys"
 cp "$root/bin/busybox" "$ir/bin/busybox"
-for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk; do
+for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk \
+         fat vfat nls_cp437 nls_ascii nls_utf8; do
   ko="$(find "$root/lib/modules/$release" -name "$m.ko" | head -n1)"
   [[ -n "$ko" ]] || { echo "boot-kit: module $m.ko not found in $kernel_pkg" >&2; exit 1; }
   cp "$ko" "$ir/lib/modules/"

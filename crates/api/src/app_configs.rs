@@ -586,7 +586,10 @@ impl Api {
                 encode(&EmptyResponse {})
             }
             "GetAppValidationOutput" => {
-                let list = svc.get_app_validation_output(&app_id(&input)?).await?;
+                let launcher = self.launcher.get().map(|l| l.as_ref());
+                let list = svc
+                    .get_app_validation_output(launcher, &app_id(&input)?)
+                    .await?;
                 encode(&GetAppValidationOutputResponse {
                     validation_output_list: list
                         .into_iter()

@@ -53,4 +53,15 @@ pub trait Launcher: Send + Sync {
 
     /// Starts deleting the stack (its instances). Deleting a deleted stack succeeds.
     async fn delete_stack(&self, stack_id: &str) -> Result<(), LaunchError>;
+
+    /// The serial console output so far of the stack's instance `logical_id`: where the
+    /// USERDATA validation scripts Tern adds to an instance's user data print their markers.
+    /// `None`: this launcher cannot read consoles, or the instance has none (yet).
+    async fn console_output(
+        &self,
+        _stack_id: &str,
+        _logical_id: &str,
+    ) -> Result<Option<String>, LaunchError> {
+        Ok(None)
+    }
 }

@@ -209,7 +209,7 @@ pub async fn use_cases(store: Arc<dyn Store>) {
     )
     .await
     .expect("PutAppValidationConfiguration");
-    let outputs = svc.get_app_validation_output(&id).await.unwrap();
+    let outputs = svc.get_app_validation_output(None, &id).await.unwrap();
     assert_eq!(outputs.len(), 5);
     assert!(outputs
         .iter()
@@ -228,7 +228,7 @@ pub async fn use_cases(store: Arc<dyn Store>) {
     for r in futures::future::join_all(notes).await {
         r.expect("notify");
     }
-    let outputs = svc.get_app_validation_output(&id).await.unwrap();
+    let outputs = svc.get_app_validation_output(None, &id).await.unwrap();
     for o in &outputs {
         assert_eq!(o.status, ValidationStatus::Succeeded, "{o:?}");
         assert_eq!(
@@ -238,7 +238,11 @@ pub async fn use_cases(store: Arc<dyn Store>) {
         assert!(o.latest_validation_time.is_some());
     }
     svc.delete_app_validation_configuration(&id).await.unwrap();
-    assert!(svc.get_app_validation_output(&id).await.unwrap().is_empty());
+    assert!(svc
+        .get_app_validation_output(None, &id)
+        .await
+        .unwrap()
+        .is_empty());
     svc.delete_app(&id, false, false).await.unwrap();
 
     // ImportAppCatalog: the catalog's applications, each made once by concurrent imports.

@@ -122,6 +122,10 @@ async fn an_application_is_configured_validated_and_templated() {
             "scripts/web-user-data.yaml",
             "#cloud-config\nruncmd:\n  - echo web\n",
         ),
+        (
+            "scripts/web-check.sh",
+            "#!/bin/sh\ncurl -fs http://localhost/\n",
+        ),
     ] {
         s3.put_object()
             .bucket(&bucket)
@@ -447,9 +451,17 @@ async fn an_application_is_configured_validated_and_templated() {
         db_user_data.contains("echo db-user-data") && db_user_data.contains("echo db-configure"),
         "{db_user_data}"
     );
-    assert_eq!(
-        r["Web"]["Properties"]["UserData"]["Fn::Base64"],
-        "#cloud-config\nruncmd:\n  - echo web\n"
+    // The web server's user data, with its USERDATA validation script added between the
+    // console markers GetAppValidationOutput reads back.
+    let web_user_data = r["Web"]["Properties"]["UserData"]["Fn::Base64"]
+        .as_str()
+        .unwrap();
+    assert!(
+        web_user_data.starts_with("Content-Type: multipart/mixed")
+            && web_user_data.contains("#cloud-config\nruncmd:\n  - echo web\n")
+            && web_user_data.contains("curl -fs http://localhost/")
+            && web_user_data.contains("echo \"TERN-VALIDATION-BEGIN val-"),
+        "{web_user_data}"
     );
     assert_eq!(
         r["Web"]["Properties"]["NetworkInterfaces"][0]["AssociatePublicIpAddress"],

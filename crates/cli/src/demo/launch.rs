@@ -5,9 +5,10 @@
 use std::time::{Duration, Instant};
 
 use aws_sdk_sms::types::{
-    LicenseType, Server, ServerGroup, ServerGroupLaunchConfiguration,
-    ServerGroupReplicationConfiguration, ServerLaunchConfiguration, ServerReplicationConfiguration,
-    ServerReplicationParameters,
+    LicenseType, S3Location, ScriptType, Server, ServerGroup, ServerGroupLaunchConfiguration,
+    ServerGroupReplicationConfiguration, ServerGroupValidationConfiguration,
+    ServerLaunchConfiguration, ServerReplicationConfiguration, ServerReplicationParameters,
+    ServerValidationConfiguration, ServerValidationStrategy, Source, UserDataValidationParameters,
 };
 use aws_smithy_types::DateTime;
 use serde_json::json;
@@ -16,6 +17,9 @@ use super::*;
 
 /// What the VM's `/init` prints first (scripts/boot-kit/init).
 const MARKER: &str = "TERN-BOOT-MARKER";
+
+/// The demo server's validation script: the launched instance sees its migrated boot disk.
+const VALIDATION_SCRIPT: &str = "#!/bin/sh\n# tern demo: the launched instance sees its migrated boot disk\ntest -b /dev/vda || { echo \"no boot disk /dev/vda\"; exit 1; }\necho \"boot disk /dev/vda: $(( $(cat /sys/block/vda/size) * 512 )) bytes\"\n";
 
 impl Demo {
     pub(super) async fn launch_check(&mut self, services: &Services) -> anyhow::Result<()> {
@@ -103,6 +107,49 @@ impl Demo {
             .send()
             .await
             .map_err(sdk)?;
+        // A server-level USERDATA validation: the script runs in the launched instance, added
+        // to its user data by GenerateTemplate; GetAppValidationOutput reads its outcome from
+        // the instance's console.
+        let script_key = "demo/validation/check-boot-disk.sh";
+        let staged = services
+            .manifests
+            .staging_root
+            .join(&services.manifests.staging.bucket)
+            .join(script_key);
+        std::fs::create_dir_all(staged.parent().expect("a key has a folder"))?;
+        std::fs::write(&staged, VALIDATION_SCRIPT)?;
+        c.put_app_validation_configuration()
+            .app_id(&app_id)
+            .server_group_validation_configurations(
+                ServerGroupValidationConfiguration::builder()
+                    .server_group_id(&group_id)
+                    .server_validation_configurations(
+                        ServerValidationConfiguration::builder()
+                            .server(Server::builder().server_id(&server_id).build())
+                            .name("boot-disk")
+                            .server_validation_strategy(ServerValidationStrategy::Userdata)
+                            .user_data_validation_parameters(
+                                UserDataValidationParameters::builder()
+                                    .script_type(ScriptType::ShellScript)
+                                    .source(
+                                        Source::builder()
+                                            .s3_location(
+                                                S3Location::builder()
+                                                    .bucket(&services.manifests.staging.bucket)
+                                                    .key(script_key)
+                                                    .build(),
+                                            )
+                                            .build(),
+                                    )
+                                    .build(),
+                            )
+                            .build(),
+                    )
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(sdk)?;
         self.ui.status("LaunchApp: starting the instance");
         let started = Instant::now();
         c.launch_app().app_id(&app_id).send().await.map_err(sdk)?;
@@ -159,6 +206,16 @@ impl Demo {
                 ),
             },
         );
+        self.ui
+            .status("GetAppValidationOutput: waiting for the validation script");
+        let validation = self.validation_outcome(c, &app_id, deadline).await?;
+        self.check(
+            validation.0 == "SUCCEEDED",
+            format!(
+                "the server's validation script ran in the instance: {} ({})",
+                validation.0, validation.1
+            ),
+        );
         self.ui.status("TerminateApp");
         c.terminate_app()
             .app_id(&app_id)
@@ -184,8 +241,39 @@ impl Demo {
             "marker": booted,
             "seconds": seconds,
             "console": console.display().to_string(),
+            "validation": {"status": validation.0, "message": validation.1},
         }));
         Ok(())
+    }
+
+    /// The status and message of the app's one validation once it ended (or at the deadline).
+    async fn validation_outcome(
+        &self,
+        c: &aws_sdk_sms::Client,
+        app_id: &str,
+        deadline: Instant,
+    ) -> anyhow::Result<(String, String)> {
+        loop {
+            let out = c
+                .get_app_validation_output()
+                .app_id(app_id)
+                .send()
+                .await
+                .map_err(sdk)?;
+            let v = out
+                .validation_output_list()
+                .first()
+                .ok_or_else(|| anyhow!("GetAppValidationOutput answered no validation"))?;
+            let status = v
+                .status()
+                .map(|s| s.as_str().to_string())
+                .unwrap_or_default();
+            let message = v.status_message().unwrap_or_default().to_string();
+            if matches!(status.as_str(), "SUCCEEDED" | "FAILED") || Instant::now() > deadline {
+                return Ok((status, message));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
 
     async fn launch_status_becomes(

@@ -212,6 +212,7 @@ fn the_migrated_vm_boots_reads_its_disks_as_they_were_and_launches_as_an_applica
         "PASS the booted VM reads its boot disk (vda, 32 MiB)",
         "PASS the booted VM reads its data disk (vdb, 8 MiB)",
         "and it booted its migrated disk: \"TERN-BOOT-MARKER",
+        "PASS the server's validation script ran in the instance: SUCCEEDED (the validation script exited with status 0: boot disk /dev/vda: ",
         "PASS TerminateApp stopped instance",
     ] {
         assert!(
@@ -244,6 +245,7 @@ fn the_migrated_vm_boots_reads_its_disks_as_they_were_and_launches_as_an_applica
             .contains(":stack/sms-app-"),
         "{launch}"
     );
+    assert_eq!(launch["validation"]["status"], "SUCCEEDED", "{launch}");
     let console = std::fs::read_to_string(launch["console"].as_str().unwrap()).unwrap();
     assert!(
         console.contains(&format!("TERN-BOOT-MARKER {}", kit.kernel_release)),

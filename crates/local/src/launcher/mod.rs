@@ -374,6 +374,29 @@ impl Launcher for QemuLauncher {
         });
         Ok(())
     }
+
+    async fn console_output(
+        &self,
+        stack_id: &str,
+        logical_id: &str,
+    ) -> Result<Option<String>, LaunchError> {
+        let dir = self.stack_dir(stack_name(stack_id)?);
+        let record = match StackRecord::load(&dir) {
+            Ok(r) if r.stack_id == stack_id => r,
+            _ => return Ok(None),
+        };
+        let Some(inst) = record.instances.iter().find(|i| i.logical_id == logical_id) else {
+            return Ok(None);
+        };
+        match tokio::fs::read(inst.console()).await {
+            Ok(bytes) => Ok(Some(String::from_utf8_lossy(&bytes).into_owned())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(LaunchError::Transient(format!(
+                "reading the console of instance {}: {e}",
+                inst.instance_id
+            ))),
+        }
+    }
 }
 
 /// The blocking work of a create or delete.

@@ -140,7 +140,7 @@ mod yaml {
 }
 
 /// A staging failure reading an object the launch configuration names, as the caller's error.
-fn unreadable(what: &str, loc: &S3Location, e: StagingError) -> DomainError {
+fn unreadable(what: &str, loc: &S3Location, fix_with: &str, e: StagingError) -> DomainError {
     let at = format!(
         "s3://{}/{}",
         loc.bucket.as_deref().unwrap_or_default(),
@@ -148,7 +148,7 @@ fn unreadable(what: &str, loc: &S3Location, e: StagingError) -> DomainError {
     );
     match e {
         StagingError::NotFound(_) => invalid(format!(
-            "{what} {at} does not exist; upload it or change the launch configuration (PutAppLaunchConfiguration)"
+            "{what} {at} does not exist; upload it or change the configuration ({fix_with})"
         )),
         StagingError::TooLarge(_) => invalid(format!(
             "{what} {at} is larger than the {MAX_USER_DATA} bytes EC2 accepts as user data"
@@ -157,7 +157,14 @@ fn unreadable(what: &str, loc: &S3Location, e: StagingError) -> DomainError {
     }
 }
 
-async fn read_object(staging: &dyn Staging, what: &str, loc: &S3Location) -> Result<Vec<u8>> {
+/// Reads a user-data, configure or validation script object; `fix_with` names the operation
+/// that points at it, for the message when it is missing.
+async fn read_object(
+    staging: &dyn Staging,
+    what: &str,
+    loc: &S3Location,
+    fix_with: &str,
+) -> Result<Vec<u8>> {
     let obj = StagedObject {
         bucket: loc.bucket.clone().unwrap_or_default(),
         key: loc.key.clone().unwrap_or_default(),
@@ -165,14 +172,18 @@ async fn read_object(staging: &dyn Staging, what: &str, loc: &S3Location) -> Res
     staging
         .get_object(&obj, MAX_USER_DATA as u64)
         .await
-        .map_err(|e| unreadable(what, loc, e))
+        .map_err(|e| unreadable(what, loc, fix_with, e))
 }
 
-/// The instance's user data: the user-data object, with the configure script added.
+const LAUNCH_CONFIG: &str = "PutAppLaunchConfiguration";
+
+/// The instance's user data: the user-data object, with the configure script and the
+/// server's USERDATA validation scripts added.
 async fn user_data(
     staging: &dyn Staging,
     server_id: &str,
     c: &ServerLaunchConfiguration,
+    validations: &[&ServerValidation],
 ) -> Result<Option<String>> {
     let text = |bytes: Vec<u8>, what: &str| {
         String::from_utf8(bytes).map_err(|_| {
@@ -187,6 +198,7 @@ async fn user_data(
                 staging,
                 &format!("the user data of server {server_id}"),
                 loc,
+                LAUNCH_CONFIG,
             )
             .await?,
             "user data",
@@ -199,26 +211,57 @@ async fn user_data(
                 staging,
                 &format!("the configure script of server {server_id}"),
                 loc,
+                LAUNCH_CONFIG,
             )
             .await?,
             "configure script",
         )?),
         None => None,
     };
+    let mut checks = Vec::new();
+    for v in validations {
+        let (Some(vid), Some(loc)) = (
+            &v.validation_id,
+            v.user_data_validation_parameters
+                .as_ref()
+                .and_then(|p| p.source.as_ref()),
+        ) else {
+            continue;
+        };
+        let what = format!("validation script {vid} of server {server_id}");
+        let bytes = read_object(staging, &what, loc, "PutAppValidationConfiguration").await?;
+        let body = text(bytes, "validation script")?;
+        checks.push((
+            format!("tern-validation-{vid}"),
+            validation_part(vid, &body),
+        ));
+    }
+    let mut parts: Vec<(String, String)> = Vec::new();
     let combined = match (data, script) {
-        (d, None) => d,
-        (None, Some(s)) => Some(s),
-        (Some(d), Some(s)) => Some(match c.configure_script_type {
-            Some(ScriptType::PowershellScript) => {
-                format!("{d}\n<powershell>\n{s}\n</powershell>\n")
-            }
-            _ => multipart(&d, &s),
-        }),
+        (Some(d), Some(s)) if c.configure_script_type == Some(ScriptType::PowershellScript) => {
+            Some(format!("{d}\n<powershell>\n{s}\n</powershell>\n"))
+        }
+        (d, s) => {
+            parts.extend(d.map(|d| ("user-data".to_string(), d)));
+            parts.extend(s.map(|s| ("configure-script".to_string(), s)));
+            None
+        }
+    };
+    parts.extend(checks);
+    let combined = match (combined, parts.len()) {
+        (Some(c), 0) => Some(c),
+        (Some(c), _) => {
+            parts.insert(0, ("user-data".to_string(), c));
+            Some(multipart(&parts))
+        }
+        (None, 0) => None,
+        (None, 1) => parts.pop().map(|(_, p)| p),
+        (None, _) => Some(multipart(&parts)),
     };
     if let Some(u) = &combined {
         if u.len() > MAX_USER_DATA {
             return Err(invalid(format!(
-                "the user data of server {server_id} with its configure script is {} bytes; EC2 accepts at most {MAX_USER_DATA}",
+                "the user data of server {server_id} with its configure and validation scripts is {} bytes; EC2 accepts at most {MAX_USER_DATA}",
                 u.len()
             )));
         }
@@ -226,8 +269,28 @@ async fn user_data(
     Ok(combined)
 }
 
-/// A cloud-init `multipart/mixed` archive of the user data and the configure script.
-fn multipart(data: &str, script: &str) -> String {
+/// A USERDATA validation script as the instance runs it: between console markers that carry
+/// its id and, at the end, its exit status (read back by GetAppValidationOutput).
+pub(super) fn validation_part(validation_id: &str, script: &str) -> String {
+    let body = if script.starts_with("#!") {
+        script.to_string()
+    } else {
+        format!("#!/bin/sh\n{script}")
+    };
+    format!(
+        "#!/bin/sh\n# Tern: validation {validation_id}, its output and exit status on the console.\nmkdir -p /tmp\nf=/tmp/{VALIDATION_FILE}-{validation_id}\ncat > \"$f\" <<'TERN_VALIDATION_SCRIPT_END'\n{body}\nTERN_VALIDATION_SCRIPT_END\nchmod +x \"$f\"\necho \"{VALIDATION_BEGIN} {validation_id}\"\n\"$f\" 2>&1\necho \"{VALIDATION_END} {validation_id} $?\"\n"
+    )
+}
+
+const VALIDATION_FILE: &str = "tern-validation";
+/// The console line a validation script's output begins after.
+pub(crate) const VALIDATION_BEGIN: &str = "TERN-VALIDATION-BEGIN";
+/// The console line that ends it: `TERN-VALIDATION-END <id> <exit status>`.
+pub(crate) const VALIDATION_END: &str = "TERN-VALIDATION-END";
+
+/// A cloud-init `multipart/mixed` archive of named parts (user data, configure script,
+/// validation scripts), in the order they run.
+fn multipart(parts: &[(String, String)]) -> String {
     const BOUNDARY: &str = "==TernUserData==";
     let kind = |s: &str| {
         if s.starts_with("#cloud-config") {
@@ -238,7 +301,7 @@ fn multipart(data: &str, script: &str) -> String {
     };
     let mut out =
         format!("Content-Type: multipart/mixed; boundary=\"{BOUNDARY}\"\nMIME-Version: 1.0\n\n");
-    for (name, part) in [("user-data", data), ("configure-script", script)] {
+    for (name, part) in parts {
         out.push_str(&format!(
             "--{BOUNDARY}\nContent-Type: {}; charset=\"utf-8\"\nContent-Disposition: attachment; filename=\"{name}\"\n\n{part}\n",
             kind(part)
@@ -377,7 +440,17 @@ impl Service {
                     props.insert("SecurityGroupIds".into(), json!(groups));
                 }
             }
-            if let Some(u) = user_data(staging, &p.server.server_id, &c).await? {
+            let validations: Vec<&ServerValidation> = app
+                .validation_configuration
+                .iter()
+                .flat_map(|v| v.server_group_validations.iter())
+                .flat_map(|g| g.servers.iter())
+                .filter(|v| {
+                    v.server_id.as_deref() == Some(p.server.server_id.as_str())
+                        && v.server_validation_strategy == Some(ServerValidationStrategy::Userdata)
+                })
+                .collect();
+            if let Some(u) = user_data(staging, &p.server.server_id, &c, &validations).await? {
                 props.insert("UserData".into(), json!({"Fn::Base64": u}));
             }
             let vm_name = p.server.vm_server.vm_name.clone();
@@ -578,11 +651,37 @@ mod tests {
 
     #[test]
     fn multipart_user_data_has_both_parts() {
-        let m = multipart("#cloud-config\nruncmd: []", "#!/bin/sh\necho hi");
+        let m = multipart(&[
+            ("user-data".into(), "#cloud-config\nruncmd: []".into()),
+            ("configure-script".into(), "#!/bin/sh\necho hi".into()),
+        ]);
         assert!(
             m.contains("text/cloud-config") && m.contains("text/x-shellscript"),
             "{m}"
         );
         assert!(m.ends_with("--==TernUserData==--\n"));
+    }
+
+    #[test]
+    fn a_validation_script_runs_between_markers_that_carry_its_id_and_status() {
+        let v = validation_part("val-0123456789abcdef0", "test -b /dev/vda");
+        assert!(v.starts_with("#!/bin/sh\n"), "{v}");
+        assert!(
+            v.contains("#!/bin/sh\ntest -b /dev/vda\nTERN_VALIDATION_SCRIPT_END"),
+            "{v}"
+        );
+        assert!(
+            v.contains("echo \"TERN-VALIDATION-BEGIN val-0123456789abcdef0\""),
+            "{v}"
+        );
+        assert!(
+            v.contains("echo \"TERN-VALIDATION-END val-0123456789abcdef0 $?\""),
+            "{v}"
+        );
+        let own = validation_part("val-1", "#!/bin/bash\necho hi");
+        assert!(
+            own.contains("<<'TERN_VALIDATION_SCRIPT_END'\n#!/bin/bash\necho hi\n"),
+            "{own}"
+        );
     }
 }

@@ -8,9 +8,14 @@
 //! validations it no longer holds.
 //!
 //! Outcomes come from NotifyAppValidationOutput (the caller's script or agent reports status,
-//! message and the time of the report). Until one arrives a validation is
-//! READY_FOR_VALIDATION. Tern does not run validation scripts itself yet (that needs launched
-//! instances: see the launcher).
+//! message and the time of the report), and for server-level USERDATA validations from the
+//! launched instance itself: GenerateTemplate adds each such script to its server's user data
+//! between console markers (`TERN-VALIDATION-BEGIN <id>` … `TERN-VALIDATION-END <id>
+//! <status>`), and GetAppValidationOutput reads the instance's console through the launcher:
+//! PENDING until the script starts, IN_PROGRESS while it runs, SUCCEEDED or FAILED (with the
+//! exit status and the end of its output) once it ended. A notified outcome newer than the
+//! launch wins. Until either a validation is READY_FOR_VALIDATION. App-level SSM validations
+//! are not run by Tern yet.
 
 use super::launch::check_s3_location;
 use super::*;
@@ -122,6 +127,50 @@ pub struct ValidationOutputView {
     pub status_message: Option<String>,
     pub latest_validation_time: Option<OffsetDateTime>,
     pub server: Option<AppServerView>,
+}
+
+/// What an instance's console shows of validation `vid`: its status, and for one that ended,
+/// its exit status and the last lines of its output (within SMS's 2500 characters).
+pub(super) fn console_validation(console: &str, vid: &str) -> (ValidationStatus, Option<String>) {
+    use super::template::{VALIDATION_BEGIN, VALIDATION_END};
+    let begin = format!("{VALIDATION_BEGIN} {vid}");
+    let end = format!("{VALIDATION_END} {vid} ");
+    let lines: Vec<&str> = console.lines().map(|l| l.trim_end_matches('\r')).collect();
+    let Some(start) = lines.iter().position(|l| l.trim() == begin) else {
+        return (
+            ValidationStatus::Pending,
+            Some("waiting for the instance to run the validation script".into()),
+        );
+    };
+    let Some(stop) = lines[start..]
+        .iter()
+        .position(|l| l.trim().starts_with(&end))
+    else {
+        return (ValidationStatus::InProgress, None);
+    };
+    let code = lines[start + stop].trim()[end.len()..].trim().to_string();
+    let output = lines[start + 1..start + stop].join("\n");
+    let head = if code == "0" {
+        "the validation script exited with status 0".to_string()
+    } else {
+        format!("the validation script exited with status {code}")
+    };
+    let room = MAX_STATUS_MESSAGE.saturating_sub(head.len() + 2);
+    let tail: String = {
+        let chars: Vec<char> = output.chars().collect();
+        chars[chars.len().saturating_sub(room)..].iter().collect()
+    };
+    let message = if tail.trim().is_empty() {
+        head
+    } else {
+        format!("{head}: {tail}")
+    };
+    let status = if code == "0" {
+        ValidationStatus::Succeeded
+    } else {
+        ValidationStatus::Failed
+    };
+    (status, Some(message))
 }
 
 /// The model's `NonEmptyStringWithMaxLen255`: 1..255 characters, no whitespace.
@@ -460,16 +509,33 @@ impl Service {
         })
     }
 
-    /// GetAppValidationOutput: one output per configured validation, app-level first.
-    pub async fn get_app_validation_output(&self, id: &str) -> Result<Vec<ValidationOutputView>> {
+    /// GetAppValidationOutput: one output per configured validation, app-level first. With a
+    /// launcher, server-level USERDATA validations of a launched application are read from
+    /// their instances' consoles (see the module docs).
+    pub async fn get_app_validation_output(
+        &self,
+        launcher: Option<&dyn crate::launcher::Launcher>,
+        id: &str,
+    ) -> Result<Vec<ValidationOutputView>> {
         let id = app_id("appId", id)?;
         let app = self.app(&id).await?.value;
         let Some(config) = &app.validation_configuration else {
             return Ok(Vec::new());
         };
         let jobs = self.app_jobs(&app).await?;
+        let from_consoles = match launcher {
+            Some(l) => self.validations_on_consoles(l, &app, config).await,
+            None => HashMap::new(),
+        };
         let output = |vid: &str, name: &Option<String>, server: Option<AppServerView>| {
-            let rec = app.validation_outputs.get(vid);
+            let notified = app.validation_outputs.get(vid);
+            let seen = from_consoles.get(vid);
+            // The later of a notified outcome and what the console shows.
+            let rec = match (notified, seen) {
+                (Some(n), Some(s)) if n.time >= s.time => Some(n),
+                (_, Some(s)) => Some(s),
+                (n, None) => n,
+            };
             ValidationOutputView {
                 validation_id: vid.to_string(),
                 name: name.clone(),
@@ -503,6 +569,63 @@ impl Service {
             ));
         }
         Ok(out)
+    }
+
+    /// The outcomes the consoles of a launched application's instances show for its USERDATA
+    /// validations, by validation id. A console that cannot be read shows nothing.
+    async fn validations_on_consoles(
+        &self,
+        launcher: &dyn crate::launcher::Launcher,
+        app: &App,
+        config: &ValidationConfiguration,
+    ) -> HashMap<String, RecordedValidation> {
+        let mut out = HashMap::new();
+        let Some(launch) = app.launch.as_ref() else {
+            return out;
+        };
+        let (Some(stack), Some(launched)) = (&launch.stack_id, launch.latest_launch_time) else {
+            return out;
+        };
+        let logical_id = |sid: &str| {
+            app.launch_configuration
+                .as_ref()
+                .into_iter()
+                .flat_map(|c| c.server_groups.iter())
+                .flat_map(|g| g.servers.iter())
+                .find(|s| s.server_id.as_deref() == Some(sid))
+                .and_then(|s| s.logical_id.clone())
+                .unwrap_or_else(|| super::launch::default_logical_id(sid))
+        };
+        for v in config
+            .server_group_validations
+            .iter()
+            .flat_map(|g| g.servers.iter())
+        {
+            let (Some(vid), Some(sid)) = (&v.validation_id, &v.server_id) else {
+                continue;
+            };
+            if v.server_validation_strategy != Some(ServerValidationStrategy::Userdata) {
+                continue;
+            }
+            let console = match launcher.console_output(stack, &logical_id(sid)).await {
+                Ok(Some(c)) => c,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(app_id = %app.app_id, server_id = %sid, error = ?e, "could not read the instance's console for its validation");
+                    continue;
+                }
+            };
+            let (status, message) = console_validation(&console, vid);
+            out.insert(
+                vid.clone(),
+                RecordedValidation {
+                    status,
+                    status_message: message,
+                    time: launched,
+                },
+            );
+        }
+        out
     }
 
     /// NotifyAppValidationOutput: records the reported status and message of one of the
@@ -640,6 +763,46 @@ mod tests {
 
     fn check(c: ValidationConfiguration) -> Result<ValidationConfiguration> {
         check_validation_configuration(&svc(), &app(&[]), &c)
+    }
+
+    #[test]
+    fn a_console_tells_a_validation_scripts_progress_and_outcome() {
+        let vid = "val-0123456789abcdef0";
+        let boot = "SeaBIOS\r\nTERN-BOOT-MARKER 6.1.0\r\n";
+        assert_eq!(console_validation(boot, vid).0, ValidationStatus::Pending);
+        let started = format!("{boot}TERN-VALIDATION-BEGIN {vid}\r\nchecking\r\n");
+        assert_eq!(
+            console_validation(&started, vid).0,
+            ValidationStatus::InProgress
+        );
+        let ok =
+            format!("{started}disk found\r\nTERN-VALIDATION-END {vid} 0\r\nTERN-BOOT-DONE\r\n");
+        let (status, message) = console_validation(&ok, vid);
+        assert_eq!(status, ValidationStatus::Succeeded);
+        assert_eq!(
+            message.as_deref(),
+            Some("the validation script exited with status 0: checking\ndisk found")
+        );
+        let failed = format!("{started}TERN-VALIDATION-END {vid} 3\r\n");
+        let (status, message) = console_validation(&failed, vid);
+        assert_eq!(status, ValidationStatus::Failed);
+        assert!(message
+            .unwrap()
+            .starts_with("the validation script exited with status 3"));
+        // Another validation's markers say nothing of this one.
+        let other = format!("{boot}TERN-VALIDATION-BEGIN val-1\r\nTERN-VALIDATION-END val-1 0\r\n");
+        assert_eq!(console_validation(&other, vid).0, ValidationStatus::Pending);
+        // A long output keeps its end, within SMS's 2500 characters.
+        let long = format!(
+            "{started}{}\r\nlast line\r\nTERN-VALIDATION-END {vid} 1\r\n",
+            "x".repeat(5000)
+        );
+        let message = console_validation(&long, vid).1.unwrap();
+        assert!(
+            message.chars().count() <= MAX_STATUS_MESSAGE && message.ends_with("last line"),
+            "{}",
+            message.len()
+        );
     }
 
     #[test]
