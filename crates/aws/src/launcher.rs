@@ -7,6 +7,7 @@
 //! | `create_stack` | CreateStack: the template as compact JSON `TemplateBody`, `RoleARN` from the role name and the deployment's account, a `ClientRequestToken` derived from the stack name, the deployment's `tern:managed-by` tag | `AlreadyExistsException` → DescribeStacks by name, its id (idempotent by name) |
 //! | `stack_state` | DescribeStacks by stack id; for a failed stack also DescribeStackEvents, whose first failed resource of the last operation is added to the stack's reason | a stack that no longer exists → `DeleteComplete` |
 //! | `delete_stack` | DeleteStack by stack id | a stack that no longer exists → success |
+//! | `console_output` | DescribeStackResource (the instance's id), then EC2 GetConsoleOutput (latest) | no stack, resource or instance yet → none |
 //!
 //! Throttling, timeouts, dropped connections and 5xx answers are `Transient`; everything else
 //! (access denied, a template CloudFormation refuses, a launch role it may not assume) is
@@ -44,11 +45,24 @@ pub struct CfnLauncherSettings {
 pub struct CfnLauncher {
     client: Client,
     settings: CfnLauncherSettings,
+    /// Reads the instances' consoles (GetAppValidationOutput's USERDATA validations).
+    ec2: Option<aws_sdk_ec2::Client>,
 }
 
 impl CfnLauncher {
     pub fn new(client: Client, settings: CfnLauncherSettings) -> Self {
-        Self { client, settings }
+        Self {
+            client,
+            settings,
+            ec2: None,
+        }
+    }
+
+    /// Reads the stack instances' serial consoles with this EC2 client (without one,
+    /// `console_output` answers none).
+    pub fn with_ec2(mut self, ec2: aws_sdk_ec2::Client) -> Self {
+        self.ec2 = Some(ec2);
+        self
     }
 
     /// The ARN of the launch role `role` (a role name, or already an ARN).
@@ -365,6 +379,55 @@ impl Launcher for CfnLauncher {
             Err(e) if is_gone(&e) => Ok(()),
             Err(e) => Err(launch_error("DeleteStack", &e)),
         }
+    }
+
+    async fn console_output(
+        &self,
+        stack_id: &str,
+        logical_id: &str,
+    ) -> Result<Option<String>, LaunchError> {
+        let Some(ec2) = &self.ec2 else {
+            return Ok(None);
+        };
+        let resource = match self
+            .client
+            .describe_stack_resource()
+            .stack_name(stack_id)
+            .logical_resource_id(logical_id)
+            .send()
+            .await
+        {
+            Ok(r) => r,
+            Err(e) if is_gone(&e) || e.code() == Some("ValidationError") => return Ok(None),
+            Err(e) => return Err(launch_error("DescribeStackResource", &e)),
+        };
+        let Some(instance) = resource
+            .stack_resource_detail()
+            .and_then(|d| d.physical_resource_id())
+            .filter(|id| id.starts_with("i-"))
+        else {
+            return Ok(None);
+        };
+        let out = match ec2
+            .get_console_output()
+            .instance_id(instance)
+            .latest(true)
+            .send()
+            .await
+        {
+            Ok(o) => o,
+            Err(e) if e.code().is_some_and(|c| c.starts_with("InvalidInstanceID")) => {
+                return Ok(None)
+            }
+            Err(e) => return Err(launch_error("GetConsoleOutput", &e)),
+        };
+        use base64::Engine;
+        Ok(out.output().map(|b64| {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(b64.trim())
+                .unwrap_or_else(|_| b64.as_bytes().to_vec());
+            String::from_utf8_lossy(&bytes).into_owned()
+        }))
     }
 }
 

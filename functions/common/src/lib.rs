@@ -177,16 +177,20 @@ pub fn images(aws: &aws_config::SdkConfig, settings: &Settings) -> Arc<dyn Image
 
 /// LaunchApp's launcher: CloudFormation stacks in the function's account and region, run as
 /// the launch role the application's launch configuration names
-/// (`arn:…:iam::TERN_ACCOUNT_ID:role/<roleName>`), tagged with the table's name as images are.
+/// (`arn:…:iam::TERN_ACCOUNT_ID:role/<roleName>`), tagged with the table's name as images are;
+/// it reads the instances' consoles with EC2 (GetConsoleOutput) for USERDATA validations.
 pub fn launcher(aws: &aws_config::SdkConfig, settings: &Settings) -> Arc<dyn Launcher> {
-    Arc::new(CfnLauncher::new(
-        aws_sdk_cloudformation::Client::new(aws),
-        CfnLauncherSettings {
-            account_id: settings.account_id.clone(),
-            region: settings.region.clone(),
-            managed_by: format!("tern:{}", settings.table_name),
-        },
-    ))
+    Arc::new(
+        CfnLauncher::new(
+            aws_sdk_cloudformation::Client::new(aws),
+            CfnLauncherSettings {
+                account_id: settings.account_id.clone(),
+                region: settings.region.clone(),
+                managed_by: format!("tern:{}", settings.table_name),
+            },
+        )
+        .with_ec2(aws_sdk_ec2::Client::new(aws)),
+    )
 }
 
 /// The use cases a replication Lambda runs, wired to the stack's resources.

@@ -21,6 +21,7 @@ fn launcher(config: &aws_config::SdkConfig) -> CfnLauncher {
             managed_by: "tern:tests".into(),
         },
     )
+    .with_ec2(aws_sdk_ec2::Client::new(config))
 }
 
 /// An AMI over a snapshot of a fresh volume, as a replication run registers one.
@@ -252,6 +253,26 @@ async fn launcher_creates_finds_again_and_deletes_a_stack_of_instances() {
         .unwrap();
     assert_eq!(again, id);
     assert_eq!(instances_of(&ec2, &id).await.len(), 2);
+
+    // An instance's console, by its logical id (moto's GetConsoleOutput answers a sample boot
+    // log); a logical id the stack does not have, and a launcher without EC2, read none.
+    let console = l.console_output(&id, "Web").await.unwrap();
+    assert!(
+        console
+            .as_deref()
+            .is_some_and(|c| c.contains("Linux version")),
+        "{console:?}"
+    );
+    assert_eq!(l.console_output(&id, "NoSuchServer").await.unwrap(), None);
+    let without_ec2 = CfnLauncher::new(
+        aws_sdk_cloudformation::Client::new(&config),
+        CfnLauncherSettings {
+            account_id: "123456789012".into(),
+            region: "us-east-1".into(),
+            managed_by: "tern:tests".into(),
+        },
+    );
+    assert_eq!(without_ec2.console_output(&id, "Web").await.unwrap(), None);
 
     // Deleted, its instances terminated; deleting again and asking again change nothing.
     l.delete_stack(&id).await.unwrap();

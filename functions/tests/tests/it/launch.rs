@@ -125,6 +125,14 @@ impl Launcher for Settling {
         self.settle_after(2, StackState::DeleteInProgress);
         Ok(())
     }
+
+    async fn console_output(
+        &self,
+        stack_id: &str,
+        logical_id: &str,
+    ) -> Result<Option<String>, LaunchError> {
+        self.inner.console_output(stack_id, logical_id).await
+    }
 }
 
 /// An AMI over a snapshot, as a replication run registers one.
@@ -234,13 +242,21 @@ async fn replicated_app(
         .send()
         .await
         .unwrap();
-    s3.put_object()
-        .bucket("tern-staging")
-        .key("scripts/web.sh")
-        .body(b"#!/bin/sh\necho web\n".to_vec().into())
-        .send()
-        .await
-        .unwrap();
+    for (key, body) in [
+        ("scripts/web.sh", "#!/bin/sh\necho web\n"),
+        (
+            "scripts/web-check.sh",
+            "#!/bin/sh\ncurl -fs http://localhost/\n",
+        ),
+    ] {
+        s3.put_object()
+            .bucket("tern-staging")
+            .key(key)
+            .body(body.as_bytes().to_vec().into())
+            .send()
+            .await
+            .unwrap();
+    }
     // The catalog: two VMs reported by a connector.
     let registered = connector(
         h,
@@ -407,6 +423,39 @@ async fn launch_app_and_terminate_app_through_the_api_handler_on_cloudformation(
     let _ = std::io::Write::write_fmt(
         &mut std::io::stderr(),
         format_args!("LaunchApp to LAUNCHED through the api handler on moto: {took:?}\n"),
+    );
+
+    // A USERDATA validation of the web server is read from its instance's console (DescribeStack
+    // Resource, then EC2 GetConsoleOutput): moto's sample console shows no markers of it, so it
+    // is PENDING (the console was read), not READY_FOR_VALIDATION.
+    let app = admin(&h, "GetApp", json!({"appId": app_id})).await;
+    let web_group = app["serverGroups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["serverList"][0]["serverId"] == web.as_str())
+        .and_then(|g| g["serverGroupId"].as_str())
+        .unwrap()
+        .to_owned();
+    admin(
+        &h,
+        "PutAppValidationConfiguration",
+        json!({"appId": app_id, "serverGroupValidationConfigurations": [
+            {"serverGroupId": web_group, "serverValidationConfigurations": [
+                {"server": {"serverId": web}, "name": "web-up", "serverValidationStrategy": "USERDATA",
+                 "userDataValidationParameters": {"scriptType": "SHELL_SCRIPT",
+                     "source": {"s3Location": {"bucket": "tern-staging", "key": "scripts/web-check.sh"}}}}]}]}),
+    )
+    .await;
+    let out = admin(&h, "GetAppValidationOutput", json!({"appId": app_id})).await;
+    let v = &out["validationOutputList"][0];
+    assert_eq!(v["status"], "PENDING", "{out}");
+    assert!(
+        v["statusMessage"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("waiting for the instance"),
+        "{out}"
     );
 
     // CloudFormation ran it as the launch role, tagged as this deployment's.
