@@ -56,7 +56,8 @@ fn permissions() -> serde_json::Value {
         // report_progress heartbeats the waiting task; work_failed fails it; DeleteReplicationJob
         // tears the run down; GenerateTemplate writes templates and reads user data; LaunchApp
         // and TerminateApp create, follow and delete the application's stack as its launch
-        // role (CfnLauncher, crates/aws/src/launcher.rs).
+        // role (CfnLauncher, crates/aws/src/launcher.rs); GetAppValidationOutput reads its
+        // instances' consoles.
         "ApiFunction": with_teardown(&[
             "states:SendTaskHeartbeat",
             "states:SendTaskFailure",
@@ -64,7 +65,9 @@ fn permissions() -> serde_json::Value {
             "cloudformation:CreateStack",
             "cloudformation:DescribeStacks",
             "cloudformation:DescribeStackEvents",
+            "cloudformation:DescribeStackResource",
             "cloudformation:DeleteStack",
+            "ec2:GetConsoleOutput",
             "iam:PassRole",
         ]),
         "PrepareFunction": with(&[]),
