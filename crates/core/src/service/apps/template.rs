@@ -443,12 +443,12 @@ impl Service {
             let validations: Vec<&ServerValidation> = app
                 .validation_configuration
                 .iter()
-                .flat_map(|v| v.server_group_validations.iter())
-                .flat_map(|g| g.servers.iter())
-                .filter(|v| {
-                    v.server_id.as_deref() == Some(p.server.server_id.as_str())
+                .flat_map(|v| v.server_validations())
+                .filter(|(_, sid, v)| {
+                    *sid == p.server.server_id
                         && v.server_validation_strategy == Some(ServerValidationStrategy::Userdata)
                 })
+                .map(|(_, _, v)| v)
                 .collect();
             if let Some(u) = user_data(staging, &p.server.server_id, &c, &validations).await? {
                 props.insert("UserData".into(), json!({"Fn::Base64": u}));

@@ -428,12 +428,18 @@ impl ValidationConfiguration {
         self.app_validations
             .iter()
             .filter_map(|v| v.validation_id.as_deref())
-            .chain(
-                self.server_group_validations
-                    .iter()
-                    .flat_map(|g| g.servers.iter())
-                    .filter_map(|v| v.validation_id.as_deref()),
-            )
+            .chain(self.server_validations().map(|(vid, _, _)| vid))
+    }
+
+    /// The server-level validations that name their id and server: (validation id, server
+    /// id, the validation).
+    pub(super) fn server_validations(
+        &self,
+    ) -> impl Iterator<Item = (&str, &str, &ServerValidation)> {
+        self.server_group_validations
+            .iter()
+            .flat_map(|g| g.servers.iter())
+            .filter_map(|v| Some((v.validation_id.as_deref()?, v.server_id.as_deref()?, v)))
     }
 }
 
@@ -551,15 +557,8 @@ impl Service {
                 out.push(output(vid, &v.name, None));
             }
         }
-        for v in config
-            .server_group_validations
-            .iter()
-            .flat_map(|g| g.servers.iter())
-        {
-            let (Some(vid), Some(sid)) = (&v.validation_id, &v.server_id) else {
-                continue;
-            };
-            let Some(s) = app.servers().find(|s| &s.server_id == sid) else {
+        for (vid, sid, v) in config.server_validations() {
+            let Some(s) = app.servers().find(|s| s.server_id == sid) else {
                 continue;
             };
             out.push(output(
@@ -596,14 +595,7 @@ impl Service {
                 .and_then(|s| s.logical_id.clone())
                 .unwrap_or_else(|| super::launch::default_logical_id(sid))
         };
-        for v in config
-            .server_group_validations
-            .iter()
-            .flat_map(|g| g.servers.iter())
-        {
-            let (Some(vid), Some(sid)) = (&v.validation_id, &v.server_id) else {
-                continue;
-            };
+        for (vid, sid, v) in config.server_validations() {
             if v.server_validation_strategy != Some(ServerValidationStrategy::Userdata) {
                 continue;
             }
@@ -617,7 +609,7 @@ impl Service {
             };
             let (status, message) = console_validation(&console, vid);
             out.insert(
-                vid.clone(),
+                vid.to_string(),
                 RecordedValidation {
                     status,
                     status_message: message,
