@@ -320,6 +320,8 @@ mod tests {
         fail_create: Option<String>,
         state: Mutex<Option<StackState>>,
         templates: Mutex<Vec<Value>>,
+        /// Every instance's console, once set.
+        console: Mutex<Option<String>>,
     }
 
     #[async_trait]
@@ -349,6 +351,13 @@ mod tests {
         async fn delete_stack(&self, _id: &str) -> std::result::Result<(), LaunchError> {
             *self.state.lock().unwrap() = Some(StackState::DeleteComplete);
             Ok(())
+        }
+        async fn console_output(
+            &self,
+            _stack: &str,
+            _logical_id: &str,
+        ) -> std::result::Result<Option<String>, LaunchError> {
+            Ok(self.console.lock().unwrap().clone())
         }
     }
 
@@ -423,6 +432,99 @@ mod tests {
     async fn status(svc: &Service, id: &str) -> (AppLaunchStatus, Option<String>) {
         let s = svc.get_app(id).await.unwrap().summary;
         (s.launch_status, s.launch_status_message)
+    }
+
+    #[tokio::test]
+    async fn a_userdata_validation_runs_in_its_instance_and_its_outcome_is_announced_once() {
+        let (svc, id) = world().await;
+        let vid = "val-00000000000000001";
+        let mut a = svc.app(&id).await.unwrap();
+        a.value.validation_configuration = Some(ValidationConfiguration {
+            server_group_validations: vec![ServerGroupValidation {
+                server_group_id: Some(a.value.server_groups[0].server_group_id.clone()),
+                servers: vec![ServerValidation {
+                    server_id: Some("s-a".into()),
+                    validation_id: Some(vid.into()),
+                    name: Some("web-up".into()),
+                    server_validation_strategy: Some(ServerValidationStrategy::Userdata),
+                    user_data_validation_parameters: Some(UserDataValidationParameters {
+                        source: Some(S3Location::new("b", "check.sh")),
+                        script_type: Some(ScriptType::ShellScript),
+                    }),
+                }],
+            }],
+            ..Default::default()
+        });
+        let w = put(keys::app(&id), &a.value, a.expect()).unwrap();
+        svc.store.write(w).await.unwrap();
+        let staging = FakeStaging::default();
+        staging
+            .0
+            .lock()
+            .unwrap()
+            .insert("check.sh".into(), b"curl -fs localhost".to_vec());
+        let l = FakeLauncher::default();
+        svc.launch_app(&l, &staging, &id).await.unwrap();
+        // The script is in the server's user data, between its markers.
+        let t = l.templates.lock().unwrap()[0].clone();
+        let ud = t["Resources"]["Serversa"]["Properties"]["UserData"]["Fn::Base64"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            ud.contains("curl -fs localhost") && ud.contains(vid),
+            "{ud}"
+        );
+        let out = |svc: &Service| {
+            let svc = svc.clone();
+            let id = id.clone();
+            let l = &l;
+            async move {
+                let o = svc.get_app_validation_output(Some(l), &id).await.unwrap();
+                (o[0].status, o[0].status_message.clone())
+            }
+        };
+        let events = |svc: &Service| {
+            let svc = svc.clone();
+            async move {
+                svc.store
+                    .query(keys::OUTBOX, "", None, 100)
+                    .await
+                    .unwrap()
+                    .items
+                    .into_iter()
+                    .filter(|i| i.key.sk.contains(".validation."))
+                    .count()
+            }
+        };
+        assert_eq!(out(&svc).await.0, ValidationStatus::ReadyForValidation);
+        *l.console.lock().unwrap() = Some("SeaBIOS\r\nTERN-BOOT-MARKER 6.1\r\n".into());
+        assert_eq!(out(&svc).await.0, ValidationStatus::Pending);
+        assert_eq!(events(&svc).await, 0);
+        *l.console.lock().unwrap() = Some(format!(
+            "TERN-BOOT-MARKER 6.1\r\nTERN-VALIDATION-BEGIN {vid}\r\nok\r\nTERN-VALIDATION-END {vid} 0\r\n"
+        ));
+        let (status, message) = out(&svc).await;
+        assert_eq!(status, ValidationStatus::Succeeded);
+        assert_eq!(
+            message.as_deref(),
+            Some("the validation script exited with status 0: ok")
+        );
+        assert_eq!(events(&svc).await, 1);
+        // Read again later: recorded once (its time stays), announced once.
+        let recorded = svc.app(&id).await.unwrap().value.validation_outputs[vid].clone();
+        let later = Service {
+            clock: Arc::new(ManualClock::new(
+                OffsetDateTime::UNIX_EPOCH + time::Duration::hours(1),
+            )),
+            ..svc.clone()
+        };
+        assert_eq!(out(&later).await.0, ValidationStatus::Succeeded);
+        assert_eq!(
+            svc.app(&id).await.unwrap().value.validation_outputs[vid],
+            recorded
+        );
+        assert_eq!(events(&svc).await, 1);
     }
 
     #[tokio::test]

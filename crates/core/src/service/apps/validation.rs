@@ -13,8 +13,8 @@
 //! between console markers (`TERN-VALIDATION-BEGIN <id>` … `TERN-VALIDATION-END <id>
 //! <status>`), and GetAppValidationOutput reads the instance's console through the launcher:
 //! PENDING until the script starts, IN_PROGRESS while it runs, SUCCEEDED or FAILED (with the
-//! exit status and the end of its output) once it ended. A notified outcome newer than the
-//! launch wins. Until either a validation is READY_FOR_VALIDATION. App-level SSM validations
+//! exit status and the end of its output) once it ended — then recorded as a report would be,
+//! and announced by one event per launch. A notified outcome newer than the launch wins. Until either a validation is READY_FOR_VALIDATION. App-level SSM validations
 //! are not run by Tern yet.
 
 use super::launch::check_s3_location;
@@ -127,6 +127,32 @@ pub struct ValidationOutputView {
     pub status_message: Option<String>,
     pub latest_validation_time: Option<OffsetDateTime>,
     pub server: Option<AppServerView>,
+}
+
+/// The outbox entry announcing a validation's outcome ("Server Migration App State Change",
+/// `state-type` validation), under event id `event_id`.
+fn validation_change(
+    app: &App,
+    vid: &str,
+    status: ValidationStatus,
+    message: Option<String>,
+    event_id: String,
+    now: OffsetDateTime,
+) -> crate::replication::outbox::StateChange {
+    crate::replication::outbox::StateChange::App(crate::replication::outbox::AppChange {
+        id: event_id,
+        detail: crate::events::AppStateChange {
+            validation_id: Some(vid.to_string()),
+            status_message: message,
+            ..crate::events::AppStateChange::new(
+                &app.app_id,
+                app.name.as_deref(),
+                "validation",
+                status.as_str(),
+            )
+        },
+        time: now,
+    })
 }
 
 /// What an instance's console shows of validation `vid`: its status, and for one that ended,
@@ -533,6 +559,25 @@ impl Service {
             Some(l) => self.validations_on_consoles(l, &app, config).await,
             None => HashMap::new(),
         };
+        // An outcome that ended is recorded and announced (once per launch).
+        let mut recorded = false;
+        for (vid, seen) in &from_consoles {
+            if matches!(
+                seen.status,
+                ValidationStatus::Succeeded | ValidationStatus::Failed
+            ) {
+                self.record_console_outcome(&id, vid, seen).await?;
+                recorded = true;
+            }
+        }
+        let app = if recorded {
+            self.app(&id).await?.value
+        } else {
+            app
+        };
+        let Some(config) = &app.validation_configuration else {
+            return Ok(Vec::new());
+        };
         let output = |vid: &str, name: &Option<String>, server: Option<AppServerView>| {
             let notified = app.validation_outputs.get(vid);
             let seen = from_consoles.get(vid);
@@ -620,6 +665,58 @@ impl Service {
         out
     }
 
+    /// Records the outcome of a USERDATA validation that ended, as its console showed it: once
+    /// per launch (`seen.time` is the launch's), as a NotifyAppValidationOutput would, announced
+    /// by one event whose id names the launch. An outcome recorded since the launch (a report,
+    /// or an earlier read) is left alone.
+    async fn record_console_outcome(
+        &self,
+        id: &str,
+        vid: &str,
+        seen: &RecordedValidation,
+    ) -> Result<()> {
+        retrying!(self, id, async {
+            let stored = self.app(id).await?;
+            if stored
+                .value
+                .validation_outputs
+                .get(vid)
+                .is_some_and(|r| r.time >= seen.time)
+            {
+                return Ok(());
+            }
+            let mut app = stored.value.clone();
+            let now = self.now();
+            app.validation_outputs.insert(
+                vid.to_string(),
+                RecordedValidation {
+                    time: now,
+                    ..seen.clone()
+                },
+            );
+            app.last_modified = now;
+            let change = validation_change(
+                &app,
+                vid,
+                seen.status,
+                seen.status_message.clone(),
+                format!(
+                    "{id}.validation.{vid}.{}.launch.{}",
+                    seen.status,
+                    seen.time.unix_timestamp_nanos()
+                ),
+                now,
+            );
+            self.store
+                .transact(vec![
+                    put(keys::app(id), &app, stored.expect())?,
+                    change.write()?,
+                ])
+                .await?;
+            Ok(())
+        })
+    }
+
     /// NotifyAppValidationOutput: records the reported status and message of one of the
     /// application's validations, with the time of the report.
     #[tracing::instrument(name = "notify_app_validation_output", skip(self, ctx))]
@@ -668,24 +765,16 @@ impl Service {
             app.last_modified = self.now();
             let now = self.now();
             // One event per report: the report's time is in the id.
-            let change = crate::replication::outbox::StateChange::App(
-                crate::replication::outbox::AppChange {
-                    id: format!(
-                        "{id}.validation.{vid}.{status}.{}",
-                        now.unix_timestamp_nanos()
-                    ),
-                    detail: crate::events::AppStateChange {
-                        validation_id: Some(vid.to_string()),
-                        status_message: ctx.status_message.clone(),
-                        ..crate::events::AppStateChange::new(
-                            &id,
-                            app.name.as_deref(),
-                            "validation",
-                            status.as_str(),
-                        )
-                    },
-                    time: now,
-                },
+            let change = validation_change(
+                &app,
+                vid,
+                status,
+                ctx.status_message.clone(),
+                format!(
+                    "{id}.validation.{vid}.{status}.{}",
+                    now.unix_timestamp_nanos()
+                ),
+                now,
             );
             self.store
                 .transact(vec![
