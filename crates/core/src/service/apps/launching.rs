@@ -272,6 +272,16 @@ impl Service {
                         tracing::warn!(app_id = %app.app_id, error = %e, "cannot follow the launch's stack");
                     }
                 }
+                // So are its USERDATA validations, until each ended: their outcomes are then
+                // recorded and announced without anyone asking for them.
+                if l.status == AppLaunchStatus::Launched && awaits_validation(app, l) {
+                    if let Err(e) = self
+                        .get_app_validation_output(Some(launcher), &app.app_id)
+                        .await
+                    {
+                        tracing::warn!(app_id = %app.app_id, error = %e, "cannot follow the application's validations");
+                    }
+                }
                 continue;
             }
             if !asked {
@@ -299,6 +309,22 @@ impl Service {
         }
         launched
     }
+}
+
+/// Whether a launched application has a USERDATA validation with no outcome since `launch`.
+fn awaits_validation(app: &App, launch: &AppLaunch) -> bool {
+    let Some(config) = &app.validation_configuration else {
+        return false;
+    };
+    config.server_validations().any(|(vid, _, v)| {
+        v.server_validation_strategy == Some(ServerValidationStrategy::Userdata)
+            && !app.validation_outputs.get(vid).is_some_and(|r| {
+                matches!(
+                    r.status,
+                    ValidationStatus::Succeeded | ValidationStatus::Failed
+                ) && launch.latest_launch_time.is_none_or(|t| r.time >= t)
+            })
+    })
 }
 
 #[cfg(test)]
@@ -504,6 +530,18 @@ mod tests {
         *l.console.lock().unwrap() = Some(format!(
             "TERN-BOOT-MARKER 6.1\r\nTERN-VALIDATION-BEGIN {vid}\r\nok\r\nTERN-VALIDATION-END {vid} 0\r\n"
         ));
+        // The scheduler's tick follows the launched application's validation: the outcome is
+        // recorded and announced before anyone asks for it.
+        *l.state.lock().unwrap() = Some(StackState::CreateComplete);
+        svc.sync_launch(&l, &id).await.unwrap();
+        assert!(svc.auto_launch(&l, &staging).await.is_empty());
+        assert_eq!(events(&svc).await, 1);
+        let a = svc.app(&id).await.unwrap().value;
+        assert_eq!(
+            a.validation_outputs[vid].status,
+            ValidationStatus::Succeeded
+        );
+        assert!(!awaits_validation(&a, a.launch.as_ref().unwrap()));
         let (status, message) = out(&svc).await;
         assert_eq!(status, ValidationStatus::Succeeded);
         assert_eq!(
