@@ -37,6 +37,7 @@ pub use prepared::{PreparedObject, PreparedRun};
 pub(crate) use produce::take_map;
 use produce::{prepare_changes, produce, SourceRead};
 use state::JobState;
+pub(crate) use state::{read_json, write_atomic};
 use stream::LimitExceeded;
 use upload::{Limiter, PartCounts, Target};
 

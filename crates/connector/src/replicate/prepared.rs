@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use tern_disk::blockmap::BlockMap;
 
 use super::manifest::ObjectKind;
-use super::state::{write_atomic, JobState};
+use super::state::{read_json, write_atomic, JobState};
 use super::stream::PartSink;
 use super::ReplicateError;
 use crate::changed::Changes;
@@ -87,19 +87,10 @@ fn record_path(dir: &Path) -> PathBuf {
 
 /// The prepared run recorded in `dir`, if its preparation finished.
 pub fn load(dir: &Path) -> Result<Option<PreparedRun>, ReplicateError> {
-    let path = record_path(dir);
-    match fs::read(&path) {
-        Ok(bytes) => {
-            serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| ReplicateError::StateCorrupt {
-                    path,
-                    detail: format!("{e}; delete the folder to prepare the run again"),
-                })
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(ReplicateError::State { path, source }),
-    }
+    read_json(
+        &record_path(dir),
+        "delete the folder to prepare the run again",
+    )
 }
 
 /// Records a prepared run whose objects are written (syncing them first).

@@ -77,6 +77,30 @@ fn state_err(path: &Path) -> impl Fn(std::io::Error) -> ReplicateError + '_ {
 
 /// Writes `bytes` to `path` through a temporary file in the same folder, synced before the
 /// rename so a crash cannot leave a renamed but empty file.
+/// A JSON state file, `None` when there is none; a file that does not parse is
+/// [`ReplicateError::StateCorrupt`], with `hint` (what to do) added when not empty.
+pub fn read_json<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    hint: &str,
+) -> Result<Option<T>, ReplicateError> {
+    match fs::read(path) {
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| ReplicateError::StateCorrupt {
+                    path: path.to_path_buf(),
+                    detail: if hint.is_empty() {
+                        e.to_string()
+                    } else {
+                        format!("{e}; {hint}")
+                    },
+                })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(state_err(path)(e)),
+    }
+}
+
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ReplicateError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir).map_err(state_err(dir))?;
@@ -132,16 +156,7 @@ impl JobState {
     /// The run whose maps are the kept ones, if any run was ever confirmed.
     pub fn committed_run(&self) -> Result<Option<String>, ReplicateError> {
         let path = self.job_dir.join("committed.json");
-        match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice::<Committed>(&bytes)
-                .map(|c| Some(c.run_id))
-                .map_err(|e| ReplicateError::StateCorrupt {
-                    path,
-                    detail: e.to_string(),
-                }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(state_err(&path)(e)),
-        }
+        Ok(read_json::<Committed>(&path, "")?.map(|c| c.run_id))
     }
 
     /// The kept block map of `disk`; `None` when there is none (the next run is a seed).
@@ -186,19 +201,7 @@ impl JobState {
         run_id: &str,
         disk: usize,
     ) -> Result<Option<UploadRecord>, ReplicateError> {
-        let path = self.upload_path(run_id, disk);
-        match fs::read(&path) {
-            Ok(bytes) => {
-                serde_json::from_slice(&bytes)
-                    .map(Some)
-                    .map_err(|e| ReplicateError::StateCorrupt {
-                        path,
-                        detail: e.to_string(),
-                    })
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(state_err(&path)(e)),
-        }
+        read_json(&self.upload_path(run_id, disk), "")
     }
 
     pub fn save_upload(

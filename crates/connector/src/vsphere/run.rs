@@ -601,10 +601,16 @@ struct KeptChangeIds {
 }
 
 /// The change ids kept with confirmed run `base` of `job_id`, one per disk (empty when none).
+fn change_ids_path(state_dir: &Path, job_id: &str) -> std::path::PathBuf {
+    state_dir.join("jobs").join(job_id).join(CHANGE_IDS)
+}
+
 fn kept_change_ids(state_dir: &Path, job_id: &str, base: &str) -> Vec<Option<String>> {
-    std::fs::read(state_dir.join("jobs").join(job_id).join(CHANGE_IDS))
+    let path = change_ids_path(state_dir, job_id);
+    // An unreadable record makes the next run compare every block: slower, never wrong.
+    crate::replicate::read_json::<KeptChangeIds>(&path, "")
         .ok()
-        .and_then(|b| serde_json::from_slice::<KeptChangeIds>(&b).ok())
+        .flatten()
         .filter(|k| k.run_id == base)
         .map(|k| k.change_ids)
         .unwrap_or_default()
@@ -613,17 +619,13 @@ fn kept_change_ids(state_dir: &Path, job_id: &str, base: &str) -> Vec<Option<Str
 /// After run `run_id` of `job_id` (prepared as `run`) is confirmed: its disks' change ids are
 /// kept for the next run, and the prepared folders of the job's other runs go.
 pub fn after_commit(state_dir: &Path, job_id: &str, run_id: &str, run: &PreparedRun) {
-    let path = state_dir.join("jobs").join(job_id).join(CHANGE_IDS);
+    let path = change_ids_path(state_dir, job_id);
     let kept = KeptChangeIds {
         run_id: run_id.into(),
         change_ids: run.disks.iter().map(|d| d.change_id.clone()).collect(),
     };
-    let tmp = path.with_extension("json.tmp");
-    let written = serde_json::to_vec(&kept)
-        .map_err(std::io::Error::other)
-        .and_then(|b| std::fs::write(&tmp, b))
-        .and_then(|_| std::fs::rename(&tmp, &path));
-    if let Err(e) = written {
+    let bytes = serde_json::to_vec(&kept).expect("change ids serialise");
+    if let Err(e) = crate::replicate::write_atomic(&path, &bytes) {
         // The next run then compares every block: slower, never wrong.
         tracing::warn!(path = %path.display(), error = %e, "could not keep the run's change ids");
     }
