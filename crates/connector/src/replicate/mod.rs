@@ -214,6 +214,36 @@ pub struct Progress {
     pub note: Option<String>,
 }
 
+impl Progress {
+    /// A `Preparing` report (before any byte is uploaded), saying `note`.
+    pub fn preparing(note: Option<String>) -> Progress {
+        Progress {
+            stage: Stage::Preparing,
+            disk: None,
+            percent: 0.0,
+            bytes_done: 0,
+            bytes_total: None,
+            virtual_total: 0,
+            note,
+        }
+    }
+}
+
+/// Refuses work for a run that is already confirmed (its maps are the kept ones): redoing it
+/// would make a second image of the same run.
+pub(crate) fn ensure_uncommitted(
+    state_dir: &Path,
+    work: &ReplicationWork,
+) -> Result<(), ReplicateError> {
+    if committed_run(state_dir, &work.job_id)?.as_deref() == Some(work.run_id.as_str()) {
+        return Err(ReplicateError::AlreadyCommitted {
+            job_id: work.job_id.clone(),
+            run_id: work.run_id.clone(),
+        });
+    }
+    Ok(())
+}
+
 /// What one disk's upload did in this call.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -472,21 +502,8 @@ pub async fn run(
 ) -> Result<RunOutcome, ReplicateError> {
     check(work, &ctx.options)?;
     let state = JobState::new(&ctx.state_dir, &work.job_id);
-    if state.committed_run()?.as_deref() == Some(work.run_id.as_str()) {
-        return Err(ReplicateError::AlreadyCommitted {
-            job_id: work.job_id.clone(),
-            run_id: work.run_id.clone(),
-        });
-    }
-    progress(Progress {
-        stage: Stage::Preparing,
-        disk: None,
-        percent: 0.0,
-        bytes_done: 0,
-        bytes_total: None,
-        virtual_total: 0,
-        note: None,
-    });
+    ensure_uncommitted(&ctx.state_dir, work)?;
+    progress(Progress::preparing(None));
     // Every source is opened before anything is uploaded, so a missing or unreadable disk
     // fails the run at once instead of after the disks before it.
     let disks = work

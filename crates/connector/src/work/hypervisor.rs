@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::{Worker, PROGRESS_EVERY};
-use crate::replicate::{self, DiskSource, PreparedRun, Progress, ReplicateError, Stage};
+use crate::replicate::{self, DiskSource, PreparedRun, Progress, ReplicateError};
 
 /// The VM a run's disks belong to, when a hypervisor serves them.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,14 +44,7 @@ impl Worker {
         let Some(vm) = vm else {
             return Ok(None);
         };
-        if replicate::committed_run(self.state_dir(), &work.job_id)?.as_deref()
-            == Some(work.run_id.as_str())
-        {
-            return Err(ReplicateError::AlreadyCommitted {
-                job_id: work.job_id.clone(),
-                run_id: work.run_id.clone(),
-            });
-        }
+        replicate::ensure_uncommitted(self.state_dir(), work)?;
         let prepared = self.read_vm(work, vm, progress).await?;
         work.disks = prepared
             .disks
@@ -90,18 +83,10 @@ impl Worker {
                 done = &mut task => {
                     return done.map_err(|e| ReplicateError::Internal(format!("reading {what}: {e}")))?;
                 }
-                _ = every.tick() => progress(Progress {
-                    stage: Stage::Preparing,
-                    disk: None,
-                    percent: 0.0,
-                    bytes_done: 0,
-                    bytes_total: None,
-                    virtual_total: 0,
-                    note: Some(format!(
-                        "reading {what}: {} MiB read",
-                        read.load(Ordering::Relaxed) >> 20
-                    )),
-                }),
+                _ = every.tick() => progress(Progress::preparing(Some(format!(
+                    "reading {what}: {} MiB read",
+                    read.load(Ordering::Relaxed) >> 20
+                )))),
             }
         }
     }
