@@ -17,6 +17,8 @@
 //! and announced by one event per launch. A notified outcome newer than the launch wins. Until either a validation is READY_FOR_VALIDATION. App-level SSM validations
 //! are not run by Tern yet.
 
+mod console;
+
 use super::launch::check_s3_location;
 use super::*;
 
@@ -153,50 +155,6 @@ fn validation_change(
         },
         time: now,
     })
-}
-
-/// What an instance's console shows of validation `vid`: its status, and for one that ended,
-/// its exit status and the last lines of its output (within SMS's 2500 characters).
-pub(super) fn console_validation(console: &str, vid: &str) -> (ValidationStatus, Option<String>) {
-    use super::template::{VALIDATION_BEGIN, VALIDATION_END};
-    let begin = format!("{VALIDATION_BEGIN} {vid}");
-    let end = format!("{VALIDATION_END} {vid} ");
-    let lines: Vec<&str> = console.lines().map(|l| l.trim_end_matches('\r')).collect();
-    let Some(start) = lines.iter().position(|l| l.trim() == begin) else {
-        return (
-            ValidationStatus::Pending,
-            Some("waiting for the instance to run the validation script".into()),
-        );
-    };
-    let Some(stop) = lines[start..]
-        .iter()
-        .position(|l| l.trim().starts_with(&end))
-    else {
-        return (ValidationStatus::InProgress, None);
-    };
-    let code = lines[start + stop].trim()[end.len()..].trim().to_string();
-    let output = lines[start + 1..start + stop].join("\n");
-    let head = if code == "0" {
-        "the validation script exited with status 0".to_string()
-    } else {
-        format!("the validation script exited with status {code}")
-    };
-    let room = MAX_STATUS_MESSAGE.saturating_sub(head.len() + 2);
-    let tail: String = {
-        let chars: Vec<char> = output.chars().collect();
-        chars[chars.len().saturating_sub(room)..].iter().collect()
-    };
-    let message = if tail.trim().is_empty() {
-        head
-    } else {
-        format!("{head}: {tail}")
-    };
-    let status = if code == "0" {
-        ValidationStatus::Succeeded
-    } else {
-        ValidationStatus::Failed
-    };
-    (status, Some(message))
 }
 
 /// The model's `NonEmptyStringWithMaxLen255`: 1..255 characters, no whitespace.
@@ -615,108 +573,6 @@ impl Service {
         Ok(out)
     }
 
-    /// The outcomes the consoles of a launched application's instances show for its USERDATA
-    /// validations, by validation id. A console that cannot be read shows nothing.
-    async fn validations_on_consoles(
-        &self,
-        launcher: &dyn crate::launcher::Launcher,
-        app: &App,
-        config: &ValidationConfiguration,
-    ) -> HashMap<String, RecordedValidation> {
-        let mut out = HashMap::new();
-        let Some(launch) = app.launch.as_ref() else {
-            return out;
-        };
-        let (Some(stack), Some(launched)) = (&launch.stack_id, launch.latest_launch_time) else {
-            return out;
-        };
-        let logical_id = |sid: &str| {
-            app.launch_configuration
-                .as_ref()
-                .into_iter()
-                .flat_map(|c| c.server_groups.iter())
-                .flat_map(|g| g.servers.iter())
-                .find(|s| s.server_id.as_deref() == Some(sid))
-                .and_then(|s| s.logical_id.clone())
-                .unwrap_or_else(|| super::launch::default_logical_id(sid))
-        };
-        for (vid, sid, v) in config.server_validations() {
-            if v.server_validation_strategy != Some(ServerValidationStrategy::Userdata) {
-                continue;
-            }
-            let console = match launcher.console_output(stack, &logical_id(sid)).await {
-                Ok(Some(c)) => c,
-                Ok(None) => continue,
-                Err(e) => {
-                    tracing::warn!(app_id = %app.app_id, server_id = %sid, error = ?e, "could not read the instance's console for its validation");
-                    continue;
-                }
-            };
-            let (status, message) = console_validation(&console, vid);
-            out.insert(
-                vid.to_string(),
-                RecordedValidation {
-                    status,
-                    status_message: message,
-                    time: launched,
-                },
-            );
-        }
-        out
-    }
-
-    /// Records the outcome of a USERDATA validation that ended, as its console showed it: once
-    /// per launch (`seen.time` is the launch's), as a NotifyAppValidationOutput would, announced
-    /// by one event whose id names the launch. An outcome recorded since the launch (a report,
-    /// or an earlier read) is left alone.
-    async fn record_console_outcome(
-        &self,
-        id: &str,
-        vid: &str,
-        seen: &RecordedValidation,
-    ) -> Result<()> {
-        retrying!(self, id, async {
-            let stored = self.app(id).await?;
-            if stored
-                .value
-                .validation_outputs
-                .get(vid)
-                .is_some_and(|r| r.time >= seen.time)
-            {
-                return Ok(());
-            }
-            let mut app = stored.value.clone();
-            let now = self.now();
-            app.validation_outputs.insert(
-                vid.to_string(),
-                RecordedValidation {
-                    time: now,
-                    ..seen.clone()
-                },
-            );
-            app.last_modified = now;
-            let change = validation_change(
-                &app,
-                vid,
-                seen.status,
-                seen.status_message.clone(),
-                format!(
-                    "{id}.validation.{vid}.{}.launch.{}",
-                    seen.status,
-                    seen.time.unix_timestamp_nanos()
-                ),
-                now,
-            );
-            self.store
-                .transact(vec![
-                    put(keys::app(id), &app, stored.expect())?,
-                    change.write()?,
-                ])
-                .await?;
-            Ok(())
-        })
-    }
-
     /// NotifyAppValidationOutput: records the reported status and message of one of the
     /// application's validations, with the time of the report.
     #[tracing::instrument(name = "notify_app_validation_output", skip(self, ctx))]
@@ -844,46 +700,6 @@ mod tests {
 
     fn check(c: ValidationConfiguration) -> Result<ValidationConfiguration> {
         check_validation_configuration(&svc(), &app(&[]), &c)
-    }
-
-    #[test]
-    fn a_console_tells_a_validation_scripts_progress_and_outcome() {
-        let vid = "val-0123456789abcdef0";
-        let boot = "SeaBIOS\r\nTERN-BOOT-MARKER 6.1.0\r\n";
-        assert_eq!(console_validation(boot, vid).0, ValidationStatus::Pending);
-        let started = format!("{boot}TERN-VALIDATION-BEGIN {vid}\r\nchecking\r\n");
-        assert_eq!(
-            console_validation(&started, vid).0,
-            ValidationStatus::InProgress
-        );
-        let ok =
-            format!("{started}disk found\r\nTERN-VALIDATION-END {vid} 0\r\nTERN-BOOT-DONE\r\n");
-        let (status, message) = console_validation(&ok, vid);
-        assert_eq!(status, ValidationStatus::Succeeded);
-        assert_eq!(
-            message.as_deref(),
-            Some("the validation script exited with status 0: checking\ndisk found")
-        );
-        let failed = format!("{started}TERN-VALIDATION-END {vid} 3\r\n");
-        let (status, message) = console_validation(&failed, vid);
-        assert_eq!(status, ValidationStatus::Failed);
-        assert!(message
-            .unwrap()
-            .starts_with("the validation script exited with status 3"));
-        // Another validation's markers say nothing of this one.
-        let other = format!("{boot}TERN-VALIDATION-BEGIN val-1\r\nTERN-VALIDATION-END val-1 0\r\n");
-        assert_eq!(console_validation(&other, vid).0, ValidationStatus::Pending);
-        // A long output keeps its end, within SMS's 2500 characters.
-        let long = format!(
-            "{started}{}\r\nlast line\r\nTERN-VALIDATION-END {vid} 1\r\n",
-            "x".repeat(5000)
-        );
-        let message = console_validation(&long, vid).1.unwrap();
-        assert!(
-            message.chars().count() <= MAX_STATUS_MESSAGE && message.ends_with("last line"),
-            "{}",
-            message.len()
-        );
     }
 
     #[test]
