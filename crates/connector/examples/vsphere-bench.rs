@@ -22,7 +22,7 @@ use tern_connector::vsphere::soap::{MoRef, Session};
 use tern_connector::vsphere::VsphereSource;
 use tern_disk::blockmap::{BlockMap, BLOCK_SIZE};
 use tern_disk::{delta, VirtualDisk};
-use tern_test_support::vcsim::{Vcsim, PASSWORD, USER, VM0};
+use tern_test_support::vcsim::{Vcsim, VM0};
 
 const MIB: u64 = 1 << 20;
 
@@ -45,18 +45,10 @@ fn main() {
     }
     sim.write_disk(VM0, &content);
     drop(content);
-    let source = VsphereSource {
-        url: sim.url.clone(),
-        username: USER.into(),
-        password: Some(PASSWORD.into()),
-        password_env: None,
-        ca_file: Some(sim.ca_file.clone()),
-        insecure: false,
-        vms: vec![VM0.into()],
-        applications_from_folders: false,
-        quiesce: false,
-        changed_blocks: Default::default(),
-    };
+    // The `[vsphere]` section a user would write for this simulator.
+    let source: VsphereSource = toml::from_str::<toml::Table>(&sim.source_toml(&[VM0]))
+        .and_then(|mut t| t.remove("vsphere").expect("a [vsphere] table").try_into())
+        .expect("the simulator's [vsphere] section parses");
     let session = Arc::new(Session::login(&source).expect("login"));
     let info = run::vms(&session, &source.vms)
         .expect("inventory")
