@@ -140,6 +140,33 @@ impl Places {
         })
     }
 
+    /// Only the folders and datacenter above `parent` (a VM's parent folder): what one VM's run
+    /// needs, in a call per level instead of a listing of the whole inventory. A VM without a
+    /// parent folder (in a vApp) needs the full listing to find its datacenter.
+    fn above(session: &Session, parent: Option<&MoRef>) -> Result<Places, VsphereError> {
+        let Some(parent) = parent else {
+            return Places::read(session);
+        };
+        let root = session.root_folder.value.clone();
+        let mut nodes = HashMap::new();
+        let mut at = Some(parent.clone());
+        while let Some(obj) = at.filter(|o| o.value != root && nodes.len() < 64) {
+            let o = session.properties(&obj, &["name", "parent"])?;
+            let name = o
+                .prop("name")
+                .and_then(soap::value_text)
+                .unwrap_or_default();
+            at = o.prop("parent").and_then(soap::value_moref);
+            let dc = obj.kind == "Datacenter";
+            nodes.insert(obj.value, (name, at.as_ref().map(|m| m.value.clone()), dc));
+        }
+        Ok(Places {
+            nodes,
+            root,
+            datacenters: Vec::new(),
+        })
+    }
+
     /// `(/<datacenter>/vm/<folders>, datacenter)` of a VM whose parent folder is `parent`.
     fn locate(&self, parent: Option<&str>) -> (Option<String>, Option<String>) {
         let mut names = Vec::new();
@@ -345,16 +372,17 @@ fn read_vm(
         )
     };
     let vm_ref = MoRef::new("VirtualMachine", vm);
-    let places = Places::read(session).map_err(hv)?;
-    let info = session
+    let props = session
         .properties(&vm_ref, VM_PROPERTIES)
-        .map(|o| vm_info(&o, &places))
         .map_err(|e| match e {
             VsphereError::Fault { fault, .. } if fault == "ManagedObjectNotFound" => {
                 vm_err("no longer exists in vSphere (deleted or unregistered?); re-import the server catalog".into())
             }
             e => hv(e),
         })?;
+    let parent = props.prop("parent").and_then(soap::value_moref);
+    let places = Places::above(session, parent.as_ref()).map_err(hv)?;
+    let info = vm_info(&props, &places);
     let now: Vec<i32> = info.disks.iter().map(|d| d.key).collect();
     if now != keys {
         return Err(vm_err(format!(
