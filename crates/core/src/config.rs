@@ -51,6 +51,17 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("{text:?} is too long"))
 }
 
+/// Writes a duration as [`parse_duration`] reads it, in the largest unit that divides it.
+pub fn format_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    for (unit, scale) in [("d", 86_400), ("h", 3_600), ("m", 60)] {
+        if s > 0 && s.is_multiple_of(scale) {
+            return format!("{}{unit}", s / scale);
+        }
+    }
+    format!("{s}s")
+}
+
 mod duration_text {
     use std::time::Duration;
 
@@ -157,6 +168,10 @@ pub struct Config {
     /// the operator accepts: they are shown as warnings and do not refuse a job (e.g.
     /// `boot-disk-unpartitioned` for a data-only VM). Unset: every rule refuses.
     pub preflight_waive: Option<String>,
+    /// A USERDATA validation script not ended this long after its application's launch is
+    /// FAILED (app-level scripts end by their own `executionTimeoutSeconds`).
+    #[serde(with = "duration_text")]
+    pub validation_timeout: Duration,
 }
 
 impl Default for Config {
@@ -170,6 +185,7 @@ impl Default for Config {
             max_write_attempts: 64,
             event_source: None,
             preflight_waive: None,
+            validation_timeout: Duration::from_secs(60 * 60),
         }
     }
 }
@@ -253,6 +269,10 @@ impl Config {
                 Slot::Time(&mut self.inventory_request_timeout),
             ),
             ("work_lease", Slot::Time(&mut self.work_lease)),
+            (
+                "validation_timeout",
+                Slot::Time(&mut self.validation_timeout),
+            ),
             (
                 "deleted_job_retention",
                 Slot::Time(&mut self.deleted_job_retention),
@@ -424,6 +444,11 @@ mod tests {
         assert!(parse_duration("30").unwrap_err().contains("no unit"));
         assert!(parse_duration("5w").unwrap_err().contains("\"w\""));
         assert!(parse_duration("m").is_err());
+        for d in [90 * 86_400, 3_600, 600, 90, 0] {
+            let d = Duration::from_secs(d);
+            assert_eq!(parse_duration(&format_duration(d)), Ok(d));
+        }
+        assert_eq!(format_duration(Duration::from_secs(5400)), "90m");
     }
 
     #[test]

@@ -33,6 +33,55 @@ pub enum StackState {
     DeleteFailed(String),
 }
 
+/// A script run on one instance for an app-level validation (SMS `SSMValidationParameters`):
+/// SSM Run Command in AWS (the instance downloads the script from S3 itself), the local
+/// instance's command channel on `tern serve` (the script's bytes are sent).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandRequest {
+    pub instance_id: String,
+    /// The script's S3 location (bucket, key).
+    pub script_bucket: String,
+    pub script_key: String,
+    /// The script itself, read from staging by the core when the launcher
+    /// [carries scripts](Launcher::carries_scripts) (empty otherwise).
+    pub script: Vec<u8>,
+    /// The script's file name where it is run (its key's last part, made safe).
+    pub script_name: String,
+    pub script_type: crate::enums::ScriptType,
+    /// The command line to run in the script's directory: the validation's `command`, or one
+    /// that runs the script (`sh <name>`, `.\<name>` for PowerShell).
+    pub command: String,
+    pub timeout_seconds: u32,
+    /// Where the command's output is kept (SSM's `OutputS3BucketName` and key prefix).
+    pub output_bucket: Option<String>,
+    pub output_prefix: String,
+    /// Says who sent it (SSM's `Comment`, at most 100 characters).
+    pub comment: String,
+}
+
+/// Where a command sent with [`Launcher::send_command`] stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommandState {
+    /// Sent, not started or still running.
+    InProgress,
+    /// Ended with exit status 0.
+    Succeeded,
+    /// Ended otherwise: the exit status when there is one, and why.
+    Failed { code: Option<i32>, reason: String },
+    /// Still running when its execution timeout passed.
+    TimedOut,
+}
+
+/// A command's state and the end of its output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandStatus {
+    pub state: CommandState,
+    pub output: String,
+    /// Where the whole output was written, when the launcher wrote it (SSM's output bucket);
+    /// `None`: the core keeps `output` where the request asked.
+    pub output_location: Option<(String, String)>,
+}
+
 #[async_trait]
 pub trait Launcher: Send + Sync {
     /// Whether this host can launch; `Unavailable` says what is missing. Called before
@@ -64,4 +113,31 @@ pub trait Launcher: Send + Sync {
     ) -> Result<Option<String>, LaunchError> {
         Ok(None)
     }
+
+    /// Whether [`Self::send_command`] takes the script's bytes to the instance (the local
+    /// launcher) rather than the instance downloading it from S3 itself (SSM).
+    fn carries_scripts(&self) -> bool {
+        true
+    }
+
+    /// Sends `req`'s script to run on its instance; answers the command's id. `Failed` when
+    /// the instance may not run it (no tag `UserForSMSApplicationValidation=true`, not
+    /// running, unknown), `Unavailable` when this launcher runs no commands.
+    async fn send_command(&self, _req: &CommandRequest) -> Result<String, LaunchError> {
+        Err(LaunchError::Unavailable(
+            "this deployment cannot run commands on instances".into(),
+        ))
+    }
+
+    /// Where command `command_id` on `instance_id` stands.
+    async fn command_status(
+        &self,
+        command_id: &str,
+        _instance_id: &str,
+    ) -> Result<CommandStatus, LaunchError> {
+        Err(LaunchError::Failed(format!("no command {command_id}")))
+    }
 }
+
+/// The tag an instance must carry to run app-level validation scripts (as SMS required).
+pub const VALIDATION_INSTANCE_TAG: &str = "UserForSMSApplicationValidation";

@@ -35,7 +35,7 @@ pub use apps::{
     RecordedValidation, S3Location, ServerGroupLaunchConfiguration, ServerGroupValidation,
     ServerGroupView, ServerLaunchConfiguration, ServerReplication, ServerReplicationParameters,
     ServerValidation, SsmValidationParameters, Tag, UserData, UserDataValidationParameters,
-    ValidationConfiguration, ValidationOutputView,
+    ValidationConfiguration, ValidationOutputView, ValidationRunner,
 };
 pub use catalog::{InventoryOutcome, InventoryPage, InventoryVm, ServerListing, MAX_REPORT_PAGES};
 pub use connectors::NewConnector;

@@ -272,11 +272,12 @@ impl Service {
                         tracing::warn!(app_id = %app.app_id, error = %e, "cannot follow the launch's stack");
                     }
                 }
-                // So are its USERDATA validations, until each ended: their outcomes are then
-                // recorded and announced without anyone asking for them.
+                // So are its validations, until each ended: SSM ones are sent and followed,
+                // outcomes recorded and announced without anyone asking for them.
                 if l.status == AppLaunchStatus::Launched && awaits_validation(app, l) {
+                    let runner = ValidationRunner { launcher, staging };
                     if let Err(e) = self
-                        .get_app_validation_output(Some(launcher), &app.app_id)
+                        .get_app_validation_output(Some(runner), &app.app_id)
                         .await
                     {
                         tracing::warn!(app_id = %app.app_id, error = %e, "cannot follow the application's validations");
@@ -311,24 +312,29 @@ impl Service {
     }
 }
 
-/// Whether a launched application has a USERDATA validation with no outcome since `launch`.
+/// Whether a launched application has a validation (SSM, or USERDATA) with no outcome since
+/// `launch`.
 fn awaits_validation(app: &App, launch: &AppLaunch) -> bool {
     let Some(config) = &app.validation_configuration else {
         return false;
     };
-    config.server_validations().any(|(vid, _, v)| {
-        v.server_validation_strategy == Some(ServerValidationStrategy::Userdata)
-            && !app.validation_outputs.get(vid).is_some_and(|r| {
-                matches!(
-                    r.status,
-                    ValidationStatus::Succeeded | ValidationStatus::Failed
-                ) && launch.latest_launch_time.is_none_or(|t| r.time >= t)
-            })
-    })
+    let open = |vid: &str| {
+        !app.validation_outputs
+            .get(vid)
+            .is_some_and(|r| r.ended() && launch.latest_launch_time.is_none_or(|t| r.time >= t))
+    };
+    config
+        .app_validations
+        .iter()
+        .filter_map(|v| v.validation_id.as_deref())
+        .any(open)
+        || config.server_validations().any(|(vid, _, v)| {
+            v.server_validation_strategy == Some(ServerValidationStrategy::Userdata) && open(vid)
+        })
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::sync::{Arc, Mutex};
 
     use async_trait::async_trait;
@@ -341,13 +347,19 @@ mod tests {
 
     /// A launcher whose stack state the test sets.
     #[derive(Default)]
-    struct FakeLauncher {
-        unavailable: Option<String>,
-        fail_create: Option<String>,
-        state: Mutex<Option<StackState>>,
-        templates: Mutex<Vec<Value>>,
+    pub(crate) struct FakeLauncher {
+        pub unavailable: Option<String>,
+        pub fail_create: Option<String>,
+        pub state: Mutex<Option<StackState>>,
+        pub templates: Mutex<Vec<Value>>,
         /// Every instance's console, once set.
-        console: Mutex<Option<String>>,
+        pub console: Mutex<Option<String>>,
+        /// The commands sent, in order.
+        pub commands: Mutex<Vec<crate::launcher::CommandRequest>>,
+        /// Why a command is refused, if it is.
+        pub refuse_commands: Mutex<Option<LaunchError>>,
+        /// Every command's status (running until set).
+        pub command_state: Mutex<Option<crate::launcher::CommandState>>,
     }
 
     #[async_trait]
@@ -385,11 +397,34 @@ mod tests {
         ) -> std::result::Result<Option<String>, LaunchError> {
             Ok(self.console.lock().unwrap().clone())
         }
+        async fn send_command(
+            &self,
+            req: &crate::launcher::CommandRequest,
+        ) -> std::result::Result<String, LaunchError> {
+            if let Some(e) = self.refuse_commands.lock().unwrap().clone() {
+                return Err(e);
+            }
+            let mut sent = self.commands.lock().unwrap();
+            sent.push(req.clone());
+            Ok(format!("cmd-{}", sent.len()))
+        }
+        async fn command_status(
+            &self,
+            _command: &str,
+            _instance: &str,
+        ) -> std::result::Result<crate::launcher::CommandStatus, LaunchError> {
+            let state = self.command_state.lock().unwrap().clone();
+            Ok(crate::launcher::CommandStatus {
+                state: state.unwrap_or(crate::launcher::CommandState::InProgress),
+                output: "port 80 answers\nall checks done\n".into(),
+                output_location: None,
+            })
+        }
     }
 
     /// Staging that holds what is put (no user data is configured here).
     #[derive(Default)]
-    struct FakeStaging(Mutex<BTreeMap<String, Vec<u8>>>);
+    pub(crate) struct FakeStaging(pub Mutex<BTreeMap<String, Vec<u8>>>);
 
     #[async_trait]
     impl Staging for FakeStaging {
@@ -431,7 +466,7 @@ mod tests {
 
     /// A service holding application `app-00000000000000001` (servers s-a, s-b, each with an
     /// AMI from its job) with a launch configuration.
-    async fn world() -> (Service, String) {
+    pub(crate) async fn world() -> (Service, String) {
         let svc = Service::new(
             Arc::new(MemoryStore::new()),
             Arc::new(ManualClock::new(OffsetDateTime::UNIX_EPOCH)),
@@ -506,7 +541,14 @@ mod tests {
             let id = id.clone();
             let l = &l;
             async move {
-                let o = svc.get_app_validation_output(Some(l), &id).await.unwrap();
+                let runner = ValidationRunner {
+                    launcher: l,
+                    staging: &FakeStaging::default(),
+                };
+                let o = svc
+                    .get_app_validation_output(Some(runner), &id)
+                    .await
+                    .unwrap();
                 (o[0].status, o[0].status_message.clone())
             }
         };
@@ -563,6 +605,63 @@ mod tests {
             recorded
         );
         assert_eq!(events(&svc).await, 1);
+    }
+
+    #[tokio::test]
+    async fn a_userdata_validation_that_never_ends_fails_after_the_validation_timeout() {
+        let (svc, id) = world().await;
+        let clock = Arc::new(ManualClock::new(OffsetDateTime::UNIX_EPOCH));
+        let svc = Service {
+            clock: clock.clone(),
+            ..svc
+        };
+        let vid = "val-00000000000000002";
+        let mut a = svc.app(&id).await.unwrap();
+        a.value.validation_configuration = Some(ValidationConfiguration {
+            server_group_validations: vec![ServerGroupValidation {
+                server_group_id: Some("sg-1".into()),
+                servers: vec![ServerValidation {
+                    server_id: Some("s-b".into()),
+                    validation_id: Some(vid.into()),
+                    name: Some("hangs".into()),
+                    server_validation_strategy: Some(ServerValidationStrategy::Userdata),
+                    user_data_validation_parameters: Some(UserDataValidationParameters {
+                        source: Some(S3Location::new("b", "hang.sh")),
+                        script_type: Some(ScriptType::ShellScript),
+                    }),
+                }],
+            }],
+            ..Default::default()
+        });
+        let w = put(keys::app(&id), &a.value, a.expect()).unwrap();
+        svc.store.write(w).await.unwrap();
+        let staging = FakeStaging::default();
+        staging
+            .0
+            .lock()
+            .unwrap()
+            .insert("hang.sh".into(), b"sleep infinity".to_vec());
+        let l = FakeLauncher::default();
+        svc.launch_app(&l, &staging, &id).await.unwrap();
+        *l.state.lock().unwrap() = Some(StackState::CreateComplete);
+        svc.sync_launch(&l, &id).await.unwrap();
+        *l.console.lock().unwrap() = Some(format!("TERN-VALIDATION-BEGIN {vid}\r\n"));
+        clock.advance(std::time::Duration::from_secs(59 * 60));
+        svc.auto_launch(&l, &staging).await;
+        let a = svc.app(&id).await.unwrap().value;
+        assert!(awaits_validation(&a, a.launch.as_ref().unwrap()));
+        clock.advance(std::time::Duration::from_secs(60));
+        svc.auto_launch(&l, &staging).await;
+        let a = svc.app(&id).await.unwrap().value;
+        let r = &a.validation_outputs[vid];
+        assert_eq!(r.status, ValidationStatus::Failed);
+        assert!(
+            r.status_message.as_deref().unwrap().starts_with(
+                "the validation script started but did not end within 1h of the launch"
+            ),
+            "{r:?}"
+        );
+        assert!(!awaits_validation(&a, a.launch.as_ref().unwrap()));
     }
 
     #[tokio::test]

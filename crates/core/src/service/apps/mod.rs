@@ -49,7 +49,7 @@ pub use launch::{
 pub use validation::{
     AppValidation, NotificationContext, RecordedValidation, ServerGroupValidation,
     ServerValidation, SsmValidationParameters, UserDataValidationParameters,
-    ValidationConfiguration, ValidationOutputView,
+    ValidationConfiguration, ValidationOutputView, ValidationRunner,
 };
 
 use std::collections::{BTreeMap, HashMap, HashSet};

@@ -30,16 +30,7 @@ pub(super) fn console_validation(console: &str, vid: &str) -> (ValidationStatus,
     } else {
         format!("the validation script exited with status {code}")
     };
-    let room = MAX_STATUS_MESSAGE.saturating_sub(head.len() + 2);
-    let tail: String = {
-        let chars: Vec<char> = output.chars().collect();
-        chars[chars.len().saturating_sub(room)..].iter().collect()
-    };
-    let message = if tail.trim().is_empty() {
-        head
-    } else {
-        format!("{head}: {tail}")
-    };
+    let message = with_tail(&head, &output);
     let status = if code == "0" {
         ValidationStatus::Succeeded
     } else {
@@ -78,77 +69,46 @@ impl Service {
             if v.server_validation_strategy != Some(ServerValidationStrategy::Userdata) {
                 continue;
             }
-            let console = match launcher.console_output(stack, &logical_id(sid)).await {
-                Ok(Some(c)) => c,
-                Ok(None) => continue,
+            let logical = logical_id(sid);
+            let (status, message) = match launcher.console_output(stack, &logical).await {
+                Ok(Some(console)) => console_validation(&console, vid),
+                // No console (yet): nothing to show, unless the time is up.
+                Ok(None) => (ValidationStatus::ReadyForValidation, None),
                 Err(e) => {
                     tracing::warn!(app_id = %app.app_id, server_id = %sid, error = ?e, "could not read the instance's console for its validation");
                     continue;
                 }
             };
-            let (status, message) = console_validation(&console, vid);
+            // A script that never ends (or an instance that never runs it) fails once the
+            // launch is `validation_timeout` old.
+            let limit = self.config.validation_timeout;
+            let (status, message) = if !matches!(
+                status,
+                ValidationStatus::Succeeded | ValidationStatus::Failed
+            ) && self.now() - launched >= limit
+            {
+                let shown = match status {
+                    ValidationStatus::InProgress => "started but did not end",
+                    _ => "did not start",
+                };
+                (
+                    ValidationStatus::Failed,
+                    Some(format!(
+                        "the validation script {shown} within {} of the launch (validation_timeout); see instance {logical}'s console, fix the script or the instance, and launch again",
+                        crate::config::format_duration(limit)
+                    )),
+                )
+            } else if status == ValidationStatus::ReadyForValidation {
+                continue;
+            } else {
+                (status, message)
+            };
             out.insert(
                 vid.to_string(),
-                RecordedValidation {
-                    status,
-                    status_message: message,
-                    time: launched,
-                },
+                RecordedValidation::new(status, message, launched),
             );
         }
         out
-    }
-
-    /// Records the outcome of a USERDATA validation that ended, as its console showed it: once
-    /// per launch (`seen.time` is the launch's), as a NotifyAppValidationOutput would, announced
-    /// by one event whose id names the launch. An outcome recorded since the launch (a report,
-    /// or an earlier read) is left alone.
-    pub(super) async fn record_console_outcome(
-        &self,
-        id: &str,
-        vid: &str,
-        seen: &RecordedValidation,
-    ) -> Result<()> {
-        retrying!(self, id, async {
-            let stored = self.app(id).await?;
-            if stored
-                .value
-                .validation_outputs
-                .get(vid)
-                .is_some_and(|r| r.time >= seen.time)
-            {
-                return Ok(());
-            }
-            let mut app = stored.value.clone();
-            let now = self.now();
-            app.validation_outputs.insert(
-                vid.to_string(),
-                RecordedValidation {
-                    time: now,
-                    ..seen.clone()
-                },
-            );
-            app.last_modified = now;
-            let change = validation_change(
-                &app,
-                vid,
-                seen.status,
-                seen.status_message.clone(),
-                format!(
-                    "{id}.validation.{vid}.{}.launch.{}",
-                    seen.status,
-                    seen.time.unix_timestamp_nanos()
-                ),
-                now,
-            );
-            self.store
-                .transact(vec![
-                    put(keys::app(id), &app, stored.expect())?,
-                    change.write()?,
-                ])
-                .await?;
-            Ok(())
-        })
     }
 }
 

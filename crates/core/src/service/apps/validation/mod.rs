@@ -14,10 +14,18 @@
 //! <status>`), and GetAppValidationOutput reads the instance's console through the launcher:
 //! PENDING until the script starts, IN_PROGRESS while it runs, SUCCEEDED or FAILED (with the
 //! exit status and the end of its output) once it ended — then recorded as a report would be,
-//! and announced by one event per launch. A notified outcome newer than the launch wins. Until either a validation is READY_FOR_VALIDATION. App-level SSM validations
-//! are not run by Tern yet.
+//! and announced by one event per launch. A notified outcome newer than the launch wins. Until either a validation is READY_FOR_VALIDATION.
+//! A script that has not ended `validation_timeout` after the launch is FAILED.
+//!
+//! App-level SSM validations run once per launch on the instance they name ([`ssm`]): through
+//! the launcher's `send_command` (SSM Run Command in AWS, the local instance's command channel
+//! on `tern serve`), followed to its end by GetAppValidationOutput and the scheduler's tick,
+//! their output kept in `outputS3BucketName`.
 
 mod console;
+mod ssm;
+
+pub use ssm::ValidationRunner;
 
 use super::launch::check_s3_location;
 use super::*;
@@ -110,6 +118,40 @@ pub struct RecordedValidation {
     pub status_message: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     pub time: OffsetDateTime,
+    /// An app-level validation's command since the launch (SSM's command id), once sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command_id: Option<String>,
+    /// The instance that command runs on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
+    /// Where the command's output was kept (SMS `SSMOutput.s3Location`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<S3Location>,
+}
+
+impl RecordedValidation {
+    pub fn new(
+        status: ValidationStatus,
+        status_message: Option<String>,
+        time: OffsetDateTime,
+    ) -> Self {
+        Self {
+            status,
+            status_message,
+            time,
+            command_id: None,
+            instance_id: None,
+            output: None,
+        }
+    }
+
+    /// SUCCEEDED or FAILED.
+    pub fn ended(&self) -> bool {
+        matches!(
+            self.status,
+            ValidationStatus::Succeeded | ValidationStatus::Failed
+        )
+    }
 }
 
 /// SMS `NotificationContext`.
@@ -129,6 +171,8 @@ pub struct ValidationOutputView {
     pub status_message: Option<String>,
     pub latest_validation_time: Option<OffsetDateTime>,
     pub server: Option<AppServerView>,
+    /// An app-level validation's output (SMS `appValidationOutput.ssmOutput.s3Location`).
+    pub output: Option<S3Location>,
 }
 
 /// The outbox entry announcing a validation's outcome ("Server Migration App State Change",
@@ -155,6 +199,18 @@ fn validation_change(
         },
         time: now,
     })
+}
+
+/// `head`, then as much of the end of a script's `output` as SMS's 2500 characters hold.
+fn with_tail(head: &str, output: &str) -> String {
+    let room = MAX_STATUS_MESSAGE.saturating_sub(head.chars().count() + 2);
+    let chars: Vec<char> = output.trim_end().chars().collect();
+    let tail: String = chars[chars.len().saturating_sub(room)..].iter().collect();
+    if tail.trim().is_empty() {
+        head.to_string()
+    } else {
+        format!("{head}: {tail}")
+    }
 }
 
 /// The model's `NonEmptyStringWithMaxLen255`: 1..255 characters, no whitespace.
@@ -415,6 +471,19 @@ impl ValidationConfiguration {
             .chain(self.server_validations().map(|(vid, _, _)| vid))
     }
 
+    /// Each validation's definition by id, to tell a changed one.
+    fn definitions(&self) -> HashMap<&str, String> {
+        // Both serialize from plain data; a failure would only make it read as changed.
+        fn text(v: &impl Serialize) -> String {
+            serde_json::to_string(v).unwrap_or_default()
+        }
+        self.app_validations
+            .iter()
+            .filter_map(|v| Some((v.validation_id.as_deref()?, text(v))))
+            .chain(self.server_validations().map(|(vid, _, v)| (vid, text(v))))
+            .collect()
+    }
+
     /// The server-level validations that name their id and server: (validation id, server
     /// id, the validation).
     pub(super) fn server_validations(
@@ -441,9 +510,19 @@ impl Service {
             let stored = self.app(&id).await?;
             let mut app = stored.value.clone();
             let config = check_validation_configuration(self, &app, &req)?;
-            let keep: HashSet<&str> = config.ids().collect();
-            app.validation_outputs
-                .retain(|v, _| keep.contains(v.as_str()));
+            // An outcome stays only while its validation stays as it was: a changed one runs
+            // again (an SSM one at once on a launched application).
+            let before = app
+                .validation_configuration
+                .as_ref()
+                .map(ValidationConfiguration::definitions)
+                .unwrap_or_default();
+            let after = config.definitions();
+            app.validation_outputs.retain(|v, _| {
+                after
+                    .get(v.as_str())
+                    .is_some_and(|d| before.get(v.as_str()) == Some(d))
+            });
             app.validation_configuration = Some(config);
             app.last_modified = self.now();
             self.store
@@ -500,42 +579,45 @@ impl Service {
     }
 
     /// GetAppValidationOutput: one output per configured validation, app-level first. With a
-    /// launcher, server-level USERDATA validations of a launched application are read from
-    /// their instances' consoles (see the module docs).
+    /// runner (the host's launcher and staging), a launched application's validations move
+    /// first: its USERDATA ones are read from their instances' consoles, its SSM ones sent or
+    /// followed (see the module docs).
     pub async fn get_app_validation_output(
         &self,
-        launcher: Option<&dyn crate::launcher::Launcher>,
+        runner: Option<ValidationRunner<'_>>,
         id: &str,
     ) -> Result<Vec<ValidationOutputView>> {
         let id = app_id("appId", id)?;
-        let app = self.app(&id).await?.value;
+        let mut app = self.app(&id).await?.value;
+        let Some(config) = app.validation_configuration.clone() else {
+            return Ok(Vec::new());
+        };
+        let mut from_consoles = HashMap::new();
+        if let Some(r) = runner {
+            from_consoles = self
+                .validations_on_consoles(r.launcher, &app, &config)
+                .await;
+            // An outcome that ended is recorded and announced (once per launch).
+            let mut recorded = false;
+            for (vid, seen) in &from_consoles {
+                if seen.ended() {
+                    let launched = seen.time;
+                    self.record_validation(&id, vid, launched, seen.clone(), |stored| {
+                        stored.time >= launched
+                    })
+                    .await?;
+                    recorded = true;
+                }
+            }
+            recorded |= self.run_app_validations(r, &app).await?;
+            if recorded {
+                app = self.app(&id).await?.value;
+            }
+        }
         let Some(config) = &app.validation_configuration else {
             return Ok(Vec::new());
         };
         let jobs = self.app_jobs(&app).await?;
-        let from_consoles = match launcher {
-            Some(l) => self.validations_on_consoles(l, &app, config).await,
-            None => HashMap::new(),
-        };
-        // An outcome that ended is recorded and announced (once per launch).
-        let mut recorded = false;
-        for (vid, seen) in &from_consoles {
-            if matches!(
-                seen.status,
-                ValidationStatus::Succeeded | ValidationStatus::Failed
-            ) {
-                self.record_console_outcome(&id, vid, seen).await?;
-                recorded = true;
-            }
-        }
-        let app = if recorded {
-            self.app(&id).await?.value
-        } else {
-            app
-        };
-        let Some(config) = &app.validation_configuration else {
-            return Ok(Vec::new());
-        };
         let output = |vid: &str, name: &Option<String>, server: Option<AppServerView>| {
             let notified = app.validation_outputs.get(vid);
             let seen = from_consoles.get(vid);
@@ -552,6 +634,7 @@ impl Service {
                 status_message: rec.and_then(|r| r.status_message.clone()),
                 latest_validation_time: rec.map(|r| r.time),
                 server,
+                output: rec.and_then(|r| r.output.clone()),
             }
         };
         let mut out = Vec::new();
@@ -571,6 +654,51 @@ impl Service {
             ));
         }
         Ok(out)
+    }
+
+    /// Writes `rec` as validation `vid`'s record of the launch at `launched`, unless `keep`
+    /// holds of the record stored (then it stays and this answers false). A record that ended
+    /// is announced with it: one event per validation, status and launch.
+    pub(super) async fn record_validation(
+        &self,
+        id: &str,
+        vid: &str,
+        launched: OffsetDateTime,
+        rec: RecordedValidation,
+        keep: impl Fn(&RecordedValidation) -> bool,
+    ) -> Result<bool> {
+        retrying!(self, id, async {
+            let stored = self.app(id).await?;
+            if stored.value.validation_outputs.get(vid).is_some_and(&keep) {
+                return Ok(false);
+            }
+            let mut app = stored.value.clone();
+            let now = self.now();
+            let rec = RecordedValidation {
+                time: now,
+                ..rec.clone()
+            };
+            app.validation_outputs.insert(vid.to_string(), rec.clone());
+            app.last_modified = now;
+            let mut writes = vec![put(keys::app(id), &app, stored.expect())?];
+            if rec.ended() {
+                let change = validation_change(
+                    &app,
+                    vid,
+                    rec.status,
+                    rec.status_message.clone(),
+                    format!(
+                        "{id}.validation.{vid}.{}.launch.{}",
+                        rec.status,
+                        launched.unix_timestamp_nanos()
+                    ),
+                    now,
+                );
+                writes.push(change.write()?);
+            }
+            self.store.transact(writes).await?;
+            Ok(true)
+        })
     }
 
     /// NotifyAppValidationOutput: records the reported status and message of one of the
@@ -612,11 +740,7 @@ impl Service {
             }
             app.validation_outputs.insert(
                 vid.to_string(),
-                RecordedValidation {
-                    status,
-                    status_message: ctx.status_message.clone(),
-                    time: self.now(),
-                },
+                RecordedValidation::new(status, ctx.status_message.clone(), self.now()),
             );
             app.last_modified = self.now();
             let now = self.now();
