@@ -160,7 +160,8 @@ def main():
             problem(f"{name} may call {a}, which its code never calls")
     # Resource "*" only for actions that have no resource-level permissions (the Service
     # Authorization Reference; see aws-tooling notes), never to save writing an ARN.
-    no_resource_level = ("ec2:Describe", "states:SendTask", "logs:", "xray:")
+    no_resource_level = ("ec2:Describe", "states:SendTask", "ssm:GetCommandInvocation",
+                         "ssm:ListCommands", "logs:", "xray:")
     for name, res in resources.items():
         if res["Type"] == "AWS::IAM::Role":
             docs = [p["PolicyDocument"] for p in res["Properties"].get("Policies", [])]

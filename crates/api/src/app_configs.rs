@@ -442,6 +442,22 @@ pub struct ValidationOutput {
     pub latest_validation_time: Option<OffsetDateTime>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_validation_output: Option<ServerValidationOutput>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app_validation_output: Option<AppValidationOutput>,
+}
+
+/// SMS `AppValidationOutput`: where an SSM validation's output was kept.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppValidationOutput {
+    pub ssm_output: SsmOutput,
+}
+
+/// SMS `SSMOutput`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SsmOutput {
+    pub s3_location: core::S3Location,
 }
 
 #[derive(Debug, Serialize)]
@@ -586,9 +602,17 @@ impl Api {
                 encode(&EmptyResponse {})
             }
             "GetAppValidationOutput" => {
-                let launcher = self.launcher.get().map(|l| l.as_ref());
+                // With a launcher and a staging store, the launched application's validations
+                // move as they are read (consoles read, SSM commands sent and followed).
+                let runner = match (self.launcher.get(), self.replication.get()) {
+                    (Some(l), Some(r)) => Some(core::ValidationRunner {
+                        launcher: l.as_ref(),
+                        staging: r.staging(),
+                    }),
+                    _ => None,
+                };
                 let list = svc
-                    .get_app_validation_output(launcher, &app_id(&input)?)
+                    .get_app_validation_output(runner, &app_id(&input)?)
                     .await?;
                 encode(&GetAppValidationOutputResponse {
                     validation_output_list: list
@@ -602,6 +626,11 @@ impl Api {
                             server_validation_output: o
                                 .server
                                 .map(|s| ServerValidationOutput { server: server(s) }),
+                            app_validation_output: o.output.map(|s3_location| {
+                                AppValidationOutput {
+                                    ssm_output: SsmOutput { s3_location },
+                                }
+                            }),
                         })
                         .collect(),
                 })

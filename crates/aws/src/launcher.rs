@@ -8,12 +8,16 @@
 //! | `stack_state` | DescribeStacks by stack id; for a failed stack also DescribeStackEvents, whose first failed resource of the last operation is added to the stack's reason | a stack that no longer exists → `DeleteComplete` |
 //! | `delete_stack` | DeleteStack by stack id | a stack that no longer exists → success |
 //! | `console_output` | DescribeStackResource (the instance's id), then EC2 GetConsoleOutput (latest) | no stack, resource or instance yet → none |
+//! | `send_command` | the instance's tag `UserForSMSApplicationValidation` (EC2 DescribeTags; SSM ListTagsForResource for `mi-`), then SSM SendCommand of `AWS-RunRemoteScript` (the script's S3 path, the command line, `executionTimeout`, the output bucket and prefix) | not tagged → `Failed` naming the tag |
+//! | `command_status` | SSM GetCommandInvocation (status, exit code, the output's first 24,000 characters); once ended, ListCommands for where SSM wrote the whole output | an invocation SSM does not know yet → in progress |
 //!
 //! Throttling, timeouts, dropped connections and 5xx answers are `Transient`; everything else
 //! (access denied, a template CloudFormation refuses, a launch role it may not assume) is
 //! `Failed` with CloudFormation's code and message. A template over CloudFormation's
-//! 51,200-byte `TemplateBody` limit is refused before any call, saying so (Tern does not stage
-//! templates for `TemplateURL`).
+//! 51,200-byte `TemplateBody` limit is put in the template bucket
+//! ([`CfnLauncher::with_template_bucket`], `apps/<stack name>/launch-template.json`) and
+//! created from its `TemplateURL` (up to 1 MiB); without a bucket it is refused before any
+//! call, saying so.
 
 use async_trait::async_trait;
 use aws_sdk_cloudformation::error::ProvideErrorMetadata;
@@ -23,13 +27,30 @@ use aws_sdk_cloudformation::Client;
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
 use serde_json::Value;
-use tern_core::launcher::{LaunchError, Launcher, StackState};
+use tern_core::launcher::{
+    CommandRequest, CommandState, CommandStatus, LaunchError, Launcher, StackState,
+    VALIDATION_INSTANCE_TAG,
+};
 
 use crate::images::tags::MANAGED_BY;
 use crate::sdk::classify;
 
+/// The SSM document app-level validations run: it downloads the script from S3 on the
+/// instance and runs the command line there (shell or PowerShell by the instance's OS).
+pub const RUN_REMOTE_SCRIPT: &str = "AWS-RunRemoteScript";
+
 /// CloudFormation's limit on a `TemplateBody`, in bytes.
 pub const TEMPLATE_BODY_LIMIT: usize = 51_200;
+/// CloudFormation's limit on a template read from `TemplateURL`, in bytes.
+pub const TEMPLATE_URL_LIMIT: usize = 1_048_576;
+
+/// How CreateStack gets the template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum TemplateSource {
+    Body(String),
+    /// An S3 URL, for a template over [`TEMPLATE_BODY_LIMIT`].
+    Url(String),
+}
 
 /// Where the launcher runs: the account and region the launch role lives in, and the value of
 /// the [`MANAGED_BY`] tag that tells this deployment's stacks from others'.
@@ -45,8 +66,13 @@ pub struct CfnLauncherSettings {
 pub struct CfnLauncher {
     client: Client,
     settings: CfnLauncherSettings,
-    /// Reads the instances' consoles (GetAppValidationOutput's USERDATA validations).
+    /// Reads the instances' consoles (GetAppValidationOutput's USERDATA validations) and
+    /// their tags (the SSM validations' instance).
     ec2: Option<aws_sdk_ec2::Client>,
+    /// Runs the app-level SSM validations (Run Command).
+    ssm: Option<aws_sdk_ssm::Client>,
+    /// Where a template over the `TemplateBody` limit is put for CloudFormation to read.
+    templates: Option<(aws_sdk_s3::Client, String)>,
 }
 
 impl CfnLauncher {
@@ -55,7 +81,78 @@ impl CfnLauncher {
             client,
             settings,
             ec2: None,
+            ssm: None,
+            templates: None,
         }
+    }
+
+    /// Puts templates over CloudFormation's 51,200-byte `TemplateBody` limit in `bucket`
+    /// (under `apps/<stack name>/`), handing CloudFormation their `TemplateURL`.
+    pub fn with_template_bucket(
+        mut self,
+        s3: aws_sdk_s3::Client,
+        bucket: impl Into<String>,
+    ) -> Self {
+        self.templates = Some((s3, bucket.into()));
+        self
+    }
+
+    /// How CreateStack gets `body`: inline when it fits, else put in the template bucket and
+    /// named by URL; refused when there is no bucket or it is over 1 MiB.
+    async fn template_source(
+        &self,
+        stack_name: &str,
+        body: String,
+    ) -> Result<TemplateSource, LaunchError> {
+        if body.len() <= TEMPLATE_BODY_LIMIT {
+            return Ok(TemplateSource::Body(body));
+        }
+        let Some((s3, bucket)) = &self.templates else {
+            return Err(LaunchError::Failed(format!(
+                "the template is {} bytes, over CloudFormation's {TEMPLATE_BODY_LIMIT}-byte \
+                 TemplateBody limit, and this deployment has no bucket for TemplateURL; split \
+                 the application into smaller ones",
+                body.len()
+            )));
+        };
+        if body.len() > TEMPLATE_URL_LIMIT {
+            return Err(LaunchError::Failed(format!(
+                "the template is {} bytes, over CloudFormation's {TEMPLATE_URL_LIMIT}-byte \
+                 limit for a template in S3; split the application into smaller ones",
+                body.len()
+            )));
+        }
+        let key = format!("apps/{stack_name}/launch-template.json");
+        s3.put_object()
+            .bucket(bucket)
+            .key(&key)
+            .content_type("application/json")
+            .body(body.into_bytes().into())
+            .send()
+            .await
+            .map_err(|e| {
+                let f = classify("PutObject", &e);
+                let message = format!(
+                    "S3 PutObject of the template s3://{bucket}/{key}: {}",
+                    f.message
+                );
+                if f.transient {
+                    LaunchError::Transient(message)
+                } else {
+                    LaunchError::Failed(message)
+                }
+            })?;
+        Ok(TemplateSource::Url(format!(
+            "https://{bucket}.s3.{}.amazonaws.com/{key}",
+            self.settings.region
+        )))
+    }
+
+    /// Runs app-level validation scripts with SSM Run Command through this client (the
+    /// instance's tag is read with the EC2 client of [`Self::with_ec2`]).
+    pub fn with_ssm(mut self, ssm: aws_sdk_ssm::Client) -> Self {
+        self.ssm = Some(ssm);
+        self
     }
 
     /// Reads the stack instances' serial consoles with this EC2 client (without one,
@@ -63,6 +160,85 @@ impl CfnLauncher {
     pub fn with_ec2(mut self, ec2: aws_sdk_ec2::Client) -> Self {
         self.ec2 = Some(ec2);
         self
+    }
+
+    /// Refuses an instance that does not carry [`VALIDATION_INSTANCE_TAG`]`=true`: an EC2
+    /// instance's tags from EC2, a managed instance's (`mi-`) from SSM.
+    async fn check_validation_tag(
+        &self,
+        ssm: &aws_sdk_ssm::Client,
+        ec2: &aws_sdk_ec2::Client,
+        instance: &str,
+    ) -> Result<(), LaunchError> {
+        use aws_sdk_ec2::types::Filter;
+        let values: Vec<String> = if instance.starts_with("mi-") {
+            ssm.list_tags_for_resource()
+                .resource_type(aws_sdk_ssm::types::ResourceTypeForTagging::ManagedInstance)
+                .resource_id(instance)
+                .send()
+                .await
+                .map_err(|e| launch_error("ListTagsForResource", &e))?
+                .tag_list()
+                .iter()
+                .filter(|t| t.key() == VALIDATION_INSTANCE_TAG)
+                .map(|t| t.value().to_owned())
+                .collect()
+        } else {
+            ec2.describe_tags()
+                .filters(
+                    Filter::builder()
+                        .name("resource-id")
+                        .values(instance)
+                        .build(),
+                )
+                .filters(
+                    Filter::builder()
+                        .name("key")
+                        .values(VALIDATION_INSTANCE_TAG)
+                        .build(),
+                )
+                .send()
+                .await
+                .map_err(|e| launch_error("DescribeTags", &e))?
+                .tags()
+                .iter()
+                .filter_map(|t| t.value().map(str::to_owned))
+                .collect()
+        };
+        if values.iter().any(|v| v.eq_ignore_ascii_case("true")) {
+            Ok(())
+        } else {
+            Err(LaunchError::Failed(format!(
+                "instance {instance} does not carry the tag {VALIDATION_INSTANCE_TAG}=true (or is not in {}); tag the instance that should run the script, with an instance profile that may read the script's bucket",
+                self.settings.region
+            )))
+        }
+    }
+
+    /// Where SSM wrote command `command`'s output on `instance`: `<prefix>/<command>/<instance>`
+    /// in the output bucket it was sent with, if any.
+    async fn output_location(
+        &self,
+        ssm: &aws_sdk_ssm::Client,
+        command: &str,
+        instance: &str,
+    ) -> Option<(String, String)> {
+        let out = match ssm.list_commands().command_id(command).send().await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(command, error = %launch_error("ListCommands", &e), "cannot read where the command's output went");
+                return None;
+            }
+        };
+        let c = out.commands().first()?;
+        let bucket = c.output_s3_bucket_name().filter(|b| !b.is_empty())?;
+        let prefix = c.output_s3_key_prefix().unwrap_or_default();
+        let key = if prefix.is_empty() {
+            format!("{command}/{instance}")
+        } else {
+            format!("{}/{command}/{instance}", prefix.trim_end_matches('/'))
+        };
+        Some((bucket.to_owned(), key))
     }
 
     /// The ARN of the launch role `role` (a role name, or already an ARN).
@@ -128,15 +304,20 @@ impl CfnLauncher {
     async fn create(
         &self,
         stack_name: &str,
-        body: &str,
+        template: &TemplateSource,
         role_arn: &str,
         token: Option<String>,
     ) -> Result<String, SdkError<CreateStackError, HttpResponse>> {
+        let (body, url) = match template {
+            TemplateSource::Body(b) => (Some(b.clone()), None),
+            TemplateSource::Url(u) => (None, Some(u.clone())),
+        };
         let out = self
             .client
             .create_stack()
             .stack_name(stack_name)
-            .template_body(body)
+            .set_template_body(body)
+            .set_template_url(url)
             .role_arn(role_arn)
             .set_client_request_token(token)
             .tags(
@@ -254,11 +435,16 @@ fn launch_error<E>(operation: &str, error: &SdkError<E, HttpResponse>) -> Launch
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
+    let service = match operation {
+        "GetConsoleOutput" | "DescribeTags" => "EC2",
+        "SendCommand" | "GetCommandInvocation" | "ListCommands" | "ListTagsForResource" => "SSM",
+        _ => "CloudFormation",
+    };
     let f = classify(operation, error);
     let message = match error.as_service_error() {
         Some(e) => match (e.code(), e.message()) {
-            (Some(code), Some(m)) => format!("CloudFormation {operation}: {code}: {m}"),
-            (Some(code), None) => format!("CloudFormation {operation}: {code}"),
+            (Some(code), Some(m)) => format!("{service} {operation}: {code}: {m}"),
+            (Some(code), None) => format!("{service} {operation}: {code}"),
             _ => f.message,
         },
         None => f.message,
@@ -292,15 +478,9 @@ impl Launcher for CfnLauncher {
                         .into(),
                 )
             })?;
-        let body = template.to_string();
-        if body.len() > TEMPLATE_BODY_LIMIT {
-            return Err(LaunchError::Failed(format!(
-                "the template is {} bytes, over CloudFormation's {TEMPLATE_BODY_LIMIT}-byte \
-                 TemplateBody limit, and Tern does not stage templates for TemplateURL; split \
-                 the application into smaller ones",
-                body.len()
-            )));
-        }
+        let body = self
+            .template_source(stack_name, template.to_string())
+            .await?;
         let role_arn = self.role_arn(role);
         let created = self
             .create(stack_name, &body, &role_arn, Some(create_token(stack_name)))
@@ -428,6 +608,108 @@ impl Launcher for CfnLauncher {
                 .unwrap_or_else(|_| b64.as_bytes().to_vec());
             String::from_utf8_lossy(&bytes).into_owned()
         }))
+    }
+
+    /// The instance downloads the script from S3 itself (with its instance profile).
+    fn carries_scripts(&self) -> bool {
+        false
+    }
+
+    async fn send_command(&self, req: &CommandRequest) -> Result<String, LaunchError> {
+        let (Some(ssm), Some(ec2)) = (&self.ssm, &self.ec2) else {
+            return Err(LaunchError::Unavailable(
+                "this deployment was not given SSM to run validation scripts".into(),
+            ));
+        };
+        self.check_validation_tag(ssm, ec2, &req.instance_id)
+            .await?;
+        let path = format!(
+            "https://s3.{}.amazonaws.com/{}/{}",
+            self.settings.region, req.script_bucket, req.script_key
+        );
+        let comment: String = req.comment.chars().take(100).collect();
+        let out = ssm
+            .send_command()
+            .document_name(RUN_REMOTE_SCRIPT)
+            .instance_ids(&req.instance_id)
+            .parameters("sourceType", vec!["S3".into()])
+            .parameters(
+                "sourceInfo",
+                vec![serde_json::json!({ "path": path }).to_string()],
+            )
+            .parameters("commandLine", vec![req.command.clone()])
+            .parameters("executionTimeout", vec![req.timeout_seconds.to_string()])
+            .comment(comment)
+            .set_output_s3_bucket_name(req.output_bucket.clone())
+            .output_s3_key_prefix(&req.output_prefix)
+            .send()
+            .await
+            .map_err(|e| launch_error("SendCommand", &e))?;
+        out.command()
+            .and_then(|c| c.command_id())
+            .map(str::to_owned)
+            .ok_or_else(|| LaunchError::Failed("SSM SendCommand answered no command id".into()))
+    }
+
+    async fn command_status(
+        &self,
+        command_id: &str,
+        instance_id: &str,
+    ) -> Result<CommandStatus, LaunchError> {
+        use aws_sdk_ssm::types::CommandInvocationStatus as S;
+        let Some(ssm) = &self.ssm else {
+            return Err(LaunchError::Unavailable(
+                "this deployment was not given SSM to follow validation scripts".into(),
+            ));
+        };
+        let out = match ssm
+            .get_command_invocation()
+            .command_id(command_id)
+            .instance_id(instance_id)
+            .send()
+            .await
+        {
+            Ok(o) => o,
+            // Just sent: SSM does not know the invocation yet.
+            Err(e) if e.code() == Some("InvocationDoesNotExist") => {
+                return Ok(CommandStatus {
+                    state: CommandState::InProgress,
+                    output: String::new(),
+                    output_location: None,
+                })
+            }
+            Err(e) => return Err(launch_error("GetCommandInvocation", &e)),
+        };
+        let code = out.response_code();
+        let state = match out.status() {
+            Some(S::Success) => CommandState::Succeeded,
+            Some(S::TimedOut) => CommandState::TimedOut,
+            Some(S::Failed) => CommandState::Failed {
+                code: (code >= 0).then_some(code),
+                reason: out.status_details().unwrap_or("Failed").to_owned(),
+            },
+            Some(S::Cancelled | S::Cancelling) => CommandState::Failed {
+                code: None,
+                reason: "the command was cancelled".into(),
+            },
+            _ => CommandState::InProgress,
+        };
+        let output = [out.standard_output_content(), out.standard_error_content()]
+            .into_iter()
+            .flatten()
+            .filter(|t| !t.is_empty())
+            .collect::<Vec<_>>()
+            .join("\n");
+        let output_location = if state == CommandState::InProgress {
+            None
+        } else {
+            self.output_location(ssm, command_id, instance_id).await
+        };
+        Ok(CommandStatus {
+            state,
+            output,
+            output_location,
+        })
     }
 }
 

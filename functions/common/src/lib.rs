@@ -178,7 +178,9 @@ pub fn images(aws: &aws_config::SdkConfig, settings: &Settings) -> Arc<dyn Image
 /// LaunchApp's launcher: CloudFormation stacks in the function's account and region, run as
 /// the launch role the application's launch configuration names
 /// (`arn:…:iam::TERN_ACCOUNT_ID:role/<roleName>`), tagged with the table's name as images are;
-/// it reads the instances' consoles with EC2 (GetConsoleOutput) for USERDATA validations.
+/// it reads the instances' consoles with EC2 (GetConsoleOutput) for USERDATA validations and
+/// runs app-level validation scripts with SSM Run Command; a template over CloudFormation's
+/// `TemplateBody` limit goes to the staging bucket (`apps/<stack>/`) for `TemplateURL`.
 pub fn launcher(aws: &aws_config::SdkConfig, settings: &Settings) -> Arc<dyn Launcher> {
     Arc::new(
         CfnLauncher::new(
@@ -189,7 +191,9 @@ pub fn launcher(aws: &aws_config::SdkConfig, settings: &Settings) -> Arc<dyn Lau
                 managed_by: format!("tern:{}", settings.table_name),
             },
         )
-        .with_ec2(aws_sdk_ec2::Client::new(aws)),
+        .with_ec2(aws_sdk_ec2::Client::new(aws))
+        .with_ssm(aws_sdk_ssm::Client::new(aws))
+        .with_template_bucket(aws_sdk_s3::Client::new(aws), &settings.staging_bucket),
     )
 }
 

@@ -363,6 +363,52 @@ async fn launcher_refusals_name_their_cause() {
     );
     assert_eq!(stacks().await, 0);
 
+    // With a template bucket, the same template is put there and created from its TemplateURL.
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&config)
+            .force_path_style(true)
+            .build(),
+    );
+    s3.create_bucket()
+        .bucket("tern-staging")
+        .send()
+        .await
+        .unwrap();
+    let staged = launcher(&config).with_template_bucket(s3.clone(), "tern-staging");
+    let id = staged
+        .create_stack("sms-app-00000000000000big", &big, Some("sms-launch"))
+        .await
+        .unwrap();
+    let kept = s3
+        .get_object()
+        .bucket("tern-staging")
+        .key("apps/sms-app-00000000000000big/launch-template.json")
+        .send()
+        .await
+        .unwrap()
+        .body
+        .collect()
+        .await
+        .unwrap()
+        .into_bytes();
+    assert_eq!(serde_json::from_slice::<Value>(&kept).unwrap(), big);
+    let described = cfn.describe_stacks().stack_name(&id).send().await.unwrap();
+    assert_eq!(
+        described.stacks()[0].description(),
+        Some("x".repeat(60_000).as_str())
+    );
+    staged.delete_stack(&id).await.unwrap();
+    // Over the 1 MiB a template in S3 may have: refused, naming that limit.
+    big["Description"] = json!("x".repeat(1_100_000));
+    let err = staged
+        .create_stack("sms-app-00000000000000bad", &big, Some("sms-launch"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, LaunchError::Failed(m) if m.contains("1048576-byte")),
+        "{err:?}"
+    );
+
     // CloudFormation out of reach: transient, the same call may succeed later.
     drop(moto);
     let err = l

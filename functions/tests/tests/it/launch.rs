@@ -133,6 +133,25 @@ impl Launcher for Settling {
     ) -> Result<Option<String>, LaunchError> {
         self.inner.console_output(stack_id, logical_id).await
     }
+
+    fn carries_scripts(&self) -> bool {
+        self.inner.carries_scripts()
+    }
+
+    async fn send_command(
+        &self,
+        req: &tern_core::launcher::CommandRequest,
+    ) -> Result<String, LaunchError> {
+        self.inner.send_command(req).await
+    }
+
+    async fn command_status(
+        &self,
+        command_id: &str,
+        instance_id: &str,
+    ) -> Result<tern_core::launcher::CommandStatus, LaunchError> {
+        self.inner.command_status(command_id, instance_id).await
+    }
 }
 
 /// An AMI over a snapshot, as a replication run registers one.
@@ -248,6 +267,7 @@ async fn replicated_app(
             "scripts/web-check.sh",
             "#!/bin/sh\ncurl -fs http://localhost/\n",
         ),
+        ("scripts/smoke.sh", "#!/bin/sh\ncurl -fs http://web/\n"),
     ] {
         s3.put_object()
             .bucket("tern-staging")
@@ -456,6 +476,88 @@ async fn launch_app_and_terminate_app_through_the_api_handler_on_cloudformation(
             .unwrap_or_default()
             .contains("waiting for the instance"),
         "{out}"
+    );
+
+    // An app-level SSM validation on the database's instance (SSM Run Command on moto). Untagged,
+    // the instance is refused naming the tag; tagged, and the validation put again (changed), the
+    // script is sent once and SUCCEEDED (moto runs every command successfully), its output in
+    // the output bucket under the validation's prefix.
+    let db_instance = ec2
+        .describe_instances()
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("tag:tern:serverId")
+                .values(&db)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .find_map(|i| i.instance_id().map(str::to_owned))
+        .expect("the database server's instance");
+    let config = |name: &str| {
+        json!({"appId": app_id, "appValidationConfigurations": [
+            {"name": name, "appValidationStrategy": "SSM", "ssmValidationParameters": {
+                "instanceId": db_instance, "scriptType": "SHELL_SCRIPT", "command": "sh smoke.sh",
+                "executionTimeoutSeconds": 300, "outputS3BucketName": "sms-app-output",
+                "source": {"s3Location": {"bucket": "tern-staging", "key": "scripts/smoke.sh"}}}}]})
+    };
+    admin(&h, "PutAppValidationConfiguration", config("smoke")).await;
+    let out = admin(&h, "GetAppValidationOutput", json!({"appId": app_id})).await;
+    let v = &out["validationOutputList"][0];
+    assert_eq!(v["status"], "FAILED", "{out}");
+    assert!(
+        v["statusMessage"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&format!(
+                "{db_instance} does not carry the tag UserForSMSApplicationValidation=true"
+            )),
+        "{out}"
+    );
+    ec2.create_tags()
+        .resources(&db_instance)
+        .tags(
+            aws_sdk_ec2::types::Tag::builder()
+                .key("UserForSMSApplicationValidation")
+                .value("true")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    admin(&h, "PutAppValidationConfiguration", config("smoke-again")).await;
+    let out = admin(&h, "GetAppValidationOutput", json!({"appId": app_id})).await;
+    let v = &out["validationOutputList"][0];
+    assert_eq!(v["status"], "IN_PROGRESS", "{out}");
+    let validation_id = v["validationId"].as_str().unwrap().to_owned();
+    let out = admin(&h, "GetAppValidationOutput", json!({"appId": app_id})).await;
+    let v = &out["validationOutputList"][0];
+    assert_eq!(v["status"], "SUCCEEDED", "{out}");
+    let location = &v["appValidationOutput"]["ssmOutput"]["s3Location"];
+    assert_eq!(location["bucket"], "sms-app-output", "{out}");
+    let key = location["key"].as_str().unwrap();
+    assert!(
+        key.starts_with(&format!("{app_id}/{validation_id}/")) && key.ends_with(&db_instance),
+        "{key}"
+    );
+    let ssm = aws_sdk_ssm::Client::new(&stack.aws);
+    let commands = ssm.list_commands().send().await.unwrap();
+    let sent = commands.commands();
+    assert_eq!(sent.len(), 1, "one command for the tagged instance");
+    assert_eq!(sent[0].document_name(), Some("AWS-RunRemoteScript"));
+    // moto adds every instance of the region to a command sent without Targets (its
+    // _get_instance_ids_from_targets with no filters); the request named the tagged one.
+    assert!(sent[0].instance_ids().contains(&db_instance), "{sent:?}");
+    let params = sent[0].parameters().unwrap();
+    assert_eq!(params["commandLine"], ["sh smoke.sh"]);
+    assert_eq!(params["executionTimeout"], ["300"]);
+    assert!(
+        params["sourceInfo"][0].ends_with("/tern-staging/scripts/smoke.sh\"}"),
+        "{params:?}"
     );
 
     // CloudFormation ran it as the launch role, tagged as this deployment's.

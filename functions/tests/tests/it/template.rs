@@ -44,8 +44,21 @@ fn permissions() -> serde_json::Value {
         "ec2:DescribeSnapshots",
         "ec2:DescribeImages",
     ];
+    // Running and following a launched application's validations
+    // (crates/core/src/service/apps/validation/): consoles (CfnLauncher::console_output) and
+    // SSM commands (send_command, command_status).
+    const VALIDATION: &[&str] = &[
+        "cloudformation:DescribeStackResource",
+        "ec2:GetConsoleOutput",
+        "ec2:DescribeTags",
+        "ssm:ListTagsForResource",
+        "ssm:SendCommand",
+        "ssm:GetCommandInvocation",
+        "ssm:ListCommands",
+    ];
     let with_teardown = |extra: &[&'static str]| {
         let mut all = with(TEARDOWN);
+        all.extend_from_slice(VALIDATION);
         all.extend_from_slice(extra);
         all.sort_unstable();
         all.dedup();
@@ -65,9 +78,7 @@ fn permissions() -> serde_json::Value {
             "cloudformation:CreateStack",
             "cloudformation:DescribeStacks",
             "cloudformation:DescribeStackEvents",
-            "cloudformation:DescribeStackResource",
             "cloudformation:DeleteStack",
-            "ec2:GetConsoleOutput",
             "iam:PassRole",
         ]),
         "PrepareFunction": with(&[]),
@@ -117,8 +128,10 @@ fn permissions() -> serde_json::Value {
             "states:SendTaskFailure",
         ]),
         // Starts executions, re-signals lost hand-overs, sweeps the outbox and teardowns;
-        // launches autoLaunch applications and follows launches in progress (CfnLauncher).
+        // launches autoLaunch applications (a large template put for TemplateURL) and follows
+        // launches in progress (CfnLauncher).
         "SchedulerFunction": with_teardown(&[
+            "s3:PutObject",
             "states:StartExecution",
             "states:SendTaskSuccess",
             "states:SendTaskFailure",
