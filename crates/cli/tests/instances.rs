@@ -54,6 +54,7 @@ fn instances_are_listed_read_and_stopped() {
         status: status::CREATE_COMPLETE.into(),
         reason: None,
         instances: vec![InstanceRecord {
+            command_socket: None,
             instance_id: id.into(),
             logical_id: "Database".into(),
             name: Some("db-1".into()),

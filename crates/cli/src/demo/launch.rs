@@ -5,10 +5,11 @@
 use std::time::{Duration, Instant};
 
 use aws_sdk_sms::types::{
-    LicenseType, S3Location, ScriptType, Server, ServerGroup, ServerGroupLaunchConfiguration,
-    ServerGroupReplicationConfiguration, ServerGroupValidationConfiguration,
-    ServerLaunchConfiguration, ServerReplicationConfiguration, ServerReplicationParameters,
-    ServerValidationConfiguration, ServerValidationStrategy, Source, UserDataValidationParameters,
+    AppValidationConfiguration, AppValidationStrategy, LicenseType, S3Location, ScriptType, Server,
+    ServerGroup, ServerGroupLaunchConfiguration, ServerGroupReplicationConfiguration,
+    ServerGroupValidationConfiguration, ServerLaunchConfiguration, ServerReplicationConfiguration,
+    ServerReplicationParameters, ServerValidationConfiguration, ServerValidationStrategy, Source,
+    SsmValidationParameters, Tag, UserDataValidationParameters,
 };
 use aws_smithy_types::DateTime;
 use serde_json::json;
@@ -17,6 +18,10 @@ use super::*;
 
 /// What the VM's `/init` prints first (scripts/boot-kit/init).
 const MARKER: &str = "TERN-BOOT-MARKER";
+
+/// The app-level validation script, run on the launched instance through its command channel
+/// (SSM Run Command's place on tern serve).
+const APP_VALIDATION_SCRIPT: &str = "#!/bin/sh\n# tern demo: the application's instance answers commands\ntest -b /dev/vda || exit 1\necho \"answered on kernel $(uname -r)\"\n";
 
 /// The demo server's validation script: the launched instance sees its migrated boot disk.
 const VALIDATION_SCRIPT: &str = "#!/bin/sh\n# tern demo: the launched instance sees its migrated boot disk\ntest -b /dev/vda || { echo \"no boot disk /dev/vda\"; exit 1; }\necho \"boot disk /dev/vda: $(( $(cat /sys/block/vda/size) * 512 )) bytes\"\n";
@@ -31,10 +36,17 @@ impl Demo {
             .clone()
             .ok_or_else(|| anyhow!("no server was imported"))?;
         self.ui.status("creating the application");
+        // Tagged so that its instance runs app-level validation scripts, as SMS required.
         let created = c
             .create_app()
             .name("tern-demo")
             .description("the demo's VM, launched from its latest AMI")
+            .tags(
+                Tag::builder()
+                    .key("UserForSMSApplicationValidation")
+                    .value("true")
+                    .build(),
+            )
             .server_groups(
                 ServerGroup::builder()
                     .name("vm")
@@ -111,45 +123,22 @@ impl Demo {
         // to its user data by GenerateTemplate; GetAppValidationOutput reads its outcome from
         // the instance's console.
         let script_key = "demo/validation/check-boot-disk.sh";
-        let staged = services
-            .manifests
-            .staging_root
-            .join(&services.manifests.staging.bucket)
-            .join(script_key);
-        std::fs::create_dir_all(staged.parent().expect("a key has a folder"))?;
-        std::fs::write(&staged, VALIDATION_SCRIPT)?;
-        c.put_app_validation_configuration()
-            .app_id(&app_id)
-            .server_group_validation_configurations(
-                ServerGroupValidationConfiguration::builder()
-                    .server_group_id(&group_id)
-                    .server_validation_configurations(
-                        ServerValidationConfiguration::builder()
-                            .server(Server::builder().server_id(&server_id).build())
-                            .name("boot-disk")
-                            .server_validation_strategy(ServerValidationStrategy::Userdata)
-                            .user_data_validation_parameters(
-                                UserDataValidationParameters::builder()
-                                    .script_type(ScriptType::ShellScript)
-                                    .source(
-                                        Source::builder()
-                                            .s3_location(
-                                                S3Location::builder()
-                                                    .bucket(&services.manifests.staging.bucket)
-                                                    .key(script_key)
-                                                    .build(),
-                                            )
-                                            .build(),
-                                    )
-                                    .build(),
-                            )
-                            .build(),
-                    )
-                    .build(),
-            )
-            .send()
-            .await
-            .map_err(sdk)?;
+        let bucket = services.manifests.staging.bucket.clone();
+        let stage = |key: &str, body: &str| -> anyhow::Result<()> {
+            let staged = services.manifests.staging_root.join(&bucket).join(key);
+            std::fs::create_dir_all(staged.parent().expect("a key has a folder"))?;
+            std::fs::write(&staged, body)?;
+            Ok(())
+        };
+        stage(script_key, VALIDATION_SCRIPT)?;
+        let validations = Validations {
+            app_id: &app_id,
+            group_id: &group_id,
+            server_id: &server_id,
+            bucket: &bucket,
+            server_script: script_key,
+        };
+        validations.put(c, None, None).await?;
         self.ui.status("LaunchApp: starting the instance");
         let started = Instant::now();
         c.launch_app().app_id(&app_id).send().await.map_err(sdk)?;
@@ -208,12 +197,38 @@ impl Demo {
         );
         self.ui
             .status("GetAppValidationOutput: waiting for the validation script");
-        let validation = self.validation_outcome(c, &app_id, deadline).await?;
+        let (validation, server_vid) = self
+            .validation_outcome(c, &app_id, "boot-disk", deadline)
+            .await?;
         self.check(
             validation.0 == "SUCCEEDED",
             format!(
                 "the server's validation script ran in the instance: {} ({})",
                 validation.0, validation.1
+            ),
+        );
+        // An app-level validation on the (tagged) instance: sent through its command channel
+        // once configured, as SSM Run Command would; its output kept in the staging bucket.
+        self.ui
+            .status("GetAppValidationOutput: running the app-level validation on the instance");
+        let app_script = "demo/validation/check-instance.sh";
+        stage(app_script, APP_VALIDATION_SCRIPT)?;
+        validations
+            .put(
+                c,
+                Some(server_vid),
+                Some((instance.instance_id.as_str(), app_script)),
+            )
+            .await?;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let (app_validation, _) = self
+            .validation_outcome(c, &app_id, "instance-check", deadline)
+            .await?;
+        self.check(
+            app_validation.0 == "SUCCEEDED" && app_validation.1.contains("answered on kernel"),
+            format!(
+                "the app-level validation script ran on instance {} through its command channel: {} ({})",
+                instance.instance_id, app_validation.0, app_validation.1
             ),
         );
         self.ui.status("TerminateApp");
@@ -242,17 +257,20 @@ impl Demo {
             "seconds": seconds,
             "console": console.display().to_string(),
             "validation": {"status": validation.0, "message": validation.1},
+            "appValidation": {"status": app_validation.0, "message": app_validation.1},
         }));
         Ok(())
     }
 
-    /// The status and message of the app's one validation once it ended (or at the deadline).
+    /// The status and message of the app's validation `name` once it ended (or at the
+    /// deadline), and its id.
     async fn validation_outcome(
         &self,
         c: &aws_sdk_sms::Client,
         app_id: &str,
+        name: &str,
         deadline: Instant,
-    ) -> anyhow::Result<(String, String)> {
+    ) -> anyhow::Result<((String, String), String)> {
         loop {
             let out = c
                 .get_app_validation_output()
@@ -262,15 +280,17 @@ impl Demo {
                 .map_err(sdk)?;
             let v = out
                 .validation_output_list()
-                .first()
-                .ok_or_else(|| anyhow!("GetAppValidationOutput answered no validation"))?;
+                .iter()
+                .find(|v| v.name() == Some(name))
+                .ok_or_else(|| anyhow!("GetAppValidationOutput answered no validation {name}"))?;
             let status = v
                 .status()
                 .map(|s| s.as_str().to_string())
                 .unwrap_or_default();
             let message = v.status_message().unwrap_or_default().to_string();
             if matches!(status.as_str(), "SUCCEEDED" | "FAILED") || Instant::now() > deadline {
-                return Ok((status, message));
+                let id = v.validation_id().unwrap_or_default().to_string();
+                return Ok(((status, message), id));
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
@@ -312,5 +332,74 @@ impl Demo {
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
+    }
+}
+
+/// The demo application's validation configuration: the server's USERDATA script, and once
+/// the instance is known an app-level script on it.
+struct Validations<'a> {
+    app_id: &'a str,
+    group_id: &'a str,
+    server_id: &'a str,
+    bucket: &'a str,
+    server_script: &'a str,
+}
+
+impl Validations<'_> {
+    fn source(&self, key: &str) -> Source {
+        Source::builder()
+            .s3_location(S3Location::builder().bucket(self.bucket).key(key).build())
+            .build()
+    }
+
+    /// Puts the configuration: the server's validation (keeping its id, and so its outcome,
+    /// when given) and, with `on`, the app-level one on that instance running that script.
+    async fn put(
+        &self,
+        c: &aws_sdk_sms::Client,
+        server_vid: Option<String>,
+        on: Option<(&str, &str)>,
+    ) -> anyhow::Result<()> {
+        let app_level = on.map(|(instance, key)| {
+            AppValidationConfiguration::builder()
+                .name("instance-check")
+                .app_validation_strategy(AppValidationStrategy::Ssm)
+                .ssm_validation_parameters(
+                    SsmValidationParameters::builder()
+                        .instance_id(instance)
+                        .script_type(ScriptType::ShellScript)
+                        .execution_timeout_seconds(60)
+                        .output_s3_bucket_name(self.bucket)
+                        .source(self.source(key))
+                        .build(),
+                )
+                .build()
+        });
+        c.put_app_validation_configuration()
+            .app_id(self.app_id)
+            .set_app_validation_configurations(app_level.map(|v| vec![v]))
+            .server_group_validation_configurations(
+                ServerGroupValidationConfiguration::builder()
+                    .server_group_id(self.group_id)
+                    .server_validation_configurations(
+                        ServerValidationConfiguration::builder()
+                            .server(Server::builder().server_id(self.server_id).build())
+                            .set_validation_id(server_vid)
+                            .name("boot-disk")
+                            .server_validation_strategy(ServerValidationStrategy::Userdata)
+                            .user_data_validation_parameters(
+                                UserDataValidationParameters::builder()
+                                    .script_type(ScriptType::ShellScript)
+                                    .source(self.source(self.server_script))
+                                    .build(),
+                            )
+                            .build(),
+                    )
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(sdk)?;
+        Ok(())
     }
 }

@@ -213,6 +213,7 @@ fn the_migrated_vm_boots_reads_its_disks_as_they_were_and_launches_as_an_applica
         "PASS the booted VM reads its data disk (vdb, 8 MiB)",
         "and it booted its migrated disk: \"TERN-BOOT-MARKER",
         "PASS the server's validation script ran in the instance: SUCCEEDED (the validation script exited with status 0: boot disk /dev/vda: ",
+        "through its command channel: SUCCEEDED (the validation script exited with status 0: answered on kernel ",
         "PASS TerminateApp stopped instance",
     ] {
         assert!(
@@ -246,6 +247,7 @@ fn the_migrated_vm_boots_reads_its_disks_as_they_were_and_launches_as_an_applica
         "{launch}"
     );
     assert_eq!(launch["validation"]["status"], "SUCCEEDED", "{launch}");
+    assert_eq!(launch["appValidation"]["status"], "SUCCEEDED", "{launch}");
     let console = std::fs::read_to_string(launch["console"].as_str().unwrap()).unwrap();
     assert!(
         console.contains(&format!("TERN-BOOT-MARKER {}", kit.kernel_release)),

@@ -68,6 +68,10 @@ pub struct InstanceRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub running_since: Option<String>,
     pub dir: PathBuf,
+    /// The command channel's socket, for an instance tagged
+    /// `UserForSMSApplicationValidation=true` (see `commands`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command_socket: Option<PathBuf>,
 }
 
 impl InstanceRecord {
@@ -211,6 +215,11 @@ pub fn start(s: &Start<'_>) -> Result<u32, String> {
     ]);
     cmd.arg("-serial")
         .arg(format!("file:{}", s.instance.console().display()));
+    if let Some(socket) = &s.instance.command_socket {
+        let _ = std::fs::remove_file(socket);
+        cmd.arg("-serial")
+            .arg(format!("unix:{},server=on,wait=off", escape_option(socket)));
+    }
     cmd.arg("-fw_cfg").arg(format!(
         "name=etc/sercon-port,file={}",
         escape_option(&sercon)

@@ -18,6 +18,7 @@
 //! (or its delete finished) the next time its state is asked for. QEMU missing: LaunchApp is
 //! refused with what to install, before anything is written.
 
+mod commands;
 mod instances;
 mod plan;
 
@@ -29,8 +30,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::Value;
+use tern_core::enums::ScriptType;
 use tern_core::images::BootMode;
-use tern_core::launcher::{LaunchError, Launcher, StackState};
+use tern_core::launcher::{
+    CommandRequest, CommandStatus, LaunchError, Launcher, StackState, VALIDATION_INSTANCE_TAG,
+};
 
 pub use instances::{find, list, status, stop as stop_instance, InstanceRecord, StackRecord};
 pub use plan::{instance_size, plan, InstancePlan};
@@ -83,6 +87,7 @@ pub struct QemuLauncher {
     qemu: Result<Qemu, String>,
     opts: LauncherOptions,
     stacks: Mutex<HashMap<String, Arc<StackCtl>>>,
+    commands: Arc<commands::Commands>,
 }
 
 /// What LaunchApp answers on a host without QEMU.
@@ -125,6 +130,7 @@ impl QemuLauncher {
             qemu,
             opts,
             stacks: Mutex::new(HashMap::new()),
+            commands: Arc::default(),
         }
     }
 
@@ -157,6 +163,21 @@ impl QemuLauncher {
     fn running_ctl(&self, name: &str) -> Option<Arc<StackCtl>> {
         let m = self.stacks.lock().unwrap_or_else(|p| p.into_inner());
         m.get(name).cloned()
+    }
+
+    /// The instance `instance_id` of any local stack.
+    fn instance(&self, instance_id: &str) -> Result<InstanceRecord, LaunchError> {
+        let stacks = instances::list(&self.data_dir).map_err(LaunchError::Transient)?;
+        stacks
+            .into_iter()
+            .filter(|s| s.status != status::DELETE_COMPLETE)
+            .flat_map(|s| s.instances)
+            .find(|i| i.instance_id == instance_id)
+            .ok_or_else(|| {
+                failed(format!(
+                    "there is no instance {instance_id} on this host (`tern instances list` shows them)"
+                ))
+            })
     }
 
     fn stack_dir(&self, name: &str) -> PathBuf {
@@ -241,7 +262,7 @@ impl Launcher for QemuLauncher {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
         let instances = plans
             .iter()
-            .map(|p| {
+            .map(|p| -> Result<InstanceRecord, LaunchError> {
                 let h = blake3::hash(format!("{stack_id}/{}", p.logical_id).as_bytes());
                 let instance_id = format!("i-{}", &h.to_hex()[..17]);
                 let vcpus = p.vcpus.min(cores);
@@ -252,8 +273,16 @@ impl Launcher for QemuLauncher {
                         p.instance_type, p.vcpus, p.memory_mib
                     )
                 });
-                InstanceRecord {
+                let command_socket = if p.validation_target {
+                    Some(commands::socket_path(&instance_id).map_err(|e| {
+                        failed(format!("cannot make the command channel of {instance_id}: {e}"))
+                    })?)
+                } else {
+                    None
+                };
+                Ok(InstanceRecord {
                     dir: dir.join(&instance_id),
+                    command_socket,
                     instance_id,
                     logical_id: p.logical_id.clone(),
                     name: p.name.clone(),
@@ -267,9 +296,9 @@ impl Launcher for QemuLauncher {
                     accel_note: None,
                     pid: None,
                     running_since: None,
-                }
+                })
             })
-            .collect();
+            .collect::<Result<Vec<_>, _>>()?;
         let record = StackRecord {
             stack_id: stack_id.clone(),
             stack_name: stack_name.to_string(),
@@ -396,6 +425,36 @@ impl Launcher for QemuLauncher {
                 inst.instance_id
             ))),
         }
+    }
+    async fn send_command(&self, req: &CommandRequest) -> Result<String, LaunchError> {
+        let inst = self.instance(&req.instance_id)?;
+        if inst.command_socket.is_none() {
+            return Err(failed(format!(
+                "instance {} does not carry the tag {VALIDATION_INSTANCE_TAG}=true; tag the application (its tags go onto every instance it launches) and launch it again",
+                inst.instance_id
+            )));
+        }
+        if req.script_type == ScriptType::PowershellScript {
+            return Err(failed(
+                "a POWERSHELL_SCRIPT needs a Windows instance; the local launcher's instances run shell scripts (SHELL_SCRIPT)".into(),
+            ));
+        }
+        if !inst.running() {
+            return Err(failed(format!(
+                "instance {} is not running (`tern instances list` shows it)",
+                inst.instance_id
+            )));
+        }
+        self.commands.start(&inst, req).map_err(failed)
+    }
+
+    async fn command_status(
+        &self,
+        command_id: &str,
+        instance_id: &str,
+    ) -> Result<CommandStatus, LaunchError> {
+        let inst = self.instance(instance_id)?;
+        self.commands.status(&inst, command_id).map_err(failed)
     }
 }
 
@@ -597,11 +656,17 @@ impl Job {
         }
         let seed = inst.dir.join("seed");
         std::fs::create_dir_all(&seed).map_err(|e| e.to_string())?;
-        let meta = format!(
+        let mut meta = format!(
             "instance-id: {}\nlocal-hostname: {}\n",
             inst.instance_id,
             inst.logical_id.to_ascii_lowercase()
         );
+        if inst.command_socket.is_some() {
+            meta.push_str(&format!(
+                "tern-command-channel: {}\n",
+                commands::GUEST_DEVICE
+            ));
+        }
         std::fs::write(seed.join("meta-data"), meta)
             .and_then(|()| std::fs::write(seed.join("user-data"), user_data.unwrap_or("")))
             .map_err(|e| format!("cannot write the NoCloud seed in {}: {e}", seed.display()))?;
@@ -628,6 +693,9 @@ impl Job {
                 let _ = std::fs::remove_file(d);
             }
             let _ = std::fs::remove_dir_all(inst.dir.join("seed"));
+            if let Some(socket) = &inst.command_socket {
+                let _ = std::fs::remove_file(socket);
+            }
         }
         if failures.is_empty() {
             record.status = final_status.into();

@@ -22,6 +22,8 @@ pub struct InstancePlan {
     pub level: usize,
     /// The `Name` tag, for listings.
     pub name: Option<String>,
+    /// Tagged `UserForSMSApplicationValidation=true`: it runs app-level validation scripts.
+    pub validation_target: bool,
 }
 
 /// vCPUs and MiB of memory of an EC2 instance type: the common types by name, others by their
@@ -102,14 +104,19 @@ pub fn plan(template: &Value) -> Result<Vec<InstancePlan>, String> {
             None => None,
             Some(v) => Some(user_data(v).map_err(|e| format!("instance {id}: UserData {e}"))?),
         };
-        let name = prop("Tags")
-            .and_then(Value::as_array)
-            .and_then(|tags| {
-                tags.iter()
-                    .find(|t| t.get("Key").and_then(Value::as_str) == Some("Name"))
-            })
-            .and_then(|t| t.get("Value").and_then(Value::as_str))
-            .map(str::to_string);
+        let tag = |key: &str| {
+            prop("Tags")
+                .and_then(Value::as_array)
+                .and_then(|tags| {
+                    tags.iter()
+                        .find(|t| t.get("Key").and_then(Value::as_str) == Some(key))
+                })
+                .and_then(|t| t.get("Value").and_then(Value::as_str))
+                .map(str::to_string)
+        };
+        let name = tag("Name");
+        let validation_target = tag(tern_core::launcher::VALIDATION_INSTANCE_TAG)
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"));
         let deps = match r.get("DependsOn") {
             None => vec![],
             Some(Value::String(s)) => vec![s.clone()],
@@ -140,6 +147,7 @@ pub fn plan(template: &Value) -> Result<Vec<InstancePlan>, String> {
             user_data,
             level: 0,
             name,
+            validation_target,
         });
     }
     // Levels: an instance's level is one more than its highest dependency's.
