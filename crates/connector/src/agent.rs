@@ -153,9 +153,10 @@ impl Agent {
     /// Resolves credentials and builds the client; makes no request yet.
     pub async fn new(config: ConnectorConfig) -> Result<Self, ConnectorError> {
         let credentials = config.resolve_credentials().await?;
-        // Uploads are signed with the same keys as the API calls: `tern serve` accepts the
-        // connector keys on its staging store, and one identity is simpler to grant on S3.
-        let s3 = config.s3_client(credentials.clone());
+        // Uploads are signed with the same keys as the API calls unless [staging] names others:
+        // `tern serve` accepts the connector keys on its staging store; S3 in AWS needs IAM
+        // credentials (the API's are Tern-issued keys there).
+        let s3 = config.s3_client(config.staging_credentials(&credentials).await);
         let client = ApiClient::new(
             &config.endpoint,
             &config.region,

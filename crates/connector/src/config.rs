@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use aws_credential_types::provider::ProvideCredentials;
+use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 use aws_credential_types::Credentials;
 use serde::Deserialize;
 
@@ -81,6 +81,33 @@ pub struct StagingConfig {
     /// new seed.
     #[serde(default = "default_max_delta_gib")]
     pub max_delta_gib: u64,
+    /// Where the upload credentials come from when they are not the API's (the default, what
+    /// `tern serve` accepts). In the AWS deployment the API is signed with Tern-issued keys
+    /// (the stack's `SmsEndpoint`), which S3 does not know: uploads then need IAM credentials
+    /// allowed to write the staging bucket. `"aws"`: the default AWS credential chain
+    /// (environment, profile, SSO, instance role), refreshed as they expire.
+    #[serde(default)]
+    pub credentials_from: CredentialsFrom,
+    /// Or: a profile of a shared-credentials file (refreshed as the SDK does).
+    #[serde(default)]
+    pub profile: Option<String>,
+    /// The shared-credentials file holding `profile`.
+    #[serde(default)]
+    pub credentials_file: Option<PathBuf>,
+    /// Or: keys given inline.
+    #[serde(default)]
+    pub credentials: Option<StaticCredentials>,
+}
+
+/// Where `[staging]` takes its credentials from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CredentialsFrom {
+    /// The API's credentials.
+    #[default]
+    Api,
+    /// The default AWS credential chain.
+    Aws,
 }
 
 impl Default for StagingConfig {
@@ -90,6 +117,10 @@ impl Default for StagingConfig {
             part_size_mib: default_part_size_mib(),
             bandwidth_limit_mbps: None,
             max_delta_gib: default_max_delta_gib(),
+            credentials_from: CredentialsFrom::Api,
+            profile: None,
+            credentials_file: None,
+            credentials: None,
         }
     }
 }
@@ -101,7 +132,28 @@ fn default_max_delta_gib() -> u64 {
     1024
 }
 
-#[derive(Clone, Deserialize)]
+/// The credentials of `profile` (default: the default profile) in `file` (default: the usual
+/// AWS locations).
+fn profile_provider(
+    profile: Option<&str>,
+    file: Option<&Path>,
+) -> aws_config::profile::ProfileFileCredentialsProvider {
+    use aws_runtime::env_config::file::{EnvConfigFileKind, EnvConfigFiles};
+    let mut builder = aws_config::profile::ProfileFileCredentialsProvider::builder();
+    if let Some(profile) = profile {
+        builder = builder.profile_name(profile);
+    }
+    if let Some(file) = file {
+        let files = EnvConfigFiles::builder()
+            .include_default_config_file(false)
+            .with_file(EnvConfigFileKind::Credentials, file)
+            .build();
+        builder = builder.profile_files(files);
+    }
+    builder.build()
+}
+
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StaticCredentials {
     pub access_key_id: String,
@@ -173,6 +225,9 @@ impl ConnectorConfig {
         if let Some(file) = &config.credentials_file {
             config.credentials_file = Some(base.join(file));
         }
+        if let Some(file) = &config.staging.credentials_file {
+            config.staging.credentials_file = Some(base.join(file));
+        }
         config.validate().map_err(err)?;
         Ok(config)
     }
@@ -187,6 +242,15 @@ impl ConnectorConfig {
         if self.credentials.is_some() && (self.profile.is_some() || self.credentials_file.is_some())
         {
             return Err("give either [credentials] or profile/credentials_file, not both".into());
+        }
+        let st = &self.staging;
+        let staging_sources = [
+            st.credentials_from == CredentialsFrom::Aws,
+            st.profile.is_some() || st.credentials_file.is_some(),
+            st.credentials.is_some(),
+        ];
+        if staging_sources.iter().filter(|s| **s).count() > 1 {
+            return Err("[staging]: give one of credentials_from = \"aws\", profile/credentials_file or [staging.credentials], not several".into());
         }
         match [self.files.is_some(), self.libvirt.is_some(), self.vsphere.is_some()].iter().filter(|s| **s).count() {
             0 => return Err("no source: add [files] with inventory = \"FILE\" (VMs listed in an inventory file), [libvirt] with uri = \"qemu:///system\" (the domains of a libvirt host) or [vsphere] with url = \"https://vcenter/sdk\" (the VMs of a vCenter)".into()),
@@ -270,11 +334,40 @@ impl ConnectorConfig {
         }
     }
 
+    /// The credentials of replication uploads (`[staging]`): the API's `api` credentials
+    /// unless `[staging]` names others.
+    pub async fn staging_credentials(&self, api: &Credentials) -> SharedCredentialsProvider {
+        let st = &self.staging;
+        if let Some(c) = &st.credentials {
+            return SharedCredentialsProvider::new(Credentials::new(
+                &c.access_key_id,
+                &c.secret_access_key,
+                c.session_token.clone(),
+                None,
+                "tern-connector-staging",
+            ));
+        }
+        if st.profile.is_some() || st.credentials_file.is_some() {
+            return SharedCredentialsProvider::new(profile_provider(
+                st.profile.as_deref(),
+                st.credentials_file.as_deref(),
+            ));
+        }
+        match st.credentials_from {
+            CredentialsFrom::Api => SharedCredentialsProvider::new(api.clone()),
+            CredentialsFrom::Aws => SharedCredentialsProvider::new(
+                aws_config::default_provider::credentials::DefaultCredentialsChain::builder()
+                    .build()
+                    .await,
+            ),
+        }
+    }
+
     /// The S3 client of replication uploads: path-style (what `tern serve` and most
-    /// S3-compatible stores need), the config's region, and the same credentials the API
-    /// calls are signed with. The SDK's own retries stay on; `replicate` adds its own around
-    /// whole calls.
-    pub fn s3_client(&self, credentials: Credentials) -> aws_sdk_s3::Client {
+    /// S3-compatible stores need), the config's region, and `credentials`
+    /// ([`Self::staging_credentials`]). The SDK's own retries stay on; `replicate` adds its
+    /// own around whole calls.
+    pub fn s3_client(&self, credentials: SharedCredentialsProvider) -> aws_sdk_s3::Client {
         let conf = aws_sdk_s3::Config::builder()
             .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
             .region(aws_sdk_s3::config::Region::new(self.region.clone()))
@@ -314,19 +407,9 @@ impl ConnectorConfig {
             ));
         }
         let result = if self.profile.is_some() || self.credentials_file.is_some() {
-            use aws_runtime::env_config::file::{EnvConfigFileKind, EnvConfigFiles};
-            let mut builder = aws_config::profile::ProfileFileCredentialsProvider::builder();
-            if let Some(profile) = &self.profile {
-                builder = builder.profile_name(profile);
-            }
-            if let Some(file) = &self.credentials_file {
-                let files = EnvConfigFiles::builder()
-                    .include_default_config_file(false)
-                    .with_file(EnvConfigFileKind::Credentials, file)
-                    .build();
-                builder = builder.profile_files(files);
-            }
-            builder.build().provide_credentials().await
+            profile_provider(self.profile.as_deref(), self.credentials_file.as_deref())
+                .provide_credentials()
+                .await
         } else {
             aws_config::default_provider::credentials::DefaultCredentialsChain::builder()
                 .build()
@@ -498,6 +581,50 @@ inventory = "inv.toml"
             let err = ConnectorConfig::load(&p).unwrap_err().to_string();
             assert!(err.contains(needle), "{bad}: {err}");
         }
+    }
+
+    #[tokio::test]
+    async fn staging_credentials_are_the_apis_unless_staging_names_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = "endpoint = \"http://api:8080\"\nstate_dir = \"s\"\n[credentials]\naccess_key_id = \"TERNKEY\"\nsecret_access_key = \"tern-secret\"\n[files]\ninventory = \"i\"\n";
+        let id = |c: ConnectorConfig| async move {
+            let api = c.resolve_credentials().await.unwrap();
+            let staging = c.staging_credentials(&api).await;
+            staging
+                .provide_credentials()
+                .await
+                .unwrap()
+                .access_key_id()
+                .to_owned()
+        };
+        let p = write(dir.path(), "a.toml", base);
+        assert_eq!(id(ConnectorConfig::load(&p).unwrap()).await, "TERNKEY");
+        // IAM keys for S3 in the AWS deployment, inline or from a profile of a file.
+        let p = write(
+            dir.path(),
+            "b.toml",
+            &format!("{base}[staging]\n[staging.credentials]\naccess_key_id = \"AKIAS3\"\nsecret_access_key = \"s3-secret\"\n"),
+        );
+        assert_eq!(id(ConnectorConfig::load(&p).unwrap()).await, "AKIAS3");
+        write(
+            dir.path(),
+            "iam",
+            "[uploader]\naws_access_key_id = AKIAPROFILE\naws_secret_access_key = x\n",
+        );
+        let p = write(
+            dir.path(),
+            "c.toml",
+            &format!("{base}[staging]\nprofile = \"uploader\"\ncredentials_file = \"iam\"\n"),
+        );
+        assert_eq!(id(ConnectorConfig::load(&p).unwrap()).await, "AKIAPROFILE");
+        // One source only.
+        let p = write(
+            dir.path(),
+            "d.toml",
+            &format!("{base}[staging]\ncredentials_from = \"aws\"\nprofile = \"uploader\"\n"),
+        );
+        let err = ConnectorConfig::load(&p).unwrap_err().to_string();
+        assert!(err.contains("give one of credentials_from"), "{err}");
     }
 
     #[test]
