@@ -25,6 +25,9 @@ pub enum Flavor {
     /// It also turns the `BlockIndex` strings of moto's EBS `ListSnapshotBlocks` /
     /// `ListChangedBlocks` answers into the integers of EBS's model.
     S3RootsFixed,
+    /// [`Flavor::S3RootsFixed`], one request at a time (see [`Flavor::SingleThreaded`]): for
+    /// pipelines whose handlers write the table concurrently.
+    S3RootsFixedSingleThreaded,
 }
 
 const SERVE: &str = r#"
@@ -70,6 +73,8 @@ if flavor == "single":
     run_simple("127.0.0.1", port, app, threaded=False)
 elif flavor == "s3":
     run_simple("127.0.0.1", port, fixed, threaded=True)
+elif flavor == "s3single":
+    run_simple("127.0.0.1", port, fixed, threaded=False)
 else:
     run_simple("127.0.0.1", port, app, threaded=True)
 "#;
@@ -108,6 +113,7 @@ impl Moto {
             Flavor::Threaded => "threaded",
             Flavor::SingleThreaded => "single",
             Flavor::S3RootsFixed => "s3",
+            Flavor::S3RootsFixedSingleThreaded => "s3single",
         };
         let child = Command::new("python3")
             .args(["-c", SERVE, &port.to_string(), flavor])

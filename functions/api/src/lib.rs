@@ -19,6 +19,8 @@
 
 use std::time::Instant;
 
+pub mod gateway;
+
 use lambda_http::aws_lambda_events::apigw::ApiGatewayV2httpRequestContext;
 use lambda_http::http::{header, HeaderValue, Method, StatusCode};
 use lambda_http::request::RequestContext;

@@ -5,15 +5,8 @@
 //! The Rust SDK (`aws-sdk-sms`) always runs; boto3 with `sms` (1.40, which .ci/run installs in
 //! its own virtualenv) runs where it is installed.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, Method, Uri};
-use lambda_http::aws_lambda_events::apigw::ApiGatewayV2httpRequestContext;
-use lambda_http::request::RequestContext;
-use lambda_http::Body;
 use tern_api::{Api, Deps};
 use tern_core::service::KeyRole;
 use tern_core::{MemoryStore, RandomIds, Service, SystemClock};
@@ -42,39 +35,10 @@ async fn start() -> Gateway {
     });
     let handler =
         Arc::new(Handler::new(api, "TernConnector").with_signed_route(keys.clone(), REGION));
-    let app = axum::Router::new().fallback(forward).with_state(handler);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr: SocketAddr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     Gateway {
-        endpoint: format!("http://{addr}"),
+        endpoint: tern_fn_api::gateway::serve(handler).await.unwrap(),
         keys,
     }
-}
-
-/// What API Gateway does for a route without an authorizer: the request as the client sent
-/// it, with a request context that carries no identity.
-async fn forward(
-    State(handler): State<Arc<Handler>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> axum::response::Response {
-    let mut request = lambda_http::http::Request::builder()
-        .method(method)
-        .uri(uri)
-        .body(Body::Binary(body.to_vec()))
-        .unwrap();
-    *request.headers_mut() = headers;
-    let mut context = ApiGatewayV2httpRequestContext::default();
-    context.request_id = Some("gw-1".into());
-    request
-        .extensions_mut()
-        .insert(RequestContext::ApiGatewayV2(context));
-    let response = handler.handle(request).await;
-    let (parts, body) = response.into_parts();
-    axum::response::Response::from_parts(parts, axum::body::Body::from(body.as_ref().to_vec()))
 }
 
 fn client(endpoint: &str, id: &str, secret: &str) -> aws_sdk_sms::Client {

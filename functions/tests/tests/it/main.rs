@@ -2,6 +2,7 @@
 //! adapters to moto's server, fed the realistic fixtures of `events/` (the ones
 //! `cargo lambda invoke --data-file` uses).
 
+mod connector;
 mod event_publisher;
 mod fixtures;
 mod launch;
@@ -67,7 +68,12 @@ pub struct Stack {
 impl Stack {
     pub async fn start(what: &str) -> Option<Stack> {
         // S3RootsFixed: EBS ListSnapshotBlocks answers as EBS does (the pipeline reads blocks back).
-        let moto = Moto::start(Flavor::S3RootsFixed, what)?;
+        Self::start_on(Flavor::S3RootsFixed, what).await
+    }
+
+    /// The stack on a moto of `flavor`.
+    pub async fn start_on(flavor: Flavor, what: &str) -> Option<Stack> {
+        let moto = Moto::start(flavor, what)?;
         let aws = moto_config(&moto.endpoint);
         let settings = Settings::from_lookup(|name| {
             Some(

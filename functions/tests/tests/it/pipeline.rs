@@ -11,9 +11,10 @@
 //!
 //! A late duplicate of a manifest event changes nothing; 3 runs failed on purpose pause the
 //! job; the state changes go through the event-publisher Lambda to an EventBridge rule's SQS
-//! queue once, even when the stream batch is delivered again. Not here yet: the real
-//! connector (the test stages what it uploads, as it does) and moto's own DynamoDB stream
-//! (the batch is built from the outbox items the stream would carry).
+//! queue once, even when the stream batch is delivered again. Here the test stages what the
+//! connector uploads; `connector.rs` runs the real connector through the same pipeline. Not
+//! here: moto's own DynamoDB stream (the batch is built from the outbox items the stream
+//! would carry).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -30,11 +31,11 @@ use tern_test_support::qemu::{change_blocks, make_raw, BLOCK};
 
 use crate::{read_back, Stack};
 
-type Calls = Arc<Mutex<BTreeMap<String, u32>>>;
+pub(crate) type Calls = Arc<Mutex<BTreeMap<String, u32>>>;
 
 /// The image adapter's requests (EC2, EBS, S3) by operation.
 #[derive(Debug, Default, Clone)]
-struct Requests(Arc<Mutex<BTreeMap<String, u32>>>);
+pub(crate) struct Requests(pub(crate) Arc<Mutex<BTreeMap<String, u32>>>);
 
 impl aws_smithy_runtime_api::client::interceptors::Intercept for Requests {
     fn name(&self) -> &'static str {
@@ -208,15 +209,20 @@ impl Pipeline {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_asl_on_the_states_engine_replicates_through_the_lambda_handlers() {
-    let Some(stack) = Stack::start("the AWS-mode pipeline").await else {
-        return;
-    };
-    if !tern_test_support::on_path("qemu-img") {
-        assert!(std::env::var_os("CI").is_none(), "qemu-img is needed in CI");
-        return;
-    }
+/// The deployed pipeline on `stack`: the ASL on Tern's States engine with every Task resolved
+/// to the tasks Lambda's handler, the deployment (seeds through EBS direct, five on-demand
+/// runs a day) wired to moto; with the staging bucket made, S3 and EBS clients, the counted
+/// Lambda invocations and image requests, and the engine's driver.
+pub(crate) async fn deployed(
+    stack: &Stack,
+) -> (
+    Deployment,
+    aws_sdk_s3::Client,
+    aws_sdk_ebs::Client,
+    Calls,
+    Requests,
+    tokio::task::JoinHandle<()>,
+) {
     let s3 = aws_sdk_s3::Client::from_conf(
         aws_sdk_s3::config::Builder::from(&stack.aws)
             .force_path_style(true)
@@ -265,6 +271,8 @@ async fn the_asl_on_the_states_engine_replicates_through_the_lambda_handlers() {
     // Five on-demand runs in a day: the incremental run and the three that fail.
     let mut limits = tern_core::Config::default();
     limits.limits.on_demand_runs_per_window = 5;
+    // The test disks are random blocks, not bootable: the operator's waiver of that rule.
+    limits.preflight_waive = Some("boot-disk-unpartitioned".into());
     let deployment = Deployment::connect_with(
         &stack.aws,
         &stack.settings,
@@ -274,7 +282,26 @@ async fn the_asl_on_the_states_engine_replicates_through_the_lambda_handlers() {
     )
     .unwrap();
     let _ = cell.set(deployment.replication.clone());
+    (deployment, s3, ebs, calls, requests, driver)
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_asl_on_the_states_engine_replicates_through_the_lambda_handlers() {
+    let Some(stack) = Stack::start_on(
+        // One request at a time: moto snapshots and restores a whole table around a
+        // transaction without a lock, so the handlers' concurrent writes could tear items.
+        tern_test_support::moto::Flavor::S3RootsFixedSingleThreaded,
+        "the AWS-mode pipeline",
+    )
+    .await
+    else {
+        return;
+    };
+    if !tern_test_support::on_path("qemu-img") {
+        assert!(std::env::var_os("CI").is_none(), "qemu-img is needed in CI");
+        return;
+    }
+    let (deployment, s3, ebs, calls, requests, driver) = deployed(&stack).await;
     let job_id = crate::job_seeded_now(&stack, &deployment.service).await;
     let p = Pipeline {
         stack,
