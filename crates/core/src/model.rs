@@ -458,9 +458,10 @@ pub struct Work {
     pub leased_on: Option<OffsetDateTime>,
 }
 
-/// Tern: what is left to undo of a run whose job was deleted while the run was in progress
-/// (`TEARDOWN/<jobId>#<runId>`). Written in the DeleteReplicationJob transaction and removed
-/// once every step is done, so a crash in between leaves the record for the scheduler's sweep.
+/// Tern: what is left to undo of a run whose job was deleted while the run was in progress,
+/// or of a run that failed (`TEARDOWN/<jobId>#<runId>`). Written in the transaction that
+/// deletes the job or fails the run, and removed once every step is done, so a crash in
+/// between leaves the record for the scheduler's sweep.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Teardown {
@@ -471,6 +472,10 @@ pub struct Teardown {
     /// Image tasks the run started; their snapshots are deleted once the tasks end.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub snapshot_tasks: Vec<String>,
+    /// When the job was deleted, or the run failed.
     #[serde(with = "time::serde::rfc3339")]
     pub deleted_on: OffsetDateTime,
+    /// The run failed (its job stays): its execution ends by itself and is not stopped.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub run_failed: bool,
 }

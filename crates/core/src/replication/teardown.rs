@@ -15,6 +15,12 @@
 //! 4. the image tasks the run started are waited for and their snapshots deleted, and an image
 //!    registered for the run (the delete raced RegisterImage) is deregistered.
 //!
+//! A run that fails gets the same record (written with the failure, `run_failed`): its
+//! execution ends by itself and is not stopped, and the rest goes as above — its staged
+//! objects, the snapshots of the image tasks it started, an image registered before the
+//! failure — so a failed or killed run leaves no snapshot, image or staging object behind
+//! (R10's AMIs of completed runs are other runs').
+//!
 //! DeleteReplicationJob runs it at once; the scheduler's tick sweeps every record left (a crash
 //! between the delete and the end of the teardown, a failing dependency, image tasks still
 //! running) and repeats the staging step until `work_lease` has passed since the delete, for
@@ -35,8 +41,8 @@ use crate::workflows::REPLICATION_RUN;
 const STOP_CAUSE: &str = "The replication job was deleted";
 
 impl Replication {
-    /// Undoes the unfinished run of deleted job `job_id`, when it had one. A step that cannot
-    /// finish now is left to the scheduler's sweep.
+    /// Undoes the unfinished run of deleted job `job_id`, when it had one, and what its failed
+    /// runs left. A step that cannot finish now is left to the scheduler's sweep.
     pub async fn tear_down_job(&self, job_id: &str) -> Result<(), DomainError> {
         let pending = self
             .service
@@ -70,9 +76,11 @@ impl Replication {
     /// complete an object of the run.
     async fn tear_down(&self, t: &Teardown) -> Result<bool, DomainError> {
         let (job_id, run_id) = (t.job_id.as_str(), t.run_id.as_str());
-        self.workflows
-            .stop_execution(REPLICATION_RUN, run_id, STOP_CAUSE)
-            .await?;
+        if !t.run_failed {
+            self.workflows
+                .stop_execution(REPLICATION_RUN, run_id, STOP_CAUSE)
+                .await?;
+        }
         self.service
             .store
             .write(Write::Delete {
@@ -183,6 +191,7 @@ impl Replication {
                         connector_id: connector_id.to_string(),
                         snapshot_tasks: Vec::new(),
                         deleted_on: svc.now(),
+                        run_failed: false,
                     },
                     Expect::Absent,
                 ),

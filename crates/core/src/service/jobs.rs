@@ -642,6 +642,7 @@ impl Service {
                         connector_id: j.connector_id.clone(),
                         snapshot_tasks: r.workflow.snapshot_tasks.clone(),
                         deleted_on: now,
+                        run_failed: false,
                     };
                     writes.push(put(
                         keys::teardown(&teardown.job_id, &teardown.run_id),
@@ -945,6 +946,24 @@ impl Service {
                 if !crate::states::occupies_slot(t.to) {
                     j.next_replication_run_start_time = None;
                 }
+            }
+            // A failed run leaves nothing behind: what it staged and built (snapshots, an image
+            // registered before the failure) is removed by its teardown, recorded here so that
+            // a crash before it ran leaves it to the scheduler's sweep.
+            if update.event == RunEvent::Fail {
+                let teardown = Teardown {
+                    job_id: job_id.to_string(),
+                    run_id: r.replication_run_id.clone(),
+                    connector_id: j.connector_id.clone(),
+                    snapshot_tasks: r.workflow.snapshot_tasks.clone(),
+                    deleted_on: now,
+                    run_failed: true,
+                };
+                writes.push(put(
+                    keys::teardown(job_id, &r.replication_run_id),
+                    &teardown,
+                    Expect::Any,
+                )?);
             }
             Self::embed_run(&mut j, &r, limits.runs_embedded_in_job as usize);
             writes.push(put(key.clone(), &r, run.expect())?);

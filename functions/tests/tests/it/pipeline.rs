@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tern_aws::{Ec2Images, Ec2ImagesSettings, SeedMethod};
+use tern_core::images::Images;
 use tern_core::replication::{functions, ObjectKind, Replication, StagingLocation};
 use tern_core::store::Store as _;
 use tern_fn_common::Deployment;
@@ -213,16 +214,25 @@ impl Pipeline {
 /// to the tasks Lambda's handler, the deployment (seeds through EBS direct, five on-demand
 /// runs a day) wired to moto; with the staging bucket made, S3 and EBS clients, the counted
 /// Lambda invocations and image requests, and the engine's driver.
-pub(crate) async fn deployed(
-    stack: &Stack,
-) -> (
+pub(crate) async fn deployed(stack: &Stack) -> Deployed {
+    deployed_with(stack, |_| {}, |images| images).await
+}
+
+pub(crate) type Deployed = (
     Deployment,
     aws_sdk_s3::Client,
     aws_sdk_ebs::Client,
     Calls,
     Requests,
     tokio::task::JoinHandle<()>,
-) {
+);
+
+/// [`deployed`], with `config` changed by `adjust` and the images adapter wrapped by `wrap`.
+pub(crate) async fn deployed_with(
+    stack: &Stack,
+    adjust: impl FnOnce(&mut tern_core::Config),
+    wrap: impl FnOnce(Arc<dyn Images>) -> Arc<dyn Images>,
+) -> Deployed {
     let s3 = aws_sdk_s3::Client::from_conf(
         aws_sdk_s3::config::Builder::from(&stack.aws)
             .force_path_style(true)
@@ -273,11 +283,12 @@ pub(crate) async fn deployed(
     limits.limits.on_demand_runs_per_window = 5;
     // The test disks are random blocks, not bootable: the operator's waiver of that rule.
     limits.preflight_waive = Some("boot-disk-unpartitioned".into());
+    adjust(&mut limits);
     let deployment = Deployment::connect_with(
         &stack.aws,
         &stack.settings,
         limits,
-        Arc::new(images),
+        wrap(Arc::new(images)),
         Arc::new(workflows),
     )
     .unwrap();
@@ -527,5 +538,216 @@ async fn the_asl_on_the_states_engine_replicates_through_the_lambda_handlers() {
             t.as_secs_f64()
         );
     }
+    driver.abort();
+}
+
+/// The image adapter with RegisterImage failing after it registered (an image AWS made and then
+/// reported bad): the run fails with an image and snapshot of its own behind it.
+struct RegisterFails(Arc<dyn Images>);
+
+#[async_trait::async_trait]
+impl Images for RegisterFails {
+    async fn start_import(
+        &self,
+        source: &tern_core::images::StagedObject,
+        description: &str,
+    ) -> Result<String, tern_core::images::ImagesError> {
+        self.0.start_import(source, description).await
+    }
+    async fn start_apply_delta(
+        &self,
+        parent: &str,
+        source: &tern_core::images::StagedObject,
+        description: &str,
+    ) -> Result<String, tern_core::images::ImagesError> {
+        self.0.start_apply_delta(parent, source, description).await
+    }
+    async fn delta_writes(
+        &self,
+        task_id: &str,
+    ) -> Result<Vec<tern_core::images::BlockRange>, tern_core::images::ImagesError> {
+        self.0.delta_writes(task_id).await
+    }
+    async fn write_delta_blocks(
+        &self,
+        task_id: &str,
+        range: &tern_core::images::BlockRange,
+    ) -> Result<u64, tern_core::images::ImagesError> {
+        self.0.write_delta_blocks(task_id, range).await
+    }
+    async fn describe_task(
+        &self,
+        task_id: &str,
+    ) -> Result<tern_core::images::TaskStatus, tern_core::images::ImagesError> {
+        self.0.describe_task(task_id).await
+    }
+    async fn describe_snapshot(
+        &self,
+        id: &str,
+    ) -> Result<tern_core::images::Snapshot, tern_core::images::ImagesError> {
+        self.0.describe_snapshot(id).await
+    }
+    async fn register_image(
+        &self,
+        request: &tern_core::images::RegisterImage,
+    ) -> Result<tern_core::images::Image, tern_core::images::ImagesError> {
+        let image = self.0.register_image(request).await?;
+        Err(tern_core::images::ImagesError::InvalidImage(format!(
+            "image {} failed its checks (injected by the test)",
+            image.image_id
+        )))
+    }
+    async fn describe_image(
+        &self,
+        id: &str,
+    ) -> Result<tern_core::images::Image, tern_core::images::ImagesError> {
+        self.0.describe_image(id).await
+    }
+    async fn list_images(
+        &self,
+    ) -> Result<Vec<tern_core::images::Image>, tern_core::images::ImagesError> {
+        self.0.list_images().await
+    }
+    async fn deregister_image(&self, id: &str) -> Result<(), tern_core::images::ImagesError> {
+        self.0.deregister_image(id).await
+    }
+    async fn delete_snapshot(&self, id: &str) -> Result<(), tern_core::images::ImagesError> {
+        self.0.delete_snapshot(id).await
+    }
+}
+
+/// A run that fails after it built a snapshot and registered an image leaves nothing: the
+/// failure records a teardown, and the scheduler's sweep deregisters the image, deletes the
+/// snapshot and removes the staged objects (moto's EC2, EBS and S3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_run_leaves_no_snapshot_image_or_staged_object() {
+    let Some(stack) = Stack::start_on(
+        // One request at a time (see the pipeline test).
+        tern_test_support::moto::Flavor::S3RootsFixedSingleThreaded,
+        "the sweep of a failed run",
+    )
+    .await
+    else {
+        return;
+    };
+    if !tern_test_support::on_path("qemu-img") {
+        assert!(std::env::var_os("CI").is_none(), "qemu-img is needed in CI");
+        return;
+    }
+    let (deployment, s3, ebs, calls, _requests, driver) = deployed_with(
+        &stack,
+        // No connector works on the run: its staging prefix may go at once.
+        |c| c.work_lease = Duration::ZERO,
+        |images| Arc::new(RegisterFails(images)),
+    )
+    .await;
+    let job_id = crate::job_seeded_now(&stack, &deployment.service).await;
+    let p = Pipeline {
+        stack,
+        s3,
+        ebs,
+        deployment,
+        calls,
+        job_id,
+    };
+    let replication = &p.deployment.replication;
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("disk.raw");
+    make_raw(&raw, 8 * BLOCK, 5);
+    let opened = tern_disk::open(&raw, &tern_disk::OpenOptions::default()).unwrap();
+    let mut vmdk = Vec::new();
+    tern_disk::write::write_vmdk_stream(opened.as_ref(), &mut vmdk, "disk.vmdk", &|_| {}).unwrap();
+    let tick = tern_fn_scheduler::handle(replication).await.unwrap();
+    let run = tick["runsCreated"][0].as_str().unwrap().to_owned();
+    p.upload(&run, ObjectKind::SeedVmdk, vmdk, None).await;
+
+    let service = &p.deployment.service;
+    let failed = tern_test_support::poll::until_async(
+        Duration::from_secs(120),
+        Duration::from_millis(100),
+        || async {
+            let (_, runs) = service.list_runs(&p.job_id, None, 1).await.ok()?;
+            let r = runs.items.into_iter().next()?;
+            (r.state.as_str() == "FAILED").then_some(r)
+        },
+    )
+    .await
+    .expect("the run failed");
+    assert!(
+        failed
+            .status_message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("failed its checks"),
+        "{failed:?}"
+    );
+    let ec2 = aws_sdk_ec2::Client::new(&p.stack.aws);
+    // moto lists public snapshots too: this deployment's carry its tern:managed-by tag.
+    let snapshots = || async {
+        ec2.describe_snapshots()
+            .filters(
+                aws_sdk_ec2::types::Filter::builder()
+                    .name("tag-key")
+                    .values("tern:managed-by")
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap()
+            .snapshots()
+            .len()
+    };
+    let images = || async {
+        ec2.describe_images()
+            .owners("self")
+            .send()
+            .await
+            .unwrap()
+            .images()
+            .len()
+    };
+    let staged = || async {
+        p.s3.list_objects_v2()
+            .bucket(&p.stack.settings.staging_bucket)
+            .prefix("runs/")
+            .send()
+            .await
+            .unwrap()
+            .key_count()
+            .unwrap_or(0)
+    };
+    assert_eq!(images().await, 1, "the failed run registered an image");
+    assert!(snapshots().await >= 1);
+    assert!(staged().await >= 2, "the seed and its manifest are staged");
+
+    // The scheduler's tick sweeps the failed run's teardown.
+    let swept = tern_test_support::poll::until_async(
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || async {
+            tern_fn_scheduler::handle(replication).await.ok()?;
+            let left = p
+                .stack
+                .store
+                .query(tern_core::keys::TEARDOWN, "", None, 10)
+                .await
+                .ok()?;
+            left.items.is_empty().then_some(())
+        },
+    )
+    .await;
+    assert!(
+        swept.is_some(),
+        "the failed run's teardown was never finished"
+    );
+    assert_eq!(images().await, 0, "the failed run's image is deregistered");
+    assert_eq!(snapshots().await, 0, "the failed run's snapshot is deleted");
+    assert_eq!(
+        staged().await,
+        0,
+        "the failed run's staged objects are removed"
+    );
+    let job = service.get_job(&p.job_id).await.unwrap();
+    assert!(job.latest_snapshot_ids.is_empty());
     driver.abort();
 }
