@@ -21,8 +21,8 @@ use tern_core::service::KeyRole;
 use tern_fn_api::Handler;
 use tern_test_support::qemu::{change_blocks, make_raw, BLOCK};
 
-use crate::pipeline::deployed;
-use crate::{read_back, Stack, REGION};
+use crate::pipeline::{deployed, pipeline_stack};
+use crate::{read_back, REGION};
 
 fn sms(endpoint: &str, id: &str, secret: &str) -> aws_sdk_sms::Client {
     aws_sdk_sms::Client::from_conf(
@@ -52,21 +52,10 @@ fn to_qcow2(raw: &std::path::Path, qcow2: &std::path::Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_real_connector_seeds_and_replicates_incrementally_through_the_deployed_pipeline() {
-    let Some(stack) = Stack::start_on(
-        // One request at a time: moto snapshots and restores a whole table around a
-        // transaction without a lock, so the handlers' concurrent writes could tear items.
-        tern_test_support::moto::Flavor::S3RootsFixedSingleThreaded,
-        "the real connector in the AWS pipeline",
-    )
-    .await
-    else {
+    let Some(stack) = pipeline_stack("the real connector in the AWS pipeline").await else {
         return;
     };
-    if !tern_test_support::on_path("qemu-img") {
-        assert!(std::env::var_os("CI").is_none(), "qemu-img is needed in CI");
-        return;
-    }
-    let (deployment, s3, ebs, _calls, _requests, driver) = deployed(&stack).await;
+    let (deployment, s3, ebs, _calls, _requests, driver, _engine) = deployed(&stack).await;
     let service = deployment.service.clone();
     let replication = deployment.replication.clone();
 

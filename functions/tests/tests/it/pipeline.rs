@@ -210,6 +210,22 @@ impl Pipeline {
     }
 }
 
+/// The stack for a pipeline test (`what` it tests), when moto and qemu-img are here. Its moto
+/// takes one request at a time: moto snapshots and restores a whole table around a transaction
+/// without a lock, so the handlers' concurrent writes could tear items.
+pub(crate) async fn pipeline_stack(what: &str) -> Option<Stack> {
+    let stack = Stack::start_on(
+        tern_test_support::moto::Flavor::S3RootsFixedSingleThreaded,
+        what,
+    )
+    .await?;
+    if !tern_test_support::on_path("qemu-img") {
+        assert!(std::env::var_os("CI").is_none(), "qemu-img is needed in CI");
+        return None;
+    }
+    Some(stack)
+}
+
 /// The deployed pipeline on `stack`: the ASL on Tern's States engine with every Task resolved
 /// to the tasks Lambda's handler, the deployment (seeds through EBS direct, five on-demand
 /// runs a day) wired to moto; with the staging bucket made, S3 and EBS clients, the counted
@@ -225,6 +241,7 @@ pub(crate) type Deployed = (
     Calls,
     Requests,
     tokio::task::JoinHandle<()>,
+    Engine,
 );
 
 /// [`deployed`], with `config` changed by `adjust` and the images adapter wrapped by `wrap`.
@@ -293,26 +310,15 @@ pub(crate) async fn deployed_with(
     )
     .unwrap();
     let _ = cell.set(deployment.replication.clone());
-    (deployment, s3, ebs, calls, requests, driver)
+    (deployment, s3, ebs, calls, requests, driver, engine)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_asl_on_the_states_engine_replicates_through_the_lambda_handlers() {
-    let Some(stack) = Stack::start_on(
-        // One request at a time: moto snapshots and restores a whole table around a
-        // transaction without a lock, so the handlers' concurrent writes could tear items.
-        tern_test_support::moto::Flavor::S3RootsFixedSingleThreaded,
-        "the AWS-mode pipeline",
-    )
-    .await
-    else {
+    let Some(stack) = pipeline_stack("the AWS-mode pipeline").await else {
         return;
     };
-    if !tern_test_support::on_path("qemu-img") {
-        assert!(std::env::var_os("CI").is_none(), "qemu-img is needed in CI");
-        return;
-    }
-    let (deployment, s3, ebs, calls, requests, driver) = deployed(&stack).await;
+    let (deployment, s3, ebs, calls, requests, driver, engine) = deployed(&stack).await;
     let job_id = crate::job_seeded_now(&stack, &deployment.service).await;
     let p = Pipeline {
         stack,
@@ -342,6 +348,7 @@ async fn the_asl_on_the_states_engine_replicates_through_the_lambda_handlers() {
     p.upload(&run1, ObjectKind::SeedVmdk, vmdk, None).await;
     let seed_snapshot = p.completed(&run1).await;
     let seed_time = started.elapsed();
+    let seed_transitions = transitions(&engine, &run1);
     let seed_calls = p.take_calls();
     let seed_requests = std::mem::take(&mut *requests.0.lock().unwrap());
     let mut read = vec![0u8; disk.len()];
@@ -367,6 +374,7 @@ async fn the_asl_on_the_states_engine_replicates_through_the_lambda_handlers() {
     p.upload(&run2, ObjectKind::Delta, delta, Some(&run1)).await;
     let child = p.completed(&run2).await;
     let incremental_time = started.elapsed();
+    let incremental_transitions = transitions(&engine, &run2);
     let incremental_calls = p.take_calls();
     let incremental_requests = std::mem::take(&mut *requests.0.lock().unwrap());
     assert_ne!(child, seed_snapshot);
@@ -513,13 +521,14 @@ async fn the_asl_on_the_states_engine_replicates_through_the_lambda_handlers() {
         delivered.len()
     );
 
-    for (what, calls, images, blocks, t) in [
+    for (what, calls, images, blocks, t, states) in [
         (
             "seed",
             &seed_calls,
             &seed_requests,
             seed_blocks as u64,
             seed_time,
+            seed_transitions,
         ),
         (
             "incremental (5 %)",
@@ -527,6 +536,7 @@ async fn the_asl_on_the_states_engine_replicates_through_the_lambda_handlers() {
             &incremental_requests,
             summary.changed_blocks,
             incremental_time,
+            incremental_transitions,
         ),
     ] {
         let total: u32 = calls.values().sum();
@@ -534,11 +544,31 @@ async fn the_asl_on_the_states_engine_replicates_through_the_lambda_handlers() {
         println!(
             "pipeline {what}: 40-block disk, {blocks} blocks written, {total} task Lambda \
              invocations {calls:?} + 2 upload-complete + scheduler ticks; {image_total} image \
-             requests (EC2, EBS, S3 reads) {images:?}; {:.2} s",
+             requests (EC2, EBS, S3 reads) {images:?}; {states} state transitions; {:.2} s",
             t.as_secs_f64()
         );
     }
     driver.abort();
+}
+
+/// The state transitions (states entered, as Step Functions bills them) of run `run_id`'s
+/// execution.
+fn transitions(engine: &Engine, run_id: &str) -> usize {
+    let execution = engine
+        .list_executions(None, None)
+        .into_iter()
+        .find(|e| e.name == run_id)
+        .unwrap_or_else(|| panic!("no execution for {run_id}"));
+    engine
+        .get_execution_history(&execution.execution_arn)
+        .unwrap()
+        .iter()
+        .filter(|e| {
+            e["type"]
+                .as_str()
+                .is_some_and(|t| t.ends_with("StateEntered"))
+        })
+        .count()
 }
 
 /// The image adapter with RegisterImage failing after it registered (an image AWS made and then
@@ -621,20 +651,10 @@ impl Images for RegisterFails {
 /// snapshot and removes the staged objects (moto's EC2, EBS and S3).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_run_leaves_no_snapshot_image_or_staged_object() {
-    let Some(stack) = Stack::start_on(
-        // One request at a time (see the pipeline test).
-        tern_test_support::moto::Flavor::S3RootsFixedSingleThreaded,
-        "the sweep of a failed run",
-    )
-    .await
-    else {
+    let Some(stack) = pipeline_stack("the sweep of a failed run").await else {
         return;
     };
-    if !tern_test_support::on_path("qemu-img") {
-        assert!(std::env::var_os("CI").is_none(), "qemu-img is needed in CI");
-        return;
-    }
-    let (deployment, s3, ebs, calls, _requests, driver) = deployed_with(
+    let (deployment, s3, ebs, calls, _requests, driver, _engine) = deployed_with(
         &stack,
         // No connector works on the run: its staging prefix may go at once.
         |c| c.work_lease = Duration::ZERO,

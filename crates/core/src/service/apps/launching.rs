@@ -490,6 +490,54 @@ pub(super) mod tests {
         (svc, id)
     }
 
+    /// Configures a USERDATA validation `vid` of server `server` (group sg-1) running the
+    /// script `body`, staged in `staging` under `key`.
+    pub(crate) async fn with_userdata_validation(
+        svc: &Service,
+        id: &str,
+        staging: &FakeStaging,
+        (vid, name, server): (&str, &str, &str),
+        (key, body): (&str, &str),
+    ) {
+        let mut a = svc.app(id).await.unwrap();
+        a.value.validation_configuration = Some(ValidationConfiguration {
+            server_group_validations: vec![ServerGroupValidation {
+                server_group_id: Some(a.value.server_groups[0].server_group_id.clone()),
+                servers: vec![ServerValidation {
+                    server_id: Some(server.into()),
+                    validation_id: Some(vid.into()),
+                    name: Some(name.into()),
+                    server_validation_strategy: Some(ServerValidationStrategy::Userdata),
+                    user_data_validation_parameters: Some(UserDataValidationParameters {
+                        source: Some(S3Location::new("b", key)),
+                        script_type: Some(ScriptType::ShellScript),
+                    }),
+                }],
+            }],
+            ..Default::default()
+        });
+        let w = put(keys::app(id), &a.value, a.expect()).unwrap();
+        svc.store.write(w).await.unwrap();
+        staging
+            .0
+            .lock()
+            .unwrap()
+            .insert(key.into(), body.as_bytes().to_vec());
+    }
+
+    /// The validation outcomes announced so far (their outbox keys).
+    pub(crate) async fn validation_events(svc: &Service) -> Vec<String> {
+        svc.store
+            .query(keys::OUTBOX, "", None, 100)
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|i| i.key.sk.contains(".validation."))
+            .map(|i| i.key.sk)
+            .collect()
+    }
+
     async fn status(svc: &Service, id: &str) -> (AppLaunchStatus, Option<String>) {
         let s = svc.get_app(id).await.unwrap().summary;
         (s.launch_status, s.launch_status_message)
@@ -499,31 +547,15 @@ pub(super) mod tests {
     async fn a_userdata_validation_runs_in_its_instance_and_its_outcome_is_announced_once() {
         let (svc, id) = world().await;
         let vid = "val-00000000000000001";
-        let mut a = svc.app(&id).await.unwrap();
-        a.value.validation_configuration = Some(ValidationConfiguration {
-            server_group_validations: vec![ServerGroupValidation {
-                server_group_id: Some(a.value.server_groups[0].server_group_id.clone()),
-                servers: vec![ServerValidation {
-                    server_id: Some("s-a".into()),
-                    validation_id: Some(vid.into()),
-                    name: Some("web-up".into()),
-                    server_validation_strategy: Some(ServerValidationStrategy::Userdata),
-                    user_data_validation_parameters: Some(UserDataValidationParameters {
-                        source: Some(S3Location::new("b", "check.sh")),
-                        script_type: Some(ScriptType::ShellScript),
-                    }),
-                }],
-            }],
-            ..Default::default()
-        });
-        let w = put(keys::app(&id), &a.value, a.expect()).unwrap();
-        svc.store.write(w).await.unwrap();
         let staging = FakeStaging::default();
-        staging
-            .0
-            .lock()
-            .unwrap()
-            .insert("check.sh".into(), b"curl -fs localhost".to_vec());
+        with_userdata_validation(
+            &svc,
+            &id,
+            &staging,
+            (vid, "web-up", "s-a"),
+            ("check.sh", "curl -fs localhost"),
+        )
+        .await;
         let l = FakeLauncher::default();
         svc.launch_app(&l, &staging, &id).await.unwrap();
         // The script is in the server's user data, between its markers.
@@ -554,16 +586,7 @@ pub(super) mod tests {
         };
         let events = |svc: &Service| {
             let svc = svc.clone();
-            async move {
-                svc.store
-                    .query(keys::OUTBOX, "", None, 100)
-                    .await
-                    .unwrap()
-                    .items
-                    .into_iter()
-                    .filter(|i| i.key.sk.contains(".validation."))
-                    .count()
-            }
+            async move { validation_events(&svc).await.len() }
         };
         assert_eq!(out(&svc).await.0, ValidationStatus::ReadyForValidation);
         *l.console.lock().unwrap() = Some("SeaBIOS\r\nTERN-BOOT-MARKER 6.1\r\n".into());
@@ -616,31 +639,15 @@ pub(super) mod tests {
             ..svc
         };
         let vid = "val-00000000000000002";
-        let mut a = svc.app(&id).await.unwrap();
-        a.value.validation_configuration = Some(ValidationConfiguration {
-            server_group_validations: vec![ServerGroupValidation {
-                server_group_id: Some("sg-1".into()),
-                servers: vec![ServerValidation {
-                    server_id: Some("s-b".into()),
-                    validation_id: Some(vid.into()),
-                    name: Some("hangs".into()),
-                    server_validation_strategy: Some(ServerValidationStrategy::Userdata),
-                    user_data_validation_parameters: Some(UserDataValidationParameters {
-                        source: Some(S3Location::new("b", "hang.sh")),
-                        script_type: Some(ScriptType::ShellScript),
-                    }),
-                }],
-            }],
-            ..Default::default()
-        });
-        let w = put(keys::app(&id), &a.value, a.expect()).unwrap();
-        svc.store.write(w).await.unwrap();
         let staging = FakeStaging::default();
-        staging
-            .0
-            .lock()
-            .unwrap()
-            .insert("hang.sh".into(), b"sleep infinity".to_vec());
+        with_userdata_validation(
+            &svc,
+            &id,
+            &staging,
+            (vid, "hangs", "s-b"),
+            ("hang.sh", "sleep infinity"),
+        )
+        .await;
         let l = FakeLauncher::default();
         svc.launch_app(&l, &staging, &id).await.unwrap();
         *l.state.lock().unwrap() = Some(StackState::CreateComplete);

@@ -332,7 +332,9 @@ impl Service {
 mod tests {
     use std::sync::Arc;
 
-    use super::super::super::launching::tests::{world, FakeLauncher, FakeStaging};
+    use super::super::super::launching::tests::{
+        validation_events, world, FakeLauncher, FakeStaging,
+    };
     use super::*;
     use crate::launcher::StackState;
     use crate::ManualClock;
@@ -404,18 +406,6 @@ mod tests {
         o.remove(0)
     }
 
-    async fn events(svc: &Service) -> Vec<String> {
-        svc.store
-            .query(keys::OUTBOX, "", None, 100)
-            .await
-            .unwrap()
-            .items
-            .into_iter()
-            .filter(|i| i.key.sk.contains(".validation."))
-            .map(|i| i.key.sk)
-            .collect()
-    }
-
     #[tokio::test]
     async fn an_ssm_validation_runs_once_per_launch_and_its_outcome_is_kept_and_announced_once() {
         let (l, staging) = (FakeLauncher::default(), FakeStaging::default());
@@ -435,7 +425,7 @@ mod tests {
         let o = output(&svc, &l, &staging, &id).await;
         assert_eq!(o.status, ValidationStatus::InProgress);
         assert!(o.status_message.unwrap().contains("cmd-1"));
-        assert!(events(&svc).await.is_empty());
+        assert!(validation_events(&svc).await.is_empty());
         // The script fails: FAILED with its exit status and output, kept in the output bucket.
         clock.advance(std::time::Duration::from_secs(30));
         *l.command_state.lock().unwrap() = Some(CommandState::Failed {
@@ -455,7 +445,7 @@ mod tests {
             staging.0.lock().unwrap()[&key],
             b"port 80 answers\nall checks done\n"
         );
-        assert_eq!(events(&svc).await.len(), 1);
+        assert_eq!(validation_events(&svc).await.len(), 1);
         // Ended: later ticks and reads send and announce nothing more.
         *l.command_state.lock().unwrap() = Some(CommandState::Succeeded);
         svc.auto_launch(&l, &staging).await;
@@ -464,7 +454,7 @@ mod tests {
             ValidationStatus::Failed
         );
         assert_eq!(l.commands.lock().unwrap().len(), 1);
-        assert_eq!(events(&svc).await.len(), 1);
+        assert_eq!(validation_events(&svc).await.len(), 1);
         // A changed validation runs again at once.
         svc.put_app_validation_configuration(&id, config("sh check.sh --verbose"))
             .await
@@ -477,7 +467,7 @@ mod tests {
         svc.auto_launch(&l, &staging).await;
         let o = output(&svc, &l, &staging, &id).await;
         assert_eq!(o.status, ValidationStatus::Succeeded);
-        assert_eq!(events(&svc).await.len(), 2);
+        assert_eq!(validation_events(&svc).await.len(), 2);
     }
 
     #[test]
@@ -498,7 +488,7 @@ mod tests {
         let o = output(&svc, &l, &staging, &id).await;
         assert_eq!(o.status, ValidationStatus::Failed);
         assert!(o.status_message.unwrap().contains("does not carry the tag"));
-        assert_eq!(events(&svc).await.len(), 1);
+        assert_eq!(validation_events(&svc).await.len(), 1);
 
         // A transient refusal leaves the claim; it is sent once the claim is stale.
         let (l, staging) = (FakeLauncher::default(), FakeStaging::default());
