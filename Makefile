@@ -4,7 +4,7 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/tern/target
 export CARGO_TERM_COLOR ?= never
 CARGO ?= cargo
 
-.PHONY: test ci fmt-check clippy unit build run bench bench-api bench-states bench-disk bench-e2e bench-scale
+.PHONY: test ci fmt-check clippy unit build run lambda bench bench-api bench-states bench-disk bench-e2e bench-scale bench-lambda
 
 test: fmt-check clippy unit
 
@@ -27,11 +27,20 @@ unit:
 build:
 	$(CARGO) build --workspace
 
+# The five Lambda bootstraps as `sam build` makes them (BuildMethod rust-cargolambda): arm64,
+# release, into their own target directory. Needs cargo-lambda and zig (pip install
+# cargo-lambda ziglang) and the aarch64-unknown-linux-gnu target (rustup target add); .ci/run
+# installs them and runs this.
+LAMBDA_TARGET_DIR ?= $(HOME)/.cache/tern/target-lambda
+LAMBDA_BINS := api tasks upload-complete scheduler event-publisher
+lambda:
+	CARGO_TARGET_DIR=$(LAMBDA_TARGET_DIR) cargo lambda build --release --arm64 $(addprefix --bin ,$(LAMBDA_BINS))
+
 run: build
 	$(CARGO_TARGET_DIR)/debug/tern serve --data-dir ./tern-data --listen 127.0.0.1:8080
 
 # Benchmarks print numbers; they are not tests and CI does not run them (release builds).
-bench: bench-api bench-states bench-disk bench-e2e bench-scale
+bench: bench-api bench-states bench-disk bench-e2e bench-scale bench-lambda
 
 bench-api:
 	$(CARGO) run --release -p tern-acceptance --bin api-bench -- --concurrency 16
@@ -52,3 +61,12 @@ bench-e2e:
 # on SQLite; the active-job limit raised through configuration). About 5 minutes.
 bench-scale:
 	$(CARGO) run --release -p tern-acceptance --bin scale-bench -- --servers 10000 --jobs 1000
+
+# Cold init of each bootstrap (x86_64 release builds, started against a local Runtime API) next
+# to a lambda_runtime function that sets up nothing, and the zip size of the arm64 builds
+# `make lambda` made.
+bench-lambda:
+	$(CARGO) build --release -p tern-fn-bench -p tern-fn-api -p tern-fn-tasks -p tern-fn-upload-complete -p tern-fn-scheduler -p tern-fn-event-publisher
+	$(CARGO_TARGET_DIR)/release/cold-start --floor $(CARGO_TARGET_DIR)/release/hello-lambda \
+	  $(foreach b,$(LAMBDA_BINS),$(b)=$(CARGO_TARGET_DIR)/release/$(b)) \
+	  $(foreach b,$(LAMBDA_BINS),--zip $(b)=$(LAMBDA_TARGET_DIR)/lambda/$(b)/bootstrap)
