@@ -741,6 +741,10 @@ async fn a_scheduled_run_due_while_the_previous_one_runs_is_recorded_missed() {
     let job_id = create_job_at(&lab, 0, clock_secs(&clock), 1).await;
     let first = s.tick().await;
     assert_eq!(first.runs_created.len(), 1, "{first:?}");
+    // The seed's execution prepares it before the clock moves: a Prepare that ran an hour
+    // later (under load, the engine may be that slow) found the run no longer preparable and
+    // failed it, so the second tick started a run instead of recording one missed.
+    wait_for_upload_token(s, &job_id, &first.runs_created[0]).await;
     // The seed is still uploading an hour later: that interval's run is skipped, on record.
     clock.advance(Duration::from_secs(3601));
     let second = s.tick().await;

@@ -222,3 +222,43 @@ fn the_template_is_wired_least_privilege_and_creates_in_moto() {
     );
     assert!(stdout.contains("status CREATE_COMPLETE"), "{stdout}");
 }
+
+/// `sam validate --lint`, as a user's `sam deploy` checks the template first. The SAM CLI is
+/// run from the virtualenv `.ci/run` makes (`$HOME/.cache/tern/venv-sam`), or `TERN_SAM_CLI`;
+/// it needs no AWS account for this.
+#[test]
+fn sam_validates_the_template_offline() {
+    let sam = std::env::var_os("TERN_SAM_CLI")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .map(|h| std::path::PathBuf::from(h).join(".cache/tern/venv-sam/bin/sam"))
+        })
+        .filter(|p| p.is_file());
+    let Some(sam) = sam else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "the SAM CLI is needed and CI is set: .ci/run installs it"
+        );
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n*** SKIPPED: sam validate needs the SAM CLI (pip install aws-sam-cli into $HOME/.cache/tern/venv-sam) ***\n"
+        );
+        return;
+    };
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    let out = Command::new(&sam)
+        .args(["validate", "--lint", "--template"])
+        .arg(format!("{root}/template.yaml"))
+        .env("SAM_CLI_TELEMETRY", "0")
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .output()
+        .expect("the SAM CLI runs");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "sam validate --lint: {said}");
+    assert!(said.contains("is a valid SAM Template"), "{said}");
+}
