@@ -137,7 +137,17 @@ impl Service {
         if !claimed {
             return Ok(false);
         }
-        let claim_time = self.app(id).await?.value.validation_outputs[vid].time;
+        // The claim as written (its time tells it from a record written since).
+        let Some(claim_time) = self
+            .app(id)
+            .await?
+            .value
+            .validation_outputs
+            .get(vid)
+            .map(|r| r.time)
+        else {
+            return Ok(true);
+        };
         let ours = move |stored: &RecordedValidation| stored.time != claim_time;
         let failed = |message: String| RecordedValidation {
             instance_id: Some(instance.clone()),
