@@ -602,11 +602,12 @@ impl Service {
             for (vid, seen) in &from_consoles {
                 if seen.ended() {
                     let launched = seen.time;
-                    self.record_validation(&id, vid, launched, seen.clone(), |stored| {
-                        stored.time >= launched
-                    })
-                    .await?;
-                    recorded = true;
+                    recorded |= self
+                        .record_validation(&id, vid, launched, seen.clone(), |stored| {
+                            stored.time >= launched
+                        })
+                        .await?
+                        .is_some();
                 }
             }
             recorded |= self.run_app_validations(r, &app).await?;
@@ -657,8 +658,9 @@ impl Service {
     }
 
     /// Writes `rec` as validation `vid`'s record of the launch at `launched`, unless `keep`
-    /// holds of the record stored (then it stays and this answers false). A record that ended
-    /// is announced with it: one event per validation, status and launch.
+    /// holds of the record stored (then it stays and this answers `None`); answers the time
+    /// the record was written with. A record that ended is announced with it: one event per
+    /// validation, status and launch.
     pub(super) async fn record_validation(
         &self,
         id: &str,
@@ -666,11 +668,11 @@ impl Service {
         launched: OffsetDateTime,
         rec: RecordedValidation,
         keep: impl Fn(&RecordedValidation) -> bool,
-    ) -> Result<bool> {
+    ) -> Result<Option<OffsetDateTime>> {
         retrying!(self, id, async {
             let stored = self.app(id).await?;
             if stored.value.validation_outputs.get(vid).is_some_and(&keep) {
-                return Ok(false);
+                return Ok(None);
             }
             let mut app = stored.value.clone();
             let now = self.now();
@@ -697,7 +699,7 @@ impl Service {
                 writes.push(change.write()?);
             }
             self.store.transact(writes).await?;
-            Ok(true)
+            Ok(Some(now))
         })
     }
 

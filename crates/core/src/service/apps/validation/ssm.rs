@@ -128,26 +128,16 @@ impl Service {
             )
         };
         let stale = now - CLAIM_STALE;
-        let claimed = self
+        let Some(claim_time) = self
             .record_validation(id, vid, launched, claim, |stored| {
                 stored.time >= launched
                     && (stored.ended() || stored.command_id.is_some() || stored.time > stale)
             })
-            .await?;
-        if !claimed {
-            return Ok(false);
-        }
-        // The claim as written (its time tells it from a record written since).
-        let Some(claim_time) = self
-            .app(id)
             .await?
-            .value
-            .validation_outputs
-            .get(vid)
-            .map(|r| r.time)
         else {
-            return Ok(true);
+            return Ok(false);
         };
+        // The claim's time tells it from a record written since.
         let ours = move |stored: &RecordedValidation| stored.time != claim_time;
         let failed = |message: String| RecordedValidation {
             instance_id: Some(instance.clone()),
@@ -302,10 +292,12 @@ impl Service {
             output,
             ..RecordedValidation::new(status, Some(message), self.now())
         };
-        self.record_validation(id, vid, launched, done, |stored| {
-            stored.ended() || stored.command_id.as_deref() != Some(command.as_str())
-        })
-        .await
+        let written = self
+            .record_validation(id, vid, launched, done, |stored| {
+                stored.ended() || stored.command_id.as_deref() != Some(command.as_str())
+            })
+            .await?;
+        Ok(written.is_some())
     }
 
     /// Where the command's whole output is: where the launcher wrote it, or `key` in the
