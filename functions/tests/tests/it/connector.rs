@@ -21,7 +21,7 @@ use tern_core::service::KeyRole;
 use tern_fn_api::Handler;
 use tern_test_support::qemu::{change_blocks, make_raw, BLOCK};
 
-use crate::pipeline::{deployed, pipeline_stack};
+use crate::pipeline::{deployed, pipeline_stack, Deployed};
 use crate::{read_back, REGION};
 
 fn sms(endpoint: &str, id: &str, secret: &str) -> aws_sdk_sms::Client {
@@ -55,7 +55,13 @@ async fn the_real_connector_seeds_and_replicates_incrementally_through_the_deplo
     let Some(stack) = pipeline_stack("the real connector in the AWS pipeline").await else {
         return;
     };
-    let (deployment, s3, ebs, _calls, _requests, driver, _engine) = deployed(&stack).await;
+    let Deployed {
+        deployment,
+        s3,
+        ebs,
+        driver,
+        ..
+    } = deployed(&stack).await;
     let service = deployment.service.clone();
     let replication = deployment.replication.clone();
 

@@ -234,15 +234,19 @@ pub(crate) async fn deployed(stack: &Stack) -> Deployed {
     deployed_with(stack, |_| {}, |images| images).await
 }
 
-pub(crate) type Deployed = (
-    Deployment,
-    aws_sdk_s3::Client,
-    aws_sdk_ebs::Client,
-    Calls,
-    Requests,
-    tokio::task::JoinHandle<()>,
-    Engine,
-);
+/// The deployed pipeline and what the tests read it with.
+pub(crate) struct Deployed {
+    pub deployment: Deployment,
+    pub s3: aws_sdk_s3::Client,
+    pub ebs: aws_sdk_ebs::Client,
+    /// Task Lambda invocations, by function.
+    pub calls: Calls,
+    /// The image adapter's requests, by operation.
+    pub requests: Requests,
+    /// The engine's driver (abort it when done).
+    pub driver: tokio::task::JoinHandle<()>,
+    pub engine: Engine,
+}
 
 /// [`deployed`], with `config` changed by `adjust` and the images adapter wrapped by `wrap`.
 pub(crate) async fn deployed_with(
@@ -310,7 +314,15 @@ pub(crate) async fn deployed_with(
     )
     .unwrap();
     let _ = cell.set(deployment.replication.clone());
-    (deployment, s3, ebs, calls, requests, driver, engine)
+    Deployed {
+        deployment,
+        s3,
+        ebs,
+        calls,
+        requests,
+        driver,
+        engine,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -318,7 +330,15 @@ async fn the_asl_on_the_states_engine_replicates_through_the_lambda_handlers() {
     let Some(stack) = pipeline_stack("the AWS-mode pipeline").await else {
         return;
     };
-    let (deployment, s3, ebs, calls, requests, driver, engine) = deployed(&stack).await;
+    let Deployed {
+        deployment,
+        s3,
+        ebs,
+        calls,
+        requests,
+        driver,
+        engine,
+    } = deployed(&stack).await;
     let job_id = crate::job_seeded_now(&stack, &deployment.service).await;
     let p = Pipeline {
         stack,
@@ -654,7 +674,14 @@ async fn a_failed_run_leaves_no_snapshot_image_or_staged_object() {
     let Some(stack) = pipeline_stack("the sweep of a failed run").await else {
         return;
     };
-    let (deployment, s3, ebs, calls, _requests, driver, _engine) = deployed_with(
+    let Deployed {
+        deployment,
+        s3,
+        ebs,
+        calls,
+        driver,
+        ..
+    } = deployed_with(
         &stack,
         // No connector works on the run: its staging prefix may go at once.
         |c| c.work_lease = Duration::ZERO,
