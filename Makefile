@@ -66,7 +66,7 @@ bench-scale:
 # to a lambda_runtime function that sets up nothing, and the zip size of the arm64 builds
 # `make lambda` made.
 bench-lambda:
-	$(CARGO) build --release -p tern-fn-bench -p tern-fn-api -p tern-fn-tasks -p tern-fn-upload-complete -p tern-fn-scheduler -p tern-fn-event-publisher
-	$(CARGO_TARGET_DIR)/release/cold-start --floor $(CARGO_TARGET_DIR)/release/hello-lambda \
+	$(CARGO) build --release -p tern-acceptance --bin lambda-bench --bin lambda-floor -p tern-fn-api -p tern-fn-tasks -p tern-fn-upload-complete -p tern-fn-scheduler -p tern-fn-event-publisher
+	$(CARGO_TARGET_DIR)/release/lambda-bench --floor $(CARGO_TARGET_DIR)/release/lambda-floor \
 	  $(foreach b,$(LAMBDA_BINS),$(b)=$(CARGO_TARGET_DIR)/release/$(b)) \
 	  $(foreach b,$(LAMBDA_BINS),--zip $(b)=$(LAMBDA_TARGET_DIR)/lambda/$(b)/bootstrap)

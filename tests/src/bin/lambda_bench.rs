@@ -6,7 +6,7 @@
 //! (`GET /2018-06-01/runtime/invocation/next`): the time from spawning it to that request is
 //! its cold init, as Lambda's `Init Duration` counts it (without the sandbox's own start and
 //! the code's download, which this host does not have). Every bootstrap is measured `--runs`
-//! times, beside a `lambda_runtime` function that sets up nothing (`hello-lambda`, the floor
+//! times, beside a `lambda_runtime` function that sets up nothing (`lambda-floor`, the floor
 //! the runtime itself costs). No AWS call is made at init: the settings name resources, the
 //! SDK clients connect on first use.
 //!
