@@ -177,7 +177,7 @@ impl CfnLauncher {
                 .resource_id(instance)
                 .send()
                 .await
-                .map_err(|e| launch_error("ListTagsForResource", &e))?
+                .map_err(|e| launch_error("SSM", "ListTagsForResource", &e))?
                 .tag_list()
                 .iter()
                 .filter(|t| t.key() == VALIDATION_INSTANCE_TAG)
@@ -199,7 +199,7 @@ impl CfnLauncher {
                 )
                 .send()
                 .await
-                .map_err(|e| launch_error("DescribeTags", &e))?
+                .map_err(|e| launch_error("EC2", "DescribeTags", &e))?
                 .tags()
                 .iter()
                 .filter_map(|t| t.value().map(str::to_owned))
@@ -226,7 +226,7 @@ impl CfnLauncher {
         let out = match ssm.list_commands().command_id(command).send().await {
             Ok(o) => o,
             Err(e) => {
-                tracing::warn!(command, error = %launch_error("ListCommands", &e), "cannot read where the command's output went");
+                tracing::warn!(command, error = %launch_error("SSM", "ListCommands", &e), "cannot read where the command's output went");
                 return None;
             }
         };
@@ -255,7 +255,7 @@ impl CfnLauncher {
                 .find(|s| s.stack_status() != Some(&StackStatus::DeleteComplete))
                 .cloned()),
             Err(e) if is_gone(&e) => Ok(None),
-            Err(e) => Err(launch_error("DescribeStacks", &e)),
+            Err(e) => Err(launch_error("CloudFormation", "DescribeStacks", &e)),
         }
     }
 
@@ -294,7 +294,7 @@ impl CfnLauncher {
                 None => message,
             },
             Err(e) => {
-                let e = launch_error("DescribeStackEvents", &e);
+                let e = launch_error("CloudFormation", "DescribeStackEvents", &e);
                 tracing::warn!(stack = stack_id, error = %e, "the failed resource's reason is not known");
                 message
             }
@@ -430,16 +430,11 @@ fn is_gone<E: ProvideErrorMetadata>(error: &SdkError<E, HttpResponse>) -> bool {
 }
 
 /// An SDK failure as the port's error: transient ones `Transient`, the rest `Failed`, both
-/// with CloudFormation's code and message where it sent them.
-fn launch_error<E>(operation: &str, error: &SdkError<E, HttpResponse>) -> LaunchError
+/// with the service's code and message where it sent them, as `<Service> <Operation>: …`.
+fn launch_error<E>(service: &str, operation: &str, error: &SdkError<E, HttpResponse>) -> LaunchError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
-    let service = match operation {
-        "GetConsoleOutput" | "DescribeTags" => "EC2",
-        "SendCommand" | "GetCommandInvocation" | "ListCommands" | "ListTagsForResource" => "SSM",
-        _ => "CloudFormation",
-    };
     let f = classify(operation, error);
     let message = match error.as_service_error() {
         Some(e) => match (e.code(), e.message()) {
@@ -500,7 +495,7 @@ impl Launcher for CfnLauncher {
                     Some(CreateStackError::TokenAlreadyExistsException(_))
                 );
                 if !(exists || token_used) {
-                    return Err(launch_error("CreateStack", &e));
+                    return Err(launch_error("CloudFormation", "CreateStack", &e));
                 }
                 if let Some(id) = self.existing(stack_name).await? {
                     return Ok(id);
@@ -516,7 +511,7 @@ impl Launcher for CfnLauncher {
                 // a new launch, not a retry.
                 self.create(stack_name, &body, &role_arn, None)
                     .await
-                    .map_err(|e| launch_error("CreateStack", &e))
+                    .map_err(|e| launch_error("CloudFormation", "CreateStack", &e))
             }
         }
     }
@@ -531,7 +526,7 @@ impl Launcher for CfnLauncher {
         {
             Ok(out) => out,
             Err(e) if is_gone(&e) => return Ok(StackState::DeleteComplete),
-            Err(e) => return Err(launch_error("DescribeStacks", &e)),
+            Err(e) => return Err(launch_error("CloudFormation", "DescribeStacks", &e)),
         };
         let Some(stack) = out.stacks().first() else {
             return Ok(StackState::DeleteComplete);
@@ -557,7 +552,7 @@ impl Launcher for CfnLauncher {
         match self.client.delete_stack().stack_name(stack_id).send().await {
             Ok(_) => Ok(()),
             Err(e) if is_gone(&e) => Ok(()),
-            Err(e) => Err(launch_error("DeleteStack", &e)),
+            Err(e) => Err(launch_error("CloudFormation", "DeleteStack", &e)),
         }
     }
 
@@ -579,7 +574,7 @@ impl Launcher for CfnLauncher {
         {
             Ok(r) => r,
             Err(e) if is_gone(&e) || e.code() == Some("ValidationError") => return Ok(None),
-            Err(e) => return Err(launch_error("DescribeStackResource", &e)),
+            Err(e) => return Err(launch_error("CloudFormation", "DescribeStackResource", &e)),
         };
         let Some(instance) = resource
             .stack_resource_detail()
@@ -599,7 +594,7 @@ impl Launcher for CfnLauncher {
             Err(e) if e.code().is_some_and(|c| c.starts_with("InvalidInstanceID")) => {
                 return Ok(None)
             }
-            Err(e) => return Err(launch_error("GetConsoleOutput", &e)),
+            Err(e) => return Err(launch_error("EC2", "GetConsoleOutput", &e)),
         };
         use base64::Engine;
         Ok(out.output().map(|b64| {
@@ -644,7 +639,7 @@ impl Launcher for CfnLauncher {
             .output_s3_key_prefix(&req.output_prefix)
             .send()
             .await
-            .map_err(|e| launch_error("SendCommand", &e))?;
+            .map_err(|e| launch_error("SSM", "SendCommand", &e))?;
         out.command()
             .and_then(|c| c.command_id())
             .map(str::to_owned)
@@ -678,7 +673,7 @@ impl Launcher for CfnLauncher {
                     output_location: None,
                 })
             }
-            Err(e) => return Err(launch_error("GetCommandInvocation", &e)),
+            Err(e) => return Err(launch_error("SSM", "GetCommandInvocation", &e)),
         };
         let code = out.response_code();
         let state = match out.status() {
