@@ -130,18 +130,7 @@ impl CfnLauncher {
             .body(body.into_bytes().into())
             .send()
             .await
-            .map_err(|e| {
-                let f = classify("PutObject", &e);
-                let message = format!(
-                    "S3 PutObject of the template s3://{bucket}/{key}: {}",
-                    f.message
-                );
-                if f.transient {
-                    LaunchError::Transient(message)
-                } else {
-                    LaunchError::Failed(message)
-                }
-            })?;
+            .map_err(|e| launch_error("S3", "PutObject", &e))?;
         Ok(TemplateSource::Url(format!(
             "https://{bucket}.s3.{}.amazonaws.com/{key}",
             self.settings.region
