@@ -120,6 +120,24 @@ struct Pipeline {
 }
 
 impl Pipeline {
+    /// The pipeline `d` deployed on `stack`, with a job seeded now; answers the parts of `d`
+    /// the pipeline does not hold (the image requests, the engine's driver, the engine).
+    async fn seeded(
+        stack: Stack,
+        d: Deployed,
+    ) -> (Pipeline, Requests, tokio::task::JoinHandle<()>, Engine) {
+        let job_id = crate::job_seeded_now(&stack, &d.deployment.service).await;
+        let p = Pipeline {
+            stack,
+            s3: d.s3,
+            ebs: d.ebs,
+            deployment: d.deployment,
+            calls: d.calls,
+            job_id,
+        };
+        (p, d.requests, d.driver, d.engine)
+    }
+
     /// Stages `object` as disk 0 of `run_id` and its manifest, as the connector does, then
     /// hands the manifest's Object Created event to upload-complete twice (EventBridge
     /// delivers at least once).
@@ -330,24 +348,8 @@ async fn the_asl_on_the_states_engine_replicates_through_the_lambda_handlers() {
     let Some(stack) = pipeline_stack("the AWS-mode pipeline").await else {
         return;
     };
-    let Deployed {
-        deployment,
-        s3,
-        ebs,
-        calls,
-        requests,
-        driver,
-        engine,
-    } = deployed(&stack).await;
-    let job_id = crate::job_seeded_now(&stack, &deployment.service).await;
-    let p = Pipeline {
-        stack,
-        s3,
-        ebs,
-        deployment,
-        calls,
-        job_id,
-    };
+    let deployed = deployed(&stack).await;
+    let (p, requests, driver, engine) = Pipeline::seeded(stack, deployed).await;
     let replication = &p.deployment.replication;
 
     // Seed: the scheduler starts the execution; the engine runs Prepare and parks in
@@ -674,29 +676,14 @@ async fn a_failed_run_leaves_no_snapshot_image_or_staged_object() {
     let Some(stack) = pipeline_stack("the sweep of a failed run").await else {
         return;
     };
-    let Deployed {
-        deployment,
-        s3,
-        ebs,
-        calls,
-        driver,
-        ..
-    } = deployed_with(
+    let deployed = deployed_with(
         &stack,
         // No connector works on the run: its staging prefix may go at once.
         |c| c.work_lease = Duration::ZERO,
         |images| Arc::new(RegisterFails(images)),
     )
     .await;
-    let job_id = crate::job_seeded_now(&stack, &deployment.service).await;
-    let p = Pipeline {
-        stack,
-        s3,
-        ebs,
-        deployment,
-        calls,
-        job_id,
-    };
+    let (p, _, driver, _) = Pipeline::seeded(stack, deployed).await;
     let replication = &p.deployment.replication;
     let dir = tempfile::tempdir().unwrap();
     let raw = dir.path().join("disk.raw");
