@@ -678,7 +678,9 @@ impl Api {
                 svc.import_app_catalog(req.role_name).await?;
                 encode(&EmptyResponse {})
             }
-            other => Err(crate::ApiError::NotAvailableYet(other.to_string())),
+            other => Err(crate::ApiError::UnknownOperation(format!(
+                "unknown operation {other}"
+            ))),
         }
     }
 }

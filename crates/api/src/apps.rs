@@ -590,7 +590,9 @@ impl Api {
                     .await?;
                 encode(&EmptyResponse {})
             }
-            other => Err(crate::ApiError::NotAvailableYet(other.to_string())),
+            other => Err(crate::ApiError::UnknownOperation(format!(
+                "unknown operation {other}"
+            ))),
         }
     }
 }

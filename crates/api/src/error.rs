@@ -64,9 +64,10 @@ pub enum ApiError {
     UnknownOperation(String),
     #[error("{0}")]
     AccessDenied(String),
-    /// An SMS operation that a later Tern release implements.
-    #[error("{0} is not available yet in this Tern release")]
-    NotAvailableYet(String),
+    /// An operation whose part (launcher, replication workflow) this host was started without;
+    /// the message names the part.
+    #[error("{0}")]
+    NotConfigured(String),
 }
 
 impl ApiError {
@@ -86,7 +87,7 @@ impl ApiError {
             ApiError::Serialization(_) => ("SerializationException", shown),
             ApiError::UnknownOperation(_) => ("UnknownOperationException", shown),
             ApiError::AccessDenied(_) => ("AccessDeniedException", shown),
-            ApiError::NotAvailableYet(_) => ("OperationNotPermittedException", shown),
+            ApiError::NotConfigured(_) => ("OperationNotPermittedException", shown),
             ApiError::Domain(d) => match d {
                 D::InvalidParameter(_) => ("InvalidParameterException", shown),
                 D::MissingParameter(_) => ("MissingRequiredParameterException", shown),

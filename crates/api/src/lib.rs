@@ -12,8 +12,8 @@
 //!   [`apps::OPERATIONS`] (applications and their replication) and [`app_configs::OPERATIONS`]
 //!   (launch and validation configuration, templates, ImportAppCatalog, LaunchApp and
 //!   TerminateApp). GenerateTemplate/GenerateChangeSet need the host's staging bucket and
-//!   LaunchApp/TerminateApp its launcher ([`Api::attach_launcher`]); a host without them answers
-//!   `OperationNotPermittedException` "… is not available yet in this Tern release".
+//!   LaunchApp/TerminateApp its launcher ([`Api::attach_launcher`]); a host started without them
+//!   answers `OperationNotPermittedException` with a message naming the missing part.
 //! * Connector operations (`TernConnectorService_V1.<Op>`, see [`connector`]), connectors only.
 //!
 //! Request handling: the body must be a JSON object (an empty body counts as `{}`), unknown
@@ -90,9 +90,6 @@ pub const SMS_OPERATIONS: &[&str] = &[
     "TerminateApp",
 ];
 
-/// The SMS operations a later release implements; they answer a well-formed error today.
-pub const SMS_OPERATIONS_NOT_YET_AVAILABLE: &[&str] = &[];
-
 /// Who is calling, as established by the transport's authentication.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Principal {
@@ -157,18 +154,20 @@ impl Api {
         }
     }
 
-    /// Connects the launcher LaunchApp and TerminateApp use; until then they answer that
-    /// launching is not available on this host. Only the first call counts.
+    /// Connects the launcher LaunchApp and TerminateApp use; until then they answer that this
+    /// host was started without one. Only the first call counts.
     pub fn attach_launcher(&self, launcher: Arc<dyn tern_core::launcher::Launcher>) {
         let _ = self.launcher.set(launcher);
     }
 
     /// The launcher, for the SMS operation `op`.
     fn launcher_for(&self, op: &str) -> Result<&dyn tern_core::launcher::Launcher, ApiError> {
-        self.launcher
-            .get()
-            .map(|l| l.as_ref())
-            .ok_or_else(|| ApiError::NotAvailableYet(format!("{op} (no launcher on this host)")))
+        self.launcher.get().map(|l| l.as_ref()).ok_or_else(|| {
+            ApiError::NotConfigured(format!(
+                "{op} needs a launcher, and this Tern API was started without one: \
+                     launch from `tern serve` or the stack's api function, which attach theirs"
+            ))
+        })
     }
 
     /// Connects the replication workflow; until then the replication operations of the
@@ -180,14 +179,21 @@ impl Api {
     /// The replication workflow, for an SMS operation `op` that needs its staging bucket.
     fn replication_for(&self, op: &str) -> Result<&tern_core::replication::Replication, ApiError> {
         self.replication.get().ok_or_else(|| {
-            ApiError::NotAvailableYet(format!("{op} (no staging bucket on this host)"))
+            ApiError::NotConfigured(format!(
+                "{op} needs the staging bucket, and this Tern API was started without \
+                 replication: run `tern serve` with replication on, or the stack's api function"
+            ))
         })
     }
 
     fn replication(&self) -> Result<&tern_core::replication::Replication, ApiError> {
-        self.replication
-            .get()
-            .ok_or_else(|| ApiError::NotAvailableYet("replication".into()))
+        self.replication.get().ok_or_else(|| {
+            ApiError::NotConfigured(
+                "replication is off on this Tern API: run `tern serve` with replication on, \
+                     or the stack's api function"
+                    .into(),
+            )
+        })
     }
 
     /// The domain service behind the API (for hosts that drive runs, and for tests).
@@ -228,12 +234,7 @@ impl Api {
         let unknown = || ApiError::UnknownOperation(format!("unknown operation {target}"));
         let (prefix, op) = target.split_once('.').ok_or_else(unknown)?;
         let family = match prefix {
-            SMS_TARGET_PREFIX
-                if SMS_OPERATIONS.contains(&op)
-                    || SMS_OPERATIONS_NOT_YET_AVAILABLE.contains(&op) =>
-            {
-                Family::Sms
-            }
+            SMS_TARGET_PREFIX if SMS_OPERATIONS.contains(&op) => Family::Sms,
             CONNECTOR_TARGET_PREFIX if connector::op::ALL.contains(&op) => Family::Connector,
             _ => return Err(unknown()),
         };
@@ -457,7 +458,9 @@ impl Api {
                     next_token: token::encode(&scope, page.last),
                 })
             }
-            other => Err(ApiError::NotAvailableYet(other.to_string())),
+            other => Err(ApiError::UnknownOperation(format!(
+                "unknown operation {other}"
+            ))),
         }
     }
 
