@@ -32,6 +32,14 @@ const RUNS: [WorkKind; 4] = [
     WorkKind::ForgetJob,
 ];
 
+/// Upload slots held by [`Agent::occupy_upload_slots`]; dropped, they are free again.
+pub struct SlotsHeld {
+    _held: Vec<crate::work::InFlight>,
+}
+
+/// Inventory requests taken by one poll while every upload slot is busy.
+const INVENTORY_WHILE_BUSY: usize = 2;
+
 /// What one poll cycle did; `--once` prints it, tests check it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -198,6 +206,16 @@ impl Agent {
         self.stop_inventory_after_pages = Some(pages);
     }
 
+    /// Fault injection for tests and drills: takes every upload slot (and the one extra item a
+    /// poll may take) as that many long uploads would, until the returned guard is dropped.
+    pub fn occupy_upload_slots(&self) -> SlotsHeld {
+        SlotsHeld {
+            _held: (0..=self.worker.max_uploads)
+                .filter_map(|i| self.worker.claim(&format!("occupied-{i}")))
+                .collect(),
+        }
+    }
+
     /// Replication items whose tasks are running now.
     pub fn work_in_flight(&self) -> usize {
         self.worker.in_flight()
@@ -323,22 +341,26 @@ impl Agent {
         let connector_id = self.id()?;
         let resumed = self.resume_unfinished_report().await?;
         // Items beyond the free upload slots stay queued on the service (one more is taken,
-        // and waits for a slot, so that an inventory request is not held up for long).
+        // and waits for a slot). With every slot taken, inventory requests are still asked
+        // for: they are answered inside the poll and take no slot, so ImportServerCatalog is
+        // not held up for as long as a seed takes.
         let room = (self.worker.max_uploads + 1).saturating_sub(self.worker.in_flight());
-        let response: PollWorkResponse = if room == 0 {
-            PollWorkResponse::default()
+        let (kinds, max_results): (&[WorkKind], usize) = if room == 0 {
+            (&[WorkKind::Inventory], INVENTORY_WHILE_BUSY)
         } else {
-            self.client
-                .call(
-                    op::POLL_WORK,
-                    &PollWorkRequest {
-                        connector_id: connector_id.clone(),
-                        max_results: Some(room as i64),
-                        kinds: Some(RUNS.iter().map(|k| k.as_str().to_string()).collect()),
-                    },
-                )
-                .await?
+            (&RUNS, room)
         };
+        let response: PollWorkResponse = self
+            .client
+            .call(
+                op::POLL_WORK,
+                &PollWorkRequest {
+                    connector_id: connector_id.clone(),
+                    max_results: Some(max_results as i64),
+                    kinds: Some(kinds.iter().map(|k| k.as_str().to_string()).collect()),
+                },
+            )
+            .await?;
         let mut report = CycleReport {
             connector_id,
             work_items: response.work_items.len(),

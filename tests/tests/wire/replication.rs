@@ -1088,3 +1088,30 @@ async fn a_restarted_connector_resumes_its_upload_at_once() {
     let (state, message, _) = wait_done(s, &job_id, &run_id).await;
     assert_eq!(state, ReplicationRunState::Completed, "{message:?}");
 }
+
+/// A connector whose upload slots are all taken (long seeds) still answers an inventory request
+/// at once, and leaves the replication work queued until a slot is free again.
+#[tokio::test]
+async fn a_connector_with_every_upload_slot_busy_still_answers_inventory_requests() {
+    let lab = lab(Config::default()).await;
+    let s = &lab.server;
+    let job_id = create_job(&lab, 0).await;
+    s.tick().await;
+    let run_id = runs_of(s, &job_id).await[0]
+        .replication_run_id()
+        .unwrap()
+        .to_owned();
+    wait_for_upload_token(s, &job_id, &run_id).await;
+
+    let held = lab.agent.occupy_upload_slots();
+    s.client.import_server_catalog().send().await.unwrap();
+    let report = lab.agent.poll_once().await.unwrap();
+    assert_eq!(report.inventories_reported, 1, "{report:?}");
+    assert_eq!(report.replication_items_started, 0, "{report:?}");
+
+    drop(held);
+    let report = lab.agent.poll_once().await.unwrap();
+    assert_eq!(report.replication_items_started, 1, "{report:?}");
+    let (state, message, _) = wait_done(s, &job_id, &run_id).await;
+    assert_eq!(state, ReplicationRunState::Completed, "{message:?}");
+}
