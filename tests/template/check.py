@@ -200,6 +200,15 @@ def main():
                         problem(f"{name} may use CloudFormation on {texts}, not only the applications' stacks sms-app-*")
     for name in sorted(set(functions) - set(spec["permissions"])):
         problem(f"{name} has no expected permissions in the test")
+    for name, expected in spec.get("policies", {}).items():
+        if name not in managed:
+            problem(f"no managed policy {name} in the transformed template")
+            continue
+        actions = actions_of(managed[name]["Properties"]["PolicyDocument"])
+        for a in sorted(set(expected) - actions):
+            problem(f"{name} does not allow {a}, which its users call")
+        for a in sorted(actions - set(expected)):
+            problem(f"{name} allows {a}, which its users never call")
 
     # The transformed stack in moto's CloudFormation.
     from moto import mock_aws

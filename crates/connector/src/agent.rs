@@ -160,15 +160,17 @@ pub struct Agent {
 impl Agent {
     /// Resolves credentials and builds the client; makes no request yet.
     pub async fn new(config: ConnectorConfig) -> Result<Self, ConnectorError> {
-        let credentials = config.resolve_credentials().await?;
-        // Uploads are signed with the same keys as the API calls unless [staging] names others:
-        // `tern serve` accepts the connector keys on its staging store; S3 in AWS needs IAM
-        // credentials (the API's are Tern-issued keys there).
+        let credentials = config.api_credentials().await?;
+        // Uploads are signed with the same credentials as the API calls unless [staging] names
+        // others: `tern serve` accepts the connector keys on its staging store; S3 in AWS needs
+        // IAM credentials (the API's `SmsEndpoint` takes Tern-issued keys, its `ApiEndpoint`
+        // IAM ones: with `api_auth = "iam"` one identity serves both).
         let s3 = config.s3_client(config.staging_credentials(&credentials).await);
-        let client = ApiClient::new(
+        let client = ApiClient::with_provider(
             &config.endpoint,
             &config.region,
             credentials,
+            config.signing_name(),
             config.request_timeout(),
         )?;
         let worker = Arc::new(

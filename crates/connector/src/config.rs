@@ -22,6 +22,14 @@ pub struct ConnectorConfig {
     /// Name shown for this connector. Default: `tern-connector`.
     #[serde(default = "default_name")]
     pub name: String,
+    /// How API calls are signed. `"keys"` (the default): Tern-issued connector keys, signed
+    /// for service `sms`, which `tern serve` and the stack's `SmsEndpoint` accept. `"iam"`: IAM
+    /// credentials signed for `execute-api`, for the stack's `ApiEndpoint`, whose IAM authorizer
+    /// checks them (a session of the stack's `ConnectorRoleName` role, `TernConnector` by
+    /// default, is a connector). With `"iam"` the credentials are refreshed as they expire, and
+    /// `[staging]` uploads use them too unless it names others: one identity for API and S3.
+    #[serde(default)]
+    pub api_auth: ApiAuth,
     /// Connector access keys, given inline.
     #[serde(default)]
     pub credentials: Option<StaticCredentials>,
@@ -97,6 +105,17 @@ pub struct StagingConfig {
     /// Or: keys given inline.
     #[serde(default)]
     pub credentials: Option<StaticCredentials>,
+}
+
+/// How API calls are signed (`api_auth`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApiAuth {
+    /// Tern-issued keys, service `sms`.
+    #[default]
+    Keys,
+    /// IAM credentials, service `execute-api`.
+    Iam,
 }
 
 /// Where `[staging]` takes its credentials from.
@@ -336,7 +355,10 @@ impl ConnectorConfig {
 
     /// The credentials of replication uploads (`[staging]`): the API's `api` credentials
     /// unless `[staging]` names others.
-    pub async fn staging_credentials(&self, api: &Credentials) -> SharedCredentialsProvider {
+    pub async fn staging_credentials(
+        &self,
+        api: &SharedCredentialsProvider,
+    ) -> SharedCredentialsProvider {
         let st = &self.staging;
         if let Some(c) = &st.credentials {
             return SharedCredentialsProvider::new(Credentials::new(
@@ -354,7 +376,7 @@ impl ConnectorConfig {
             ));
         }
         match st.credentials_from {
-            CredentialsFrom::Api => SharedCredentialsProvider::new(api.clone()),
+            CredentialsFrom::Api => api.clone(),
             CredentialsFrom::Aws => SharedCredentialsProvider::new(
                 aws_config::default_provider::credentials::DefaultCredentialsChain::builder()
                     .build()
@@ -395,29 +417,39 @@ impl ConnectorConfig {
         Duration::from_secs(self.request_timeout_secs)
     }
 
-    /// Resolves the credentials once, at start: inline keys, a profile, or the AWS default chain.
-    pub async fn resolve_credentials(&self) -> Result<Credentials, ConnectorError> {
-        if let Some(c) = &self.credentials {
-            return Ok(Credentials::new(
+    /// The SigV4 signing name of API calls (`api_auth`).
+    pub fn signing_name(&self) -> &'static str {
+        match self.api_auth {
+            ApiAuth::Keys => crate::signing::SIGNING_NAME,
+            ApiAuth::Iam => crate::signing::IAM_SIGNING_NAME,
+        }
+    }
+
+    /// The credentials of API calls: inline keys, a profile, or the AWS default chain. Tern
+    /// keys are resolved once, here; IAM credentials (`api_auth = "iam"`) are fetched here
+    /// too, so that a missing role fails at start, and the provider then refreshes them.
+    pub async fn api_credentials(&self) -> Result<SharedCredentialsProvider, ConnectorError> {
+        let provider = if let Some(c) = &self.credentials {
+            SharedCredentialsProvider::new(Credentials::new(
                 &c.access_key_id,
                 &c.secret_access_key,
                 c.session_token.clone(),
                 None,
                 "tern-connector-config",
-            ));
-        }
-        let result = if self.profile.is_some() || self.credentials_file.is_some() {
-            profile_provider(self.profile.as_deref(), self.credentials_file.as_deref())
-                .provide_credentials()
-                .await
+            ))
+        } else if self.profile.is_some() || self.credentials_file.is_some() {
+            SharedCredentialsProvider::new(profile_provider(
+                self.profile.as_deref(),
+                self.credentials_file.as_deref(),
+            ))
         } else {
-            aws_config::default_provider::credentials::DefaultCredentialsChain::builder()
-                .build()
-                .await
-                .provide_credentials()
-                .await
+            SharedCredentialsProvider::new(
+                aws_config::default_provider::credentials::DefaultCredentialsChain::builder()
+                    .build()
+                    .await,
+            )
         };
-        result.map_err(|e| {
+        let resolved = provider.provide_credentials().await.map_err(|e| {
             let what = match (&self.profile, &self.credentials_file) {
                 (Some(p), Some(f)) => format!("profile {p:?} of {}", f.display()),
                 (Some(p), None) => format!("profile {p:?}"),
@@ -428,6 +460,10 @@ impl ConnectorConfig {
                 "{what}: {}",
                 aws_credential_types::provider::error::CredentialsError::to_string(&e)
             ))
+        })?;
+        Ok(match self.api_auth {
+            ApiAuth::Keys => SharedCredentialsProvider::new(resolved),
+            ApiAuth::Iam => provider,
         })
     }
 }
@@ -588,7 +624,7 @@ inventory = "inv.toml"
         let dir = tempfile::tempdir().unwrap();
         let base = "endpoint = \"http://api:8080\"\nstate_dir = \"s\"\n[credentials]\naccess_key_id = \"TERNKEY\"\nsecret_access_key = \"tern-secret\"\n[files]\ninventory = \"i\"\n";
         let id = |c: ConnectorConfig| async move {
-            let api = c.resolve_credentials().await.unwrap();
+            let api = c.api_credentials().await.unwrap();
             let staging = c.staging_credentials(&api).await;
             staging
                 .provide_credentials()
@@ -695,8 +731,42 @@ inventory = "inv.toml"
             "endpoint = \"http://x\"\nstate_dir = \"s\"\nprofile = \"connector\"\ncredentials_file = \"credentials\"\n[files]\ninventory = \"i\"\n",
         );
         let c = ConnectorConfig::load(&p).unwrap();
-        let creds = c.resolve_credentials().await.unwrap();
+        let creds = c.api_credentials().await.unwrap();
+        let creds = creds.provide_credentials().await.unwrap();
         assert_eq!(creds.access_key_id(), "CONN");
         assert_eq!(creds.secret_access_key(), "c");
+        assert_eq!(c.signing_name(), "sms");
+    }
+
+    /// `api_auth = "iam"`: signed for `execute-api`, and uploads use the same identity by
+    /// default.
+    #[tokio::test]
+    async fn iam_api_auth_signs_for_execute_api_with_refreshed_credentials() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "credentials",
+            "[connector]\naws_access_key_id = ASIAFIRST\naws_secret_access_key = s\n",
+        );
+        let p = write(
+            dir.path(),
+            "c.toml",
+            "endpoint = \"https://abc.execute-api.us-east-1.amazonaws.com\"\nstate_dir = \"s\"\napi_auth = \"iam\"\nprofile = \"connector\"\ncredentials_file = \"credentials\"\n[files]\ninventory = \"i\"\n",
+        );
+        let c = ConnectorConfig::load(&p).unwrap();
+        assert_eq!(c.signing_name(), "execute-api");
+        let api = c.api_credentials().await.unwrap();
+        let staging = c.staging_credentials(&api).await;
+        assert_eq!(
+            staging.provide_credentials().await.unwrap().access_key_id(),
+            "ASIAFIRST"
+        );
+        let p = write(
+            dir.path(),
+            "d.toml",
+            "endpoint = \"http://x\"\nstate_dir = \"s\"\napi_auth = \"role\"\n[files]\ninventory = \"i\"\n",
+        );
+        let err = ConnectorConfig::load(&p).unwrap_err().to_string();
+        assert!(err.contains("`keys`") && err.contains("`iam`"), "{err}");
     }
 }

@@ -12,6 +12,9 @@ use crate::ConnectorError;
 /// The SigV4 signing name of the SMS API (and of Tern's connector operations).
 pub const SIGNING_NAME: &str = "sms";
 
+/// The signing name API Gateway's IAM authorizer accepts (the stack's `ApiEndpoint`).
+pub const IAM_SIGNING_NAME: &str = "execute-api";
+
 /// Signs a `POST` of `body` to `url` with the given extra `headers` (which are signed too) and
 /// returns the headers to add to the request (`authorization`, `x-amz-date`, and
 /// `x-amz-security-token` for temporary credentials).
@@ -23,11 +26,24 @@ pub fn sign_post(
     body: &[u8],
     time: SystemTime,
 ) -> Result<Vec<(String, String)>, ConnectorError> {
+    sign_post_as(SIGNING_NAME, credentials, region, url, headers, body, time)
+}
+
+/// [`sign_post`] for the service `signing_name` ([`SIGNING_NAME`] or [`IAM_SIGNING_NAME`]).
+pub fn sign_post_as(
+    signing_name: &str,
+    credentials: &Credentials,
+    region: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    time: SystemTime,
+) -> Result<Vec<(String, String)>, ConnectorError> {
     let identity = credentials.clone().into();
     let params = v4::SigningParams::builder()
         .identity(&identity)
         .region(region)
-        .name(SIGNING_NAME)
+        .name(signing_name)
         .time(time)
         .settings(SigningSettings::default())
         .build()
@@ -98,5 +114,34 @@ mod tests {
         assert!(a
             .iter()
             .any(|(n, v)| n == "x-amz-date" && v == "20231114T221320Z"));
+    }
+
+    #[test]
+    fn iam_signatures_are_scoped_to_execute_api_and_carry_the_session_token() {
+        let creds = Credentials::new("ASIAEXAMPLE", "secret", Some("token".into()), None, "t");
+        let time = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let signed = sign_post_as(
+            IAM_SIGNING_NAME,
+            &creds,
+            "eu-west-1",
+            "https://abc.execute-api.eu-west-1.amazonaws.com/",
+            &[("x-amz-target", "TernConnectorService_V1.PollWork")],
+            b"{}",
+            time,
+        )
+        .unwrap();
+        let header = |name: &str| {
+            signed
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+        };
+        assert!(
+            header("authorization").is_some_and(|a| a.starts_with(
+                "AWS4-HMAC-SHA256 Credential=ASIAEXAMPLE/20231114/eu-west-1/execute-api/aws4_request"
+            )),
+            "{signed:?}"
+        );
+        assert_eq!(header("x-amz-security-token"), Some("token"));
     }
 }

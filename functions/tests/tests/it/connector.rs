@@ -1,8 +1,12 @@
 //! The real connector in the AWS pipeline. `tern connector`'s agent (the `[files]` source over a
-//! qcow2 disk made by `qemu-img`) talks to the `api` Lambda's handler behind the stand-in
-//! `SmsEndpoint` (`tern_fn_api::gateway`), signing with a Tern-issued connector key, and uploads
-//! into moto's S3 with IAM credentials of its own (`[staging.credentials]`: S3 does not know
-//! Tern's keys). The rest is the deployed pipeline of `pipeline.rs`: the ASL on the States
+//! qcow2 disk made by `qemu-img`) talks to the `api` Lambda's handler behind a stand-in of one
+//! of the stack's APIs (`tern_fn_api::gateway`), either
+//! * the `SmsEndpoint`, signing with a Tern-issued connector key, and uploading into moto's S3
+//!   with IAM credentials of its own (`[staging.credentials]`: S3 does not know Tern's keys); or
+//! * the `ApiEndpoint` behind the IAM authorizer (`api_auth = "iam"`), as a session of the
+//!   `TernConnector` role, the same identity uploading into S3.
+//!
+//! The rest is the deployed pipeline of `pipeline.rs`: the ASL on the States
 //! engine with its Tasks resolved to the tasks Lambda's handler, EBS direct and EC2 on moto. What
 //! EventBridge does in the stack is played by two loops: the every-minute schedule (the
 //! scheduler Lambda's handler, here every 300 ms) and the staging bucket's Object Created
@@ -50,9 +54,34 @@ fn to_qcow2(raw: &std::path::Path, qcow2: &std::path::Path) {
     );
 }
 
+/// Which of the stack's two APIs the connector calls.
+#[derive(Debug, Clone, Copy)]
+enum Route {
+    /// `SmsEndpoint`: a Tern-issued connector key (service `sms`); IAM keys of its own for S3.
+    TernKeys,
+    /// `ApiEndpoint`: a session of the `TernConnector` role (service `execute-api`), the same
+    /// identity for S3.
+    IamRole,
+}
+
+/// The connector role's session as IAM knows it (the stand-in authorizer's only identity).
+const ROLE_KEY: &str = "ASIACONNECTORSESSION";
+const ROLE_SECRET: &str = "role-session-secret";
+const ROLE_ARN: &str = "arn:aws:sts::123456789012:assumed-role/TernConnector/lab-appliance";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_real_connector_seeds_and_replicates_incrementally_through_the_deployed_pipeline() {
-    let Some(stack) = pipeline_stack("the real connector in the AWS pipeline").await else {
+    replicate_through_the_pipeline(Route::TernKeys).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connector_with_the_connector_role_replicates_through_the_iam_endpoint() {
+    replicate_through_the_pipeline(Route::IamRole).await;
+}
+
+async fn replicate_through_the_pipeline(route: Route) {
+    let what = format!("the real connector in the AWS pipeline ({route:?})");
+    let Some(stack) = pipeline_stack(&what).await else {
         return;
     };
     let Deployed {
@@ -65,12 +94,20 @@ async fn the_real_connector_seeds_and_replicates_incrementally_through_the_deplo
     let service = deployment.service.clone();
     let replication = deployment.replication.clone();
 
-    // The API as the stack's SmsEndpoint serves it, with keys `tern keys issue` would make.
+    // The API as the stack's SmsEndpoint serves it, with keys `tern keys issue` would make, and
+    // as its ApiEndpoint serves it, behind the IAM authorizer.
     let handler = Arc::new(
         Handler::new(tern_fn_api::deployment_api(&deployment), "TernConnector")
             .with_signed_route(service.clone(), REGION),
     );
-    let endpoint = tern_fn_api::gateway::serve(handler).await.unwrap();
+    let endpoint = tern_fn_api::gateway::serve(handler.clone()).await.unwrap();
+    let role = tern_sigv4::KeyPair {
+        access_key_id: ROLE_KEY.into(),
+        secret_access_key: ROLE_SECRET.into(),
+    };
+    let iam_endpoint = tern_fn_api::gateway::serve_iam(handler, REGION, [(role, ROLE_ARN.into())])
+        .await
+        .unwrap();
     let admin = service
         .issue_access_key(KeyRole::Admin, "ops")
         .await
@@ -122,7 +159,7 @@ async fn the_real_connector_seeds_and_replicates_incrementally_through_the_deplo
         })
     };
 
-    // The connector: a qcow2 disk in its inventory, the API's key, its own keys for S3.
+    // The connector: a qcow2 disk in its inventory, and the identity of its route.
     let dir = tempfile::tempdir().unwrap();
     let raw = dir.path().join("disk.raw");
     let qcow2 = dir.path().join("disk0.qcow2");
@@ -136,17 +173,28 @@ async fn the_real_connector_seeds_and_replicates_incrementally_through_the_deplo
         ),
     )
     .unwrap();
+    let identity = match route {
+        Route::TernKeys => format!(
+            "endpoint = {endpoint:?}\n\
+             [credentials]\naccess_key_id = {:?}\nsecret_access_key = {:?}\n\n\
+             [staging]\nendpoint = {:?}\npart_size_mib = 5\n\
+             [staging.credentials]\naccess_key_id = \"testing\"\nsecret_access_key = \"testing\"\n",
+            connector_key.access_key_id, connector_key.secret_access_key, stack._moto.endpoint,
+        ),
+        Route::IamRole => format!(
+            "endpoint = {iam_endpoint:?}\napi_auth = \"iam\"\n\
+             [credentials]\naccess_key_id = {ROLE_KEY:?}\nsecret_access_key = {ROLE_SECRET:?}\n\n\
+             [staging]\nendpoint = {:?}\npart_size_mib = 5\n",
+            stack._moto.endpoint,
+        ),
+    };
     let config = dir.path().join("connector.toml");
     std::fs::write(
         &config,
         format!(
-            "endpoint = {endpoint:?}\nregion = {REGION:?}\nname = \"lab\"\nstate_dir = \"state\"\n\
-             heartbeat_interval_secs = 1\npoll_interval_secs = 1\n\n\
-             [credentials]\naccess_key_id = {:?}\nsecret_access_key = {:?}\n\n\
-             [files]\ninventory = \"inventory.toml\"\n\n\
-             [staging]\nendpoint = {:?}\npart_size_mib = 5\n\
-             [staging.credentials]\naccess_key_id = \"testing\"\nsecret_access_key = \"testing\"\n",
-            connector_key.access_key_id, connector_key.secret_access_key, stack._moto.endpoint,
+            "region = {REGION:?}\nname = \"lab\"\nstate_dir = \"state\"\n\
+             heartbeat_interval_secs = 1\npoll_interval_secs = 1\n{identity}\n\
+             [files]\ninventory = \"inventory.toml\"\n",
         ),
     )
     .unwrap();
@@ -261,4 +309,89 @@ async fn the_real_connector_seeds_and_replicates_incrementally_through_the_deplo
     schedule.abort();
     notifications.abort();
     driver.abort();
+}
+
+/// The `ApiEndpoint`'s authorizer and the handler's reading of the caller: a session of the
+/// connector role is a connector; any other IAM identity is an administrator, refused the
+/// connector operations; a request signed for `sms`, or with a key IAM does not know, never
+/// reaches the handler.
+#[tokio::test]
+async fn the_iam_endpoint_admits_only_the_connector_role_as_a_connector() {
+    use aws_credential_types::provider::SharedCredentialsProvider;
+    use tern_connector::signing::IAM_SIGNING_NAME;
+    use tern_connector::{ApiClient, ConnectorError};
+
+    let store = Arc::new(tern_core::MemoryStore::new());
+    let api = tern_api::Api::new(tern_api::Deps {
+        store,
+        clock: Arc::new(tern_core::SystemClock),
+        ids: Arc::new(tern_core::RandomIds),
+        config: tern_core::Config::default(),
+    });
+    let handler = Arc::new(Handler::new(api, "TernConnector"));
+    let pair = |id: &str| tern_sigv4::KeyPair {
+        access_key_id: id.into(),
+        secret_access_key: format!("{id}-secret"),
+    };
+    let endpoint = tern_fn_api::gateway::serve_iam(
+        handler,
+        REGION,
+        [
+            (pair("ASIAROLE"), ROLE_ARN.to_owned()),
+            (
+                pair("AKIAOPS"),
+                "arn:aws:iam::123456789012:user/ops".to_owned(),
+            ),
+        ],
+    )
+    .await
+    .unwrap();
+    let client = |id: &str, secret: &str, signing_name: &'static str| {
+        ApiClient::with_provider(
+            &endpoint,
+            REGION,
+            SharedCredentialsProvider::new(Credentials::new(id, secret, None, None, "test")),
+            signing_name,
+            Duration::from_secs(10),
+        )
+        .unwrap()
+    };
+    let register = json!({"name": "lab", "version": "1.0", "vmManagerId": "lab"});
+    let call = |c: ApiClient| {
+        let register = register.clone();
+        async move {
+            c.call::<_, serde_json::Value>("RegisterConnector", &register)
+                .await
+        }
+    };
+
+    let registered = call(client("ASIAROLE", "ASIAROLE-secret", IAM_SIGNING_NAME))
+        .await
+        .unwrap();
+    assert!(
+        registered["connectorId"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("c-")),
+        "{registered}"
+    );
+    let refused = |r: Result<serde_json::Value, ConnectorError>| match r {
+        Err(ConnectorError::Service { status, code, .. }) => (status, code),
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    assert_eq!(
+        refused(call(client("AKIAOPS", "AKIAOPS-secret", IAM_SIGNING_NAME)).await),
+        (400, "AccessDeniedException".to_owned()),
+        "an administrator is not a connector"
+    );
+    for (id, secret, name) in [
+        ("ASIAROLE", "ASIAROLE-secret", "sms"),
+        ("ASIAROLE", "wrong-secret", IAM_SIGNING_NAME),
+        ("AKIAUNKNOWN", "x", IAM_SIGNING_NAME),
+    ] {
+        assert_eq!(
+            refused(call(client(id, secret, name)).await),
+            (403, "ForbiddenException".to_owned()),
+            "{id} signing for {name}"
+        );
+    }
 }

@@ -194,6 +194,20 @@ fn the_template_is_wired_least_privilege_and_creates_in_moto() {
         // Every other TERN_ variable the template sets must be one the code reads.
         "known_env": known_env(),
         "permissions": permissions(),
+        // The policies the stack offers to roles outside it, exactly the calls of their users.
+        "policies": {
+            // tern connector with `api_auth = "iam"`: the API, and its uploads
+            // (crates/connector/src/replicate/upload.rs: PutObject, CreateMultipartUpload,
+            // UploadPart and CompleteMultipartUpload are s3:PutObject; ListParts;
+            // AbortMultipartUpload; HeadObject is s3:GetObject).
+            "ConnectorPolicy": [
+                "execute-api:Invoke",
+                "s3:PutObject",
+                "s3:GetObject",
+                "s3:ListMultipartUploadParts",
+                "s3:AbortMultipartUpload",
+            ],
+        },
     });
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
     let mut child = Command::new("python3")
