@@ -23,6 +23,11 @@ pub enum ConnectorCommand {
     /// through a backup with a checkpoint per run; needs a build with `--features libvirt`) or
     /// `[vsphere]` (the VMs of a vCenter, read from a snapshot per run, changed blocks from
     /// vSphere's change tracking where it is on).
+    ///
+    /// The API: `tern serve`'s URL with the connector keys it writes; or the AWS stack's
+    /// `SmsEndpoint` with a key from `tern keys issue --role connector`; or its `ApiEndpoint`
+    /// with `api_auth = "iam"` as a session of the connector role (`ConnectorRoleName`), whose
+    /// credentials then sign the uploads too.
     /// See crates/connector/README.md for every setting.
     Run {
         /// Connector config file (TOML, or JSON when named *.json).
