@@ -5,14 +5,19 @@
 #   scripts/boot-kit.sh [KIT_DIR]      (default: $TERN_BOOT_KIT, else ~/.cache/tern/boot-kit)
 #
 # Everything comes from the distribution's packages (Debian/Ubuntu, apt): a kernel, a static
-# busybox for the initramfs, GRUB for the boot sector, and qemu-system-x86 with its firmware.
+# busybox for the initramfs, GRUB for the boot sector and for UEFI, and qemu-system-x86 with its
+# firmware: SeaBIOS for legacy-BIOS guests, OVMF (EDK II) for UEFI guests.
 # The packages are unpacked privately (apt-get download + dpkg -x) into the kit, so nothing
 # else on the machine changes: in particular an installed qemu-utils keeps its version (the
 # registry's qemu-system-x86 would otherwise pull qemu-utils to its own version). Only QEMU's
 # shared libraries are installed with apt-get (as root; otherwise the script prints the command).
 #
-# The kit is rebuilt only when it is missing or its /init changed; its manifest is kit.toml.
+# The kit is rebuilt only when it is missing, its /init changed or it is of an older format;
+# its manifest is kit.toml.
 set -euo pipefail
+
+# Bumped when the kit gains parts (2: OVMF and GRUB for UEFI).
+kit_format=2
 
 here="$(cd "$(dirname "$0")" && pwd)"
 kit="${1:-${TERN_BOOT_KIT:-$HOME/.cache/tern/boot-kit}}"
@@ -20,6 +25,7 @@ init="$here/boot-kit/init"
 init_sha="$(sha256sum "$init" | cut -d' ' -f1)"
 
 if [[ -f "$kit/kit.toml" ]] && grep -q "init_sha256 = \"$init_sha\"" "$kit/kit.toml" \
+   && grep -q "^kit_format = $kit_format\$" "$kit/kit.toml" \
    && "$kit/root/usr/bin/qemu-system-x86_64" --version >/dev/null 2>&1; then
   echo "boot kit up to date: $kit"
   exit 0
@@ -44,8 +50,8 @@ fi
 
 kernel_pkg="$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}')"
 [[ -n "$kernel_pkg" ]] || { echo "boot-kit: no linux-image-amd64 in apt's lists; run apt-get update first" >&2; exit 1; }
-packages=("$kernel_pkg" busybox-static grub-pc-bin grub-common
-          qemu-system-x86 qemu-system-common qemu-system-data seabios ipxe-qemu)
+packages=("$kernel_pkg" busybox-static grub-pc-bin grub-efi-amd64-bin grub-common
+          qemu-system-x86 qemu-system-common qemu-system-data seabios ipxe-qemu ovmf)
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
@@ -88,6 +94,13 @@ cp "$root/boot/vmlinuz-$release" "$new/vmlinuz"
 cp "$root/usr/lib/grub/i386-pc/boot.img" "$new/grub/boot.img"
 "$root/usr/bin/grub-mkimage" -d "$root/usr/lib/grub/i386-pc" -O i386-pc -o "$new/grub/core.img" \
   -p '(hd0,msdos1)/boot/grub' biosdisk part_msdos ext2 normal linux configfile echo test
+# GRUB for UEFI: an EFI System Partition's \EFI\BOOT\BOOTX64.EFI (the path firmware boots without
+# a boot entry); it reads grub.cfg next to itself, on the partition it was loaded from.
+"$root/usr/bin/grub-mkimage" -d "$root/usr/lib/grub/x86_64-efi" -O x86_64-efi -o "$new/grub/bootx64.efi" \
+  -p /EFI/BOOT part_msdos part_gpt fat ext2 normal linux configfile echo halt serial terminal test
+for fd in OVMF_CODE_4M.fd OVMF_VARS_4M.fd; do
+  [[ -f "$root/usr/share/OVMF/$fd" ]] || { echo "boot-kit: ovmf has no $fd" >&2; exit 1; }
+done
 # Keep what QEMU runs from; the kernel's modules (400 MB) were only needed for the initramfs.
 rm -rf "$root/lib/modules" "$root/boot" "$root/usr/lib/grub"
 mv "$root" "$new/root"
@@ -98,9 +111,13 @@ kernel = "vmlinuz"
 initrd = "initrd.img"
 grub_boot_img = "grub/boot.img"
 grub_core_img = "grub/core.img"
+grub_efi = "grub/bootx64.efi"
+uefi_code = "root/usr/share/OVMF/OVMF_CODE_4M.fd"
+uefi_vars = "root/usr/share/OVMF/OVMF_VARS_4M.fd"
 qemu = "root/usr/bin/qemu-system-x86_64"
 firmware = ["root/usr/share/qemu", "root/usr/share/seabios"]
 init_sha256 = "$init_sha"
+kit_format = $kit_format
 TOML
 rm -rf "$kit"
 mv "$new" "$kit"

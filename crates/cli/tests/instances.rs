@@ -67,6 +67,7 @@ fn instances_are_listed_read_and_stopped() {
             accel: Some("TCG".into()),
             accel_note: None,
             pid: Some(guest.id()),
+            uefi: None,
             running_since: None,
             dir: inst_dir.clone(),
         }],

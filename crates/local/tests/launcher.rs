@@ -1,7 +1,8 @@
 //! The local launcher runs a template's instances as QEMU guests from the boot kit
 //! (`scripts/boot-kit.sh`, run by `.ci/run`), booting each from an overlay on its image's
 //! exported disks: the images here hold a boot sector that prints its own marker on the serial
-//! port, so a marker on an instance's console proves it booted the image it was given.
+//! port, so a marker on an instance's console proves it booted the image it was given. A UEFI
+//! image holds an EFI System Partition whose GRUB (the boot kit's) prints the marker instead.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -46,6 +47,46 @@ fn marker_disk(path: &Path, marker: &str) {
     std::fs::write(path, disk).unwrap();
 }
 
+/// A UEFI disk: an MBR whose one partition, at 1 MiB, is an EFI System Partition (type 0xEF,
+/// FAT16) holding the boot kit's GRUB as `\EFI\BOOT\BOOTX64.EFI`, the path firmware boots with
+/// no boot entry, and a `grub.cfg` next to it that prints `marker` and waits at GRUB's prompt.
+fn uefi_marker_disk(path: &Path, marker: &str, grub_efi: &Path) {
+    use std::io::Write as _;
+    const PART_START: usize = 1 << 20;
+    const PART_SIZE: usize = 32 << 20;
+    let mut part = std::io::Cursor::new(vec![0u8; PART_SIZE]);
+    fatfs::format_volume(
+        &mut part,
+        fatfs::FormatVolumeOptions::new().fat_type(fatfs::FatType::Fat16),
+    )
+    .unwrap();
+    {
+        let fs = fatfs::FileSystem::new(&mut part, fatfs::FsOptions::new()).unwrap();
+        let boot = fs
+            .root_dir()
+            .create_dir("EFI")
+            .and_then(|d| d.create_dir("BOOT"))
+            .unwrap();
+        let mut efi = boot.create_file("BOOTX64.EFI").unwrap();
+        efi.write_all(&std::fs::read(grub_efi).unwrap()).unwrap();
+        drop(efi);
+        let mut cfg = boot.create_file("grub.cfg").unwrap();
+        writeln!(cfg, "echo {marker}").unwrap();
+        drop(cfg);
+        drop(boot);
+        fs.unmount().unwrap();
+    }
+    let mut disk = vec![0u8; PART_START];
+    let entry = &mut disk[446..462];
+    entry[4] = 0xEF;
+    entry[8..12].copy_from_slice(&((PART_START / 512) as u32).to_le_bytes());
+    entry[12..16].copy_from_slice(&((PART_SIZE / 512) as u32).to_le_bytes());
+    disk[510] = 0x55;
+    disk[511] = 0xAA;
+    disk.extend_from_slice(&part.into_inner());
+    std::fs::write(path, disk).unwrap();
+}
+
 struct Env {
     _dir: tempfile::TempDir,
     data: PathBuf,
@@ -78,14 +119,27 @@ impl Env {
 
     /// An image of one disk per marker, the first its root.
     async fn image(&self, markers: &[&str]) -> String {
+        let raws = markers
+            .iter()
+            .map(|m| {
+                let raw = self.staging.join(format!("{m}.raw"));
+                marker_disk(&raw, m);
+                raw
+            })
+            .collect::<Vec<_>>();
+        self.image_of(&markers.join("-"), &raws, BootMode::LegacyBios)
+            .await
+    }
+
+    /// An image named `name` of the raw disks `raws` (the first its root), booting `boot_mode`.
+    async fn image_of(&self, name: &str, raws: &[PathBuf], boot_mode: BootMode) -> String {
         let mut devices = Vec::new();
-        for (n, m) in markers.iter().enumerate() {
-            let raw = self.staging.join(format!("{m}.raw"));
-            marker_disk(&raw, m);
+        for (n, raw) in raws.iter().enumerate() {
+            let m = format!("{name}-{n}");
             let key = format!("jobs/{m}/disk{n}.vmdk");
             let to = self.staging.join(BUCKET).join(&key);
             std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-            std::fs::copy(stream_vmdk(&raw), &to).unwrap();
+            std::fs::copy(stream_vmdk(raw), &to).unwrap();
             let task = self
                 .images
                 .start_import(
@@ -93,7 +147,7 @@ impl Env {
                         bucket: BUCKET.into(),
                         key,
                     },
-                    m,
+                    &m,
                 )
                 .await
                 .unwrap();
@@ -116,11 +170,11 @@ impl Env {
         }
         self.images
             .register_image(&RegisterImage {
-                name: markers.join("-"),
+                name: name.into(),
                 description: "launcher test".into(),
                 block_devices: devices,
                 architecture: Architecture::X86_64,
-                boot_mode: BootMode::LegacyBios,
+                boot_mode,
                 ena_support: true,
             })
             .await
@@ -398,4 +452,52 @@ async fn a_stack_left_half_made_by_a_stopped_server_is_rolled_back_when_asked() 
     // Deleting a rolled-back stack finishes it.
     restarted.delete_stack(&id).await.unwrap();
     settle(&restarted, &id, |s| *s == StackState::DeleteComplete).await;
+}
+
+/// A UEFI image boots under OVMF (the boot kit's): the GRUB of its EFI System Partition prints
+/// the image's marker. The instance gets a UEFI variable store of its own, removed with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_uefi_image_boots_under_ovmf_with_a_variable_store_of_its_own() {
+    let env = Env::new();
+    let kit = tern_local::guest::BootKit::find(None)
+        .unwrap()
+        .expect("the boot kit (scripts/boot-kit.sh, run by .ci/run)");
+    let grub_efi = kit
+        .grub_efi
+        .clone()
+        .expect("the boot kit predates UEFI support: run scripts/boot-kit.sh again");
+    let raw = env.staging.join("uefi.raw");
+    uefi_marker_disk(&raw, "TERN-IMAGE-UEFI", &grub_efi);
+    let image = env.image_of("uefi", &[raw], BootMode::Uefi).await;
+    let template = json!({
+    "Parameters": {"DefaultInstanceType": {"Type": "String", "Default": "t3.micro"}},
+    "Resources": {"App": instance(&image, &[], None)}});
+    let l = env.launcher();
+    let id = l
+        .create_stack("sms-app-uefi", &template, None)
+        .await
+        .unwrap();
+    let state = settle(&l, &id, |s| *s != StackState::CreateInProgress).await;
+    assert_eq!(state, StackState::CreateComplete);
+    let app = launcher::list(&env.data)
+        .unwrap()
+        .remove(0)
+        .instances
+        .remove(0);
+    assert!(app.running(), "{} is not running", app.instance_id);
+    let fw = app
+        .uefi
+        .clone()
+        .expect("a UEFI instance records its firmware");
+    assert_eq!(fw.code, kit.uefi.as_ref().unwrap().code);
+    assert!(fw.vars.starts_with(&app.dir) && fw.vars.is_file(), "{fw:?}");
+    let console = wait_for_text(&app.console(), "TERN-IMAGE-UEFI");
+    assert!(
+        console.contains("TERN-IMAGE-UEFI") && !console.contains("SeaBIOS"),
+        "{console}"
+    );
+
+    l.delete_stack(&id).await.unwrap();
+    settle(&l, &id, |s| *s == StackState::DeleteComplete).await;
+    assert!(!app.running() && !fw.vars.exists());
 }

@@ -1,4 +1,4 @@
-//! The boot kit: a kernel, an initramfs, GRUB's boot images and a private QEMU, unpacked from
+//! The boot kit: a kernel, an initramfs, GRUB for BIOS and UEFI, a private QEMU and OVMF, unpacked from
 //! the distribution's packages by `scripts/boot-kit.sh`. `tern demo` builds its bootable VM
 //! from it, and `tern demo --boot` boots the exported image with its QEMU.
 
@@ -27,6 +27,11 @@ pub struct BootKit {
     pub qemu: Option<PathBuf>,
     /// Directories QEMU is given with `-L` for its firmware (SeaBIOS, option ROMs).
     pub firmware: Vec<PathBuf>,
+    /// GRUB for UEFI (`bootx64.efi`, an EFI System Partition's `\EFI\BOOT\BOOTX64.EFI`); it
+    /// reads `grub.cfg` next to itself. Kits made before UEFI support have none.
+    pub grub_efi: Option<PathBuf>,
+    /// OVMF, for UEFI guests (kits made before UEFI support have none).
+    pub uefi: Option<super::UefiFirmware>,
 }
 
 #[derive(Deserialize)]
@@ -39,6 +44,9 @@ struct Manifest {
     qemu: Option<PathBuf>,
     #[serde(default)]
     firmware: Vec<PathBuf>,
+    grub_efi: Option<PathBuf>,
+    uefi_code: Option<PathBuf>,
+    uefi_vars: Option<PathBuf>,
 }
 
 impl BootKit {
@@ -84,6 +92,14 @@ impl BootKit {
             grub_core_img: file(&m.grub_core_img)?,
             qemu: m.qemu.as_deref().map(file).transpose()?,
             firmware: m.firmware.iter().map(|f| dir.join(f)).collect(),
+            grub_efi: m.grub_efi.as_deref().map(file).transpose()?,
+            uefi: match (&m.uefi_code, &m.uefi_vars) {
+                (Some(code), Some(vars)) => Some(super::UefiFirmware {
+                    code: file(code)?,
+                    vars: file(vars)?,
+                }),
+                _ => None,
+            },
         })
     }
 
@@ -140,6 +156,32 @@ firmware = ["root/usr/share/qemu"]
         assert_eq!(kit.kernel, d.join("vmlinuz"));
         assert_eq!(kit.firmware, vec![d.join("root/usr/share/qemu")]);
         assert_eq!(BootKit::find(Some(d)).unwrap().unwrap().dir, d);
+        // A kit made before UEFI support has neither part.
+        assert!(kit.uefi.is_none() && kit.grub_efi.is_none());
+
+        let manifest = std::fs::read_to_string(d.join("kit.toml")).unwrap();
+        write(
+            d,
+            "kit.toml",
+            &format!(
+                "{manifest}grub_efi = \"grub/bootx64.efi\"\nuefi_code = \"ovmf/CODE.fd\"\nuefi_vars = \"ovmf/VARS.fd\"\n"
+            ),
+        );
+        for f in ["grub/bootx64.efi", "ovmf/CODE.fd"] {
+            write(d, f, "x");
+        }
+        let e = BootKit::load(d).unwrap_err().to_string();
+        assert!(e.contains("ovmf/VARS.fd"), "{e}");
+        write(d, "ovmf/VARS.fd", "x");
+        let kit = BootKit::load(d).unwrap();
+        assert_eq!(kit.grub_efi, Some(d.join("grub/bootx64.efi")));
+        assert_eq!(
+            kit.uefi,
+            Some(crate::guest::UefiFirmware {
+                code: d.join("ovmf/CODE.fd"),
+                vars: d.join("ovmf/VARS.fd"),
+            })
+        );
 
         write(d, "kit.toml", "kernel = 3");
         let e = BootKit::load(d).unwrap_err().to_string();

@@ -16,7 +16,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 pub use kit::BootKit;
-pub use qemu::{escape_option, is_executable, kvm_usable, Accel, Qemu, QEMU_SYSTEM};
+pub use qemu::{escape_option, is_executable, kvm_usable, Accel, Qemu, UefiFirmware, QEMU_SYSTEM};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GuestError {

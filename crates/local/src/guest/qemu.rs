@@ -12,6 +12,51 @@ pub const QEMU_SYSTEM: &str = "qemu-system-x86_64";
 pub struct Qemu {
     pub binary: PathBuf,
     pub firmware: Vec<PathBuf>,
+    /// The UEFI firmware for UEFI guests: the boot kit's, else the system's; `None` when
+    /// neither has one (UEFI guests cannot run then).
+    pub uefi: Option<UefiFirmware>,
+}
+
+/// UEFI firmware (OVMF, EDK II) for QEMU's two flash devices: the code, mapped read-only, and
+/// a variable store, which each guest gets its own copy of.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct UefiFirmware {
+    pub code: PathBuf,
+    pub vars: PathBuf,
+}
+
+impl UefiFirmware {
+    /// Where distributions install OVMF: Debian and Ubuntu (4 MiB, then 2 MiB builds), Fedora,
+    /// Arch.
+    const SYSTEM: [(&'static str, &'static str); 4] = [
+        (
+            "/usr/share/OVMF/OVMF_CODE_4M.fd",
+            "/usr/share/OVMF/OVMF_VARS_4M.fd",
+        ),
+        (
+            "/usr/share/OVMF/OVMF_CODE.fd",
+            "/usr/share/OVMF/OVMF_VARS.fd",
+        ),
+        (
+            "/usr/share/edk2/ovmf/OVMF_CODE.fd",
+            "/usr/share/edk2/ovmf/OVMF_VARS.fd",
+        ),
+        (
+            "/usr/share/edk2/x64/OVMF_CODE.4m.fd",
+            "/usr/share/edk2/x64/OVMF_VARS.4m.fd",
+        ),
+    ];
+
+    /// The system's OVMF, if one of [`Self::SYSTEM`] is installed.
+    pub fn system() -> Option<UefiFirmware> {
+        Self::SYSTEM
+            .iter()
+            .map(|(c, v)| UefiFirmware {
+                code: PathBuf::from(c),
+                vars: PathBuf::from(v),
+            })
+            .find(|f| f.code.is_file() && f.vars.is_file())
+    }
 }
 
 impl Qemu {
@@ -28,6 +73,9 @@ impl Qemu {
                 Ok(Qemu {
                     binary,
                     firmware: Vec::new(),
+                    uefi: kit
+                        .and_then(|k| k.uefi.clone())
+                        .or_else(UefiFirmware::system),
                 })
             } else {
                 Err(GuestError::QemuMissing(format!(
@@ -40,6 +88,7 @@ impl Qemu {
             return Ok(Qemu {
                 binary,
                 firmware: kit.firmware.clone(),
+                uefi: kit.uefi.clone().or_else(UefiFirmware::system),
             });
         }
         let path = std::env::var_os("PATH").unwrap_or_default();
@@ -49,6 +98,9 @@ impl Qemu {
             .map(|binary| Qemu {
                 binary,
                 firmware: Vec::new(),
+                uefi: kit
+                    .and_then(|k| k.uefi.clone())
+                    .or_else(UefiFirmware::system),
             })
             .ok_or_else(|| {
                 GuestError::QemuMissing(format!(

@@ -72,6 +72,10 @@ pub struct InstanceRecord {
     /// `UserForSMSApplicationValidation=true` (see `commands`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command_socket: Option<PathBuf>,
+    /// For an instance of a UEFI image: the firmware's code and the instance's own copy of its
+    /// variable store (boot entries the guest writes survive its restarts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uefi: Option<crate::guest::UefiFirmware>,
 }
 
 impl InstanceRecord {
@@ -224,6 +228,16 @@ pub fn start(s: &Start<'_>) -> Result<u32, String> {
         "name=etc/sercon-port,file={}",
         escape_option(&sercon)
     ));
+    if let Some(fw) = &s.instance.uefi {
+        cmd.arg("-drive").arg(format!(
+            "if=pflash,format=raw,unit=0,readonly=on,file={}",
+            escape_option(&fw.code)
+        ));
+        cmd.arg("-drive").arg(format!(
+            "if=pflash,format=raw,unit=1,file={}",
+            escape_option(&fw.vars)
+        ));
+    }
     cmd.args(["-accel", s.accel.qemu_name()]);
     cmd.arg("-m").arg(s.instance.memory_mib.to_string());
     cmd.arg("-smp").arg(s.instance.vcpus.to_string());

@@ -6,7 +6,11 @@
 //! store once (qcow2, shared by every instance of that image), gives every instance a qcow2
 //! overlay on them (sized as the image's volume), a NoCloud seed with its user data (a read-only
 //! FAT drive labelled `cidata`, as cloud-init looks for), and starts QEMU detached with the
-//! instance type's vCPUs and memory (memory capped by [`LauncherOptions::max_memory_mib`], `tern serve --launch-max-memory-mib`). An
+//! instance type's vCPUs and memory (memory capped by [`LauncherOptions::max_memory_mib`], `tern serve --launch-max-memory-mib`).
+//! Legacy-BIOS images boot under SeaBIOS; UEFI images (boot mode `uefi`, and `uefi-preferred`
+//! where UEFI firmware is found) under OVMF, the boot kit's or else the system's, with a UEFI
+//! variable store of their own; a UEFI image with no OVMF anywhere is refused saying what to
+//! install. An
 //! instance runs once its serial console shows output (the firmware prints first, whatever the
 //! OS); the next level starts only then, as CloudFormation starts a resource once those it
 //! depends on are complete. KVM when `/dev/kvm` may be opened, TCG otherwise; a KVM that shows
@@ -39,11 +43,14 @@ use tern_core::launcher::{
 pub use instances::{find, list, status, stop as stop_instance, InstanceRecord, StackRecord};
 pub use plan::{instance_size, plan, InstancePlan};
 
-use crate::guest::{Accel, BootKit, Qemu};
+use crate::guest::{Accel, BootKit, Qemu, UefiFirmware};
 use crate::images::ImageCatalog;
 
 /// The QEMU binary the launcher runs.
 pub const QEMU: &str = crate::guest::QEMU_SYSTEM;
+
+/// An instance's own copy of the UEFI variable store, in its directory.
+const UEFI_VARS: &str = "uefi-vars.fd";
 
 /// How the local launcher runs guests.
 #[derive(Debug, Clone)]
@@ -296,6 +303,7 @@ impl Launcher for QemuLauncher {
                     accel_note: None,
                     pid: None,
                     running_since: None,
+                    uefi: None,
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -516,12 +524,14 @@ impl Job {
                 if ctl.cancel.load(Ordering::SeqCst) {
                     return Ok(false);
                 }
-                let inst = record.instances[i].clone();
-                let what =
-                    |e: String| format!("instance {} ({}): {e}", inst.logical_id, inst.instance_id);
-                let disks = self
-                    .prepare(&catalog, &inst, user_data[i].as_deref())
+                let mut inst = record.instances[i].clone();
+                let label = format!("instance {} ({})", inst.logical_id, inst.instance_id);
+                let what = |e: String| format!("{label}: {e}");
+                let (disks, uefi) = self
+                    .prepare(&catalog, &qemu, &inst, user_data[i].as_deref())
                     .map_err(what)?;
+                inst.uefi = uefi;
+                record.instances[i].uefi = inst.uefi.clone();
                 let accel = self.opts.accel.resolve();
                 let pid = instances::start(&instances::Start {
                     qemu: &qemu,
@@ -599,29 +609,49 @@ impl Job {
         }
     }
 
-    /// The instance's disks (overlays on its image's exported disks) and its NoCloud seed.
+    /// The instance's disks (overlays on its image's exported disks), its NoCloud seed, and
+    /// for a UEFI image its firmware with a variable store of its own.
     fn prepare(
         &self,
         catalog: &ImageCatalog,
+        qemu: &Qemu,
         inst: &InstanceRecord,
         user_data: Option<&str>,
-    ) -> Result<Vec<PathBuf>, String> {
+    ) -> Result<(Vec<PathBuf>, Option<UefiFirmware>), String> {
         let image = catalog.describe_image(&inst.image_id).map_err(|_| {
             format!(
                 "image {} is not in this Tern's image store (`tern images list` shows them)",
                 inst.image_id
             )
         })?;
-        if image.boot_mode == BootMode::Uefi {
-            return Err(format!(
-                "image {} boots with UEFI; the local launcher runs legacy-BIOS guests (SeaBIOS) only",
-                image.image_id
-            ));
-        }
         let bases = instances::root(&self.data_dir).join("images");
         std::fs::create_dir_all(&inst.dir)
             .and_then(|()| std::fs::create_dir_all(&bases))
             .map_err(|e| e.to_string())?;
+        let uefi = match (image.boot_mode, &qemu.uefi) {
+            (BootMode::LegacyBios, _) | (BootMode::UefiPreferred, None) => None,
+            (BootMode::Uefi | BootMode::UefiPreferred, Some(fw)) => {
+                let vars = inst.dir.join(UEFI_VARS);
+                if !vars.is_file() {
+                    std::fs::copy(&fw.vars, &vars).map_err(|e| {
+                        format!(
+                            "cannot copy the UEFI variable store {}: {e}",
+                            fw.vars.display()
+                        )
+                    })?;
+                }
+                Some(UefiFirmware {
+                    code: fw.code.clone(),
+                    vars,
+                })
+            }
+            (BootMode::Uefi, None) => {
+                return Err(format!(
+                    "image {} boots with UEFI, and no UEFI firmware (OVMF) was found: run scripts/boot-kit.sh, whose kit carries OVMF, or install it (Debian/Ubuntu: apt-get install ovmf)",
+                    image.image_id
+                ))
+            }
+        };
         let mut disks = Vec::new();
         for (n, dev) in image.block_devices.iter().enumerate() {
             let base = bases.join(format!("{}.qcow2", dev.snapshot_id));
@@ -670,7 +700,7 @@ impl Job {
         std::fs::write(seed.join("meta-data"), meta)
             .and_then(|()| std::fs::write(seed.join("user-data"), user_data.unwrap_or("")))
             .map_err(|e| format!("cannot write the NoCloud seed in {}: {e}", seed.display()))?;
-        Ok(disks)
+        Ok((disks, uefi))
     }
 
     /// Stops every instance of the stack, removes their disks and seeds (keeping the console
@@ -693,6 +723,7 @@ impl Job {
                 let _ = std::fs::remove_file(d);
             }
             let _ = std::fs::remove_dir_all(inst.dir.join("seed"));
+            let _ = std::fs::remove_file(inst.dir.join(UEFI_VARS));
             if let Some(socket) = &inst.command_socket {
                 let _ = std::fs::remove_file(socket);
             }
