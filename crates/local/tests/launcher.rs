@@ -47,46 +47,6 @@ fn marker_disk(path: &Path, marker: &str) {
     std::fs::write(path, disk).unwrap();
 }
 
-/// A UEFI disk: an MBR whose one partition, at 1 MiB, is an EFI System Partition (type 0xEF,
-/// FAT16) holding the boot kit's GRUB as `\EFI\BOOT\BOOTX64.EFI`, the path firmware boots with
-/// no boot entry, and a `grub.cfg` next to it that prints `marker` and waits at GRUB's prompt.
-fn uefi_marker_disk(path: &Path, marker: &str, grub_efi: &Path) {
-    use std::io::Write as _;
-    const PART_START: usize = 1 << 20;
-    const PART_SIZE: usize = 32 << 20;
-    let mut part = std::io::Cursor::new(vec![0u8; PART_SIZE]);
-    fatfs::format_volume(
-        &mut part,
-        fatfs::FormatVolumeOptions::new().fat_type(fatfs::FatType::Fat16),
-    )
-    .unwrap();
-    {
-        let fs = fatfs::FileSystem::new(&mut part, fatfs::FsOptions::new()).unwrap();
-        let boot = fs
-            .root_dir()
-            .create_dir("EFI")
-            .and_then(|d| d.create_dir("BOOT"))
-            .unwrap();
-        let mut efi = boot.create_file("BOOTX64.EFI").unwrap();
-        efi.write_all(&std::fs::read(grub_efi).unwrap()).unwrap();
-        drop(efi);
-        let mut cfg = boot.create_file("grub.cfg").unwrap();
-        writeln!(cfg, "echo {marker}").unwrap();
-        drop(cfg);
-        drop(boot);
-        fs.unmount().unwrap();
-    }
-    let mut disk = vec![0u8; PART_START];
-    let entry = &mut disk[446..462];
-    entry[4] = 0xEF;
-    entry[8..12].copy_from_slice(&((PART_START / 512) as u32).to_le_bytes());
-    entry[12..16].copy_from_slice(&((PART_SIZE / 512) as u32).to_le_bytes());
-    disk[510] = 0x55;
-    disk[511] = 0xAA;
-    disk.extend_from_slice(&part.into_inner());
-    std::fs::write(path, disk).unwrap();
-}
-
 struct Env {
     _dir: tempfile::TempDir,
     data: PathBuf,
@@ -467,7 +427,7 @@ async fn a_uefi_image_boots_under_ovmf_with_a_variable_store_of_its_own() {
         .clone()
         .expect("the boot kit predates UEFI support: run scripts/boot-kit.sh again");
     let raw = env.staging.join("uefi.raw");
-    uefi_marker_disk(&raw, "TERN-IMAGE-UEFI", &grub_efi);
+    tern_test_support::uefi::esp_disk(&raw, &grub_efi, "echo TERN-IMAGE-UEFI\n", &[], 32);
     let image = env.image_of("uefi", &[raw], BootMode::Uefi).await;
     let template = json!({
     "Parameters": {"DefaultInstanceType": {"Type": "String", "Default": "t3.micro"}},

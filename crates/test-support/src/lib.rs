@@ -15,6 +15,7 @@ pub mod moto;
 pub mod poll;
 pub mod qemu;
 pub mod tmpfs;
+pub mod uefi;
 pub mod vcsim;
 
 use std::process::Command;

@@ -698,3 +698,142 @@ async fn import_app_catalog_makes_the_connectors_applications() {
     assert_eq!(c.list_apps().send().await.unwrap().apps().len(), 1);
     server_.shutdown().await;
 }
+
+/// A migrated UEFI server boots. Its boot disk holds an EFI System Partition with GRUB for UEFI,
+/// the boot kit's kernel and initramfs: the catalog's inspection finds the partition, the run's
+/// AMI is a UEFI image, and LaunchApp runs it under OVMF, where GRUB boots Linux from the
+/// migrated disk and the initramfs's `/init` prints its marker on the console.
+#[tokio::test]
+async fn a_migrated_uefi_server_launches_under_ovmf_and_boots_linux() {
+    let kit = tern_local::guest::BootKit::find(None)
+        .unwrap()
+        .expect("the boot kit (scripts/boot-kit.sh, run by .ci/run)");
+    let grub_efi = kit
+        .grub_efi
+        .clone()
+        .expect("the boot kit predates UEFI support: run scripts/boot-kit.sh again");
+    let server_ = TestServer::start().await;
+    let c = &server_.client;
+    let disk = server_.scratch().join("efi-vm0.raw");
+    tern_test_support::uefi::esp_disk(
+        &disk,
+        &grub_efi,
+        "linux /vmlinuz console=ttyS0 panic=-1 quiet\ninitrd /initrd.img\nboot\n",
+        &[("vmlinuz", &kit.kernel), ("initrd.img", &kit.initrd)],
+        24,
+    );
+    let inventory = format!(
+        "vm_manager_id = \"vc-efi\"\nvm_manager_type = \"VSPHERE\"\n\n[[vms]]\nid = \"vm-0\"\nname = \"efi0\"\nos_type = \"LINUX\"\ndisks = [{:?}]\n",
+        disk.display().to_string()
+    );
+    let mut agent = server_.connector_agent("efi", &inventory).await;
+    agent.run_once().await.unwrap();
+    c.import_server_catalog().send().await.unwrap();
+    agent.poll_once().await.unwrap();
+    let servers = c.get_servers().send().await.unwrap();
+    let sid = servers.server_list()[0].server_id().unwrap().to_string();
+
+    let created = c
+        .create_app()
+        .name("efi")
+        .server_groups(group("all", &[&sid]))
+        .send()
+        .await
+        .unwrap();
+    let app_id = created.app_summary().unwrap().app_id().unwrap().to_string();
+    let gid = created.server_groups()[0]
+        .server_group_id()
+        .unwrap()
+        .to_string();
+    c.put_app_replication_configuration()
+        .app_id(&app_id)
+        .server_group_replication_configurations(
+            ServerGroupReplicationConfiguration::builder()
+                .server_group_id(&gid)
+                .server_replication_configurations(
+                    ServerReplicationConfiguration::builder()
+                        .server(server(&sid))
+                        .server_replication_parameters(
+                            ServerReplicationParameters::builder()
+                                .seed_time(DateTime::from_secs(now_secs()))
+                                .frequency(12)
+                                .license_type(LicenseType::Byol)
+                                .build(),
+                        )
+                        .build(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    c.start_app_replication()
+        .app_id(&app_id)
+        .send()
+        .await
+        .unwrap();
+    let replicated = poll::until_async(
+        Duration::from_secs(120),
+        Duration::from_millis(100),
+        || async {
+            server_.tick().await;
+            agent.poll_once().await.unwrap();
+            let app = c.get_app().app_id(&app_id).send().await.unwrap();
+            let status = app.app_summary().unwrap().replication_status().cloned();
+            assert_ne!(status, Some(AppReplicationStatus::ReplicationFailed));
+            (status == Some(AppReplicationStatus::Replicated)).then_some(())
+        },
+    )
+    .await;
+    assert!(
+        replicated.is_some(),
+        "the application replicated within 120 s"
+    );
+    let jobs = c.get_replication_jobs().send().await.unwrap();
+    let ami = jobs.replication_job_list()[0]
+        .latest_ami_id()
+        .unwrap()
+        .to_string();
+    let image = tern_local::images::ImageCatalog::open(server_.data_dir())
+        .unwrap()
+        .describe_image(&ami)
+        .unwrap();
+    assert_eq!(image.boot_mode, tern_core::images::BootMode::Uefi);
+
+    c.put_app_launch_configuration()
+        .app_id(&app_id)
+        .role_name("sms-launch")
+        .server_group_launch_configurations(
+            ServerGroupLaunchConfiguration::builder()
+                .server_group_id(&gid)
+                .launch_order(1)
+                .server_launch_configurations(
+                    ServerLaunchConfiguration::builder()
+                        .server(server(&sid))
+                        .logical_id("Efi")
+                        .instance_type("t3.small")
+                        .build(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    c.launch_app().app_id(&app_id).send().await.unwrap();
+    launch_status_becomes(c, &app_id, "LAUNCHED").await;
+    let instance = tern_local::launcher::list(server_.data_dir()).unwrap()[0].instances[0].clone();
+    assert!(instance.uefi.is_some(), "{instance:?}");
+    let console = poll::until(Duration::from_secs(120), Duration::from_millis(200), || {
+        std::fs::read_to_string(instance.console())
+            .ok()
+            .filter(|text| text.contains("TERN-BOOT-MARKER"))
+    });
+    assert!(
+        console.is_some(),
+        "Linux did not boot from the migrated ESP: {}",
+        std::fs::read_to_string(instance.console()).unwrap_or_default()
+    );
+    c.terminate_app().app_id(&app_id).send().await.unwrap();
+    launch_status_becomes(c, &app_id, "TERMINATED").await;
+    assert!(!instance.running());
+}
