@@ -77,7 +77,8 @@ fn serve_announces_itself_and_stops_cleanly_on_sigterm_and_sigint() {
             served.announced
         );
         assert!(credentials.exists());
-        // What LaunchApp will run (the boot kit's QEMU here), or why it cannot.
+        // What LaunchApp will run (the boot kit's QEMU here), or why it cannot; and whether
+        // UEFI images can run.
         assert!(
             served
                 .announced
@@ -86,6 +87,14 @@ fn serve_announces_itself_and_stops_cleanly_on_sigterm_and_sigint() {
             "LaunchApp's launcher not announced:\n{}",
             served.announced
         );
+        if served.announced.contains("as a QEMU guest") {
+            assert!(
+                served.announced.contains("UEFI images under")
+                    || served.announced.contains("UEFI images are refused"),
+                "UEFI support not announced:\n{}",
+                served.announced
+            );
+        }
         TcpStream::connect(&served.endpoint).expect("server accepts connections");
         let endpoint = served.endpoint.clone();
         let status = signal_and_wait(served, signal);

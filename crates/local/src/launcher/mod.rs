@@ -149,14 +149,18 @@ impl QemuLauncher {
     pub fn summary(&self) -> String {
         match &self.qemu {
             Ok(q) => format!(
-                "LaunchApp runs each instance as a QEMU guest: {} ({}, at most {} MiB each); `tern instances list` shows them",
+                "LaunchApp runs each instance as a QEMU guest: {} ({}, at most {} MiB each; {}); `tern instances list` shows them",
                 q.binary.display(),
                 match self.opts.accel {
                     Accel::Auto => "KVM when /dev/kvm opens, else TCG",
                     Accel::Kvm => "KVM",
                     Accel::Tcg => "TCG",
                 },
-                self.opts.max_memory_mib
+                self.opts.max_memory_mib,
+                match &q.uefi {
+                    Some(fw) => format!("UEFI images under {}", fw.code.display()),
+                    None => "no UEFI firmware, so UEFI images are refused: apt-get install ovmf, or run scripts/boot-kit.sh".into(),
+                }
             ),
             Err(e) => format!("LaunchApp is unavailable: {e}"),
         }
