@@ -76,6 +76,61 @@ fn server(id: &str) -> Server {
     Server::builder().server_id(id).build()
 }
 
+/// Configures each group's one server (server group id, server id) to replicate from now,
+/// starts the application's replication and drives it (scheduler ticks, connector polls) until
+/// the application is REPLICATED, within 120 s.
+async fn replicate(
+    server_: &TestServer,
+    agent: &tern_connector::Agent,
+    app_id: &str,
+    groups: &[(&str, &str)],
+) {
+    let c = &server_.client;
+    let mut put = c.put_app_replication_configuration().app_id(app_id);
+    for (gid, sid) in groups {
+        put = put.server_group_replication_configurations(
+            ServerGroupReplicationConfiguration::builder()
+                .server_group_id(*gid)
+                .server_replication_configurations(
+                    ServerReplicationConfiguration::builder()
+                        .server(server(sid))
+                        .server_replication_parameters(
+                            ServerReplicationParameters::builder()
+                                .seed_time(DateTime::from_secs(now_secs()))
+                                .frequency(12)
+                                .license_type(LicenseType::Byol)
+                                .build(),
+                        )
+                        .build(),
+                )
+                .build(),
+        );
+    }
+    put.send().await.unwrap();
+    c.start_app_replication()
+        .app_id(app_id)
+        .send()
+        .await
+        .unwrap();
+    let replicated = poll::until_async(
+        Duration::from_secs(120),
+        Duration::from_millis(100),
+        || async {
+            server_.tick().await;
+            agent.poll_once().await.unwrap();
+            let app = c.get_app().app_id(app_id).send().await.unwrap();
+            let status = app.app_summary().unwrap().replication_status().cloned();
+            assert_ne!(status, Some(AppReplicationStatus::ReplicationFailed));
+            (status == Some(AppReplicationStatus::Replicated)).then_some(())
+        },
+    )
+    .await;
+    assert!(
+        replicated.is_some(),
+        "the application replicated within 120 s"
+    );
+}
+
 #[tokio::test]
 async fn an_application_is_configured_validated_and_templated() {
     let server_ = TestServer::start().await;
@@ -331,49 +386,12 @@ async fn an_application_is_configured_validated_and_templated() {
     );
 
     // Replicate: one job per server until every server has an AMI.
-    let mut put = c.put_app_replication_configuration().app_id(&app_id);
-    for (gid, sid) in g.iter().zip(&s) {
-        put = put.server_group_replication_configurations(
-            ServerGroupReplicationConfiguration::builder()
-                .server_group_id(gid)
-                .server_replication_configurations(
-                    ServerReplicationConfiguration::builder()
-                        .server(server(sid))
-                        .server_replication_parameters(
-                            ServerReplicationParameters::builder()
-                                .seed_time(DateTime::from_secs(now_secs()))
-                                .frequency(12)
-                                .license_type(LicenseType::Byol)
-                                .build(),
-                        )
-                        .build(),
-                )
-                .build(),
-        );
-    }
-    put.send().await.unwrap();
-    c.start_app_replication()
-        .app_id(&app_id)
-        .send()
-        .await
-        .unwrap();
-    let replicated = poll::until_async(
-        Duration::from_secs(120),
-        Duration::from_millis(100),
-        || async {
-            server_.tick().await;
-            agent.poll_once().await.unwrap();
-            let app = c.get_app().app_id(&app_id).send().await.unwrap();
-            let status = app.app_summary().unwrap().replication_status().cloned();
-            assert_ne!(status, Some(AppReplicationStatus::ReplicationFailed));
-            (status == Some(AppReplicationStatus::Replicated)).then_some(())
-        },
-    )
-    .await;
-    assert!(
-        replicated.is_some(),
-        "the application replicated within 120 s"
-    );
+    let groups: Vec<(&str, &str)> = g
+        .iter()
+        .zip(&s)
+        .map(|(g, s)| (g.as_str(), s.as_str()))
+        .collect();
+    replicate(&server_, &agent, &app_id, &groups).await;
     let mut amis = Vec::new();
     let app = c.get_app().app_id(&app_id).send().await.unwrap();
     for g in app.server_groups() {
@@ -745,50 +763,7 @@ async fn a_migrated_uefi_server_launches_under_ovmf_and_boots_linux() {
         .server_group_id()
         .unwrap()
         .to_string();
-    c.put_app_replication_configuration()
-        .app_id(&app_id)
-        .server_group_replication_configurations(
-            ServerGroupReplicationConfiguration::builder()
-                .server_group_id(&gid)
-                .server_replication_configurations(
-                    ServerReplicationConfiguration::builder()
-                        .server(server(&sid))
-                        .server_replication_parameters(
-                            ServerReplicationParameters::builder()
-                                .seed_time(DateTime::from_secs(now_secs()))
-                                .frequency(12)
-                                .license_type(LicenseType::Byol)
-                                .build(),
-                        )
-                        .build(),
-                )
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
-    c.start_app_replication()
-        .app_id(&app_id)
-        .send()
-        .await
-        .unwrap();
-    let replicated = poll::until_async(
-        Duration::from_secs(120),
-        Duration::from_millis(100),
-        || async {
-            server_.tick().await;
-            agent.poll_once().await.unwrap();
-            let app = c.get_app().app_id(&app_id).send().await.unwrap();
-            let status = app.app_summary().unwrap().replication_status().cloned();
-            assert_ne!(status, Some(AppReplicationStatus::ReplicationFailed));
-            (status == Some(AppReplicationStatus::Replicated)).then_some(())
-        },
-    )
-    .await;
-    assert!(
-        replicated.is_some(),
-        "the application replicated within 120 s"
-    );
+    replicate(&server_, &agent, &app_id, &[(&gid, &sid)]).await;
     let jobs = c.get_replication_jobs().send().await.unwrap();
     let ami = jobs.replication_job_list()[0]
         .latest_ami_id()
