@@ -127,12 +127,18 @@ fn print_list(stacks: &[StackRecord]) {
             println!("  {r}");
         }
         println!(
-            "  {:<19}  {:<22}  {:<5}  {:<10}  {:<8}  {:>4}  {:>6}  {:<4}  image",
-            "instance id", "logical id", "order", "type", "state", "vCPU", "MiB", "accel"
+            "  {:<19}  {:<22}  {:<5}  {:<10}  {:<8}  {:>4}  {:>6}  {:<5}  {:<4}  image",
+            "instance id", "logical id", "order", "type", "state", "vCPU", "MiB", "boot", "accel"
         );
         for i in &s.instances {
+            // The firmware is chosen when the instance starts (the image's boot mode).
+            let boot = match (&i.uefi, &i.accel) {
+                (Some(_), _) => "UEFI",
+                (None, Some(_)) => "BIOS",
+                (None, None) => "-",
+            };
             println!(
-                "  {:<19}  {:<22}  {:<5}  {:<10}  {:<8}  {:>4}  {:>6}  {:<4}  {}",
+                "  {:<19}  {:<22}  {:<5}  {:<10}  {:<8}  {:>4}  {:>6}  {:<5}  {:<4}  {}",
                 i.instance_id,
                 i.logical_id,
                 i.launch_level + 1,
@@ -140,6 +146,7 @@ fn print_list(stacks: &[StackRecord]) {
                 state(i),
                 i.vcpus,
                 i.memory_mib,
+                boot,
                 i.accel.as_deref().unwrap_or("-"),
                 i.image_id
             );

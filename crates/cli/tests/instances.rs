@@ -83,6 +83,8 @@ fn instances_are_listed_read_and_stopped() {
         table.contains(id) && table.contains("running") && table.contains("t3.small"),
         "{table}"
     );
+    // Started under SeaBIOS (no UEFI firmware recorded).
+    assert!(table.contains("  BIOS   TCG"), "{table}");
     let listed: Value = serde_json::from_str(&ok(data, &["list", "--json"])).unwrap();
     assert_eq!(listed[0]["instances"][0]["state"], "running");
     assert_eq!(listed[0]["instances"][0]["instanceId"], id);
