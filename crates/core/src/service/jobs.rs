@@ -97,6 +97,29 @@ fn illegal(e: crate::states::IllegalTransition) -> DomainError {
 }
 
 /// Resumes a job PAUSED_ON_FAILURE: its retry budget starts again.
+/// The write of run `r`'s teardown record, for the transaction that deletes its job `j` or
+/// fails the run (`run_failed`).
+fn teardown_of(
+    j: &ReplicationJob,
+    r: &ReplicationRun,
+    now: OffsetDateTime,
+    run_failed: bool,
+) -> Result<Write> {
+    let teardown = Teardown {
+        job_id: j.replication_job_id.clone(),
+        run_id: r.replication_run_id.clone(),
+        connector_id: j.connector_id.clone(),
+        snapshot_tasks: r.workflow.snapshot_tasks.clone(),
+        deleted_on: now,
+        run_failed,
+    };
+    put(
+        keys::teardown(&teardown.job_id, &teardown.run_id),
+        &teardown,
+        Expect::Any,
+    )
+}
+
 fn resume(j: &mut ReplicationJob, why: &str) -> Result<()> {
     j.state = job_transition(j.state, JobEvent::Resume)
         .map_err(illegal)?
@@ -636,19 +659,7 @@ impl Service {
                         key: keys::work(&j.connector_id, &work_id),
                         expect: Expect::Any,
                     });
-                    let teardown = Teardown {
-                        job_id: j.replication_job_id.clone(),
-                        run_id: r.replication_run_id.clone(),
-                        connector_id: j.connector_id.clone(),
-                        snapshot_tasks: r.workflow.snapshot_tasks.clone(),
-                        deleted_on: now,
-                        run_failed: false,
-                    };
-                    writes.push(put(
-                        keys::teardown(&teardown.job_id, &teardown.run_id),
-                        &teardown,
-                        Expect::Any,
-                    )?);
+                    writes.push(teardown_of(&j, &r, now, false)?);
                 }
             }
             // Nor is the connector asked to keep the block maps of the job's last run.
@@ -951,19 +962,7 @@ impl Service {
             // registered before the failure) is removed by its teardown, recorded here so that
             // a crash before it ran leaves it to the scheduler's sweep.
             if update.event == RunEvent::Fail {
-                let teardown = Teardown {
-                    job_id: job_id.to_string(),
-                    run_id: r.replication_run_id.clone(),
-                    connector_id: j.connector_id.clone(),
-                    snapshot_tasks: r.workflow.snapshot_tasks.clone(),
-                    deleted_on: now,
-                    run_failed: true,
-                };
-                writes.push(put(
-                    keys::teardown(job_id, &r.replication_run_id),
-                    &teardown,
-                    Expect::Any,
-                )?);
+                writes.push(teardown_of(&j, &r, now, true)?);
             }
             Self::embed_run(&mut j, &r, limits.runs_embedded_in_job as usize);
             writes.push(put(key.clone(), &r, run.expect())?);
