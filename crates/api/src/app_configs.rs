@@ -678,9 +678,7 @@ impl Api {
                 svc.import_app_catalog(req.role_name).await?;
                 encode(&EmptyResponse {})
             }
-            other => Err(crate::ApiError::UnknownOperation(format!(
-                "unknown operation {other}"
-            ))),
+            other => Err(crate::ApiError::unknown_operation(other)),
         }
     }
 }

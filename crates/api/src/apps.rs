@@ -590,9 +590,7 @@ impl Api {
                     .await?;
                 encode(&EmptyResponse {})
             }
-            other => Err(crate::ApiError::UnknownOperation(format!(
-                "unknown operation {other}"
-            ))),
+            other => Err(crate::ApiError::unknown_operation(other)),
         }
     }
 }

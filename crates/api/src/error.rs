@@ -75,6 +75,10 @@ impl ApiError {
         ApiError::Domain(DomainError::InvalidParameter(msg.into()))
     }
 
+    pub(crate) fn unknown_operation(name: &str) -> Self {
+        ApiError::UnknownOperation(format!("unknown operation {name}"))
+    }
+
     pub(crate) fn missing(msg: impl Into<String>) -> Self {
         ApiError::Domain(DomainError::MissingParameter(msg.into()))
     }

@@ -176,23 +176,14 @@ impl Api {
         let _ = self.replication.set(replication);
     }
 
-    /// The replication workflow, for an SMS operation `op` that needs its staging bucket.
+    /// The replication workflow, for an operation `op` that needs it or its staging bucket.
     fn replication_for(&self, op: &str) -> Result<&tern_core::replication::Replication, ApiError> {
         self.replication.get().ok_or_else(|| {
             ApiError::NotConfigured(format!(
-                "{op} needs the staging bucket, and this Tern API was started without \
-                 replication: run `tern serve` with replication on, or the stack's api function"
+                "{op} needs the staging bucket and the replication workflow, and this Tern API \
+                 was started without them: run `tern serve` with replication on, or the stack's \
+                 api function"
             ))
-        })
-    }
-
-    fn replication(&self) -> Result<&tern_core::replication::Replication, ApiError> {
-        self.replication.get().ok_or_else(|| {
-            ApiError::NotConfigured(
-                "replication is off on this Tern API: run `tern serve` with replication on, \
-                     or the stack's api function"
-                    .into(),
-            )
         })
     }
 
@@ -231,7 +222,7 @@ impl Api {
             .ok_or_else(|| {
                 ApiError::UnknownOperation("the X-Amz-Target header is missing".into())
             })?;
-        let unknown = || ApiError::UnknownOperation(format!("unknown operation {target}"));
+        let unknown = || ApiError::unknown_operation(target);
         let (prefix, op) = target.split_once('.').ok_or_else(unknown)?;
         let family = match prefix {
             SMS_TARGET_PREFIX if SMS_OPERATIONS.contains(&op) => Family::Sms,
@@ -458,9 +449,7 @@ impl Api {
                     next_token: token::encode(&scope, page.last),
                 })
             }
-            other => Err(ApiError::UnknownOperation(format!(
-                "unknown operation {other}"
-            ))),
+            other => Err(ApiError::unknown_operation(other)),
         }
     }
 
@@ -603,7 +592,7 @@ impl Api {
                 if req.work_id.trim().is_empty() {
                     return Err(ApiError::missing("workId is required"));
                 }
-                self.replication()?
+                self.replication_for(op::REPORT_PROGRESS)?
                     .report_progress(
                         &req.connector_id,
                         tern_core::replication::Progress {
@@ -623,9 +612,7 @@ impl Api {
                 svc.complete_work(&req.connector_id, &req.work_id).await?;
                 encode(&CompleteWorkResponse {})
             }
-            other => Err(ApiError::UnknownOperation(format!(
-                "unknown operation {other}"
-            ))),
+            other => Err(ApiError::unknown_operation(other)),
         }
     }
 }
