@@ -63,6 +63,10 @@ impl Qemu {
     /// The QEMU named explicitly, else `$TERN_QEMU_SYSTEM`, else the boot kit's own, else
     /// `qemu-system-x86_64` on `PATH`; an error says what to install.
     pub fn locate(explicit: Option<&Path>, kit: Option<&BootKit>) -> Result<Qemu, GuestError> {
+        // Whichever QEMU runs, UEFI guests get the kit's OVMF, else the system's.
+        let uefi = kit
+            .and_then(|k| k.uefi.clone())
+            .or_else(UefiFirmware::system);
         let named = explicit.map(Path::to_path_buf).or_else(|| {
             std::env::var_os("TERN_QEMU_SYSTEM")
                 .filter(|v| !v.is_empty())
@@ -73,9 +77,7 @@ impl Qemu {
                 Ok(Qemu {
                     binary,
                     firmware: Vec::new(),
-                    uefi: kit
-                        .and_then(|k| k.uefi.clone())
-                        .or_else(UefiFirmware::system),
+                    uefi,
                 })
             } else {
                 Err(GuestError::QemuMissing(format!(
@@ -88,7 +90,7 @@ impl Qemu {
             return Ok(Qemu {
                 binary,
                 firmware: kit.firmware.clone(),
-                uefi: kit.uefi.clone().or_else(UefiFirmware::system),
+                uefi,
             });
         }
         let path = std::env::var_os("PATH").unwrap_or_default();
@@ -98,9 +100,7 @@ impl Qemu {
             .map(|binary| Qemu {
                 binary,
                 firmware: Vec::new(),
-                uefi: kit
-                    .and_then(|k| k.uefi.clone())
-                    .or_else(UefiFirmware::system),
+                uefi,
             })
             .ok_or_else(|| {
                 GuestError::QemuMissing(format!(

@@ -6,14 +6,13 @@
 //! store once (qcow2, shared by every instance of that image), gives every instance a qcow2
 //! overlay on them (sized as the image's volume), a NoCloud seed with its user data (a read-only
 //! FAT drive labelled `cidata`, as cloud-init looks for), and starts QEMU detached with the
-//! instance type's vCPUs and memory (memory capped by [`LauncherOptions::max_memory_mib`], `tern serve --launch-max-memory-mib`).
-//! Legacy-BIOS images boot under SeaBIOS; UEFI images (boot mode `uefi`, and `uefi-preferred`
-//! where UEFI firmware is found) under OVMF, the boot kit's or else the system's, with a UEFI
-//! variable store of their own; a UEFI image with no OVMF anywhere is refused saying what to
-//! install. An
-//! instance runs once its serial console shows output (the firmware prints first, whatever the
-//! OS); the next level starts only then, as CloudFormation starts a resource once those it
-//! depends on are complete. KVM when `/dev/kvm` may be opened, TCG otherwise; a KVM that shows
+//! instance type's vCPUs and memory (memory capped by [`LauncherOptions::max_memory_mib`],
+//! `tern serve --launch-max-memory-mib`). Legacy-BIOS images boot under SeaBIOS; UEFI images
+//! (boot mode `uefi`, and `uefi-preferred` where UEFI firmware is found) under OVMF, the boot
+//! kit's or else the system's, with a UEFI variable store of their own; a UEFI image with no
+//! OVMF anywhere is refused saying what to install. An instance runs once its serial console
+//! shows output (the firmware prints first, whatever the OS); the next level starts only then,
+//! as CloudFormation starts a resource once those it depends on are complete. KVM when `/dev/kvm` may be opened, TCG otherwise; a KVM that shows
 //! nothing within 10 s (seen in nested sandboxes) is given up for TCG, and the instance record
 //! says so.
 //!
